@@ -1,0 +1,1 @@
+"""Wire protocol between the host and the RRAM test board: framing, CRCs, messages. Pure Python, no I/O."""
