@@ -1,1 +1,42 @@
-"""Wire protocol between the host and the RRAM test board: framing, CRCs, messages. Pure Python, no I/O."""
+"""Wire protocol between the host and the RRAM test board: framing, CRCs, messages. Pure Python, no I/O.
+
+The written specification is PROTOCOL.md beside this file.
+"""
+from firmware_protocol.constants import (
+    BULK_THRESHOLD,
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    SEQ_MAX,
+    SEQ_UNKNOWN,
+    BoardState,
+    Capability,
+    CellResult,
+    FrameType,
+    Opcode,
+    Status,
+    StreamEnd,
+)
+from firmware_protocol.decoder import DecodeError, FrameDecoder
+from firmware_protocol.errors import (
+    BoardError,
+    FrameError,
+    LimitError,
+    PayloadError,
+    ProtocolError,
+    VersionError,
+    error_for_status,
+)
+from firmware_protocol.frame import Frame
+from firmware_protocol.limits import BoardLimits
+from firmware_protocol.messages import *  # noqa: F401,F403  (the typed messages are the public API)
+from firmware_protocol.messages import ALL_MESSAGES, MESSAGE_TYPES, decode_payload, error_text
+
+__all__ = [
+    "BULK_THRESHOLD", "HEADER_SIZE", "MAX_PAYLOAD", "PROTOCOL_MAJOR", "PROTOCOL_MINOR", "SEQ_MAX", "SEQ_UNKNOWN",
+    "BoardState", "Capability", "CellResult", "FrameType", "Opcode", "Status", "StreamEnd",
+    "DecodeError", "FrameDecoder", "BoardError", "FrameError", "LimitError", "PayloadError", "ProtocolError",
+    "VersionError", "error_for_status", "Frame", "BoardLimits", "ALL_MESSAGES", "MESSAGE_TYPES",
+    "decode_payload", "error_text",
+] + [m.__name__ for m in ALL_MESSAGES]  # fmt: skip

@@ -1,0 +1,709 @@
+"""Typed message payloads: one dataclass per (frame type, opcode), each with encode()/decode().
+
+All layouts are fixed little-endian `struct` formats, optionally followed by arrays whose length
+is given by a field of the fixed part. Units on the wire: millivolts (signed 16-bit), nanoseconds,
+siemens (float32), microseconds since boot (u64).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, TypeVar
+
+import numpy as np
+
+from firmware_protocol.constants import FrameType, Opcode, Status
+from firmware_protocol.errors import PayloadError
+from firmware_protocol.frame import Frame
+
+M = TypeVar("M", bound="Message")
+
+
+class Message:
+    """Base of all payloads. Subclasses are dataclasses whose fields follow `FORMAT` in order."""
+
+    OPCODE: ClassVar[Opcode]
+    KIND: ClassVar[FrameType]
+    FORMAT: ClassVar[str] = "<"
+    _STRUCT: ClassVar[struct.Struct]
+    _TEXT_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._STRUCT = struct.Struct(cls.FORMAT)
+
+    # --- fixed part -------------------------------------------------------------------------
+    def _fixed_values(self) -> tuple:
+        values = []
+        for name in self._fixed_fields():
+            value = getattr(self, name)
+            values.append(str(value).encode("ascii") if name in self._TEXT_FIELDS else value)
+        return tuple(values)
+
+    @classmethod
+    def _fixed_fields(cls) -> list[str]:
+        cached = cls.__dict__.get("_FIXED_NAMES")
+        if cached is None:
+            cached = [f.name for f in fields(cls) if f.metadata.get("array") is None]  # type: ignore[arg-type]
+            cls._FIXED_NAMES = cached  # type: ignore[attr-defined]
+        return cached
+
+    def encode(self) -> bytes:
+        try:
+            return self._STRUCT.pack(*self._fixed_values()) + self._encode_arrays()
+        except struct.error as exc:
+            raise PayloadError(f"{type(self).__name__}: field out of its wire range ({exc})") from None
+
+    def _encode_arrays(self) -> bytes:
+        return b""
+
+    @classmethod
+    def decode(cls: type[M], payload: bytes) -> M:
+        size = cls._STRUCT.size
+        if len(payload) < size:
+            raise PayloadError(f"{cls.__name__} payload is {len(payload)} bytes, expected at least {size}")
+        values = list(cls._STRUCT.unpack_from(payload))
+        names = cls._fixed_fields()
+        for i, name in enumerate(names):
+            if name in cls._TEXT_FIELDS:
+                values[i] = values[i].rstrip(b"\x00").decode("ascii", errors="replace")
+        kwargs = dict(zip(names, values))
+        kwargs.update(cls._decode_arrays(kwargs, payload[size:]))
+        return cls(**kwargs)
+
+    @classmethod
+    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
+        if rest:
+            raise PayloadError(f"{cls.__name__} payload has {len(rest)} unexpected trailing bytes")
+        return {}
+
+    def to_frame(self, seq: int, status: Status = Status.OK) -> Frame:
+        return Frame(self.KIND, seq, self.OPCODE, status, self.encode())
+
+
+def _array(dtype: str) -> object:
+    """Dataclass field holding a numpy array that follows the fixed part."""
+    return field(default_factory=lambda: np.zeros(0, dtype=dtype), metadata={"array": dtype})
+
+
+def _take(rest: bytes, offset: int, dtype: np.dtype, count: int, owner: str) -> tuple[np.ndarray, int]:
+    nbytes = dtype.itemsize * count
+    if len(rest) < offset + nbytes:
+        raise PayloadError(f"{owner} payload truncated: needs {nbytes} bytes of array data at offset {offset}")
+    return np.frombuffer(rest, dtype=dtype, count=count, offset=offset).copy(), offset + nbytes
+
+
+def _end(rest: bytes, offset: int, owner: str) -> None:
+    if len(rest) != offset:
+        raise PayloadError(f"{owner} payload has {len(rest) - offset} unexpected trailing bytes")
+
+
+def _arrays_equal(a: object, b: object) -> bool:
+    if type(a) is not type(b):
+        return False
+    for f in fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            if not (isinstance(y, np.ndarray) and x.dtype == y.dtype and x.tobytes() == y.tobytes()):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+U16 = np.dtype("<u2")
+I16 = np.dtype("<i2")
+
+
+# ------------------------------------------------------------------------------- handshake
+@dataclass
+class HelloRequest(Message):
+    """Host's protocol version; the board answers with HelloInfo whatever the version."""
+
+    OPCODE = Opcode.HELLO
+    KIND = FrameType.REQUEST
+    FORMAT = "<BB"
+    host_major: int
+    host_minor: int
+
+
+@dataclass
+class HelloInfo(Message):
+    """Board identity, capabilities, geometry, converter widths and safety limits."""
+
+    OPCODE = Opcode.HELLO
+    KIND = FrameType.RESPONSE
+    FORMAT = "<BBBBB16sIIHHBBhhhhhhhhHHIIIIHHBH"
+    _TEXT_FIELDS = ("board_id",)
+    proto_major: int
+    proto_minor: int
+    fw_major: int
+    fw_minor: int
+    fw_patch: int
+    board_id: str
+    session_id: int
+    capabilities: int
+    rows: int
+    cols: int
+    dac_bits: int
+    adc_bits: int
+    set_v_min_mv: int
+    set_v_max_mv: int
+    reset_v_min_mv: int
+    reset_v_max_mv: int
+    form_v_min_mv: int
+    form_v_max_mv: int
+    read_v_min_mv: int
+    read_v_max_mv: int
+    gate_v_min_mv: int
+    gate_v_max_mv: int
+    width_min_ns: int
+    width_max_ns: int
+    width_step_ns: int
+    max_compliance_na: int
+    max_payload: int
+    watchdog_ms: int
+    stream_window: int
+    max_wv_batch: int
+
+
+@dataclass
+class HeartbeatRequest(Message):
+    """Keeps the watchdog fed; a non-zero value also sets its timeout."""
+
+    OPCODE = Opcode.HEARTBEAT
+    KIND = FrameType.REQUEST
+    FORMAT = "<H"
+    watchdog_ms: int = 0
+
+
+@dataclass
+class HeartbeatReply(Message):
+    OPCODE = Opcode.HEARTBEAT
+    KIND = FrameType.RESPONSE
+    FORMAT = "<IQBH"
+    session_id: int
+    timestamp_us: int
+    state: int
+    watchdog_ms: int
+
+
+@dataclass
+class CountersRequest(Message):
+    OPCODE = Opcode.GET_COUNTERS
+    KIND = FrameType.REQUEST
+    FORMAT = "<"
+
+
+@dataclass
+class Counters(Message):
+    """Operations the board has applied since boot: the ground truth for duplicate-pulse checks."""
+
+    OPCODE = Opcode.GET_COUNTERS
+    KIND = FrameType.RESPONSE
+    FORMAT = "<QQQQQ"
+    timestamp_us: int
+    form_pulses: int
+    set_pulses: int
+    reset_pulses: int
+    reads: int
+
+
+# ------------------------------------------------------------------------------- pulses
+@dataclass
+class FormRequest(Message):
+    """Ramped forming of one cell: pulses from v_start to v_stop until the read conductance exceeds g_formed."""
+
+    OPCODE = Opcode.FORM
+    KIND = FrameType.REQUEST
+    FORMAT = "<HHhhhIHhI"
+    row: int
+    col: int
+    v_start_mv: int
+    v_stop_mv: int
+    v_step_mv: int
+    width_ns: int
+    gate_mv: int
+    v_read_mv: int
+    g_formed_ns: int  # threshold conductance in nanosiemens
+
+
+@dataclass
+class FormResult(Message):
+    OPCODE = Opcode.FORM
+    KIND = FrameType.RESPONSE
+    FORMAT = "<QBHhHhff"
+    timestamp_us: int
+    formed: int
+    pulses: int
+    v_final_mv: int
+    read_code: int
+    v_read_mv: int
+    amps_per_code: float
+    offset_code: float
+
+
+@dataclass
+class PulseRequest(Message):
+    """One SET (positive) or RESET (negative) pulse of `width_ns` with the NMOS gate at `gate_mv`."""
+
+    OPCODE = Opcode.SET
+    KIND = FrameType.REQUEST
+    FORMAT = "<HHhIH"
+    row: int
+    col: int
+    v_mv: int
+    width_ns: int
+    gate_mv: int
+
+
+@dataclass
+class SetRequest(PulseRequest):
+    OPCODE = Opcode.SET
+
+
+@dataclass
+class ResetRequest(PulseRequest):
+    OPCODE = Opcode.RESET
+
+
+@dataclass
+class PulseResult(Message):
+    """Current sampled at the end of the pulse, as a code of the pulse-current range."""
+
+    OPCODE = Opcode.SET
+    KIND = FrameType.RESPONSE
+    FORMAT = "<QHff"
+    timestamp_us: int
+    i_code: int
+    amps_per_code: float
+    offset_code: float
+
+
+@dataclass
+class SetResult(PulseResult):
+    OPCODE = Opcode.SET
+
+
+@dataclass
+class ResetResult(PulseResult):
+    OPCODE = Opcode.RESET
+
+
+# ------------------------------------------------------------------------------- reads
+@dataclass
+class ReadRequest(Message):
+    OPCODE = Opcode.READ
+    KIND = FrameType.REQUEST
+    FORMAT = "<HHh"
+    row: int
+    col: int
+    v_read_mv: int
+
+
+@dataclass
+class ReadResult(Message):
+    """Raw ADC code; current = (code - offset_code) * amps_per_code, G = current / v_read."""
+
+    OPCODE = Opcode.READ
+    KIND = FrameType.RESPONSE
+    FORMAT = "<QhHff"
+    timestamp_us: int
+    v_read_mv: int
+    code: int
+    amps_per_code: float
+    offset_code: float
+
+
+@dataclass
+class ReadBlockRequest(Message):
+    OPCODE = Opcode.READ_BLOCK
+    KIND = FrameType.REQUEST
+    FORMAT = "<HHHHh"
+    row0: int
+    col0: int
+    nrows: int
+    ncols: int
+    v_read_mv: int
+
+
+@dataclass(eq=False)
+class ReadBlockResult(Message):
+    """Codes of a rectangular block, row-major."""
+
+    OPCODE = Opcode.READ_BLOCK
+    KIND = FrameType.RESPONSE
+    FORMAT = "<QhHHHHff"
+    timestamp_us: int
+    v_read_mv: int
+    row0: int
+    col0: int
+    nrows: int
+    ncols: int
+    amps_per_code: float
+    offset_code: float
+    codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
+
+    def _encode_arrays(self) -> bytes:
+        codes = np.asarray(self.codes, dtype=U16)
+        if codes.size != self.nrows * self.ncols:
+            raise PayloadError(f"ReadBlockResult has {codes.size} codes for a {self.nrows}x{self.ncols} block")
+        return codes.tobytes()
+
+    @classmethod
+    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
+        codes, off = _take(rest, 0, U16, fixed["nrows"] * fixed["ncols"], cls.__name__)
+        _end(rest, off, cls.__name__)
+        return {"codes": codes}
+
+    def __eq__(self, other: object) -> bool:
+        return _arrays_equal(self, other)
+
+
+@dataclass
+class IvSweepRequest(Message):
+    """I-V sweep of one cell: n_points voltages from v_start to v_stop, pulsed (mode 0) or DC (mode 1)."""
+
+    OPCODE = Opcode.IV_SWEEP
+    KIND = FrameType.REQUEST
+    FORMAT = "<HHhhHIHB"
+    row: int
+    col: int
+    v_start_mv: int
+    v_stop_mv: int
+    n_points: int
+    width_ns: int
+    gate_mv: int
+    mode: int
+
+
+@dataclass(eq=False)
+class IvSweepResult(Message):
+    OPCODE = Opcode.IV_SWEEP
+    KIND = FrameType.RESPONSE
+    FORMAT = "<QHff"
+    timestamp_us: int
+    n: int
+    amps_per_code: float
+    offset_code: float
+    v_mv: np.ndarray = _array("<i2")  # type: ignore[assignment]
+    codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
+
+    def _encode_arrays(self) -> bytes:
+        v = np.asarray(self.v_mv, dtype=I16)
+        c = np.asarray(self.codes, dtype=U16)
+        if v.size != self.n or c.size != self.n:
+            raise PayloadError(f"IvSweepResult arrays have {v.size}/{c.size} points, header says {self.n}")
+        return v.tobytes() + c.tobytes()
+
+    @classmethod
+    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
+        v, off = _take(rest, 0, I16, fixed["n"], cls.__name__)
+        c, off = _take(rest, off, U16, fixed["n"], cls.__name__)
+        _end(rest, off, cls.__name__)
+        return {"v_mv": v, "codes": c}
+
+    def __eq__(self, other: object) -> bool:
+        return _arrays_equal(self, other)
+
+
+# ------------------------------------------------------------------------------- endurance stream
+@dataclass
+class EnduranceRequest(Message):
+    """n_cycles SET/RESET cycles on a block, reading LRS (after SET) and HRS (after RESET) every read_every cycles."""
+
+    OPCODE = Opcode.ENDURANCE
+    KIND = FrameType.REQUEST
+    FORMAT = "<HHHHIIhIHhIHh"
+    row0: int
+    col0: int
+    nrows: int
+    ncols: int
+    n_cycles: int
+    read_every: int
+    set_v_mv: int
+    set_width_ns: int
+    set_gate_mv: int
+    reset_v_mv: int
+    reset_width_ns: int
+    reset_gate_mv: int
+    v_read_mv: int
+
+
+@dataclass
+class EnduranceStarted(Message):
+    OPCODE = Opcode.ENDURANCE
+    KIND = FrameType.RESPONSE
+    FORMAT = "<HIHQ"
+    stream_id: int
+    n_events: int  # data events to expect, the end event not counted
+    n_cells: int
+    timestamp_us: int
+
+
+@dataclass(eq=False)
+class EnduranceData(Message):
+    """Reads of cells [cell_offset, cell_offset + n) (row-major in the block) after `cycle` cycles."""
+
+    OPCODE = Opcode.EV_ENDURANCE_DATA
+    KIND = FrameType.EVENT
+    FORMAT = "<HIIQHHff"
+    stream_id: int
+    event_no: int
+    cycle: int
+    timestamp_us: int
+    cell_offset: int
+    n: int
+    amps_per_code: float
+    offset_code: float
+    lrs_codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
+    hrs_codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
+
+    def _encode_arrays(self) -> bytes:
+        lrs = np.asarray(self.lrs_codes, dtype=U16)
+        hrs = np.asarray(self.hrs_codes, dtype=U16)
+        if lrs.size != self.n or hrs.size != self.n:
+            raise PayloadError(f"EnduranceData arrays have {lrs.size}/{hrs.size} cells, header says {self.n}")
+        return lrs.tobytes() + hrs.tobytes()
+
+    @classmethod
+    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
+        lrs, off = _take(rest, 0, U16, fixed["n"], cls.__name__)
+        hrs, off = _take(rest, off, U16, fixed["n"], cls.__name__)
+        _end(rest, off, cls.__name__)
+        return {"lrs_codes": lrs, "hrs_codes": hrs}
+
+    def __eq__(self, other: object) -> bool:
+        return _arrays_equal(self, other)
+
+
+@dataclass
+class EnduranceEnd(Message):
+    """Last numbered event of a stream; acknowledged like the data events."""
+
+    OPCODE = Opcode.EV_ENDURANCE_END
+    KIND = FrameType.EVENT
+    FORMAT = "<HIIBQ"
+    stream_id: int
+    event_no: int
+    cycles_done: int
+    reason: int
+    timestamp_us: int
+
+
+@dataclass
+class StreamAck(Message):
+    """Cumulative acknowledgement: every event numbered below next_event has arrived."""
+
+    OPCODE = Opcode.STREAM_ACK
+    KIND = FrameType.REQUEST
+    FORMAT = "<HI"
+    stream_id: int
+    next_event: int
+
+
+@dataclass
+class StreamAckReply(Message):
+    OPCODE = Opcode.STREAM_ACK
+    KIND = FrameType.RESPONSE
+    FORMAT = "<HI"
+    stream_id: int
+    next_event: int
+
+
+@dataclass
+class StreamResend(Message):
+    """Ask the board to send one event of its window again."""
+
+    OPCODE = Opcode.STREAM_RESEND
+    KIND = FrameType.REQUEST
+    FORMAT = "<HI"
+    stream_id: int
+    event_no: int
+
+
+@dataclass
+class StreamResendReply(Message):
+    OPCODE = Opcode.STREAM_RESEND
+    KIND = FrameType.RESPONSE
+    FORMAT = "<HI"
+    stream_id: int
+    event_no: int
+
+
+# ------------------------------------------------------------------------------- write-verify
+WV_ENTRY = np.dtype([("row", "<u2"), ("col", "<u2"), ("target_s", "<f4"), ("tol_s", "<f4"), ("max_pulses", "<u2")])
+WV_RESULT = np.dtype([("final_s", "<f4"), ("final_code", "<u2"), ("pulses", "<u2"), ("status", "u1")])
+
+
+@dataclass(eq=False)
+class WriteVerifyRequest(Message):
+    """Closed-loop programming of a batch of cells on the board (see PROTOCOL.md for the ramp rules)."""
+
+    OPCODE = Opcode.WRITE_VERIFY
+    KIND = FrameType.REQUEST
+    FORMAT = "<hIhhhHHHhhhHH"
+    v_read_mv: int
+    width_ns: int
+    set_v_start_mv: int
+    set_v_stop_mv: int
+    set_v_step_mv: int
+    set_gate_start_mv: int
+    set_gate_stop_mv: int
+    set_gate_step_mv: int
+    reset_v_start_mv: int
+    reset_v_stop_mv: int
+    reset_v_step_mv: int
+    reset_gate_mv: int
+    n: int
+    entries: np.ndarray = field(default_factory=lambda: np.zeros(0, WV_ENTRY), metadata={"array": "wv"})
+
+    def _encode_arrays(self) -> bytes:
+        e = np.asarray(self.entries)
+        if e.dtype != WV_ENTRY:
+            e = e.astype(WV_ENTRY)
+        if e.size != self.n:
+            raise PayloadError(f"WriteVerifyRequest has {e.size} entries, header says {self.n}")
+        return e.tobytes()
+
+    @classmethod
+    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
+        e, off = _take(rest, 0, WV_ENTRY, fixed["n"], cls.__name__)
+        _end(rest, off, cls.__name__)
+        return {"entries": e}
+
+    def __eq__(self, other: object) -> bool:
+        return _arrays_equal(self, other)
+
+
+@dataclass(eq=False)
+class WriteVerifyResult(Message):
+    OPCODE = Opcode.WRITE_VERIFY
+    KIND = FrameType.RESPONSE
+    FORMAT = "<QH"
+    timestamp_us: int
+    n: int
+    results: np.ndarray = field(default_factory=lambda: np.zeros(0, WV_RESULT), metadata={"array": "wvr"})
+
+    def _encode_arrays(self) -> bytes:
+        r = np.asarray(self.results)
+        if r.dtype != WV_RESULT:
+            r = r.astype(WV_RESULT)
+        if r.size != self.n:
+            raise PayloadError(f"WriteVerifyResult has {r.size} results, header says {self.n}")
+        return r.tobytes()
+
+    @classmethod
+    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
+        r, off = _take(rest, 0, WV_RESULT, fixed["n"], cls.__name__)
+        _end(rest, off, cls.__name__)
+        return {"results": r}
+
+    def __eq__(self, other: object) -> bool:
+        return _arrays_equal(self, other)
+
+
+# ------------------------------------------------------------------------------- control
+@dataclass
+class AbortRequest(Message):
+    OPCODE = Opcode.ABORT
+    KIND = FrameType.REQUEST
+    FORMAT = "<"
+
+
+@dataclass
+class AbortReply(Message):
+    """stream_id of the stream that was stopped, 0xFFFF if none was running."""
+
+    OPCODE = Opcode.ABORT
+    KIND = FrameType.RESPONSE
+    FORMAT = "<HQ"
+    stream_id: int
+    timestamp_us: int
+
+
+@dataclass
+class AdvanceClockRequest(Message):
+    """Simulator only (capability VIRTUAL_CLOCK): let `microseconds` of device time pass at once."""
+
+    OPCODE = Opcode.ADVANCE_CLOCK
+    KIND = FrameType.REQUEST
+    FORMAT = "<Q"
+    microseconds: int
+
+
+@dataclass
+class AdvanceClockReply(Message):
+    OPCODE = Opcode.ADVANCE_CLOCK
+    KIND = FrameType.RESPONSE
+    FORMAT = "<Q"
+    timestamp_us: int
+
+
+@dataclass
+class BootEvent(Message):
+    """Sent once after every power-up or reset, before anything else."""
+
+    OPCODE = Opcode.EV_BOOT
+    KIND = FrameType.EVENT
+    FORMAT = "<IBBBQ"
+    session_id: int
+    fw_major: int
+    fw_minor: int
+    fw_patch: int
+    timestamp_us: int
+
+
+@dataclass
+class WatchdogEvent(Message):
+    """The watchdog expired: the board is in safe idle (outputs grounded, any stream stopped)."""
+
+    OPCODE = Opcode.EV_WATCHDOG
+    KIND = FrameType.EVENT
+    FORMAT = "<QH"
+    timestamp_us: int
+    stream_id: int
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    HelloRequest, HelloInfo, HeartbeatRequest, HeartbeatReply, CountersRequest, Counters,
+    FormRequest, FormResult, SetRequest, ResetRequest, SetResult, ResetResult,
+    ReadRequest, ReadResult, ReadBlockRequest, ReadBlockResult, IvSweepRequest, IvSweepResult,
+    EnduranceRequest, EnduranceStarted, EnduranceData, EnduranceEnd,
+    StreamAck, StreamAckReply, StreamResend, StreamResendReply,
+    WriteVerifyRequest, WriteVerifyResult, AbortRequest, AbortReply,
+    AdvanceClockRequest, AdvanceClockReply, BootEvent, WatchdogEvent,
+)  # fmt: skip
+
+MESSAGE_TYPES: dict[tuple[FrameType, int], type[Message]] = {(m.KIND, int(m.OPCODE)): m for m in ALL_MESSAGES}
+
+
+def decode_payload(frame: Frame) -> Message:
+    """Decode a frame's payload into its typed message (OK-status frames and ADC_SATURATED results)."""
+    try:
+        cls = MESSAGE_TYPES[(frame.type, frame.opcode)]
+    except KeyError:
+        raise PayloadError(f"no message type for {frame.type.name} opcode 0x{frame.opcode:02x}") from None
+    return cls.decode(frame.payload)
+
+
+def error_text(frame: Frame) -> str:
+    """The human-readable reason carried by a non-OK response or a NAK."""
+    return frame.payload.decode("utf-8", errors="replace")
+
+
+def max_block_cells(max_payload: int) -> int:
+    """How many cells one READ_BLOCK response can carry."""
+    return (max_payload - ReadBlockResult._STRUCT.size) // U16.itemsize
+
+
+def max_event_cells(max_payload: int) -> int:
+    """How many cells one ENDURANCE data event can carry."""
+    return (max_payload - EnduranceData._STRUCT.size) // (2 * U16.itemsize)
+
+
+def max_wv_entries(max_payload: int) -> int:
+    """How many cells one WRITE_VERIFY request/response pair can carry."""
+    by_req = (max_payload - WriteVerifyRequest._STRUCT.size) // WV_ENTRY.itemsize
+    by_rsp = (max_payload - WriteVerifyResult._STRUCT.size) // WV_RESULT.itemsize
+    return min(by_req, by_rsp)
