@@ -1,0 +1,52 @@
+"""Configuration of a simulated board: identity, geometry, declared limits and firmware settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from firmware_protocol import MAX_PAYLOAD, Capability
+from sim_backend.device_params import DeviceParams
+from sim_backend.read_chain import ReadChainConfig
+
+FIRMWARE_VERSION = (1, 0, 0)
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    """What the simulated board declares in HELLO and how its firmware behaves.
+
+    Limits are typical of a bench board for 1T1R HfO2 arrays: SET up to 3 V, RESET down to -3 V,
+    FORM up to 5 V, reads up to 0.3 V, gate 0-3.3 V (the NMOS sets a compliance up to ~500 uA),
+    pulses from 10 ns to 1 ms on a 10 ns DAC timer grid.
+    """
+
+    rows: int = 64
+    cols: int = 64
+    seed: int = 0
+    board_id: str = "SIM-RRAM"
+    capabilities: Capability = (
+        Capability.WRITE_VERIFY | Capability.STREAMING | Capability.VIRTUAL_CLOCK | Capability.IV_SWEEP
+    )
+    dac_bits: int = 12
+    adc_bits: int = 16
+    set_v_mv: tuple[int, int] = (0, 3000)
+    reset_v_mv: tuple[int, int] = (-3000, 0)
+    form_v_mv: tuple[int, int] = (0, 5000)
+    read_v_mv: tuple[int, int] = (0, 300)
+    gate_v_mv: tuple[int, int] = (0, 3300)
+    width_min_ns: int = 10
+    width_max_ns: int = 1_000_000
+    width_step_ns: int = 10
+    max_compliance_na: int = 500_000
+    max_payload: int = MAX_PAYLOAD
+    watchdog_ms: int = 2000
+    stream_window: int = 8
+    max_wv_batch: int = 512
+    response_cache: int = 16
+    device: DeviceParams = field(default_factory=DeviceParams)
+    read_chain: ReadChainConfig = field(default_factory=ReadChainConfig)
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.rows <= 4096 and 1 <= self.cols <= 4096):
+            raise ValueError(f"array size {self.rows}x{self.cols}: rows and cols must be 1..4096")
+        if len(self.board_id.encode("ascii", errors="replace")) > 16:
+            raise ValueError(f"board id {self.board_id!r} is longer than 16 characters")

@@ -1,0 +1,566 @@
+"""Sans-IO firmware of the simulated board: bytes in, bytes out, exactly as PROTOCOL.md specifies.
+
+`FirmwareEngine.feed(data)` consumes whatever arrived on the link and returns everything the board
+sends back (responses, NAKs, events). `poll()` lets time pass on the link side (watchdog, queued
+stream events) without new input. Behind the protocol sits the device physics of `RRAMArray` and
+the read chain that turns currents into raw ADC codes.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from firmware_protocol import (
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    SEQ_UNKNOWN,
+    BoardError,
+    BoardLimits,
+    BoardState,
+    Capability,
+    CellResult,
+    DecodeError,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    LimitError,
+    Opcode,
+    PayloadError,
+    Status,
+    StreamEnd,
+)
+from firmware_protocol import messages as m
+from firmware_protocol.errors import (
+    AbortedError,
+    BadArgumentError,
+    BadLengthError,
+    BusyError,
+    ComplianceHitError,
+    HandshakeRequiredError,
+    OutOfRangeError,
+    UnknownOpcodeError,
+    VersionMismatchError,
+)
+from firmware_protocol.frame import VERSION_BYTE
+from sim_backend.board_config import FIRMWARE_VERSION, BoardConfig
+from sim_backend.device_model import RRAMArray
+from sim_backend.read_chain import ReadChain
+
+# Requests that a running ENDURANCE stream does not block.
+_ALLOWED_WHILE_STREAMING = {
+    Opcode.HELLO, Opcode.HEARTBEAT, Opcode.GET_COUNTERS, Opcode.STREAM_ACK, Opcode.STREAM_RESEND, Opcode.ABORT,
+}  # fmt: skip
+# WRITE_VERIFY looks for a queued ABORT after every this many pulses per cell (an MCU polls its UART).
+_WV_ABORT_POLL = 1
+_STUCK_MIN_PULSES = 4
+
+
+@dataclass
+class PulseCounters:
+    """Every operation the board applied since power-up (survives firmware reboots: it is the chip's truth)."""
+
+    form: int = 0
+    set: int = 0
+    reset: int = 0
+    reads: int = 0
+
+
+@dataclass
+class _Stream:
+    """State of a running ENDURANCE stream."""
+
+    stream_id: int
+    req: m.EnduranceRequest
+    rows: np.ndarray
+    cols: np.ndarray
+    n_points: int
+    cells_per_event: int
+    events_per_point: int
+    next_point: int = 0  # next read point to generate
+    next_event: int = 0  # next event number to send for the first time
+    acked: int = 0  # every event below this is acknowledged
+    cycles_done: int = 0
+    ended: bool = False
+    sent: dict[int, bytes] = field(default_factory=dict)  # unacknowledged events, for STREAM_RESEND
+    ready: deque = field(default_factory=deque)  # generated event frames not yet sent
+
+    @property
+    def n_events(self) -> int:
+        return self.n_points * self.events_per_point
+
+
+class FirmwareEngine:
+    """The board's firmware: decodes frames, enforces limits, drives the array, answers."""
+
+    def __init__(self, config: BoardConfig = BoardConfig(), wall_clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.array = RRAMArray(config.rows, config.cols, config.device, seed=config.seed)
+        self.chain = ReadChain(config.read_chain, seed=config.seed)
+        self.counters = PulseCounters()
+        self._clock = wall_clock
+        self._boots = 0
+        self._out = bytearray()
+        self._event_seq = 0
+        self._stream_ids = 0
+        self.boot()
+
+    # ------------------------------------------------------------------------- lifecycle
+    def boot(self) -> None:
+        """Power-up or reset: new session id, empty cache, no stream, handshake required, EV_BOOT sent."""
+        self._boots += 1
+        rng = np.random.default_rng([self.config.seed, self._boots, 0xB007])
+        self.session_id = int(rng.integers(1, 2**32))
+        self.decoder = FrameDecoder()
+        self._cache: OrderedDict[int, tuple[int, bytes, bytes]] = OrderedDict()
+        self._stream: _Stream | None = None
+        self._handshaken = False
+        self.state = BoardState.IDLE
+        self.watchdog_ms = self.config.watchdog_ms
+        self._deadline: float | None = None
+        self._queue: deque[Frame | DecodeError] = deque()
+        self._out.clear()
+        self._emit_event(m.BootEvent(self.session_id, *FIRMWARE_VERSION, self._now_us()))
+
+    @property
+    def hello_info(self) -> m.HelloInfo:
+        c = self.config
+        return m.HelloInfo(
+            PROTOCOL_MAJOR, PROTOCOL_MINOR, *FIRMWARE_VERSION, c.board_id, self.session_id, int(c.capabilities),
+            c.rows, c.cols, c.dac_bits, c.adc_bits, *c.set_v_mv, *c.reset_v_mv, *c.form_v_mv, *c.read_v_mv,
+            *c.gate_v_mv, c.width_min_ns, c.width_max_ns, c.width_step_ns, c.max_compliance_na, c.max_payload,
+            self.watchdog_ms, c.stream_window, c.max_wv_batch,
+        )  # fmt: skip
+
+    @property
+    def limits(self) -> BoardLimits:
+        return BoardLimits.from_hello(self.hello_info)
+
+    # ------------------------------------------------------------------------- byte interface
+    def feed(self, data: bytes) -> bytes:
+        """Consume bytes from the host; return every byte the board sends in reaction."""
+        self._check_watchdog()
+        self._queue.extend(self.decoder.iter_feed(data))
+        while self._queue:
+            self._handle(self._queue.popleft())
+        self._pump_stream()
+        return self._take()
+
+    def poll(self) -> bytes:
+        """Let the link-side clock run: fire the watchdog if due, flush pending stream events."""
+        self._check_watchdog()
+        self._pump_stream()
+        return self._take()
+
+    def _take(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _now_us(self) -> int:
+        return int(round(self.array.time_s * 1e6))
+
+    def _emit_event(self, msg: m.Message) -> bytes:
+        frame = msg.to_frame(self._event_seq).encode()
+        self._event_seq = (self._event_seq + 1) & 0xFFFF
+        self._out += frame
+        return frame
+
+    # ------------------------------------------------------------------------- watchdog
+    def _feed_watchdog(self) -> None:
+        self._deadline = self._clock() + self.watchdog_ms / 1000 if self.watchdog_ms else None
+        if self.state == BoardState.SAFE_IDLE:
+            self.state = BoardState.IDLE
+
+    def _check_watchdog(self) -> None:
+        if self._deadline is None or self.state == BoardState.SAFE_IDLE or self._clock() < self._deadline:
+            return
+        stream_id = 0xFFFF
+        if self._stream is not None:
+            stream_id = self._stream.stream_id
+            self._end_stream(StreamEnd.WATCHDOG, numbered=False)
+        self.state = BoardState.SAFE_IDLE  # outputs grounded: nothing is driven until the next request
+        self._emit_event(m.WatchdogEvent(self._now_us(), stream_id))
+
+    # ------------------------------------------------------------------------- dispatch
+    def _handle(self, item: Frame | DecodeError) -> None:
+        if isinstance(item, DecodeError):
+            self._out += Frame(FrameType.NAK, SEQ_UNKNOWN, 0, item.status, item.reason.encode()[:120]).encode()
+            return
+        frame = item
+        if frame.type != FrameType.REQUEST:
+            return  # the board ignores anything but requests
+        raw = frame.to_bytes()
+        cached = self._cache.get(frame.seq)
+        if cached is not None and cached[0] == frame.opcode and cached[1] == raw:
+            self._out += cached[2]  # a retry: answer from the cache, never execute twice
+            return
+        response = self._execute(frame).encode()
+        self._cache[frame.seq] = (frame.opcode, raw, response)
+        self._cache.move_to_end(frame.seq)
+        while len(self._cache) > self.config.response_cache:
+            self._cache.popitem(last=False)
+        self._out += response
+        self._flush_after_response()
+
+    def _execute(self, frame: Frame) -> Frame:
+        try:
+            if frame.major != PROTOCOL_MAJOR and frame.opcode != Opcode.HELLO:
+                raise VersionMismatchError(f"request major {frame.major}, board speaks {PROTOCOL_MAJOR}")
+            handler = self._handlers().get(frame.opcode)
+            if handler is None:
+                raise UnknownOpcodeError(f"unknown opcode 0x{frame.opcode:02x}")
+            if not self._handshaken and frame.opcode != Opcode.HELLO:
+                raise HandshakeRequiredError("board was reset: send HELLO first")
+            if self._stream is not None and frame.opcode not in _ALLOWED_WHILE_STREAMING:
+                raise BusyError(f"endurance stream {self._stream.stream_id} is running")
+            cls = m.MESSAGE_TYPES[(FrameType.REQUEST, frame.opcode)]
+            try:
+                req = cls.decode(frame.payload)
+            except PayloadError as exc:
+                raise BadLengthError(str(exc)) from None
+            self._feed_watchdog()
+            try:
+                self.limits.check(req)
+            except LimitError as exc:
+                raise OutOfRangeError(str(exc)) from None
+            result = handler(req)
+            status = Status.OK
+            if isinstance(result, tuple):  # (message, non-OK status that still carries the result)
+                result, status = result
+            return Frame(FrameType.RESPONSE, frame.seq, frame.opcode, status, result.encode(), VERSION_BYTE)
+        except BoardError as exc:
+            payload = exc.result.encode() if isinstance(exc.result, m.Message) else str(exc).encode()[:200]
+            return Frame(FrameType.RESPONSE, frame.seq, frame.opcode, exc.status, payload)
+
+    def _handlers(self) -> dict[int, Callable]:
+        h: dict[int, Callable] = {
+            Opcode.HELLO: self._hello,
+            Opcode.HEARTBEAT: self._heartbeat,
+            Opcode.GET_COUNTERS: self._get_counters,
+            Opcode.FORM: self._form,
+            Opcode.SET: self._set,
+            Opcode.RESET: self._reset,
+            Opcode.READ: self._read,
+            Opcode.READ_BLOCK: self._read_block,
+            Opcode.ABORT: self._abort,
+        }
+        caps = self.config.capabilities
+        if caps & Capability.IV_SWEEP:
+            h[Opcode.IV_SWEEP] = self._iv_sweep
+        if caps & Capability.STREAMING:
+            h.update({Opcode.ENDURANCE: self._endurance, Opcode.STREAM_ACK: self._ack, Opcode.STREAM_RESEND: self._resend})
+        if caps & Capability.WRITE_VERIFY:
+            h[Opcode.WRITE_VERIFY] = self._write_verify
+        if caps & Capability.VIRTUAL_CLOCK:
+            h[Opcode.ADVANCE_CLOCK] = self._advance_clock
+        return h
+
+    # ------------------------------------------------------------------------- measurement helpers
+    def _read_g(self, rows: np.ndarray, cols: np.ndarray, v_read: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Read cells; return (codes, saturated mask, conductance from the board's nominal calibration)."""
+        current = self.array.read_current(rows, cols, v_read)
+        self.counters.reads += rows.size
+        conv = self.chain.read.convert(current)
+        g = self.chain.read.to_current(conv.codes) / v_read
+        return conv.codes, conv.saturated, g
+
+    def _pulse_codes(self, current: np.ndarray, what: str) -> np.ndarray:
+        if np.any(np.abs(current) > self.config.max_compliance_na * 1e-9):
+            raise ComplianceHitError(f"{what} current {np.max(np.abs(current)) * 1e6:.1f} uA hit the board's limit")
+        return self.chain.pulse.codes(current)
+
+    # ------------------------------------------------------------------------- handlers
+    def _hello(self, req: m.HelloRequest) -> m.HelloInfo:
+        self._handshaken = True
+        self._feed_watchdog()
+        return self.hello_info
+
+    def _heartbeat(self, req: m.HeartbeatRequest) -> m.HeartbeatReply:
+        if req.watchdog_ms:
+            self.watchdog_ms = req.watchdog_ms
+            self._feed_watchdog()
+        state = BoardState.STREAMING if self._stream is not None else self.state
+        return m.HeartbeatReply(self.session_id, self._now_us(), int(state), self.watchdog_ms)
+
+    def _get_counters(self, req: m.CountersRequest) -> m.Counters:
+        c = self.counters
+        return m.Counters(self._now_us(), c.form, c.set, c.reset, c.reads)
+
+    def _form(self, req: m.FormRequest) -> m.FormResult:
+        r, c = np.array([req.row]), np.array([req.col])
+        v_read = req.v_read_mv / 1000
+        if v_read <= 0:
+            raise BadArgumentError("FORM needs a positive read voltage")
+        threshold = req.g_formed_ns * 1e-9
+        codes, _, g = self._read_g(r, c, v_read)
+        pulses, v_mv = 0, req.v_start_mv
+        while g[0] < threshold and v_mv <= req.v_stop_mv:
+            current = self.array.form(r, c, v_mv / 1000, req.width_ns, req.gate_mv / 1000)
+            self.counters.form += 1
+            pulses += 1
+            self._pulse_codes(current, "FORM")
+            codes, _, g = self._read_g(r, c, v_read)
+            if g[0] >= threshold:
+                break
+            v_mv += req.v_step_mv
+        formed = int(g[0] >= threshold)
+        v_final = min(v_mv, req.v_stop_mv) if pulses else 0
+        rd = self.chain.read
+        return m.FormResult(self._now_us(), formed, pulses, v_final, int(codes[0]), req.v_read_mv, rd.amps_per_code, rd.offset_code)
+
+    def _pulse(self, req: m.PulseRequest, reset: bool) -> m.PulseResult:
+        r, c = np.array([req.row]), np.array([req.col])
+        fn = self.array.reset_pulse if reset else self.array.set_pulse
+        current = fn(r, c, req.v_mv / 1000, req.width_ns, req.gate_mv / 1000)
+        if reset:
+            self.counters.reset += 1
+        else:
+            self.counters.set += 1
+        codes = self._pulse_codes(current, "RESET" if reset else "SET")
+        cls = m.ResetResult if reset else m.SetResult
+        p = self.chain.pulse
+        return cls(self._now_us(), int(codes[0]), p.amps_per_code, p.offset_code)
+
+    def _set(self, req: m.SetRequest) -> m.PulseResult:
+        return self._pulse(req, reset=False)
+
+    def _reset(self, req: m.ResetRequest) -> m.PulseResult:
+        return self._pulse(req, reset=True)
+
+    def _check_read_v(self, mv: int) -> float:
+        if mv <= 0:
+            raise BadArgumentError("read voltage must be positive")
+        return mv / 1000
+
+    def _read(self, req: m.ReadRequest) -> m.ReadResult | tuple[m.ReadResult, Status]:
+        v = self._check_read_v(req.v_read_mv)
+        codes, sat, _ = self._read_g(np.array([req.row]), np.array([req.col]), v)
+        rd = self.chain.read
+        res = m.ReadResult(self._now_us(), req.v_read_mv, int(codes[0]), rd.amps_per_code, rd.offset_code)
+        return (res, Status.ADC_SATURATED) if sat[0] else res
+
+    def _read_block(self, req: m.ReadBlockRequest) -> m.ReadBlockResult:
+        v = self._check_read_v(req.v_read_mv)
+        rr, cc = np.meshgrid(np.arange(req.row0, req.row0 + req.nrows), np.arange(req.col0, req.col0 + req.ncols), indexing="ij")
+        codes, _, _ = self._read_g(rr.ravel(), cc.ravel(), v)
+        rd = self.chain.read
+        return m.ReadBlockResult(
+            self._now_us(), req.v_read_mv, req.row0, req.col0, req.nrows, req.ncols, rd.amps_per_code, rd.offset_code, codes
+        )
+
+    def _iv_sweep(self, req: m.IvSweepRequest) -> m.IvSweepResult:
+        volts_mv = np.rint(np.linspace(req.v_start_mv, req.v_stop_mv, req.n_points)).astype(np.int16)
+        width = req.width_ns if req.mode == 0 else max(req.width_ns, self.config.width_min_ns)
+        currents = self.array.iv_sweep(np.array([req.row]), np.array([req.col]), volts_mv / 1000, width, req.gate_mv / 1000)[:, 0]
+        pos = volts_mv > 0
+        self.counters.set += int(pos.sum())
+        self.counters.reset += int((volts_mv < 0).sum())
+        codes = self._pulse_codes(currents, "I-V sweep")
+        p = self.chain.pulse
+        return m.IvSweepResult(self._now_us(), req.n_points, p.amps_per_code, p.offset_code, volts_mv, codes)
+
+    def _advance_clock(self, req: m.AdvanceClockRequest) -> m.AdvanceClockReply:
+        self.array.advance(req.microseconds / 1e6)
+        return m.AdvanceClockReply(self._now_us())
+
+    def _abort(self, req: m.AbortRequest) -> m.AbortReply:
+        stream_id = 0xFFFF
+        if self._stream is not None:
+            stream_id = self._stream.stream_id
+            self._pending_abort_end = True
+        return m.AbortReply(stream_id, self._now_us())
+
+    # ------------------------------------------------------------------------- write-verify
+    def _abort_queued(self) -> bool:
+        """True if an ABORT request is waiting in the input (the MCU polls its UART between pulses)."""
+        return any(isinstance(f, Frame) and f.type == FrameType.REQUEST and f.opcode == Opcode.ABORT for f in self._queue)
+
+    def _write_verify(self, req: m.WriteVerifyRequest) -> m.WriteVerifyResult | tuple[m.WriteVerifyResult, Status]:
+        e = req.entries
+        v_read = self._check_read_v(req.v_read_mv)
+        rows, cols = e["row"].astype(np.int64), e["col"].astype(np.int64)
+        if np.unique(rows * self.config.cols + cols).size != rows.size:
+            raise BadArgumentError("write-verify batch lists a cell more than once")
+        n = rows.size
+        target, tol = e["target_s"].astype(float), e["tol_s"].astype(float)
+        max_p = e["max_pulses"].astype(np.int64)
+        status = np.full(n, CellResult.MAX_PULSES, dtype=np.uint8)
+        pulses = np.zeros(n, dtype=np.int64)
+        s_idx = np.zeros(n, dtype=np.int64)
+        r_idx = np.zeros(n, dtype=np.int64)
+        formed = self.array.formed[rows * self.config.cols + cols]
+        status[~formed] = CellResult.NOT_FORMED
+        codes = np.zeros(n, dtype=np.uint16)
+        g = np.zeros(n)
+        act = np.flatnonzero(formed)
+        if act.size:
+            codes[act], _, g[act] = self._read_g(rows[act], cols[act], v_read)
+        g_start = g.copy()
+        moved = np.zeros(n)
+        aborted = False
+        while act.size:
+            done = np.abs(g[act] - target[act]) <= tol[act]
+            status[act[done]] = CellResult.CONVERGED
+            act = act[~done]
+            act = act[pulses[act] < max_p[act]]
+            if not act.size:
+                break
+            if self._abort_queued():
+                status[act] = CellResult.ABORTED
+                aborted = True
+                break
+            up = act[g[act] < target[act]]
+            down = act[g[act] >= target[act]]
+            if up.size:
+                v = np.minimum(req.set_v_start_mv + s_idx[up] * req.set_v_step_mv, req.set_v_stop_mv) / 1000
+                gate = np.minimum(req.set_gate_start_mv + s_idx[up] * req.set_gate_step_mv, req.set_gate_stop_mv) / 1000
+                self.array.set_pulse(rows[up], cols[up], v, req.width_ns, gate)
+                self.counters.set += up.size
+                s_idx[up] += 1
+                r_idx[up] = 0
+            if down.size:
+                v = np.maximum(req.reset_v_start_mv + r_idx[down] * req.reset_v_step_mv, req.reset_v_stop_mv) / 1000
+                self.array.reset_pulse(rows[down], cols[down], v, req.width_ns, req.reset_gate_mv / 1000)
+                self.counters.reset += down.size
+                r_idx[down] += 1
+                s_idx[down] = 0
+            pulses[act] += 1
+            codes[act], _, g[act] = self._read_g(rows[act], cols[act], v_read)
+            moved[act] = np.maximum(moved[act], np.abs(g[act] - g_start[act]))
+        stuck = (status == CellResult.MAX_PULSES) & (pulses >= _STUCK_MIN_PULSES) & (moved <= tol)
+        status[stuck] = CellResult.STUCK
+        results = np.zeros(n, dtype=m.WV_RESULT)
+        results["final_s"], results["final_code"], results["pulses"], results["status"] = g, codes, pulses, status
+        res = m.WriteVerifyResult(self._now_us(), n, results)
+        if aborted:
+            raise AbortedError(result=res)
+        return res
+
+    # ------------------------------------------------------------------------- endurance stream
+    def _endurance(self, req: m.EnduranceRequest) -> m.EnduranceStarted:
+        if req.read_every > req.n_cycles:
+            raise BadArgumentError(f"read_every {req.read_every} exceeds n_cycles {req.n_cycles}")
+        rr, cc = np.meshgrid(np.arange(req.row0, req.row0 + req.nrows), np.arange(req.col0, req.col0 + req.ncols), indexing="ij")
+        n_cells = rr.size
+        per_event = min(n_cells, m.max_event_cells(self.config.max_payload))
+        self._stream_ids = (self._stream_ids + 1) & 0xFFFF
+        self._stream = _Stream(
+            stream_id=self._stream_ids, req=req, rows=rr.ravel(), cols=cc.ravel(),
+            n_points=req.n_cycles // req.read_every, cells_per_event=per_event,
+            events_per_point=math.ceil(n_cells / per_event),
+        )  # fmt: skip
+        self._pending_abort_end = False
+        self.state = BoardState.STREAMING
+        return m.EnduranceStarted(self._stream.stream_id, self._stream.n_events, n_cells, self._now_us())
+
+    def _stream_check(self, stream_id: int) -> _Stream:
+        s = self._stream
+        if s is None or s.stream_id != stream_id:
+            raise BadArgumentError(f"no running stream {stream_id}")
+        return s
+
+    def _ack(self, req: m.StreamAck) -> m.StreamAckReply:
+        s = self._stream_check(req.stream_id)
+        if req.next_event > s.next_event:
+            raise BadArgumentError(f"ack {req.next_event} is beyond the last event sent ({s.next_event - 1})")
+        for k in range(s.acked, req.next_event):
+            s.sent.pop(k, None)
+        s.acked = max(s.acked, req.next_event)
+        if s.ended and s.acked > s.n_events:
+            self._stream = None
+            self.state = BoardState.IDLE
+        return m.StreamAckReply(req.stream_id, s.acked)
+
+    def _resend(self, req: m.StreamResend) -> m.StreamResendReply:
+        s = self._stream_check(req.stream_id)
+        frame = s.sent.get(req.event_no)
+        if frame is None:
+            raise BadArgumentError(f"event {req.event_no} is not in the window [{s.acked}, {s.next_event})")
+        self._resend_frame = frame
+        return m.StreamResendReply(req.stream_id, req.event_no)
+
+    def _flush_after_response(self) -> None:
+        """Things a response must precede: a re-sent event, the end event of an aborted stream."""
+        frame = getattr(self, "_resend_frame", None)
+        if frame is not None:
+            self._out += frame
+            self._resend_frame = None
+        if getattr(self, "_pending_abort_end", False) and self._stream is not None:
+            self._pending_abort_end = False
+            self._end_stream(StreamEnd.ABORTED, numbered=False)
+
+    def _end_stream(self, reason: StreamEnd, numbered: bool) -> None:
+        s = self._stream
+        assert s is not None
+        end = m.EnduranceEnd(s.stream_id, s.n_events if numbered else s.next_event, s.cycles_done, int(reason), self._now_us())
+        frame = self._emit_event(end)
+        if numbered:
+            s.sent[s.n_events] = frame
+            s.next_event = s.n_events + 1
+            s.ended = True
+        else:
+            self._stream = None
+            self.state = BoardState.IDLE
+
+    def _generate_points(self, s: _Stream, k: int) -> None:
+        """Cycle the block through the next k read points (one vectorised call) and queue their events."""
+        req = s.req
+        res = self.array.cycle(
+            s.rows, s.cols, k * req.read_every, req.read_every,
+            req.set_v_mv / 1000, req.set_width_ns, req.set_gate_mv / 1000,
+            req.reset_v_mv / 1000, req.reset_width_ns, req.reset_gate_mv / 1000, req.v_read_mv / 1000,
+        )  # fmt: skip
+        self.counters.set += res.set_pulses
+        self.counters.reset += res.reset_pulses
+        self.counters.reads += res.read_ops
+        rd = self.chain.read
+        lrs, hrs = rd.codes(res.lrs_current), rd.codes(res.hrs_current)
+        base_cycle = s.cycles_done
+        s.cycles_done += k * req.read_every
+        n_cells = s.rows.size
+        for p in range(k):
+            for e in range(s.events_per_point):
+                lo = e * s.cells_per_event
+                hi = min(lo + s.cells_per_event, n_cells)
+                event_no = (s.next_point + p) * s.events_per_point + e
+                s.ready.append(
+                    m.EnduranceData(
+                        s.stream_id, event_no, base_cycle + int(res.cycles[p]), self._now_us(), lo, hi - lo,
+                        rd.amps_per_code, rd.offset_code, lrs[p, lo:hi], hrs[p, lo:hi],
+                    )
+                )  # fmt: skip
+        s.next_point += k
+
+    def _pump_stream(self) -> None:
+        """Send stream events while the window has room; finish the stream after its last read point."""
+        s = self._stream
+        if s is None or s.ended:
+            return
+        window = self.config.stream_window
+        while s.next_event - s.acked < window:
+            if not s.ready:
+                if s.next_point < s.n_points:
+                    points_in_window = max(1, (window - (s.next_event - s.acked)) // s.events_per_point)
+                    self._generate_points(s, min(points_in_window, s.n_points - s.next_point))
+                    continue
+                rest = s.req.n_cycles - s.cycles_done  # cycles after the last read point
+                if rest > 0:
+                    r = s.req
+                    res = self.array.cycle(
+                        s.rows, s.cols, rest, rest, r.set_v_mv / 1000, r.set_width_ns, r.set_gate_mv / 1000,
+                        r.reset_v_mv / 1000, r.reset_width_ns, r.reset_gate_mv / 1000, r.v_read_mv / 1000,
+                    )  # fmt: skip
+                    self.counters.set += res.set_pulses
+                    self.counters.reset += res.reset_pulses
+                    self.counters.reads += res.read_ops
+                    s.cycles_done += rest
+                self._end_stream(StreamEnd.COMPLETE, numbered=True)
+                return
+            frame = self._emit_event(s.ready.popleft())
+            s.sent[s.next_event] = frame
+            s.next_event += 1

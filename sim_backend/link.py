@@ -1,0 +1,107 @@
+"""In-process serial link to a simulated board: the subset of `serial.Serial` the host uses."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from sim_backend.board_config import BoardConfig
+from sim_backend.faults import FaultInjector, LinkFaults
+from sim_backend.firmware import FirmwareEngine
+
+
+class SimLink:
+    """A byte pipe to a FirmwareEngine, with optional fault injection in both directions.
+
+    `write()` hands bytes to the firmware at once; what the firmware answers becomes readable,
+    possibly held back (delay faults) or corrupted. `read()` blocks up to `timeout` like pyserial.
+    """
+
+    def __init__(self, engine: FirmwareEngine | None = None, faults: LinkFaults = LinkFaults(), timeout: float | None = 1.0):
+        self.engine = engine if engine is not None else FirmwareEngine(BoardConfig())
+        self.faults = faults
+        self._inj = FaultInjector(faults)
+        self._pending: deque[tuple[float, bytes]] = deque()  # (release time, bytes) board -> host
+        self._rx = bytearray()
+        self._host_bytes = 0
+        self._reset_done = False
+        self._lock = threading.RLock()
+        self.timeout = timeout
+        self.is_open = True
+        self._deliver(self.engine.poll())  # the EV_BOOT of power-up
+
+    # --- board side ------------------------------------------------------------------------
+    def _deliver(self, data: bytes) -> None:
+        if not data:
+            return
+        data = self._inj.corrupt(data)
+        release = time.monotonic() + self._inj.hold_back_s()
+        if self._pending:
+            release = max(release, self._pending[-1][0])  # a serial line never reorders bytes
+        self._pending.append((release, data))
+
+    def _collect(self) -> None:
+        self._deliver(self.engine.poll())
+        now = time.monotonic()
+        while self._pending and self._pending[0][0] <= now:
+            self._rx += self._pending.popleft()[1]
+
+    # --- serial.Serial subset ----------------------------------------------------------------
+    def write(self, data: bytes) -> int:
+        with self._lock:
+            self._check_open()
+            n = len(data)
+            f = self.faults
+            if f.reset_after and not self._reset_done and self._host_bytes + n >= f.reset_after:
+                cut = f.reset_after - self._host_bytes
+                self._deliver(self.engine.feed(self._inj.corrupt(bytes(data[:cut]))))
+                self.engine.boot()  # power glitch: the firmware restarts mid-run
+                self._reset_done = True
+                self._deliver(self.engine.poll())
+                data = data[cut:]
+            self._host_bytes += n
+            self._deliver(self.engine.feed(self._inj.corrupt(bytes(data))))
+            return n
+
+    def read(self, size: int = 1) -> bytes:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            with self._lock:
+                self._check_open()
+                self._collect()
+                if len(self._rx) >= size or (deadline is not None and time.monotonic() >= deadline):
+                    out = bytes(self._rx[:size])
+                    del self._rx[:size]
+                    return out
+                wait = self._pending[0][0] - time.monotonic() if self._pending else 0.002
+            time.sleep(min(max(wait, 0.0005), 0.01))
+
+    @property
+    def in_waiting(self) -> int:
+        with self._lock:
+            self._check_open()
+            self._collect()
+            return len(self._rx)
+
+    def reset_input_buffer(self) -> None:
+        with self._lock:
+            self._collect()
+            self._rx.clear()
+
+    def flush(self) -> None:
+        """Writes are delivered synchronously; nothing to flush."""
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def _check_open(self) -> None:
+        if not self.is_open:
+            import serial
+
+            raise serial.PortNotOpenError()
+
+    def __enter__(self) -> "SimLink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
