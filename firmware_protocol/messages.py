@@ -414,7 +414,7 @@ class EnduranceRequest(Message):
 
     OPCODE = Opcode.ENDURANCE
     KIND = FrameType.REQUEST
-    FORMAT = "<HHHHIIhIHhIHh"
+    FORMAT = "<HHHHIIhIHhIHhH"
     row0: int
     col0: int
     nrows: int
@@ -428,6 +428,7 @@ class EnduranceRequest(Message):
     reset_width_ns: int
     reset_gate_mv: int
     v_read_mv: int
+    cells_per_event: int = 0  # most cells per data event (0 = as many as fit); small on a noisy link
 
 
 @dataclass

@@ -448,6 +448,8 @@ class FirmwareEngine:
         rr, cc = np.meshgrid(np.arange(req.row0, req.row0 + req.nrows), np.arange(req.col0, req.col0 + req.ncols), indexing="ij")
         n_cells = rr.size
         per_event = min(n_cells, m.max_event_cells(self.config.max_payload))
+        if req.cells_per_event:
+            per_event = min(per_event, req.cells_per_event)
         self._stream_ids = (self._stream_ids + 1) & 0xFFFF
         self._stream = _Stream(
             stream_id=self._stream_ids, req=req, rows=rr.ravel(), cols=cc.ravel(),
