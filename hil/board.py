@@ -124,17 +124,17 @@ class EnduranceChunk:
 class PulseRamp:
     """Write-verify pulse ramps (volts): SET voltage and gate grow per SET pulse, RESET grows more negative."""
 
-    set_v_start: float = 1.2
-    set_v_stop: float = 2.0
-    set_v_step: float = 0.05
-    set_gate_start: float = 0.9
-    set_gate_stop: float = 2.0
-    set_gate_step: float = 0.02
-    reset_v_start: float = -0.8
-    reset_v_stop: float = -2.0
-    reset_v_step: float = -0.05
+    set_v_start: float = 0.7
+    set_v_stop: float = 1.6
+    set_v_step: float = 0.02
+    set_gate_start: float = 1.3
+    set_gate_stop: float = 1.3
+    set_gate_step: float = 0.0
+    reset_v_start: float = -0.6
+    reset_v_stop: float = -1.8
+    reset_v_step: float = -0.02
     reset_gate: float = 3.0
-    width_ns: int = 200
+    width_ns: int = 100
 
 
 @dataclass

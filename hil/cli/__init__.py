@@ -9,7 +9,12 @@ from hil.cli.errors import run_cli
 
 # Each entry is "module:attribute" of a click command or group; a module adds itself here
 # when it has something real behind it (no stubs).
-_COMMANDS: list[str] = []
+_COMMANDS: list[str] = [
+    "hil.cli.train:train",
+    "hil.cli.evaluate:evaluate",
+    "hil.cli.profile:profile",
+    "hil.cli.sim:sim",
+]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

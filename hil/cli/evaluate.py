@@ -1,0 +1,67 @@
+"""`rram evaluate`: Monte Carlo accuracy of a saved model under device noise (mean, CI, KPP, worst, EKL)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from hil.cli.errors import UserError
+from hil.cli.train import noise_options, spec_from_kwargs
+
+
+@click.command("evaluate")
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@noise_options
+@click.option("--mc", "n_draws", type=int, default=1000, show_default=True, help="Number of noise draws.")
+@click.option("--kpp", type=float, multiple=True, help="k (percent) of the k-th percentile performance; repeatable.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.option("--chunk", "draws_per_chunk", type=int, help="Noise draws per batched forward (default: by memory).")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Override the dataset folder stored in the model.")
+@click.option("--per-draw", is_flag=True, help="Include every draw's accuracy in the JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def evaluate(model_file: str, n_draws: int, kpp: tuple[float, ...], seed: int, device: str, batch_size: int,
+             draws_per_chunk: int | None, data_root: str | None, per_draw: bool, as_json: bool, **noise_kw: Any) -> None:
+    """Evaluate MODEL_FILE on its test set over noise draws (noise defaults to the model's training noise)."""
+    from models.checkpoint import load_model
+    from models.data import load_dataset
+    from models.montecarlo import evaluate_mc
+    from models.noise.factory import noise_from_spec
+    from models.training import init_distributed, resolve_device
+
+    if n_draws < 1:
+        raise UserError("--mc must be >= 1")
+    if any(not 0 < k < 100 for k in kpp):
+        raise UserError("--kpp values are percentages strictly between 0 and 100")
+    kpp = kpp or (1.0, 5.0)
+    rank, _world, local_rank = init_distributed(device)
+    dev = resolve_device(device, local_rank)
+    model, ckpt = load_model(model_file, dev)
+    spec = spec_from_kwargs(noise_kw)
+    if spec is None:
+        spec = ckpt.get("noise")
+    if spec is None:
+        raise UserError(f"{model_file} was trained without noise: give a noise source (--profile, --sigma, ...)")
+    noise = noise_from_spec(spec)
+    ds = load_dataset(ckpt["data"]["name"], data_root or ckpt["data"]["root"])
+    res = evaluate_mc(model, ds.x_test, ds.y_test, noise, n_draws, seed=seed, kpp=tuple(kpp), batch_size=batch_size,
+                      draws_per_chunk=draws_per_chunk, device=dev, progress=not as_json)
+    if rank != 0:
+        return
+    out = res.to_dict()
+    if not per_draw:
+        out.pop("accuracies")
+    out.update({"model_file": model_file, "noise": spec, "data": ds.name, "seed": seed})
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"{model_file}: {ds.name} test set ({res.n_samples} samples), {res.n_draws} noise draws")
+    click.echo(f"  clean accuracy   {100 * res.clean_accuracy:.2f} %")
+    click.echo(f"  noisy mean (std) {100 * res.mean:.2f} % ({100 * res.std:.2f})  95% CI "
+               f"[{100 * res.ci95[0]:.2f}, {100 * res.ci95[1]:.2f}]")
+    for k, v in res.kpp.items():
+        click.echo(f"  KPP k={k:g}%       {100 * v:.2f} %")
+    click.echo(f"  worst draw       {100 * res.worst:.2f} %")
+    click.echo(f"  EKL (correct)    {res.ekl:.4f}")

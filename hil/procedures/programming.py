@@ -1,0 +1,74 @@
+"""Shared steps of the multi-level procedures: level targets, write-verify programming, timed block reads."""
+from __future__ import annotations
+
+import numpy as np
+
+from hil.board import Board, PulseRamp
+from hil.procedures.base import Progress
+from hil.procedures.region import Region
+from hil.runfile import RunWriter, Table
+
+PROGRAM_FIELDS = {
+    "cell": ("i4", (2,)), "level": ("i2", ()), "target": ("f8", ()), "g": ("f8", ()),
+    "pulses": ("i4", ()), "status": ("u1", ()), "t": ("f8", ()),
+}  # fmt: skip
+
+
+def program_table(doc: str) -> Table:
+    return Table(dict(PROGRAM_FIELDS), doc)
+
+
+def reads_table(n_cells: int, doc: str) -> Table:
+    return Table({"t": ("f8", ()), "g": ("f8", (n_cells,))}, doc)
+
+
+def level_targets(n_levels: int, g_lo: float, g_hi: float) -> np.ndarray:
+    """Evenly spaced target conductances (S) from g_lo to g_hi."""
+    if n_levels < 1 or not 0 < g_lo <= g_hi:
+        raise ValueError(f"levels need n_levels >= 1 and 0 < g_lo <= g_hi (got {n_levels}, {g_lo}, {g_hi})")
+    return np.linspace(g_lo, g_hi, n_levels) if n_levels > 1 else np.array([g_lo])
+
+
+def assign_levels(n_cells: int, n_levels: int, seed: int) -> np.ndarray:
+    """Balanced, shuffled level index per cell (same for a given seed, so resumes agree)."""
+    return np.random.default_rng(seed).permutation(np.arange(n_cells) % n_levels)
+
+
+def board_time(board: Board) -> float:
+    return board.heartbeat().timestamp_us / 1e6
+
+
+def program_verified(board: Board, w: RunWriter, table: str, region: Region, levels: np.ndarray, targets: np.ndarray,
+                     tol: float, max_pulses: int, v_read: float, bar: Progress, batch: int = 256,
+                     ramp: PulseRamp = PulseRamp()) -> None:  # fmt: skip
+    """Write-verify every cell of the region to its target, in batches, resuming after the cells recorded."""
+    rows, cols = region.cells()
+    done = w.count(table)
+    for i in range(done, rows.size, batch):
+        sl = slice(i, min(i + batch, rows.size))
+        o = board.write_verify(rows[sl], cols[sl], targets[levels[sl]], tol, max_pulses, ramp, v_read)
+        rec = np.zeros(sl.stop - sl.start, dtype=program_table("").dtype)
+        rec["cell"] = np.stack([rows[sl], cols[sl]], axis=1)
+        rec["level"], rec["target"] = levels[sl], targets[levels[sl]]
+        rec["g"], rec["pulses"], rec["status"], rec["t"] = o.final_s, o.pulses, o.status, o.timestamp_s
+        w.append(table, rec)
+        bar.advance(sl.stop - sl.start)
+
+
+def timed_reads(board: Board, w: RunWriter, table: str, region: Region, t_ref: float, times_s: np.ndarray,
+                v_read: float, bar: Progress) -> None:  # fmt: skip
+    """Read the whole region at t_ref + each time (board clock), skipping the reads already recorded."""
+    for k in range(w.count(table), times_s.size):
+        now = board_time(board)
+        wait = t_ref + float(times_s[k]) - now
+        if wait > 0:
+            board.wait(wait)
+        m = board.read_block(region.row0, region.col0, region.nrows, region.ncols, v_read)
+        w.append(table, t=m.timestamp_s, g=m.conductance_s.ravel())
+        bar.advance()
+
+
+def log_times(t_first: float, t_last: float, n: int) -> np.ndarray:
+    if not 0 < t_first <= t_last or n < 1:
+        raise ValueError(f"read schedule needs 0 < t_first <= t_last and n >= 1 (got {t_first}, {t_last}, {n})")
+    return np.geomspace(t_first, t_last, n)

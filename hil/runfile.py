@@ -1,0 +1,309 @@
+"""Run files: one HDF5 file per characterization run, crash-safe and resumable (schema in RUNFILE.md).
+
+Every table a procedure writes is declared when the run is created; the file is then switched to
+HDF5 single-writer/multiple-reader (SWMR) mode, in which appended data reach the disk in an order
+that keeps the file readable if the process dies. Data are flushed at least every `flush_s` seconds.
+A run that was interrupted keeps status "running"; `resume_run` copies what was flushed into a clean
+file and carries on appending, so the finished file has the same content as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+FORMAT_NAME = "rram-hil-run"
+FORMAT_VERSION = "1.0"
+_MAJOR = 1
+
+
+class RunFileError(ValueError):
+    """A run file is missing, not a run file, corrupt, from a newer format, or not resumable."""
+
+
+def software_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rram-hil")
+    except Exception:  # running from a source tree without installation
+        return "unknown"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A dataset of records: one compound row per record, appended atomically.
+
+    `fields` maps a field name to (dtype, shape), e.g. {"cell": ("i4", (2,)), "g": ("f8", ())}.
+    Units and meanings of the fields are documented per procedure in RUNFILE.md.
+    """
+
+    fields: dict[str, tuple[str, tuple[int, ...]]]
+    doc: str = ""
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype([(name, np.dtype(dt), tuple(shape)) for name, (dt, shape) in self.fields.items()])
+
+
+@dataclass
+class RunData:
+    """Everything a run file holds, loaded into memory."""
+
+    path: Path
+    procedure: str
+    status: str
+    params: dict
+    board: dict
+    calibration: dict
+    data: dict[str, np.ndarray]
+    attrs: dict
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+
+class RunWriter:
+    """Appends rows to the declared datasets of an open run; flushes on a timer."""
+
+    def __init__(self, f: h5py.File, path: Path, flush_s: float):
+        self._f = f
+        self.path = path
+        self.flush_s = flush_s
+        self._last_flush = time.monotonic()
+
+    def count(self, name: str) -> int:
+        """Records written so far to table `name`."""
+        return int(self._f["data"][name].shape[0])
+
+    def append(self, name: str, records: np.ndarray | None = None, **values: object) -> None:
+        """Append one record given as keyword fields, or a structured array of records."""
+        ds = self._f["data"][name]
+        if records is None:
+            missing = set(ds.dtype.names) - set(values)
+            extra = set(values) - set(ds.dtype.names)
+            if missing or extra:
+                raise ValueError(f"table {name!r}: missing fields {sorted(missing)}, unknown fields {sorted(extra)}")
+            rec = np.zeros(1, dtype=ds.dtype)
+            for k, v in values.items():
+                rec[k][0] = v
+            records = rec
+        records = np.asarray(records)
+        if records.dtype != ds.dtype:
+            raise ValueError(f"table {name!r} takes records of dtype {ds.dtype}, got {records.dtype}")
+        n = ds.shape[0]
+        ds.resize(n + records.shape[0], axis=0)
+        ds[n:] = records
+        if time.monotonic() - self._last_flush >= self.flush_s:
+            self.flush()
+
+    def read(self, name: str) -> np.ndarray:
+        return self._f["data"][name][...]
+
+    def set_state(self, **values: float) -> None:
+        """Small numeric resume state (e.g. the board time at which programming ended)."""
+        keys = json.loads(self._f.attrs["state_keys"])
+        ds = self._f["state"]
+        for k, v in values.items():
+            if k not in keys:
+                raise KeyError(f"state key {k!r} was not declared")
+            ds[keys.index(k)] = v
+
+    def state(self, key: str) -> float:
+        keys = json.loads(self._f.attrs["state_keys"])
+        return float(self._f["state"][keys.index(key)])
+
+    def flush(self) -> None:
+        self._f.flush()
+        self._last_flush = time.monotonic()
+
+
+class Run:
+    """Context manager around one run file being written (created anew or resumed)."""
+
+    def __init__(self, path: Path, f: h5py.File, flush_s: float):
+        self.path = path
+        self._f = f
+        self.writer = RunWriter(f, path, flush_s)
+        self._finished = False
+
+    def __enter__(self) -> RunWriter:
+        return self.writer
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(complete=False)
+
+    def complete(self, summary: dict) -> None:
+        """Mark the run complete with a summary (reopens the file outside SWMR to write attributes)."""
+        if self._f.id.valid:
+            self._f.flush()
+            self._f.close()
+        with h5py.File(self.path, "r+") as f:
+            f.attrs["status"] = "complete"
+            f.attrs["completed_utc"] = _now()
+            f.attrs["summary_json"] = json.dumps(summary, default=_jsonable)
+        self._finished = True
+
+    def close(self, complete: bool = False) -> None:
+        if self._finished:
+            return
+        try:
+            if self._f.id.valid:
+                self._f.flush()
+                self._f.close()
+        finally:
+            self._finished = True
+
+
+def _jsonable(x: object) -> object:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"cannot store {type(x).__name__} in a run file")
+
+
+def _declare(f: h5py.File, tables: dict[str, Table], state_keys: list[str]) -> None:
+    g = f.create_group("data")
+    for name, table in tables.items():
+        dt = table.dtype
+        chunk_rows = max(1, min(4096, (1 << 16) // max(1, dt.itemsize)))
+        ds = g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(chunk_rows,))
+        ds.attrs["doc"] = table.doc
+    f.create_dataset("state", data=np.zeros(max(1, len(state_keys))))
+    f.attrs["state_keys"] = json.dumps(state_keys)
+
+
+def create_run(path: str | os.PathLike, procedure: str, params: dict, board: dict, tables: dict[str, Table],
+               state_keys: list[str] = (), calibration: dict | None = None, force: bool = False,
+               flush_s: float = 2.0) -> Run:  # fmt: skip
+    """Create a new run file; refuses to overwrite an existing file unless `force`."""
+    p = Path(path)
+    if p.exists() and not force:
+        raise FileExistsError(f"{p} already exists (use --force to overwrite or --resume to continue it)")
+    if not p.parent.exists():
+        raise FileNotFoundError(f"folder {p.parent} does not exist")
+    tmp = p.with_name(p.name + ".tmp")
+    with h5py.File(tmp, "w", libver="latest") as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["procedure"] = procedure
+        f.attrs["status"] = "running"
+        f.attrs["created_utc"] = _now()
+        f.attrs["software_version"] = software_version()
+        f.attrs["host"] = socket.gethostname()
+        f.attrs["params_json"] = json.dumps(params, default=_jsonable)
+        f.attrs["board_json"] = json.dumps(board, default=_jsonable)
+        f.attrs["calibration_json"] = json.dumps(calibration or {}, default=_jsonable)
+        f.attrs["resumed"] = 0
+        _declare(f, tables, list(state_keys))
+    os.replace(tmp, p)
+    return _open_swmr(p, flush_s)
+
+
+def _open_swmr(p: Path, flush_s: float) -> Run:
+    f = h5py.File(p, "r+", libver="latest")
+    f.swmr_mode = True
+    return Run(p, f, flush_s)
+
+
+def _open_readonly(p: Path) -> h5py.File:
+    if not p.exists():
+        raise FileNotFoundError(f"run file {p} does not exist")
+    try:
+        return h5py.File(p, "r", locking=False, swmr=True)
+    except OSError:
+        try:
+            return h5py.File(p, "r", locking=False)
+        except OSError as exc:
+            raise RunFileError(f"{p} is not a readable HDF5 run file ({str(exc).splitlines()[0]})") from None
+
+
+def _check_format(f: h5py.File, p: Path) -> None:
+    if f.attrs.get("format") != FORMAT_NAME:
+        raise RunFileError(f"{p} is not an rram-hil run file")
+    version = str(f.attrs.get("format_version", ""))
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise RunFileError(f"{p} has a malformed format version {version!r}") from None
+    if major > _MAJOR:
+        raise RunFileError(f"{p} is run-file format {version}, newer than this software reads ({FORMAT_VERSION})")
+    for key in ("procedure", "status", "params_json", "board_json"):
+        if key not in f.attrs:
+            raise RunFileError(f"{p} is corrupt: attribute {key!r} is missing")
+    if "data" not in f:
+        raise RunFileError(f"{p} is corrupt: group 'data' is missing")
+
+
+def read_run(path: str | os.PathLike) -> RunData:
+    """Load a run file (complete or interrupted) with validation and one-line errors."""
+    p = Path(path)
+    f = _open_readonly(p)
+    try:
+        _check_format(f, p)
+        try:
+            data = {name: ds[...] for name, ds in f["data"].items()}
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            return RunData(
+                path=p,
+                procedure=str(attrs["procedure"]),
+                status=str(attrs["status"]),
+                params=json.loads(attrs["params_json"]),
+                board=json.loads(attrs["board_json"]),
+                calibration=json.loads(attrs.get("calibration_json", "{}")),
+                data=data,
+                attrs=attrs,
+                summary=json.loads(attrs.get("summary_json", "{}")),
+            )
+        except (OSError, KeyError, ValueError) as exc:
+            raise RunFileError(f"{p} is corrupt: {str(exc).splitlines()[0]}") from None
+    finally:
+        f.close()
+
+
+def resume_run(path: str | os.PathLike, procedure: str, params: dict, flush_s: float = 2.0) -> Run:
+    """Continue an interrupted run: same procedure and parameters, everything flushed so far kept."""
+    p = Path(path)
+    f = _open_readonly(p)
+    try:
+        _check_format(f, p)
+        if f.attrs["status"] == "complete":
+            raise RunFileError(f"{p} is already complete; nothing to resume")
+        if f.attrs["procedure"] != procedure:
+            raise RunFileError(f"{p} is a {f.attrs['procedure']!r} run, not {procedure!r}")
+        stored = json.loads(f.attrs["params_json"])
+        if stored != json.loads(json.dumps(params, default=_jsonable)):
+            diff = sorted(k for k in set(stored) | set(params) if stored.get(k) != params.get(k))
+            raise RunFileError(f"{p} was started with other parameters ({', '.join(diff)}); resume with the same ones")
+        tmp = p.with_name(p.name + ".resume.tmp")
+        with h5py.File(tmp, "w", libver="latest") as g:
+            for k, v in f.attrs.items():
+                g.attrs[k] = v
+            g.attrs["resumed"] = int(f.attrs.get("resumed", 0)) + 1
+            data = g.create_group("data")
+            for name, ds in f["data"].items():
+                arr = ds[...]
+                new = data.create_dataset(name, data=arr, maxshape=(None,), chunks=ds.chunks)
+                for k, v in ds.attrs.items():
+                    new.attrs[k] = v
+            g.create_dataset("state", data=f["state"][...])
+    finally:
+        f.close()
+    os.replace(tmp, p)
+    return _open_swmr(p, flush_s)
