@@ -180,8 +180,10 @@ class Board:
     """A connected board (real or simulated), after a successful HELLO."""
 
     def __init__(self, link: ByteLink, *, port: str = "", timeout_s: float = 0.25, retries: int = 20,
-                 on_event: Callable[[Frame], None] | None = None) -> None:  # fmt: skip
+                 on_event: Callable[[Frame], None] | None = None, calibration: object | None = None) -> None:  # fmt: skip
         self.link = link
+        # Read-path correction from `rram board calibrate` (an object with apply(current_a) -> current_a).
+        self.calibration = calibration
         self.port = port
         self.base_timeout_s = timeout_s
         self.retries = retries
@@ -402,8 +404,12 @@ class Board:
     def abort(self) -> int:
         return self._call(m.AbortRequest())[0].stream_id  # type: ignore[attr-defined]
 
-    def _g(self, code: np.ndarray | int, apc: float, off: float, v_read_mv: int) -> np.ndarray:
-        current = (np.asarray(code, dtype=float) - off) * apc
+    def _correct(self, current: np.ndarray) -> np.ndarray:
+        return current if self.calibration is None else self.calibration.apply(current)  # type: ignore[attr-defined]
+
+    def _g(self, code: np.ndarray | int, apc: float, off: float, v_read_mv: int) -> tuple[np.ndarray, np.ndarray]:
+        """Current and conductance from raw read codes, with the host-side read-path correction."""
+        current = self._correct((np.asarray(code, dtype=float) - off) * apc)
         return current, current / (v_read_mv / 1000)
 
     def read(self, row: int, col: int, v_read: float = 0.1) -> Measurement:
@@ -493,7 +499,9 @@ class Board:
             res, _ = self._call(req)
             (self._wv.failed if self.stats.retries - before > 1 else self._wv.succeeded)()
             r = res.results  # type: ignore[attr-defined]
-            final[i : i + k], pulses[i : i + k], status[i : i + k] = r["final_s"], r["pulses"], r["status"]
+            v = v_read
+            final[i : i + k] = self._correct(r["final_s"].astype(float) * v) / v
+            pulses[i : i + k], status[i : i + k] = r["pulses"], r["status"]
             ts = res.timestamp_us / 1e6  # type: ignore[attr-defined]
             i += k
         return WriteVerifyOutcome(ts, final, pulses, status)

@@ -10,6 +10,8 @@ from hil.cli.errors import run_cli
 # Each entry is "module:attribute" of a click command or group; a module adds itself here
 # when it has something real behind it (no stubs).
 _COMMANDS: list[str] = [
+    "hil.cli.characterize:characterize",
+    "hil.cli.demo:demo",
     "hil.cli.train:train",
     "hil.cli.evaluate:evaluate",
     "hil.cli.profile:profile",

@@ -116,9 +116,10 @@ class Levels(Procedure):
         timed_reads(self.board, w, "verified_reads", self.region, float(w.read("verified")["t"].max()), self.times, p.v_read, bar)
 
     def summary(self, data: dict) -> dict:
-        out: dict = {"cells": int(len(data["verified"])), "levels": self.p.levels}
+        healthy = data["verified"]["status"] == 0  # cells write-verify could program: formed, not stuck
+        out: dict = {"cells": int(len(data["verified"])), "healthy": int(healthy.sum()), "levels": self.p.levels}
         for phase in ("open_loop", "verified"):
-            d = data[phase]
+            d = data[phase][healthy]
             err = d["g"] - d["target"]
             out[phase] = {
                 "sigma_uS": float(np.std(err) * 1e6),

@@ -52,10 +52,11 @@ class Retention(Procedure):
     def summary(self, data: dict) -> dict:
         prog, reads = data["program"], data["reads"]
         t_since = reads["t"] - prog["t"].max()
-        err = reads["g"] - prog["target"][None, :]
+        ok = prog["status"] == 0  # healthy cells: write-verify converged
+        err = reads["g"][:, ok] - prog["target"][None, ok]
         return {
             "cells": int(len(prog)),
-            "converged": int(np.sum(prog["status"] == 0)),
+            "converged": int(ok.sum()),
             "times_s": [float(x) for x in t_since],
             "sigma_first_uS": float(np.std(err[0]) * 1e6) if len(reads) else None,
             "sigma_last_uS": float(np.std(err[-1]) * 1e6) if len(reads) else None,

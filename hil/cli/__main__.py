@@ -1,0 +1,4 @@
+"""`python -m hil.cli` runs the `rram` command line."""
+from hil.cli import main
+
+main()

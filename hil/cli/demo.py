@@ -1,0 +1,23 @@
+"""`rram demo`: the pipeline end to end on the embedded simulated board."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hil.demo import DemoConfig, run_demo
+
+
+@click.command()
+@click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), default=Path("rram-demo"), show_default=True,
+              help="output folder for run files, figures and the summary")
+@click.option("--seed", default=1, show_default=True, help="seed of the simulated chip")
+@click.option("--quick", is_flag=True, help="smaller regions and budgets (a few seconds)")
+@click.option("--no-plots", is_flag=True, help="skip the PNG figures")
+@click.option("--force", is_flag=True, help="write into a non-empty folder not made by the demo")
+def demo(out: Path, seed: int, quick: bool, no_plots: bool, force: bool) -> None:
+    """Run the whole pipeline on a simulated chip: characterize, plot, and report."""
+    cfg = DemoConfig(out=out, seed=seed, quick=quick, plots=not no_plots)
+    report = run_demo(cfg, force=force, echo=click.echo)
+    total = sum(t for _, t, _ in report.stages)
+    click.echo(f"done in {total:.1f} s; summary in {out / 'summary.json'}")

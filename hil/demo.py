@@ -1,0 +1,109 @@
+"""`rram demo`: the whole pipeline on the embedded simulated board, from a pristine chip onward.
+
+Each stage writes its files into one output folder and adds a line to the summary, so a newcomer
+sees what every part of the stack produces.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hil.board import Board
+from hil.procedures import get_procedure
+from hil.procedures.base import run_procedure
+
+MARKER = ".rram-demo"
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("rram-demo")
+    seed: int = 1
+    rows: int = 32
+    cols: int = 32
+    quick: bool = False  # smaller regions and budgets (tests)
+    plots: bool = True
+
+
+@dataclass
+class DemoReport:
+    stages: list[tuple[str, float, dict]] = field(default_factory=list)
+
+    def add(self, name: str, seconds: float, result: dict) -> None:
+        self.stages.append((name, seconds, result))
+
+
+def prepare_folder(out: Path, force: bool) -> None:
+    """Create the demo folder; reuse one the demo made earlier; refuse a foreign non-empty folder."""
+    if out.exists():
+        if any(out.iterdir()) and not (out / MARKER).exists() and not force:
+            raise FileExistsError(f"{out} exists and was not made by `rram demo` (use --force or another --out)")
+    else:
+        out.mkdir(parents=True)
+    (out / MARKER).write_text("made by rram demo\n")
+
+
+def _characterize_plan(cfg: DemoConfig) -> list[tuple[str, dict]]:
+    n = 8 if cfg.quick else 16
+    region = f"0:{n},0:{n}"
+    return [
+        ("form", dict(cells=region)),
+        ("endurance", dict(cells=f"0:{n // 2},0:{n // 2}", cycles=2_000 if cfg.quick else 100_000, read_every=100 if cfg.quick else 1_000)),
+        ("retention", dict(cells=region, t_last=1e4 if cfg.quick else 1e5, times=6 if cfg.quick else 11)),
+        ("levels", dict(cells=region, read_times="1,10,100" if cfg.quick else "1,10,100,1000,10000")),
+        ("read-noise", dict(cells=f"0:{n // 2},0:{n}", reads=20 if cfg.quick else 100)),
+    ]
+
+
+def run_demo(cfg: DemoConfig, force: bool = False, echo: Callable[[str], None] = print) -> DemoReport:
+    """Characterize the simulated chip, plot the runs; later stages extend this pipeline."""
+    prepare_folder(cfg.out, force)
+    report = DemoReport()
+    url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}"
+    runs: dict[str, Path] = {}
+    with Board.open(url) as board:
+        echo(f"board: {board.info.board_id} {board.rows}x{board.cols}, session {board.session_id:08x} ({url})")
+        for name, kwargs in _characterize_plan(cfg):
+            cls = get_procedure(name)
+            path = cfg.out / f"{name}.h5"
+            t0 = time.perf_counter()
+            outcome = run_procedure(cls(cls.Params(**kwargs), board), path, force=True, quiet=not cfg.plots)
+            runs[name] = path
+            report.add(f"characterize {name}", time.perf_counter() - t0, outcome.summary)
+            echo(f"  {name:<11} -> {path}  {_headline(name, outcome.summary)}")
+    if cfg.plots:
+        t0 = time.perf_counter()
+        figures = _plot(runs, cfg.out / "figures")
+        report.add("plot", time.perf_counter() - t0, {"figures": len(figures)})
+        echo(f"  figures    -> {cfg.out / 'figures'} ({len(figures)} PNG)")
+    (cfg.out / "summary.json").write_text(json.dumps([{"stage": s, "seconds": t, **r} for s, t, r in report.stages], indent=1, default=str))
+    return report
+
+
+def _plot(runs: dict[str, Path], folder: Path) -> list[Path]:
+    from hil.plotting import plot_run
+
+    folder.mkdir(exist_ok=True)
+    paths: list[Path] = []
+    for path in runs.values():
+        paths += plot_run(path, folder)
+    return paths
+
+
+def _headline(name: str, s: dict) -> str:
+    if name == "form":
+        return f"formed {s['formed']}/{s['cells']}, median V_form {s['v_form_median']:.2f} V"
+    if name == "endurance":
+        return f"{s['cycles']} cycles, window {s['window_first']:.1f}x -> {s['window_last']:.1f}x"
+    if name == "retention":
+        return f"sigma {s['sigma_first_uS']:.2f} uS at {s['times_s'][0]:.0f} s -> {s['sigma_last_uS']:.2f} uS at {s['times_s'][-1]:.0f} s"
+    if name == "levels":
+        ol, wv = s["open_loop"], s["verified"]
+        return (f"open-loop sigma {ol['sigma_uS']:.2f} uS, write-verify {wv['sigma_uS']:.2f} uS "
+                f"({wv['pulses_mean']:.1f} pulses/cell, {100 * wv['within_tol']:.0f}% within tolerance)")  # fmt: skip
+    if name == "read-noise":
+        return f"read sigma {s['sigma_median_uS']:.2f} uS"
+    return ""
