@@ -44,9 +44,21 @@ class BoardConfig:
     response_cache: int = 16
     device: DeviceParams = field(default_factory=DeviceParams)
     read_chain: ReadChainConfig = field(default_factory=ReadChainConfig)
+    # Calibration fixture: precision resistors (row, col, ohms) wired in place of these cells; reads of
+    # them return V/R through the true read chain (no RRAM physics), for `rram board calibrate`.
+    reference_cells: tuple[tuple[int, int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not (1 <= self.rows <= 4096 and 1 <= self.cols <= 4096):
             raise ValueError(f"array size {self.rows}x{self.cols}: rows and cols must be 1..4096")
+        seen: set[tuple[int, int]] = set()
+        for row, col, ohms in self.reference_cells:
+            if not (0 <= row < self.rows and 0 <= col < self.cols):
+                raise ValueError(f"reference cell ({row}, {col}) is outside the {self.rows}x{self.cols} array")
+            if not (ohms > 0 and ohms != float("inf")):
+                raise ValueError(f"reference cell ({row}, {col}): resistance must be positive and finite, got {ohms!r}")
+            if (row, col) in seen:
+                raise ValueError(f"reference cell ({row}, {col}) is given twice")
+            seen.add((row, col))
         if len(self.board_id.encode("ascii", errors="replace")) > 16:
             raise ValueError(f"board id {self.board_id!r} is longer than 16 characters")

@@ -120,10 +120,12 @@ class FirmwareEngine:
         self._stream: _Stream | None = None
         self._handshaken = False
         self.state = BoardState.IDLE
+        self._state_on_arrival = BoardState.IDLE
         self.watchdog_ms = self.config.watchdog_ms
         self._deadline: float | None = None
         self._queue: deque[Frame | DecodeError] = deque()
         self._out.clear()
+        self._event_seq = 0  # the event counter restarts at every boot: EV_BOOT is seq 0
         self._emit_event(m.BootEvent(self.session_id, *FIRMWARE_VERSION, self._now_us()))
 
     @property
@@ -145,9 +147,14 @@ class FirmwareEngine:
         """Consume bytes from the host; return every byte the board sends in reaction."""
         self._check_watchdog()
         self._queue.extend(self.decoder.iter_feed(data))
+        fed = False
         while self._queue:
-            self._handle(self._queue.popleft())
+            item = self._queue.popleft()
+            fed |= isinstance(item, Frame) and item.type == FrameType.REQUEST
+            self._handle(item)
         self._pump_stream()
+        if fed:
+            self._feed_watchdog()  # the stream events it released went out with the answer
         return self._take()
 
     def poll(self) -> bytes:
@@ -172,7 +179,8 @@ class FirmwareEngine:
 
     # ------------------------------------------------------------------------- watchdog
     def _feed_watchdog(self) -> None:
-        self._deadline = self._clock() + self.watchdog_ms / 1000 if self.watchdog_ms else None
+        """Restart the timer; armed only once HELLO has been received (PROTOCOL.md 3.7)."""
+        self._deadline = self._clock() + self.watchdog_ms / 1000 if (self.watchdog_ms and self._handshaken) else None
         if self.state == BoardState.SAFE_IDLE:
             self.state = BoardState.IDLE
 
@@ -194,18 +202,22 @@ class FirmwareEngine:
         frame = item
         if frame.type != FrameType.REQUEST:
             return  # the board ignores anything but requests
+        # PROTOCOL.md 3.9 step 2: every valid request feeds the watchdog (cache hits and refusals too).
+        self._state_on_arrival = self.state  # HEARTBEAT reports SAFE_IDLE once, then the request re-arms
+        self._feed_watchdog()
         raw = frame.to_bytes()
         cached = self._cache.get(frame.seq)
         if cached is not None and cached[0] == frame.opcode and cached[1] == raw:
             self._out += cached[2]  # a retry: answer from the cache, never execute twice
-            return
-        response = self._execute(frame).encode()
-        self._cache[frame.seq] = (frame.opcode, raw, response)
-        self._cache.move_to_end(frame.seq)
-        while len(self._cache) > self.config.response_cache:
-            self._cache.popitem(last=False)
-        self._out += response
-        self._flush_after_response()
+        else:
+            response = self._execute(frame).encode()
+            self._cache[frame.seq] = (frame.opcode, raw, response)
+            self._cache.move_to_end(frame.seq)
+            while len(self._cache) > self.config.response_cache:
+                self._cache.popitem(last=False)
+            self._out += response
+            self._flush_after_response()
+        self._feed_watchdog()  # execution time never counts: the timer restarts once the answer is out
 
     def _execute(self, frame: Frame) -> Frame:
         try:
@@ -223,7 +235,6 @@ class FirmwareEngine:
                 req = cls.decode(frame.payload)
             except PayloadError as exc:
                 raise BadLengthError(str(exc)) from None
-            self._feed_watchdog()
             try:
                 self.limits.check(req)
             except LimitError as exc:
@@ -263,11 +274,27 @@ class FirmwareEngine:
     # ------------------------------------------------------------------------- measurement helpers
     def _read_g(self, rows: np.ndarray, cols: np.ndarray, v_read: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read cells; return (codes, saturated mask, conductance from the board's nominal calibration)."""
-        current = self.array.read_current(rows, cols, v_read)
+        current = self._reference_override(rows, cols, v_read, self.array.read_current(rows, cols, v_read))
         self.counters.reads += rows.size
         conv = self.chain.read.convert(current)
         g = self.chain.read.to_current(conv.codes) / v_read
         return conv.codes, conv.saturated, g
+
+    def _reference_override(self, rows: np.ndarray, cols: np.ndarray, v_read: float, current: np.ndarray) -> np.ndarray:
+        """Calibration fixture: cells wired to a precision resistor conduct exactly V/R (no RRAM physics)."""
+        refs = self.config.reference_cells
+        if not refs:
+            return current
+        keys = np.array([r * self.config.cols + c for r, c, _ in refs], dtype=np.int64)
+        ohms = np.array([o for _, _, o in refs], dtype=float)
+        idx = np.asarray(rows, dtype=np.int64) * self.config.cols + np.asarray(cols, dtype=np.int64)
+        hit = np.isin(idx, keys)
+        if not hit.any():
+            return current
+        out = np.array(current, dtype=float, copy=True)
+        order = np.argsort(keys)
+        out[hit] = v_read / ohms[order][np.searchsorted(keys[order], idx[hit])]
+        return out
 
     def _pulse_codes(self, current: np.ndarray, what: str) -> np.ndarray:
         if np.any(np.abs(current) > self.config.max_compliance_na * 1e-9):
@@ -284,7 +311,7 @@ class FirmwareEngine:
         if req.watchdog_ms:
             self.watchdog_ms = req.watchdog_ms
             self._feed_watchdog()
-        state = BoardState.STREAMING if self._stream is not None else self.state
+        state = BoardState.STREAMING if self._stream is not None else self._state_on_arrival
         return m.HeartbeatReply(self.session_id, self._now_us(), int(state), self.watchdog_ms)
 
     def _get_counters(self, req: m.CountersRequest) -> m.Counters:
@@ -554,7 +581,7 @@ class FirmwareEngine:
                 if rest > 0:
                     r = s.req
                     res = self.array.cycle(
-                        s.rows, s.cols, rest, rest, r.set_v_mv / 1000, r.set_width_ns, r.set_gate_mv / 1000,
+                        s.rows, s.cols, rest, rest + 1, r.set_v_mv / 1000, r.set_width_ns, r.set_gate_mv / 1000,
                         r.reset_v_mv / 1000, r.reset_width_ns, r.reset_gate_mv / 1000, r.v_read_mv / 1000,
                     )  # fmt: skip
                     self.counters.set += res.set_pulses

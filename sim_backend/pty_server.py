@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import select
 import termios
+import threading
 import time
 import tty
 from collections.abc import Callable
@@ -17,11 +18,31 @@ class PtyBoard:
 
     def __init__(self, engine: FirmwareEngine, faults: LinkFaults = LinkFaults()):
         self.engine = engine
+        self.faults = faults
         self._inj = FaultInjector(faults)
         self.master_fd, self.slave_fd = os.openpty()
         tty.setraw(self.slave_fd, termios.TCSANOW)  # no echo, no line editing, 8-bit clean
         self.path = os.ttyname(self.slave_fd)
         self._stop = False
+        self._serving = False
+        self._closed = False
+        self._lock = threading.Lock()
+        self._host_bytes = 0
+        self._reset_done = False
+
+    def _receive(self, data: bytes) -> None:
+        """Hand host bytes to the firmware (rebooting it once after `reset_after` bytes) and send the answer."""
+        f = self.faults
+        if f.reset_after and not self._reset_done and self._host_bytes + len(data) >= f.reset_after:
+            cut = f.reset_after - self._host_bytes
+            self._send(self.engine.feed(self._inj.corrupt(data[:cut])))
+            self.engine.boot()  # power glitch: the firmware restarts mid-run
+            self._reset_done = True
+            self._send(self.engine.poll())
+            self._host_bytes += cut
+            data = data[cut:]
+        self._host_bytes += len(data)
+        self._send(self.engine.feed(self._inj.corrupt(data)))
 
     def _send(self, data: bytes) -> None:
         data = self._inj.corrupt(data)
@@ -35,21 +56,40 @@ class PtyBoard:
 
     def serve(self, poll_s: float = 0.01, stop: Callable[[], bool] | None = None) -> None:
         """Answer the host until `stop()` is true or `close()` is called (Ctrl-C from the CLI)."""
-        self._send(self.engine.poll())  # EV_BOOT
-        while not self._stop and not (stop and stop()):
-            ready, _, _ = select.select([self.master_fd], [], [], poll_s)
-            if ready:
-                try:
-                    data = os.read(self.master_fd, 65536)
-                except OSError:
-                    data = b""
-                if data:
-                    self._send(self.engine.feed(self._inj.corrupt(data)))
-                    continue
-            self._send(self.engine.poll())
+        with self._lock:
+            if self._closed:
+                raise OSError(f"simulated board on {self.path} is closed")
+            self._serving = True
+        try:
+            self._send(self.engine.poll())  # EV_BOOT
+            while not self._stop and not (stop and stop()):
+                ready, _, _ = select.select([self.master_fd], [], [], poll_s)
+                if ready:
+                    try:
+                        data = os.read(self.master_fd, 65536)
+                    except OSError:
+                        data = b""
+                    if data:
+                        self._receive(data)
+                        continue
+                self._send(self.engine.poll())
+        finally:
+            with self._lock:
+                self._serving = False
+                if self._stop:
+                    self._close_fds()
 
     def close(self) -> None:
-        self._stop = True
+        """Stop serving; the descriptors are closed here or, if `serve` is running, when it returns."""
+        with self._lock:
+            self._stop = True
+            if not self._serving:
+                self._close_fds()
+
+    def _close_fds(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for fd in (self.master_fd, self.slave_fd):
             try:
                 os.close(fd)

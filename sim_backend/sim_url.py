@@ -1,6 +1,7 @@
 """`sim://` URLs: a simulated board's configuration and link faults in one string.
 
-Example: ``sim://?seed=1&rows=64&cols=64&flip=0.01&delay=0.2``.
+Example: ``sim://?seed=1&rows=64&cols=64&flip=0.01&delay=0.2``; ``ref=0:63:50k,1:63:1M`` wires
+precision resistors (calibration fixture) in place of cells.
 """
 from __future__ import annotations
 
@@ -26,20 +27,43 @@ def parse_sim_url(url: str, base: BoardConfig = BoardConfig()) -> tuple[BoardCon
     faults: dict[str, object] = {}
     for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
         value = values[-1]
+        if key == "ref":
+            board["reference_cells"] = parse_reference_cells(value)
+            continue
+        if key in _BOARD_KEYS:
+            target, name, conv = board, key, _BOARD_KEYS[key]
+        elif key in _FAULT_KEYS:
+            target, (name, conv) = faults, _FAULT_KEYS[key]
+        else:
+            known = ", ".join(sorted([*_BOARD_KEYS, *_FAULT_KEYS, "ref"]))
+            raise ValueError(f"unknown sim:// option {key!r} (known: {known})")
         try:
-            if key in _BOARD_KEYS:
-                board[key] = _BOARD_KEYS[key](value)
-            elif key in _FAULT_KEYS:
-                name, conv = _FAULT_KEYS[key]
-                faults[name] = conv(value)
-            else:
-                known = ", ".join(sorted([*_BOARD_KEYS, *_FAULT_KEYS]))
-                raise ValueError(f"unknown sim:// option {key!r} (known: {known})")
-        except ValueError as exc:
-            if "unknown sim://" in str(exc):
-                raise
-            raise ValueError(f"sim:// option {key}={value!r} is not a valid {_BOARD_KEYS.get(key, float).__name__}") from None
+            target[name] = conv(value)
+        except ValueError:
+            raise ValueError(f"sim:// option {key}={value!r} is not a valid {conv.__name__}") from None
     return dataclasses.replace(base, **board), LinkFaults(**faults)  # type: ignore[arg-type]
+
+
+_SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+
+
+def parse_reference_cells(text: str) -> tuple[tuple[int, int, float], ...]:
+    """Calibration-fixture resistors from 'ROW:COL:OHMS,...' (OHMS may end in k, M or G: 0:63:50k)."""
+    cells: list[tuple[int, int, float]] = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.split(":")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            ohms_text = parts[2].strip()
+            scale = _SI.get(ohms_text[-1:], None) if ohms_text[-1:].isalpha() else 1.0
+            if scale is None:
+                raise ValueError
+            ohms = float(ohms_text[:-1] if ohms_text[-1:].isalpha() else ohms_text) * scale
+            cells.append((int(parts[0]), int(parts[1]), ohms))
+        except ValueError:
+            raise ValueError(f"sim:// option ref: {item!r} is not ROW:COL:OHMS (e.g. 0:63:50k)") from None
+    return tuple(cells)
 
 
 def make_sim_url(seed: int = 0, rows: int = 64, cols: int = 64, **options: object) -> str:

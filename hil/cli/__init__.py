@@ -16,6 +16,8 @@ _COMMANDS: list[str] = [
     "hil.cli.evaluate:evaluate",
     "hil.cli.profile:profile",
     "hil.cli.sim:sim",
+    "hil.cli.board:board",
+    "hil.cli.plot:plot",
 ]
 
 

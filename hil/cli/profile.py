@@ -91,7 +91,7 @@ def new(output: str, lognormal: float | None, additive: float | None, sigma: flo
                                     read_noise=read_noise, stuck_lrs=stuck_lrs, stuck_hrs=stuck_hrs,
                                     pulses_verified=pulses_verified, provenance=prov, **params)
         path = save_profile(p, output, overwrite=force)
-    except (ProfileError, FileExistsError) as exc:
+    except (ProfileError, FileExistsError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {family} profile to {path}")
 
@@ -105,7 +105,7 @@ def show(path: str, as_json: bool) -> None:
 
     p = _load(path)
     if as_json:
-        click.echo(json.dumps(profile_summary(p), indent=2, default=_json_default))
+        click.echo(json.dumps(profile_summary(p), indent=2, allow_nan=False, default=_json_default))
     else:
         click.echo(format_summary(p))
 
@@ -122,7 +122,11 @@ def plot(path: str, out_dir: str) -> None:
     from calibration.plots import plot_profile
 
     p = _load(path)
-    for f in plot_profile(p, out_dir):
+    try:
+        paths = plot_profile(p, out_dir)
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+        raise UserError(f"cannot write figures to {out_dir}: {exc.strerror or exc}") from None
+    for f in paths:
         click.echo(str(f))
 
 
@@ -139,6 +143,6 @@ def export_aihwkit_cmd(path: str, output: str, verified: bool, force: bool) -> N
     p = _load(path)
     try:
         out = write_aihwkit_json(p, output, verified=verified, overwrite=force)
-    except (ProfileError, FileExistsError, ValueError) as exc:
+    except (ProfileError, FileExistsError, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote aihwkit coefficients to {Path(out)}")

@@ -46,11 +46,13 @@ class Form(Procedure):
     def summary(self, data: dict) -> dict:
         d = data["form"]
         formed = d["formed"].astype(bool)
+        pulsed = formed & (d["pulses"] > 0)  # cells conducting before any pulse (shorts) have no forming voltage
         return {
             "cells": int(formed.size),
             "formed": int(formed.sum()),
             "failed": int((~formed).sum()),
-            "v_form_median": float(np.median(d["v_form"][formed])) if formed.any() else None,
+            "conducting_before_forming": int((formed & (d["pulses"] == 0)).sum()),
+            "v_form_median": float(np.median(d["v_form"][pulsed])) if pulsed.any() else None,
             "g_after_median": float(np.median(d["g_after"][formed])) if formed.any() else None,
             "failed_cells": d["cell"][~formed].tolist()[:50],
         }

@@ -58,10 +58,16 @@ def program_verified(board: Board, w: RunWriter, table: str, region: Region, lev
 def timed_reads(board: Board, w: RunWriter, table: str, region: Region, t_ref: float, times_s: np.ndarray,
                 v_read: float, bar: Progress) -> None:  # fmt: skip
     """Read the whole region at t_ref + each time (board clock), skipping the reads already recorded."""
-    for k in range(w.count(table), times_s.size):
+    done = w.count(table)
+    for k in range(done, times_s.size):
         now = board_time(board)
+        if now < t_ref:
+            # The board clock restarted (reset or power cycle): continue the schedule from the last
+            # completed read, since the chip itself kept relaxing while the clock was lost.
+            t_ref = now - (float(times_s[k - 1]) if k else 0.0)
         wait = t_ref + float(times_s[k]) - now
         if wait > 0:
+            w.flush()  # nothing waits unflushed through a long retention bake
             board.wait(wait)
         m = board.read_block(region.row0, region.col0, region.nrows, region.ncols, v_read)
         w.append(table, t=m.timestamp_s, g=m.conductance_s.ravel())

@@ -1,0 +1,174 @@
+"""`rram board info|calibrate`: a board's identity and limits, and its read-path calibration against an SMU."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from firmware_protocol import BoardError, LimitError, VersionError
+from hil.board import Board, BoardResetError, BoardTimeoutError
+from hil.calibrate_readpath import CalibrationFileError, RefCell, calibrate
+from hil.cli.errors import UserError, expected_error
+from hil.instruments import SimulatedResistorSmu, Smu, SmuConnectionError, SmuError
+from hil.transport import DEFAULT_PORT, BoardConnectionError
+
+_EXPECTED: tuple[type[BaseException], ...] = (
+    BoardConnectionError, BoardTimeoutError, VersionError, LimitError, BoardError, BoardResetError,
+    SmuError, SmuConnectionError, CalibrationFileError, FileExistsError, FileNotFoundError, ValueError,
+)  # fmt: skip
+expected_error(*_EXPECTED)
+
+_PORT_HELP = "board URL: /dev/ttyUSB0, COM3, socket://h:p, sim://?seed=1 (sim://...&ref=0:63:50k wires reference resistors)"
+_SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Expected failures (bad port, wrong protocol, SMU errors, bad input) become one-line click errors."""
+    try:
+        yield
+    except _EXPECTED as exc:
+        raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def parse_ohms(text: str) -> list[float]:
+    """'50k,100k,1M' or '5e4,1e5' -> ohms; ValueError names a bad entry."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        m = re.fullmatch(r"([0-9.eE+-]+)\s*([kKMG]?)\s*(?:ohms?|Ω)?", item)
+        try:
+            if m is None:
+                raise ValueError
+            ohms = float(m.group(1)) * _SI[m.group(2)]
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not a resistance (e.g. 50k, 1M, 2.2e5)") from None
+        if not ohms > 0:
+            raise click.BadParameter(f"resistance {item!r} must be positive")
+        out.append(ohms)
+    return out
+
+
+def parse_cell(text: str) -> tuple[int, int]:
+    """'ROW,COL' -> (row, col)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[,:]\s*(\d+)\s*", text)
+    if m is None:
+        raise click.BadParameter(f"{text!r} is not a cell ROW,COL (e.g. 0,63)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_voltages(text: str) -> list[float]:
+    """'0.05,0.1,0.2' -> volts."""
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of voltages") from None
+
+
+def _callback(fn: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def cb(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, tuple):
+            return [fn(v) for v in value]
+        return fn(value)
+
+    return cb
+
+
+@click.group("board")
+def board() -> None:
+    """The test board: identity and limits, read-path calibration."""
+
+
+def _format_info(d: dict[str, Any]) -> str:
+    rows = [
+        ("board id", d["board_id"]), ("port", d["port"]), ("protocol", d["protocol"]), ("firmware", d["firmware"]),
+        ("session", f"{d['session_id']:08x}"), ("array", f"{d['rows']} x {d['cols']}"),
+        ("capabilities", ", ".join(d["capabilities"]) or "-"), ("DAC / ADC bits", f"{d['dac_bits']} / {d['adc_bits']}"),
+        ("SET voltage", "{:g} .. {:g} V".format(*d["set_v"])), ("RESET voltage", "{:g} .. {:g} V".format(*d["reset_v"])),
+        ("FORM voltage", "{:g} .. {:g} V".format(*d["form_v"])), ("read voltage", "{:g} .. {:g} V".format(*d["read_v"])),
+        ("gate voltage", "{:g} .. {:g} V".format(*d["gate_v"])),
+        ("pulse width", "{} .. {} ns, step {} ns".format(*d["pulse_width_ns"])),
+        ("max compliance", f"{d['max_compliance_a'] * 1e6:g} uA"), ("max payload", f"{d['max_payload']} bytes"),
+        ("watchdog", f"{d['watchdog_ms']} ms"), ("stream window", str(d["stream_window"])),
+        ("write-verify batch", str(d["max_wv_batch"])),
+    ]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+@board.command("info")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, help=_PORT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+def info(port: str, as_json: bool) -> None:
+    """Connect (HELLO) and print the board's identity, capabilities and limits."""
+    with _one_line_errors(), Board.open(port) as b:
+        d = b.describe()
+    click.echo(json.dumps(d) if as_json else _format_info(d))
+
+
+@board.command("calibrate")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, help=_PORT_HELP)
+@click.option("--smu", "smu_resource", required=True, help="VISA resource of the SMU, e.g. GPIB0::24::INSTR")
+@click.option("--visa-backend", default="", help="pyvisa backend: '' (system VISA), '@py', or 'file.yaml@sim' (simulated SMU)")
+@click.option("--dialect", type=click.Choice(["auto", "2400", "2450"]), default="auto", show_default=True,
+              help="SCPI dialect of the SMU (auto: from *IDN?)")
+@click.option("--ref-cell", "ref_cells", multiple=True, required=True, callback=_callback(parse_cell),
+              help="cell ROW,COL wired to a reference resistor (repeat, one per resistor)")
+@click.option("--resistors", required=True, callback=_callback(parse_ohms),
+              help="reference resistances in --ref-cell order, e.g. 50k,100k,200k,500k,1M")
+@click.option("--voltages", default="0.05,0.1,0.15,0.2,0.25,0.3", show_default=True, callback=_callback(parse_voltages),
+              help="read voltages (V) applied by the board and the SMU")
+@click.option("--smu-max-voltage", type=float, default=0.5, show_default=True,
+              help="safety limit: the SMU never sources beyond +- this voltage")
+@click.option("--compliance", type=float, default=None, help="SMU current limit (A); default 2 x the largest expected current")
+@click.option("--nplc", type=float, default=1.0, show_default=True, help="SMU integration time (power-line cycles)")
+@click.option("--repeats", type=click.IntRange(1, 100), default=1, show_default=True, help="readings averaged per point")
+@click.option("--no-prompt", is_flag=True, help="do not ask to move the SMU leads between resistors (switched fixture)")
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="calibration file to write (.h5, or .json)")
+@click.option("--force", is_flag=True, help="overwrite an existing calibration file")
+@click.option("--json", "as_json", is_flag=True, help="print the fitted values as JSON")
+def calibrate_cmd(port: str, smu_resource: str, visa_backend: str, dialect: str, ref_cells: list[tuple[int, int]],
+                  resistors: list[float], voltages: list[float], smu_max_voltage: float, compliance: float | None,
+                  nplc: float, repeats: int, no_prompt: bool, out: Path, force: bool, as_json: bool) -> None:  # fmt: skip
+    """Fit the board's read-path gain and offset against an SMU on reference resistors; write a calibration file.
+
+    Use the file with `rram characterize ... --calibration FILE`; run files embed it.
+    """
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists (use --force to overwrite)")
+    if len(ref_cells) != len(resistors):
+        raise UserError(f"{len(ref_cells)} --ref-cell but {len(resistors)} --resistors value(s): give one resistor per cell")
+    simulated = visa_backend.endswith("@sim")
+    with _one_line_errors():
+        smu_cls = SimulatedResistorSmu if simulated else Smu
+        with smu_cls.open(smu_resource, visa_backend, max_voltage_v=smu_max_voltage, dialect=dialect) as smu, \
+                Board.open(port) as b:  # fmt: skip
+            connect: Callable[[RefCell], None] | None
+            if simulated:
+                connect = lambda cell: smu.connect(cell.ohms)  # type: ignore[attr-defined]  # noqa: E731
+            elif no_prompt:
+                connect = None
+            else:
+                def connect(cell: RefCell) -> None:
+                    click.prompt(f"connect the SMU across the {cell.ohms:g} ohm resistor at cell ({cell.row}, {cell.col}), "
+                                 "then press Enter", default="", show_default=False, err=True)  # fmt: skip
+
+            cal = calibrate(b, smu, ref_cells, resistors, voltages, connect=connect, compliance_a=compliance,
+                            nplc=nplc, repeats=repeats)  # fmt: skip
+        cal.save(out, force=force)
+    s = cal.summary()
+    if as_json:
+        click.echo(json.dumps({"out": str(out), **s}))
+        return
+    click.echo(f"read-path calibration of {s['board_id']}: wrote {out}")
+    click.echo(f"  gain    {cal.gain:.6f} +- {cal.gain_se:.2g}")
+    click.echo(f"  offset  {cal.offset_a * 1e9:+.4f} nA +- {cal.offset_se_a * 1e9:.2g} nA")
+    click.echo(f"  residual rms {cal.residual_rms_a * 1e9:.3g} nA over {s['n_points']} points")
+    click.echo(f"  SMU     {cal.smu_idn}")

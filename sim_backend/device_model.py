@@ -1,0 +1,536 @@
+"""Vectorised physics of a simulated 1T1R HfO2 RRAM array: forming, SET/RESET, relaxation, read noise, wear-out.
+
+Cells are addressed by integer index arrays (rows, cols) of equal length; every operation acts on
+all addressed cells at once with numpy.  The array keeps a virtual clock: each pulse costs its
+width plus ``pulse_overhead_s`` and each read ``read_overhead_s``, one cell after the other, so the
+cells of one call see successive time stamps.  The laws are listed in ``sim_backend.device_params``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim_backend.device_params import DeviceParams
+
+# Node positions (in L = log10(1 + dt/t0)) of the piecewise Brownian relaxation path: each cell
+# stores one standard normal per segment, so the path is fixed at programming time and reading it
+# at any time does not consume randomness (reads at different times are consistently correlated).
+_RELAX_NODES = np.array([0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+_RELAX_WIDTHS = np.append(np.diff(_RELAX_NODES), np.inf)
+_MAX_CHUNK_ELEMENTS = 1 << 19
+
+
+@dataclass
+class CycleResult:
+    """Reads taken during a batch of SET/RESET cycles, plus the bookkeeping of pulses applied."""
+
+    cycles: np.ndarray  # (n_reads,) 1-based cycle number (within this call) after which each read was taken
+    lrs_current: np.ndarray  # (n_reads, n_cells) read current (A) right after that cycle's SET pulse
+    hrs_current: np.ndarray  # (n_reads, n_cells) read current (A) right after that cycle's RESET pulse
+    set_pulses: int  # SET pulses applied in total (n_cycles * n_cells)
+    reset_pulses: int  # RESET pulses applied in total
+    read_ops: int  # read operations performed in total (2 * n_reads * n_cells)
+    cycles_used: np.ndarray  # (n_cells,) wear counter of each cell after the call (full-cycle units)
+    failed_at: np.ndarray  # (n_cells,) cycle (within this call) at which the cell wore out, -1 if it did not
+    elapsed_s: float  # virtual time the call took
+
+
+def _as_index(name: str, value, size: int) -> np.ndarray:
+    """Validate a row/column index array against the array dimension."""
+    arr = np.atleast_1d(np.asarray(value))
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D integer index array, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise ValueError(f"{name} must contain integers")
+        arr = arr.astype(np.int64)
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (arr.min() < 0 or arr.max() >= size):
+        raise ValueError(f"{name} index out of range [0, {size}): min {arr.min()}, max {arr.max()}")
+    return arr
+
+
+def _broadcast(name: str, value, n: int) -> np.ndarray:
+    """Broadcast a scalar or per-cell operand to n cells, rejecting NaN/inf."""
+    arr = np.asarray(value, dtype=float)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    try:
+        return np.broadcast_to(arr, (n,)).astype(float)
+    except ValueError:
+        raise ValueError(f"{name} must be a scalar or have one value per cell ({n}), got shape {arr.shape}") from None
+
+
+class RRAMArray:
+    """A rows x cols 1T1R HfO2 array with seeded device-to-device and cycle-to-cycle randomness."""
+
+    def __init__(self, rows: int, cols: int, params: DeviceParams = DeviceParams(), seed: int = 0) -> None:
+        if int(rows) != rows or int(cols) != cols or rows < 1 or cols < 1:
+            raise ValueError(f"array size must be positive integers, got rows={rows!r}, cols={cols!r}")
+        if not isinstance(params, DeviceParams):
+            raise ValueError(f"params must be a DeviceParams, got {type(params).__name__}")
+        self.rows, self.cols, self.params, self.seed = int(rows), int(cols), params, int(seed)
+        self.time_s = 0.0
+        p, n = params, self.rows * self.cols
+        d2d_ss, op_ss = np.random.SeedSequence(self.seed).spawn(2)
+        g = np.random.Generator(np.random.PCG64(d2d_ss))
+        self._rng = np.random.Generator(np.random.PCG64(op_ss))
+
+        # --- device-to-device ground truth (drawn once, in a fixed order) ---
+        u = g.random(n)
+        self.stuck_start_lrs = u < p.stuck_lrs_frac
+        self.stuck_start_hrs = (u >= p.stuck_lrs_frac) & (u < p.stuck_lrs_frac + p.stuck_hrs_frac)
+        self.can_form = g.random(n) >= p.form_fail_frac
+        self.v_form = p.v_form_mean + p.v_form_sd * g.standard_normal(n)
+        self.g_pristine = p.g_pristine_median * np.exp(p.g_pristine_sigma * g.standard_normal(n))
+        self.lrs_d2d = p.lrs_sigma_d2d * g.standard_normal(n)
+        self.hrs_d2d = p.hrs_sigma_d2d * g.standard_normal(n)
+        self.v_set_th = p.v_set_mean + p.v_set_sd * g.standard_normal(n)
+        self.v_reset_th = p.v_reset_mean + p.v_reset_sd * g.standard_normal(n)
+        self.cycles_to_failure = p.weibull_scale * g.weibull(p.weibull_shape, n)
+        self.fail_mode_lrs = g.random(n) < p.fail_lrs_frac
+        self.rtn_present = g.random(n) < p.rtn_cell_frac
+        self.rtn_amp = np.where(self.rtn_present, p.rtn_amp_median * np.exp(p.rtn_amp_sigma * g.standard_normal(n)), 0.0)
+        log_lo, log_hi = np.log(p.rtn_tau_min_s), np.log(p.rtn_tau_max_s)
+        self.rtn_tau_empty = np.exp(g.uniform(log_lo, log_hi, n))  # mean dwell with the trap empty (s)
+        self.rtn_tau_full = np.exp(g.uniform(log_lo, log_hi, n))  # mean dwell with the trap occupied (s)
+        z_stuck = g.standard_normal(n)
+        g_stuck = np.where(self.stuck_start_lrs, p.g_stuck_lrs_median, p.g_stuck_hrs_median) * np.exp(p.g_stuck_sigma * z_stuck)
+
+        # --- dynamic state ---
+        self.formed = np.zeros(n, dtype=bool)
+        self.stuck_lrs = self.stuck_start_lrs.copy()
+        self.stuck_hrs = self.stuck_start_hrs.copy()
+        self.cycles_used = np.zeros(n)
+        stuck = self.stuck_lrs | self.stuck_hrs
+        self._g0 = np.where(stuck, g_stuck, self.g_pristine)
+        self._t_prog = np.zeros(n)
+        self._relax_on = np.zeros(n, dtype=bool)
+        self._relax_z = np.zeros((n, _RELAX_NODES.size), dtype=np.float32)
+        pi_full = self.rtn_tau_full / (self.rtn_tau_full + self.rtn_tau_empty)
+        self._rtn_state = self.rtn_present & (g.random(n) < pi_full)
+        self._rtn_t = np.zeros(n)
+
+    # ------------------------------------------------------------------ addressing / clock
+    def all_cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) index arrays of every cell, row-major."""
+        r, c = np.divmod(np.arange(self.rows * self.cols), self.cols)
+        return r, c
+
+    def _index(self, r, c) -> np.ndarray:
+        """Flat cell indices of (r, c) index arrays."""
+        rr = _as_index("rows", r, self.rows)
+        cc = _as_index("cols", c, self.cols)
+        if rr.shape != cc.shape:
+            if rr.size == 1 or cc.size == 1:
+                rr, cc = np.broadcast_arrays(rr, cc)
+            else:
+                raise ValueError(f"rows and cols must have equal length, got {rr.size} and {cc.size}")
+        return rr * self.cols + cc
+
+    def _unique_index(self, r, c, op: str) -> np.ndarray:
+        """Flat indices for a state-changing op; a cell may appear only once per call."""
+        idx = self._index(r, c)
+        if np.unique(idx).size != idx.size:
+            raise ValueError(f"{op}: each cell may be addressed only once per call (duplicate (row, col) given)")
+        return idx
+
+    def advance(self, seconds: float) -> None:
+        """Advance the virtual clock (e.g. for retention bakes) without touching the cells."""
+        if not np.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"advance() needs a non-negative finite number of seconds, got {seconds!r}")
+        self.time_s += float(seconds)
+
+    def _op_times(self, per_cell_s: np.ndarray) -> np.ndarray:
+        """Completion time of each cell's operation when cells are served one after the other; advances the clock."""
+        t = self.time_s + np.cumsum(per_cell_s)
+        if t.size:
+            self.time_s = float(t[-1])
+        return t
+
+    # ------------------------------------------------------------------ conductance
+    def _g_at(self, idx: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Noiseless conductance of cells idx at times t (programmed value plus relaxation path)."""
+        p = self.params
+        g0 = self._g0[idx]
+        on = self._relax_on[idx]
+        if not on.any():
+            return g0.copy()
+        L = p.relax_log_time(t - self._t_prog[idx])
+        seg = np.clip(L[:, None] - _RELAX_NODES[None, :], 0.0, _RELAX_WIDTHS[None, :])
+        brown = np.einsum("ij,ij->i", self._relax_z[idx].astype(float), np.sqrt(seg))
+        g = g0 + on * (p.relax_mu(g0) * L + p.relax_sigma(g0) * brown)
+        return np.maximum(g, p.g_floor)
+
+    def conductance(self, r, c) -> np.ndarray:
+        """Noiseless conductance (S) now, including relaxation; for tests and ground truth (no clock cost)."""
+        idx = self._index(r, c)
+        return self._g_at(idx, np.full(idx.size, self.time_s))
+
+    def _reprogram(self, idx: np.ndarray, g_before: np.ndarray, g_after: np.ndarray, t: np.ndarray) -> None:
+        """Store new conductances: real moves restart the relaxation clock, disturbs just shift it."""
+        p = self.params
+        moved = np.abs(g_after - g_before) > p.relax_restart_frac * p.g_max
+        healthy = self.formed[idx] & ~(self.stuck_lrs[idx] | self.stuck_hrs[idx])
+        restart = moved & healthy
+        ri = idx[restart]
+        self._g0[ri] = g_after[restart]
+        self._t_prog[ri] = t[restart]
+        self._relax_on[ri] = True
+        if ri.size:
+            self._relax_z[ri] = self._rng.standard_normal((ri.size, _RELAX_NODES.size)).astype(np.float32)
+        relaxing = self._relax_on[idx]
+        shift = ~restart & relaxing
+        self._g0[idx[shift]] += g_after[shift] - g_before[shift]
+        direct = ~restart & ~relaxing
+        self._g0[idx[direct]] = g_after[direct]
+
+    # ------------------------------------------------------------------ I-V
+    def _iv(self, g: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Cell current (A) at voltage v for conductance g defined at v_read_ref (sinh nonlinearity)."""
+        p = self.params
+
+        def shape(x: np.ndarray) -> np.ndarray:
+            y = np.asarray(x, dtype=float) / p.v_nl
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out = np.where(np.abs(y) < 1e-8, 1.0, np.sinh(y) / np.where(y == 0, 1.0, y))
+            return out
+
+        return g * v * shape(v) / shape(np.asarray(p.v_read_ref))
+
+    # ------------------------------------------------------------------ switching core
+    def _kinetics(self, v_abs, width_ns, v_th, shape) -> np.ndarray:
+        """Stochastic switched fraction f = 1 - exp(-xi * width / tau(V))."""
+        p = self.params
+        xi = np.exp(p.step_sigma * self._rng.standard_normal(shape))
+        return -np.expm1(-xi * width_ns / p.tau_ns(v_abs, v_th))
+
+    def _mean_fraction(self, rate: np.ndarray) -> np.ndarray:
+        """E[1 - exp(-xi * rate)] over ln xi ~ N(0, step_sigma^2) (Gauss-Hermite, 16 nodes)."""
+        x, w = np.polynomial.hermite_e.hermegauss(16)
+        xi = np.exp(self.params.step_sigma * x)
+        return (-np.expm1(-np.multiply.outer(rate, xi)) @ w) / w.sum()
+
+    def _ln_lrs_target(self, idx, v_gate, cycles) -> np.ndarray:
+        """Median ln G of the LRS this cell would reach after a full SET (incl. d2d offset and wear)."""
+        return np.log(self.params.g_lrs(v_gate)) + self.lrs_d2d[idx] + self.params.wear_shift(cycles)[0]
+
+    def _ln_hrs_target(self, idx, v_abs, cycles) -> np.ndarray:
+        """Median ln G of the HRS this cell would reach after a full RESET (incl. d2d offset and wear)."""
+        return np.log(self.params.g_hrs(v_abs)) + self.hrs_d2d[idx] + self.params.wear_shift(cycles)[1]
+
+    def _pulse(self, idx: np.ndarray, v: np.ndarray, width_ns: np.ndarray, v_gate: np.ndarray,
+               t: np.ndarray, allow_form: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Apply one pulse (sign of v picks SET/FORM or RESET) to each cell at times t; returns (G before, G after)."""
+        p = self.params
+        n = idx.size
+        g_before = self._g_at(idx, t)
+        lng = np.log(np.maximum(g_before, p.g_floor))
+        new = lng.copy()
+        stuck = self.stuck_lrs[idx] | self.stuck_hrs[idx]
+        formed = self.formed[idx]
+        healthy = formed & ~stuck
+        pos = v > 0
+        neg = v < 0
+        v_abs = np.abs(v)
+
+        # FORM: pristine cells whose forming threshold (shifted by pulse width) is reached.
+        if allow_form:
+            v_form_eff = self.v_form[idx] - p.v_form_per_decade * np.log10(width_ns / p.v_form_width_ref_ns)
+            forming = pos & ~formed & ~stuck & self.can_form[idx] & (v >= v_form_eff)
+            if forming.any():
+                fi = idx[forming]
+                z = self._rng.standard_normal(fi.size)
+                new[forming] = self._ln_lrs_target(fi, v_gate[forming], self.cycles_used[fi]) + p.lrs_sigma_c2c * z
+                self.formed[fi] = True
+
+        f = np.zeros(n)
+        sw = healthy & (pos | neg)
+        if sw.any():
+            si = idx[sw]
+            vth = np.where(pos[sw], self.v_set_th[si], self.v_reset_th[si])
+            f_sw = self._kinetics(v_abs[sw], width_ns[sw], vth, si.size)
+            z = self._rng.standard_normal(si.size)
+            cyc = self.cycles_used[si]
+            up = pos[sw]
+            ln_t = np.where(
+                up,
+                self._ln_lrs_target(si, v_gate[sw], cyc) + p.lrs_sigma_c2c * z,
+                self._ln_hrs_target(si, v_abs[sw], cyc) + p.hrs_sigma_c2c * z,
+            )
+            delta = np.where(up, np.maximum(ln_t - lng[sw], 0.0), np.minimum(ln_t - lng[sw], 0.0))
+            new[sw] = lng[sw] + f_sw * delta
+            f[sw] = np.where(delta != 0.0, f_sw, 0.0)
+
+        g_after = np.where(stuck | (~formed & ~self.formed[idx]), g_before, np.exp(new))
+        # Wear: a full SET plus a full RESET is one cycle; cells reaching their cycles-to-failure stick.
+        if sw.any():
+            before = self.cycles_used[idx]
+            after = before + 0.5 * f
+            self.cycles_used[idx] = after
+            dying = sw & (before < self.cycles_to_failure[idx]) & (after >= self.cycles_to_failure[idx])
+            if dying.any():
+                di = idx[dying]
+                mode_lrs = self.fail_mode_lrs[di]
+                g_after[dying] = np.where(mode_lrs, np.maximum(g_before[dying], g_after[dying]),
+                                          np.minimum(g_before[dying], g_after[dying]))
+                self.stuck_lrs[di] = mode_lrs
+                self.stuck_hrs[di] = ~mode_lrs
+                self._relax_on[di] = False
+        self._reprogram(idx, g_before, g_after, t)
+        return g_before, g_after
+
+    def _pulse_op(self, r, c, v, width_ns, v_gate, op: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Validate a pulse op, time-stamp it and apply it; returns (idx, v, v_gate, G before, G after)."""
+        idx = self._unique_index(r, c, op)
+        n = idx.size
+        v = _broadcast(f"{op} voltage", v, n)
+        width = _broadcast(f"{op} width_ns", width_ns, n)
+        gate = _broadcast(f"{op} v_gate", v_gate, n)
+        if np.any(width <= 0):
+            raise ValueError(f"{op}: width_ns must be positive, got {width_ns!r}")
+        if op == "reset_pulse" and np.any(v > 0):
+            raise ValueError(f"reset_pulse: RESET is bipolar, give a negative voltage (got {np.max(v)} V)")
+        if op != "reset_pulse" and np.any(v < 0):
+            raise ValueError(f"{op}: voltage must be >= 0 (use reset_pulse for negative pulses), got {np.min(v)} V")
+        t = self._op_times(width * 1e-9 + self.params.pulse_overhead_s)
+        g_before, g_after = self._pulse(idx, v, width, gate, t)
+        return idx, v, gate, g_before, g_after
+
+    def _pulse_current(self, g: np.ndarray, v: np.ndarray, v_gate: np.ndarray) -> np.ndarray:
+        """Current during a pulse, limited in magnitude by the access transistor's compliance."""
+        i = self._iv(g, v)
+        return np.sign(i) * np.minimum(np.abs(i), self.params.i_cc(v_gate))
+
+    # ------------------------------------------------------------------ public pulse API
+    def form(self, r, c, v_form: float | np.ndarray, width_ns: float | np.ndarray, v_gate: float | np.ndarray) -> np.ndarray:
+        """FORM pulse: forms pristine cells whose forming voltage is reached; returns peak current (A)."""
+        _, v, gate, _, g_after = self._pulse_op(r, c, v_form, width_ns, v_gate, "form")
+        return self._pulse_current(g_after, v, gate)
+
+    def set_pulse(self, r, c, v: float | np.ndarray, width_ns: float | np.ndarray, v_gate: float | np.ndarray) -> np.ndarray:
+        """SET pulse (v >= 0): moves G up toward G_LRS(I_cc(v_gate)), partially for weak/short pulses; returns peak current (A)."""
+        _, v, gate, _, g_after = self._pulse_op(r, c, v, width_ns, v_gate, "set_pulse")
+        return self._pulse_current(g_after, v, gate)
+
+    def reset_pulse(self, r, c, v: float | np.ndarray, width_ns: float | np.ndarray, v_gate: float | np.ndarray) -> np.ndarray:
+        """RESET pulse (v <= 0, bipolar): moves G down toward G_HRS(|v|); returns peak (negative) current (A)."""
+        _, v, gate, g_before, _ = self._pulse_op(r, c, v, width_ns, v_gate, "reset_pulse")
+        return self._pulse_current(g_before, v, gate)
+
+    def iv_sweep(self, r, c, voltages: np.ndarray, width_ns: float, v_gate: float | np.ndarray) -> np.ndarray:
+        """Staircase sweep: each step is a pulse (SET/FORM for V>0, RESET for V<0); returns (n_steps, n_cells) currents (A)."""
+        idx = self._unique_index(r, c, "iv_sweep")
+        volts = np.atleast_1d(np.asarray(voltages, dtype=float))
+        if volts.ndim != 1 or volts.size == 0 or not np.all(np.isfinite(volts)):
+            raise ValueError("iv_sweep: voltages must be a non-empty 1-D array of finite values")
+        n = idx.size
+        width = _broadcast("iv_sweep width_ns", width_ns, n)
+        if np.any(width <= 0):
+            raise ValueError(f"iv_sweep: width_ns must be positive, got {width_ns!r}")
+        gate = _broadcast("iv_sweep v_gate", v_gate, n)
+        out = np.empty((volts.size, n))
+        for k, vk in enumerate(volts):
+            v = np.full(n, vk)
+            t = self._op_times(width * 1e-9 + self.params.pulse_overhead_s)
+            _, g_after = self._pulse(idx, v, width, gate, t)
+            out[k] = self._pulse_current(g_after, v, gate)
+        return out
+
+    # ------------------------------------------------------------------ read
+    def _rtn_update(self, idx: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Advance each cell's two-state trap to times t (exact Markov transition); returns occupancy."""
+        pres = self.rtn_present[idx]
+        rate_in = 1.0 / self.rtn_tau_empty[idx]
+        rate_out = 1.0 / self.rtn_tau_full[idx]
+        pi_full = rate_in / (rate_in + rate_out)
+        decay = np.exp(-(rate_in + rate_out) * np.maximum(t - self._rtn_t[idx], 0.0))
+        p_full = pi_full + (self._rtn_state[idx] - pi_full) * decay
+        state = pres & (self._rng.random(idx.size) < p_full)
+        self._rtn_state[idx] = state
+        self._rtn_t[idx] = t
+        return state
+
+    def read_current(self, r, c, v_read: float | np.ndarray) -> np.ndarray:
+        """Read current (A) at v_read now: I(G) with RTN and white read noise (1% of g_max * v_read)."""
+        idx = self._index(r, c)
+        v = _broadcast("v_read", v_read, idx.size)
+        t = self._op_times(np.full(idx.size, self.params.read_overhead_s))
+        g = self._g_at(idx, t)
+        occupied = self._rtn_update(idx, t)
+        g_eff = g * (1.0 - self.rtn_amp[idx] * occupied)
+        noise = self.params.read_noise_frac * self.params.g_max * np.abs(v) * self._rng.standard_normal(idx.size)
+        return self._iv(g_eff, v) + noise
+
+    # ------------------------------------------------------------------ endurance
+    def cycle(self, r, c, n_cycles: int, read_every: int, set_v: float, set_width_ns: float, set_gate: float,
+              reset_v: float, reset_width_ns: float, reset_gate: float, v_read: float) -> CycleResult:
+        """Simulate n SET/RESET cycles per cell with reads every k-th cycle, in closed form (no per-cycle loop).
+
+        Wear between reads only depends on the cycle count, so each read point is drawn directly: the
+        targets at that wear level, then the SET and RESET of the read cycle (plus three warm-up cycles
+        when the pulses switch only partially).  Reads are taken right after each pulse (no relaxation),
+        with white + RTN read noise; the firmware quantizes them with its ReadChain.  reset_gate only
+        caps pulse currents, which this call does not report.  Cells are cycled one after the other
+        on the virtual clock.
+        """
+        p = self.params
+        idx = self._unique_index(r, c, "cycle")
+        if int(n_cycles) != n_cycles or n_cycles < 1:
+            raise ValueError(f"cycle: n_cycles must be a positive integer, got {n_cycles!r}")
+        if int(read_every) != read_every or read_every < 1:
+            raise ValueError(f"cycle: read_every must be a positive integer, got {read_every!r}")
+        n_cycles, read_every = int(n_cycles), int(read_every)
+        for name, val in (("set_v", set_v), ("set_width_ns", set_width_ns), ("set_gate", set_gate), ("reset_v", reset_v),
+                          ("reset_width_ns", reset_width_ns), ("reset_gate", reset_gate), ("v_read", v_read)):
+            if np.ndim(val) != 0 or not np.isfinite(val):
+                raise ValueError(f"cycle: {name} must be a finite scalar, got {val!r}")
+        if set_v < 0 or reset_v > 0:
+            raise ValueError(f"cycle: need set_v >= 0 and reset_v <= 0 (bipolar), got {set_v} and {reset_v}")
+        if set_width_ns <= 0 or reset_width_ns <= 0:
+            raise ValueError("cycle: pulse widths must be positive")
+        m = idx.size
+        t_start = self.time_s
+
+        # A SET pulse at forming strength forms pristine cells on the first cycle.
+        v_form_eff = self.v_form[idx] - p.v_form_per_decade * np.log10(set_width_ns / p.v_form_width_ref_ns)
+        stuck0 = self.stuck_lrs[idx] | self.stuck_hrs[idx]
+        newly = ~self.formed[idx] & ~stuck0 & self.can_form[idx] & (set_v >= v_form_eff)
+        self.formed[idx[newly]] = True
+        healthy = self.formed[idx] & ~stuck0
+
+        # Expected switched fractions (averaged over the rate noise) set the wear per cycle.
+        f_set = self._mean_fraction(set_width_ns / p.tau_ns(set_v, self.v_set_th[idx]))
+        f_rst = self._mean_fraction(reset_width_ns / p.tau_ns(abs(reset_v), self.v_reset_th[idx]))
+        wear_per_cycle = np.where(healthy, 0.5 * (f_set + f_rst), 0.0)
+        n0 = self.cycles_used[idx]
+        n_fail = self.cycles_to_failure[idx]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k_fail = np.where(wear_per_cycle > 0, np.ceil((n_fail - n0) / wear_per_cycle), np.inf)
+        fails = healthy & (n0 < n_fail) & (k_fail <= n_cycles)
+        k_fail = np.where(fails, np.maximum(k_fail, 1), np.inf)
+
+        # Three warm-up cycles before each read erase the memory of the closed-form start point (so
+        # reads have the right marginal statistics; for partial pulses successive reads are then
+        # independent rather than correlated).  With full-switching pulses (memory < 1e-6 per cycle
+        # even at a -4 sigma rate) none are needed.
+        xi_lo = np.exp(-4 * p.step_sigma)
+        mem = np.exp(-xi_lo * set_width_ns / p.tau_ns(set_v, self.v_set_th[idx])) + \
+            np.exp(-xi_lo * reset_width_ns / p.tau_ns(abs(reset_v), self.v_reset_th[idx]))
+        n_warm = 0 if np.all(mem[healthy] < 1e-6) else 3
+
+        n_reads = n_cycles // read_every
+        read_cycles = read_every * np.arange(1, n_reads + 1)
+        points = read_cycles if (n_reads and read_cycles[-1] == n_cycles) else np.append(read_cycles, n_cycles)
+
+        g_start = self._g_at(idx, np.full(m, self.time_s))
+        ln_start = np.log(np.maximum(g_start, p.g_floor))
+        ln_g_lrs_gate = float(np.log(p.g_lrs(set_gate)))
+        ln_g_hrs_v = float(np.log(p.g_hrs(reset_v)))
+        i_scale = self._iv(np.ones(1), np.array([v_read]))[0]  # I per siemens at v_read
+        noise_sd = p.read_noise_frac * p.g_max * abs(v_read)
+        pi_full = self.rtn_tau_full[idx] / (self.rtn_tau_full[idx] + self.rtn_tau_empty[idx])
+
+        # Value a worn-out cell freezes at: its last LRS (stuck-LRS mode) or HRS at failure wear.
+        z_f = self._rng.standard_normal(m)
+        wl_f, wh_f = p.wear_shift(n_fail)
+        ln_fail = np.where(
+            self.fail_mode_lrs[idx],
+            ln_g_lrs_gate + self.lrs_d2d[idx] + wl_f + p.lrs_sigma_c2c * z_f,
+            ln_g_hrs_v + self.hrs_d2d[idx] + wh_f + p.hrs_sigma_c2c * z_f,
+        )
+        g_frozen = np.where(fails, np.exp(ln_fail), g_start)  # non-healthy cells keep their value
+
+        lrs_out = np.empty((n_reads, m))
+        hrs_out = np.empty((n_reads, m))
+        final_hrs = np.empty(m)
+        chunk = max(1, _MAX_CHUNK_ELEMENTS // max(m, 1))
+        for start in range(0, points.size, chunk):
+            pc = points[start:start + chunk]
+            q = pc.size
+            wear = n0[None, :] + pc[:, None] * wear_per_cycle[None, :]
+            wl, wh = p.wear_shift(wear)
+            a = ln_g_lrs_gate + self.lrs_d2d[idx][None, :] + wl
+            b = ln_g_hrs_v + self.hrs_d2d[idx][None, :] + wh
+            # Closed-form start: the noise-free fixed point of the alternating partial map (HRS side).
+            denom = 1.0 - (1.0 - f_set) * (1.0 - f_rst)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x_fp = np.where(denom > 1e-9, ((1.0 - f_rst) * f_set * a + f_rst * b) / denom, ln_start[None, :])
+            x = np.broadcast_to(x_fp, (q, m)).copy()
+            if start == 0:
+                x[0] = ln_start  # the first read's chain starts from the cells' real state
+            x_lrs = x
+            for _ in range(n_warm + 1):
+                rate_s = np.exp(p.step_sigma * self._rng.standard_normal((q, m))) * set_width_ns
+                fs = -np.expm1(-rate_s / p.tau_ns(set_v, self.v_set_th[idx])[None, :])
+                ts = a + p.lrs_sigma_c2c * self._rng.standard_normal((q, m))
+                x = x + fs * np.maximum(ts - x, 0.0)
+                x_lrs = x
+                rate_r = np.exp(p.step_sigma * self._rng.standard_normal((q, m))) * reset_width_ns
+                fr = -np.expm1(-rate_r / p.tau_ns(abs(reset_v), self.v_reset_th[idx])[None, :])
+                tr = b + p.hrs_sigma_c2c * self._rng.standard_normal((q, m))
+                x = x + fr * np.minimum(tr - x, 0.0)
+            g_l, g_h = np.exp(x_lrs), np.exp(x)
+            dead = ~healthy[None, :] | (pc[:, None] >= k_fail[None, :])
+            g_l = np.where(dead, g_frozen[None, :], g_l)
+            g_h = np.where(dead, g_frozen[None, :], g_h)
+            is_read = pc % read_every == 0
+            if is_read.any():
+                rows_out = slice(start, start + int(is_read.sum()))
+                for g_arr, out in ((g_l[is_read], lrs_out), (g_h[is_read], hrs_out)):
+                    occ = self._rng.random(g_arr.shape) < (pi_full * self.rtn_present[idx])[None, :]
+                    g_eff = g_arr * (1.0 - self.rtn_amp[idx][None, :] * occ)
+                    out[rows_out] = g_eff * i_scale + noise_sd * self._rng.standard_normal(g_arr.shape)
+            if pc[-1] == n_cycles:
+                final_hrs = g_h[-1]
+
+        # Bookkeeping: clock (cells cycled one after the other), wear, failure flags, final state.
+        per_cell = n_cycles * (set_width_ns * 1e-9 + reset_width_ns * 1e-9 + 2 * p.pulse_overhead_s) \
+            + 2 * n_reads * p.read_overhead_s
+        t_end = self._op_times(np.full(m, per_cell))
+        g_end = np.where(healthy & ~fails, final_hrs, g_frozen)
+        self.cycles_used[idx] = n0 + n_cycles * wear_per_cycle
+        fi = idx[fails]
+        self.stuck_lrs[fi] = self.fail_mode_lrs[fi]
+        self.stuck_hrs[fi] = ~self.fail_mode_lrs[fi]
+        self._relax_on[fi] = False
+        self._g0[fi] = g_end[fails]
+        alive = healthy & ~fails
+        self._reprogram(idx[alive], g_start[alive], g_end[alive], t_end[alive])
+        return CycleResult(
+            cycles=read_cycles,
+            lrs_current=lrs_out,
+            hrs_current=hrs_out,
+            set_pulses=n_cycles * m,
+            reset_pulses=n_cycles * m,
+            read_ops=2 * n_reads * m,
+            cycles_used=self.cycles_used[idx].copy(),
+            failed_at=np.where(fails, k_fail, -1).astype(np.int64),
+            elapsed_s=self.time_s - t_start,
+        )
+
+    # ------------------------------------------------------------------ inspection / ground truth
+    def state_flags(self, r, c) -> dict[str, np.ndarray]:
+        """Per-cell flags: formed, failed_to_form (cannot form at any voltage), stuck_lrs/hrs, cycles_used, cycles_to_failure."""
+        idx = self._index(r, c)
+        return {
+            "formed": self.formed[idx].copy(),
+            "failed_to_form": ~self.can_form[idx],
+            "stuck_lrs": self.stuck_lrs[idx].copy(),
+            "stuck_hrs": self.stuck_hrs[idx].copy(),
+            "cycles_used": self.cycles_used[idx].copy(),
+            "cycles_to_failure": self.cycles_to_failure[idx].copy(),
+        }
+
+    def ground_truth(self) -> dict:
+        """Every parameter and per-cell draw of this chip (see sim_backend.ground_truth for the layout)."""
+        from sim_backend.ground_truth import array_ground_truth
+
+        return array_ground_truth(self)
+
+    def write_ground_truth(self, path, read_chain=None) -> None:
+        """Write the ground truth (and optionally a ReadChain's true calibration) to an HDF5 file."""
+        from sim_backend.ground_truth import write_ground_truth
+
+        write_ground_truth(path, self, read_chain=read_chain)

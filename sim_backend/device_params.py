@@ -1,0 +1,268 @@
+"""Ground-truth parameters of a simulated 1T1R HfO2 RRAM chip: every default documented with its origin.
+
+Units: volts, nanoseconds for pulse widths, seconds for time, siemens for conductance, amperes for
+currents.  "Conductance" always means the chord conductance read at ``v_read_ref`` (0.1 V).
+"ln-sigma" means the standard deviation of the natural log of a log-normal quantity.
+
+The laws the simulator follows (and that a calibration step should recover) are:
+
+* NMOS compliance:  I_cc(Vg) = min(k_n * max(Vg - V_th, 0)^2, i_cc_max)            (square law)
+* LRS after a full SET:  ln G = ln(I_cc / v_c) + d_lrs + lrs_sigma_c2c * z,  d_lrs ~ N(0, lrs_sigma_d2d^2)
+* HRS after a full RESET: ln G = ln(g_hrs_ref) - (|V| - v_hrs_ref) / v_hrs_scale + d_hrs + hrs_sigma_c2c * z,
+  d_hrs ~ N(0, hrs_sigma_d2d^2)
+* pulse kinetics (partial switching): fraction f = 1 - exp(-xi * width / tau(V)),
+  tau(V) = tau0 * exp(-(|V| - V_th_cell) / v_kin), ln xi ~ N(0, step_sigma^2); a SET moves ln G a
+  fraction f of the way up to its (noisy) LRS target, a RESET a fraction f of the way down to its
+  (noisy) HRS target; a pulse never moves G away from its target.
+* wear (window narrowing) after n cycles: ln G_LRS -= a_lrs * log10(1 + n / n_w),
+  ln G_HRS += a_hrs * log10(1 + n / n_w); at n = N_f ~ Weibull(shape, scale) the cell sticks.
+* relaxation after programming to g0 at t_p, with L = log10(1 + (t - t_p) / t0):
+  G(t) = g0 + mu(g0) * L + sigma_r(g0) * B(L), B a standard Brownian motion in L, so
+  G(t) - g0 ~ N(mu(g0) L, sigma_r(g0)^2 L).
+* read: I = G * V * S(V)/S(v_read_ref) with S(V) = sinh(V/v_nl)/(V/v_nl), times (1 - a_rtn * s_rtn(t))
+  for cells with a two-state telegraph trap, plus white noise N(0, (read_noise_frac * g_max * V)^2).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+# IBM HWA-training supplement, section B.2: 4th-order polynomial fits (in uS, argument g/g_max) of
+# the ReRAM programming-plus-relaxation error sigma, measured 1 s and 1 day after programming.
+IBM_RERAM_SIGMA_1S_US: tuple[float, ...] = (0.348, 16.030, -43.853, 45.393, -16.815)
+IBM_RERAM_SIGMA_1DAY_US: tuple[float, ...] = (0.701, 22.086, -50.7, 47.09, -16.458)
+IBM_RERAM_G_MAX_S: float = 40e-6
+
+_SECONDS_PER_DAY = 86400.0
+
+
+def ibm_reram_sigma(g: np.ndarray | float, coeffs: tuple[float, ...], g_max: float = IBM_RERAM_G_MAX_S) -> np.ndarray:
+    """IBM polynomial sigma (siemens) of the ReRAM weight error at conductance g (siemens)."""
+    gn = np.clip(np.asarray(g, dtype=float) / g_max, 0.0, 1.0)
+    return 1e-6 * np.polynomial.polynomial.polyval(gn, np.asarray(coeffs))
+
+
+def _relax_sigma_coeffs(t0_s: float) -> tuple[float, ...]:
+    """Per-sqrt(decade) relaxation sigma coefficients (uS) that reproduce the IBM 1-day fit exactly."""
+    scale = np.sqrt(np.log10(1.0 + _SECONDS_PER_DAY / t0_s))
+    return tuple(float(round(c / scale, 5)) for c in IBM_RERAM_SIGMA_1DAY_US)
+
+
+_RELAX_T0_S = 0.02
+
+
+@dataclass(frozen=True)
+class DeviceParams:
+    """Physics of a simulated 1T1R HfO2 array (6 nm HfO2 filamentary cells, read at 0.1 V); see module doc for the laws."""
+
+    # --- conductance window ------------------------------------------------------------------
+    # Usable analog window of the IBM ReRAM fit (g_max = 40 uS, supplement B.2); 1 uS is the usual
+    # lower edge of HfO2 multilevel windows (about 1 MOhm at 0.1 V), giving a 40x window.
+    g_min: float = 1e-6
+    g_max: float = 40e-6
+    # Read voltage at which "conductance" is defined; 0.1 V is low enough not to disturb HfO2 cells.
+    v_read_ref: float = 0.1
+    # Hard floor for any conductance (keeps relaxation/noise from producing G <= 0).
+    g_floor: float = 1e-9
+
+    # --- pristine state and forming -----------------------------------------------------------
+    # Pristine (unformed) cells leak like a thin dielectric: tens of nS at 0.1 V; log-normal d2d.
+    g_pristine_median: float = 10e-9
+    g_pristine_sigma: float = 0.5
+    # Forming voltage across 1T1R cells with ~5-6 nm HfO2 is typically 2.5-3.5 V at microsecond
+    # pulses; normal d2d spread of a few percent.
+    v_form_mean: float = 3.0
+    v_form_sd: float = 0.12
+    # Voltage-time trade-off of forming: threshold drops by this many volts per decade of width
+    # above v_form_width_ref_ns (and rises for shorter pulses).
+    v_form_per_decade: float = 0.1
+    v_form_width_ref_ns: float = 1000.0
+    # Cells that never form at any voltage the board can apply (forming yield loss of kb arrays is
+    # typically of order 1-5 %).
+    form_fail_frac: float = 0.02
+    # Cells stuck from the start (manufacturing defects): shorted (stuck LRS) or open (stuck HRS);
+    # sub-percent each, as is typical of reported array bit maps.
+    stuck_lrs_frac: float = 0.005
+    stuck_hrs_frac: float = 0.005
+    # Conductance of start-stuck cells: shorted cells read above g_max, open cells near g_min/3.
+    g_stuck_lrs_median: float = 60e-6
+    g_stuck_hrs_median: float = 0.3e-6
+    g_stuck_sigma: float = 0.3
+
+    # --- access transistor (compliance) -------------------------------------------------------
+    # Square-law NMOS in saturation: I_cc = k_n (Vg - V_th)^2, k_n = 50 uA/V^2 and V_th = 0.6 V are
+    # those of a near-minimum-width thick-oxide NMOS; 500 uA is the board's maximum compliance.
+    nmos_k: float = 50e-6
+    nmos_vth: float = 0.6
+    i_cc_max: float = 500e-6
+
+    # --- SET (LRS) ----------------------------------------------------------------------------
+    # "Universal" filamentary law G_LRS = I_cc / V_c with V_c of a few tenths of a volt: the
+    # filament grows until the cell voltage drops to V_c at the compliance current.
+    lrs_v_c: float = 0.4
+    # LRS is tight: c2c ln-sigma 0.08 (about 8 % CV) and d2d ln-sigma 0.10 are typical of HfO2 1T1R.
+    lrs_sigma_c2c: float = 0.08
+    lrs_sigma_d2d: float = 0.10
+    # SET kinetics: tau = tau0 at the cell's SET voltage, e-fold per v_kin (about 1 decade of
+    # switching time per 140 mV: the voltage-time dilemma of filamentary switching).
+    v_set_mean: float = 0.9
+    v_set_sd: float = 0.04
+
+    # --- RESET (HRS) --------------------------------------------------------------------------
+    # HRS depth grows exponentially with |V_reset| (the ruptured gap grows linearly with the stop
+    # voltage): 2 uS at 1.5 V, one e-fold per 0.25 V (one decade per ~0.58 V).
+    g_hrs_ref: float = 2e-6
+    v_hrs_ref: float = 1.5
+    v_hrs_scale: float = 0.25
+    # HRS is much broader than LRS (gap-size variation): c2c ln-sigma 0.35, d2d ln-sigma 0.20.
+    hrs_sigma_c2c: float = 0.35
+    hrs_sigma_d2d: float = 0.20
+    v_reset_mean: float = 0.8
+    v_reset_sd: float = 0.04
+
+    # --- shared pulse kinetics ----------------------------------------------------------------
+    tau0_ns: float = 100.0
+    v_kin: float = 0.06
+    # Cycle-to-cycle randomness of the switching rate (ln-sigma of xi): stochastic step sizes.
+    step_sigma: float = 0.3
+    # Changes smaller than this fraction of g_max are treated as disturbs: they shift the
+    # programmed value but do not restart the relaxation clock.
+    relax_restart_frac: float = 1e-3
+
+    # --- I-V nonlinearity ---------------------------------------------------------------------
+    # sinh conduction with V_nl = 0.6 V: 0.5 % nonlinearity at 0.1 V, about 3x at 1.5 V.
+    v_nl: float = 0.6
+
+    # --- read noise ---------------------------------------------------------------------------
+    # Conductance-independent white read noise of 1 % of g_max (IBM supplement B.2).
+    read_noise_frac: float = 0.01
+    # Random telegraph noise: fraction of cells with an active trap, relative amplitude
+    # (log-normal median and ln-sigma) and log-uniform mean dwell times; a few % amplitude on a
+    # minority of cells is typical of HfO2 filaments read at low bias.
+    rtn_cell_frac: float = 0.2
+    rtn_amp_median: float = 0.03
+    rtn_amp_sigma: float = 0.5
+    rtn_tau_min_s: float = 1e-4
+    rtn_tau_max_s: float = 1.0
+
+    # --- relaxation (retention) ---------------------------------------------------------------
+    # Log-time relaxation; t0 = 20 ms makes sqrt(L(1 s)/L(1 day)) = 0.51, matching the ratio of
+    # the IBM 1 s and 1 day sigmas at mid-range (2.02 uS / 3.93 uS = 0.51).
+    relax_t0_s: float = _RELAX_T0_S
+    # sigma_r(g0) per sqrt(decade), polynomial in clip(g0/g_max, 0, 1) in uS: the IBM 1-day
+    # coefficients divided by sqrt(log10(1 + 1 day / t0)), so sigma(1 day) equals the IBM fit.
+    # Below g_min the absolute sigma scales down in proportion to g0/g_min (deep HRS).
+    relax_sigma_coeffs_us: tuple[float, ...] = _relax_sigma_coeffs(_RELAX_T0_S)
+    # Mean drift per decade unit of L (uS), linear in g0/g_max: a mild drift toward mid-window
+    # (low states gain, high states lose conductance); the IBM fit assumes zero mean, kept small.
+    relax_mu_coeffs_us: tuple[float, ...] = (0.10, -0.30)
+
+    # --- endurance ----------------------------------------------------------------------------
+    # Cycles to failure ~ Weibull(shape, scale): array-level HfO2 endurance of 1e6-1e7 cycles
+    # with Weibull slopes of order 1-2.
+    weibull_shape: float = 1.3
+    weibull_scale: float = 5e6
+    # Fraction of worn-out cells that end stuck at LRS (RESET failure); the rest end stuck at HRS.
+    fail_lrs_frac: float = 0.6
+    # Window narrowing: ln G_LRS falls by a_lrs and ln G_HRS rises by a_hrs per decade of cycles
+    # beyond n_w (HRS degrades faster than LRS, as commonly observed).
+    wear_a_lrs: float = 0.05
+    wear_a_hrs: float = 0.35
+    wear_n0: float = 1e3
+
+    # --- virtual clock --------------------------------------------------------------------------
+    # One cell at a time: each pulse costs its width plus 1 us of set-up, each read 10 us
+    # (settling + ADC conversion).
+    pulse_overhead_s: float = 1e-6
+    read_overhead_s: float = 10e-6
+
+    def __post_init__(self) -> None:
+        """Reject physically meaningless values with a one-line message naming the field."""
+        positive = (
+            "g_min g_max v_read_ref g_floor g_pristine_median v_form_mean v_form_width_ref_ns "
+            "g_stuck_lrs_median g_stuck_hrs_median nmos_k i_cc_max lrs_v_c g_hrs_ref v_hrs_scale "
+            "tau0_ns v_kin v_nl rtn_tau_min_s rtn_tau_max_s relax_t0_s weibull_shape weibull_scale wear_n0"
+        ).split()
+        for name in positive:
+            value = getattr(self, name)
+            if not np.isfinite(value) or value <= 0:
+                raise ValueError(f"DeviceParams.{name} must be a positive finite number, got {value!r}")
+        non_negative = (
+            "g_pristine_sigma v_form_sd v_form_per_decade g_stuck_sigma nmos_vth lrs_sigma_c2c lrs_sigma_d2d "
+            "v_set_sd hrs_sigma_c2c hrs_sigma_d2d v_reset_sd step_sigma relax_restart_frac read_noise_frac "
+            "rtn_amp_median rtn_amp_sigma wear_a_lrs wear_a_hrs pulse_overhead_s read_overhead_s"
+        ).split()
+        for name in non_negative:
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"DeviceParams.{name} must be a non-negative finite number, got {value!r}")
+        for name in ("form_fail_frac", "stuck_lrs_frac", "stuck_hrs_frac", "rtn_cell_frac", "fail_lrs_frac"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"DeviceParams.{name} must be a fraction in [0, 1], got {value!r}")
+        if self.stuck_lrs_frac + self.stuck_hrs_frac > 1.0:
+            raise ValueError("DeviceParams.stuck_lrs_frac + stuck_hrs_frac must not exceed 1")
+        if self.g_min >= self.g_max:
+            raise ValueError(f"DeviceParams.g_min ({self.g_min}) must be below g_max ({self.g_max})")
+        if self.rtn_tau_min_s > self.rtn_tau_max_s:
+            raise ValueError("DeviceParams.rtn_tau_min_s must not exceed rtn_tau_max_s")
+        if len(self.relax_sigma_coeffs_us) == 0 or len(self.relax_mu_coeffs_us) == 0:
+            raise ValueError("DeviceParams relaxation coefficient tuples must not be empty")
+
+    # --- closed-form laws (used by the model and documented for calibration) -----------------
+    def i_cc(self, v_gate: np.ndarray | float) -> np.ndarray:
+        """Compliance current (A) of the access NMOS at gate voltage v_gate (square law, clipped)."""
+        vov = np.maximum(np.asarray(v_gate, dtype=float) - self.nmos_vth, 0.0)
+        return np.minimum(self.nmos_k * vov * vov, self.i_cc_max)
+
+    def g_lrs(self, v_gate: np.ndarray | float) -> np.ndarray:
+        """Median LRS conductance (S) of a fresh cell after a full SET at gate voltage v_gate."""
+        return np.maximum(self.i_cc(v_gate) / self.lrs_v_c, self.g_floor)
+
+    def g_hrs(self, v_reset: np.ndarray | float) -> np.ndarray:
+        """Median HRS conductance (S) of a fresh cell after a full RESET at |v_reset|."""
+        dv = np.abs(np.asarray(v_reset, dtype=float)) - self.v_hrs_ref
+        return self.g_hrs_ref * np.exp(-dv / self.v_hrs_scale)
+
+    def relax_sigma(self, g0: np.ndarray | float) -> np.ndarray:
+        """Relaxation sigma (S per sqrt of a decade unit of L) for a cell programmed to g0."""
+        g0 = np.asarray(g0, dtype=float)
+        gn = np.clip(g0 / self.g_max, 0.0, 1.0)
+        sig = 1e-6 * np.polynomial.polynomial.polyval(gn, np.asarray(self.relax_sigma_coeffs_us))
+        return np.maximum(sig, 0.0) * np.minimum(1.0, g0 / self.g_min)
+
+    def relax_mu(self, g0: np.ndarray | float) -> np.ndarray:
+        """Relaxation mean drift (S per decade unit of L) for a cell programmed to g0."""
+        g0 = np.asarray(g0, dtype=float)
+        gn = np.clip(g0 / self.g_max, 0.0, 1.0)
+        mu = 1e-6 * np.polynomial.polynomial.polyval(gn, np.asarray(self.relax_mu_coeffs_us))
+        return mu * np.minimum(1.0, g0 / self.g_min)
+
+    def relax_log_time(self, dt_s: np.ndarray | float) -> np.ndarray:
+        """Relaxation clock L = log10(1 + dt / t0) for time dt (s) since programming."""
+        return np.log10(1.0 + np.maximum(np.asarray(dt_s, dtype=float), 0.0) / self.relax_t0_s)
+
+    def wear_shift(self, cycles: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """(ln-shift of LRS, ln-shift of HRS) after `cycles` SET/RESET cycles (window narrowing)."""
+        d = np.log10(1.0 + np.maximum(np.asarray(cycles, dtype=float), 0.0) / self.wear_n0)
+        return -self.wear_a_lrs * d, self.wear_a_hrs * d
+
+    def tau_ns(self, v_abs: np.ndarray | float, v_th: np.ndarray | float) -> np.ndarray:
+        """Switching time constant (ns) at pulse magnitude v_abs for a cell with threshold v_th."""
+        return self.tau0_ns * np.exp(-(np.asarray(v_abs, dtype=float) - v_th) / self.v_kin)
+
+    def to_dict(self) -> dict:
+        """Plain dict of every parameter (tuples become lists) for ground-truth files."""
+        out = asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DeviceParams":
+        """Rebuild parameters from `to_dict` output; unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown DeviceParams field(s): {', '.join(unknown)}")
+        kwargs = {k: (tuple(v) if isinstance(v, (list, np.ndarray)) else v) for k, v in data.items()}
+        return cls(**kwargs)

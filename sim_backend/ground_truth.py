@@ -1,0 +1,144 @@
+"""Ground truth of a simulated chip as a dict and an HDF5 file, so calibration fits can be scored against it.
+
+HDF5 layout (all per-cell datasets have shape (rows, cols)):
+  /                attrs: format, rows, cols, seed, time_s
+  /params          attrs: every DeviceParams field
+  /laws            attrs: one formula string per law, in the parameter names of /params
+  /derived         attrs: closed-form statistics implied by the parameters (e.g. total ln-sigmas)
+  /cells/<name>    datasets: device-to-device draws and current state flags
+  /read_chain/<range>  attrs: true and nominal gain/offset of each ADC range (when a ReadChain is given)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+
+from sim_backend.device_params import DeviceParams
+
+if TYPE_CHECKING:
+    from sim_backend.device_model import RRAMArray
+    from sim_backend.read_chain import ReadChain
+
+FORMAT = "rram-hil-sim-ground-truth/1"
+
+LAWS: dict[str, str] = {
+    "i_cc": "I_cc = min(nmos_k * max(V_gate - nmos_vth, 0)**2, i_cc_max)",
+    "lrs_full_set": "ln G = ln(I_cc / lrs_v_c) + lrs_d2d[cell] + lrs_sigma_c2c * z + wear_lrs(n)",
+    "hrs_full_reset": "ln G = ln(g_hrs_ref) - (|V| - v_hrs_ref) / v_hrs_scale + hrs_d2d[cell] + hrs_sigma_c2c * z + wear_hrs(n)",
+    "kinetics": "f = 1 - exp(-xi * width_ns / (tau0_ns * exp(-(|V| - v_th[cell]) / v_kin))), ln xi ~ N(0, step_sigma**2); "
+                "ln G += f * max(ln_target - ln G, 0) for SET, f * min(ln_target - ln G, 0) for RESET",
+    "forming": "forms (to the LRS law) when V >= v_form[cell] - v_form_per_decade * log10(width_ns / v_form_width_ref_ns) "
+               "and can_form[cell]",
+    "wear": "wear_lrs(n) = -wear_a_lrs * log10(1 + n / wear_n0); wear_hrs(n) = +wear_a_hrs * log10(1 + n / wear_n0); "
+            "n counts full cycles (each pulse adds f / 2)",
+    "endurance": "cycles_to_failure ~ weibull_scale * Weibull(weibull_shape); at failure the cell sticks at LRS "
+                 "with probability fail_lrs_frac, else at HRS",
+    "relaxation": "G(t) = g0 + mu(g0) * L + sigma_r(g0) * B(L), L = log10(1 + (t - t_prog) / relax_t0_s), B standard "
+                  "Brownian motion; sigma_r = 1e-6 * poly(relax_sigma_coeffs_us, clip(g0/g_max, 0, 1)) * min(1, g0/g_min), "
+                  "mu = 1e-6 * poly(relax_mu_coeffs_us, clip(g0/g_max, 0, 1)) * min(1, g0/g_min)",
+    "read": "I = G_eff * V * S(V) / S(v_read_ref), S(V) = sinh(V/v_nl) / (V/v_nl), G_eff = G * (1 - rtn_amp[cell] * occupied), "
+            "plus N(0, (read_noise_frac * g_max * |V|)**2)",
+    "rtn": "two-state trap, mean dwell rtn_tau_empty[cell] (empty) and rtn_tau_full[cell] (occupied), exact Markov "
+           "transitions between reads",
+}
+
+_CELL_FIELDS = (
+    "stuck_start_lrs", "stuck_start_hrs", "can_form", "v_form", "g_pristine", "lrs_d2d", "hrs_d2d",
+    "v_set_th", "v_reset_th", "cycles_to_failure", "fail_mode_lrs", "rtn_present", "rtn_amp",
+    "rtn_tau_empty", "rtn_tau_full", "formed", "stuck_lrs", "stuck_hrs", "cycles_used",
+)
+
+
+def derived_statistics(params: DeviceParams) -> dict[str, float]:
+    """Closed-form population statistics implied by the parameters (what a fit should recover)."""
+    p = params
+    return {
+        "lrs_ln_sigma_total": float(np.hypot(p.lrs_sigma_c2c, p.lrs_sigma_d2d)),
+        "hrs_ln_sigma_total": float(np.hypot(p.hrs_sigma_c2c, p.hrs_sigma_d2d)),
+        "read_noise_sigma_s": p.read_noise_frac * p.g_max,
+        "weibull_median_cycles": p.weibull_scale * np.log(2.0) ** (1.0 / p.weibull_shape),
+        "stuck_start_frac": p.stuck_lrs_frac + p.stuck_hrs_frac,
+        "relax_sigma_mid_1s_s": float(p.relax_sigma(p.g_max / 2) * np.sqrt(p.relax_log_time(1.0))),
+        "relax_sigma_mid_1day_s": float(p.relax_sigma(p.g_max / 2) * np.sqrt(p.relax_log_time(86400.0))),
+    }
+
+
+def array_ground_truth(array: "RRAMArray") -> dict:
+    """Dict with params, laws, derived statistics and per-cell arrays (rows x cols) of a simulated chip."""
+    shape = (array.rows, array.cols)
+    cells = {name: np.asarray(getattr(array, name)).reshape(shape).copy() for name in _CELL_FIELDS}
+    # programming state behind the relaxation law, and the noiseless conductance at time_s
+    cells["g_programmed"] = array._g0.reshape(shape).copy()
+    cells["t_programmed"] = array._t_prog.reshape(shape).copy()
+    cells["relaxing"] = array._relax_on.reshape(shape).copy()
+    r, c = np.divmod(np.arange(array.rows * array.cols), array.cols)
+    cells["conductance_now"] = array.conductance(r, c).reshape(shape)
+    return {
+        "format": FORMAT,
+        "rows": array.rows,
+        "cols": array.cols,
+        "seed": array.seed,
+        "time_s": array.time_s,
+        "params": array.params.to_dict(),
+        "laws": dict(LAWS),
+        "derived": derived_statistics(array.params),
+        "cells": cells,
+    }
+
+
+def write_ground_truth(path: str | Path, array: "RRAMArray", read_chain: "ReadChain | None" = None) -> None:
+    """Write a chip's (and optionally its read chain's) ground truth to an HDF5 file."""
+    gt = array_ground_truth(array)
+    with h5py.File(Path(path), "w") as f:
+        for key in ("format", "rows", "cols", "seed", "time_s"):
+            f.attrs[key] = gt[key]
+        for group in ("params", "laws", "derived"):
+            grp = f.create_group(group)
+            for k, v in gt[group].items():
+                grp.attrs[k] = np.asarray(v) if isinstance(v, list) else v
+        cells = f.create_group("cells")
+        for k, v in gt["cells"].items():
+            cells.create_dataset(k, data=v, compression="gzip")
+        if read_chain is not None:
+            rc = f.create_group("read_chain")
+            for name, values in read_chain.ground_truth().items():
+                grp = rc.create_group(name)
+                for k, v in values.items():
+                    grp.attrs[k] = v
+
+
+def load_ground_truth(path: str | Path) -> dict:
+    """Read a ground-truth HDF5 file back into the dict layout of `array_ground_truth` (+ 'read_chain')."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"ground-truth file not found: {path}")
+    with h5py.File(path, "r") as f:
+        fmt = f.attrs.get("format")
+        if fmt != FORMAT:
+            raise ValueError(f"{path}: not a simulator ground-truth file (format {fmt!r}, expected {FORMAT!r})")
+        out: dict = {k: _plain(f.attrs[k]) for k in ("format", "rows", "cols", "seed", "time_s")}
+        for group in ("params", "laws", "derived"):
+            out[group] = {k: _plain(v) for k, v in f[group].attrs.items()}
+        out["cells"] = {k: f["cells"][k][()] for k in f["cells"]}
+        if "read_chain" in f:
+            out["read_chain"] = {name: {k: _plain(v) for k, v in grp.attrs.items()} for name, grp in f["read_chain"].items()}
+    return out
+
+
+def params_from_ground_truth(gt: dict) -> DeviceParams:
+    """Rebuild the DeviceParams of a chip from its ground-truth dict."""
+    return DeviceParams.from_dict(gt["params"])
+
+
+def _plain(value):
+    """HDF5 attribute -> plain Python value (str, float, int, bool or list)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
