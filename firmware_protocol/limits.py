@@ -89,6 +89,11 @@ class BoardLimits:
     def check_gate(self, mv: int) -> None:
         self.check_voltage("gate voltage", mv, self.gate_v)
 
+    def check_read(self, mv: int) -> None:
+        self.check_voltage("read voltage", mv, self.read_v)
+        if mv <= 0:
+            raise LimitError(f"read voltage {mv / 1000:.3f} V must be positive")
+
     # --- whole requests ----------------------------------------------------------------------
     def check(self, msg: Message) -> None:
         """Raise LimitError if `msg` would take the board outside its declared envelope."""
@@ -108,13 +113,13 @@ class BoardLimits:
                 raise LimitError("FORM ramp needs v_step > 0 and v_stop >= v_start")
             self.check_width(msg.width_ns)
             self.check_gate(msg.gate_mv)
-            self.check_voltage("read voltage", msg.v_read_mv, self.read_v)
+            self.check_read(msg.v_read_mv)
         elif isinstance(msg, ReadRequest):
             self.check_cell(msg.row, msg.col)
-            self.check_voltage("read voltage", msg.v_read_mv, self.read_v)
+            self.check_read(msg.v_read_mv)
         elif isinstance(msg, ReadBlockRequest):
             self.check_block(msg.row0, msg.col0, msg.nrows, msg.ncols)
-            self.check_voltage("read voltage", msg.v_read_mv, self.read_v)
+            self.check_read(msg.v_read_mv)
             limit = max_block_cells(self.max_payload)
             if msg.nrows * msg.ncols > limit:
                 raise LimitError(f"block of {msg.nrows * msg.ncols} cells exceeds {limit} cells per READ_BLOCK")
@@ -132,22 +137,26 @@ class BoardLimits:
             self.check_gate(msg.gate_mv)
         elif isinstance(msg, EnduranceRequest):
             self.check_block(msg.row0, msg.col0, msg.nrows, msg.ncols)
-            if msg.n_cycles < 1 or msg.read_every < 1:
-                raise LimitError("endurance needs n_cycles >= 1 and read_every >= 1")
+            if msg.n_cycles < 1 or not 1 <= msg.read_every <= msg.n_cycles:
+                raise LimitError("endurance needs n_cycles >= 1 and 1 <= read_every <= n_cycles")
+            if msg.nrows * msg.ncols > 0xFFFF:
+                raise LimitError(f"endurance block of {msg.nrows * msg.ncols} cells exceeds 65535 cells")
+            if (msg.n_cycles // msg.read_every) * msg.nrows * msg.ncols >= 0xFFFFFFFF:
+                raise LimitError("endurance run would need more than 2^32 data events: read less often")
             self.check_voltage("SET voltage", msg.set_v_mv, self.set_v)
             self.check_voltage("RESET voltage", msg.reset_v_mv, self.reset_v)
             self.check_width(msg.set_width_ns)
             self.check_width(msg.reset_width_ns)
             self.check_gate(msg.set_gate_mv)
             self.check_gate(msg.reset_gate_mv)
-            self.check_voltage("read voltage", msg.v_read_mv, self.read_v)
+            self.check_read(msg.v_read_mv)
         elif isinstance(msg, WriteVerifyRequest):
             self._check_write_verify(msg)
 
     def _check_write_verify(self, msg: WriteVerifyRequest) -> None:
         if not 1 <= msg.n <= self.max_wv_batch:
             raise LimitError(f"write-verify batch of {msg.n} cells: use 1 to {self.max_wv_batch}")
-        self.check_voltage("read voltage", msg.v_read_mv, self.read_v)
+        self.check_read(msg.v_read_mv)
         self.check_width(msg.width_ns)
         for what, mv in (("SET ramp start", msg.set_v_start_mv), ("SET ramp stop", msg.set_v_stop_mv)):
             self.check_voltage(what, mv, self.set_v)
@@ -162,5 +171,8 @@ class BoardLimits:
         if bad.any():
             i = int(bad.argmax())
             self.check_cell(int(e["row"][i]), int(e["col"][i]))
+        flat = e["row"].astype(np.int64) * self.cols + e["col"].astype(np.int64)
+        if np.unique(flat).size != flat.size:
+            raise LimitError("write-verify batch lists a cell more than once")
         if not (np.isfinite(e["target_s"]).all() and np.isfinite(e["tol_s"]).all()) or (e["target_s"] <= 0).any() or (e["tol_s"] <= 0).any() or (e["max_pulses"] == 0).any():
             raise LimitError("write-verify entries need target > 0 S, tolerance > 0 S and max_pulses >= 1")

@@ -8,6 +8,7 @@ again and raises `BoardResetError` so the caller can re-read the state it depend
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -190,7 +191,7 @@ class Board:
         self.stats = LinkStats()
         self._decoder = FrameDecoder()
         self._pending = _Pending()
-        self._seq = 0
+        self._seq = int.from_bytes(os.urandom(2), "little") % SEQ_MAX  # PROTOCOL.md 3.1: random start
         self._on_event = on_event
         self.info: m.HelloInfo
         self.limits: BoardLimits
@@ -346,6 +347,8 @@ class Board:
                 frame = self._pending.responses.pop(seq, None)
                 if frame is not None:
                     self._pending.responses.clear()  # stale answers to earlier retries
+                    if attempt >= 2 and not handshake:
+                        self._link_trouble()
                     if frame.status == Status.HANDSHAKE_REQUIRED and not handshake:
                         self._recover_from_reset()
                     return frame
@@ -361,6 +364,11 @@ class Board:
         raise BoardTimeoutError(
             f"no valid answer from the board on {self.port or 'link'} to {type(msg).__name__} after {self.retries + 1} tries"
         )
+
+    def _link_trouble(self) -> None:
+        """Any request that needed several tries shows a lossy link: shrink every bulk transfer before it stalls."""
+        self._block.failed()
+        self._wv.failed()
 
     def _recover_from_reset(self) -> None:
         self._pending.reset = False
@@ -434,7 +442,8 @@ class Board:
                 w = ncols if band > 1 else min(per_row_cells, ncols - c)
                 before = self.stats.retries
                 res, _ = self._call(m.ReadBlockRequest(row0 + r, col0 + c, band, w, mv))
-                (self._block.failed if self.stats.retries - before > 1 else self._block.succeeded)()
+                if self.stats.retries - before <= 1:  # trouble already shrank it in _transact_raw
+                    self._block.succeeded()
                 codes[r : r + band, c : c + w] = res.codes.reshape(band, w)  # type: ignore[attr-defined]
                 apc, off, ts = res.amps_per_code, res.offset_code, res.timestamp_us / 1e6  # type: ignore[attr-defined]
                 c += w
@@ -497,7 +506,8 @@ class Board:
             )  # fmt: skip
             before = self.stats.retries
             res, _ = self._call(req)
-            (self._wv.failed if self.stats.retries - before > 1 else self._wv.succeeded)()
+            if self.stats.retries - before <= 1:  # trouble already shrank it in _transact_raw
+                self._wv.succeeded()
             r = res.results  # type: ignore[attr-defined]
             v = v_read
             final[i : i + k] = self._correct(r["final_s"].astype(float) * v) / v
@@ -560,7 +570,8 @@ class Board:
                     self._stream_recover(sid, expected, acked)
                     acked = expected
                     idle_deadline = time.monotonic() + self.base_timeout_s * 4
-                elif self._pending.corrupt and not self._pending.events:
+                elif (self._pending.corrupt or (received and min(received) > expected)) and not self._pending.events:
+                    # a damaged frame, or a gap (the line never reorders, so a later event means this one was lost)
                     self._pending.corrupt = False
                     if received and min(received) > expected or not received:
                         self._stream_recover(sid, expected, acked)

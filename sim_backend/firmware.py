@@ -247,6 +247,8 @@ class FirmwareEngine:
         except BoardError as exc:
             payload = exc.result.encode() if isinstance(exc.result, m.Message) else str(exc).encode()[:200]
             return Frame(FrameType.RESPONSE, frame.seq, frame.opcode, exc.status, payload)
+        except Exception as exc:  # a firmware never crashes on input: report INTERNAL and stay up
+            return Frame(FrameType.RESPONSE, frame.seq, frame.opcode, Status.INTERNAL, f"internal error: {exc}".encode()[:200])
 
     def _handlers(self) -> dict[int, Callable]:
         h: dict[int, Callable] = {
@@ -303,6 +305,7 @@ class FirmwareEngine:
 
     # ------------------------------------------------------------------------- handlers
     def _hello(self, req: m.HelloRequest) -> m.HelloInfo:
+        self._cache.clear()  # a handshake starts a new conversation (PROTOCOL.md 3.3)
         self._handshaken = True
         self._feed_watchdog()
         return self.hello_info
