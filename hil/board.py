@@ -41,6 +41,9 @@ from hil.transport import DEFAULT_PORT, BoardConnectionError, ByteLink, open_lin
 log = logging.getLogger(__name__)
 
 
+NOISY_TRIES_FACTOR = 10  # a request answered only by NAKs/damaged frames is tried this many times `retries + 1`
+
+
 class BoardTimeoutError(BoardConnectionError):
     """The board did not answer a request after every retry."""
 
@@ -336,9 +339,13 @@ class Board:
         wire = msg.to_frame(seq).encode()
         timeout = self.base_timeout_s + 2.0 * self.expected_duration_s(msg) + len(wire) * 10 / 921_600
         self.stats.requests += 1
-        for attempt in range(self.retries + 1):
+        # `retries` bounds the tries that got no answer at all (a dead link); tries answered by a NAK or a
+        # damaged frame prove the link alive, only noisy, and may go on up to NOISY_TRIES_FACTOR times longer.
+        attempt = silent = 0
+        while silent <= self.retries and attempt < NOISY_TRIES_FACTOR * (self.retries + 1):
             if attempt:
                 self.stats.retries += 1
+            attempt += 1
             self._pending.nak = self._pending.corrupt = False
             self.link.write(wire)
             deadline = time.monotonic() + timeout
@@ -347,7 +354,7 @@ class Board:
                 frame = self._pending.responses.pop(seq, None)
                 if frame is not None:
                     self._pending.responses.clear()  # stale answers to earlier retries
-                    if attempt >= 2 and not handshake:
+                    if attempt >= 3 and not handshake:
                         self._link_trouble()
                     if frame.status == Status.HANDSHAKE_REQUIRED and not handshake:
                         self._recover_from_reset()
@@ -361,8 +368,9 @@ class Board:
                     deadline = min(deadline, time.monotonic() + 0.02)
             else:
                 self.stats.timeouts += 1
+                silent += 1
         raise BoardTimeoutError(
-            f"no valid answer from the board on {self.port or 'link'} to {type(msg).__name__} after {self.retries + 1} tries"
+            f"no valid answer from the board on {self.port or 'link'} to {type(msg).__name__} after {attempt} tries"
         )
 
     def _link_trouble(self) -> None:

@@ -227,11 +227,19 @@ def _open_readonly(p: Path) -> h5py.File:
         raise FileNotFoundError(f"run file {p} does not exist")
     try:
         return h5py.File(p, "r", locking=False, swmr=True)
-    except OSError:
+    except (OSError, RuntimeError):  # h5py raises RuntimeError for some damaged superblocks
         try:
             return h5py.File(p, "r", locking=False)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise RunFileError(f"{p} is not a readable HDF5 run file ({str(exc).splitlines()[0]})") from None
+
+
+def _check_not_truncated(f: h5py.File, p: Path) -> None:
+    """A SWMR open does not check the end of file; a writer's flush sets the file's size to the end its
+    superblock records and a killed writer only leaves more bytes behind, so a shorter file was cut short."""
+    stored, actual = f.id.get_filesize(), p.stat().st_size
+    if actual < stored:
+        raise RunFileError(f"{p} is truncated ({actual} of {stored} bytes)")
 
 
 def _check_format(f: h5py.File, p: Path) -> None:
@@ -256,7 +264,10 @@ def read_run(path: str | os.PathLike) -> RunData:
     p = Path(path)
     f = _open_readonly(p)
     try:
-        _check_format(f, p)
+        try:
+            _check_format(f, p)
+        except (OSError, RuntimeError) as exc:  # damaged metadata (e.g. a truncated file)
+            raise RunFileError(f"{p} is corrupt: {str(exc).splitlines()[0]}") from None
         try:
             data = {name: ds[...] for name, ds in f["data"].items()}
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
@@ -271,7 +282,7 @@ def read_run(path: str | os.PathLike) -> RunData:
                 attrs=attrs,
                 summary=json.loads(attrs.get("summary_json", "{}")),
             )
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise RunFileError(f"{p} is corrupt: {str(exc).splitlines()[0]}") from None
     finally:
         f.close()
@@ -281,7 +292,9 @@ def resume_run(path: str | os.PathLike, procedure: str, params: dict, flush_s: f
     """Continue an interrupted run: same procedure and parameters, everything flushed so far kept."""
     p = Path(path)
     f = _open_readonly(p)
+    tmp = p.with_name(p.name + ".resume.tmp")
     try:
+        _check_not_truncated(f, p)
         _check_format(f, p)
         if f.attrs["status"] == "complete":
             raise RunFileError(f"{p} is already complete; nothing to resume")
@@ -291,7 +304,6 @@ def resume_run(path: str | os.PathLike, procedure: str, params: dict, flush_s: f
         if stored != json.loads(json.dumps(params, default=_jsonable)):
             diff = sorted(k for k in set(stored) | set(params) if stored.get(k) != params.get(k))
             raise RunFileError(f"{p} was started with other parameters ({', '.join(diff)}); resume with the same ones")
-        tmp = p.with_name(p.name + ".resume.tmp")
         with h5py.File(tmp, "w", libver="latest") as g:
             for k, v in f.attrs.items():
                 g.attrs[k] = v
@@ -303,6 +315,11 @@ def resume_run(path: str | os.PathLike, procedure: str, params: dict, flush_s: f
                 for k, v in ds.attrs.items():
                     new.attrs[k] = v
             g.create_dataset("state", data=f["state"][...])
+    except RunFileError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:  # damaged metadata or data: leave the file as it is
+        tmp.unlink(missing_ok=True)
+        raise RunFileError(f"{p} is corrupt and cannot be resumed: {str(exc).splitlines()[0]}") from None
     finally:
         f.close()
     os.replace(tmp, p)

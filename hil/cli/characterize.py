@@ -41,7 +41,7 @@ def _sigterm_as_interrupt() -> None:
 
 
 def execute(proc_cls: type[Procedure], port: str, out: Path, force: bool, resume: bool, as_json: bool,
-            quiet: bool, calibration: Path | None, params: dict) -> dict:  # fmt: skip
+            quiet: bool, calibration: Path | None, params: dict, flush_s: float = 2.0) -> dict:  # fmt: skip
     """Open the board, run the procedure into `out`, print a summary; returns the summary."""
     if resume and force:
         raise UserError("--resume and --force exclude each other")
@@ -56,7 +56,7 @@ def execute(proc_cls: type[Procedure], port: str, out: Path, force: bool, resume
     with Board.open(port, calibration=cal) as board:
         proc = proc_cls(p, board)
         try:
-            outcome = run_procedure(proc, out, force=force, resume=resume, quiet=quiet,
+            outcome = run_procedure(proc, out, force=force, resume=resume, quiet=quiet, flush_s=flush_s,
                                     calibration=cal.to_dict() if cal else None)  # fmt: skip
         except KeyboardInterrupt:
             raise UserError(f"interrupted: data up to the last flush are in {out}; continue with --resume") from None
@@ -74,9 +74,9 @@ def execute(proc_cls: type[Procedure], port: str, out: Path, force: bool, resume
 
 def _make_command(name: str, proc_cls: type[Procedure]) -> click.Command:
     def callback(port: str, out: Path, force: bool, resume: bool, as_json: bool, quiet: bool,
-                 calibration: Path | None, **params: object) -> None:  # fmt: skip
+                 calibration: Path | None, flush_s: float, **params: object) -> None:  # fmt: skip
         _sigterm_as_interrupt()
-        execute(proc_cls, port, out, force, resume, as_json, quiet, calibration, params)
+        execute(proc_cls, port, out, force, resume, as_json, quiet, calibration, params, flush_s)
 
     doc = (sys.modules[proc_cls.__module__].__doc__ or name).strip().splitlines()[0]
     cmd = click.Command(name, callback=callback, help=doc)
@@ -87,6 +87,8 @@ def _make_command(name: str, proc_cls: type[Procedure]) -> click.Command:
         click.Option(["--resume"], is_flag=True, help="continue an interrupted run file"),
         click.Option(["--json", "as_json"], is_flag=True, help="print the summary as JSON"),
         click.Option(["--quiet", "-q"], is_flag=True, help="no progress bar"),
+        click.Option(["--flush-s", "flush_s"], type=click.FloatRange(min=0.0), default=2.0, show_default=True,
+                     help="longest time (s) recorded data may wait before reaching the disk"),
         click.Option(["--calibration"], type=click.Path(path_type=Path, dir_okay=False), default=None,
                      help="read-path calibration from `rram board calibrate`"),
     ] + [_option_for(f) for f in dataclasses.fields(proc_cls.Params)]  # fmt: skip

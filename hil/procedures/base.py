@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from tqdm import tqdm
 
-from hil.board import Board, BoardResetError
+from hil.board import Board, BoardResetError, _mv
 from hil.procedures.region import Region, parse_region
 from hil.runfile import RunWriter, Table, create_run, read_run, resume_run
 
@@ -38,6 +38,7 @@ class Procedure(abc.ABC):
         self.p = params
         self.board = board
         self.region: Region = parse_region(params.cells, board.rows, board.cols)
+        self.check_voltage("read voltage", params.v_read, "read_v")
         self.validate()
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -47,6 +48,16 @@ class Procedure(abc.ABC):
 
     def validate(self) -> None:
         """Refuse impossible parameters with a one-line ValueError (before any pulse)."""
+
+    def check_voltage(self, what: str, volts: float, limit: str) -> None:
+        """LimitError now, before a run file exists or a byte is sent, for a voltage outside the board's range."""
+        lim = self.board.limits
+        lim.check_voltage(what, _mv(volts, what), getattr(lim, limit))
+
+    def check_pulse(self, width_ns: int, v_gate: float) -> None:
+        """LimitError now for a pulse width or gate voltage the board refuses."""
+        self.board.limits.check_width(int(width_ns))
+        self.board.limits.check_gate(_mv(v_gate, "gate voltage"))
 
     @abc.abstractmethod
     def tables(self) -> dict[str, Table]:

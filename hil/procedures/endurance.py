@@ -30,6 +30,10 @@ class Endurance(Procedure):
         p = self.p
         if p.cycles < 1 or not 1 <= p.read_every <= p.cycles:
             raise ValueError(f"endurance needs cycles >= 1 and 1 <= read_every <= cycles (got {p.cycles}, {p.read_every})")
+        self.check_voltage("SET voltage", p.set_v, "set_v")
+        self.check_voltage("RESET voltage", p.reset_v, "reset_v")
+        self.check_pulse(p.set_width_ns, p.set_gate)
+        self.check_pulse(p.reset_width_ns, p.reset_gate)
 
     def tables(self) -> dict[str, Table]:
         n = self.region.n_cells

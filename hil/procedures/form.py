@@ -23,6 +23,14 @@ class Form(Procedure):
     name = "form"
     Params = FormParams
 
+    def validate(self) -> None:
+        p = self.p
+        self.check_voltage("FORM start voltage", p.v_start, "form_v")
+        self.check_voltage("FORM stop voltage", p.v_stop, "form_v")
+        if not (p.v_step > 0 and p.v_start <= p.v_stop):
+            raise ValueError(f"form needs --v-step > 0 and --v-start <= --v-stop (got {p.v_step}, {p.v_start}, {p.v_stop})")
+        self.check_pulse(p.width_ns, p.v_gate)
+
     def tables(self) -> dict[str, Table]:
         return {
             "form": Table({"cell": ("i4", (2,)), "formed": ("u1", ()), "pulses": ("i4", ()), "v_form": ("f4", ()),

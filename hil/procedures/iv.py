@@ -28,6 +28,12 @@ class Iv(Procedure):
     def validate(self) -> None:
         if self.p.points < 2 or self.p.cycles < 1:
             raise ValueError("iv needs --points >= 2 and --cycles >= 1")
+        self.check_voltage("sweep maximum", self.p.v_max, "set_v")
+        self.check_voltage("sweep minimum", self.p.v_min, "reset_v")
+        if self.p.dc:  # a DC sweep's dwell is not a pulse width
+            self.check_voltage("gate voltage", self.p.v_gate, "gate_v")
+        else:
+            self.check_pulse(self.p.width_ns, self.p.v_gate)
 
     def tables(self) -> dict[str, Table]:
         n = 4 * self.p.points

@@ -14,7 +14,7 @@ import numpy as np
 
 from hil.procedures.base import Procedure, ProcedureParams, Progress
 from hil.procedures.programming import (
-    assign_levels, board_time, level_targets, program_table, program_verified, reads_table, timed_reads,
+    assign_levels, board_time, check_verify_params, level_targets, program_table, program_verified, reads_table, timed_reads,
 )  # fmt: skip
 from hil.runfile import RunWriter, Table
 
@@ -47,6 +47,9 @@ class Levels(Procedure):
         self.times = self._times()
         if p.gate_points < 2 or p.cal_cells < 1:
             raise ValueError("levels needs --gate-points >= 2 and --cal-cells >= 1")
+        check_verify_params(p.tol, p.max_pulses)
+        for gate in (p.gate_lo, p.gate_hi):
+            self.check_pulse(_SET_W, gate)
 
     def _times(self) -> np.ndarray:
         try:

@@ -29,6 +29,12 @@ def level_targets(n_levels: int, g_lo: float, g_hi: float) -> np.ndarray:
     return np.linspace(g_lo, g_hi, n_levels) if n_levels > 1 else np.array([g_lo])
 
 
+def check_verify_params(tol: float, max_pulses: int) -> None:
+    """Refuse a write-verify tolerance or pulse budget the board cannot take, before the run starts."""
+    if not (np.isfinite(tol) and tol > 0) or not 1 <= max_pulses <= 0xFFFF:
+        raise ValueError(f"write-verify needs --tol > 0 S and 1 <= --max-pulses <= 65535 (got {tol}, {max_pulses})")
+
+
 def assign_levels(n_cells: int, n_levels: int, seed: int) -> np.ndarray:
     """Balanced, shuffled level index per cell (same for a given seed, so resumes agree)."""
     return np.random.default_rng(seed).permutation(np.arange(n_cells) % n_levels)

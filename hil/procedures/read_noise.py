@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hil.procedures.base import Procedure, ProcedureParams, Progress
-from hil.procedures.programming import assign_levels, level_targets, program_table, program_verified
+from hil.procedures.programming import assign_levels, check_verify_params, level_targets, program_table, program_verified
 from hil.runfile import RunWriter, Table
 
 
@@ -30,6 +30,7 @@ class ReadNoise(Procedure):
         if self.p.reads < 3:
             raise ValueError("read-noise needs --reads >= 3")
         level_targets(self.p.levels, self.p.g_lo, self.p.g_hi)
+        check_verify_params(self.p.tol, self.p.max_pulses)
 
     def tables(self) -> dict[str, Table]:
         n = self.region.n_cells

@@ -7,7 +7,7 @@ import numpy as np
 
 from hil.procedures.base import Procedure, ProcedureParams, Progress
 from hil.procedures.programming import (
-    assign_levels, level_targets, log_times, program_table, program_verified, reads_table, timed_reads,
+    assign_levels, check_verify_params, level_targets, log_times, program_table, program_verified, reads_table, timed_reads,
 )  # fmt: skip
 from hil.runfile import RunWriter, Table
 
@@ -32,6 +32,7 @@ class Retention(Procedure):
     def validate(self) -> None:
         level_targets(self.p.levels, self.p.g_lo, self.p.g_hi)
         log_times(self.p.t_first, self.p.t_last, self.p.times)
+        check_verify_params(self.p.tol, self.p.max_pulses)
 
     def tables(self) -> dict[str, Table]:
         return {"program": program_table("write-verify programming, one record per cell"),
