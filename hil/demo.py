@@ -74,6 +74,10 @@ def run_demo(cfg: DemoConfig, force: bool = False, echo: Callable[[str], None] =
             runs[name] = path
             report.add(f"characterize {name}", time.perf_counter() - t0, outcome.summary)
             echo(f"  {name:<11} -> {path}  {_headline(name, outcome.summary)}")
+    t0 = time.perf_counter()
+    profile_path = fit_stage(runs, cfg.out / "profile.h5")
+    report.add("fit", time.perf_counter() - t0, {"profile": str(profile_path)})
+    echo(f"  profile    -> {profile_path}  {_profile_headline(profile_path)}")
     if cfg.plots:
         t0 = time.perf_counter()
         figures = _plot(runs, cfg.out / "figures")
@@ -81,6 +85,28 @@ def run_demo(cfg: DemoConfig, force: bool = False, echo: Callable[[str], None] =
         echo(f"  figures    -> {cfg.out / 'figures'} ({len(figures)} PNG)")
     (cfg.out / "summary.json").write_text(json.dumps([{"stage": s, "seconds": t, **r} for s, t, r in report.stages], indent=1, default=str))
     return report
+
+
+def fit_stage(runs: dict[str, Path], path: Path) -> Path:
+    """Fit the noise profile of the simulated chip from the runs just made."""
+    from calibration.profile import save_profile
+    from hil.fit_runs import fit_runs
+
+    profile, _ = fit_runs([runs[k] for k in ("levels", "retention", "read-noise", "endurance") if k in runs])
+    save_profile(profile, path, overwrite=True)
+    return path
+
+
+def _profile_headline(path: Path) -> str:
+    import numpy as np
+
+    from calibration.profile import load_profile
+
+    p = load_profile(path)
+    mid = np.array([(p.g_min + p.g_max) / 2])
+    best = min(p.families.items(), key=lambda kv: kv[1].aic)[0] if p.families else "-"
+    return (f"sigma at mid-window: open-loop {p.programming_sigma(mid)[0] * 1e6:.2f} uS, "
+            f"write-verify {p.programming_sigma(mid, verified=True)[0] * 1e6:.2f} uS; best family {best}")  # fmt: skip
 
 
 def _plot(runs: dict[str, Path], folder: Path) -> list[Path]:

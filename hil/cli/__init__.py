@@ -12,6 +12,7 @@ from hil.cli.errors import run_cli
 _COMMANDS: list[str] = [
     "hil.cli.characterize:characterize",
     "hil.cli.demo:demo",
+    "hil.cli.fit:fit",
     "hil.cli.train:train",
     "hil.cli.evaluate:evaluate",
     "hil.cli.profile:profile",

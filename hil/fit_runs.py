@@ -1,0 +1,141 @@
+"""From run files to fitted noise profiles: turn each procedure's tables into calibration datasets.
+
+`calibration` fits plain arrays and knows nothing of run files; this module is the bridge, so the
+dependency stays one-way (hil -> calibration). Cells that write-verify could not program (never
+formed, stuck) are left out of the programming, relaxation and spatial fits: they are counted by the
+endurance model's stuck fractions instead, and including them would turn a defect rate into a
+noise sigma.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration.datasets import EnduranceDataset, ErrorMapDataset, ProgrammingDataset, ReadNoiseDataset, RelaxationDataset
+from calibration.fit import FitOptions, fit_profile
+from calibration.models import Provenance
+from calibration.profile import NoiseProfile
+from hil.runfile import RunData, read_run
+
+_G_FLOOR = 1e-9  # S: reads at or below the noise floor become this (the fitters need G > 0)
+_CONVERGED = 0
+
+
+@dataclass
+class Datasets:
+    """Everything the runs give the fitters, before fitting."""
+
+    open_loop: ProgrammingDataset | None = None
+    verified: ProgrammingDataset | None = None
+    relaxation: RelaxationDataset | None = None
+    read_noise: ReadNoiseDataset | None = None
+    endurance: EnduranceDataset | None = None
+    error_map: ErrorMapDataset | None = None
+    used: dict[str, list[str]] = field(default_factory=dict)  # dataset -> run files it came from
+
+    def note(self, dataset: str, run: RunData) -> None:
+        self.used.setdefault(dataset, []).append(str(run.path))
+
+
+def _relaxation_rows(prog: np.ndarray, reads: np.ndarray, healthy: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Flatten timed block reads into (target, t since that cell's programming, g) rows."""
+    if not len(reads) or not healthy.any():
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    t_since = reads["t"][:, None] - prog["t"][None, :]  # (reads, cells)
+    target = np.broadcast_to(prog["target"][None, :], t_since.shape)
+    g = reads["g"]
+    keep = np.broadcast_to(healthy[None, :], t_since.shape) & (t_since > 0)
+    return target[keep], t_since[keep], g[keep]
+
+
+def _error_map(table: np.ndarray, healthy: np.ndarray) -> np.ndarray | None:
+    """Programming errors laid out on the programmed rectangle (unhealthy cells at 0 error)."""
+    cells = table["cell"]
+    r0, c0 = cells.min(axis=0)
+    r1, c1 = cells.max(axis=0) + 1
+    if r1 - r0 < 2 or c1 - c0 < 2 or len(cells) != (r1 - r0) * (c1 - c0):
+        return None
+    err = np.zeros((r1 - r0, c1 - c0))
+    e = np.where(healthy, table["g"] - table["target"], 0.0)
+    err[cells[:, 0] - r0, cells[:, 1] - c0] = e
+    return err
+
+
+def collect_datasets(runs: Sequence[RunData]) -> Datasets:
+    """Build the calibration datasets from whatever runs are given (any order, any subset)."""
+    ds = Datasets()
+    rel_parts: list[tuple[np.ndarray, ...]] = []
+    for run in runs:
+        d = run.data
+        if run.procedure == "levels" and len(d["verified"]):
+            healthy = d["verified"]["status"] == _CONVERGED
+            n = min(len(d["open_loop"]), len(d["verified"]))
+            ol = d["open_loop"][:n][healthy[:n]]
+            if len(ol) >= 2:
+                ds.open_loop = ProgrammingDataset(ol["target"], ol["g"], ol["pulses"].astype(float), verified=False,
+                                                  t_read_s=_read_delay(ol))  # fmt: skip
+                ds.note("open_loop", run)
+                em = _error_map(d["open_loop"][:n], healthy[:n])
+                if em is not None:
+                    ds.error_map = ErrorMapDataset(em)
+                    ds.note("error_map", run)
+            wv = d["verified"][healthy]
+            if len(wv) >= 2:
+                ds.verified = ProgrammingDataset(wv["target"], wv["g"], wv["pulses"].astype(float), verified=True,
+                                                 t_read_s=_read_delay(wv))  # fmt: skip
+                ds.note("verified", run)
+            rel_parts.append(_relaxation_rows(d["verified"], d["verified_reads"], healthy))
+            ds.note("relaxation", run)
+        elif run.procedure == "retention" and len(d["program"]):
+            healthy = d["program"]["status"] == _CONVERGED
+            rel_parts.append(_relaxation_rows(d["program"], d["reads"], healthy))
+            ds.note("relaxation", run)
+        elif run.procedure == "read-noise" and len(d["reads"]) >= 3:
+            g = d["reads"]["g"].T  # (cells, reads)
+            target = None
+            if len(d["program"]) == g.shape[0]:
+                ok = d["program"]["status"] == _CONVERGED
+                g, target = g[ok], d["program"]["target"][ok]
+            ds.read_noise = ReadNoiseDataset(g, target)
+            ds.note("read_noise", run)
+        elif run.procedure == "endurance" and len(d["endurance"]):
+            e = d["endurance"]
+            ds.endurance = EnduranceDataset(e["cycle"].astype(float), np.maximum(e["lrs"].T, _G_FLOOR),
+                                            np.maximum(e["hrs"].T, _G_FLOOR))  # fmt: skip
+            ds.note("endurance", run)
+    parts = [p for p in rel_parts if p[0].size]
+    if parts:
+        target, t, g = (np.concatenate(x) for x in zip(*parts))
+        if np.unique(t).size >= 2:
+            ds.relaxation = RelaxationDataset(target, t, g)
+    return ds
+
+
+def _read_delay(table: np.ndarray) -> float:
+    """Seconds between programming and the read recorded with it (the board's read follows at once)."""
+    return 1e-3
+
+
+def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: float | None = None,
+             n_levels: int | None = None, bits_per_device: int | None = None,
+             options: FitOptions | None = None) -> tuple[NoiseProfile, Datasets]:  # fmt: skip
+    """Read the run files, build the datasets and fit one profile (with provenance)."""
+    runs = [read_run(p) for p in paths]
+    ds = collect_datasets(runs)
+    if not ds.used:
+        kinds = ", ".join(sorted({r.procedure for r in runs}))
+        raise ValueError(f"nothing to fit in these runs ({kinds}): give levels, retention, read-noise or endurance runs with data")
+    boards = sorted({r.board.get("board_id", "") for r in runs})
+    prov = Provenance(
+        run_files=[str(Path(p).resolve()) for p in paths],
+        board_id=",".join(b for b in boards if b),
+        measured_dates=[str(r.attrs.get("created_utc", "")) for r in runs],
+        notes="; ".join(f"{k}: {', '.join(Path(v).name for v in vs)}" for k, vs in ds.used.items()),
+    )
+    prof = fit_profile(open_loop=ds.open_loop, verified=ds.verified, relaxation=ds.relaxation, read_noise=ds.read_noise,
+                       endurance=ds.endurance, error_map=ds.error_map, provenance=prov, g_min=g_min, g_max=g_max,
+                       n_levels=n_levels, bits_per_device=bits_per_device, options=options)  # fmt: skip
+    return prof, ds
