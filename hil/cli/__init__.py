@@ -13,6 +13,7 @@ _COMMANDS: list[str] = [
     "hil.cli.characterize:characterize",
     "hil.cli.demo:demo",
     "hil.cli.fit:fit",
+    "hil.cli.swim:swim",
     "hil.cli.train:train",
     "hil.cli.evaluate:evaluate",
     "hil.cli.profile:profile",

@@ -1,0 +1,69 @@
+"""`rram swim`: plan selective write-verify (SWIM) with the chip's noise profile."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hil.cli.errors import UserError
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--{what} {text!r}: give comma-separated numbers") from None
+    if not vals:
+        raise UserError(f"--{what} is empty")
+    return vals
+
+
+@click.group()
+def swim() -> None:
+    """Selective write-verify: rank weights by the loss their programming error costs."""
+
+
+@swim.command("curve")
+@click.argument("model_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--profile", "profile_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="noise profile (.h5)")
+@click.option("--fractions", default="0,0.01,0.02,0.05,0.1,0.2,0.5,1", show_default=True, help="fractions of weights verified")
+@click.option("--methods", default="swim,magnitude,random,gradient", show_default=True)
+@click.option("--granularity", type=click.Choice(["weight", "row", "column"]), default="weight", show_default=True)
+@click.option("--mc", "mc", default=200, show_default=True, help="Monte Carlo draws per point")
+@click.option("--t-s", "t_s", default=0.0, show_default=True, help="seconds after programming (relaxation)")
+@click.option("--noise-scale", default=1.0, show_default=True, help="scale the chip's errors (stress study)")
+@click.option("--sens-samples", default=2000, show_default=True, help="training samples for the sensitivity pass")
+@click.option("--seed", default=0, show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="PNG of the curve")
+@click.option("--json", "as_json", is_flag=True)
+def curve(model_file: Path, profile_path: Path, fractions: str, methods: str, granularity: str, mc: int, t_s: float,
+          noise_scale: float, sens_samples: int, seed: int, out: Path | None, as_json: bool) -> None:  # fmt: skip
+    """Accuracy (mean, 1% KPP) and write cycles versus fraction verified, for SWIM and baselines."""
+    from tqdm import tqdm
+
+    from calibration.profile import load_profile
+    from hil.swim_report import curve_table, plot_curve
+    from models.checkpoint import load_model
+    from models.data.datasets import load_dataset
+    from models.swim.planning import SwimPlanner
+
+    fr = _floats(fractions, "fractions")
+    if any(not 0 <= f <= 1 for f in fr):
+        raise UserError("--fractions must lie in [0, 1]")
+    meths = [m.strip() for m in methods.split(",") if m.strip()]
+    model, ckpt = load_model(model_file)
+    ds = load_dataset(ckpt["data"]["name"], ckpt["data"].get("root"))
+    planner = SwimPlanner(model, load_profile(profile_path), ds.x_test, ds.y_test, t_s=t_s, granularity=granularity,
+                          mc_draws=mc, seed=seed, noise_scale=noise_scale)  # fmt: skip
+    planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=sens_samples)
+    with tqdm(total=len(fr) * len(meths), desc="swim curve", unit="point", leave=False) as bar:
+        points = planner.curve(fr, meths, progress=lambda: bar.update(1))
+    if out is not None:
+        plot_curve(points, out, f"{model_file.name} on {profile_path.name}")
+    if as_json:
+        click.echo(json.dumps({"points": [p.to_dict() for p in points], "figure": str(out) if out else None}))
+        return
+    click.echo(curve_table(points))
+    if out is not None:
+        click.echo(f"figure: {out}")
