@@ -26,6 +26,11 @@ class DemoConfig:
     cols: int = 32
     quick: bool = False  # smaller regions and budgets (tests)
     plots: bool = True
+    hidden: int = 24  # MLP hidden width (small enough to program quickly)
+    epochs: int = 20
+    swim: float = 0.1  # fraction of weights write-verified
+    read_delay: float = 1.0  # s between programming and read-back
+    mc_draws: int = 200
 
 
 @dataclass
@@ -59,7 +64,7 @@ def _characterize_plan(cfg: DemoConfig) -> list[tuple[str, dict]]:
 
 
 def run_demo(cfg: DemoConfig, force: bool = False, echo: Callable[[str], None] = print) -> DemoReport:
-    """Characterize the simulated chip, plot the runs; later stages extend this pipeline."""
+    """Characterize the simulated chip, fit its profile, train on it, deploy with SWIM, read back, report."""
     prepare_folder(cfg.out, force)
     report = DemoReport()
     url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}"
@@ -78,6 +83,14 @@ def run_demo(cfg: DemoConfig, force: bool = False, echo: Callable[[str], None] =
     profile_path = fit_stage(runs, cfg.out / "profile.h5")
     report.add("fit", time.perf_counter() - t0, {"profile": str(profile_path)})
     echo(f"  profile    -> {profile_path}  {_profile_headline(profile_path)}")
+    t0 = time.perf_counter()
+    model_path, train_summary = train_stage(cfg, profile_path, cfg.out / "model.pt")
+    report.add("train", time.perf_counter() - t0, train_summary)
+    echo(f"  model      -> {model_path}  {_train_headline(train_summary)}")
+    t0 = time.perf_counter()
+    deploy = deploy_stage(cfg, model_path, profile_path, cfg.out / "deploy.h5", quiet=not cfg.plots)
+    report.add("deploy", time.perf_counter() - t0, deploy)
+    echo(f"  deploy     -> {cfg.out / 'deploy.h5'}  {_deploy_headline(deploy)}")
     if cfg.plots:
         t0 = time.perf_counter()
         figures = _plot(runs, cfg.out / "figures")
@@ -92,7 +105,7 @@ def fit_stage(runs: dict[str, Path], path: Path) -> Path:
     from calibration.profile import save_profile
     from hil.fit_runs import fit_runs
 
-    profile, _ = fit_runs([runs[k] for k in ("levels", "retention", "read-noise", "endurance") if k in runs])
+    profile, _ = fit_runs([runs[k] for k in ("form", "levels", "retention", "read-noise", "endurance") if k in runs])
     save_profile(profile, path, overwrite=True)
     return path
 
@@ -107,6 +120,56 @@ def _profile_headline(path: Path) -> str:
     best = min(p.families.items(), key=lambda kv: kv[1].aic)[0] if p.families else "-"
     return (f"sigma at mid-window: open-loop {p.programming_sigma(mid)[0] * 1e6:.2f} uS, "
             f"write-verify {p.programming_sigma(mid, verified=True)[0] * 1e6:.2f} uS; best family {best}")  # fmt: skip
+
+
+def train_stage(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, dict]:
+    """Train a small MLP on the embedded digits with noise injection from the fitted profile."""
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.config import TrainConfig
+    from models.data.datasets import load_dataset
+    from models.montecarlo import evaluate_mc
+    from models.noise.factory import noise_from_profile
+    from models.training import train
+
+    noise = {"family": "profile", "path": str(profile_path.resolve()), "t_s": cfg.read_delay, "mapping": "analog"}
+    tc = TrainConfig(model="mlp", model_kwargs={"hidden": [cfg.hidden]}, data="digits", method="noise", noise=noise,
+                     epochs=cfg.epochs, seed=cfg.seed, progress=False, checkpoint=None)  # fmt: skip
+    result = train(tc, log=lambda _s: None)
+    save_checkpoint(result.checkpoint, path)
+    ds = load_dataset("digits")
+    nz = noise_from_profile(profile_path, t_s=cfg.read_delay, mapping="analog")
+    mc = evaluate_mc(result.model.cpu(), ds.x_test, ds.y_test, nz, cfg.mc_draws, seed=cfg.seed, kpp=(1.0,))
+    return path, {"clean": mc.clean_accuracy, "noisy_mean": mc.mean, "kpp1": mc.kpp[1.0], "draws": mc.n_draws}
+
+
+def deploy_stage(cfg: DemoConfig, model_path: Path, profile_path: Path, out: Path, quiet: bool) -> dict:
+    """Program the model onto a fresh copy of the simulated chip with SWIM, read back, evaluate."""
+    from hil.cli.program import make_plan
+    from hil.deploy_plan import save_plan
+    from hil.deployed_eval import evaluate_deployed
+    from hil.procedures.program import Program
+
+    url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}"
+    plan_path = out.with_name(out.stem + ".plan.h5")
+    plan = make_plan(model_path, profile_path, cfg.swim, "swim", "weight", cfg.rows, cfg.cols, cfg.read_delay)
+    save_plan(plan, plan_path, force=True)
+    with Board.open(url) as board:
+        params = Program.Params(plan=str(plan_path.resolve()), read_delay=cfg.read_delay)
+        outcome = run_procedure(Program(params, board), out, force=True, quiet=quiet)
+    acc = evaluate_deployed(out, mc=cfg.mc_draws, seed=cfg.seed)
+    return {**acc.to_dict(), "swim_fraction": cfg.swim, "program": outcome.summary}
+
+
+def _train_headline(s: dict) -> str:
+    return f"clean {100 * s['clean']:.1f}%, noisy mean {100 * s['noisy_mean']:.1f}%, 1% KPP {100 * s['kpp1']:.1f}% ({s['draws']} draws)"
+
+
+def _deploy_headline(d: dict) -> str:
+    return (f"SWIM {100 * d['swim_fraction']:.0f}%: measured {100 * d['measured']:.1f}% vs predicted "
+            f"{100 * d['predicted_mean']:.1f}% (1% KPP {100 * d['predicted_kpp1']:.1f}%), "
+            f"write cycles {d['write_cycles']:.0f} = {d['write_cycles'] / d['write_cycles_full_wv']:.2f}x full write-verify")  # fmt: skip
 
 
 def _plot(runs: dict[str, Path], folder: Path) -> list[Path]:

@@ -22,6 +22,7 @@ from hil.runfile import RunData, read_run
 
 _G_FLOOR = 1e-9  # S: reads at or below the noise floor become this (the fitters need G > 0)
 _CONVERGED = 0
+_IMMEDIATE_READ_S = 1e-3  # the board reads a cell about a millisecond after its last pulse
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Datasets:
     read_noise: ReadNoiseDataset | None = None
     endurance: EnduranceDataset | None = None
     error_map: ErrorMapDataset | None = None
+    defects: tuple[float, float] | None = None  # (stuck high, stuck low) fractions seen while programming
+    form_failed: float | None = None  # fraction of cells that never formed (they read near 0: stuck low)
     used: dict[str, list[str]] = field(default_factory=dict)  # dataset -> run files it came from
 
     def note(self, dataset: str, run: RunData) -> None:
@@ -73,10 +76,12 @@ def collect_datasets(runs: Sequence[RunData]) -> Datasets:
         if run.procedure == "levels" and len(d["verified"]):
             healthy = d["verified"]["status"] == _CONVERGED
             n = min(len(d["open_loop"]), len(d["verified"]))
+            ds.defects = _defect_fractions(d["verified"])
             ol = d["open_loop"][:n][healthy[:n]]
             if len(ol) >= 2:
-                ds.open_loop = ProgrammingDataset(ol["target"], ol["g"], ol["pulses"].astype(float), verified=False,
-                                                  t_read_s=_read_delay(ol))  # fmt: skip
+                g, t_read = _first_read(d["open_loop"][:n], d["open_loop_reads"])
+                ds.open_loop = ProgrammingDataset(ol["target"], g[healthy[:n]], ol["pulses"].astype(float), verified=False,
+                                                  t_read_s=t_read)  # fmt: skip
                 ds.note("open_loop", run)
                 em = _error_map(d["open_loop"][:n], healthy[:n])
                 if em is not None:
@@ -84,11 +89,15 @@ def collect_datasets(runs: Sequence[RunData]) -> Datasets:
                     ds.note("error_map", run)
             wv = d["verified"][healthy]
             if len(wv) >= 2:
-                ds.verified = ProgrammingDataset(wv["target"], wv["g"], wv["pulses"].astype(float), verified=True,
-                                                 t_read_s=_read_delay(wv))  # fmt: skip
+                g, t_read = _first_read(d["verified"], d["verified_reads"])
+                ds.verified = ProgrammingDataset(wv["target"], g[healthy], wv["pulses"].astype(float), verified=True,
+                                                 t_read_s=t_read)  # fmt: skip
                 ds.note("verified", run)
             rel_parts.append(_relaxation_rows(d["verified"], d["verified_reads"], healthy))
             ds.note("relaxation", run)
+        elif run.procedure == "form" and len(d["form"]):
+            ds.form_failed = float(np.mean(d["form"]["formed"] == 0))
+            ds.note("defects", run)
         elif run.procedure == "retention" and len(d["program"]):
             healthy = d["program"]["status"] == _CONVERGED
             rel_parts.append(_relaxation_rows(d["program"], d["reads"], healthy))
@@ -114,9 +123,30 @@ def collect_datasets(runs: Sequence[RunData]) -> Datasets:
     return ds
 
 
-def _read_delay(table: np.ndarray) -> float:
-    """Seconds between programming and the read recorded with it (the board's read follows at once)."""
-    return 1e-3
+def _first_read(prog: np.ndarray, reads: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each cell's conductance at the first timed read after programming, and that delay (s).
+
+    Programming noise is taken at the first scheduled read (1 s by default), as in the IBM ReRAM fit:
+    the relaxation model is referenced to that time, so "programming sigma at t0 plus relaxation from
+    t0" is consistent. Without timed reads, the read taken right after programming is used.
+    """
+    if len(reads) == 0:
+        return prog["g"], _IMMEDIATE_READ_S
+    g = reads["g"][0][: len(prog)]
+    delay = float(np.median(reads["t"][0] - prog["t"]))
+    return g, max(delay, _IMMEDIATE_READ_S)
+
+
+def _defect_fractions(verified: np.ndarray) -> tuple[float, float]:
+    """Cells write-verify could not program (never formed, stuck), split by where they sit.
+
+    A cell left below its target behaves as stuck at the bottom of the window, one left above as stuck
+    at the top: these are the fractions a deployment meets, independent of wear-out.
+    """
+    bad = verified["status"] != _CONVERGED
+    n = max(len(verified), 1)
+    high = bad & (verified["g"] > verified["target"])
+    return float(high.sum() / n), float((bad & ~high).sum() / n)
 
 
 def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: float | None = None,
@@ -138,4 +168,10 @@ def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: 
     prof = fit_profile(open_loop=ds.open_loop, verified=ds.verified, relaxation=ds.relaxation, read_noise=ds.read_noise,
                        endurance=ds.endurance, error_map=ds.error_map, provenance=prov, g_min=g_min, g_max=g_max,
                        n_levels=n_levels, bits_per_device=bits_per_device, options=options)  # fmt: skip
+    if ds.defects is not None or ds.form_failed is not None:
+        # Defects met while forming and programming the array are what a deployment sees; cycling
+        # wear-out (the endurance model's own stuck fractions, kept in prof.endurance) adds over life.
+        high, low = ds.defects or (0.0, 0.0)
+        prof.stuck_fractions = (high, max(low, ds.form_failed or 0.0))
+        prof.validate()
     return prof, ds

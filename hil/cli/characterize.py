@@ -101,4 +101,5 @@ def characterize() -> None:
 
 
 for _name, _cls in sorted(PROCEDURES.items()):
-    characterize.add_command(_make_command(_name, _cls))
+    if _cls.characterization:
+        characterize.add_command(_make_command(_name, _cls))

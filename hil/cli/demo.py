@@ -16,8 +16,10 @@ from hil.demo import DemoConfig, run_demo
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")
 @click.option("--force", is_flag=True, help="write into a non-empty folder not made by the demo")
 def demo(out: Path, seed: int, quick: bool, no_plots: bool, force: bool) -> None:
-    """Run the whole pipeline on a simulated chip: characterize, plot, and report."""
+    """Run the whole pipeline on a simulated chip: characterize, fit, train, deploy with SWIM, read back."""
     cfg = DemoConfig(out=out, seed=seed, quick=quick, plots=not no_plots)
+    if quick:
+        cfg.epochs, cfg.mc_draws = 8, 50
     report = run_demo(cfg, force=force, echo=click.echo)
     total = sum(t for _, t, _ in report.stages)
     click.echo(f"done in {total:.1f} s; summary in {out / 'summary.json'}")

@@ -33,6 +33,7 @@ class Procedure(abc.ABC):
     name: ClassVar[str]
     Params: ClassVar[type[ProcedureParams]]
     state_keys: ClassVar[tuple[str, ...]] = ()
+    characterization: ClassVar[bool] = True  # listed under `rram characterize` (deployment is not)
 
     def __init__(self, params: ProcedureParams, board: Board):
         self.p = params

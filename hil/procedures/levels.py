@@ -14,12 +14,11 @@ import numpy as np
 
 from hil.procedures.base import Procedure, ProcedureParams, Progress
 from hil.procedures.programming import (
-    assign_levels, board_time, check_verify_params, level_targets, program_table, program_verified, reads_table, timed_reads,
+    SET_WIDTH_NS, assign_levels, calibrate_gate, check_verify_params, gate_for, gate_table, level_targets, one_shot,
+    program_table, program_verified, reads_table, timed_reads,
 )  # fmt: skip
 from hil.runfile import RunWriter, Table
 
-_RESET = dict(v=-1.5, width_ns=200, v_gate=3.0)
-_SET_V, _SET_W = 1.5, 200
 
 
 @dataclass
@@ -49,7 +48,7 @@ class Levels(Procedure):
             raise ValueError("levels needs --gate-points >= 2 and --cal-cells >= 1")
         check_verify_params(p.tol, p.max_pulses)
         for gate in (p.gate_lo, p.gate_hi):
-            self.check_pulse(_SET_W, gate)
+            self.check_pulse(SET_WIDTH_NS, gate)
 
     def _times(self) -> np.ndarray:
         try:
@@ -64,7 +63,7 @@ class Levels(Procedure):
         n = self.region.n_cells
         k = min(self.p.cal_cells, n)
         return {
-            "gate_cal": Table({"gate": ("f8", ()), "g": ("f8", (k,))}, "SET gate (V) vs conductance (S) after a full RESET"),
+            "gate_cal": gate_table(k),
             "open_loop": program_table("one RESET + one SET at the calibrated gate per cell (status 0; pulses 2)"),
             "open_loop_reads": reads_table(n, "block reads at read_times after open-loop programming"),
             "verified": program_table("on-board write-verify to the same targets"),
@@ -78,32 +77,16 @@ class Levels(Procedure):
         p = self.p
         rows, cols = self.region.cells()
         k = min(p.cal_cells, rows.size)
-        for gate in np.linspace(p.gate_lo, p.gate_hi, p.gate_points)[w.count("gate_cal"):]:
-            g = np.zeros(k)
-            for j in range(k):
-                self.board.reset_pulse(int(rows[j]), int(cols[j]), **_RESET)
-                self.board.set_pulse(int(rows[j]), int(cols[j]), _SET_V, _SET_W, float(gate))
-                g[j] = self.board.read(int(rows[j]), int(cols[j]), p.v_read).conductance_s
-            w.append("gate_cal", gate=gate, g=g)
-            bar.advance()
-
-    @staticmethod
-    def gate_for(targets: np.ndarray, gates: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """Gate voltage per target from the calibration curve (median over cells, made monotone)."""
-        med = np.maximum.accumulate(np.maximum(np.median(g, axis=1), 1e-9))
-        keep = np.concatenate([[True], np.diff(med) > 0])
-        return np.interp(np.log(targets), np.log(med[keep]), gates[keep])
+        calibrate_gate(self.board, w, rows[:k], cols[:k], np.linspace(p.gate_lo, p.gate_hi, p.gate_points), p.v_read, bar)
 
     def _program_open_loop(self, w: RunWriter, bar: Progress, levels: np.ndarray, targets: np.ndarray) -> None:
         p = self.p
         cal = w.read("gate_cal")
-        gates = self.gate_for(targets, cal["gate"], cal["g"])
+        gates = gate_for(targets, cal["gate"], cal["g"])
         rows, cols = self.region.cells()
         for i in range(w.count("open_loop"), rows.size):
             r, c, lv = int(rows[i]), int(cols[i]), int(levels[i])
-            self.board.reset_pulse(r, c, **_RESET)
-            self.board.set_pulse(r, c, _SET_V, _SET_W, float(gates[lv]))
-            m = self.board.read(r, c, p.v_read)
+            m = one_shot(self.board, r, c, float(gates[lv]), p.v_read)
             w.append("open_loop", cell=[r, c], level=lv, target=targets[lv], g=m.conductance_s, pulses=2, status=0, t=m.timestamp_s)
             bar.advance()
 

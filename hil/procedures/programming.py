@@ -84,3 +84,36 @@ def log_times(t_first: float, t_last: float, n: int) -> np.ndarray:
     if not 0 < t_first <= t_last or n < 1:
         raise ValueError(f"read schedule needs 0 < t_first <= t_last and n >= 1 (got {t_first}, {t_last}, {n})")
     return np.geomspace(t_first, t_last, n)
+
+
+# One-shot (open-loop) programming: a full RESET to HRS, then one SET whose NMOS gate voltage sets the
+# compliance current and hence the conductance reached (G_LRS ~ I_cc).
+RESET_PULSE = dict(v=-1.5, width_ns=200, v_gate=3.0)
+SET_V, SET_WIDTH_NS = 1.5, 200
+
+
+def one_shot(board: Board, row: int, col: int, gate: float, v_read: float):
+    """RESET, SET at `gate`, read: returns the read Measurement."""
+    board.reset_pulse(row, col, **RESET_PULSE)
+    board.set_pulse(row, col, SET_V, SET_WIDTH_NS, gate)
+    return board.read(row, col, v_read)
+
+
+def gate_table(k: int) -> Table:
+    return Table({"gate": ("f8", ()), "g": ("f8", (k,))}, "SET gate (V) vs conductance (S) after a full RESET")
+
+
+def calibrate_gate(board: Board, w: RunWriter, rows: np.ndarray, cols: np.ndarray, gates: np.ndarray, v_read: float,
+                   bar: Progress, table: str = "gate_cal") -> None:  # fmt: skip
+    """Conductance reached by one SET at each gate voltage on a few cells (resumes after recorded gates)."""
+    for gate in gates[w.count(table):]:
+        g = np.array([one_shot(board, int(r), int(c), float(gate), v_read).conductance_s for r, c in zip(rows, cols)])
+        w.append(table, gate=gate, g=g)
+        bar.advance()
+
+
+def gate_for(targets: np.ndarray, gates: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Gate voltage per target conductance from a calibration (median over cells, made monotone)."""
+    med = np.maximum.accumulate(np.maximum(np.median(np.atleast_2d(g), axis=1), 1e-9))
+    keep = np.concatenate([[True], np.diff(med) > 0])
+    return np.interp(np.log(np.maximum(targets, 1e-9)), np.log(med[keep]), gates[keep])
