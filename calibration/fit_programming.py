@@ -1,0 +1,34 @@
+"""Programming noise per target level: mean error and sigma as a table and as c0..c4 polynomials in g/g_max."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from calibration.datasets import ProgrammingDataset
+from calibration.models import LevelTable, ProgrammingModel
+from calibration.stats import fit_poly, group_levels, group_moments
+
+
+def fit_programming(ds: ProgrammingDataset, g_max: float, degree: int = 4) -> ProgrammingModel:
+    """Fit sigma(g) = sum c_i (g/g_max)^i (IBM B.2 form) and the mean error, weighted by per-level SEs."""
+    if not g_max > 0:
+        raise ValueError(f"g_max must be > 0 S, got {g_max}")
+    groups = group_levels(ds.target_g)
+    mom = group_moments(ds.error, groups)
+    table = LevelTable(groups.levels, mom.mean, mom.mean_se, np.nan_to_num(mom.sigma), mom.sigma_se, groups.count)
+    mean_poly = fit_poly(groups.levels, mom.mean, mom.mean_se, g_max, degree)
+    sigma_poly = fit_poly(groups.levels, mom.sigma, mom.sigma_se, g_max, degree)
+    pulses_mean = pulses_se = float("nan")
+    if ds.pulses is not None:
+        pulses_mean = float(np.mean(ds.pulses))
+        pulses_se = float(np.std(ds.pulses, ddof=1) / math.sqrt(ds.pulses.size))
+    return ProgrammingModel(
+        verified=bool(ds.verified),
+        t_read_s=float(ds.t_read_s),
+        table=table,
+        mean_poly=mean_poly,
+        sigma_poly=sigma_poly,
+        pulses_mean=pulses_mean,
+        pulses_se=pulses_se,
+    )

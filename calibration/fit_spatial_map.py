@@ -1,0 +1,82 @@
+"""Stationary spatial covariance from ONE programmed array: errors versus position.
+
+Without repetitions the covariance of every pair cannot be estimated; assuming it depends only on the
+(row, col) offset, the autocovariance C(dr, dc) is estimated from all cell pairs at that offset
+(mean removed, divided by the number of overlapping pairs) for |dr|, |dc| <= max_lag and taken as 0
+beyond. The implied n x n covariance Sigma_ij = C(r_i - r_j, c_i - c_j) acts on a map as a 2-D
+correlation with that kernel, so its top-k eigenpairs come from scipy's eigsh on a LinearOperator
+(any array size); the full matrix is built only for small arrays. The estimated kernel need not be
+positive semi-definite: only positive eigenvalues are kept.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from scipy.sparse.linalg import LinearOperator, eigsh
+
+from calibration.datasets import ErrorMapDataset
+from calibration.models import SpatialModel
+
+
+def lag_autocovariance(x: np.ndarray, max_lag: int) -> np.ndarray:
+    """(2m+1, 2m+1) array: element [m+dr, m+dc] = mean of x[i, j] * x[i+dr, j+dc] over overlapping pairs."""
+    rows, cols = x.shape
+    m = max_lag
+    out = np.zeros((2 * m + 1, 2 * m + 1))
+    for dr in range(-m, m + 1):
+        for dc in range(-m, m + 1):
+            a = x[max(0, -dr):rows - max(0, dr), max(0, -dc):cols - max(0, dc)]
+            b = x[max(0, dr):max(0, dr) + a.shape[0], max(0, dc):max(0, dc) + a.shape[1]]
+            out[m + dr, m + dc] = float(np.mean(a * b))
+    return 0.5 * (out + out[::-1, ::-1])  # exact symmetry C(d) = C(-d)
+
+
+def covariance_operator(kernel: np.ndarray, shape: tuple[int, int]) -> LinearOperator:
+    """Sigma @ v for the stationary covariance with this lag kernel (zero beyond the array edges)."""
+    n = shape[0] * shape[1]
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        return ndimage.correlate(np.asarray(v, dtype=np.float64).reshape(shape), kernel, mode="constant", cval=0.0).ravel()
+
+    return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64)
+
+
+def full_covariance(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Build Sigma explicitly (n x n) from the lag kernel."""
+    m = kernel.shape[0] // 2
+    r, c = np.divmod(np.arange(shape[0] * shape[1]), shape[1])
+    dr = r[None, :] - r[:, None]
+    dc = c[None, :] - c[:, None]
+    inside = (np.abs(dr) <= m) & (np.abs(dc) <= m)
+    cov = np.zeros(dr.shape)
+    cov[inside] = kernel[m + dr[inside], m + dc[inside]]
+    return cov
+
+
+def fit_spatial_map(ds: ErrorMapDataset, k: int = 10, max_lag: int = 3, full_max_cells: int = 1024) -> SpatialModel:
+    """Stationary covariance model of one error map: lag kernel, top-k eigenpairs, full matrix if small."""
+    if k < 1 or max_lag < 0:
+        raise ValueError(f"need k >= 1 and max_lag >= 0, got k={k}, max_lag={max_lag}")
+    shape = ds.shape
+    if max_lag >= min(shape):
+        raise ValueError(f"max_lag={max_lag} must be smaller than the array sides {shape}")
+    x = ds.errors - ds.errors.mean()
+    kernel = lag_autocovariance(x, max_lag)
+    n = shape[0] * shape[1]
+    full = full_covariance(kernel, shape) if n <= full_max_cells else None
+    k_eff = min(k, n - 1)
+    if full is not None:
+        w, v = np.linalg.eigh(full)
+        w, v = w[::-1][:k_eff], v[:, ::-1][:, :k_eff]
+    else:
+        w, v = eigsh(covariance_operator(kernel, shape), k=k_eff, which="LA", v0=np.ones(n))
+        order = np.argsort(w)[::-1]
+        w, v = w[order], v[:, order]
+    keep = w > 0
+    if not np.any(keep):
+        raise ValueError("the estimated spatial covariance has no positive eigenvalue")
+    w, v = w[keep], v[:, keep].copy()
+    flip = np.sign(v[np.abs(v).argmax(axis=0), np.arange(v.shape[1])])
+    v *= np.where(flip == 0, 1.0, flip)
+    return SpatialModel(shape=shape, eigvals=w, eigvecs=v, n_repeats=1, total_variance=float(kernel[max_lag, max_lag] * n),
+                        full_cov=full, method="stationary", lag_cov=kernel)

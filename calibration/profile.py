@@ -1,0 +1,444 @@
+"""The noise profile: one dataclass holding the device mapping and every fitted model, and its HDF5 file.
+
+Units everywhere: siemens (S), seconds (s). The schema is documented in calibration/PROFILE.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from calibration.errors import ProfileError
+from calibration.h5io import read_dataclass, write_dataclass
+from calibration.models import (
+    EnduranceModel,
+    FamilyFit,
+    LevelTable,
+    PolyFit,
+    ProgrammingModel,
+    Provenance,
+    ReadNoiseModel,
+    RelaxationModel,
+    SpatialModel,
+)
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "FamilyFit",
+    "NoiseProfile",
+    "ProfileError",
+    "SpatialModel",
+    "load_profile",
+    "save_profile",
+]
+
+FORMAT_NAME = "rram-hil-noise-profile"
+FORMAT_VERSION = "1.0"
+PAPER_FAMILIES = ("gaussian", "additive", "lognormal", "state_dependent", "ibm_reram")
+# Families whose programming noise is a closed-form law in family_params (the others use the stored models).
+_FORMULA_FAMILIES = ("gaussian", "additive", "lognormal", "state_dependent")
+
+# IBM HWA-training supplement, section B.2: ReRAM programming-noise sigma(g) = sum c_i (g/g_max)^i in uS,
+# fitted with g_max = 40 uS, at 1 s and at 1 day after programming; read noise 1 % of g_max.
+IBM_RERAM_G_MAX_REF = 40e-6
+IBM_RERAM_COEFFS_US = {
+    "1s": (0.348, 16.030, -43.853, 45.393, -16.815),
+    "1d": (0.701, 22.086, -50.7, 47.09, -16.458),
+}
+IBM_RERAM_TIMES_S = {"1s": 1.0, "1d": 86400.0}
+IBM_RERAM_READ_FRAC = 0.01
+
+
+def software_version() -> str:
+    """Installed rram-hil version (for provenance)."""
+    try:
+        return metadata.version("rram-hil")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp, seconds resolution."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass(eq=False)
+class NoiseProfile:
+    """Device mapping facts plus every fitted noise model of one chip (or of a paper's noise family).
+
+    Measured profiles fill open_loop/verified/relaxation/read_noise/endurance/spatial/families; paper
+    profiles set ``family`` and ``family_params`` (see ``from_paper``). Missing models are None.
+    """
+
+    g_min: float
+    g_max: float
+    n_levels: int
+    bits_per_device: int
+    levels_g: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    format_version: str = FORMAT_VERSION
+    provenance: Provenance = field(default_factory=Provenance)
+    family: str | None = None
+    family_params: dict[str, Any] = field(default_factory=dict)
+    open_loop: ProgrammingModel | None = None
+    verified: ProgrammingModel | None = None
+    relaxation_model: RelaxationModel | None = None
+    read_noise: ReadNoiseModel | None = None
+    endurance: EnduranceModel | None = None
+    spatial: SpatialModel | None = None
+    families: dict[str, FamilyFit] = field(default_factory=dict)
+    stuck_fractions: tuple[float, float] = (0.0, 0.0)
+
+    # ------------------------------------------------------------------ evaluation API (S, s)
+    def _programming(self, verified: bool) -> ProgrammingModel:
+        model = self.verified if verified else self.open_loop
+        if model is None:
+            kind = "verified" if verified else "open-loop"
+            raise ProfileError(f"this profile has no {kind} programming model")
+        return model
+
+    def programming_mean_error(self, g: np.ndarray, verified: bool = False) -> np.ndarray:
+        """Mean of (programmed - target) conductance at target g (S), same shape as g."""
+        g = np.asarray(g, dtype=np.float64)
+        if self.family in ("gaussian", "additive", "state_dependent"):
+            return np.zeros_like(g)
+        if self.family == "lognormal":
+            s = float(self.family_params["s"])
+            return g * math.expm1(0.5 * s * s)
+        return self._programming(verified).mean_error(g)
+
+    def programming_sigma(self, g: np.ndarray, verified: bool = False) -> np.ndarray:
+        """Standard deviation of the programmed conductance at target g (S, >= 0), same shape as g.
+
+        For the lognormal family this is the exact standard deviation of g*exp(N(0, s^2)).
+        """
+        g = np.asarray(g, dtype=np.float64)
+        fam = self.family
+        if fam == "gaussian":
+            return np.full_like(g, float(self.family_params["sigma"]) * self.g_max)
+        if fam == "additive":
+            return np.full_like(g, float(self.family_params["eta"]) * self.g_max)
+        if fam == "lognormal":
+            s2 = float(self.family_params["s"]) ** 2
+            return np.abs(g) * math.exp(0.5 * s2) * math.sqrt(math.expm1(s2))
+        if fam == "state_dependent":
+            frac = np.asarray(self.family_params["level_sigma_frac"], dtype=np.float64)
+            return frac[self.nearest_level(g)] * self.g_max
+        return self._programming(verified).sigma(g)
+
+    def nearest_level(self, g: np.ndarray) -> np.ndarray:
+        """Index of the nearest entry of levels_g for each g."""
+        if self.levels_g.size == 0:
+            raise ProfileError("this profile has no levels_g")
+        g = np.asarray(g, dtype=np.float64)
+        return np.abs(g[..., None] - self.levels_g).argmin(axis=-1)
+
+    def relaxation(self, g: np.ndarray, t_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """(mean shift, extra sigma) in S accumulated from the programming read (t0) to t_s after programming."""
+        g = np.asarray(g, dtype=np.float64)
+        if self.relaxation_model is None:
+            return np.zeros_like(g), np.zeros_like(g)
+        return self.relaxation_model.shift(g, t_s), self.relaxation_model.extra_sigma(g, t_s)
+
+    def read_sigma(self, g: np.ndarray) -> np.ndarray:
+        """Read-to-read noise sigma at conductance g (S); zeros if the profile has no read-noise model."""
+        g = np.asarray(g, dtype=np.float64)
+        if self.read_noise is None:
+            return np.zeros_like(g)
+        return self.read_noise.sigma(g)
+
+    def pulses_per_device(self, verified: bool) -> float:
+        """Mean programming pulses per device (open loop ~1); ProfileError if the profile does not know."""
+        model = self.verified if verified else self.open_loop
+        if model is not None and math.isfinite(model.pulses_mean):
+            return float(model.pulses_mean)
+        key = "pulses_verified" if verified else "pulses_open_loop"
+        value = self.family_params.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+        kind = "verified" if verified else "open-loop"
+        raise ProfileError(f"this profile has no pulse count for {kind} programming")
+
+    def best_family(self, criterion: str = "aic") -> str | None:
+        """Name of the fitted paper family with the lowest AIC (or BIC); None when none were fitted."""
+        if not self.families:
+            return None
+        if criterion not in ("aic", "bic"):
+            raise ValueError(f"criterion must be 'aic' or 'bic', got {criterion!r}")
+        return min(self.families.values(), key=lambda f: getattr(f, criterion)).family
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_paper(
+        cls,
+        family: str,
+        *,
+        g_min: float = 1e-6,
+        g_max: float = 40e-6,
+        n_levels: int = 4,
+        bits_per_device: int | None = None,
+        read_noise: float | None = None,
+        stuck_lrs: float = 0.0,
+        stuck_hrs: float = 0.0,
+        pulses_verified: float = float("nan"),
+        provenance: Provenance | None = None,
+        **params: Any,
+    ) -> "NoiseProfile":
+        """A hand-written profile from a paper's noise family (no chip needed).
+
+        family / params: gaussian(sigma: sigma_d as a fraction of g_max, NeFT), additive(eta: fraction
+        of g_max, MTRD), lognormal(s: W*exp(N(0, s^2)), MTRD), state_dependent(sigma, t=4: NeFT IV-F,
+        end levels sigma, inner levels t*sigma; or level_sigma=[...] fractions of g_max), ibm_reram(time:
+        "1s" | "1d", IBM B.2 polynomials). read_noise is a fraction of g_max (ibm_reram default 0.01).
+        """
+        if family not in PAPER_FAMILIES:
+            raise ProfileError(f"unknown noise family {family!r}; choose one of {', '.join(PAPER_FAMILIES)}")
+        if bits_per_device is None:
+            bits_per_device = max(1, int(math.floor(math.log2(max(n_levels, 2)))))
+        levels = np.linspace(g_min, g_max, int(n_levels)) if n_levels >= 2 else np.zeros(0)
+        fp: dict[str, Any] = {"pulses_open_loop": 1.0, "pulses_verified": float(pulses_verified)}
+        expected = {
+            "gaussian": {"sigma"},
+            "additive": {"eta"},
+            "lognormal": {"s"},
+            "state_dependent": {"sigma", "t", "level_sigma"},
+            "ibm_reram": {"time"},
+        }[family]
+        unknown = set(params) - expected
+        if unknown:
+            raise ProfileError(f"family {family} takes {', '.join(sorted(expected))}; got unknown {', '.join(sorted(unknown))}")
+        prof = cls(
+            g_min=float(g_min),
+            g_max=float(g_max),
+            n_levels=int(n_levels),
+            bits_per_device=int(bits_per_device),
+            levels_g=levels,
+            provenance=provenance or Provenance(created_utc=utc_now(), software_version=software_version(),
+                                                notes=f"hand-written {family} profile"),
+            family=family,
+            family_params=fp,
+            stuck_fractions=(float(stuck_lrs), float(stuck_hrs)),
+        )
+        if family in ("gaussian", "additive", "lognormal"):
+            (key,) = expected
+            if key not in params:
+                raise ProfileError(f"family {family} needs parameter {key}")
+            fp[key] = _nonneg(key, params[key])
+        elif family == "state_dependent":
+            if "level_sigma" in params:
+                frac = np.asarray(params["level_sigma"], dtype=np.float64)
+                if frac.shape != (int(n_levels),):
+                    raise ProfileError(f"level_sigma needs {n_levels} values (one per level), got {frac.size}")
+            else:
+                if "sigma" not in params:
+                    raise ProfileError("family state_dependent needs sigma (and optionally t) or level_sigma")
+                sigma = _nonneg("sigma", params["sigma"])
+                t = _nonneg("t", params.get("t", 4.0))
+                frac = np.full(int(n_levels), sigma * t)
+                frac[0] = frac[-1] = sigma
+                fp["sigma"], fp["t"] = sigma, t
+            fp["level_sigma_frac"] = frac
+        else:
+            time = str(params.get("time", "1s"))
+            if time not in IBM_RERAM_COEFFS_US:
+                raise ProfileError(f"ibm_reram time must be one of {', '.join(IBM_RERAM_COEFFS_US)}, got {time!r}")
+            fp["time"] = time
+            fp["t_s"] = IBM_RERAM_TIMES_S[time]
+            _fill_ibm_reram(prof, time, pulses_verified)
+            if read_noise is None:
+                read_noise = IBM_RERAM_READ_FRAC
+        if read_noise is not None and read_noise > 0:
+            fp["read_noise_frac"] = _nonneg("read_noise", read_noise)
+            prof.read_noise = ReadNoiseModel(LevelTable(), PolyFit.constant(read_noise * g_max, g_max))
+        prof.validate()
+        return prof
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Check every field for consistency; raise ProfileError naming the first problem."""
+        if not (math.isfinite(self.g_min) and math.isfinite(self.g_max) and 0 <= self.g_min < self.g_max):
+            raise ProfileError(f"need 0 <= g_min < g_max, got g_min={self.g_min}, g_max={self.g_max}")
+        if self.n_levels < 2:
+            raise ProfileError(f"n_levels must be >= 2, got {self.n_levels}")
+        if self.bits_per_device < 1 or 2**self.bits_per_device > self.n_levels:
+            raise ProfileError(f"bits_per_device={self.bits_per_device} needs 1 <= 2^bits <= n_levels={self.n_levels}")
+        if self.levels_g.ndim != 1 or not np.all(np.isfinite(self.levels_g)):
+            raise ProfileError("levels_g must be a finite 1-D array")
+        if self.levels_g.size and np.any(np.diff(self.levels_g) <= 0):
+            raise ProfileError("levels_g must be strictly increasing")
+        lrs, hrs = self.stuck_fractions
+        if not (0 <= lrs <= 1 and 0 <= hrs <= 1 and lrs + hrs <= 1):
+            raise ProfileError(f"stuck_fractions must be in [0, 1] and sum to <= 1, got {self.stuck_fractions}")
+        if self.family is not None:
+            self._validate_family()
+        for name in ("open_loop", "verified", "relaxation_model", "read_noise", "endurance", "spatial"):
+            model = getattr(self, name)
+            if model is not None:
+                model.validate(f"/{name}")
+        if self.open_loop is not None and self.open_loop.verified:
+            raise ProfileError("/open_loop is marked verified")
+        if self.verified is not None and not self.verified.verified:
+            raise ProfileError("/verified is not marked verified")
+        for key, fit in self.families.items():
+            if key != fit.family:
+                raise ProfileError(f"/families/{key} holds family {fit.family!r}")
+            fit.validate(f"/families/{key}")
+
+    def _validate_family(self) -> None:
+        fam, fp = self.family, self.family_params
+        if fam not in PAPER_FAMILIES:
+            raise ProfileError(f"unknown family {fam!r}")
+        need = {"gaussian": ("sigma",), "additive": ("eta",), "lognormal": ("s",),
+                "state_dependent": ("level_sigma_frac",), "ibm_reram": ("time",)}[fam]
+        for key in need:
+            if key not in fp:
+                raise ProfileError(f"missing field /family_params/{key} for family {fam}")
+        if fam in ("gaussian", "additive", "lognormal"):
+            v = fp[need[0]]
+            if not isinstance(v, float) or not v >= 0:
+                raise ProfileError(f"/family_params/{need[0]} must be a number >= 0")
+        if fam == "state_dependent":
+            frac = fp["level_sigma_frac"]
+            if not isinstance(frac, np.ndarray) or frac.shape != self.levels_g.shape or np.any(frac < 0):
+                raise ProfileError("/family_params/level_sigma_frac must hold one sigma >= 0 per level of levels_g")
+        if fam == "ibm_reram" and self.open_loop is None:
+            raise ProfileError("ibm_reram profile lacks its /open_loop programming model")
+
+    # ------------------------------------------------------------------ comparison
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NoiseProfile):
+            return NotImplemented
+        return _deep_equal(self, other)
+
+
+def _nonneg(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ProfileError(f"{name} must be a number, got {value!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise ProfileError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def _fill_ibm_reram(prof: NoiseProfile, time: str, pulses_verified: float) -> None:
+    """Programming sigma = B.2 polynomial at ``time``; for 1 s also the 1 s -> 1 day growth as relaxation."""
+    scale = 1e-6 * prof.g_max / IBM_RERAM_G_MAX_REF  # uS -> S, rescaled like aihwkit for another g_max
+    coeffs = np.asarray(IBM_RERAM_COEFFS_US[time]) * scale
+    k = coeffs.size
+    empty = LevelTable()
+    poly = PolyFit(coeffs, np.zeros((k, k)), prof.g_max)
+    zero = PolyFit.constant(0.0, prof.g_max)
+    t_s = IBM_RERAM_TIMES_S[time]
+    prof.open_loop = ProgrammingModel(False, t_s, empty, zero, poly, pulses_mean=1.0, pulses_se=0.0)
+    prof.verified = ProgrammingModel(True, t_s, empty, zero, poly, pulses_mean=float(pulses_verified))
+    if time == "1s":
+        c1d = np.asarray(IBM_RERAM_COEFFS_US["1d"]) * scale
+        dvar = np.polynomial.polynomial.polysub(np.polynomial.polynomial.polymul(c1d, c1d),
+                                                np.polynomial.polynomial.polymul(coeffs, coeffs))
+        s1sq = dvar / math.log10(IBM_RERAM_TIMES_S["1d"] / t_s)
+        n = s1sq.size
+        z = np.zeros(0)
+        prof.relaxation_model = RelaxationModel(
+            t0_s=t_s, levels_g=z, a=z, a_se=z, b=z, b_se=z, s0sq=z, s0sq_se=z, s1sq=z, s1sq_se=z,
+            b_poly=zero, s1sq_poly=PolyFit(s1sq, np.zeros((n, n)), prof.g_max), t_max_s=IBM_RERAM_TIMES_S["1d"],
+        )
+
+
+def _deep_equal(a: Any, b: Any) -> bool:
+    """Structural equality treating arrays elementwise and NaN == NaN."""
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        if type(a) is not type(b):
+            return False
+        return all(_deep_equal(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a_arr, b_arr = np.asarray(a), np.asarray(b)
+        return a_arr.shape == b_arr.shape and bool(np.array_equal(a_arr, b_arr, equal_nan=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_deep_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_deep_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+# ---------------------------------------------------------------------- file IO
+def save_profile(profile: NoiseProfile, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Validate and write ``profile`` to an HDF5 file atomically; refuse to replace a file unless overwrite."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
+    profile.validate()
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such directory")
+    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            write_dataclass(f, profile)
+            f.attrs["format_version"] = FORMAT_VERSION
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _parse_version(text: str, path: Path) -> tuple[int, int]:
+    parts = text.split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ProfileError(f"{path}: format_version {text!r} is not 'major.minor'")
+    return int(parts[0]), int(parts[1])
+
+
+def load_profile(path: str | os.PathLike) -> NoiseProfile:
+    """Read and validate a profile; ProfileError (one line) for a missing, corrupt, incomplete or newer file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"{path}: no such profile file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise ProfileError(f"{path}: not a readable HDF5 file (corrupt or truncated)") from None
+    try:
+        with f:
+            fmt = f.attrs.get("format")
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode("utf-8", "replace")
+            if fmt != FORMAT_NAME:
+                raise ProfileError(f"{path}: not an rram-hil noise profile (no format={FORMAT_NAME!r} attribute)")
+            version = f.attrs.get("format_version")
+            if not isinstance(version, str):
+                raise ProfileError(f"{path}: missing field /format_version")
+            major, _minor = _parse_version(version, path)
+            supported = _parse_version(FORMAT_VERSION, path)[0]
+            if major > supported:
+                raise ProfileError(
+                    f"{path}: format {version} is newer than this software reads ({supported}.x); upgrade rram-hil"
+                )
+            if major < supported:
+                raise ProfileError(f"{path}: format {version} is older than {supported}.x and no longer readable")
+            profile = read_dataclass(f, NoiseProfile)
+            profile.format_version = version
+    except ProfileError as exc:
+        msg = str(exc)
+        raise ProfileError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ProfileError(f"{path}: corrupt or truncated profile ({first})") from None
+    try:
+        profile.validate()
+    except ProfileError as exc:
+        raise ProfileError(f"{path}: {exc}") from None
+    return profile

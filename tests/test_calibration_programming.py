@@ -1,0 +1,87 @@
+"""Programming-noise fits recover known polynomials, tables and pulse counts within their uncertainty."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calibration import synthetic as syn
+from calibration.datasets import ProgrammingDataset
+from calibration.fit_programming import fit_programming
+
+G_MAX = 40e-6
+IBM_1S = np.array([0.348, 16.030, -43.853, 45.393, -16.815]) * 1e-6
+
+
+def test_sigma_polynomial_recovers_ibm_coefficients_within_3_se() -> None:
+    rng = np.random.default_rng(1)
+    levels = np.linspace(1e-6, G_MAX, 32)
+    mean_true = np.array([0.2e-6, -0.5e-6])
+    ds = syn.programming(rng, levels, 2000, sigma_coeffs=IBM_1S, mean_coeffs=mean_true, g_max=G_MAX)
+    m = fit_programming(ds, G_MAX)
+    z = (m.sigma_poly.coeffs - IBM_1S) / m.sigma_poly.stderr
+    assert np.all(np.abs(z) < 3.5), z
+    assert 0.3 < m.sigma_poly.chi2_red < 2.0  # chi2_27/27 has sd 0.27
+    # the mean-error polynomial (degree 4) contains the true linear law within its errors
+    true_mean = np.r_[mean_true, 0, 0, 0]
+    zm = (m.mean_poly.coeffs - true_mean) / m.mean_poly.stderr
+    assert np.all(np.abs(zm) < 3.5), zm
+    g = np.linspace(1e-6, G_MAX, 50)
+    truth = np.polynomial.polynomial.polyval(g / G_MAX, IBM_1S)
+    assert np.max(np.abs(m.sigma(g) - truth) / truth) < 0.05
+
+
+def test_level_table_sigma_within_10_percent_and_se() -> None:
+    rng = np.random.default_rng(2)
+    levels = np.array([5e-6, 15e-6, 25e-6, 35e-6])
+    frac = np.array([0.01, 0.04, 0.04, 0.01])
+    ds = syn.programming(rng, levels, 1500, "state_dependent", level_sigma_frac=frac, g_max=G_MAX)
+    m = fit_programming(ds, G_MAX)
+    np.testing.assert_allclose(m.table.levels_g, levels)
+    np.testing.assert_array_equal(m.table.count, 1500)
+    true = frac * G_MAX
+    assert np.all(np.abs(m.table.sigma - true) / true < 0.10)
+    assert np.all(np.abs(m.table.sigma - true) < 4 * m.table.sigma_se)
+    assert np.all(np.abs(m.table.mean) < 4 * m.table.mean_se)
+    # 4 levels: the polynomial degree drops to 3 and passes through the per-level sigmas
+    assert m.sigma_poly.coeffs.size == 4
+    np.testing.assert_allclose(m.sigma(levels), m.table.sigma, rtol=1e-6)
+
+
+def test_pulses_mean_and_se() -> None:
+    rng = np.random.default_rng(3)
+    ds = syn.programming(rng, np.array([10e-6, 30e-6]), 5000, "additive", eta=0.01, verified=True, mean_pulses=7.0)
+    m = fit_programming(ds, G_MAX)
+    assert m.verified
+    assert abs(m.pulses_mean - 7.0) < 4 * m.pulses_se
+    assert m.pulses_se == pytest.approx(np.sqrt(6.0 / 10000), rel=0.1)  # Poisson(6) + 1
+
+
+def test_pulses_unknown_is_nan() -> None:
+    ds = ProgrammingDataset(np.array([1e-6, 1e-6, 2e-6, 2e-6]), np.array([1.1e-6, 0.9e-6, 2.1e-6, 1.8e-6]))
+    m = fit_programming(ds, G_MAX)
+    assert np.isnan(m.pulses_mean)
+
+
+def test_continuous_targets_are_binned() -> None:
+    rng = np.random.default_rng(4)
+    t = rng.uniform(2e-6, G_MAX, 20000)
+    ds = ProgrammingDataset(t, t + 0.5e-6 * rng.standard_normal(t.size))
+    m = fit_programming(ds, G_MAX)
+    assert m.table.levels_g.size == 32
+    assert np.all(np.abs(m.table.sigma - 0.5e-6) / 0.5e-6 < 0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(target_g=[1.0, 2.0], g=[1.0]), "same length"),
+        (dict(target_g=[[1.0, 2.0]], g=[[1.0, 2.0]]), "1-D"),
+        (dict(target_g=[1.0, np.nan], g=[1.0, 2.0]), "NaN"),
+        (dict(target_g=[-1.0, 2.0], g=[1.0, 2.0]), ">= 0"),
+        (dict(target_g=[1.0, 2.0], g=[1.0, 2.0], pulses=[1, -1]), "pulses"),
+        (dict(target_g=[1.0, 2.0], g=[1.0, 2.0], t_read_s=0), "t_read_s"),
+    ],
+)
+def test_bad_dataset_refused_with_named_field(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ProgrammingDataset(**kwargs)
