@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "rram-hil-noise-profile"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 PAPER_FAMILIES = ("gaussian", "additive", "lognormal", "state_dependent", "ibm_reram")
 # Families whose programming noise is a closed-form law in family_params (the others use the stored models).
 _FORMULA_FAMILIES = ("gaussian", "additive", "lognormal", "state_dependent")
@@ -97,6 +97,9 @@ class NoiseProfile:
     spatial: SpatialModel | None = None
     families: dict[str, FamilyFit] = field(default_factory=dict)
     stuck_fractions: tuple[float, float] = (0.0, 0.0)
+    # Conductance (S) at which stuck-high / stuck-low cells read; None: at g_max / g_min. A cell shorted
+    # at forming can read far above g_max, and its weight error scales with that value (format 1.1).
+    stuck_g: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------ evaluation API (S, s)
     def _programming(self, verified: bool) -> ProgrammingModel:
@@ -155,6 +158,11 @@ class NoiseProfile:
         if self.read_noise is None:
             return np.zeros_like(g)
         return self.read_noise.sigma(g)
+
+    @property
+    def stuck_conductances(self) -> tuple[float, float]:
+        """(stuck-high, stuck-low) read conductance in S (g_max, g_min unless measured)."""
+        return self.stuck_g if self.stuck_g is not None else (self.g_max, self.g_min)
 
     def pulses_per_device(self, verified: bool) -> float:
         """Mean programming pulses per device (open loop ~1); ProfileError if the profile does not know."""
@@ -278,6 +286,8 @@ class NoiseProfile:
         lrs, hrs = self.stuck_fractions
         if not (0 <= lrs <= 1 and 0 <= hrs <= 1 and lrs + hrs <= 1):
             raise ProfileError(f"stuck_fractions must be in [0, 1] and sum to <= 1, got {self.stuck_fractions}")
+        if self.stuck_g is not None and not all(math.isfinite(v) and v >= 0 for v in self.stuck_g):
+            raise ProfileError(f"stuck_g must be two finite conductances >= 0 S, got {self.stuck_g}")
         if self.family is not None:
             self._validate_family()
         for name in ("open_loop", "verified", "relaxation_model", "read_noise", "endurance", "spatial"):

@@ -36,7 +36,8 @@ class Datasets:
     endurance: EnduranceDataset | None = None
     error_map: ErrorMapDataset | None = None
     defects: tuple[float, float] | None = None  # (stuck high, stuck low) fractions seen while programming
-    form_failed: float | None = None  # fraction of cells that never formed (they read near 0: stuck low)
+    defect_g: tuple[float, float] | None = None  # median read conductance of stuck-high / stuck-low cells
+    form_defects: tuple[tuple[float, float], tuple[float, float]] | None = None  # same, seen while forming
     used: dict[str, list[str]] = field(default_factory=dict)  # dataset -> run files it came from
 
     def note(self, dataset: str, run: RunData) -> None:
@@ -76,7 +77,7 @@ def collect_datasets(runs: Sequence[RunData]) -> Datasets:
         if run.procedure == "levels" and len(d["verified"]):
             healthy = d["verified"]["status"] == _CONVERGED
             n = min(len(d["open_loop"]), len(d["verified"]))
-            ds.defects = _defect_fractions(d["verified"])
+            ds.defects, ds.defect_g = _defects(d["verified"])
             ol = d["open_loop"][:n][healthy[:n]]
             if len(ol) >= 2:
                 g, t_read = _first_read(d["open_loop"][:n], d["open_loop_reads"])
@@ -96,7 +97,7 @@ def collect_datasets(runs: Sequence[RunData]) -> Datasets:
             rel_parts.append(_relaxation_rows(d["verified"], d["verified_reads"], healthy))
             ds.note("relaxation", run)
         elif run.procedure == "form" and len(d["form"]):
-            ds.form_failed = float(np.mean(d["form"]["formed"] == 0))
+            ds.form_defects = _form_defects(d["form"])
             ds.note("defects", run)
         elif run.procedure == "retention" and len(d["program"]):
             healthy = d["program"]["status"] == _CONVERGED
@@ -137,16 +138,33 @@ def _first_read(prog: np.ndarray, reads: np.ndarray) -> tuple[np.ndarray, float]
     return g, max(delay, _IMMEDIATE_READ_S)
 
 
-def _defect_fractions(verified: np.ndarray) -> tuple[float, float]:
-    """Cells write-verify could not program (never formed, stuck), split by where they sit.
+def _form_defects(form: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Shorted cells (conducting before any forming pulse) and cells that never formed, from a form run.
 
-    A cell left below its target behaves as stuck at the bottom of the window, one left above as stuck
-    at the top: these are the fractions a deployment meets, independent of wear-out.
+    ((high fraction, low fraction), (median g of shorted cells, median g of unformed cells)).
+    """
+    n = max(len(form), 1)
+    high = (form["formed"] > 0) & (form["pulses"] == 0)
+    low = form["formed"] == 0
+    g_high = float(np.median(form["g_after"][high])) if high.any() else float("nan")
+    g_low = float(np.median(np.maximum(form["g_after"][low], 0.0))) if low.any() else float("nan")
+    return (float(high.sum() / n), float(low.sum() / n)), (g_high, g_low)
+
+
+def _defects(verified: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Cells write-verify could not program (never formed, stuck): fractions and read conductances.
+
+    A cell left below its target behaves as stuck at the bottom, one left above as stuck at the top:
+    ((high fraction, low fraction), (median g of high cells, median g of low cells)). These are the
+    defects a deployment meets, independent of wear-out; NaN conductance where there is no such cell.
     """
     bad = verified["status"] != _CONVERGED
     n = max(len(verified), 1)
     high = bad & (verified["g"] > verified["target"])
-    return float(high.sum() / n), float((bad & ~high).sum() / n)
+    low = bad & ~high
+    g_high = float(np.median(verified["g"][high])) if high.any() else float("nan")
+    g_low = float(np.median(np.maximum(verified["g"][low], 0.0))) if low.any() else float("nan")
+    return (float(high.sum() / n), float(low.sum() / n)), (g_high, g_low)
 
 
 def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: float | None = None,
@@ -168,10 +186,12 @@ def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: 
     prof = fit_profile(open_loop=ds.open_loop, verified=ds.verified, relaxation=ds.relaxation, read_noise=ds.read_noise,
                        endurance=ds.endurance, error_map=ds.error_map, provenance=prov, g_min=g_min, g_max=g_max,
                        n_levels=n_levels, bits_per_device=bits_per_device, options=options)  # fmt: skip
-    if ds.defects is not None or ds.form_failed is not None:
-        # Defects met while forming and programming the array are what a deployment sees; cycling
-        # wear-out (the endurance model's own stuck fractions, kept in prof.endurance) adds over life.
-        high, low = ds.defects or (0.0, 0.0)
-        prof.stuck_fractions = (high, max(low, ds.form_failed or 0.0))
+    found = ds.form_defects or ((ds.defects, ds.defect_g) if ds.defects is not None else None)
+    if found is not None:
+        # Defects met while forming (or, without a form run, while programming) are what a deployment
+        # sees; cycling wear-out (the endurance model's own stuck fractions, in prof.endurance) adds over life.
+        (high, low), (g_high, g_low) = found
+        prof.stuck_fractions = (high, low)
+        prof.stuck_g = (g_high if np.isfinite(g_high) else prof.g_max, g_low if np.isfinite(g_low) else prof.g_min)
         prof.validate()
     return prof, ds

@@ -1,0 +1,301 @@
+"""Weight noise from a calibration noise profile: per-device conductance errors decoded through a mapping.
+
+A device with target conductance g is read as
+    g + mu_prog(g) + dmu_relax(g, t) + sqrt(s_prog^2 + s_relax^2 + s_read^2) * z   (+ spatial term),
+and with probabilities (p_lrs, p_hrs) it is stuck at the top / bottom level instead. The low-rank
+spatial covariance A A^T (A = V_k D_k^1/2, S^2) of the profile adds A z_k to the devices of each layer,
+tiled over the array cells in device order; the independent part keeps the per-device total variance
+(s_prog^2 minus the spatial variance of the cell, floored at 0). Weight errors are the linear decode of
+the device errors, so without stuck faults or spatial terms one Gaussian per weight is exact.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.mapping import AnalogMapping, BitSlicedMapping
+from models.noise.base import WeightNoise, rand, randn, randn_draws
+
+_GRID = 1025  # tabulation points of the conductance-dependent laws for the analog mapping
+
+
+def load_profile_any(profile: Any):
+    """A NoiseProfile object as is, or loaded from a path."""
+    if isinstance(profile, (str, Path)):
+        from calibration.profile import load_profile
+
+        return load_profile(profile)
+    return profile
+
+
+@dataclass
+class _Tables:
+    """Device-law tables over a conductance grid (bit-sliced: the 2^K used levels; analog: a fine grid)."""
+
+    g: np.ndarray            # grid conductances (S)
+    mean: np.ndarray         # total mean error (S)
+    sigma: np.ndarray        # total independent sigma (S)
+    mean_v: np.ndarray | None
+    sigma_v: np.ndarray | None
+
+
+@dataclass
+class ProfileNoise(WeightNoise):
+    """Noise of a NoiseProfile ``t_s`` seconds after programming, through a bit-sliced or analog mapping."""
+
+    profile: Any
+    mapping: BitSlicedMapping | AnalogMapping
+    t_s: float = 0.0
+    read: bool = True
+    stuck: bool = True
+    spatial: bool = True
+    quantize: bool = False
+    verified_mask: dict[str, Tensor] | None = None   # per-weight (or per-device) booleans; None = none verified
+    all_verified: bool = False
+    factor: float = 1.0
+    lognormal_exact: bool = True
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_profile(cls, profile: Any, t_s: float = 0.0, *, mapping: str = "bitsliced", bits: int = 8,
+                     sign: str = "separate", scale: str = "layer", **options: Any) -> "ProfileNoise":
+        """Bit-sliced mapping with K = profile.bits_per_device (M = ``bits``), or the analog pair mapping."""
+        if mapping == "bitsliced":
+            mp: BitSlicedMapping | AnalogMapping = BitSlicedMapping(bits, int(profile.bits_per_device), sign, scale)  # type: ignore[arg-type]
+        elif mapping == "analog":
+            mp = AnalogMapping(float(profile.g_min), float(profile.g_max), scale)  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"unknown mapping {mapping!r} (bitsliced or analog)")
+        if t_s < 0:
+            raise ValueError(f"t_s must be >= 0 seconds after programming, got {t_s}")
+        return cls(profile=profile, mapping=mp, t_s=float(t_s), **options)
+
+    def __post_init__(self) -> None:
+        self._tables = self._build_tables()
+        self._spatial_A: np.ndarray | None = None
+        sp = getattr(self.profile, "spatial", None)
+        if self.spatial and sp is not None:
+            self._spatial_A = np.asarray(sp.eigvecs) * np.sqrt(np.clip(np.asarray(sp.eigvals), 0, None))
+
+    def used_levels(self) -> np.ndarray:
+        """Conductances of the 2^K levels the bit-sliced mapping uses (evenly picked from levels_g)."""
+        lv = np.asarray(self.profile.levels_g, dtype=np.float64)
+        n = 2 ** int(self.mapping.bits_per_device)  # type: ignore[union-attr]
+        if lv.size == 0:
+            lv = np.linspace(self.profile.g_min, self.profile.g_max, int(self.profile.n_levels))
+        if lv.size < n:
+            raise ValueError(f"profile has {lv.size} levels, the mapping needs {n}")
+        return lv[np.round(np.linspace(0, lv.size - 1, n)).astype(int)]
+
+    def _laws(self, g: np.ndarray, verified: bool) -> tuple[np.ndarray, np.ndarray]:
+        p = self.profile
+        mean = np.asarray(p.programming_mean_error(g, verified=verified), dtype=np.float64)
+        var = np.asarray(p.programming_sigma(g, verified=verified), dtype=np.float64) ** 2
+        if self.t_s > 0:
+            shift, extra = p.relaxation(g, self.t_s)
+            mean = mean + shift
+            var = var + np.asarray(extra) ** 2
+        if self.read:
+            var = var + np.asarray(p.read_sigma(g)) ** 2
+        return mean, np.sqrt(var)
+
+    def _build_tables(self) -> _Tables:
+        if isinstance(self.mapping, BitSlicedMapping):
+            g = self.used_levels()
+        else:
+            g = np.linspace(self.mapping.g_min, self.mapping.g_max, _GRID)
+        mean, sigma = self._laws(g, False)
+        need_v = self.all_verified or self.verified_mask is not None
+        mean_v, sigma_v = self._laws(g, True) if need_v else (None, None)
+        return _Tables(g, mean, sigma, mean_v, sigma_v)
+
+    @property
+    def _is_lognormal(self) -> bool:
+        return self.lognormal_exact and getattr(self.profile, "family", None) == "lognormal"
+
+    @property
+    def _stuck(self) -> tuple[float, float]:
+        if not self.stuck:
+            return 0.0, 0.0
+        lrs, hrs = self.profile.stuck_fractions
+        f = min(self.factor, 1.0)
+        return float(lrs) * f, float(hrs) * f
+
+    # ------------------------------------------------------------------ layout of one layer
+    def _layout(self, name: str, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(target g, coefficient C, grid index or None-as-empty, verified device mask), all (P, *shape, D).
+
+        The weight error is sum over P and D of C * (g_read - g_target).
+        """
+        if isinstance(self.mapping, BitSlicedMapping):
+            mp = self.mapping
+            st = mp.to_devices(w)
+            lv = st.levels.long()
+            used = torch.as_tensor(self._tables.g, dtype=w.dtype, device=w.device)
+            dg_level = (used[-1] - used[0]) / (mp.n_levels - 1)
+            c = mp.device_weights(w) * st.step.unsqueeze(-1) / dg_level           # (*shape, D)
+            if mp.sign == "separate":
+                coef = (st.sign.unsqueeze(-1) * c).unsqueeze(0)
+            else:
+                coef = torch.stack([c.expand(lv.shape[1:]), -c.expand(lv.shape[1:])])
+            g_t = used[lv]
+            idx = lv
+            d = mp.devices_per_weight
+        else:
+            mp2 = self.mapping
+            st2 = mp2.to_conductances(w)
+            g_t = st2.g.unsqueeze(-1)                                              # (2, *shape, 1)
+            k = st2.scale / (mp2.g_max - mp2.g_min)
+            coef = torch.stack([k.expand(w.shape), -k.expand(w.shape)]).unsqueeze(-1).to(w.dtype)
+            pos = (g_t - mp2.g_min) / (mp2.g_max - mp2.g_min) * (_GRID - 1)
+            idx = torch.clamp(torch.round(pos), 0, _GRID - 1).long()
+            d = 1
+        vmask = self._verified(name, w, d).unsqueeze(0).expand(g_t.shape)
+        return g_t, coef, idx, vmask
+
+    def _verified(self, name: str, w: Tensor, d: int) -> Tensor:
+        if self.all_verified:
+            return torch.ones((*w.shape, d), dtype=torch.bool, device=w.device)
+        if self.verified_mask is None or name not in self.verified_mask:
+            return torch.zeros((*w.shape, d), dtype=torch.bool, device=w.device)
+        m = self.verified_mask[name].to(device=w.device, dtype=torch.bool)
+        if m.shape == w.shape:
+            return m.unsqueeze(-1).expand(*w.shape, d)
+        if m.shape == (*w.shape, d):
+            return m
+        raise ValueError(f"verified mask for {name!r} has shape {tuple(m.shape)}, expected {tuple(w.shape)} or {(*w.shape, d)}")
+
+    def _device_moments(self, idx: Tensor, vmask: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        t = self._tables
+        mean = torch.as_tensor(t.mean, dtype=like.dtype, device=like.device)[idx]
+        sig = torch.as_tensor(t.sigma, dtype=like.dtype, device=like.device)[idx]
+        if t.mean_v is not None:
+            mean = torch.where(vmask, torch.as_tensor(t.mean_v, dtype=like.dtype, device=like.device)[idx], mean)
+            sig = torch.where(vmask, torch.as_tensor(t.sigma_v, dtype=like.dtype, device=like.device)[idx], sig)
+        return mean * self.factor, sig * self.factor
+
+    def _base(self, w: Tensor) -> Tensor:
+        return (self.mapping.quantize(w) - w) if (self.quantize and isinstance(self.mapping, BitSlicedMapping)) else torch.zeros((), dtype=w.dtype, device=w.device)
+
+    # ------------------------------------------------------------------ sampling
+    def _fast(self) -> bool:
+        return self._stuck == (0.0, 0.0) and self._spatial_A is None and not self._is_lognormal
+
+    def sample_batch(self, weights, n_draws, generator=None):
+        out = {}
+        for name, w in weights.items():
+            wd = w.detach()
+            out[name] = self._delta(name, wd, [generator], n_draws).add_(w + self._base(wd))
+        return out
+
+    def sample_draws(self, weights, generators):
+        out = {}
+        for name, w in weights.items():
+            wd = w.detach()
+            out[name] = self._delta(name, wd, generators, None).add_(w + self._base(wd))
+        return out
+
+    def _randn(self, shape, like, gens, n):
+        if n is not None:
+            return randn((n, *shape), like, gens[0])
+        return randn_draws(tuple(shape), like, gens)
+
+    def _rand(self, shape, like, gens, n):
+        if n is not None:
+            return rand((n, *shape), like, gens[0])
+        return torch.stack([rand(tuple(shape), like, g) for g in gens])
+
+    def _delta(self, name: str, w: Tensor, gens: list, n: int | None) -> Tensor:
+        g_t, coef, idx, vmask = self._layout(name, w)
+        mean, sig = self._device_moments(idx, vmask, w)
+        if self._fast():
+            wm = (coef * mean).sum(-1).sum(0)
+            ws = torch.sqrt(((coef * sig) ** 2).sum(-1).sum(0))
+            return self._randn(tuple(w.shape), w, gens, n).mul_(ws).add_(wm)
+        spatial = None
+        if self._spatial_A is not None:
+            A = torch.as_tensor(self._spatial_A, dtype=w.dtype, device=w.device) * self.factor   # (cells, k)
+            n_dev = g_t.numel()
+            cell = torch.arange(n_dev, device=w.device) % A.shape[0]
+            cell_var = (A**2).sum(1)[cell].view(g_t.shape)
+            sig = torch.sqrt(torch.clamp(sig**2 - cell_var, min=0.0))
+            zk = self._randn((A.shape[1],), w, gens, n)                                         # (n, k)
+            spatial = (zk @ A.T)[:, cell].view(-1, *g_t.shape)
+        z = self._randn(tuple(g_t.shape), w, gens, n)
+        if self._is_lognormal:
+            s = float(self.profile.family_params["s"]) * self.factor
+            dg = g_t * torch.expm1(s * z)
+            if self.read:
+                rs = torch.as_tensor(np.asarray(self.profile.read_sigma(self._tables.g)), dtype=w.dtype, device=w.device)[idx]
+                dg = dg + rs * self.factor * self._randn(tuple(g_t.shape), w, gens, n)
+        else:
+            dg = mean + sig * z
+        if spatial is not None:
+            dg = dg + spatial
+        lrs, hrs = self._stuck
+        if lrs > 0 or hrs > 0:
+            u = self._rand(tuple(g_t.shape), w, gens, n)
+            g_hi, g_lo = getattr(self.profile, "stuck_conductances", (float(self._tables.g[-1]), float(self._tables.g[0])))
+            dg = torch.where(u < lrs, g_hi - g_t, dg)
+            dg = torch.where((u >= lrs) & (u < lrs + hrs), g_lo - g_t, dg)
+        return (coef * dg).sum(-1).sum(1)
+
+    def noise_std(self, weights):
+        out = {}
+        for name, w in weights.items():
+            wd = w.detach()
+            g_t, coef, idx, vmask = self._layout(name, wd)
+            mean, sig = self._device_moments(idx, vmask, wd)
+            if self._is_lognormal:
+                s2 = (float(self.profile.family_params["s"]) * self.factor) ** 2
+                mean = g_t * math.expm1(0.5 * s2)
+                sig = g_t * math.exp(0.5 * s2) * math.sqrt(math.expm1(s2))
+            sp_var = torch.zeros((), dtype=wd.dtype, device=wd.device)
+            if self._spatial_A is not None:
+                A = torch.as_tensor(self._spatial_A, dtype=wd.dtype, device=wd.device) * self.factor
+                cell = torch.arange(g_t.numel(), device=wd.device) % A.shape[0]
+                sig = torch.sqrt(torch.clamp(sig**2 - (A**2).sum(1)[cell].view(g_t.shape), min=0.0))
+                a_dev = A[cell].view(*g_t.shape, A.shape[1])
+                sp_var = ((coef.unsqueeze(-1) * a_dev).sum(-2).sum(0) ** 2).sum(-1)
+            lrs, hrs = self._stuck
+            g_hi, g_lo = getattr(self.profile, "stuck_conductances", (float(self._tables.g[-1]), float(self._tables.g[0])))
+            p0 = 1 - lrs - hrs
+            e1 = p0 * mean + lrs * (g_hi - g_t) + hrs * (g_lo - g_t)
+            e2 = p0 * (sig**2 + mean**2) + lrs * (g_hi - g_t) ** 2 + hrs * (g_lo - g_t) ** 2
+            var = torch.clamp(e2 - e1**2, min=0.0)
+            out[name] = torch.sqrt(((coef**2) * var).sum(-1).sum(0) + p0 * sp_var)
+        return out
+
+    def scaled(self, factor):
+        return replace(self, factor=self.factor * factor)
+
+    def with_verified(self, mask: dict[str, Tensor] | None = None, all_verified: bool = False) -> "ProfileNoise":
+        """The same noise with some (mask) or all devices programmed with write-verify."""
+        return replace(self, verified_mask=mask, all_verified=all_verified)
+
+    def describe(self):
+        raise TypeError("profile noise is described by its spec ({'family': 'profile', 'path': ...})")
+
+
+_PROFILE_KEYS = {"path", "t_s", "mapping", "bits", "sign", "scale", "read", "stuck", "spatial", "quantize",
+                 "all_verified", "scale_factor"}
+
+
+def noise_from_profile_spec(spec: dict[str, Any]) -> ProfileNoise:
+    """{"family": "profile", "path": "p.h5", "t_s": 0, "mapping": "bitsliced"|"analog", "bits": 8, ...}."""
+    unknown = sorted(set(spec) - _PROFILE_KEYS - {"family"})
+    if unknown:
+        raise ValueError(f"noise family 'profile': unknown key(s) {', '.join(unknown)}")
+    if "path" not in spec:
+        raise ValueError("noise family 'profile' needs 'path' (the noise-profile .h5 file)")
+    opts = {k: spec[k] for k in ("read", "stuck", "spatial", "quantize", "all_verified") if k in spec}
+    noise = ProfileNoise.from_profile(load_profile_any(spec["path"]), float(spec.get("t_s", 0.0)),
+                                      mapping=spec.get("mapping", "bitsliced"), bits=int(spec.get("bits", 8)),
+                                      sign=spec.get("sign", "separate"), scale=spec.get("scale", "layer"), **opts)
+    return noise.scaled(float(spec["scale_factor"])) if "scale_factor" in spec else noise
