@@ -113,3 +113,5 @@ def train(model_name: str, model_arg: tuple[str, ...], data: str, data_root: str
             click.echo(json.dumps({"output": output, "history": result.history}, indent=2))
         else:
             click.echo(f"wrote {output}")
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

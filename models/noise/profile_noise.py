@@ -2,7 +2,8 @@
 
 A device with target conductance g is read as
     g + mu_prog(g) + dmu_relax(g, t) + sqrt(s_prog^2 + s_relax^2 + s_read^2) * z   (+ spatial term),
-and with probabilities (p_lrs, p_hrs) it is stuck at the top / bottom level instead. The low-rank
+and with probabilities (p_lrs, p_hrs) it is stuck at the profile's stuck conductances (default: the
+top / bottom level) instead. The low-rank
 spatial covariance A A^T (A = V_k D_k^1/2, S^2) of the profile adds A z_k to the devices of each layer,
 tiled over the array cells in device order; the independent part keeps the per-device total variance
 (s_prog^2 minus the spatial variance of the cell, floored at 0). Weight errors are the linear decode of

@@ -1,0 +1,145 @@
+"""Network architectures by name (small CNN/MLP, CIFAR-style VGG-8 and ResNet-18) or "pkg.mod:factory"."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and two linear layers; 'same' padding so an HxW input ends as (H/4)x(W/4)x32."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 8,
+                 channels: tuple[int, int] = (16, 32), hidden: int = 128) -> None:
+        super().__init__()
+        if image_size % 4:
+            raise ValueError(f"SmallCNN needs an image size divisible by 4, got {image_size}")
+        c1, c2 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c2 * (image_size // 4) ** 2, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class MLP(nn.Module):
+    """Fully connected net on flattened inputs: in -> hidden... -> classes with ReLU."""
+
+    def __init__(self, in_features: int = 64, num_classes: int = 10, hidden: tuple[int, ...] = (256, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        prev = in_features
+        for h in hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU()]
+            prev = h
+        layers.append(nn.Linear(prev, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class VGG8(nn.Module):
+    """CIFAR-style VGG-8 (6 conv + 2 linear) as used by NeFT: 128-128-M-256-256-M-512-512-M, FC 1024, FC classes."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, width: int = 128) -> None:
+        super().__init__()
+        cfg = [width, width, "M", 2 * width, 2 * width, "M", 4 * width, 4 * width, "M"]
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU()]
+                c = int(v)
+        self.features = nn.Sequential(*layers)
+        side = image_size // 8
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c * side * side, 1024), nn.ReLU(),
+                                        nn.Linear(1024, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convs, identity or 1x1-conv shortcut)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.bn1(self.conv1(x)).relu()
+        return (self.bn2(self.conv2(out)) + self.shortcut(x)).relu()
+
+
+class ResNet18(nn.Module):
+    """CIFAR-style ResNet-18: 3x3 stem without max-pool, stages 64-128-256-512 of two blocks each."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, width: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        stages, c = [], width
+        for i, mult in enumerate((1, 2, 4, 8)):
+            cout = width * mult
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(BasicBlock(c, cout, stride), BasicBlock(cout, cout, 1)))
+            c = cout
+        self.layers = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+
+    def forward(self, x):
+        return self.head(self.layers(self.stem(x)))
+
+
+def _cnn(in_channels: int, num_classes: int, image_size: int, **kw: Any) -> nn.Module:
+    return SmallCNN(in_channels, num_classes, image_size, **kw)
+
+
+def _mlp(in_channels: int, num_classes: int, image_size: int, **kw: Any) -> nn.Module:
+    return MLP(in_channels * image_size * image_size, num_classes, **kw)
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "cnn": _cnn,
+    "mlp": _mlp,
+    "vgg8": lambda in_channels, num_classes, image_size, **kw: VGG8(in_channels, num_classes, image_size, **kw),
+    "resnet18": lambda in_channels, num_classes, image_size, **kw: ResNet18(in_channels, num_classes, image_size, **kw),
+}
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
+    """Instantiate a named architecture, or call the user factory "pkg.mod:factory"(**kwargs).
+
+    A user factory receives only ``kwargs`` plus ``num_classes`` when it accepts it; it must return an nn.Module.
+    """
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import model factory {name!r}: {exc}") from None
+        import inspect
+
+        params = inspect.signature(factory).parameters
+        extra = {"num_classes": num_classes} if "num_classes" in params and "num_classes" not in kwargs else {}
+        model = factory(**kwargs, **extra)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
+        return model
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r} (known: {', '.join(ARCHITECTURES)}, or 'pkg.mod:factory')")
+    return ARCHITECTURES[name](in_channels, num_classes, image_size, **kwargs)

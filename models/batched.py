@@ -1,0 +1,131 @@
+"""Many weight draws in one forward pass: the draw axis folded into the channel axis (grouped convs).
+
+With n draws, activations are laid out (B, n*C, ...) draw-major, so ReLU, pooling, flatten and
+residual additions work unchanged; Conv/Linear layers become grouped convs / batched matmuls over the
+stacked weights, and eval-mode BatchNorm repeats its statistics n times. The first layer sees the
+shared input and runs as one wide conv / GEMM. Only the instances' ``forward`` attributes are swapped,
+inside a context manager; the model's class is untouched. Models with other channel-mixing operations
+are caught by ``check_folded`` (compared against torch.func.vmap) and then run with vmap instead.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+_CONV = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class Unsupported(RuntimeError):
+    """The model uses a layer configuration the folded layout cannot express."""
+
+
+def _rep(t: Tensor | None, n: int) -> Tensor | None:
+    return None if t is None else t.repeat(n)
+
+
+def _conv(mod: nn.Module, w: Tensor, n: int) -> Callable[[Tensor], Tensor]:
+    fn = _CONV[type(mod)]
+    if mod.padding_mode != "zeros":
+        raise Unsupported(f"padding_mode {mod.padding_mode!r}")
+    cin, g = mod.in_channels, mod.groups
+    wf = w.reshape(n * w.shape[1], *w.shape[2:])
+    bias = _rep(mod.bias, n)
+
+    def forward(x: Tensor) -> Tensor:
+        if x.shape[1] == cin and n > 1:
+            if g == 1:
+                return fn(x, wf, bias, mod.stride, mod.padding, mod.dilation, 1)
+            x = x.repeat(1, n, *([1] * (x.dim() - 2)))
+        if x.shape[1] != n * cin:
+            raise Unsupported(f"conv input has {x.shape[1]} channels, expected {cin} or {n * cin}")
+        return fn(x, wf, bias, mod.stride, mod.padding, mod.dilation, n * g)
+
+    return forward
+
+
+def _linear(mod: nn.Linear, w: Tensor, n: int) -> Callable[[Tensor], Tensor]:
+    fin, fout = mod.in_features, mod.out_features
+    wf = w.reshape(n * fout, fin)
+    bias = _rep(mod.bias, n)
+
+    def forward(x: Tensor) -> Tensor:
+        if x.shape[-1] == fin and n > 1:
+            return F.linear(x, wf, bias)                                   # shared input: one GEMM
+        if x.shape[-1] != n * fin:
+            raise Unsupported(f"linear input has {x.shape[-1]} features, expected {fin} or {n * fin}")
+        lead = x.shape[:-1]
+        xs = x.reshape(-1, n, fin).transpose(0, 1)                         # (n, M, in)
+        y = torch.bmm(xs, w.transpose(1, 2))                               # (n, M, out)
+        if mod.bias is not None:
+            y = y + mod.bias
+        return y.transpose(0, 1).reshape(*lead, n * fout)
+
+    return forward
+
+
+def _batchnorm(mod: nn.Module, n: int) -> Callable[[Tensor], Tensor]:
+    if mod.training or mod.running_mean is None:
+        raise Unsupported("BatchNorm in training mode or without running statistics")
+    c = mod.num_features
+    stats = (_rep(mod.running_mean, n), _rep(mod.running_var, n), _rep(mod.weight, n), _rep(mod.bias, n))
+
+    def forward(x: Tensor) -> Tensor:
+        if x.shape[1] == c and n > 1:
+            return F.batch_norm(x, mod.running_mean, mod.running_var, mod.weight, mod.bias, False, 0.0, mod.eps)
+        if x.shape[1] != n * c:
+            raise Unsupported(f"batchnorm input has {x.shape[1]} channels, expected {c} or {n * c}")
+        return F.batch_norm(x, stats[0], stats[1], stats[2], stats[3], False, 0.0, mod.eps)
+
+    return forward
+
+
+@torch.no_grad()
+def folded_forward(model: nn.Module, stacked: dict[str, Tensor], x: Tensor) -> Tensor:
+    """Logits of every draw, (n, B, ...), for stacked Conv/Linear weights ``{name: (n, *shape)}``."""
+    n = next(iter(stacked.values())).shape[0]
+    patched: list[nn.Module] = []
+    try:
+        for name, mod in model.named_modules():
+            key = f"{name}.weight" if name else "weight"
+            if type(mod) in _CONV or type(mod) is nn.Linear:
+                w = stacked.get(key)
+                if w is None:
+                    w = mod.weight.detach().expand(n, *mod.weight.shape)
+                mod.forward = _conv(mod, w, n) if type(mod) in _CONV else _linear(mod, w, n)  # type: ignore[method-assign]
+                patched.append(mod)
+            elif type(mod) in _BN:
+                mod.forward = _batchnorm(mod, n)  # type: ignore[method-assign]
+                patched.append(mod)
+        out = model(x)
+    finally:
+        for mod in patched:
+            del mod.forward
+    if not isinstance(out, Tensor) or out.dim() < 2 or out.shape[1] % n:
+        raise Unsupported("model output is not a (B, n*K, ...) tensor")
+    if n == 1:
+        return out.unsqueeze(0)
+    return out.reshape(out.shape[0], n, out.shape[1] // n, *out.shape[2:]).movedim(1, 0)
+
+
+def vmap_forward(model: nn.Module, stacked: dict[str, Tensor], x: Tensor) -> Tensor:
+    """Logits of every draw, (n, B, ...), with torch.func.vmap over functional_call (any model)."""
+    return vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, None))(stacked, x)
+
+
+@torch.no_grad()
+def check_folded(model: nn.Module, stacked: dict[str, Tensor], x: Tensor) -> bool:
+    """True when the folded layout reproduces vmap's logits on ``x`` for these draws (else use vmap)."""
+    try:
+        a = folded_forward(model, stacked, x)
+    except (Unsupported, RuntimeError, ValueError):
+        return False
+    b = vmap_forward(model, stacked, x)
+    if a.shape != b.shape:
+        return False
+    scale = float(b.abs().max()) + 1e-12
+    return bool(torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-4 * scale))

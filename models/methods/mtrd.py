@@ -1,0 +1,168 @@
+"""MTRD multi-teacher robust distillation (MTRD supplement, Note 4): noisy student, noise-specialised teachers."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.methods._util import (
+    as_bool,
+    as_float,
+    as_float_list,
+    as_int,
+    as_str_list,
+    epoch_batches,
+    reinitialise,
+    require_noise,
+)
+from models.methods.base import TrainContext, TrainingMethod
+from models.methods.registry import register
+from models.noise.apply import noisy_forward
+from models.noise.base import WeightNoise
+
+
+def mtrd_alpha(p_student: Tensor, p_teacher: Tensor, eps: float = 1e-6) -> Tensor:
+    """Note 4, eq. 4: alpha = 1 - exp(-log p_s / log p_t) per sample, detached, in [0, 1] (< 1 in exact arithmetic).
+
+    p_s and p_t are the student's and the teacher's probabilities of the true class. Both are clamped
+    to [eps, 1 - eps] so log p_t < 0 (a fully confident teacher would divide by zero). alpha -> 1 when
+    the teacher is confident and the student is not; alpha -> 0 in the opposite case.
+    """
+    ps = p_student.detach().clamp(eps, 1 - eps)
+    pt = p_teacher.detach().clamp(eps, 1 - eps)
+    return 1.0 - torch.exp(-torch.log(ps) / torch.log(pt))
+
+
+def kl_teacher_student(teacher_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Per-sample KL(softmax(t/T) || softmax(s/T)) * T^2 (the usual distillation scaling; T = 1 is plain KL)."""
+    t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum(-1) * temperature**2
+
+
+def mtrd_loss(student_logits: Tensor, teacher_logits: list[Tensor], y: Tensor, temperature: float = 1.0,
+              kd_weight: float = 1.0, eps: float = 1e-6) -> tuple[Tensor, dict[str, float]]:
+    """CE(student, y) + kd_weight * sum_i mean_b[alpha_i,b * KL(teacher_i || student)_b]."""
+    ce = F.cross_entropy(student_logits.float(), y)
+    p_s = F.softmax(student_logits.detach().float(), -1).gather(1, y[:, None]).squeeze(1)
+    kd = student_logits.new_zeros((), dtype=torch.float32)
+    alphas = []
+    for tl in teacher_logits:
+        p_t = F.softmax(tl.detach().float(), -1).gather(1, y[:, None]).squeeze(1)
+        a = mtrd_alpha(p_s, p_t, eps)
+        alphas.append(float(a.mean()))
+        kd = kd + (a * kl_teacher_student(tl, student_logits, temperature)).mean()
+    loss = ce + kd_weight * kd
+    return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()),
+                  "alpha_mean": sum(alphas) / max(len(alphas), 1)}
+
+
+def train_teacher(model: nn.Module, ctx: TrainContext, noise: WeightNoise | None, epochs: int, lr: float) -> nn.Module:
+    """Noise-injection training of one teacher (clean training when ``noise`` is None) on the run's data."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = max(1, epochs * (len(ctx.train_loader) if hasattr(ctx.train_loader, "__len__") else 1))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    model.train()
+    for ep in range(epochs):
+        for x, y in epoch_batches(ctx.train_loader, ep):
+            opt.zero_grad(set_to_none=True)
+            with ctx.autocast():
+                out = model(x) if noise is None else noisy_forward(model, x, noise, ctx.generator)
+                loss = F.cross_entropy(out.float(), y)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@register
+class MTRD(TrainingMethod):
+    """Multi-teacher distillation: loss CE + sum_i alpha_i * KL(teacher_i || student), student forward noisy.
+
+    Teachers: one clean teacher plus one per noise level in ``teacher_levels`` (multipliers of the run's
+    noise: beta_i = level * sigma), trained in prepare() with noise injection for ``teacher_epochs``
+    (default: the run's epochs) with the same architecture (the paper's choice), or loaded from model
+    files: ``teachers`` = comma-separated model.pt paths (any architecture with the same classes),
+    ``clean_teacher`` = path, true (train one) or false (none). Options: temperature (1.0; eq. 4 has no
+    temperature), kd_weight (1.0), teacher_noise (false: teachers are queried with clean weights, as
+    they would be in software; true: each teacher under its own noise level), teacher_lr (run lr).
+    Paper notes: eq. 4 writes D_KL(beta*y_t, y_s) with beta the teacher's noise level; beta is read as
+    "the teacher specialised for noise level beta", not as a factor on probabilities (which would not
+    be a distribution). Eq. 2 writes the KL the other way round (student first); eq. 4's
+    teacher-first order (standard distillation) is used.
+    """
+
+    name = "mtrd"
+    defaults = {"teacher_levels": "0.5,1.0,1.5", "clean_teacher": True, "teachers": None, "teacher_epochs": None,
+                "teacher_lr": None, "temperature": 1.0, "kd_weight": 1.0, "teacher_noise": False, "eps": 1e-6}
+
+    def prepare(self, ctx: TrainContext) -> None:
+        noise = require_noise(ctx, self.name)
+        o = self.options
+        self.temperature = as_float(self.name, "temperature", o["temperature"])
+        self.kd_weight = as_float(self.name, "kd_weight", o["kd_weight"])
+        self.eps = as_float(self.name, "eps", o["eps"])
+        self.teacher_noise = as_bool(self.name, "teacher_noise", o["teacher_noise"])
+        epochs = ctx.config.epochs if o["teacher_epochs"] is None else as_int(self.name, "teacher_epochs", o["teacher_epochs"], 1)
+        lr = ctx.config.lr if o["teacher_lr"] is None else as_float(self.name, "teacher_lr", o["teacher_lr"])
+        self.teachers: list[nn.Module] = []
+        self.teacher_noises: list[WeightNoise | None] = []
+        clean = o["clean_teacher"]
+        clean_path = clean if isinstance(clean, str) and clean.lower() not in ("true", "false", "1", "0", "yes", "no") else None
+        if clean_path is not None:
+            self._add_loaded(clean_path, None, ctx)
+        elif as_bool(self.name, "clean_teacher", clean):
+            self._add_trained(ctx, None, epochs, lr, seed_offset=0)
+        paths = as_str_list(o["teachers"])
+        if paths:
+            for p in paths:
+                self._add_loaded(p, noise, ctx)
+        else:
+            for i, lvl in enumerate(as_float_list(self.name, "teacher_levels", o["teacher_levels"])):
+                if lvl < 0:
+                    raise ValueError(f"method {self.name!r}: teacher levels must be >= 0, got {lvl}")
+                self._add_trained(ctx, noise.scaled(lvl), epochs, lr, seed_offset=i + 1)
+        if not self.teachers:
+            raise ValueError(f"method {self.name!r}: no teachers (set teacher_levels, teachers or clean_teacher)")
+
+    def _add_trained(self, ctx: TrainContext, noise: WeightNoise | None, epochs: int, lr: float, seed_offset: int) -> None:
+        t = reinitialise(copy.deepcopy(ctx.raw_model), ctx.config.seed * 1009 + 17 * seed_offset + 1)
+        for p in t.parameters():
+            p.requires_grad_(True)
+        if not ctx.resuming:              # on resume the trained teachers come back via load_state_dict
+            train_teacher(t, ctx, noise, epochs, lr)
+        self._freeze(t, noise)
+
+    def _add_loaded(self, path: str, noise: WeightNoise | None, ctx: TrainContext) -> None:
+        from models.checkpoint import load_model
+
+        t, ck = load_model(path, ctx.device)
+        n_cls = ck.get("arch", {}).get("num_classes")
+        if n_cls is not None and int(n_cls) != ctx.num_classes:
+            raise ValueError(f"teacher {path} has {n_cls} classes, the student {ctx.num_classes}")
+        self._freeze(t, noise)
+
+    def _freeze(self, t: nn.Module, noise: WeightNoise | None) -> None:
+        t.eval()
+        for p in t.parameters():
+            p.requires_grad_(False)
+        self.teachers.append(t)
+        self.teacher_noises.append(noise)
+
+    def training_step(self, ctx: TrainContext, x: Tensor, y: Tensor) -> dict[str, float]:
+        student = ctx.noisy_forward(x)
+        with torch.no_grad():
+            t_logits = [noisy_forward(t, x, n, ctx.generator) if (self.teacher_noise and n is not None) else t(x)
+                        for t, n in zip(self.teachers, self.teacher_noises)]
+        loss, logs = mtrd_loss(student, t_logits, y, self.temperature, self.kd_weight, self.eps)
+        ctx.backward(loss)
+        return {"loss": float(loss.detach()), **logs}
+
+    def state_dict(self) -> dict:
+        return {"teachers": [{k: v.detach().cpu() for k, v in t.state_dict().items()} for t in self.teachers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for t, sd in zip(self.teachers, state.get("teachers", [])):
+            t.load_state_dict(sd)

@@ -1,0 +1,69 @@
+"""The weight-noise interface: a distribution of device-induced perturbations of Conv/Linear weights."""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor
+
+
+class WeightNoise(abc.ABC):
+    """A distribution of device-induced weight perturbations for the Conv/Linear weights of a model.
+
+    Weights are passed as ``{parameter name: tensor}``. Samples are differentiable with respect to
+    the clean weights: the perturbation is added to (or multiplies) the clean tensor, and every
+    statistic that depends on the weights (scales, device levels) is computed from detached values,
+    so the gradient reaches the clean weights as in noise-injection training.
+    """
+
+    @abc.abstractmethod
+    def sample_batch(
+        self, weights: dict[str, Tensor], n_draws: int, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Return ``n_draws`` independent noisy copies of each tensor, shaped ``(n_draws, *shape)``."""
+
+    @abc.abstractmethod
+    def scaled(self, factor: float) -> "WeightNoise":
+        """Return the same noise structure with its magnitude multiplied by ``factor``."""
+
+    @abc.abstractmethod
+    def noise_std(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Return the per-element standard deviation of the perturbation (same shapes as the weights)."""
+
+    def sample(self, weights: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Return one noisy copy of each tensor (same shapes as the inputs)."""
+        return {k: v[0] for k, v in self.sample_batch(weights, 1, generator).items()}
+
+    def sample_draws(self, weights: dict[str, Tensor], generators: list[torch.Generator]) -> dict[str, Tensor]:
+        """One draw per generator, stacked ``(len(generators), *shape)``; draw i depends only on generator i.
+
+        The Monte Carlo evaluator seeds one generator per draw so results do not depend on how draws are
+        chunked or split across processes. Subclasses may override this to share per-weight work.
+        """
+        draws = [self.sample(weights, g) for g in generators]
+        return {k: torch.stack([d[k] for d in draws]) for k in weights}
+
+    def describe(self) -> dict:
+        """Return a JSON-able spec from which ``models.noise.factory.noise_from_spec`` rebuilds this noise."""
+        raise TypeError(f"{type(self).__name__} has no serialisable spec")
+
+
+def randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal samples on ``like``'s device/dtype from ``generator`` (which must live on that device)."""
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def rand(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Uniform [0, 1) samples on ``like``'s device/dtype from ``generator``."""
+    return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def randn_draws(shape: tuple[int, ...], like: Tensor, generators: list[torch.Generator]) -> Tensor:
+    """Standard normals (len(generators), *shape), row i from generator i, filled in place (no stacking copy).
+
+    Row i equals ``torch.randn(shape, generator=generators[i])`` (same stream, same order).
+    """
+    out = torch.empty((len(generators), *shape), device=like.device, dtype=like.dtype)
+    for i, g in enumerate(generators):
+        out[i].normal_(generator=g)
+    return out

@@ -1,0 +1,141 @@
+"""Build a WeightNoise from a JSON-able spec or from a calibration noise profile."""
+from __future__ import annotations
+
+from typing import Any
+
+from models.mapping import AnalogMapping, BitSlicedMapping
+from models.noise.base import WeightNoise
+from models.noise.families import (
+    AdditiveNoise,
+    CensoredNoise,
+    DeviceGaussianNoise,
+    LogNormalNoise,
+    MomentNoise,
+    WriteVerifyNoise,
+    level_factors,
+)
+
+FAMILIES = ("gaussian", "state_dependent", "lognormal", "additive", "censored", "write_verify", "profile")
+_MAPPING_KEYS = ("bits", "bits_per_device", "sign", "scale")
+
+
+def _take(spec: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(spec) - allowed - {"family"})
+    if unknown:
+        raise ValueError(f"noise family {spec.get('family')!r}: unknown key(s) {', '.join(unknown)}")
+
+
+def _mapping(spec: dict[str, Any]) -> BitSlicedMapping:
+    return BitSlicedMapping(**{k: spec[k] for k in _MAPPING_KEYS if k in spec})
+
+
+def _device(spec: dict[str, Any], model: str | None) -> DeviceGaussianNoise:
+    if "sigma" not in spec:
+        raise ValueError(f"noise family {spec['family']!r} needs 'sigma' (device sigma in level units)")
+    mp = _mapping(spec)
+    factors = level_factors(model, mp.n_levels) if model else None
+    return DeviceGaussianNoise(sigma=float(spec["sigma"]), mapping=mp, factors=factors,
+                               quantize=bool(spec.get("quantize", False)), model=model)
+
+
+def noise_from_spec(spec: dict[str, Any] | None) -> WeightNoise | None:
+    """Build the noise a spec describes; ``None`` (or family "none") means a clean model.
+
+    Specs: {"family": "gaussian", "sigma": 0.1[, "bits": 8, "bits_per_device": 2, "sign": "separate",
+    "scale": "layer", "quantize": false]}; {"family": "state_dependent", "model": "RRAM2", "sigma": 0.1, ...};
+    {"family": "lognormal", "sigma": 0.3}; {"family": "additive", "eta": 0.05[, "per_channel": false]};
+    {"family": "censored", "lam": 1.0, "recentre": false, "sigma": 0.1 | "base": {...}};
+    {"family": "write_verify", "threshold": 0.05, "sigma": 0.1 | "base": {...}};
+    {"family": "profile", "path": "profile.h5", "t_s": 86400, ...}.
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or "family" not in spec:
+        raise ValueError(f"a noise spec is a dict with a 'family' key, got {spec!r}")
+    fam = spec["family"]
+    if fam == "none":
+        return None
+    if fam == "gaussian":
+        _take(spec, {"sigma", "quantize", *_MAPPING_KEYS})
+        return _device(spec, None)
+    if fam == "state_dependent":
+        _take(spec, {"sigma", "model", "quantize", *_MAPPING_KEYS})
+        if "model" not in spec:
+            raise ValueError("state_dependent noise needs 'model' (RRAM1, RRAM2, FeFET1 or FeFET2)")
+        return _device(spec, str(spec["model"]))
+    if fam == "lognormal":
+        _take(spec, {"sigma"})
+        return LogNormalNoise(float(spec["sigma"]))
+    if fam == "additive":
+        _take(spec, {"eta", "per_channel"})
+        return AdditiveNoise(float(spec["eta"]), bool(spec.get("per_channel", False)))
+    if fam == "censored":
+        _take(spec, {"lam", "recentre", "sigma", "base", "model", "quantize", *_MAPPING_KEYS})
+        base = noise_from_spec(spec["base"]) if "base" in spec else _device(spec, spec.get("model"))
+        if not isinstance(base, MomentNoise):
+            raise ValueError("censored noise needs a Gaussian base family (gaussian, state_dependent, additive)")
+        return CensoredNoise(base, float(spec.get("lam", 1.0)), bool(spec.get("recentre", False)))
+    if fam == "write_verify":
+        _take(spec, {"threshold", "sigma", "base", "model", "quantize", *_MAPPING_KEYS})
+        base = noise_from_spec(spec["base"]) if "base" in spec else _device(spec, spec.get("model"))
+        if not isinstance(base, DeviceGaussianNoise):
+            raise ValueError("write_verify noise needs a device base family (gaussian or state_dependent)")
+        if "threshold" not in spec:
+            raise ValueError("write_verify noise needs 'threshold' (bound on |device error|, level units)")
+        return WriteVerifyNoise(base, float(spec["threshold"]))
+    if fam == "profile":
+        from models.noise.profile_noise import noise_from_profile_spec
+
+        return noise_from_profile_spec(spec)
+    raise ValueError(f"unknown noise family {fam!r} (known: {', '.join(FAMILIES)})")
+
+
+def noise_from_profile(profile: Any, t_s: float = 0.0, **options: Any) -> WeightNoise:
+    """Noise of a calibration NoiseProfile (object or path) read ``t_s`` seconds after programming."""
+    from models.noise.profile_noise import ProfileNoise, load_profile_any
+
+    return ProfileNoise.from_profile(load_profile_any(profile), t_s=t_s, **options)
+
+
+__all__ = ["noise_from_spec", "noise_from_profile", "FAMILIES", "AnalogMapping"]
+
+
+def spec_from_options(*, profile: str | None = None, t_s: float = 0.0, mapping: str = "bitsliced",
+                      sigma: float | None = None, device_model: str | None = None, lognormal: float | None = None,
+                      additive: float | None = None, censor: float | None = None, recentre: bool = False,
+                      noise_json: str | None = None) -> dict[str, Any] | None:
+    """Turn the CLI's mutually exclusive noise options into one spec (None when none is given)."""
+    import json
+
+    given = [n for n, v in (("--profile", profile), ("--sigma", sigma), ("--lognormal", lognormal),
+                            ("--additive", additive), ("--noise-json", noise_json)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one noise source, not {' and '.join(given)}")
+    if device_model is not None and sigma is None:
+        raise ValueError("--device-model needs --sigma (the device sigma_d in level units)")
+    spec: dict[str, Any] | None
+    if profile is not None:
+        from pathlib import Path
+
+        spec = {"family": "profile", "path": str(Path(profile).resolve()), "t_s": float(t_s), "mapping": mapping}
+    elif sigma is not None:
+        spec = {"family": "state_dependent", "model": device_model, "sigma": sigma} if device_model else \
+            {"family": "gaussian", "sigma": sigma}
+    elif lognormal is not None:
+        spec = {"family": "lognormal", "sigma": lognormal}
+    elif additive is not None:
+        spec = {"family": "additive", "eta": additive}
+    elif noise_json is not None:
+        try:
+            spec = json.loads(noise_json)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--noise-json is not valid JSON: {exc}") from None
+    else:
+        spec = None
+    if censor is not None:
+        if spec is None:
+            raise ValueError("--censor needs a Gaussian noise source (--sigma or --additive)")
+        spec = {"family": "censored", "lam": censor, "recentre": recentre, "base": spec}
+    if spec is not None:
+        noise_from_spec(spec)  # validate now: a bad spec fails before any training starts
+    return spec

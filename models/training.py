@@ -1,0 +1,325 @@
+"""The training loop: one loop for every method plugin, single process or data-parallel under torchrun.
+
+Data parallelism: the model is wrapped in DistributedDataParallel (which broadcasts rank 0's initial
+weights); forwards use the unwrapped module and the loop averages all gradients in one flat
+all-reduce before each optimizer step, so a method may run any number of forward/backward passes
+per step (SAM-style, several noisy forwards, auxiliary heads) without DDP's one-forward-one-backward rule.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from models.architectures import build_model
+from models.checkpoint import save_checkpoint, load_checkpoint, model_record
+from models.config import TrainConfig
+from models.data import Dataset, load_dataset
+from models.methods.base import TrainContext, TrainingMethod
+from models.methods.registry import get_method
+from models.montecarlo import evaluate_mc
+from models.noise.factory import noise_from_spec
+
+__all__ = ["TrainConfig", "TrainContext", "TrainResult", "train", "resolve_device", "init_distributed"]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the exported model, the per-epoch history and the checkpoint dict."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    checkpoint: dict[str, Any] = field(repr=False)
+
+
+def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' -> CUDA (this process's local GPU) when present, else CPU; explicit names are checked."""
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def init_distributed(device_spec: str = "auto") -> tuple[int, int, int]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPUs): (rank, world, local_rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_spec != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _batches(x: Tensor, y: Tensor, batch_size: int, seed: int, epoch: int, rank: int, world: int,
+             device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shuffled global batches (same permutation on every rank), each split evenly over the ranks."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(len(x), generator=g)
+    for start in range(0, len(x), batch_size):
+        idx = perm[start:start + batch_size]
+        if len(idx) < world or len(idx) % world:
+            idx = idx[: len(idx) - len(idx) % world]
+            if len(idx) == 0:
+                continue
+        shard = idx.view(world, -1)[rank]
+        yield x[shard].to(device, non_blocking=True), y[shard].to(device, non_blocking=True)
+
+
+def _n_batches(n: int, batch_size: int, world: int) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= world else 0)
+
+
+def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    name = cfg.optimizer.lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
+
+
+def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int):
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+    if cfg.scheduler == "none":
+        return None
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r} (cosine, none)")
+
+
+def _amp(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """bf16 autocast on GPUs that support it, else fp16 with a GradScaler; nothing on CPU."""
+    if not cfg.amp or device.type != "cuda":
+        return None, None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def _allreduce_grads(params: list[nn.Parameter], world: int) -> None:
+    """Average gradients over the ranks in one flat all-reduce (missing grads count as zero)."""
+    if world <= 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    off = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[off:off + n].view_as(p).clone()
+        off += n
+
+
+def _average_buffers(model: nn.Module, world: int) -> None:
+    """Average floating buffers (BatchNorm running stats) over the ranks."""
+    if world <= 1:
+        return
+    for b in model.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b /= world
+
+
+def _rng_state(ctx: TrainContext) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "noise": ctx.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def train(config: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path | None = None,
+          log: Callable[[str], None] | None = None, stop_after: int | None = None) -> TrainResult:
+    """Train ``config.model`` on ``config.data`` with ``config.method``; checkpoint every epoch when asked.
+
+    ``resume`` continues from a checkpoint written by this function (its config must match in
+    everything but ``epochs``; a longer run stretches the cosine schedule over the new total).
+    ``stop_after`` ends this call after that many epochs (a time-boxed job that a later call resumes).
+    Returns the exported model (``method.export_model``) and the history.
+    """
+    rank, world, local_rank = init_distributed(config.device)
+    device = resolve_device(config.device, local_rank)
+    say = (log or print) if rank == 0 else (lambda _s: None)
+    seed_everything(config.seed)
+
+    ds = dataset if dataset is not None else load_dataset(config.data, config.data_root)
+    model = build_model(config.model, in_channels=ds.in_channels, num_classes=ds.num_classes,
+                        image_size=ds.image_size, **config.model_kwargs).to(device)
+    noise = noise_from_spec(config.noise)
+    method: TrainingMethod = get_method(config.method, **config.method_options)
+    ckpt_in = load_checkpoint(resume) if resume is not None else None
+    if ckpt_in is not None:
+        _check_resume(config, ckpt_in)
+        model.load_state_dict(ckpt_in["train_state"]["model"])
+
+    wrapped: nn.Module = model
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = _make_optimizer(config, model.parameters())
+    amp_dtype, scaler = _amp(config, device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed * 7919 + 104_729 * rank + 1)
+    ctx = TrainContext(model=wrapped, noise=noise, optimizer=optimizer, device=device, generator=gen, config=config,
+                       num_classes=ds.num_classes, train_loader=None, val_loader=None, scaler=scaler,
+                       amp_dtype=amp_dtype, rank=rank, world_size=world, resuming=ckpt_in is not None)
+    ctx.train_loader = _Loader(ds.x_train, ds.y_train, config, ctx)
+    ctx.val_loader = [(ds.x_test, ds.y_test)]
+    method.prepare(ctx)
+    steps_per_epoch = _n_batches(len(ds.x_train), config.batch_size, world)
+    scheduler = _make_scheduler(config, optimizer, steps_per_epoch * config.epochs)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if ckpt_in is not None:
+        st = ckpt_in["train_state"]
+        optimizer.load_state_dict(st["optimizer"])
+        if scheduler is not None and st.get("scheduler") is not None:
+            scheduler.load_state_dict(st["scheduler"])
+            if hasattr(scheduler, "T_max"):
+                scheduler.T_max = max(1, steps_per_epoch * config.epochs)
+        if scaler is not None and st.get("scaler") is not None:
+            scaler.load_state_dict(st["scaler"])
+        method.load_state_dict(st.get("method", {}))
+        start_epoch, ctx.step = int(st["epoch"]), int(st["step"])
+        history = list(ckpt_in.get("history", []))
+        torch.set_rng_state(st["rng"]["torch"])
+        if st["rng"].get("noise") is not None and rank == 0:
+            gen.set_state(st["rng"]["noise"])
+        say(f"resumed from {resume} at epoch {start_epoch}")
+
+    params = [p for grp in optimizer.param_groups for p in grp["params"]]
+    # gradients are averaged by _allreduce_grads; DDP's own hooks stay off even if a method calls ctx.model
+    sync_off = wrapped.no_sync if isinstance(wrapped, nn.parallel.DistributedDataParallel) else contextlib.nullcontext
+    ckpt: dict[str, Any] = {}
+    end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + max(0, stop_after))
+    for epoch in range(start_epoch, end_epoch):
+        ctx.epoch = epoch
+        method.on_epoch_start(ctx)
+        model.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        nb = 0
+        for x, y in ctx.train_loader.epoch(epoch):
+            optimizer.zero_grad(set_to_none=True)
+            with sync_off(), ctx.autocast():
+                logs = method.training_step(ctx, x, y)
+            _allreduce_grads(params, world)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            ctx.step += 1
+            nb += 1
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        _average_buffers(model, world)
+        entry: dict[str, Any] = {"epoch": epoch + 1, **{k: v / max(nb, 1) for k, v in sums.items()}}
+        entry.update(_validate(method.export_model(model), ds, noise, config, device))
+        entry["time_s"] = time.perf_counter() - t0
+        history.append(entry)
+        say(_format_entry(entry, config.epochs))
+        ckpt = _make_checkpoint(config, ds, model, method, optimizer, scheduler, scaler, ctx, history, epoch + 1)
+        if config.checkpoint and rank == 0:
+            save_checkpoint(ckpt, config.checkpoint)
+    if not ckpt:
+        ckpt = _make_checkpoint(config, ds, model, method, optimizer, scheduler, scaler, ctx, history, start_epoch)
+    exported = method.export_model(model)
+    return TrainResult(model=exported, history=history, checkpoint=ckpt)
+
+
+class _Loader:
+    """Iterates the rank's shard of shuffled global batches (deterministic in seed and epoch)."""
+
+    def __init__(self, x: Tensor, y: Tensor, cfg: TrainConfig, ctx: TrainContext) -> None:
+        self.x, self.y, self.cfg, self.ctx = x, y, cfg, ctx
+        if cfg.batch_size < ctx.world_size:
+            raise ValueError(f"batch size {cfg.batch_size} is smaller than the number of processes {ctx.world_size}")
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        it = _batches(self.x, self.y, self.cfg.batch_size, self.cfg.seed, epoch, self.ctx.rank,
+                      self.ctx.world_size, self.ctx.device)
+        if self.cfg.progress and self.ctx.rank == 0:
+            from tqdm.auto import tqdm
+
+            total = _n_batches(len(self.x), self.cfg.batch_size, self.ctx.world_size)
+            it = tqdm(it, total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, unit="batch")
+        return it
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.epoch(self.ctx.epoch)
+
+    def __len__(self) -> int:
+        return _n_batches(len(self.x), self.cfg.batch_size, self.ctx.world_size)
+
+
+def _validate(model: nn.Module, ds: Dataset, noise, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Clean and noisy accuracy on the test split (noisy draws split over the ranks)."""
+    if noise is None or cfg.val_noise_draws < 1:
+        r = evaluate_mc(model, ds.x_test, ds.y_test, None, 1, device=device, distributed=False)
+        return {"val_acc": r.clean_accuracy}
+    r = evaluate_mc(model, ds.x_test, ds.y_test, noise, cfg.val_noise_draws, seed=cfg.seed + 12345, device=device)
+    return {"val_acc": r.clean_accuracy, "val_noisy_acc": r.mean, "val_noisy_std": r.std}
+
+
+def _format_entry(e: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {e['epoch']}/{epochs}"]
+    for k, v in e.items():
+        if k != "epoch" and isinstance(v, float) and math.isfinite(v):
+            parts.append(f"{k}={v:.4f}" if k != "time_s" else f"{k}={v:.1f}")
+    return "  ".join(parts)
+
+
+def _make_checkpoint(cfg, ds, model, method, optimizer, scheduler, scaler, ctx, history, epochs_done) -> dict[str, Any]:
+    exported = method.export_model(model)
+    rec = model_record(cfg, ds, exported)
+    rec["history"] = history
+    rec["train_state"] = {
+        "epoch": epochs_done,
+        "step": ctx.step,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "method": method.state_dict(),
+        "rng": _rng_state(ctx),
+    }
+    return rec
+
+
+_RESUME_FREE = {"epochs", "checkpoint", "progress", "device"}
+
+
+def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any]) -> None:
+    old = ckpt.get("config", {})
+    diff = sorted(k for k, v in cfg.to_dict().items() if k not in _RESUME_FREE and old.get(k) != v)
+    if diff:
+        raise ValueError(f"cannot resume: the checkpoint was trained with different {', '.join(diff)}")
+    if "train_state" not in ckpt:
+        raise ValueError("cannot resume: the checkpoint holds no training state")

@@ -1,0 +1,128 @@
+"""Monte Carlo evaluator: batched draws == one-draw loop, invariance to chunking, KPP/CI/EKL by hand."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.architectures import build_model
+from models.montecarlo import _correct_and_kl, evaluate_mc, evaluate_mc_reference, summarize
+from models.noise.factory import noise_from_spec
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = build_model("cnn", in_channels=1, num_classes=10, image_size=8)
+    # give the random net a usable decision function: fit the last layer to random labels of a fixed net
+    x = torch.randn(200, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(-1)
+    return model, x, y
+
+
+@pytest.mark.parametrize("spec", [
+    {"family": "gaussian", "sigma": 1.0},
+    {"family": "lognormal", "sigma": 0.3},
+    {"family": "censored", "sigma": 1.0, "lam": 1.0, "recentre": True},
+    {"family": "state_dependent", "model": "FeFET1", "sigma": 0.5},
+])
+def test_batched_equals_loop_reference(setup, spec):
+    model, x, y = setup
+    noise = noise_from_spec(spec)
+    ref = evaluate_mc_reference(model, x, y, noise, 24, seed=3)
+    fast = evaluate_mc(model, x, y, noise, 24, seed=3, draws_per_chunk=7, batch_size=64)
+    assert np.array_equal(fast.accuracies, ref.accuracies)
+    assert fast.ekl == pytest.approx(ref.ekl, rel=1e-5)
+    assert fast.clean_accuracy == 1.0 and 0 < fast.mean < 1.0
+
+
+def test_chunking_does_not_change_draws(setup):
+    model, x, y = setup
+    noise = noise_from_spec({"family": "additive", "eta": 0.3})
+    a = evaluate_mc(model, x, y, noise, 30, seed=9, draws_per_chunk=30)
+    b = evaluate_mc(model, x, y, noise, 30, seed=9, draws_per_chunk=4, batch_size=50)
+    c = evaluate_mc(model, x, y, noise, 30, seed=10, draws_per_chunk=30)
+    assert np.array_equal(a.accuracies, b.accuracies)
+    assert not np.array_equal(a.accuracies, c.accuracies)
+
+
+def test_summary_statistics_by_hand():
+    accs = np.arange(100) / 100.0
+    r = summarize(accs, kl_sum=3.0, n_correct=6, n_samples=100, kpp=(1.0, 5.0))
+    assert r.mean == pytest.approx(0.495)
+    assert r.std == pytest.approx(np.std(accs, ddof=1))
+    half = 1.9842169515086827 * r.std / 10.0              # t_{0.975, 99}
+    assert r.ci95[0] == pytest.approx(0.495 - half) and r.ci95[1] == pytest.approx(0.495 + half)
+    assert r.kpp == {1.0: 0.0, 5.0: 0.04}                   # lower quantile: an observed draw
+    assert r.worst == 0.0 and r.best == 0.99 and r.ekl == 0.5
+
+
+def test_ekl_only_over_correct_predictions():
+    logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.25, 0.25]]]))
+    y = torch.tensor([0, 1, 1])                               # third sample wrong
+    c, k = _correct_and_kl(logits, y)
+    assert c.item() == 2
+    assert k.item() == pytest.approx(-math.log(0.7) - math.log(0.8))
+
+
+def test_clean_model_and_bad_draws(setup):
+    model, x, y = setup
+    r = evaluate_mc(model, x, y, None, 5)
+    assert r.mean == 1.0 and r.std == 0.0 and r.worst == 1.0
+    with pytest.raises(ValueError, match="at least one"):
+        evaluate_mc(model, x, y, None, 0)
+
+
+class _ChannelMixing(torch.nn.Module):
+    """A model the folded layout cannot express (LayerNorm over features, softmax over channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.norm = torch.nn.LayerNorm(4 * 64)
+        self.fc = torch.nn.Linear(4 * 64, 10)
+
+    def forward(self, x):
+        h = torch.softmax(self.conv(x), dim=1).flatten(1)
+        return self.fc(self.norm(h))
+
+
+def test_folded_engine_matches_vmap_and_falls_back():
+    from models.batched import check_folded, folded_forward, vmap_forward
+    from models.noise.apply import clean_weights
+
+    torch.manual_seed(1)
+    noise = noise_from_spec({"family": "additive", "eta": 0.1})
+    x = torch.randn(6, 3, 16, 16)
+    for name in ("resnet18", "vgg8"):
+        model = build_model(name, in_channels=3, num_classes=10, image_size=16, width=8).eval()
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):               # non-trivial running statistics
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+        stacked = noise.sample_batch({k: v.detach() for k, v in clean_weights(model).items()}, 3)
+        a, b = folded_forward(model, stacked, x), vmap_forward(model, stacked, x)
+        assert a.shape == (3, 6, 10) and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        # the swapped forwards are gone again: the model runs as before
+        assert all("forward" not in vars(m) for m in model.modules())
+    odd = _ChannelMixing().eval()
+    stacked = noise.sample_batch({k: v.detach() for k, v in clean_weights(odd).items()}, 3)
+    xo = torch.randn(5, 1, 8, 8)
+    assert not check_folded(odd, stacked, xo)
+    y = torch.randint(0, 10, (5,))
+    r_auto = evaluate_mc(odd, xo, y, noise, 6, seed=2)
+    r_ref = evaluate_mc_reference(odd, xo, y, noise, 6, seed=2)
+    assert np.array_equal(r_auto.accuracies, r_ref.accuracies)
+
+
+def test_engines_agree(setup):
+    model, x, y = setup
+    noise = noise_from_spec({"family": "gaussian", "sigma": 1.0})
+    a = evaluate_mc(model, x, y, noise, 12, seed=4, engine="fold")
+    b = evaluate_mc(model, x, y, noise, 12, seed=4, engine="vmap")
+    assert np.array_equal(a.accuracies, b.accuracies) and a.ekl == pytest.approx(b.ekl, rel=1e-5)
+    with pytest.raises(ValueError, match="engine"):
+        evaluate_mc(model, x, y, noise, 2, engine="warp")
