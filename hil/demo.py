@@ -55,7 +55,7 @@ def _characterize_plan(cfg: DemoConfig) -> list[tuple[str, dict]]:
     n = 8 if cfg.quick else 16
     region = f"0:{n},0:{n}"
     return [
-        ("form", dict(cells=region)),
+        ("form", dict(cells=f"0:{cfg.rows},0:{cfg.cols}")),  # the whole chip: its defect map matters for deployment
         ("endurance", dict(cells=f"0:{n // 2},0:{n // 2}", cycles=2_000 if cfg.quick else 100_000, read_every=100 if cfg.quick else 1_000)),
         ("retention", dict(cells=region, t_last=1e4 if cfg.quick else 1e5, times=6 if cfg.quick else 11)),
         ("levels", dict(cells=region, read_times="1,10,100" if cfg.quick else "1,10,100,1000,10000")),

@@ -14,6 +14,7 @@ _COMMANDS: list[str] = [
     "hil.cli.demo:demo",
     "hil.cli.fit:fit",
     "hil.cli.swim:swim",
+    "hil.cli.program:program",
     "hil.cli.train:train",
     "hil.cli.evaluate:evaluate",
     "hil.cli.profile:profile",
