@@ -3,8 +3,13 @@
 `calibration` fits plain arrays and knows nothing of run files; this module is the bridge, so the
 dependency stays one-way (hil -> calibration). Cells that write-verify could not program (never
 formed, stuck) are left out of the programming, relaxation and spatial fits: they are counted by the
-endurance model's stuck fractions instead, and including them would turn a defect rate into a
-noise sigma.
+stuck fractions instead, and including them would turn a defect rate into a noise sigma.
+
+Relaxation needs each cell's programming time. Open-loop cells of a levels run all get a full RESET
+and SET, so their clock starts at the recorded time; write-verify leaves some cells untouched (already
+within tolerance) or only nudged, and those keep relaxing on an older clock. Levels runs therefore
+give relaxation from their open-loop reads, and retention runs (write-verify only) from the cells
+that received pulses. Several runs of one kind are pooled where their shapes allow it.
 """
 from __future__ import annotations
 
@@ -20,9 +25,13 @@ from calibration.models import Provenance
 from calibration.profile import NoiseProfile
 from hil.runfile import RunData, read_run
 
-_G_FLOOR = 1e-9  # S: reads at or below the noise floor become this (the fitters need G > 0)
 _CONVERGED = 0
 _IMMEDIATE_READ_S = 1e-3  # the board reads a cell about a millisecond after its last pulse
+# Endurance reads below this fraction of the array's typical LRS read are taken as "no window" when
+# judging failure: an open or unformed cell reads only noise around 0 S, and the ratio of two noise
+# reads is meaningless (it would make such cells "fail" at a random late cycle).
+_NOISE_FLOOR_FRAC = 0.05
+_MAX_DELAY_RATIO = 1.5  # programming datasets pooled from runs must share their read delay within this
 
 
 @dataclass
@@ -35,24 +44,40 @@ class Datasets:
     read_noise: ReadNoiseDataset | None = None
     endurance: EnduranceDataset | None = None
     error_map: ErrorMapDataset | None = None
-    defects: tuple[float, float] | None = None  # (stuck high, stuck low) fractions seen while programming
-    defect_g: tuple[float, float] | None = None  # median read conductance of stuck-high / stuck-low cells
-    form_defects: tuple[tuple[float, float], tuple[float, float]] | None = None  # same, seen while forming
+    defects: tuple[float, float] | None = None  # (stuck high, stuck low) fractions seen forming or programming
+    defect_g: tuple[float, float] | None = None  # median read conductance (S) of stuck-high / stuck-low cells
     used: dict[str, list[str]] = field(default_factory=dict)  # dataset -> run files it came from
 
     def note(self, dataset: str, run: RunData) -> None:
         self.used.setdefault(dataset, []).append(str(run.path))
 
 
-def _relaxation_rows(prog: np.ndarray, reads: np.ndarray, healthy: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Flatten timed block reads into (target, t since that cell's programming, g) rows."""
-    if not len(reads) or not healthy.any():
+@dataclass
+class _Programming:
+    """One run's programming rows, before pooling."""
+
+    target: np.ndarray
+    g: np.ndarray
+    pulses: np.ndarray
+    t_read_s: float
+
+
+def _relaxation_rows(prog: np.ndarray, reads: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Flatten timed block reads of the cells in `use` into (target, t since programming, g) rows.
+
+    Each block read gets one delay, the median over the cells of (read time - programming time):
+    cells are programmed one after the other within milliseconds to a fraction of a second, and the
+    relaxation fit groups rows by time.
+    """
+    n = len(prog)
+    if not len(reads) or not use.any():
         return np.zeros(0), np.zeros(0), np.zeros(0)
-    t_since = reads["t"][:, None] - prog["t"][None, :]  # (reads, cells)
-    target = np.broadcast_to(prog["target"][None, :], t_since.shape)
-    g = reads["g"]
-    keep = np.broadcast_to(healthy[None, :], t_since.shape) & (t_since > 0)
-    return target[keep], t_since[keep], g[keep]
+    t_since = np.median(reads["t"][:, None] - prog["t"][None, use], axis=1)
+    keep = t_since > 0
+    g = reads["g"][keep][:, :n][:, use]
+    target = np.broadcast_to(prog["target"][use][None, :], g.shape)
+    t = np.broadcast_to(t_since[keep][:, None], g.shape)
+    return target.ravel(), t.ravel(), g.ravel()
 
 
 def _error_map(table: np.ndarray, healthy: np.ndarray) -> np.ndarray | None:
@@ -66,62 +91,6 @@ def _error_map(table: np.ndarray, healthy: np.ndarray) -> np.ndarray | None:
     e = np.where(healthy, table["g"] - table["target"], 0.0)
     err[cells[:, 0] - r0, cells[:, 1] - c0] = e
     return err
-
-
-def collect_datasets(runs: Sequence[RunData]) -> Datasets:
-    """Build the calibration datasets from whatever runs are given (any order, any subset)."""
-    ds = Datasets()
-    rel_parts: list[tuple[np.ndarray, ...]] = []
-    for run in runs:
-        d = run.data
-        if run.procedure == "levels" and len(d["verified"]):
-            healthy = d["verified"]["status"] == _CONVERGED
-            n = min(len(d["open_loop"]), len(d["verified"]))
-            ds.defects, ds.defect_g = _defects(d["verified"])
-            ol = d["open_loop"][:n][healthy[:n]]
-            if len(ol) >= 2:
-                g, t_read = _first_read(d["open_loop"][:n], d["open_loop_reads"])
-                ds.open_loop = ProgrammingDataset(ol["target"], g[healthy[:n]], ol["pulses"].astype(float), verified=False,
-                                                  t_read_s=t_read)  # fmt: skip
-                ds.note("open_loop", run)
-                em = _error_map(d["open_loop"][:n], healthy[:n])
-                if em is not None:
-                    ds.error_map = ErrorMapDataset(em)
-                    ds.note("error_map", run)
-            wv = d["verified"][healthy]
-            if len(wv) >= 2:
-                g, t_read = _first_read(d["verified"], d["verified_reads"])
-                ds.verified = ProgrammingDataset(wv["target"], g[healthy], wv["pulses"].astype(float), verified=True,
-                                                 t_read_s=t_read)  # fmt: skip
-                ds.note("verified", run)
-            rel_parts.append(_relaxation_rows(d["verified"], d["verified_reads"], healthy))
-            ds.note("relaxation", run)
-        elif run.procedure == "form" and len(d["form"]):
-            ds.form_defects = _form_defects(d["form"])
-            ds.note("defects", run)
-        elif run.procedure == "retention" and len(d["program"]):
-            healthy = d["program"]["status"] == _CONVERGED
-            rel_parts.append(_relaxation_rows(d["program"], d["reads"], healthy))
-            ds.note("relaxation", run)
-        elif run.procedure == "read-noise" and len(d["reads"]) >= 3:
-            g = d["reads"]["g"].T  # (cells, reads)
-            target = None
-            if len(d["program"]) == g.shape[0]:
-                ok = d["program"]["status"] == _CONVERGED
-                g, target = g[ok], d["program"]["target"][ok]
-            ds.read_noise = ReadNoiseDataset(g, target)
-            ds.note("read_noise", run)
-        elif run.procedure == "endurance" and len(d["endurance"]):
-            e = d["endurance"]
-            ds.endurance = EnduranceDataset(e["cycle"].astype(float), np.maximum(e["lrs"].T, _G_FLOOR),
-                                            np.maximum(e["hrs"].T, _G_FLOOR))  # fmt: skip
-            ds.note("endurance", run)
-    parts = [p for p in rel_parts if p[0].size]
-    if parts:
-        target, t, g = (np.concatenate(x) for x in zip(*parts))
-        if np.unique(t).size >= 2:
-            ds.relaxation = RelaxationDataset(target, t, g)
-    return ds
 
 
 def _first_read(prog: np.ndarray, reads: np.ndarray) -> tuple[np.ndarray, float]:
@@ -138,33 +107,172 @@ def _first_read(prog: np.ndarray, reads: np.ndarray) -> tuple[np.ndarray, float]
     return g, max(delay, _IMMEDIATE_READ_S)
 
 
-def _form_defects(form: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Shorted cells (conducting before any forming pulse) and cells that never formed, from a form run.
+def _programming_part(prog: np.ndarray, reads: np.ndarray, healthy: np.ndarray) -> _Programming | None:
+    """Healthy cells' programming rows of one phase, read at the first timed read."""
+    if healthy.sum() < 2:
+        return None
+    g, t_read = _first_read(prog, reads)
+    return _Programming(prog["target"][healthy], g[healthy], prog["pulses"][healthy].astype(float), t_read)
 
-    ((high fraction, low fraction), (median g of shorted cells, median g of unformed cells)).
+
+def _pool_programming(parts: list[_Programming], verified: bool) -> ProgrammingDataset | None:
+    """One programming dataset from several runs' rows; refuses runs read at different delays."""
+    if not parts:
+        return None
+    delays = np.array([p.t_read_s for p in parts])
+    if delays.max() > _MAX_DELAY_RATIO * delays.min():
+        kind = "write-verify" if verified else "open-loop"
+        raise ValueError(f"{kind} programming was read at different delays in these runs "
+                         f"({', '.join(f'{d:g} s' for d in delays)}): fit them separately")  # fmt: skip
+    return ProgrammingDataset(np.concatenate([p.target for p in parts]), np.concatenate([p.g for p in parts]),
+                              np.concatenate([p.pulses for p in parts]), verified=verified,
+                              t_read_s=float(np.median(delays)))  # fmt: skip
+
+
+def _pool_read_noise(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> ReadNoiseDataset | None:
+    """Cells of several read-noise runs (the first R reads each, R the smallest count)."""
+    if not parts:
+        return None
+    r = min(g.shape[1] for g, _ in parts)
+    g = np.concatenate([g[:, :r] for g, _ in parts])
+    targets = [t for _, t in parts]
+    target = None if any(t is None for t in targets) else np.concatenate(targets)  # type: ignore[arg-type]
+    return ReadNoiseDataset(g, target)
+
+
+def _endurance(e: np.ndarray) -> EnduranceDataset:
+    """Endurance reads as a dataset, with failures judged on reads floored at the noise floor.
+
+    A cell fails at the first read from which its window stays closed (the calibration rule), except
+    that a window closed only at the last read counts as censored. Reads <= 0 S (an open cell's noise)
+    have no logarithm and become NaN for the LRS/HRS spreads.
     """
-    n = max(len(form), 1)
-    high = (form["formed"] > 0) & (form["pulses"] == 0)
-    low = form["formed"] == 0
-    g_high = float(np.median(form["g_after"][high])) if high.any() else float("nan")
-    g_low = float(np.median(np.maximum(form["g_after"][low], 0.0))) if low.any() else float("nan")
-    return (float(high.sum() / n), float(low.sum() / n)), (g_high, g_low)
+    cycles = e["cycle"].astype(np.float64)
+    lrs, hrs = e["lrs"].T.astype(np.float64), e["hrs"].T.astype(np.float64)  # (cells, read points)
+    floor = max(_NOISE_FLOOR_FRAC * float(np.quantile(lrs[:, 0], 0.9)), 1e-12)
+    judge = EnduranceDataset(cycles, np.maximum(lrs, floor), np.maximum(hrs, floor))
+    failed = judge.failed.copy()
+    if cycles.size >= 2:
+        # a window closed only at the very last read is one noisy read, not a failure: censor it there
+        failed &= judge.cycles_to_failure < cycles[-1]
+    return EnduranceDataset(cycles, np.where(lrs > 0, lrs, np.nan), np.where(hrs > 0, hrs, np.nan),
+                            judge.cycles_to_failure, failed)  # fmt: skip
 
 
-def _defects(verified: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Cells write-verify could not program (never formed, stuck): fractions and read conductances.
+def _pool_endurance(parts: list[tuple[EnduranceDataset, str]]) -> EnduranceDataset | None:
+    """Cells of several endurance runs read at the same cycles; refuses different schedules."""
+    if not parts:
+        return None
+    first = parts[0][0]
+    for ds, path in parts[1:]:
+        if not np.array_equal(ds.cycles, first.cycles):
+            raise ValueError(f"endurance runs read at different cycles ({parts[0][1]}, {path}): fit them separately")
+    cat = lambda k: np.concatenate([getattr(ds, k) for ds, _ in parts])  # noqa: E731
+    return EnduranceDataset(first.cycles, cat("g_lrs"), cat("g_hrs"), cat("cycles_to_failure"), cat("failed"))
 
-    A cell left below its target behaves as stuck at the bottom, one left above as stuck at the top:
-    ((high fraction, low fraction), (median g of high cells, median g of low cells)). These are the
-    defects a deployment meets, independent of wear-out; NaN conductance where there is no such cell.
+
+def _levels_defects(verified: np.ndarray, reads: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(reads of stuck-high cells, reads of stuck-low cells, cells) among those write-verify tried to program.
+
+    A cell left below its target behaves as stuck at the bottom of the window, one left above as stuck
+    at the top: these are the fractions a deployment meets, independent of wear-out. Where it sits is
+    taken from the first block read after write-verify, which reads every cell (the write-verify
+    record holds no reading for a cell it never pulsed, such as a shorted, never-formed one).
     """
     bad = verified["status"] != _CONVERGED
-    n = max(len(verified), 1)
-    high = bad & (verified["g"] > verified["target"])
-    low = bad & ~high
-    g_high = float(np.median(verified["g"][high])) if high.any() else float("nan")
-    g_low = float(np.median(np.maximum(verified["g"][low], 0.0))) if low.any() else float("nan")
-    return (float(high.sum() / n), float(low.sum() / n)), (g_high, g_low)
+    g = reads["g"][0][: len(verified)] if len(reads) else verified["g"]
+    high = bad & (g > verified["target"])
+    return g[high], g[bad & ~high], int(len(verified))
+
+
+def _form_defects(form: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(reads of shorted cells, reads of cells that never formed, cells) of a form run.
+
+    A cell that conducts before any forming pulse is shorted (stuck high); one the whole ramp cannot
+    form stays open (stuck low). Forming usually covers the whole chip, so this is the best defect map.
+    """
+    high = (form["formed"] > 0) & (form["pulses"] == 0)
+    low = form["formed"] == 0
+    return form["g_after"][high], form["g_after"][low], int(len(form))
+
+
+def _defect_model(parts: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Pooled stuck fractions and the median read conductance of each kind (NaN where none was seen)."""
+    high = np.concatenate([p[0] for p in parts])
+    low = np.maximum(np.concatenate([p[1] for p in parts]), 0.0)
+    n = sum(p[2] for p in parts)
+    g_high = float(np.median(high)) if high.size else float("nan")
+    g_low = float(np.median(low)) if low.size else float("nan")
+    return (high.size / n, low.size / n), (g_high, g_low)
+
+
+def collect_datasets(runs: Sequence[RunData]) -> Datasets:
+    """Build the calibration datasets from whatever runs are given (any order, any subset)."""
+    ds = Datasets()
+    rel_parts: list[tuple[np.ndarray, ...]] = []
+    ol_parts: list[_Programming] = []
+    wv_parts: list[_Programming] = []
+    rn_parts: list[tuple[np.ndarray, np.ndarray | None]] = []
+    en_parts: list[tuple[EnduranceDataset, str]] = []
+    level_defects: list[tuple[np.ndarray, np.ndarray, int]] = []
+    form_defects: list[tuple[np.ndarray, np.ndarray, int]] = []
+    for run in runs:
+        d = run.data
+        if run.procedure == "levels" and len(d["verified"]):
+            healthy = d["verified"]["status"] == _CONVERGED
+            level_defects.append(_levels_defects(d["verified"], d["verified_reads"]))
+            n = min(len(d["open_loop"]), len(d["verified"]))
+            ol, ok = d["open_loop"][:n], healthy[:n]
+            part = _programming_part(ol, d["open_loop_reads"], ok) if n else None
+            if part is not None:
+                ol_parts.append(part)
+                ds.note("open_loop", run)
+                rows = _relaxation_rows(ol, d["open_loop_reads"], ok)
+                if rows[0].size:
+                    rel_parts.append(rows)
+                    ds.note("relaxation", run)
+                em = _error_map(ol, ok)
+                if em is not None and ds.error_map is None:  # one map: maps of different runs do not pool
+                    ds.error_map = ErrorMapDataset(em)
+                    ds.note("error_map", run)
+            part = _programming_part(d["verified"], d["verified_reads"], healthy)
+            if part is not None:
+                wv_parts.append(part)
+                ds.note("verified", run)
+        elif run.procedure == "form" and len(d["form"]):
+            form_defects.append(_form_defects(d["form"]))
+            ds.note("defects", run)
+        elif run.procedure == "retention" and len(d["program"]):
+            prog = d["program"]
+            programmed = (prog["status"] == _CONVERGED) & (prog["pulses"] > 0)  # untouched cells keep an older clock
+            rows = _relaxation_rows(prog, d["reads"], programmed)
+            if rows[0].size:
+                rel_parts.append(rows)
+                ds.note("relaxation", run)
+        elif run.procedure == "read-noise" and len(d["reads"]) >= 3:
+            g = d["reads"]["g"].T  # (cells, reads)
+            target = None
+            if len(d["program"]) == g.shape[0]:
+                ok = d["program"]["status"] == _CONVERGED
+                g, target = g[ok], d["program"]["target"][ok]
+            rn_parts.append((g, target))
+            ds.note("read_noise", run)
+        elif run.procedure == "endurance" and len(d["endurance"]):
+            en_parts.append((_endurance(d["endurance"]), str(run.path)))
+            ds.note("endurance", run)
+    ds.open_loop = _pool_programming(ol_parts, verified=False)
+    ds.verified = _pool_programming(wv_parts, verified=True)
+    ds.read_noise = _pool_read_noise(rn_parts)
+    ds.endurance = _pool_endurance(en_parts)
+    if form_defects or level_defects:  # the form run maps the whole chip; otherwise what programming met
+        ds.defects, ds.defect_g = _defect_model(form_defects or level_defects)
+    if rel_parts:
+        target, t, g = (np.concatenate(x) for x in zip(*rel_parts))
+        if np.unique(t).size >= 2:
+            ds.relaxation = RelaxationDataset(target, t, g)
+        else:
+            ds.used.pop("relaxation", None)
+    return ds
 
 
 def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: float | None = None,
@@ -173,7 +281,7 @@ def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: 
     """Read the run files, build the datasets and fit one profile (with provenance)."""
     runs = [read_run(p) for p in paths]
     ds = collect_datasets(runs)
-    if not ds.used:
+    if not set(ds.used) - {"defects"}:  # a form run alone has defects but no conductance window to fit
         kinds = ", ".join(sorted({r.procedure for r in runs}))
         raise ValueError(f"nothing to fit in these runs ({kinds}): give levels, retention, read-noise or endurance runs with data")
     boards = sorted({r.board.get("board_id", "") for r in runs})
@@ -186,12 +294,11 @@ def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: 
     prof = fit_profile(open_loop=ds.open_loop, verified=ds.verified, relaxation=ds.relaxation, read_noise=ds.read_noise,
                        endurance=ds.endurance, error_map=ds.error_map, provenance=prov, g_min=g_min, g_max=g_max,
                        n_levels=n_levels, bits_per_device=bits_per_device, options=options)  # fmt: skip
-    found = ds.form_defects or ((ds.defects, ds.defect_g) if ds.defects is not None else None)
-    if found is not None:
-        # Defects met while forming (or, without a form run, while programming) are what a deployment
-        # sees; cycling wear-out (the endurance model's own stuck fractions, in prof.endurance) adds over life.
-        (high, low), (g_high, g_low) = found
-        prof.stuck_fractions = (high, low)
+    if ds.defects is not None:
+        # Defects met while forming or programming the array are what a deployment sees; cycling wear-out
+        # (the endurance model's own stuck fractions, kept in prof.endurance) only adds to them over life.
+        prof.stuck_fractions = ds.defects
+        g_high, g_low = ds.defect_g or (float("nan"), float("nan"))
         prof.stuck_g = (g_high if np.isfinite(g_high) else prof.g_max, g_low if np.isfinite(g_low) else prof.g_min)
         prof.validate()
     return prof, ds

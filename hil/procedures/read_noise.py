@@ -20,6 +20,7 @@ class ReadNoiseParams(ProcedureParams):
     tol: float = 0.8e-6
     max_pulses: int = 100
     seed: int = 0
+    settle: float = 100.0  # s to wait after programming, so relaxation does not pass for read noise
 
 
 class ReadNoise(Procedure):
@@ -48,6 +49,8 @@ class ReadNoise(Procedure):
             levels = assign_levels(self.region.n_cells, p.levels, p.seed)
             program_verified(self.board, w, "program", self.region, levels, targets, p.tol, p.max_pulses, p.v_read, bar)
         reg = self.region
+        if p.program and p.settle > 0 and w.count("reads") == 0:
+            self.board.wait(p.settle)
         for _ in range(w.count("reads"), p.reads):
             m = self.board.read_block(reg.row0, reg.col0, reg.nrows, reg.ncols, p.v_read)
             w.append("reads", t=m.timestamp_s, g=m.conductance_s.ravel(), code=m.codes.ravel())
