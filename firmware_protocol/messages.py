@@ -54,8 +54,53 @@ class Message:
         except struct.error as exc:
             raise PayloadError(f"{type(self).__name__}: field out of its wire range ({exc})") from None
 
+    @classmethod
+    def _array_fields(cls) -> list[tuple[str, np.dtype]]:
+        """(name, dtype) of the arrays that follow the fixed part, in wire order."""
+        return [(f.name, np.dtype(f.metadata["array"])) for f in fields(cls) if f.metadata.get("array") is not None]  # type: ignore[arg-type]
+
+    @classmethod
+    def _count(cls, fixed: dict) -> int:
+        """Entries in each array, from the fixed part (the field `n` unless a subclass says otherwise)."""
+        return int(fixed["n"])
+
     def _encode_arrays(self) -> bytes:
-        return b""
+        fields_ = self._array_fields()
+        if not fields_:
+            return b""
+        count = self._count({name: getattr(self, name) for name in self._fixed_fields()})
+        out = b""
+        for name, dtype in fields_:
+            arr = np.asarray(getattr(self, name))
+            if arr.dtype != dtype:
+                arr = arr.astype(dtype)
+            if arr.size != count:
+                raise PayloadError(f"{type(self).__name__}: {name} has {arr.size} entries, the header says {count}")
+            out += arr.tobytes()
+        return out
+
+    @classmethod
+    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
+        arrays, off = {}, 0
+        fields_ = cls._array_fields()
+        count = cls._count(fixed) if fields_ else 0
+        for name, dtype in fields_:
+            arrays[name], off = _take(rest, off, dtype, count, cls.__name__)
+        if len(rest) != off:
+            raise PayloadError(f"{cls.__name__} payload has {len(rest) - off} unexpected trailing bytes")
+        return arrays
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        for f in fields(self):  # type: ignore[arg-type]
+            x, y = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(x, np.ndarray):  # byte equality: NaN payloads compare equal, as on the wire
+                if not (isinstance(y, np.ndarray) and x.dtype == y.dtype and x.tobytes() == y.tobytes()):
+                    return False
+            elif x != y:
+                return False
+        return True
 
     @classmethod
     def decode(cls: type[M], payload: bytes) -> M:
@@ -71,19 +116,13 @@ class Message:
         kwargs.update(cls._decode_arrays(kwargs, payload[size:]))
         return cls(**kwargs)
 
-    @classmethod
-    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
-        if rest:
-            raise PayloadError(f"{cls.__name__} payload has {len(rest)} unexpected trailing bytes")
-        return {}
-
     def to_frame(self, seq: int, status: Status = Status.OK) -> Frame:
         return Frame(self.KIND, seq, self.OPCODE, status, self.encode())
 
 
-def _array(dtype: str) -> object:
+def _array(dtype: str | np.dtype) -> object:
     """Dataclass field holding a numpy array that follows the fixed part."""
-    return field(default_factory=lambda: np.zeros(0, dtype=dtype), metadata={"array": dtype})
+    return field(default_factory=lambda: np.zeros(0, dtype=dtype), metadata={"array": np.dtype(dtype)})
 
 
 def _take(rest: bytes, offset: int, dtype: np.dtype, count: int, owner: str) -> tuple[np.ndarray, int]:
@@ -93,22 +132,6 @@ def _take(rest: bytes, offset: int, dtype: np.dtype, count: int, owner: str) -> 
     return np.frombuffer(rest, dtype=dtype, count=count, offset=offset).copy(), offset + nbytes
 
 
-def _end(rest: bytes, offset: int, owner: str) -> None:
-    if len(rest) != offset:
-        raise PayloadError(f"{owner} payload has {len(rest) - offset} unexpected trailing bytes")
-
-
-def _arrays_equal(a: object, b: object) -> bool:
-    if type(a) is not type(b):
-        return False
-    for f in fields(a):  # type: ignore[arg-type]
-        x, y = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(x, np.ndarray):
-            if not (isinstance(y, np.ndarray) and x.dtype == y.dtype and x.tobytes() == y.tobytes()):
-                return False
-        elif x != y:
-            return False
-    return True
 
 
 U16 = np.dtype("<u2")
@@ -344,20 +367,9 @@ class ReadBlockResult(Message):
     offset_code: float
     codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
 
-    def _encode_arrays(self) -> bytes:
-        codes = np.asarray(self.codes, dtype=U16)
-        if codes.size != self.nrows * self.ncols:
-            raise PayloadError(f"ReadBlockResult has {codes.size} codes for a {self.nrows}x{self.ncols} block")
-        return codes.tobytes()
-
     @classmethod
-    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
-        codes, off = _take(rest, 0, U16, fixed["nrows"] * fixed["ncols"], cls.__name__)
-        _end(rest, off, cls.__name__)
-        return {"codes": codes}
-
-    def __eq__(self, other: object) -> bool:
-        return _arrays_equal(self, other)
+    def _count(cls, fixed: dict) -> int:
+        return int(fixed["nrows"]) * int(fixed["ncols"])
 
 
 @dataclass
@@ -389,22 +401,8 @@ class IvSweepResult(Message):
     v_mv: np.ndarray = _array("<i2")  # type: ignore[assignment]
     codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
 
-    def _encode_arrays(self) -> bytes:
-        v = np.asarray(self.v_mv, dtype=I16)
-        c = np.asarray(self.codes, dtype=U16)
-        if v.size != self.n or c.size != self.n:
-            raise PayloadError(f"IvSweepResult arrays have {v.size}/{c.size} points, header says {self.n}")
-        return v.tobytes() + c.tobytes()
 
-    @classmethod
-    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
-        v, off = _take(rest, 0, I16, fixed["n"], cls.__name__)
-        c, off = _take(rest, off, U16, fixed["n"], cls.__name__)
-        _end(rest, off, cls.__name__)
-        return {"v_mv": v, "codes": c}
 
-    def __eq__(self, other: object) -> bool:
-        return _arrays_equal(self, other)
 
 
 # ------------------------------------------------------------------------------- endurance stream
@@ -459,23 +457,6 @@ class EnduranceData(Message):
     offset_code: float
     lrs_codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
     hrs_codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
-
-    def _encode_arrays(self) -> bytes:
-        lrs = np.asarray(self.lrs_codes, dtype=U16)
-        hrs = np.asarray(self.hrs_codes, dtype=U16)
-        if lrs.size != self.n or hrs.size != self.n:
-            raise PayloadError(f"EnduranceData arrays have {lrs.size}/{hrs.size} cells, header says {self.n}")
-        return lrs.tobytes() + hrs.tobytes()
-
-    @classmethod
-    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
-        lrs, off = _take(rest, 0, U16, fixed["n"], cls.__name__)
-        hrs, off = _take(rest, off, U16, fixed["n"], cls.__name__)
-        _end(rest, off, cls.__name__)
-        return {"lrs_codes": lrs, "hrs_codes": hrs}
-
-    def __eq__(self, other: object) -> bool:
-        return _arrays_equal(self, other)
 
 
 @dataclass
@@ -557,24 +538,7 @@ class WriteVerifyRequest(Message):
     reset_v_step_mv: int
     reset_gate_mv: int
     n: int
-    entries: np.ndarray = field(default_factory=lambda: np.zeros(0, WV_ENTRY), metadata={"array": "wv"})
-
-    def _encode_arrays(self) -> bytes:
-        e = np.asarray(self.entries)
-        if e.dtype != WV_ENTRY:
-            e = e.astype(WV_ENTRY)
-        if e.size != self.n:
-            raise PayloadError(f"WriteVerifyRequest has {e.size} entries, header says {self.n}")
-        return e.tobytes()
-
-    @classmethod
-    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
-        e, off = _take(rest, 0, WV_ENTRY, fixed["n"], cls.__name__)
-        _end(rest, off, cls.__name__)
-        return {"entries": e}
-
-    def __eq__(self, other: object) -> bool:
-        return _arrays_equal(self, other)
+    entries: np.ndarray = _array(WV_ENTRY)  # type: ignore[assignment]
 
 
 @dataclass(eq=False)
@@ -584,24 +548,10 @@ class WriteVerifyResult(Message):
     FORMAT = "<QH"
     timestamp_us: int
     n: int
-    results: np.ndarray = field(default_factory=lambda: np.zeros(0, WV_RESULT), metadata={"array": "wvr"})
+    results: np.ndarray = _array(WV_RESULT)  # type: ignore[assignment]
 
-    def _encode_arrays(self) -> bytes:
-        r = np.asarray(self.results)
-        if r.dtype != WV_RESULT:
-            r = r.astype(WV_RESULT)
-        if r.size != self.n:
-            raise PayloadError(f"WriteVerifyResult has {r.size} results, header says {self.n}")
-        return r.tobytes()
 
-    @classmethod
-    def _decode_arrays(cls, fixed: dict, rest: bytes) -> dict:
-        r, off = _take(rest, 0, WV_RESULT, fixed["n"], cls.__name__)
-        _end(rest, off, cls.__name__)
-        return {"results": r}
 
-    def __eq__(self, other: object) -> bool:
-        return _arrays_equal(self, other)
 
 
 # ------------------------------------------------------------------------------- control

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 from hypothesis import strategies as st
 
-from firmware_protocol.messages import WV_ENTRY, WV_RESULT, Message
+from firmware_protocol.messages import Message
 
 _INT_RANGES = {
     "B": (0, 2**8 - 1), "b": (-(2**7), 2**7 - 1),
@@ -65,7 +65,7 @@ def messages(draw: st.DrawFn, cls: type[Message]) -> Message:
             count = draw(st.integers(0, 300))
             values[count_field] = count
         for name, kind in arrays.items():
-            dtype = {"wv": WV_ENTRY, "wvr": WV_RESULT}[kind] if kind in ("wv", "wvr") else np.dtype(kind)
+            dtype = np.dtype(kind)
             values[name] = draw(_array_of(dtype, count))
     return cls(**values)
 

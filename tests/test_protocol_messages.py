@@ -58,7 +58,7 @@ def test_truncated_and_padded_payloads_are_refused(cls) -> None:
 
 def test_array_length_must_match_header() -> None:
     msg = ReadBlockResult(1, 100, 0, 0, 2, 2, 1e-9, 0.0, np.arange(3, dtype=np.uint16))
-    with pytest.raises(PayloadError, match="3 codes for a 2x2 block"):
+    with pytest.raises(PayloadError, match="codes has 3 entries, the header says 4"):
         msg.encode()
 
 
