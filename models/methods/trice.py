@@ -65,7 +65,8 @@ class TRICE(TrainingMethod):
     the training noise is zero-mean), scale (training-noise multiplier, 1.0).
     Paper note: censoring only the right tail makes the training noise biased (mean -phi(lam) +
     lam*(1-Phi(lam)) in std units); the re-centred variant is offered because the deployed device
-    noise is zero-mean.
+    noise is zero-mean. The censoring acts on the weight error (TRICE models noise on the weights); on
+    a sign-separate device mapping the device's right tail is the weight's left tail for negative weights.
     """
 
     name = "trice"

@@ -1,0 +1,81 @@
+"""TRICE: censored training noise never exceeds lam*sigma, re-centring, and a short training run."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.config import TrainConfig
+from models.data import Dataset, load_dataset
+from models.methods import TrainContext, get_method
+from models.methods.trice import CensoredDeviation, censored
+from models.noise.families import CensoredNoise, censored_mean
+from models.noise.factory import noise_from_spec
+from models.training import train
+
+torch.set_num_threads(1)
+
+
+def _weights():
+    torch.manual_seed(0)
+    return {"a.weight": torch.randn(16, 8), "b.weight": torch.randn(4, 3, 3, 3)}
+
+
+@pytest.mark.parametrize("recentre", [False, True])
+def test_gaussian_samples_never_exceed_the_bound(recentre):
+    base = noise_from_spec({"family": "gaussian", "sigma": 0.3})
+    lam = 0.5
+    tr = censored(base, lam, recentre)
+    assert isinstance(tr, CensoredNoise)
+    w = _weights()
+    std = base.noise_std(w)
+    draws = tr.sample_batch(w, 400, torch.Generator().manual_seed(1))
+    shift = censored_mean(lam) if recentre else 0.0
+    for k in w:
+        dev = draws[k] - w[k]
+        assert bool((dev <= (lam - shift) * std[k] + 1e-6).all())
+        # the bound is reached (censoring is active), and the left tail is untouched
+        assert float((dev >= (lam - shift) * std[k] - 1e-6).float().mean()) == pytest.approx(0.3085, abs=0.02)
+        assert float((dev / std[k]).min()) < -2.5
+
+
+def test_recentred_noise_has_zero_mean_and_plain_has_the_censored_mean():
+    base = noise_from_spec({"family": "gaussian", "sigma": 0.3})
+    w = _weights()
+    std = base.noise_std(w)["a.weight"]
+    for recentre, expected in ((False, censored_mean(1.0)), (True, 0.0)):
+        d = censored(base, 1.0, recentre).sample_batch(w, 2000, torch.Generator().manual_seed(2))["a.weight"]
+        z = ((d - w["a.weight"]) / std).mean()
+        assert float(z) == pytest.approx(expected, abs=0.01)
+
+
+def test_non_gaussian_base_is_censored_too():
+    ln = noise_from_spec({"family": "lognormal", "sigma": 0.4})
+    tr = censored(ln, 1.0, False)
+    assert isinstance(tr, CensoredDeviation)
+    w = _weights()
+    std = ln.noise_std(w)
+    draws = tr.sample_batch(w, 300, torch.Generator().manual_seed(3))
+    for k in w:
+        assert bool(((draws[k] - w[k]) <= std[k] + 1e-6).all())
+    assert isinstance(tr.scaled(2.0), CensoredDeviation)
+
+
+def test_training_noise_of_the_method_is_censored_and_gradients_reach_the_weights():
+    model = torch.nn.Linear(8, 3)
+    ctx = TrainContext(model=model, noise=noise_from_spec({"family": "gaussian", "sigma": 0.3}),
+                       optimizer=torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"),
+                       generator=torch.Generator().manual_seed(0), config=TrainConfig(), num_classes=3)
+    m = get_method("trice", lam=1.5, recentre=True)
+    m.prepare(ctx)
+    assert isinstance(m.noise, CensoredNoise) and m.noise.lam == 1.5 and m.noise.recentre
+    m.training_step(ctx, torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1]))
+    assert model.weight.grad is not None and float(model.weight.grad.abs().sum()) > 0
+
+
+def test_trains_on_digits():
+    d = load_dataset("digits")
+    ds = Dataset("digits", d.x_train[:384], d.y_train[:384], d.x_test[:120], d.y_test[:120], 10)
+    cfg = TrainConfig(method="trice", noise={"family": "gaussian", "sigma": 0.3}, epochs=3, lr=3e-3,
+                      progress=False, val_noise_draws=2)
+    h = train(cfg, dataset=ds, log=lambda _s: None).history
+    assert h[-1]["loss"] < h[0]["loss"] and h[-1]["val_acc"] > 0.5
