@@ -169,7 +169,8 @@ def _train_headline(s: dict) -> str:
 def _deploy_headline(d: dict) -> str:
     return (f"SWIM {100 * d['swim_fraction']:.0f}%: measured {100 * d['measured']:.1f}% vs predicted "
             f"{100 * d['predicted_mean']:.1f}% (1% KPP {100 * d['predicted_kpp1']:.1f}%), "
-            f"write cycles {d['write_cycles']:.0f} = {d['write_cycles'] / d['write_cycles_full_wv']:.2f}x full write-verify")  # fmt: skip
+            f"{'inside' if d['within_spread'] else 'OUTSIDE'} the predicted spread; write cycles {d['write_cycles']:.0f} = "
+            f"{d['write_cycles'] / d['write_cycles_full_wv']:.2f}x full write-verify")  # fmt: skip
 
 
 def _plot(runs: dict[str, Path], folder: Path) -> list[Path]:

@@ -57,7 +57,7 @@ def curve(model_file: Path, profile_path: Path, fractions: str, methods: str, gr
     planner = SwimPlanner(model, load_profile(profile_path), ds.x_test, ds.y_test, t_s=t_s, granularity=granularity,
                           mc_draws=mc, seed=seed, noise_scale=noise_scale)  # fmt: skip
     planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=sens_samples)
-    with tqdm(total=len(fr) * len(meths), desc="swim curve", unit="point", leave=False) as bar:
+    with tqdm(total=len(fr) * len(meths), desc="swim curve", unit="point", leave=False, disable=None) as bar:
         points = planner.curve(fr, meths, progress=lambda: bar.update(1))
     if out is not None:
         plot_curve(points, out, f"{model_file.name} on {profile_path.name}")

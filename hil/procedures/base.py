@@ -81,7 +81,8 @@ class Progress:
     """Progress bar with rate and ETA (tqdm on stderr), silent in quiet mode."""
 
     def __init__(self, total: int, desc: str, quiet: bool, unit: str = "op"):
-        self._bar = tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, leave=False)
+        # disable=None: no bar when stderr is not a terminal (logs, CI), so output lines stay clean
+        self._bar = tqdm(total=total, desc=desc, unit=unit, disable=True if quiet else None, dynamic_ncols=True, leave=False)
 
     def advance(self, n: int = 1) -> None:
         self._bar.update(n)
