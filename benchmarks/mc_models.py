@@ -4,7 +4,7 @@ Models: the small CNN (3->16->32 convs, 2048->128->10) and the MLP 3072-256-128-
 3x32x32 images; noise from a profile (IBM B.2 ReRAM sigma(g), 1 day relaxation, bit-sliced mapping)
 or NeFT Gaussian device noise; 100 draws. Target: batched MC time per draw <= 1.3x a digital forward.
 
-Run: python benchmarks/mc_models.py [--draws 100] [--images 1000] [--device auto] [--loop]
+Run: python benchmarks/mc_models.py [--draws 100] [--images 1000] [--device auto] [--loop] [--models cnn,mlp]
 """
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None, help="draws per batched forward (default: by memory)")
     ap.add_argument("--loop", action="store_true", help="also time the one-draw-per-loop reference")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--models", default="cnn,mlp", help="comma-separated subset of cnn,mlp")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +86,8 @@ def main() -> None:
         "profile(ibm_reram,1d)": noise_from_profile(NoiseProfile.from_paper("ibm_reram", time="1s"), t_s=86400.0),
         "gaussian(sigma_d=0.3)": noise_from_spec({"family": "gaussian", "sigma": 0.3}),
     }
-    models = {"cnn": SmallCNN(3, 10, 32), "mlp": MLP(3072, 10, (256, 128))}
+    builders = {"cnn": lambda: SmallCNN(3, 10, 32), "mlp": lambda: MLP(3072, 10, (256, 128))}
+    models = {m: builders[m]() for m in args.models.split(",")}
     print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
           f"threads={torch.get_num_threads()}), images={args.images}, draws={args.draws}, torch {torch.__version__}")
     head = f"{'model':5} {'noise':24} {'forward ms':>11} {'MC ms/draw':>11} {'ratio':>6}"

@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="model keyword argument (JSON value); default for cnn: channels=[4,8] hidden=32")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated labels from: " + ", ".join(METHODS))
     ap.add_argument("--opt", action="append", default=[], metavar="LABEL:KEY=VALUE", help="extra method option")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=60, help="same for every method; enough for all to converge")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seeds", type=int, default=3)
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sigmas", default="0.1,0.2,0.3,0.4", help="evaluation sigma_d values")
     ap.add_argument("--lognormal", type=float, default=0.3, help="log-normal s of the extra evaluation condition")
     ap.add_argument("--draws", type=int, default=200, help="Monte Carlo noise draws per condition")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (each in its own process)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="write the markdown table here (also printed)")
     ap.add_argument("--json", default=None, help="write raw per-run results here")
@@ -283,21 +285,26 @@ def main(argv: list[str] | None = None) -> int:
             model_kwargs[k] = v
     sigmas = [float(s) for s in args.sigmas.split(",")]
     evals = eval_specs(sigmas, args.lognormal)
-    results = []
-    t_all = time.perf_counter()
+    jobs = []
     for lab in labels:
         method, base_opts = METHODS[lab]
         opts = {**base_opts, **extra.get(lab, {})}
-        for seed in range(args.seeds):
-            job = dict(label=lab, method=method, options=opts, seed=seed, data=args.data, data_dir=args.data_dir,
-                       model=args.model, model_kwargs=model_kwargs, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       train_sigma=args.train_sigma, evals=evals, draws=args.draws, threads=args.threads,
-                       device=args.device)
-            r = run_isolated(job)
-            results.append(r)
-            acc = r["evals"][f"sigma_d={args.train_sigma:g}"]["mean"] if f"sigma_d={args.train_sigma:g}" in r["evals"] else float("nan")
-            print(f"{lab:11s} seed {seed}: clean {100 * r['clean']:.1f}%  noisy@train-sigma {100 * acc:.1f}%  "
-                  f"train {r['train_s']:.1f}s", file=sys.stderr, flush=True)
+        jobs += [dict(label=lab, method=method, options=opts, seed=seed, data=args.data, data_dir=args.data_dir,
+                      model=args.model, model_kwargs=model_kwargs, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, train_sigma=args.train_sigma, evals=evals, draws=args.draws, threads=args.threads,
+                      device=args.device) for seed in range(args.seeds)]
+    key = f"sigma_d={args.train_sigma:g}"
+
+    def run_and_report(job: dict[str, Any]) -> dict[str, Any]:
+        r = run_isolated(job)
+        acc = r["evals"][key]["mean"] if key in r["evals"] else float("nan")
+        print(f"{job['label']:15s} seed {job['seed']}: clean {100 * r['clean']:.1f}%  noisy@train-sigma {100 * acc:.1f}%  "
+              f"train {r['train_s']:.1f}s", file=sys.stderr, flush=True)
+        return r
+
+    t_all = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:   # threads only wait on child processes
+        results = list(pool.map(run_and_report, jobs))
     agg = aggregate(results, labels, list(evals))
     header = (f"Robust training methods on {args.data} ({args.model} {json.dumps(model_kwargs)}): {args.epochs} epochs, batch {args.batch_size}, "
               f"Adam lr {args.lr:g}, {args.seeds} seed(s), trained at Gaussian sigma_d = {args.train_sigma:g}; "

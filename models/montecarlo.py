@@ -151,6 +151,7 @@ def evaluate_mc(
         correct = torch.zeros(n_draws, dtype=torch.float64, device=device)
         kl_sum = torch.zeros(n_draws, dtype=torch.float64, device=device)
         weights = {k: v.detach() for k, v in clean_weights(model).items()}
+        sample_draws = noise.draw_sampler(weights)
 
         batched = None if engine == "auto" else (folded_forward if engine == "fold" else vmap_forward)
         it = range(0, len(mine), chunk)
@@ -161,7 +162,7 @@ def evaluate_mc(
         for start in it:
             idx = mine[start:start + chunk]
             gens = [draw_generator(seed, i, device) for i in idx]
-            stacked = noise.sample_draws(weights, gens)
+            stacked = sample_draws(gens)
             ids = torch.as_tensor(idx, device=device)
             for b in range(0, len(x), batch_size):
                 xb = x[b:b + batch_size].to(device, non_blocking=True)

@@ -140,3 +140,22 @@ def test_bad_step_option():
                        generator=torch.Generator(), config=TrainConfig(), num_classes=2)
     with pytest.raises(ValueError, match="step must be"):
         m.prepare(ctx)
+
+
+def test_diagonal_top_eigen_spreads_over_tied_variances():
+    """Tied variances (uniform device noise) give a random orthonormal basis of the tied span, not k weights."""
+    d = torch.tensor([5.0, 3.0] + [1.0] * 40 + [0.5], dtype=torch.float64)
+    cov = LayerCovariance(torch.zeros(43, dtype=torch.float64), None, d)
+    vals, vecs = cov.top_eigen(6, torch.Generator().manual_seed(0))
+    assert torch.allclose(vals, torch.tensor([5.0, 3.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(vecs.T @ vecs, torch.eye(6, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(cov.matvec(vecs), vecs * vals, atol=1e-12)              # true eigenvectors
+    assert vecs[0, 0] == 1.0 and vecs[1, 1] == 1.0
+    share = (vecs[:, 2:] ** 2).sum(1)                                               # projector diagonal
+    assert float(share[:2].abs().max()) == 0.0 and float(share[-1]) == 0.0
+    assert bool((share[2:42] > 0).all()) and float(share.sum()) == pytest.approx(4.0)
+    # a different generator gives a different (equally exact) basis of the same span
+    _, other = cov.top_eigen(6, torch.Generator().manual_seed(1))
+    assert not torch.allclose(other[:, 2:], vecs[:, 2:])
+    p1, p2 = vecs[:, :2] @ vecs[:, :2].T, other[:, :2] @ other[:, :2].T
+    assert torch.allclose(p1, p2)

@@ -205,3 +205,36 @@ def test_profile_stuck_faults_and_spatial():
     assert torch.allclose(s.std(0), sd, rtol=0.02)
     dg_level = (prof2.g_max - prof2.g_min) / 3
     assert sd[0].item() == pytest.approx(0.01 * prof2.g_max / dg_level / 3, rel=1e-6)   # step = 1/3
+
+
+@pytest.mark.parametrize("sign", ["separate", "differential"])
+@pytest.mark.parametrize("scale", ["layer", "column"])
+def test_profile_code_tables_equal_the_per_device_sum(sign, scale):
+    """The 2^M-entry code tables give the same weight mean/std as summing over every device."""
+    import numpy as np
+    from calibration import synthetic as syn
+    from calibration.fit import fit_profile
+    from models.noise.profile_noise import ProfileNoise
+
+    rng = np.random.default_rng(3)
+    levels = np.linspace(2e-6, 40e-6, 4)
+    prof = fit_profile(open_loop=syn.programming(rng, levels, 300),
+                       verified=syn.programming(rng, levels, 300, "additive", eta=0.01, verified=True, mean_pulses=5))
+    w = torch.randn(33, 17, generator=gen(5), dtype=torch.float64)
+    mask = torch.rand(33, 17, generator=gen(6)) < 0.3
+    for opts in ({}, {"all_verified": True}, {"verified_mask": {"w": mask}}):
+        noise = ProfileNoise.from_profile(prof, 0.0, sign=sign, scale=scale, stuck=False, spatial=False,
+                                          **opts).scaled(1.7)
+        fast_mean, fast_std = noise._weight_moments("w", w)
+        _, coef, idx, vmask = noise._layout("w", w)
+        mean, sig = noise._device_moments(idx, vmask, w)
+        slow_mean = (coef * mean).sum(-1).sum(0)
+        slow_std = torch.sqrt(((coef * sig) ** 2).sum(-1).sum(0))
+        assert slow_mean.abs().max() > 0 and slow_std.min() > 0
+        torch.testing.assert_close(fast_mean, slow_mean, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(fast_std, slow_std, rtol=1e-9, atol=1e-12)
+    # a verified weight really uses the tighter law
+    masked = ProfileNoise.from_profile(prof, sign=sign, scale=scale, stuck=False, spatial=False,
+                                       verified_mask={"w": mask})
+    std = masked.noise_std({"w": w})["w"]
+    assert std[mask].mean() < 0.5 * std[~mask].mean()

@@ -55,15 +55,14 @@ class LayerCovariance:
                   oversample: int = 8) -> tuple[Tensor, Tensor]:
         """Largest k eigenpairs (values (k,), vectors (n, k)) of Sigma.
 
-        Diagonal Sigma: exact (coordinate vectors of the k largest variances). With a factor B:
-        randomised subspace iteration on the implicit operator (exact when k + oversample >= n).
+        Diagonal Sigma: the coordinate vectors of the variances above the k-th largest, completed by a
+        random orthonormal basis of the eigenspace of the variances tied with it (see ``_diagonal_top``).
+        With a factor B: randomised subspace iteration on the implicit operator (exact when
+        k + oversample >= n).
         """
         k = min(k, self.n)
         if self.B is None:
-            vals, idx = torch.topk(self.d, k)
-            vecs = torch.zeros(self.n, k, dtype=self.d.dtype, device=self.d.device)
-            vecs[idx, torch.arange(k, device=self.d.device)] = 1.0
-            return vals.clamp(min=0), vecs
+            return _diagonal_top(self.d, k, generator)
         m = min(self.n, k + oversample)
         if m >= self.n:
             vals, vecs = torch.linalg.eigh(self.dense())
@@ -79,25 +78,39 @@ class LayerCovariance:
         return vals[order].clamp(min=0), vecs[:, order]
 
 
+def _diagonal_top(d: Tensor, k: int, generator: torch.Generator | None, rtol: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Top-k eigenpairs of diag(d) when the k-th largest variance may be shared by many coordinates.
+
+    Uniform device noise gives every weight of a layer the same variance, so the top-k eigenspace is
+    not k particular weights but any k-dimensional subspace of the tied coordinates. Picking the first
+    k coordinates (what a plain top-k does) would perturb k arbitrary weights; a random orthonormal
+    basis of the tied span is an equally exact eigenbasis and spreads the directions over all of them.
+    """
+    vals, order = torch.sort(d, descending=True)
+    kth = vals[k - 1]
+    tied = torch.isclose(d, kth, rtol=rtol, atol=0.0)
+    above = order[:k][~tied[order[:k]]]
+    r = k - len(above)
+    vecs = torch.zeros(d.numel(), k, dtype=d.dtype, device=d.device)
+    vecs[above, torch.arange(len(above), device=d.device)] = 1.0
+    out_vals = torch.cat([d[above], kth.expand(r)])
+    if r:
+        span = torch.nonzero(tied).flatten()
+        g = torch.randn(len(span), r, generator=generator, device=d.device, dtype=d.dtype)
+        q, _ = torch.linalg.qr(g)
+        vecs[span, len(above):] = q
+    return out_vals.clamp(min=0), vecs
+
+
 def _profile_layer(noise, name: str, w: Tensor) -> LayerCovariance:
-    """Factored covariance of a ProfileNoise layer (bit-sliced or analog mapping)."""
-    g_t, coef, idx, vmask = noise._layout(name, w)
-    mean, sig = noise._device_moments(idx, vmask, w)
-    if noise._is_lognormal:
-        s2 = (float(noise.profile.family_params["s"]) * noise.factor) ** 2
-        mean = g_t * math.expm1(0.5 * s2)
-        sig = g_t * math.exp(0.5 * s2) * math.sqrt(math.expm1(s2))
-    mu = (coef * mean).sum(-1).sum(0).reshape(-1) + noise._base(w).expand_as(w).reshape(-1)
+    """Factored covariance of a ProfileNoise layer: the decode of its per-device error statistics."""
+    e = noise.device_errors(name, w)
+    mu = (e.coef * e.mean).sum(-1).sum(0).reshape(-1) + noise.quantization_shift(w).expand_as(w).reshape(-1)
     B = None
-    var_dev = sig**2
-    if noise._spatial_A is not None:
-        A = torch.as_tensor(noise._spatial_A, dtype=w.dtype, device=w.device) * noise.factor      # (cells, r)
-        cell = (torch.arange(g_t.numel(), device=w.device) % A.shape[0]).view(g_t.shape)
-        cell_var = (A**2).sum(1)[cell]
-        var_dev = torch.clamp(var_dev - cell_var, min=0.0)
+    if e.spatial is not None:
         # weight error = sum_{P,D} coef * (A z)[cell]  ->  B[w, :] = sum_{P,D} coef * A[cell, :]
-        B = (coef.unsqueeze(-1) * A[cell]).sum(-2).sum(0).reshape(w.numel(), A.shape[1])
-    d = ((coef**2) * var_dev).sum(-1).sum(0).reshape(-1)
+        B = (e.coef.unsqueeze(-1) * e.spatial).sum(-2).sum(0).reshape(w.numel(), e.spatial.shape[-1])
+    d = ((e.coef**2) * e.sigma**2).sum(-1).sum(0).reshape(-1)
     return LayerCovariance(mu, B, d)
 
 

@@ -72,8 +72,11 @@ class DAT(TrainingMethod):
     covariance depends on the weights), step ("projection" = the paper's eps; "noise" = sign(g.eta)*eta,
     a full device-noise draw oriented uphill).
     Paper vs common sense: |eps| = |g.eta|/||eta|| shrinks with the gradient, so the ascent vanishes near
-    convergence unless alpha is large; and with a diagonal (uncorrelated) covariance the top-k
-    eigenvectors are k single weights, so DAT-Fast perturbs only k weights (use rank=full there).
+    convergence unless alpha is large. With a diagonal (uncorrelated) covariance the top eigenvalue is
+    shared by a whole layer's weights; the top-k basis is then a random orthonormal basis of that tied
+    eigenspace, redrawn at every refresh (a plain top-k would pick k arbitrary single weights).
+    DAT-Fast then perturbs the layer(s) with the largest per-weight variance, as the paper's low-rank
+    approximation prescribes.
     """
 
     name = "dat"

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import abc
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -43,6 +46,14 @@ class WeightNoise(abc.ABC):
         draws = [self.sample(weights, g) for g in generators]
         return {k: torch.stack([d[k] for d in draws]) for k in weights}
 
+    def draw_sampler(self, weights: dict[str, Tensor]) -> Callable[[list[torch.Generator]], dict[str, Tensor]]:
+        """A function ``generators -> sample_draws(weights, generators)`` for fixed weights.
+
+        Monte Carlo calls it once per chunk of draws; subclasses precompute the per-weight statistics
+        here, once per evaluation, instead of once per chunk.
+        """
+        return lambda generators: self.sample_draws(weights, generators)
+
     def describe(self) -> dict:
         """Return a JSON-able spec from which ``models.noise.factory.noise_from_spec`` rebuilds this noise."""
         raise TypeError(f"{type(self).__name__} has no serialisable spec")
@@ -64,6 +75,31 @@ def randn_draws(shape: tuple[int, ...], like: Tensor, generators: list[torch.Gen
     Row i equals ``torch.randn(shape, generator=generators[i])`` (same stream, same order).
     """
     out = torch.empty((len(generators), *shape), device=like.device, dtype=like.dtype)
-    for i, g in enumerate(generators):
-        out[i].normal_(generator=g)
+
+    def fill(i: int) -> None:
+        out[i].normal_(generator=generators[i])
+
+    workers = min(torch.get_num_threads(), len(generators))
+    if like.device.type == "cpu" and workers > 1 and out[0].numel() >= _PARALLEL_FILL_MIN:
+        # CPU normal_ runs on one core per generator; independent generators fill their rows in parallel.
+        list(_fill_pool(workers).map(fill, range(len(generators))))
+    else:
+        for i in range(len(generators)):
+            fill(i)
     return out
+
+
+_PARALLEL_FILL_MIN = 1 << 15   # below this many numbers per draw, thread hand-off costs more than it saves
+
+
+@lru_cache(maxsize=4)
+def _fill_pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rram-randn")
+
+
+def affine_draws(shift: Tensor, std: Tensor, generators: list[torch.Generator]) -> Tensor:
+    """``shift + std * Z`` stacked over draws, Z from ``randn_draws`` (one fused pass when no grad is needed)."""
+    z = randn_draws(tuple(shift.shape), shift, generators)
+    if torch.is_grad_enabled() and (shift.requires_grad or std.requires_grad):
+        return z.mul_(std).add_(shift)
+    return torch.addcmul(shift, z, std, out=z)

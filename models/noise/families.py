@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from models.mapping import BitSlicedMapping
-from models.noise.base import WeightNoise, rand, randn, randn_draws
+from models.noise.base import WeightNoise, affine_draws, rand, randn, randn_draws
 
 # NeFT IV-F, eq. 16: relative sigma per device level (levels 0..3 of a 2-bit device); the end levels
 # keep sigma_d, the middle levels get t * sigma_d.
@@ -46,15 +46,22 @@ class MomentNoise(WeightNoise):
         return out
 
     def sample_draws(self, weights, generators):
-        out = {}
+        return self.draw_sampler(weights)(generators)
+
+    def draw_sampler(self, weights):
+        shifts, stds = {}, {}
         for name, w in weights.items():
             mean, std = self.moments(w.detach())
-            if type(self).standard is MomentNoise.standard:
-                z = randn_draws(tuple(w.shape), w, generators).mul_(std)
-            else:
-                z = torch.stack([self.standard(tuple(w.shape), w, g) for g in generators]) * std
-            out[name] = z.add_(w + mean)
-        return out
+            shifts[name], stds[name] = w + mean, std
+        gaussian = type(self).standard is MomentNoise.standard
+
+        def draws(generators):
+            if gaussian:
+                return {n: affine_draws(shifts[n], stds[n], generators) for n in shifts}
+            return {n: torch.stack([self.standard(tuple(s.shape), s, g) for g in generators]) * stds[n] + s
+                    for n, s in shifts.items()}
+
+        return draws
 
     def noise_std(self, weights):
         return {n: self.moments(w.detach())[1].expand_as(w) for n, w in weights.items()}
@@ -90,12 +97,15 @@ class DeviceGaussianNoise(MomentNoise):
         return self.sigma * f[levels.long()]
 
     def moments(self, w):
+        mean = (self.mapping.quantize(w) - w) if self.quantize else torch.zeros((), dtype=w.dtype, device=w.device)
+        if self.factors is None:
+            # Uniform sigma: var = sigma^2 * P * sum_j 4^{jK}, the same for every weight (no level split needed).
+            c2 = (self.mapping.device_weights(w) ** 2).sum() * self.mapping.arrays
+            return mean, (self.sigma * torch.sqrt(c2) * self.mapping.step(w)).expand_as(w)
         st = self.mapping.to_devices(w)
         c = self.mapping.device_weights(w)
         var = ((self.device_sigma(st.levels) * c) ** 2).sum(-1).sum(0)
-        std = torch.sqrt(var) * st.step
-        mean = (self.mapping.quantize(w) - w) if self.quantize else torch.zeros((), dtype=w.dtype, device=w.device)
-        return mean, std
+        return mean, torch.sqrt(var) * st.step
 
     def scaled(self, factor):
         return replace(self, sigma=self.sigma * factor)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from models.mapping import AnalogMapping, BitSlicedMapping
-from models.noise.base import WeightNoise, rand, randn, randn_draws
+from models.noise.base import WeightNoise, affine_draws, rand, randn, randn_draws
 
 _GRID = 1025  # tabulation points of the conductance-dependent laws for the analog mapping
 
@@ -44,6 +44,22 @@ class _Tables:
     sigma: np.ndarray        # total independent sigma (S)
     mean_v: np.ndarray | None
     sigma_v: np.ndarray | None
+
+
+@dataclass
+class DeviceErrors:
+    """Conductance-error statistics of every device of one layer, each (P, *weight_shape, D).
+
+    The weight error is sum over P and D of ``coef * dg``; dg has mean ``mean`` and independent std
+    ``sigma`` plus, with a spatial model, the correlated part ``spatial @ z_k`` (rows of A per device,
+    shape (P, *weight_shape, D, k)). Stuck-at faults are not included.
+    """
+
+    target: Tensor
+    coef: Tensor
+    mean: Tensor
+    sigma: Tensor
+    spatial: Tensor | None
 
 
 @dataclass
@@ -181,7 +197,8 @@ class ProfileNoise(WeightNoise):
             sig = torch.where(vmask, torch.as_tensor(t.sigma_v, dtype=like.dtype, device=like.device)[idx], sig)
         return mean * self.factor, sig * self.factor
 
-    def _base(self, w: Tensor) -> Tensor:
+    def quantization_shift(self, w: Tensor) -> Tensor:
+        """Q(W) - W when the weights are deployed M-bit quantised (``quantize``), else 0."""
         return (self.mapping.quantize(w) - w) if (self.quantize and isinstance(self.mapping, BitSlicedMapping)) else torch.zeros((), dtype=w.dtype, device=w.device)
 
     # ------------------------------------------------------------------ sampling
@@ -192,15 +209,32 @@ class ProfileNoise(WeightNoise):
         out = {}
         for name, w in weights.items():
             wd = w.detach()
-            out[name] = self._delta(name, wd, [generator], n_draws).add_(w + self._base(wd))
+            out[name] = self._delta(name, wd, [generator], n_draws).add_(w + self.quantization_shift(wd))
         return out
 
     def sample_draws(self, weights, generators):
-        out = {}
+        return self.draw_sampler(weights)(generators)
+
+    def draw_sampler(self, weights):
+        if not self._fast():
+            return lambda generators: {name: self._delta(name, w.detach(), generators, None).add_(w + self.quantization_shift(w.detach()))
+                                       for name, w in weights.items()}
+        shifts, stds = {}, {}
         for name, w in weights.items():
-            wd = w.detach()
-            out[name] = self._delta(name, wd, generators, None).add_(w + self._base(wd))
-        return out
+            wm, ws = self._weight_moments(name, w.detach())
+            shifts[name], stds[name] = w + self.quantization_shift(w.detach()) + wm, ws
+
+        return lambda generators: {n: affine_draws(shifts[n], stds[n], generators) for n in shifts}
+
+    def _weight_moments(self, name: str, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and std of the weight error when it is one Gaussian per weight (no stuck/spatial/log-normal)."""
+        if isinstance(self.mapping, BitSlicedMapping):
+            mask = None if (self.all_verified or self.verified_mask is None) else self.verified_mask.get(name)
+            if mask is None or mask.shape == w.shape:
+                return self._code_weight_moments(w, mask)
+        _, coef, idx, vmask = self._layout(name, w)
+        mean, sig = self._device_moments(idx, vmask, w)
+        return (coef * mean).sum(-1).sum(0), torch.sqrt(((coef * sig) ** 2).sum(-1).sum(0))
 
     def _randn(self, shape, like, gens, n):
         if n is not None:
@@ -212,13 +246,42 @@ class ProfileNoise(WeightNoise):
             return rand((n, *shape), like, gens[0])
         return torch.stack([rand(tuple(shape), like, g) for g in gens])
 
+    def _code_moments(self, verified: bool, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Bit-sliced mapping: mean and variance of the weight error per M-bit magnitude code, in LSB units.
+
+        Every weight with the same code has the same device levels, so a 2^M-entry table replaces the
+        per-device work: the error is sign * mean[code] * step, its variance var[code] * step^2.
+        """
+        mp = self.mapping
+        assert isinstance(mp, BitSlicedMapping)
+        t = self._tables
+        mean_t = torch.as_tensor(t.mean_v if verified else t.mean, dtype=like.dtype, device=like.device) * self.factor
+        sig_t = torch.as_tensor(t.sigma_v if verified else t.sigma, dtype=like.dtype, device=like.device) * self.factor
+        c = mp.device_weights(like) / ((t.g[-1] - t.g[0]) / (mp.n_levels - 1))          # LSBs per siemens, (D,)
+        lv = mp.split(torch.arange(2**mp.bits, device=like.device))                      # (2^M, D)
+        mean = (c * mean_t[lv]).sum(-1)
+        var = (c**2 * sig_t[lv] ** 2).sum(-1)
+        if mp.sign == "differential":                   # the other array of the pair sits at level 0
+            mean = mean - (c * mean_t[0]).sum()
+            var = var + (c**2 * sig_t[0] ** 2).sum()
+        return mean, var
+
+    def _code_weight_moments(self, w: Tensor, verified: Tensor | None) -> tuple[Tensor, Tensor]:
+        mag, sign, step = self.mapping.codes(w)  # type: ignore[union-attr]
+        mean, var = self._code_moments(self.all_verified, w)
+        wm, wv = mean[mag], var[mag]
+        if verified is not None:
+            mean_v, var_v = self._code_moments(True, w)
+            m = verified.to(device=w.device, dtype=torch.bool)
+            wm, wv = torch.where(m, mean_v[mag], wm), torch.where(m, var_v[mag], wv)
+        return sign * step * wm, step * torch.sqrt(wv)
+
     def _delta(self, name: str, w: Tensor, gens: list, n: int | None) -> Tensor:
+        if self._fast():
+            wm, ws = self._weight_moments(name, w)
+            return self._randn(tuple(w.shape), w, gens, n).mul_(ws).add_(wm)
         g_t, coef, idx, vmask = self._layout(name, w)
         mean, sig = self._device_moments(idx, vmask, w)
-        if self._fast():
-            wm = (coef * mean).sum(-1).sum(0)
-            ws = torch.sqrt(((coef * sig) ** 2).sum(-1).sum(0))
-            return self._randn(tuple(w.shape), w, gens, n).mul_(ws).add_(wm)
         spatial = None
         if self._spatial_A is not None:
             A = torch.as_tensor(self._spatial_A, dtype=w.dtype, device=w.device) * self.factor   # (cells, k)
@@ -247,23 +310,31 @@ class ProfileNoise(WeightNoise):
             dg = torch.where((u >= lrs) & (u < lrs + hrs), g_lo - g_t, dg)
         return (coef * dg).sum(-1).sum(1)
 
+    def device_errors(self, name: str, w: Tensor) -> DeviceErrors:
+        """Per-device error statistics of the layer ``name`` with (detached) weights ``w``, stuck faults aside."""
+        g_t, coef, idx, vmask = self._layout(name, w)
+        mean, sig = self._device_moments(idx, vmask, w)
+        if self._is_lognormal:
+            s2 = (float(self.profile.family_params["s"]) * self.factor) ** 2
+            mean = g_t * math.expm1(0.5 * s2)
+            sig = g_t * math.exp(0.5 * s2) * math.sqrt(math.expm1(s2))
+        spatial = None
+        if self._spatial_A is not None:
+            A = torch.as_tensor(self._spatial_A, dtype=w.dtype, device=w.device) * self.factor      # (cells, k)
+            cell = torch.arange(g_t.numel(), device=w.device) % A.shape[0]
+            sig = torch.sqrt(torch.clamp(sig**2 - (A**2).sum(1)[cell].view(g_t.shape), min=0.0))
+            spatial = A[cell].view(*g_t.shape, A.shape[1])
+        return DeviceErrors(g_t, coef, mean, sig, spatial)
+
     def noise_std(self, weights):
         out = {}
         for name, w in weights.items():
             wd = w.detach()
-            g_t, coef, idx, vmask = self._layout(name, wd)
-            mean, sig = self._device_moments(idx, vmask, wd)
-            if self._is_lognormal:
-                s2 = (float(self.profile.family_params["s"]) * self.factor) ** 2
-                mean = g_t * math.expm1(0.5 * s2)
-                sig = g_t * math.exp(0.5 * s2) * math.sqrt(math.expm1(s2))
+            e = self.device_errors(name, wd)
+            g_t, coef, mean, sig = e.target, e.coef, e.mean, e.sigma
             sp_var = torch.zeros((), dtype=wd.dtype, device=wd.device)
-            if self._spatial_A is not None:
-                A = torch.as_tensor(self._spatial_A, dtype=wd.dtype, device=wd.device) * self.factor
-                cell = torch.arange(g_t.numel(), device=wd.device) % A.shape[0]
-                sig = torch.sqrt(torch.clamp(sig**2 - (A**2).sum(1)[cell].view(g_t.shape), min=0.0))
-                a_dev = A[cell].view(*g_t.shape, A.shape[1])
-                sp_var = ((coef.unsqueeze(-1) * a_dev).sum(-2).sum(0) ** 2).sum(-1)
+            if e.spatial is not None:
+                sp_var = ((coef.unsqueeze(-1) * e.spatial).sum(-2).sum(0) ** 2).sum(-1)
             lrs, hrs = self._stuck
             g_hi, g_lo = getattr(self.profile, "stuck_conductances", (float(self._tables.g[-1]), float(self._tables.g[0])))
             p0 = 1 - lrs - hrs
