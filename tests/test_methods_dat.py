@@ -53,11 +53,20 @@ def test_fast_equals_full_at_full_rank_diagonal():
 def test_fast_keeps_the_globally_largest_eigenpairs():
     d1, d2 = torch.tensor([5.0, 1.0, 3.0]), torch.tensor([4.0, 0.5])
     covs = {"a": LayerCovariance(torch.zeros(3), None, d1), "b": LayerCovariance(torch.zeros(2), None, d2)}
-    dirs = NoiseDirections(covs, {"a": torch.Size([3]), "b": torch.Size([2])}, rank=3)
+    dirs = NoiseDirections(covs, {"a": torch.Size([3]), "b": torch.Size([2])}, rank=3, scope="global")
     assert torch.allclose(torch.diag(_implied_cov(dirs, "a")), torch.tensor([5.0, 0.0, 3.0]))
     assert torch.allclose(torch.diag(_implied_cov(dirs, "b")), torch.tensor([4.0, 0.0]))
     eta = dirs.sample(torch.Generator().manual_seed(0))
     assert float(eta["a"][1]) == 0.0 and float(eta["b"][1]) == 0.0
+    # per-layer scope: the top-k of every layer's block, k = 1 here
+    per = NoiseDirections(covs, {"a": torch.Size([3]), "b": torch.Size([2])}, rank=1, scope="layer")
+    assert per.k == 2
+    assert torch.allclose(torch.diag(_implied_cov(per, "a")), torch.tensor([5.0, 0.0, 0.0]))
+    assert torch.allclose(torch.diag(_implied_cov(per, "b")), torch.tensor([4.0, 0.0]))
+    eta = per.sample(torch.Generator().manual_seed(0))
+    assert float(eta["a"][0]) != 0.0 and float(eta["b"][0]) != 0.0 and float(eta["a"][2]) == 0.0
+    with pytest.raises(ValueError, match="scope"):
+        NoiseDirections(covs, {"a": torch.Size([3]), "b": torch.Size([2])}, rank=1, scope="lobal")
 
 
 def test_low_rank_plus_diagonal_top_eigen_is_exact_at_full_rank():
