@@ -38,6 +38,10 @@ class FixedNoise(WeightNoise):
     def sample_batch(self, weights, n_draws, generator=None):
         return {k: (w + self.scale * self.deltas[k]).expand(n_draws, *w.shape) for k, w in weights.items()}
 
+    @property
+    def magnitude(self):
+        return self.sigma
+
     def scaled(self, factor):
         return FixedNoise(self.deltas, self.scale * factor, self.sigma)
 

@@ -238,3 +238,18 @@ def test_profile_code_tables_equal_the_per_device_sum(sign, scale):
                                        verified_mask={"w": mask})
     std = masked.noise_std({"w": w})["w"]
     assert std[mask].mean() < 0.5 * std[~mask].mean()
+
+
+def test_magnitude_is_the_family_parameter():
+    """NeFT's oriented noises scale the family's own parameter; a profile has none."""
+    from calibration.profile import NoiseProfile
+
+    cases = [({"family": "gaussian", "sigma": 0.2}, 0.2), ({"family": "lognormal", "sigma": 0.3}, 0.3),
+             ({"family": "additive", "eta": 0.05}, 0.05),
+             ({"family": "censored", "lam": 1.0, "base": {"family": "gaussian", "sigma": 0.1}}, 0.1),
+             ({"family": "write_verify", "threshold": 0.5, "base": {"family": "gaussian", "sigma": 0.15}}, 0.15)]
+    for spec, expect in cases:
+        noise = noise_from_spec(spec)
+        assert noise.magnitude == pytest.approx(expect)
+        assert noise.scaled(2.0).magnitude == pytest.approx(2 * expect)
+    assert noise_from_profile(NoiseProfile.from_paper("ibm_reram", time="1s")).magnitude is None

@@ -70,19 +70,6 @@ def require_noise(ctx: TrainContext, method: str) -> WeightNoise:
     return ctx.noise
 
 
-def noise_magnitude(noise: WeightNoise) -> float | None:
-    """The scalar magnitude a paper family is parametrised by (sigma_d, log-normal s, additive eta), else None."""
-    for attr in ("sigma", "eta"):
-        v = getattr(noise, attr, None)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    for attr in ("base", "device"):
-        inner = getattr(noise, attr, None)
-        if isinstance(inner, WeightNoise):
-            return noise_magnitude(inner)
-    return None
-
-
 def norm_buffer_copies(model: nn.Module) -> dict[str, Tensor]:
     """Clones of the normalisation layers' running statistics, to pass to ``functional_call`` with extra forwards.
 

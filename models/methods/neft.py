@@ -19,7 +19,6 @@ from models.methods._util import (
     as_str_list,
     first_batch,
     norm_buffer_copies,
-    noise_magnitude,
     require_noise,
 )
 from models.methods.base import TrainContext, TrainingMethod
@@ -58,7 +57,7 @@ def oriented_factors(noise: WeightNoise, n: int, delta_sigma: float, relative_de
     (sigma + n*delta_sigma) / sigma; a measured profile has no single sigma, so the step is relative:
     1 + n * relative_delta.
     """
-    base = sigma if sigma is not None else noise_magnitude(noise)
+    base = sigma if sigma is not None else noise.magnitude
     if base is not None and base > 0:
         return [(base + k * delta_sigma) / base for k in range(1, n + 1)]
     return [1.0 + k * relative_delta for k in range(1, n + 1)]

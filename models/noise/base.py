@@ -33,6 +33,11 @@ class WeightNoise(abc.ABC):
     def noise_std(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
         """Return the per-element standard deviation of the perturbation (same shapes as the weights)."""
 
+    @property
+    def magnitude(self) -> float | None:
+        """The scalar a paper family is parametrised by (sigma_d, log-normal s, additive eta); None otherwise."""
+        return None
+
     def sample(self, weights: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Return one noisy copy of each tensor (same shapes as the inputs)."""
         return {k: v[0] for k, v in self.sample_batch(weights, 1, generator).items()}

@@ -107,6 +107,10 @@ class DeviceGaussianNoise(MomentNoise):
         var = ((self.device_sigma(st.levels) * c) ** 2).sum(-1).sum(0)
         return mean, torch.sqrt(var) * st.step
 
+    @property
+    def magnitude(self):
+        return self.sigma
+
     def scaled(self, factor):
         return replace(self, sigma=self.sigma * factor)
 
@@ -137,6 +141,10 @@ class LogNormalNoise(WeightNoise):
         k = math.sqrt((math.exp(s2) - 1.0) * math.exp(s2))
         return {n: w.detach().abs() * k for n, w in weights.items()}
 
+    @property
+    def magnitude(self):
+        return self.sigma
+
     def scaled(self, factor):
         return LogNormalNoise(self.sigma * factor)
 
@@ -161,6 +169,10 @@ class AdditiveNoise(MomentNoise):
         else:
             m = w.abs().amax()
         return torch.zeros((), dtype=w.dtype, device=w.device), (self.eta * m).expand_as(w)
+
+    @property
+    def magnitude(self):
+        return self.eta
 
     def scaled(self, factor):
         return replace(self, eta=self.eta * factor)
@@ -222,6 +234,10 @@ class CensoredNoise(WeightNoise):
     def noise_std(self, weights):
         k = math.sqrt(censored_var(self.lam))
         return {n: s * k for n, s in self.base.noise_std(weights).items()}
+
+    @property
+    def magnitude(self):
+        return self.base.magnitude
 
     def scaled(self, factor):
         return replace(self, base=self.base.scaled(factor))
@@ -304,6 +320,10 @@ class WriteVerifyNoise(WeightNoise):
             var = torch.where(self._device_mask(name, wd).unsqueeze(0), tvar, sig**2)
             out[name] = torch.sqrt(((var * mp.device_weights(wd) ** 2).sum(-1)).sum(0)) * st.step
         return out
+
+    @property
+    def magnitude(self):
+        return self.device.magnitude
 
     def scaled(self, factor):
         return replace(self, device=self.device.scaled(factor))
