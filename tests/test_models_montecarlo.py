@@ -126,3 +126,39 @@ def test_engines_agree(setup):
     assert np.array_equal(a.accuracies, b.accuracies) and a.ekl == pytest.approx(b.ekl, rel=1e-5)
     with pytest.raises(ValueError, match="engine"):
         evaluate_mc(model, x, y, noise, 2, engine="warp")
+
+
+def test_parallel_normal_fill_matches_each_generator_and_survives_fork():
+    """Rows filled in parallel threads equal each generator's own stream, also in a forked child."""
+    import multiprocessing as mp
+
+    from models.noise.base import randn_draws
+
+    like = torch.empty(1)
+    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(4)]          # noqa: E731
+    ref = torch.stack([torch.randn(300, 200, generator=g) for g in gens()])
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(randn_draws((300, 200), like, gens()), ref)               # pool created here
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_child_fill, args=(q,), daemon=True)
+        p.start()
+        try:
+            got = q.get(timeout=60)                              # a hang in the child times out here
+            p.join(timeout=10)
+        finally:
+            if p.is_alive():
+                p.kill()
+        assert p.exitcode == 0
+        assert np.array_equal(got, ref.numpy())
+    finally:
+        torch.set_num_threads(old)
+
+
+def _child_fill(q):
+    from models.noise.base import randn_draws
+
+    torch.set_num_threads(2)
+    q.put(randn_draws((300, 200), torch.empty(1), [torch.Generator().manual_seed(100 + i) for i in range(4)]).numpy())

@@ -81,7 +81,8 @@ class NeFTOVF(TrainingMethod):
     scales; default the paper's 1/(N+1)).
     Paper vs common sense: a_b = 1/(N+1) divides the backbone logits by N+1, which acts like a softmax
     temperature N+1 in the cross-entropy, so OVF converges more slowly: on digits it trails vanilla
-    after 20 epochs and beats it after 60 (benchmarks/methods_digits.py trains every method 60 epochs). Common-sense deviation: the oriented forwards leave BatchNorm running statistics untouched (the
+    after 20 epochs and beats it after 60 (benchmarks/methods_digits.py trains every method 60 epochs).
+    Common-sense deviation: the oriented forwards leave BatchNorm running statistics untouched (the
     paper's code path would update them N+1 times per batch with increasingly noisy weights).
     """
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Callable
@@ -87,7 +88,7 @@ def randn_draws(shape: tuple[int, ...], like: Tensor, generators: list[torch.Gen
     workers = min(torch.get_num_threads(), len(generators))
     if like.device.type == "cpu" and workers > 1 and out[0].numel() >= _PARALLEL_FILL_MIN:
         # CPU normal_ runs on one core per generator; independent generators fill their rows in parallel.
-        list(_fill_pool(workers).map(fill, range(len(generators))))
+        list(_fill_pool(workers, os.getpid()).map(fill, range(len(generators))))
     else:
         for i in range(len(generators)):
             fill(i)
@@ -98,7 +99,8 @@ _PARALLEL_FILL_MIN = 1 << 15   # below this many numbers per draw, thread hand-o
 
 
 @lru_cache(maxsize=4)
-def _fill_pool(workers: int) -> ThreadPoolExecutor:
+def _fill_pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per process (keyed by pid: a forked child must not reuse its parent's dead threads)."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rram-randn")
 
 

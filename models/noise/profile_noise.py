@@ -217,8 +217,11 @@ class ProfileNoise(WeightNoise):
 
     def draw_sampler(self, weights):
         if not self._fast():
-            return lambda generators: {name: self._delta(name, w.detach(), generators, None).add_(w + self.quantization_shift(w.detach()))
-                                       for name, w in weights.items()}
+            def draws(generators):
+                return {name: self._delta(name, w.detach(), generators, None).add_(w + self.quantization_shift(w.detach()))
+                        for name, w in weights.items()}
+
+            return draws
         shifts, stds = {}, {}
         for name, w in weights.items():
             wm, ws = self._weight_moments(name, w.detach())
