@@ -142,12 +142,13 @@ def test_trains_on_digits(rank):
     assert h[-1]["loss"] < h[0]["loss"] and h[-1]["val_acc"] > 0.5
 
 
-def test_bad_step_option():
-    m = get_method("dat", step="sideways")
+@pytest.mark.parametrize("opts, message", [({"step": "sideways"}, "step must be"), ({"scope": "lobal"}, "scope must be")])
+def test_bad_step_and_scope_options(opts, message):
+    m = get_method("dat", **opts)
     ctx = TrainContext(model=nn.Linear(2, 2), noise=noise_from_spec({"family": "gaussian", "sigma": 0.1}),
                        optimizer=torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), device=torch.device("cpu"),
                        generator=torch.Generator(), config=TrainConfig(), num_classes=2)
-    with pytest.raises(ValueError, match="step must be"):
+    with pytest.raises(ValueError, match=message):
         m.prepare(ctx)
 
 
