@@ -25,16 +25,14 @@ def _sync(device: torch.device) -> None:
 
 
 def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Median seconds of one no-grad forward of the whole batch."""
-    times = []
+    """Mean seconds of one no-grad forward of the whole batch, over ``repeats`` back-to-back forwards."""
     with torch.no_grad():
+        _sync(x.device)
+        t = time.perf_counter()
         for _ in range(repeats):
-            _sync(x.device)
-            t = time.perf_counter()
             model(x)
-            _sync(x.device)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        _sync(x.device)
+    return (time.perf_counter() - t) / repeats
 
 
 def time_mc(model, x, y, noise, draws: int, device, chunk: int | None) -> float:
@@ -47,15 +45,19 @@ def time_mc(model, x, y, noise, draws: int, device, chunk: int | None) -> float:
 
 
 def compare(model, x, y, noise, draws: int, device, repeats: int, chunk: int | None) -> tuple[float, float, float]:
-    """Interleaved forward / MC timings (robust to a shared machine): median forward, MC per draw, ratio."""
+    """Median forward, MC per draw and ratio over ``repeats`` rounds of (MC run, block of forwards).
+
+    Each round times the forwards over about as long as its MC run (at most ``draws`` forwards), so
+    both see the same load on a shared machine; the ratio is taken within each round.
+    """
     with torch.no_grad():
         model(x)
     evaluate_mc(model, x, y, noise, min(draws, 8), device=device, clean=False, batch_size=len(x),
                 draws_per_chunk=chunk)
     fwd, per, ratio = [], [], []
     for _ in range(repeats):
-        f = time_forward(model, x, 3)
         m = time_mc(model, x, y, noise, draws, device, chunk)
+        f = time_forward(model, x, max(3, min(draws, round(m * draws / max(fwd[-1] if fwd else m, 1e-9)))))
         fwd.append(f)
         per.append(m)
         ratio.append(m / f)

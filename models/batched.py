@@ -49,21 +49,28 @@ def _conv(mod: nn.Module, w: Tensor, n: int) -> Callable[[Tensor], Tensor]:
 
 
 def _linear(mod: nn.Linear, w: Tensor, n: int) -> Callable[[Tensor], Tensor]:
+    """Stacked Linear, computed feature-major: every GEMM is (out, in) @ (in, samples).
+
+    The result is the (samples, n*out) view of an (n*out, samples) buffer, so a chain of Linear
+    layers (and the elementwise ops between them, which keep that layout) needs no transpose copies.
+    """
     fin, fout = mod.in_features, mod.out_features
     wf = w.reshape(n * fout, fin)
-    bias = _rep(mod.bias, n)
+    bias = None if mod.bias is None else _rep(mod.bias, n)[:, None]                   # (n*out, 1)
+    bias_b = None if mod.bias is None else mod.bias[None, :, None]                   # (1, out, 1)
 
     def forward(x: Tensor) -> Tensor:
-        if x.shape[-1] == fin and n > 1:
-            return F.linear(x, wf, bias)                                   # shared input: one GEMM
-        if x.shape[-1] != n * fin:
-            raise Unsupported(f"linear input has {x.shape[-1]} features, expected {fin} or {n * fin}")
         lead = x.shape[:-1]
-        xs = x.reshape(-1, n, fin).transpose(0, 1)                         # (n, M, in)
-        y = torch.bmm(xs, w.transpose(1, 2))                               # (n, M, out)
-        if mod.bias is not None:
-            y = y + mod.bias
-        return y.transpose(0, 1).reshape(*lead, n * fout)
+        if x.shape[-1] == fin and n > 1:                                  # shared input: one GEMM
+            xt = x.reshape(-1, fin).t()                                   # (in, M)
+            y = torch.mm(wf, xt) if bias is None else torch.addmm(bias, wf, xt)          # (n*out, M)
+        else:
+            if x.shape[-1] != n * fin:
+                raise Unsupported(f"linear input has {x.shape[-1]} features, expected {fin} or {n * fin}")
+            xs = x.reshape(-1, n, fin).permute(1, 2, 0)                   # (n, in, M)
+            y = torch.bmm(w, xs) if bias_b is None else torch.baddbmm(bias_b, w, xs)   # (n, out, M)
+            y = y.reshape(n * fout, -1)
+        return y.t().reshape(*lead, n * fout)
 
     return forward
 

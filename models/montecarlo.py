@@ -86,15 +86,25 @@ def _activation_numel(model: nn.Module, x1: Tensor) -> int:
     return max(total[0], 1)
 
 
-def _auto_chunk(model: nn.Module, x: Tensor, batch: int, device: torch.device, budget_bytes: int | None) -> int:
+def _auto_chunk(model: nn.Module, x: Tensor, batch: int, device: torch.device, budget_bytes: int | None,
+                weights: dict[str, Tensor]) -> int:
+    """Draws per batched forward: activations (x2 for temporaries) plus stacked weights within the budget.
+
+    On CPU the stacked weights of a chunk are also kept near the last-level cache size (32 MiB): larger
+    chunks gain nothing there, and every fresh megabyte costs page faults.
+    """
     if budget_bytes is None:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             budget_bytes = int(free * 0.3)
         else:
             budget_bytes = 1 << 30
-    per_draw = _activation_numel(model, x[:1].to(device)) * batch * 4 * 2
-    return max(1, min(256, budget_bytes // per_draw))
+    weight_bytes = sum(w.numel() * w.element_size() for w in weights.values())
+    per_draw = _activation_numel(model, x[:1].to(device)) * batch * 4 * 2 + weight_bytes
+    chunk = max(1, min(256, budget_bytes // per_draw))
+    if device.type == "cpu":
+        chunk = min(chunk, max(torch.get_num_threads(), (32 << 20) // max(weight_bytes, 1)))
+    return chunk
 
 
 def _dist_info(distributed: bool | None) -> tuple[int, int]:
@@ -147,10 +157,11 @@ def evaluate_mc(
             kl, nc = _clean_kl(model, x, y, batch_size, device)
             return summarize(accs, kl * n_draws, nc * n_draws, len(y), kpp, clean_acc)
         mine = list(range(rank, n_draws, world))
-        chunk = draws_per_chunk or _auto_chunk(model, x, min(batch_size, len(x)), device, memory_budget_bytes)
+        weights = {k: v.detach() for k, v in clean_weights(model).items()}
+        chunk = draws_per_chunk or _auto_chunk(model, x, min(batch_size, len(x)), device, memory_budget_bytes,
+                                               weights)
         correct = torch.zeros(n_draws, dtype=torch.float64, device=device)
         kl_sum = torch.zeros(n_draws, dtype=torch.float64, device=device)
-        weights = {k: v.detach() for k, v in clean_weights(model).items()}
         sample_draws = noise.draw_sampler(weights)
 
         batched = None if engine == "auto" else (folded_forward if engine == "fold" else vmap_forward)

@@ -162,3 +162,76 @@ def _child_fill(q):
 
     torch.set_num_threads(2)
     q.put(randn_draws((300, 200), torch.empty(1), [torch.Generator().manual_seed(100 + i) for i in range(4)]).numpy())
+
+
+class _SequenceMLP(torch.nn.Module):
+    """Linear layers on (B, T, features) inputs: no bias, a residual, a final Linear with bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(8, 16, bias=False)
+        self.b = torch.nn.Linear(16, 16)
+        self.c = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = h + torch.relu(self.b(h))
+        return self.c(h).mean(1)
+
+
+def test_folded_linear_chain_matches_vmap():
+    """Feature-major stacked Linear layers (shared input, bias or none, 3-D inputs, residuals) equal vmap."""
+    from models.batched import check_folded, folded_forward, vmap_forward
+    from models.noise.apply import clean_weights
+
+    torch.manual_seed(2)
+    noise = noise_from_spec({"family": "gaussian", "sigma": 0.5})
+    for model, x in ((build_model("mlp", in_channels=1, num_classes=10, image_size=8), torch.randn(7, 1, 8, 8)),
+                     (_SequenceMLP(), torch.randn(5, 3, 8))):
+        model.eval()
+        for n in (1, 4):
+            stacked = noise.sample_batch({k: v.detach() for k, v in clean_weights(model).items()}, n)
+            a, b = folded_forward(model, stacked, x), vmap_forward(model, stacked, x)
+            assert a.shape == b.shape == (n, len(x), b.shape[-1])
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+            assert check_folded(model, stacked, x)
+
+
+def test_affine_sampler_reuses_buffers_and_keeps_each_draw_exact():
+    """Draw i equals noise.sample with generator i, call after call, also when a call has fewer draws."""
+    from models.montecarlo import draw_generator
+    from models.noise.apply import clean_weights
+    from models.noise.base import AffineSampler
+
+    torch.manual_seed(3)
+    model = build_model("mlp", in_channels=1, num_classes=10, image_size=8)
+    weights = {k: v.detach() for k, v in clean_weights(model).items()}
+    noise = noise_from_spec({"family": "gaussian", "sigma": 0.4})
+    sampler = noise.draw_sampler(weights)
+    assert isinstance(sampler, AffineSampler)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)                                      # the parallel per-draw fill
+    try:
+        first = sampler([draw_generator(5, i, "cpu") for i in range(4)])
+        ptr = {k: v.data_ptr() for k, v in first.items()}
+        second = sampler([draw_generator(5, i, "cpu") for i in range(4, 7)])
+    finally:
+        torch.set_num_threads(old)
+    assert {k: v.data_ptr() for k, v in second.items()} == ptr   # same buffers, no fresh allocation
+    for j, i in enumerate(range(4, 7)):
+        ref = noise.sample(weights, draw_generator(5, i, "cpu"))
+        for k in weights:
+            assert torch.allclose(second[k][j], ref[k], rtol=0, atol=1e-6)
+
+
+def test_auto_chunk_counts_the_stacked_weights():
+    """Big weights with tiny activations: a chunk's stacked weights stay within the memory budget."""
+    from models.montecarlo import _auto_chunk
+
+    model = torch.nn.Linear(2000, 1000)                            # 8 MB of weights, 1,000 outputs per sample
+    weights = {"weight": model.weight.detach()}
+    x = torch.randn(4, 2000)
+    per_draw = 2_000_000 * 4 + 1000 * 4 * 4 * 2
+    assert _auto_chunk(model, x, 4, torch.device("cpu"), 20 << 20, weights) == (20 << 20) // per_draw == 2
+    # a roomy budget: on CPU the chunk's weights are held near 32 MiB (4 draws here, one thread)
+    assert _auto_chunk(model, x, 4, torch.device("cpu"), 1 << 30, weights) == 4

@@ -56,7 +56,8 @@ class WeightNoise(abc.ABC):
         """A function ``generators -> sample_draws(weights, generators)`` for fixed weights.
 
         Monte Carlo calls it once per chunk of draws; subclasses precompute the per-weight statistics
-        here, once per evaluation, instead of once per chunk.
+        here, once per evaluation, instead of once per chunk. A call's result may live in buffers that
+        the next call overwrites, so use it before calling again.
         """
         return lambda generators: self.sample_draws(weights, generators)
 
@@ -85,14 +86,25 @@ def randn_draws(shape: tuple[int, ...], like: Tensor, generators: list[torch.Gen
     def fill(i: int) -> None:
         out[i].normal_(generator=generators[i])
 
-    workers = min(torch.get_num_threads(), len(generators))
-    if like.device.type == "cpu" and workers > 1 and out[0].numel() >= _PARALLEL_FILL_MIN:
-        # CPU normal_ runs on one core per generator; independent generators fill their rows in parallel.
-        list(_fill_pool(workers, os.getpid()).map(fill, range(len(generators))))
+    if like.device.type == "cpu":
+        _map_draws(fill, len(generators), out[0].numel())
     else:
         for i in range(len(generators)):
             fill(i)
     return out
+
+
+def _map_draws(fill: Callable[[int], None], n: int, numel_per_draw: int) -> None:
+    """Run ``fill(i)`` for every draw, in parallel CPU threads when each draw is large enough.
+
+    CPU normal_ runs on one core per generator, so independent generators fill their draws in parallel.
+    """
+    workers = min(torch.get_num_threads(), n)
+    if workers > 1 and numel_per_draw >= _PARALLEL_FILL_MIN:
+        list(_fill_pool(workers, os.getpid()).map(fill, range(n)))
+    else:
+        for i in range(n):
+            fill(i)
 
 
 _PARALLEL_FILL_MIN = 1 << 15   # below this many numbers per draw, thread hand-off costs more than it saves
@@ -104,9 +116,47 @@ def _fill_pool(workers: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rram-randn")
 
 
-def affine_draws(shift: Tensor, std: Tensor, generators: list[torch.Generator]) -> Tensor:
-    """``shift + std * Z`` stacked over draws, Z from ``randn_draws`` (one fused pass when no grad is needed)."""
-    z = randn_draws(tuple(shift.shape), shift, generators)
-    if torch.is_grad_enabled() and (shift.requires_grad or std.requires_grad):
-        return z.mul_(std).add_(shift)
-    return torch.addcmul(shift, z, std, out=z)
+class AffineSampler:
+    """Draws ``shift + std * Z`` per tensor for fixed (shift, std): the Gaussian fast path of Monte Carlo.
+
+    Draw i takes, tensor after tensor, ``torch.randn(shape, generator=generators[i])``, the same stream
+    as ``WeightNoise.sample`` with that generator. On CPU each draw is filled and transformed by one
+    worker thread while its rows are still in cache, into output buffers kept between calls (fresh
+    large allocations cost page faults that are as slow as the normals themselves).
+    """
+
+    def __init__(self, shifts: dict[str, Tensor], stds: dict[str, Tensor]) -> None:
+        self.shifts = shifts
+        self.stds = stds
+        self._buffers: dict[str, Tensor] = {}
+
+    def __call__(self, generators: list[torch.Generator]) -> dict[str, Tensor]:
+        """One draw per generator, ``{name: (len(generators), *shape)}``, in buffers the next call overwrites."""
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (*self.shifts.values(), *self.stds.values())):
+            return {n: randn_draws(tuple(s.shape), s, generators) * self.stds[n] + s for n, s in self.shifts.items()}
+        n = len(generators)
+        out = {name: self._buffer(name, n) for name in self.shifts}
+        cpu = all(s.device.type == "cpu" for s in self.shifts.values())
+        if not cpu:
+            for name, o in out.items():
+                for i, g in enumerate(generators):
+                    o[i].normal_(generator=g)
+                torch.addcmul(self.shifts[name], o, self.stds[name], out=o)
+            return out
+
+        def fill(i: int) -> None:
+            for name, o in out.items():
+                row = o[i]
+                row.normal_(generator=generators[i])
+                torch.addcmul(self.shifts[name], row, self.stds[name], out=row)
+
+        per_draw = sum(s.numel() for s in self.shifts.values())
+        _map_draws(fill, n, per_draw)
+        return out
+
+    def _buffer(self, name: str, n: int) -> Tensor:
+        shift = self.shifts[name]
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < n:
+            buf = self._buffers[name] = torch.empty((n, *shift.shape), device=shift.device, dtype=shift.dtype)
+        return buf[:n]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from models.mapping import BitSlicedMapping
-from models.noise.base import WeightNoise, affine_draws, rand, randn, randn_draws
+from models.noise.base import AffineSampler, WeightNoise, rand, randn, randn_draws
 
 # NeFT IV-F, eq. 16: relative sigma per device level (levels 0..3 of a 2-bit device); the end levels
 # keep sigma_d, the middle levels get t * sigma_d.
@@ -53,11 +53,10 @@ class MomentNoise(WeightNoise):
         for name, w in weights.items():
             mean, std = self.moments(w.detach())
             shifts[name], stds[name] = w + mean, std
-        gaussian = type(self).standard is MomentNoise.standard
+        if type(self).standard is MomentNoise.standard:
+            return AffineSampler(shifts, stds)
 
         def draws(generators):
-            if gaussian:
-                return {n: affine_draws(shifts[n], stds[n], generators) for n in shifts}
             return {n: torch.stack([self.standard(tuple(s.shape), s, g) for g in generators]) * stds[n] + s
                     for n, s in shifts.items()}
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from models.mapping import AnalogMapping, BitSlicedMapping
-from models.noise.base import WeightNoise, affine_draws, rand, randn, randn_draws
+from models.noise.base import AffineSampler, WeightNoise, rand, randn, randn_draws
 
 _GRID = 1025  # tabulation points of the conductance-dependent laws for the analog mapping
 
@@ -227,7 +227,7 @@ class ProfileNoise(WeightNoise):
             wm, ws = self._weight_moments(name, w.detach())
             shifts[name], stds[name] = w + self.quantization_shift(w.detach()) + wm, ws
 
-        return lambda generators: {n: affine_draws(shifts[n], stds[n], generators) for n in shifts}
+        return AffineSampler(shifts, stds)
 
     def _weight_moments(self, name: str, w: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and std of the weight error when it is one Gaussian per weight (no stuck/spatial/log-normal)."""
