@@ -108,6 +108,9 @@ def test_write_verify_bounds_verified_devices_only():
     assert d[:, :500].abs().max().item() <= 0.1 + 1e-9
     assert d[:, 500:].abs().max().item() > 0.5
     assert d[:, 500:].std().item() == pytest.approx(0.3, rel=0.01)
+    for bad in (torch.zeros(999, dtype=torch.bool), torch.zeros(1000, 2, dtype=torch.bool)):
+        with pytest.raises(ValueError, match=r"write-verify mask for 'w' has shape"):
+            WriteVerifyNoise(dev, threshold=0.1, mask={"w": bad}).sample_batch(w, 1, gen(9))
     # truncated normal std: sigma^2 (1 - 2 a phi(a) / (2 Phi(a) - 1)), a = 0.1 / 0.3
     a = 0.1 / 0.3
     phi = math.exp(-a * a / 2) / math.sqrt(2 * math.pi)
@@ -238,6 +241,10 @@ def test_profile_code_tables_equal_the_per_device_sum(sign, scale):
                                        verified_mask={"w": mask})
     std = masked.noise_std({"w": w})["w"]
     assert std[mask].mean() < 0.5 * std[~mask].mean()
+    bad = ProfileNoise.from_profile(prof, sign=sign, scale=scale, stuck=False, spatial=False,
+                                    verified_mask={"w": mask[:, :5]})
+    with pytest.raises(ValueError, match=r"verified mask for 'w' has shape \(33, 5\)"):
+        bad.noise_std({"w": w})
 
 
 def test_magnitude_is_the_family_parameter():

@@ -66,6 +66,16 @@ class WeightNoise(abc.ABC):
         raise TypeError(f"{type(self).__name__} has no serialisable spec")
 
 
+def per_device_mask(mask: Tensor, w: Tensor, devices: int, what: str) -> Tensor:
+    """A boolean mask over the devices of each weight, (*w.shape, devices), from a per-weight or per-device mask."""
+    m = mask.to(device=w.device, dtype=torch.bool)
+    if m.shape == w.shape:
+        return m.unsqueeze(-1).expand(*w.shape, devices)
+    if m.shape == (*w.shape, devices):
+        return m
+    raise ValueError(f"{what} has shape {tuple(m.shape)}, expected {tuple(w.shape)} or {(*w.shape, devices)}")
+
+
 def randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal samples on ``like``'s device/dtype from ``generator`` (which must live on that device)."""
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from models.mapping import BitSlicedMapping
-from models.noise.base import AffineSampler, WeightNoise, rand, randn, randn_draws
+from models.noise.base import AffineSampler, WeightNoise, per_device_mask, rand, randn, randn_draws
 
 # NeFT IV-F, eq. 16: relative sigma per device level (levels 0..3 of a 2-bit device); the end levels
 # keep sigma_d, the middle levels get t * sigma_d.
@@ -276,12 +276,7 @@ class WriteVerifyNoise(WeightNoise):
         d = self.device.mapping.devices_per_weight
         if self.mask is None or name not in self.mask:
             return torch.ones((*w.shape, d), dtype=torch.bool, device=w.device)
-        m = self.mask[name].to(device=w.device, dtype=torch.bool)
-        if m.shape == w.shape:
-            return m.unsqueeze(-1).expand(*w.shape, d)
-        if m.shape == (*w.shape, d):
-            return m
-        raise ValueError(f"write-verify mask for {name!r} has shape {tuple(m.shape)}, expected {tuple(w.shape)} or {(*w.shape, d)}")
+        return per_device_mask(self.mask[name], w, d, f"write-verify mask for {name!r}")
 
     def sample_batch(self, weights, n_draws, generator=None):
         mp = self.device.mapping

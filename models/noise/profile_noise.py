@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from models.mapping import AnalogMapping, BitSlicedMapping
-from models.noise.base import AffineSampler, WeightNoise, rand, randn, randn_draws
+from models.noise.base import AffineSampler, WeightNoise, per_device_mask, rand, randn, randn_draws
 
 _GRID = 1025  # tabulation points of the conductance-dependent laws for the analog mapping
 
@@ -181,12 +181,7 @@ class ProfileNoise(WeightNoise):
             return torch.ones((*w.shape, d), dtype=torch.bool, device=w.device)
         if self.verified_mask is None or name not in self.verified_mask:
             return torch.zeros((*w.shape, d), dtype=torch.bool, device=w.device)
-        m = self.verified_mask[name].to(device=w.device, dtype=torch.bool)
-        if m.shape == w.shape:
-            return m.unsqueeze(-1).expand(*w.shape, d)
-        if m.shape == (*w.shape, d):
-            return m
-        raise ValueError(f"verified mask for {name!r} has shape {tuple(m.shape)}, expected {tuple(w.shape)} or {(*w.shape, d)}")
+        return per_device_mask(self.verified_mask[name], w, d, f"verified mask for {name!r}")
 
     def _device_moments(self, idx: Tensor, vmask: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         t = self._tables
