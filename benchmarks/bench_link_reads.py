@@ -16,8 +16,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from hil.board import Board
-from hil.transport import DEFAULT_BAUD
+from hil.hardware.board import Board
+from hil.hardware.transport import DEFAULT_BAUD
 from sim_backend.board_config import BoardConfig
 from sim_backend.firmware import FirmwareEngine
 from sim_backend.pty_server import PtyBoard

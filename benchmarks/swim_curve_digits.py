@@ -18,10 +18,10 @@ import torch
 
 def _simulated_chip_profile(seed: int) -> Path:
     """Characterize a simulated chip (form, levels, retention, read noise on 16x16 cells) and fit its profile."""
-    from hil.board import Board
-    from hil.demo import DemoConfig, _characterize_plan, fit_stage
-    from hil.procedures import get_procedure
-    from hil.procedures.base import run_procedure
+    from hil.hardware.board import Board
+    from hil.pipeline.demo import DemoConfig, _characterize_plan, fit_stage
+    from hil.characterize import get_procedure
+    from hil.characterize.procedure import run_procedure
 
     folder = Path(tempfile.mkdtemp())
     runs = {}
@@ -47,7 +47,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from calibration.profile import load_profile
-    from hil.swim_report import curve_table
+    from hil.deploy.swim_report import curve_table
     from models.checkpoint import load_model, save_checkpoint
     from models.config import TrainConfig
     from models.data.datasets import load_dataset

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import special, stats
 
 from calibration.datasets import ProgrammingDataset
-from calibration.models import PIT_PROBS, FamilyFit
+from calibration.noise_terms import PIT_PROBS, FamilyFit
 from calibration.stats import group_levels
 
 FITTED_FAMILIES = ("additive", "lognormal", "state_dependent")

@@ -21,7 +21,7 @@ from calibration.fit_read import fit_read_noise
 from calibration.fit_relaxation import fit_relaxation
 from calibration.fit_spatial import fit_spatial
 from calibration.fit_spatial_map import fit_spatial_map
-from calibration.models import Provenance
+from calibration.noise_terms import Provenance
 from calibration.profile import NoiseProfile, software_version, utc_now
 from calibration.stats import group_levels
 

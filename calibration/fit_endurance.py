@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from calibration.datasets import EnduranceDataset
-from calibration.models import EnduranceModel
+from calibration.noise_terms import EnduranceModel
 from calibration.weibull import fit_weibull_censored
 
 

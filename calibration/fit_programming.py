@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from calibration.datasets import ProgrammingDataset
-from calibration.models import LevelTable, ProgrammingModel
+from calibration.noise_terms import LevelTable, ProgrammingModel
 from calibration.stats import fit_poly, group_levels, group_moments
 
 

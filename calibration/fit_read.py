@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 
 from calibration.datasets import ReadNoiseDataset
-from calibration.models import LevelTable, ReadNoiseModel, RTNStats
+from calibration.noise_terms import LevelTable, ReadNoiseModel, RTNStats
 from calibration.stats import Groups, fit_poly, group_levels
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from calibration.datasets import RelaxationDataset
-from calibration.models import RelaxationModel
+from calibration.noise_terms import RelaxationModel
 from calibration.stats import fit_poly, group_levels, weighted_linear_fit
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from calibration.datasets import SpatialDataset
-from calibration.models import SpatialModel
+from calibration.noise_terms import SpatialModel
 
 
 def fit_spatial(ds: SpatialDataset, k: int = 10, full_max_cells: int = 1024) -> SpatialModel:

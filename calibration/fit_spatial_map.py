@@ -15,7 +15,7 @@ from scipy import ndimage
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from calibration.datasets import ErrorMapDataset
-from calibration.models import SpatialModel
+from calibration.noise_terms import SpatialModel
 
 
 def lag_autocovariance(x: np.ndarray, max_lag: int) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from calibration.errors import ProfileError
 from calibration.h5io import read_dataclass, write_dataclass
-from calibration.models import (
+from calibration.noise_terms import (
     EnduranceModel,
     FamilyFit,
     LevelTable,

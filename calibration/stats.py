@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibration.models import PolyFit
+from calibration.noise_terms import PolyFit
 
 MAX_DISTINCT_LEVELS = 256
 

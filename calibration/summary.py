@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.models import as_plain
+from calibration.noise_terms import as_plain
 from calibration.profile import NoiseProfile
 
 _US = 1e6

@@ -11,11 +11,11 @@ from typing import Any
 import click
 
 from firmware_protocol import BoardError, LimitError, VersionError
-from hil.board import Board, BoardResetError, BoardTimeoutError
-from hil.calibrate_readpath import CalibrationFileError, RefCell, calibrate
+from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
+from hil.hardware.readpath import CalibrationFileError, RefCell, calibrate
 from hil.cli.errors import UserError, expected_error
-from hil.instruments import SimulatedResistorSmu, Smu, SmuConnectionError, SmuError
-from hil.transport import DEFAULT_PORT, BoardConnectionError
+from hil.hardware.instruments import SimulatedResistorSmu, Smu, SmuConnectionError, SmuError
+from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError
 
 _EXPECTED: tuple[type[BaseException], ...] = (
     BoardConnectionError, BoardTimeoutError, VersionError, LimitError, BoardError, BoardResetError,

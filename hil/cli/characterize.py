@@ -10,12 +10,12 @@ from pathlib import Path
 import click
 
 from firmware_protocol import BoardError, LimitError, VersionError
-from hil.board import Board, BoardResetError, BoardTimeoutError
+from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
 from hil.cli.errors import UserError, expected_error
-from hil.procedures import PROCEDURES
-from hil.procedures.base import Procedure, run_procedure
-from hil.runfile import RunFileError
-from hil.transport import DEFAULT_PORT, BoardConnectionError
+from hil.characterize import PROCEDURES
+from hil.characterize.procedure import Procedure, run_procedure
+from hil.characterize.runfile import RunFileError
+from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError
 
 expected_error(BoardConnectionError, BoardTimeoutError, VersionError, LimitError, RunFileError, BoardError, BoardResetError)
 
@@ -49,7 +49,7 @@ def execute(proc_cls: type[Procedure], port: str, out: Path, force: bool, resume
         raise UserError(f"{out} already exists (use --force to overwrite or --resume to continue it)")
     cal = None
     if calibration is not None:
-        from hil.calibrate_readpath import ReadPathCalibration
+        from hil.hardware.readpath import ReadPathCalibration
 
         cal = ReadPathCalibration.load(calibration)
     p = proc_cls.Params(**params)

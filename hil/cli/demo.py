@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from hil.demo import DemoConfig, run_demo
+from hil.pipeline.demo import DemoConfig, run_demo
 
 
 @click.command()

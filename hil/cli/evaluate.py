@@ -85,7 +85,7 @@ def evaluate(model_file: str | None, deployed: str | None, n_draws: int, kpp: tu
 
 
 def _evaluate_deployed(path: str, n_draws: int, seed: int, as_json: bool) -> None:
-    from hil.deployed_eval import evaluate_deployed
+    from hil.deploy.readback import evaluate_deployed
 
     res = evaluate_deployed(path, mc=n_draws, seed=seed)
     if as_json:

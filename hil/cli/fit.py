@@ -9,7 +9,7 @@ import click
 from calibration.errors import ProfileError
 from hil.cli.errors import UserError, expected_error
 from hil.cli.profile import CONDUCTANCE
-from hil.runfile import RunFileError
+from hil.characterize.runfile import RunFileError
 
 expected_error(RunFileError, ProfileError)
 
@@ -28,7 +28,7 @@ def fit(runs: tuple[Path, ...], output: Path, g_min: float | None, g_max: float 
     """Fit device noise models (programming, relaxation, read noise, endurance, spatial) from RUNS."""
     from calibration.profile import save_profile
     from calibration.summary import format_summary, profile_summary
-    from hil.fit_runs import fit_runs
+    from hil.pipeline.run_datasets import fit_runs
 
     if output.exists() and not force:
         raise UserError(f"{output} already exists (use --force to replace it)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from hil.cli.errors import UserError, expected_error
-from hil.runfile import RunFileError, read_run
+from hil.characterize.runfile import RunFileError, read_run
 
 expected_error(RunFileError)
 
@@ -19,7 +19,7 @@ expected_error(RunFileError)
 @click.option("--json", "as_json", is_flag=True, help="print the written paths as a JSON list")
 def plot(runs: tuple[Path, ...], outdir: Path | None, as_json: bool) -> None:
     """Plot run files from `rram characterize` (forming, I-V, endurance, retention, levels, read noise)."""
-    from hil.plotting import check_plottable, plot_run  # matplotlib only when plotting
+    from hil.figures.runs import check_plottable, plot_run  # matplotlib only when plotting
 
     try:
         loaded = [read_run(p) for p in runs]  # every file checked before any figure is written

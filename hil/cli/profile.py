@@ -74,7 +74,7 @@ def new(output: str, lognormal: float | None, additive: float | None, sigma: flo
         n_levels: int, bits: int | None, read_noise: float | None, stuck_lrs: float, stuck_hrs: float,
         pulses_verified: float, board_id: str, notes: str, force: bool) -> None:
     """Write a hand-made profile from one paper noise family (training without a chip)."""
-    from calibration.models import Provenance
+    from calibration.noise_terms import Provenance
     from calibration.profile import NoiseProfile, ProfileError, save_profile, software_version, utc_now
 
     chosen = {k: v for k, v in {"lognormal": lognormal, "additive": additive, "gaussian": sigma,
@@ -119,7 +119,7 @@ def _json_default(value: object) -> object:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="folder for the PNG files")
 def plot(path: str, out_dir: str) -> None:
     """Write PNG figures of every model the profile holds."""
-    from calibration.plots import plot_profile
+    from hil.figures.profiles import plot_profile
 
     p = _load(path)
     try:

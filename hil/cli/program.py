@@ -7,33 +7,10 @@ import click
 
 from hil.cli.characterize import execute
 from hil.cli.errors import UserError, expected_error
-from hil.deploy_plan import PlanError
-from hil.transport import DEFAULT_PORT
+from hil.deploy.plan import PlanError
+from hil.hardware.transport import DEFAULT_PORT
 
 expected_error(PlanError)
-
-
-def make_plan(model_file: Path, profile_file: Path, fraction: float, method: str, granularity: str, rows: int,
-              cols: int, read_delay: float, sens_samples: int = 2000, seed: int = 0):  # fmt: skip
-    """SWIM (or baseline) verify marks for `fraction` of the weights, mapped and tiled for a rows x cols array."""
-    from calibration.profile import load_profile
-    from hil.deploy_plan import build_plan, file_sha256
-    from models.checkpoint import load_model
-    from models.data.datasets import load_dataset
-    from models.swim.planning import SwimPlanner
-
-    model, ckpt = load_model(model_file)
-    ds = load_dataset(ckpt["data"]["name"], ckpt["data"].get("root"))
-    profile = load_profile(profile_file)
-    planner = SwimPlanner(model, profile, ds.x_test, ds.y_test, t_s=read_delay, granularity=granularity, seed=seed)
-    if method in ("swim", "gradient"):
-        planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=sens_samples)
-    mask = planner.mask(method, fraction)
-    cycles, norm = planner.cycles(mask)
-    meta = {"model_file": str(model_file.resolve()), "model_sha256": file_sha256(model_file),
-            "profile_file": str(profile_file.resolve()), "method": method, "fraction": fraction,
-            "granularity": granularity, "planned_cycles": cycles, "planned_cycles_norm": norm}  # fmt: skip
-    return build_plan(model, float(profile.g_min), float(profile.g_max), mask, rows, cols, meta)
 
 
 @click.command()
@@ -56,11 +33,12 @@ def program(model_file: Path, port: str, profile_file: Path | None, fraction: fl
             out: Path, plan_path: Path | None, tol: float, max_pulses: int, read_delay: float, force: bool,
             resume: bool, as_json: bool, quiet: bool) -> None:  # fmt: skip
     """Program MODEL_FILE onto the array: one-shot pulses, WRITE_VERIFY for the SWIM-selected weights, read-back."""
-    from hil.board import Board
-    from hil.deploy_plan import save_plan
-    from hil.procedures.program import Program
+    from hil.deploy import DeploySettings, default_plan_path, plan_model, program_params
+    from hil.deploy.procedure import DeployRun
+    from hil.hardware.board import Board
 
-    plan_path = plan_path or out.with_name(out.stem + ".plan.h5")
+    plan_path = plan_path or default_plan_path(out)
+    settings = DeploySettings(fraction, method, granularity, tol, max_pulses, read_delay)
     if not resume:
         if profile_file is None:
             raise UserError("--profile is required to plan a deployment")
@@ -70,7 +48,5 @@ def program(model_file: Path, port: str, profile_file: Path | None, fraction: fl
             raise UserError(f"{plan_path} already exists (use --force to overwrite it)")
         with Board.open(port) as board:
             rows, cols = board.rows, board.cols
-        plan = make_plan(model_file, profile_file, fraction, method, granularity, rows, cols, read_delay)
-        save_plan(plan, plan_path, force=force)
-    params = {"plan": str(plan_path.resolve()), "tol": tol, "max_pulses": max_pulses, "read_delay": read_delay}
-    execute(Program, port, out, force, resume, as_json, quiet, None, params)
+        plan_model(model_file, profile_file, plan_path, rows, cols, settings, force=force)
+    execute(DeployRun, port, out, force, resume, as_json, quiet, None, program_params(plan_path, settings))

@@ -43,7 +43,8 @@ def curve(model_file: Path, profile_path: Path, fractions: str, methods: str, gr
     from tqdm import tqdm
 
     from calibration.profile import load_profile
-    from hil.swim_report import curve_table, plot_curve
+    from hil.deploy.swim_report import curve_table
+    from hil.figures.swim import plot_curve
     from models.checkpoint import load_model
     from models.data.datasets import load_dataset
     from models.swim.planning import SwimPlanner

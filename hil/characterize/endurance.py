@@ -1,0 +1,78 @@
+"""Endurance: N SET/RESET cycles on a region, LRS and HRS read every k cycles, streamed from the board."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hil.characterize.procedure import Procedure, ProcedureParams, Progress
+from hil.characterize.runfile import RunWriter, Table
+
+
+@dataclass
+class EnduranceParams(ProcedureParams):
+    cycles: int = 10_000
+    read_every: int = 100
+    set_v: float = 1.5
+    set_width_ns: int = 200
+    set_gate: float = 1.1  # V: ~31 uA compliance -> LRS ~ 30 uS on the default chip
+    reset_v: float = -1.5
+    reset_width_ns: int = 200
+    reset_gate: float = 3.0
+    cells_per_event: int = 0  # 0: as many as fit one frame; small values help on a noisy link
+
+
+class Endurance(Procedure):
+    name = "endurance"
+    Params = EnduranceParams
+
+    def validate(self) -> None:
+        p = self.p
+        if p.cycles < 1 or not 1 <= p.read_every <= p.cycles:
+            raise ValueError(f"endurance needs cycles >= 1 and 1 <= read_every <= cycles (got {p.cycles}, {p.read_every})")
+        self.check_voltage("SET voltage", p.set_v, "set_v")
+        self.check_voltage("RESET voltage", p.reset_v, "reset_v")
+        self.check_pulse(p.set_width_ns, p.set_gate)
+        self.check_pulse(p.reset_width_ns, p.reset_gate)
+
+    def tables(self) -> dict[str, Table]:
+        n = self.region.n_cells
+        return {"endurance": Table(
+            {"cycle": ("i8", ()), "t": ("f8", ()), "lrs": ("f8", (n,)), "hrs": ("f8", (n,)),
+             "lrs_code": ("u2", (n,)), "hrs_code": ("u2", (n,))},
+            "one record per read point: conductance (S) after SET (lrs) and after RESET (hrs) of every cell, row-major")}  # fmt: skip
+
+    def total_units(self) -> int:
+        return self.p.cycles // self.p.read_every
+
+    def run(self, w: RunWriter, bar: Progress) -> None:
+        p = self.p
+        done_points = w.count("endurance")
+        bar.set(done_points)
+        remaining = p.cycles - done_points * p.read_every
+        if remaining < p.read_every:
+            return
+        offset = done_points * p.read_every
+        reg = self.region
+        for chunk in self.board.endurance(reg.row0, reg.col0, reg.nrows, reg.ncols, remaining, p.read_every,
+                                          p.set_v, p.set_width_ns, p.set_gate, p.reset_v, p.reset_width_ns,
+                                          p.reset_gate, p.v_read, p.cells_per_event):  # fmt: skip
+            w.append("endurance", cycle=offset + chunk.cycle, t=chunk.timestamp_s, lrs=chunk.lrs_s, hrs=chunk.hrs_s,
+                     lrs_code=chunk.lrs_codes, hrs_code=chunk.hrs_codes)  # fmt: skip
+            bar.advance()
+
+    def summary(self, data: dict) -> dict:
+        d = data["endurance"]
+        if not len(d):
+            return {"read_points": 0}
+        floor = 1e-8
+        window = np.median(np.maximum(d["lrs"], floor) / np.maximum(d["hrs"], floor), axis=1)
+        return {
+            "read_points": int(len(d)),
+            "cycles": int(d["cycle"][-1]),
+            "lrs_median_first": float(np.median(d["lrs"][0])),
+            "hrs_median_first": float(np.median(d["hrs"][0])),
+            "window_first": float(window[0]),
+            "window_last": float(window[-1]),
+            "cells_closed_last": int(np.sum(d["lrs"][-1] < 2 * np.maximum(d["hrs"][-1], floor))),
+        }

@@ -1,0 +1,116 @@
+"""Multi-level programming statistics: the same cells programmed open-loop (one shot) and with write-verify.
+
+Open loop needs to know which SET gate voltage gives which conductance: the procedure first measures
+that curve on a few cells (full RESET, then SET at each gate voltage), then programs every cell with
+one RESET and one SET at the interpolated gate. Both phases are read right after programming and at
+a few times after, so calibration can fit programming error, its spread, the pulses it cost, and
+relaxation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hil.characterize.procedure import Procedure, ProcedureParams, Progress
+from hil.characterize.multilevel import (
+    SET_WIDTH_NS, assign_levels, calibrate_gate, check_verify_params, gate_for, gate_table, level_targets, one_shot,
+    program_table, program_verified, reads_table, timed_reads,
+)  # fmt: skip
+from hil.characterize.runfile import RunWriter, Table
+
+
+
+@dataclass
+class LevelsParams(ProcedureParams):
+    levels: int = 8
+    g_lo: float = 4e-6
+    g_hi: float = 36e-6
+    tol: float = 0.8e-6  # write-verify tolerance (S), 2% of g_max
+    max_pulses: int = 100
+    read_times: str = "1,10,100,1000"  # s after programming
+    gate_lo: float = 0.7  # gate-calibration sweep (V)
+    gate_hi: float = 1.4
+    gate_points: int = 15
+    cal_cells: int = 16
+    seed: int = 0
+
+
+class Levels(Procedure):
+    name = "levels"
+    Params = LevelsParams
+
+    def validate(self) -> None:
+        p = self.p
+        level_targets(p.levels, p.g_lo, p.g_hi)
+        self.times = self._times()
+        if p.gate_points < 2 or p.cal_cells < 1:
+            raise ValueError("levels needs --gate-points >= 2 and --cal-cells >= 1")
+        check_verify_params(p.tol, p.max_pulses)
+        for gate in (p.gate_lo, p.gate_hi):
+            self.check_pulse(SET_WIDTH_NS, gate)
+
+    def _times(self) -> np.ndarray:
+        try:
+            t = np.array([float(x) for x in self.p.read_times.split(",")])
+        except ValueError:
+            raise ValueError(f"--read-times {self.p.read_times!r}: give comma-separated seconds, e.g. 1,10,100") from None
+        if t.size < 1 or np.any(t <= 0) or np.any(np.diff(t) <= 0):
+            raise ValueError(f"--read-times {self.p.read_times!r}: times must be positive and increasing")
+        return t
+
+    def tables(self) -> dict[str, Table]:
+        n = self.region.n_cells
+        k = min(self.p.cal_cells, n)
+        return {
+            "gate_cal": gate_table(k),
+            "open_loop": program_table("one RESET + one SET at the calibrated gate per cell (status 0; pulses 2)"),
+            "open_loop_reads": reads_table(n, "block reads at read_times after open-loop programming"),
+            "verified": program_table("on-board write-verify to the same targets"),
+            "verified_reads": reads_table(n, "block reads at read_times after write-verify"),
+        }
+
+    def total_units(self) -> int:
+        return self.p.gate_points + 2 * self.region.n_cells + 2 * self.times.size
+
+    def _calibrate_gate(self, w: RunWriter, bar: Progress) -> None:
+        p = self.p
+        rows, cols = self.region.cells()
+        k = min(p.cal_cells, rows.size)
+        calibrate_gate(self.board, w, rows[:k], cols[:k], np.linspace(p.gate_lo, p.gate_hi, p.gate_points), p.v_read, bar)
+
+    def _program_open_loop(self, w: RunWriter, bar: Progress, levels: np.ndarray, targets: np.ndarray) -> None:
+        p = self.p
+        cal = w.read("gate_cal")
+        gates = gate_for(targets, cal["gate"], cal["g"])
+        rows, cols = self.region.cells()
+        for i in range(w.count("open_loop"), rows.size):
+            r, c, lv = int(rows[i]), int(cols[i]), int(levels[i])
+            m = one_shot(self.board, r, c, float(gates[lv]), p.v_read)
+            w.append("open_loop", cell=[r, c], level=lv, target=targets[lv], g=m.conductance_s, pulses=2, status=0, t=m.timestamp_s)
+            bar.advance()
+
+    def run(self, w: RunWriter, bar: Progress) -> None:
+        p = self.p
+        targets = level_targets(p.levels, p.g_lo, p.g_hi)
+        levels = assign_levels(self.region.n_cells, p.levels, p.seed)
+        bar.set(sum(w.count(t) for t in ("gate_cal", "open_loop", "verified")) + w.count("open_loop_reads") + w.count("verified_reads"))
+        self._calibrate_gate(w, bar)
+        self._program_open_loop(w, bar, levels, targets)
+        timed_reads(self.board, w, "open_loop_reads", self.region, float(w.read("open_loop")["t"].max()), self.times, p.v_read, bar)
+        program_verified(self.board, w, "verified", self.region, levels, targets, p.tol, p.max_pulses, p.v_read, bar)
+        timed_reads(self.board, w, "verified_reads", self.region, float(w.read("verified")["t"].max()), self.times, p.v_read, bar)
+
+    def summary(self, data: dict) -> dict:
+        healthy = data["verified"]["status"] == 0  # cells write-verify could program: formed, not stuck
+        out: dict = {"cells": int(len(data["verified"])), "healthy": int(healthy.sum()), "levels": self.p.levels}
+        for phase in ("open_loop", "verified"):
+            d = data[phase][healthy]
+            err = d["g"] - d["target"]
+            out[phase] = {
+                "sigma_uS": float(np.std(err) * 1e6),
+                "mean_error_uS": float(np.mean(err) * 1e6),
+                "pulses_mean": float(np.mean(d["pulses"])),
+                "within_tol": float(np.mean(np.abs(err) <= self.p.tol)),
+            }
+        return out

@@ -1,0 +1,63 @@
+"""Read noise: optionally program cells to levels, then read the region many times in a row."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hil.characterize.procedure import Procedure, ProcedureParams, Progress
+from hil.characterize.multilevel import assign_levels, check_verify_params, level_targets, program_table, program_verified
+from hil.characterize.runfile import RunWriter, Table
+
+
+@dataclass
+class ReadNoiseParams(ProcedureParams):
+    reads: int = 100
+    program: bool = True  # write-verify the cells to levels first
+    levels: int = 4
+    g_lo: float = 5e-6
+    g_hi: float = 35e-6
+    tol: float = 0.8e-6
+    max_pulses: int = 100
+    seed: int = 0
+    settle: float = 100.0  # s to wait after programming, so relaxation does not pass for read noise
+
+
+class ReadNoise(Procedure):
+    name = "read-noise"
+    Params = ReadNoiseParams
+
+    def validate(self) -> None:
+        if self.p.reads < 3:
+            raise ValueError("read-noise needs --reads >= 3")
+        level_targets(self.p.levels, self.p.g_lo, self.p.g_hi)
+        check_verify_params(self.p.tol, self.p.max_pulses)
+
+    def tables(self) -> dict[str, Table]:
+        n = self.region.n_cells
+        return {"program": program_table("write-verify programming before the reads (empty with --no-program)"),
+                "reads": Table({"t": ("f8", ()), "g": ("f8", (n,)), "code": ("u2", (n,))},
+                               "one record per block read of the region")}  # fmt: skip
+
+    def total_units(self) -> int:
+        return (self.region.n_cells if self.p.program else 0) + self.p.reads
+
+    def run(self, w: RunWriter, bar: Progress) -> None:
+        p = self.p
+        if p.program:
+            targets = level_targets(p.levels, p.g_lo, p.g_hi)
+            levels = assign_levels(self.region.n_cells, p.levels, p.seed)
+            program_verified(self.board, w, "program", self.region, levels, targets, p.tol, p.max_pulses, p.v_read, bar)
+        reg = self.region
+        if p.program and p.settle > 0 and w.count("reads") == 0:
+            self.board.wait(p.settle)
+        for _ in range(w.count("reads"), p.reads):
+            m = self.board.read_block(reg.row0, reg.col0, reg.nrows, reg.ncols, p.v_read)
+            w.append("reads", t=m.timestamp_s, g=m.conductance_s.ravel(), code=m.codes.ravel())
+            bar.advance()
+
+    def summary(self, data: dict) -> dict:
+        g = data["reads"]["g"]
+        sd = g.std(axis=0, ddof=1)
+        return {"reads": int(g.shape[0]), "cells": int(g.shape[1]), "sigma_median_uS": float(np.median(sd) * 1e6),
+                "g_mean_median_uS": float(np.median(g.mean(axis=0)) * 1e6)}  # fmt: skip

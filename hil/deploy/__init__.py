@@ -1,0 +1,58 @@
+"""Deployment: a trained network planned onto cells, programmed with selective write-verify, read back, judged.
+
+`deploy_model` is the one entry point (used by `rram program` and `rram demo`); the rooms behind it are
+`plan` (the plan file, torch-free), `placement` (network -> device targets and tiles), `procedure`
+(the programming run on the board), `readback` (measured vs predicted accuracy) and `swim_report`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """How a model is deployed: which weights are write-verified, and the write-verify and read-back knobs."""
+
+    fraction: float = 0.1  # fraction of the weights write-verified
+    method: str = "swim"  # swim | magnitude | random | gradient
+    granularity: str = "weight"  # weight | row | column
+    tol_s: float = 0.8e-6  # write-verify tolerance (S)
+    max_pulses: int = 100
+    read_delay_s: float = 1.0  # between programming a tile and reading it back
+
+
+def default_plan_path(out: Path) -> Path:
+    """Where the plan file of deployment run OUT lives unless told otherwise."""
+    return out.with_name(out.stem + ".plan.h5")
+
+
+def plan_model(model_file: Path, profile_file: Path, plan_path: Path, rows: int, cols: int,
+               settings: DeploySettings = DeploySettings(), *, force: bool = False) -> Path:  # fmt: skip
+    """Plan MODEL_FILE for a rows x cols array with the chip's profile and write the plan file."""
+    from hil.deploy.placement import plan_deployment
+    from hil.deploy.plan import save_plan
+
+    plan = plan_deployment(model_file, profile_file, settings.fraction, settings.method, settings.granularity,
+                           rows, cols, settings.read_delay_s)  # fmt: skip
+    return save_plan(plan, plan_path, force=force)
+
+
+def program_params(plan_path: Path, settings: DeploySettings = DeploySettings()) -> dict:
+    """Parameters of the programming run (`hil.deploy.procedure.DeployRun`) for a plan file."""
+    return {"plan": str(plan_path.resolve()), "tol": settings.tol_s, "max_pulses": settings.max_pulses,
+            "read_delay": settings.read_delay_s}  # fmt: skip
+
+
+def deploy_model(model_file: Path, profile_file: Path, port: str, out: Path, settings: DeploySettings = DeploySettings(),
+                 *, plan_path: Path | None = None, force: bool = False, quiet: bool = False) -> dict:  # fmt: skip
+    """Plan, program and read back MODEL_FILE on the board at PORT; returns the programming run's summary."""
+    from hil.characterize.procedure import run_procedure
+    from hil.deploy.procedure import DeployRun
+    from hil.hardware.board import Board
+
+    plan_path = plan_path or default_plan_path(out)
+    with Board.open(port) as board:
+        plan_model(model_file, profile_file, plan_path, board.rows, board.cols, settings, force=force)
+        proc = DeployRun(DeployRun.Params(**program_params(plan_path, settings)), board)
+        return run_procedure(proc, out, force=force, quiet=quiet).summary

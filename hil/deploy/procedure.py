@@ -1,0 +1,141 @@
+"""Deploy a network: program a plan's tiles onto the array (one-shot or on-board write-verify), read back.
+
+Per tile: devices not marked for verification get one RESET and one SET at the gate voltage that the
+gate calibration maps to their target; marked devices get the board's WRITE_VERIFY; then, after the
+read delay (ADVANCE_CLOCK on a simulator), the tile is read back. Cells of the used area that are
+still pristine are formed first. Everything is recorded per tile, so an interrupted deployment resumes
+at the first tile not yet recorded (a partly programmed tile is programmed again).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hil.hardware.board import PulseRamp
+from hil.deploy.plan import Plan, load_plan
+from hil.characterize.procedure import Procedure, ProcedureParams, Progress
+from hil.characterize.multilevel import SET_WIDTH_NS, calibrate_gate, check_verify_params, gate_for, gate_table, one_shot
+from hil.characterize.runfile import RunWriter, Table
+
+
+
+@dataclass
+class DeployParams(ProcedureParams):
+    cells: str = ":,:"  # the plan decides which cells a tile uses; kept for the common parameters
+    plan: str = ""  # plan file (.h5) from `rram program` / hil.deploy.plan
+    tol: float = 0.8e-6  # S, write-verify tolerance
+    max_pulses: int = 100
+    read_delay: float = 1.0  # s between programming a tile and reading it back
+    gate_lo: float = 0.7
+    gate_hi: float = 1.4
+    gate_points: int = 15
+    cal_cells: int = 8
+    form: bool = True  # form pristine cells of the used area first
+
+
+class DeployRun(Procedure):
+    name = "program"
+    Params = DeployParams
+    characterization = False
+
+    def validate(self) -> None:
+        p = self.p
+        if not p.plan:
+            raise ValueError("program needs a plan file (--plan)")
+        self.plan: Plan = load_plan(p.plan)
+        if self.plan.rows > self.board.rows or self.plan.cols > self.board.cols:
+            raise ValueError(f"plan tiles are {self.plan.rows}x{self.plan.cols}, larger than the {self.board.rows}x{self.board.cols} array")
+        if p.read_delay < 0:
+            raise ValueError("--read-delay must be >= 0 s")
+        check_verify_params(p.tol, p.max_pulses)
+        for gate in (p.gate_lo, p.gate_hi):
+            self.check_pulse(SET_WIDTH_NS, gate)
+        self.used_rows = int(self.plan.tiles["nr"].max())
+        self.used_cols = int(self.plan.tiles["nc"].max())
+
+    def tables(self) -> dict[str, Table]:
+        n = self.plan.rows * self.plan.cols
+        return {
+            "form": Table({"cell": ("i4", (2,)), "formed": ("u1", ()), "g": ("f8", ())}, "cells formed before programming"),
+            "gate_cal": gate_table(min(self.p.cal_cells, self.used_rows * self.used_cols)),
+            "tiles": Table({"tile": ("i4", ()), "target": ("f4", (n,)), "verify": ("u1", (n,)), "g_prog": ("f4", (n,)),
+                            "pulses": ("i2", (n,)), "status": ("u1", (n,)), "g_read": ("f4", (n,)), "t_prog": ("f8", ()),
+                            "t_read": ("f8", ())},
+                           "one record per tile, cells row-major over the plan's rows x cols (NaN where unused)"),
+        }  # fmt: skip
+
+    def total_units(self) -> int:
+        return len(self.plan.tiles) + self.p.gate_points
+
+    def _form(self, w: RunWriter) -> None:
+        """FORM every cell of the used area (a formed cell answers at once; pristine ones get the ramp)."""
+        if not self.p.form or w.count("tiles"):
+            return
+        rows, cols = np.unravel_index(np.arange(w.count("form"), self.used_rows * self.used_cols), (self.used_rows, self.used_cols))
+        for r, c in zip(rows, cols):
+            o = self.board.form(int(r), int(c), v_read=self.p.v_read)
+            w.append("form", cell=[r, c], formed=o.formed, g=o.conductance_s)
+
+    def run(self, w: RunWriter, bar: Progress) -> None:
+        p, plan = self.p, self.plan
+        bar.set(w.count("gate_cal") + w.count("tiles"))
+        self._form(w)
+        k = min(p.cal_cells, self.used_rows * self.used_cols)
+        cal_r, cal_c = np.unravel_index(np.arange(k), (self.used_rows, self.used_cols))
+        calibrate_gate(self.board, w, cal_r, cal_c, np.linspace(p.gate_lo, p.gate_hi, p.gate_points), p.v_read, bar)
+        cal = w.read("gate_cal")
+        for ti in range(w.count("tiles"), len(plan.tiles)):
+            w.append("tiles", self._program_tile(ti, cal))
+            bar.advance()
+
+    def _program_tile(self, ti: int, cal: np.ndarray) -> np.ndarray:
+        p, plan = self.p, self.plan
+        t = plan.tiles[ti]
+        lp = plan.layers[int(t["layer"])]
+        nr, nc = int(t["nr"]), int(t["nc"])
+        tgt = lp.targets[t["r0"] : t["r0"] + nr, t["c0"] : t["c0"] + nc]
+        ver = lp.verify[t["r0"] : t["r0"] + nr, t["c0"] : t["c0"] + nc]
+        shape = (plan.rows, plan.cols)
+        rec = np.zeros(1, dtype=self.tables()["tiles"].dtype)[0]
+        rec["tile"] = ti
+        for key in ("target", "g_prog", "g_read"):
+            rec[key] = np.nan
+        full = lambda a, fill: np.pad(a.astype(float), ((0, shape[0] - nr), (0, shape[1] - nc)), constant_values=fill).ravel()  # noqa: E731
+        rec["target"], rec["verify"] = full(tgt, np.nan), full(ver, 0)
+        g_prog = np.full((nr, nc), np.nan)
+        pulses = np.zeros((nr, nc), dtype=np.int64)
+        status = np.zeros((nr, nc), dtype=np.uint8)
+        gates = gate_for(tgt.ravel(), cal["gate"], cal["g"]).reshape(nr, nc)
+        for r, c in np.argwhere(~ver):
+            g_prog[r, c] = one_shot(self.board, int(r), int(c), float(gates[r, c]), p.v_read).conductance_s
+            pulses[r, c] = 2
+        vr, vc = np.nonzero(ver)
+        t_prog = 0.0
+        if vr.size:
+            o = self.board.write_verify(vr, vc, tgt[vr, vc], p.tol, p.max_pulses, PulseRamp(), p.v_read)
+            g_prog[vr, vc], pulses[vr, vc], status[vr, vc] = o.final_s, o.pulses, o.status
+            t_prog = o.timestamp_s
+        if p.read_delay > 0:
+            self.board.wait(p.read_delay)
+        m = self.board.read_block(0, 0, nr, nc, p.v_read)
+        rec["g_prog"], rec["pulses"], rec["status"] = full(g_prog, np.nan), full(pulses, 0), full(status, 0)
+        rec["g_read"], rec["t_prog"], rec["t_read"] = full(m.conductance_s, np.nan), t_prog or m.timestamp_s, m.timestamp_s
+        return np.array([rec])
+
+    def summary(self, data: dict) -> dict:
+        t = data["tiles"]
+        used = ~np.isnan(t["target"])
+        ver = (t["verify"] > 0) & used
+        err = (t["g_read"] - t["target"])[used]
+        pulses = t["pulses"][used].astype(float)
+        return {
+            "tiles": int(len(t)),
+            "devices": int(used.sum()),
+            "verified_devices": int(ver.sum()),
+            "form_failed": int(np.sum(data["form"]["formed"] == 0)),
+            "write_cycles": float(pulses.sum()),
+            "pulses_verified_mean": float(t["pulses"][ver].mean()) if ver.any() else 0.0,
+            "readback_sigma_uS": float(np.std(err) * 1e6),
+            "readback_sigma_verified_uS": float(np.std((t["g_read"] - t["target"])[ver]) * 1e6) if ver.any() else None,
+        }

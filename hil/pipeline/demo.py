@@ -1,0 +1,192 @@
+"""`rram demo`: the whole pipeline on the embedded simulated board, from a pristine chip onward.
+
+Each stage writes its files into one output folder and adds a line to the summary, so a newcomer
+sees what every part of the stack produces.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hil.hardware.board import Board
+from hil.characterize import get_procedure
+from hil.characterize.procedure import run_procedure
+
+MARKER = ".rram-demo"
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("rram-demo")
+    seed: int = 1
+    rows: int = 32
+    cols: int = 32
+    quick: bool = False  # smaller regions and budgets (tests)
+    plots: bool = True
+    hidden: int = 24  # MLP hidden width (small enough to program quickly)
+    epochs: int = 20
+    swim: float = 0.1  # fraction of weights write-verified
+    read_delay: float = 1.0  # s between programming and read-back
+    mc_draws: int = 200
+
+
+@dataclass
+class DemoReport:
+    stages: list[tuple[str, float, dict]] = field(default_factory=list)
+
+    def add(self, name: str, seconds: float, result: dict) -> None:
+        self.stages.append((name, seconds, result))
+
+
+def prepare_folder(out: Path, force: bool) -> None:
+    """Create the demo folder; reuse one the demo made earlier; refuse a foreign non-empty folder."""
+    if out.exists():
+        if any(out.iterdir()) and not (out / MARKER).exists() and not force:
+            raise FileExistsError(f"{out} exists and was not made by `rram demo` (use --force or another --out)")
+    else:
+        out.mkdir(parents=True)
+    (out / MARKER).write_text("made by rram demo\n")
+
+
+def _characterize_plan(cfg: DemoConfig) -> list[tuple[str, dict]]:
+    n = 8 if cfg.quick else 16
+    region = f"0:{n},0:{n}"
+    return [
+        ("form", dict(cells=f"0:{cfg.rows},0:{cfg.cols}")),  # the whole chip: its defect map matters for deployment
+        ("endurance", dict(cells=f"0:{n // 2},0:{n // 2}", cycles=2_000 if cfg.quick else 100_000, read_every=100 if cfg.quick else 1_000)),
+        ("retention", dict(cells=region, t_last=1e4 if cfg.quick else 1e5, times=6 if cfg.quick else 11)),
+        ("levels", dict(cells=region, read_times="1,10,100" if cfg.quick else "1,10,100,1000,10000")),
+        ("read-noise", dict(cells=f"0:{n // 2},0:{n}", reads=20 if cfg.quick else 100)),
+    ]
+
+
+def run_demo(cfg: DemoConfig, force: bool = False, echo: Callable[[str], None] = print) -> DemoReport:
+    """Characterize the simulated chip, fit its profile, train on it, deploy with SWIM, read back, report."""
+    prepare_folder(cfg.out, force)
+    report = DemoReport()
+    url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}"
+    runs: dict[str, Path] = {}
+    with Board.open(url) as board:
+        echo(f"board: {board.info.board_id} {board.rows}x{board.cols}, session {board.session_id:08x} ({url})")
+        for name, kwargs in _characterize_plan(cfg):
+            cls = get_procedure(name)
+            path = cfg.out / f"{name}.h5"
+            t0 = time.perf_counter()
+            outcome = run_procedure(cls(cls.Params(**kwargs), board), path, force=True, quiet=not cfg.plots)
+            runs[name] = path
+            report.add(f"characterize {name}", time.perf_counter() - t0, outcome.summary)
+            echo(f"  {name:<11} -> {path}  {_headline(name, outcome.summary)}")
+    t0 = time.perf_counter()
+    profile_path = fit_stage(runs, cfg.out / "profile.h5")
+    report.add("fit", time.perf_counter() - t0, {"profile": str(profile_path)})
+    echo(f"  profile    -> {profile_path}  {_profile_headline(profile_path)}")
+    t0 = time.perf_counter()
+    model_path, train_summary = train_stage(cfg, profile_path, cfg.out / "model.pt")
+    report.add("train", time.perf_counter() - t0, train_summary)
+    echo(f"  model      -> {model_path}  {_train_headline(train_summary)}")
+    t0 = time.perf_counter()
+    deploy = deploy_stage(cfg, model_path, profile_path, cfg.out / "deploy.h5", quiet=not cfg.plots)
+    report.add("deploy", time.perf_counter() - t0, deploy)
+    echo(f"  deploy     -> {cfg.out / 'deploy.h5'}  {_deploy_headline(deploy)}")
+    if cfg.plots:
+        t0 = time.perf_counter()
+        figures = _plot(runs, cfg.out / "figures")
+        report.add("plot", time.perf_counter() - t0, {"figures": len(figures)})
+        echo(f"  figures    -> {cfg.out / 'figures'} ({len(figures)} PNG)")
+    (cfg.out / "summary.json").write_text(json.dumps([{"stage": s, "seconds": t, **r} for s, t, r in report.stages], indent=1, default=str))
+    return report
+
+
+def fit_stage(runs: dict[str, Path], path: Path) -> Path:
+    """Fit the noise profile of the simulated chip from the runs just made."""
+    from calibration.profile import save_profile
+    from hil.pipeline.run_datasets import fit_runs
+
+    profile, _ = fit_runs([runs[k] for k in ("form", "levels", "retention", "read-noise", "endurance") if k in runs])
+    save_profile(profile, path, overwrite=True)
+    return path
+
+
+def _profile_headline(path: Path) -> str:
+    import numpy as np
+
+    from calibration.profile import load_profile
+
+    p = load_profile(path)
+    mid = np.array([(p.g_min + p.g_max) / 2])
+    best = min(p.families.items(), key=lambda kv: kv[1].aic)[0] if p.families else "-"
+    return (f"sigma at mid-window: open-loop {p.programming_sigma(mid)[0] * 1e6:.2f} uS, "
+            f"write-verify {p.programming_sigma(mid, verified=True)[0] * 1e6:.2f} uS; best family {best}")  # fmt: skip
+
+
+def train_stage(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, dict]:
+    """Train a small MLP on the embedded digits with noise injection from the fitted profile."""
+
+    from models.checkpoint import save_checkpoint
+    from models.config import TrainConfig
+    from models.data.datasets import load_dataset
+    from models.montecarlo import evaluate_mc
+    from models.noise.factory import noise_from_profile
+    from models.training import train
+
+    noise = {"family": "profile", "path": str(profile_path.resolve()), "t_s": cfg.read_delay, "mapping": "analog"}
+    tc = TrainConfig(model="mlp", model_kwargs={"hidden": [cfg.hidden]}, data="digits", method="noise", noise=noise,
+                     epochs=cfg.epochs, seed=cfg.seed, progress=False, checkpoint=None)  # fmt: skip
+    result = train(tc, log=lambda _s: None)
+    save_checkpoint(result.checkpoint, path)
+    ds = load_dataset("digits")
+    nz = noise_from_profile(profile_path, t_s=cfg.read_delay, mapping="analog")
+    mc = evaluate_mc(result.model.cpu(), ds.x_test, ds.y_test, nz, cfg.mc_draws, seed=cfg.seed, kpp=(1.0,))
+    return path, {"clean": mc.clean_accuracy, "noisy_mean": mc.mean, "kpp1": mc.kpp[1.0], "draws": mc.n_draws}
+
+
+def deploy_stage(cfg: DemoConfig, model_path: Path, profile_path: Path, out: Path, quiet: bool) -> dict:
+    """Program the model onto a fresh copy of the simulated chip with SWIM, read back, evaluate."""
+    from hil.deploy import DeploySettings, deploy_model
+    from hil.deploy.readback import evaluate_deployed
+
+    url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}"
+    settings = DeploySettings(fraction=cfg.swim, read_delay_s=cfg.read_delay)
+    summary = deploy_model(model_path, profile_path, url, out, settings, force=True, quiet=quiet)
+    acc = evaluate_deployed(out, mc=cfg.mc_draws, seed=cfg.seed)
+    return {**acc.to_dict(), "swim_fraction": cfg.swim, "program": summary}
+
+
+def _train_headline(s: dict) -> str:
+    return f"clean {100 * s['clean']:.1f}%, noisy mean {100 * s['noisy_mean']:.1f}%, 1% KPP {100 * s['kpp1']:.1f}% ({s['draws']} draws)"
+
+
+def _deploy_headline(d: dict) -> str:
+    return (f"SWIM {100 * d['swim_fraction']:.0f}%: measured {100 * d['measured']:.1f}% vs predicted "
+            f"{100 * d['predicted_mean']:.1f}% (1% KPP {100 * d['predicted_kpp1']:.1f}%), "
+            f"{'inside' if d['within_spread'] else 'OUTSIDE'} the predicted spread; write cycles {d['write_cycles']:.0f} = "
+            f"{d['write_cycles'] / d['write_cycles_full_wv']:.2f}x full write-verify")  # fmt: skip
+
+
+def _plot(runs: dict[str, Path], folder: Path) -> list[Path]:
+    from hil.figures.runs import plot_run
+
+    folder.mkdir(exist_ok=True)
+    paths: list[Path] = []
+    for path in runs.values():
+        paths += plot_run(path, folder)
+    return paths
+
+
+def _headline(name: str, s: dict) -> str:
+    if name == "form":
+        return f"formed {s['formed']}/{s['cells']}, median V_form {s['v_form_median']:.2f} V"
+    if name == "endurance":
+        return f"{s['cycles']} cycles, window {s['window_first']:.1f}x -> {s['window_last']:.1f}x"
+    if name == "retention":
+        return f"sigma {s['sigma_first_uS']:.2f} uS at {s['times_s'][0]:.0f} s -> {s['sigma_last_uS']:.2f} uS at {s['times_s'][-1]:.0f} s"
+    if name == "levels":
+        ol, wv = s["open_loop"], s["verified"]
+        return (f"open-loop sigma {ol['sigma_uS']:.2f} uS, write-verify {wv['sigma_uS']:.2f} uS "
+                f"({wv['pulses_mean']:.1f} pulses/cell, {100 * wv['within_tol']:.0f}% within tolerance)")  # fmt: skip
+    if name == "read-noise":
+        return f"read sigma {s['sigma_median_uS']:.2f} uS"
+    return ""

@@ -1,0 +1,304 @@
+"""From run files to fitted noise profiles: turn each procedure's tables into calibration datasets.
+
+`calibration` fits plain arrays and knows nothing of run files; this module is the bridge, so the
+dependency stays one-way (hil -> calibration). Cells that write-verify could not program (never
+formed, stuck) are left out of the programming, relaxation and spatial fits: they are counted by the
+stuck fractions instead, and including them would turn a defect rate into a noise sigma.
+
+Relaxation needs each cell's programming time. Open-loop cells of a levels run all get a full RESET
+and SET, so their clock starts at the recorded time; write-verify leaves some cells untouched (already
+within tolerance) or only nudged, and those keep relaxing on an older clock. Levels runs therefore
+give relaxation from their open-loop reads, and retention runs (write-verify only) from the cells
+that received pulses. Several runs of one kind are pooled where their shapes allow it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration.datasets import EnduranceDataset, ErrorMapDataset, ProgrammingDataset, ReadNoiseDataset, RelaxationDataset
+from calibration.fit import FitOptions, fit_profile
+from calibration.noise_terms import Provenance
+from calibration.profile import NoiseProfile
+from hil.characterize.runfile import RunData, read_run
+
+_CONVERGED = 0
+_IMMEDIATE_READ_S = 1e-3  # the board reads a cell about a millisecond after its last pulse
+# Endurance reads below this fraction of the array's typical LRS read are taken as "no window" when
+# judging failure: an open or unformed cell reads only noise around 0 S, and the ratio of two noise
+# reads is meaningless (it would make such cells "fail" at a random late cycle).
+_NOISE_FLOOR_FRAC = 0.05
+_MAX_DELAY_RATIO = 1.5  # programming datasets pooled from runs must share their read delay within this
+
+
+@dataclass
+class Datasets:
+    """Everything the runs give the fitters, before fitting."""
+
+    open_loop: ProgrammingDataset | None = None
+    verified: ProgrammingDataset | None = None
+    relaxation: RelaxationDataset | None = None
+    read_noise: ReadNoiseDataset | None = None
+    endurance: EnduranceDataset | None = None
+    error_map: ErrorMapDataset | None = None
+    defects: tuple[float, float] | None = None  # (stuck high, stuck low) fractions seen forming or programming
+    defect_g: tuple[float, float] | None = None  # median read conductance (S) of stuck-high / stuck-low cells
+    used: dict[str, list[str]] = field(default_factory=dict)  # dataset -> run files it came from
+
+    def note(self, dataset: str, run: RunData) -> None:
+        self.used.setdefault(dataset, []).append(str(run.path))
+
+
+@dataclass
+class _Programming:
+    """One run's programming rows, before pooling."""
+
+    target: np.ndarray
+    g: np.ndarray
+    pulses: np.ndarray
+    t_read_s: float
+
+
+def _relaxation_rows(prog: np.ndarray, reads: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Flatten timed block reads of the cells in `use` into (target, t since programming, g) rows.
+
+    Each block read gets one delay, the median over the cells of (read time - programming time):
+    cells are programmed one after the other within milliseconds to a fraction of a second, and the
+    relaxation fit groups rows by time.
+    """
+    n = len(prog)
+    if not len(reads) or not use.any():
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    t_since = np.median(reads["t"][:, None] - prog["t"][None, use], axis=1)
+    keep = t_since > 0
+    g = reads["g"][keep][:, :n][:, use]
+    target = np.broadcast_to(prog["target"][use][None, :], g.shape)
+    t = np.broadcast_to(t_since[keep][:, None], g.shape)
+    return target.ravel(), t.ravel(), g.ravel()
+
+
+def _error_map(table: np.ndarray, healthy: np.ndarray) -> np.ndarray | None:
+    """Programming errors laid out on the programmed rectangle (unhealthy cells at 0 error)."""
+    cells = table["cell"]
+    r0, c0 = cells.min(axis=0)
+    r1, c1 = cells.max(axis=0) + 1
+    if r1 - r0 < 2 or c1 - c0 < 2 or len(cells) != (r1 - r0) * (c1 - c0):
+        return None
+    err = np.zeros((r1 - r0, c1 - c0))
+    e = np.where(healthy, table["g"] - table["target"], 0.0)
+    err[cells[:, 0] - r0, cells[:, 1] - c0] = e
+    return err
+
+
+def _first_read(prog: np.ndarray, reads: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each cell's conductance at the first timed read after programming, and that delay (s).
+
+    Programming noise is taken at the first scheduled read (1 s by default), as in the IBM ReRAM fit:
+    the relaxation model is referenced to that time, so "programming sigma at t0 plus relaxation from
+    t0" is consistent. Without timed reads, the read taken right after programming is used.
+    """
+    if len(reads) == 0:
+        return prog["g"], _IMMEDIATE_READ_S
+    g = reads["g"][0][: len(prog)]
+    delay = float(np.median(reads["t"][0] - prog["t"]))
+    return g, max(delay, _IMMEDIATE_READ_S)
+
+
+def _programming_part(prog: np.ndarray, reads: np.ndarray, healthy: np.ndarray) -> _Programming | None:
+    """Healthy cells' programming rows of one phase, read at the first timed read."""
+    if healthy.sum() < 2:
+        return None
+    g, t_read = _first_read(prog, reads)
+    return _Programming(prog["target"][healthy], g[healthy], prog["pulses"][healthy].astype(float), t_read)
+
+
+def _pool_programming(parts: list[_Programming], verified: bool) -> ProgrammingDataset | None:
+    """One programming dataset from several runs' rows; refuses runs read at different delays."""
+    if not parts:
+        return None
+    delays = np.array([p.t_read_s for p in parts])
+    if delays.max() > _MAX_DELAY_RATIO * delays.min():
+        kind = "write-verify" if verified else "open-loop"
+        raise ValueError(f"{kind} programming was read at different delays in these runs "
+                         f"({', '.join(f'{d:g} s' for d in delays)}): fit them separately")  # fmt: skip
+    return ProgrammingDataset(np.concatenate([p.target for p in parts]), np.concatenate([p.g for p in parts]),
+                              np.concatenate([p.pulses for p in parts]), verified=verified,
+                              t_read_s=float(np.median(delays)))  # fmt: skip
+
+
+def _pool_read_noise(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> ReadNoiseDataset | None:
+    """Cells of several read-noise runs (the first R reads each, R the smallest count)."""
+    if not parts:
+        return None
+    r = min(g.shape[1] for g, _ in parts)
+    g = np.concatenate([g[:, :r] for g, _ in parts])
+    targets = [t for _, t in parts]
+    target = None if any(t is None for t in targets) else np.concatenate(targets)  # type: ignore[arg-type]
+    return ReadNoiseDataset(g, target)
+
+
+def _endurance(e: np.ndarray) -> EnduranceDataset:
+    """Endurance reads as a dataset, with failures judged on reads floored at the noise floor.
+
+    A cell fails at the first read from which its window stays closed (the calibration rule), except
+    that a window closed only at the last read counts as censored. Reads <= 0 S (an open cell's noise)
+    have no logarithm and become NaN for the LRS/HRS spreads.
+    """
+    cycles = e["cycle"].astype(np.float64)
+    lrs, hrs = e["lrs"].T.astype(np.float64), e["hrs"].T.astype(np.float64)  # (cells, read points)
+    floor = max(_NOISE_FLOOR_FRAC * float(np.quantile(lrs[:, 0], 0.9)), 1e-12)
+    judge = EnduranceDataset(cycles, np.maximum(lrs, floor), np.maximum(hrs, floor))
+    failed = judge.failed.copy()
+    if cycles.size >= 2:
+        # a window closed only at the very last read is one noisy read, not a failure: censor it there
+        failed &= judge.cycles_to_failure < cycles[-1]
+    return EnduranceDataset(cycles, np.where(lrs > 0, lrs, np.nan), np.where(hrs > 0, hrs, np.nan),
+                            judge.cycles_to_failure, failed)  # fmt: skip
+
+
+def _pool_endurance(parts: list[tuple[EnduranceDataset, str]]) -> EnduranceDataset | None:
+    """Cells of several endurance runs read at the same cycles; refuses different schedules."""
+    if not parts:
+        return None
+    first = parts[0][0]
+    for ds, path in parts[1:]:
+        if not np.array_equal(ds.cycles, first.cycles):
+            raise ValueError(f"endurance runs read at different cycles ({parts[0][1]}, {path}): fit them separately")
+    cat = lambda k: np.concatenate([getattr(ds, k) for ds, _ in parts])  # noqa: E731
+    return EnduranceDataset(first.cycles, cat("g_lrs"), cat("g_hrs"), cat("cycles_to_failure"), cat("failed"))
+
+
+def _levels_defects(verified: np.ndarray, reads: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(reads of stuck-high cells, reads of stuck-low cells, cells) among those write-verify tried to program.
+
+    A cell left below its target behaves as stuck at the bottom of the window, one left above as stuck
+    at the top: these are the fractions a deployment meets, independent of wear-out. Where it sits is
+    taken from the first block read after write-verify, which reads every cell (the write-verify
+    record holds no reading for a cell it never pulsed, such as a shorted, never-formed one).
+    """
+    bad = verified["status"] != _CONVERGED
+    g = reads["g"][0][: len(verified)] if len(reads) else verified["g"]
+    high = bad & (g > verified["target"])
+    return g[high], g[bad & ~high], int(len(verified))
+
+
+def _form_defects(form: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(reads of shorted cells, reads of cells that never formed, cells) of a form run.
+
+    A cell that conducts before any forming pulse is shorted (stuck high); one the whole ramp cannot
+    form stays open (stuck low). Forming usually covers the whole chip, so this is the best defect map.
+    """
+    high = (form["formed"] > 0) & (form["pulses"] == 0)
+    low = form["formed"] == 0
+    return form["g_after"][high], form["g_after"][low], int(len(form))
+
+
+def _defect_model(parts: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Pooled stuck fractions and the median read conductance of each kind (NaN where none was seen)."""
+    high = np.concatenate([p[0] for p in parts])
+    low = np.maximum(np.concatenate([p[1] for p in parts]), 0.0)
+    n = sum(p[2] for p in parts)
+    g_high = float(np.median(high)) if high.size else float("nan")
+    g_low = float(np.median(low)) if low.size else float("nan")
+    return (high.size / n, low.size / n), (g_high, g_low)
+
+
+def collect_datasets(runs: Sequence[RunData]) -> Datasets:
+    """Build the calibration datasets from whatever runs are given (any order, any subset)."""
+    ds = Datasets()
+    rel_parts: list[tuple[np.ndarray, ...]] = []
+    ol_parts: list[_Programming] = []
+    wv_parts: list[_Programming] = []
+    rn_parts: list[tuple[np.ndarray, np.ndarray | None]] = []
+    en_parts: list[tuple[EnduranceDataset, str]] = []
+    level_defects: list[tuple[np.ndarray, np.ndarray, int]] = []
+    form_defects: list[tuple[np.ndarray, np.ndarray, int]] = []
+    for run in runs:
+        d = run.data
+        if run.procedure == "levels" and len(d["verified"]):
+            healthy = d["verified"]["status"] == _CONVERGED
+            level_defects.append(_levels_defects(d["verified"], d["verified_reads"]))
+            n = min(len(d["open_loop"]), len(d["verified"]))
+            ol, ok = d["open_loop"][:n], healthy[:n]
+            part = _programming_part(ol, d["open_loop_reads"], ok) if n else None
+            if part is not None:
+                ol_parts.append(part)
+                ds.note("open_loop", run)
+                rows = _relaxation_rows(ol, d["open_loop_reads"], ok)
+                if rows[0].size:
+                    rel_parts.append(rows)
+                    ds.note("relaxation", run)
+                em = _error_map(ol, ok)
+                if em is not None and ds.error_map is None:  # one map: maps of different runs do not pool
+                    ds.error_map = ErrorMapDataset(em)
+                    ds.note("error_map", run)
+            part = _programming_part(d["verified"], d["verified_reads"], healthy)
+            if part is not None:
+                wv_parts.append(part)
+                ds.note("verified", run)
+        elif run.procedure == "form" and len(d["form"]):
+            form_defects.append(_form_defects(d["form"]))
+            ds.note("defects", run)
+        elif run.procedure == "retention" and len(d["program"]):
+            prog = d["program"]
+            programmed = (prog["status"] == _CONVERGED) & (prog["pulses"] > 0)  # untouched cells keep an older clock
+            rows = _relaxation_rows(prog, d["reads"], programmed)
+            if rows[0].size:
+                rel_parts.append(rows)
+                ds.note("relaxation", run)
+        elif run.procedure == "read-noise" and len(d["reads"]) >= 3:
+            g = d["reads"]["g"].T  # (cells, reads)
+            target = None
+            if len(d["program"]) == g.shape[0]:
+                ok = d["program"]["status"] == _CONVERGED
+                g, target = g[ok], d["program"]["target"][ok]
+            rn_parts.append((g, target))
+            ds.note("read_noise", run)
+        elif run.procedure == "endurance" and len(d["endurance"]):
+            en_parts.append((_endurance(d["endurance"]), str(run.path)))
+            ds.note("endurance", run)
+    ds.open_loop = _pool_programming(ol_parts, verified=False)
+    ds.verified = _pool_programming(wv_parts, verified=True)
+    ds.read_noise = _pool_read_noise(rn_parts)
+    ds.endurance = _pool_endurance(en_parts)
+    if form_defects or level_defects:  # the form run maps the whole chip; otherwise what programming met
+        ds.defects, ds.defect_g = _defect_model(form_defects or level_defects)
+    if rel_parts:
+        target, t, g = (np.concatenate(x) for x in zip(*rel_parts))
+        if np.unique(t).size >= 2:
+            ds.relaxation = RelaxationDataset(target, t, g)
+        else:
+            ds.used.pop("relaxation", None)
+    return ds
+
+
+def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: float | None = None,
+             n_levels: int | None = None, bits_per_device: int | None = None,
+             options: FitOptions | None = None) -> tuple[NoiseProfile, Datasets]:  # fmt: skip
+    """Read the run files, build the datasets and fit one profile (with provenance)."""
+    runs = [read_run(p) for p in paths]
+    ds = collect_datasets(runs)
+    if not set(ds.used) - {"defects"}:  # a form run alone has defects but no conductance window to fit
+        kinds = ", ".join(sorted({r.procedure for r in runs}))
+        raise ValueError(f"nothing to fit in these runs ({kinds}): give levels, retention, read-noise or endurance runs with data")
+    boards = sorted({r.board.get("board_id", "") for r in runs})
+    prov = Provenance(
+        run_files=[str(Path(p).resolve()) for p in paths],
+        board_id=",".join(b for b in boards if b),
+        measured_dates=[str(r.attrs.get("created_utc", "")) for r in runs],
+        notes="; ".join(f"{k}: {', '.join(Path(v).name for v in vs)}" for k, vs in ds.used.items()),
+    )
+    prof = fit_profile(open_loop=ds.open_loop, verified=ds.verified, relaxation=ds.relaxation, read_noise=ds.read_noise,
+                       endurance=ds.endurance, error_map=ds.error_map, provenance=prov, g_min=g_min, g_max=g_max,
+                       n_levels=n_levels, bits_per_device=bits_per_device, options=options)  # fmt: skip
+    if ds.defects is not None:
+        # Defects met while forming or programming the array are what a deployment sees; cycling wear-out
+        # (the endurance model's own stuck fractions, kept in prof.endurance) only adds to them over life.
+        prof.stuck_fractions = ds.defects
+        g_high, g_low = ds.defect_g or (float("nan"), float("nan"))
+        prof.stuck_g = (g_high if np.isfinite(g_high) else prof.g_max, g_low if np.isfinite(g_low) else prof.g_min)
+        prof.validate()
+    return prof, ds
