@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from firmware_protocol import Frame, FrameDecoder, MAX_PAYLOAD, decode_payload
+from firmware_protocol import MAX_PAYLOAD, Frame, FrameDecoder, decode_payload
 from firmware_protocol.messages import (
     EnduranceData,
     Message,

@@ -74,7 +74,7 @@ class _PeakRSS:
             self.peak = max(self.peak, _rss_bytes())
             time.sleep(self.period)
 
-    def __enter__(self) -> "_PeakRSS":
+    def __enter__(self) -> _PeakRSS:
         self._t.start()
         return self
 
@@ -135,7 +135,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 def _worker(job: dict[str, Any], conn) -> None:
     try:
         conn.send(("ok", run_one(job)))
-    except BaseException as exc:  # noqa: BLE001 - report any failure of the child to the parent
+    except BaseException as exc:  # report any failure of the child to the parent
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
-        runs, a0 = saved["runs"], saved["args"]
+        runs = saved["runs"]
         labels = list(dict.fromkeys(r["label"] for r in runs))
         conds = list(runs[0]["evals"])
         print(markdown(aggregate(runs, labels, conds), conds, saved.get("header", "")))

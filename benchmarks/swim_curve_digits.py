@@ -9,19 +9,19 @@ is within 1 point of full write-verify, with its write cycles relative to full w
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
-import tempfile
 
 import torch
 
 
 def _simulated_chip_profile(seed: int) -> Path:
     """Characterize a simulated chip (form, levels, retention, read noise on 16x16 cells) and fit its profile."""
-    from hil.hardware.board import Board
-    from hil.pipeline.demo import DemoConfig, _characterize_plan, fit_stage
     from hil.characterize import get_procedure
     from hil.characterize.procedure import run_procedure
+    from hil.hardware.board import Board
+    from hil.pipeline.demo import DemoConfig, _characterize_plan, fit_stage
 
     folder = Path(tempfile.mkdtemp())
     runs = {}

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 
-def _as_1d(name: str, a: object, dtype: type = np.float64) -> np.ndarray:
+def _as_1d(name: str, a: object, dtype: DTypeLike = np.float64) -> np.ndarray:
     """Return ``a`` as a 1-D array of ``dtype`` or raise a ValueError naming the field."""
     arr = np.asarray(a, dtype=dtype)
     if arr.ndim != 1:
@@ -19,7 +20,7 @@ def _as_1d(name: str, a: object, dtype: type = np.float64) -> np.ndarray:
     return arr
 
 
-def _as_nd(name: str, a: object, ndim: int, dtype: type = np.float64) -> np.ndarray:
+def _as_nd(name: str, a: object, ndim: int, dtype: DTypeLike = np.float64) -> np.ndarray:
     """Return ``a`` as an ``ndim``-D array or raise a ValueError naming the field."""
     arr = np.asarray(a, dtype=dtype)
     if arr.ndim != ndim:
@@ -195,7 +196,7 @@ class EnduranceDataset:
         bad = ~(ratio >= self.min_window)  # NaN counts as bad
         # stays bad from column j onward  <=>  reverse cumulative AND
         tail_bad = np.flip(np.logical_and.accumulate(np.flip(bad, axis=1), axis=1), axis=1)
-        failed = tail_bad.any(axis=1)
+        failed = np.any(tail_bad, axis=1)
         first = np.argmax(tail_bad, axis=1)
         ctf = np.where(failed, self.cycles[first], self.cycles[-1]).astype(np.float64)
         return ctf, failed

@@ -44,6 +44,7 @@ def fit_endurance(ds: EnduranceDataset) -> EnduranceModel:
     """Spreads, window(cycles), stuck fractions and the censored Weibull lifetime of an endurance run."""
     n = ds.g_lrs.shape[0]
     ctf, failed = ds.cycles_to_failure, ds.failed
+    assert ctf is not None and failed is not None  # EnduranceDataset derives them when not given
     alive = np.where(failed[:, None], ds.cycles[None, :] < ctf[:, None], True)
     lrs = np.where(alive, ds.g_lrs, np.nan)
     hrs = np.where(alive, ds.g_hrs, np.nan)

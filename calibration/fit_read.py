@@ -58,7 +58,8 @@ def _separation(g_reads: np.ndarray, min_state_fraction: float,
     if g_reads.shape[0] > chunk:
         parts = [_separation(g_reads[i:i + chunk], min_state_fraction, chunk)
                  for i in range(0, g_reads.shape[0], chunk)]
-        return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
+        seps, lows, highs = zip(*parts)
+        return np.concatenate(seps), np.concatenate(lows), np.concatenate(highs)
     n, r = g_reads.shape
     offset = g_reads.mean(axis=1, keepdims=True)  # centred rows keep the cumulative sums well conditioned
     x = np.sort(g_reads - offset, axis=1)

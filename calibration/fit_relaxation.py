@@ -21,6 +21,7 @@ def fit_relaxation(ds: RelaxationDataset, g_max: float, degree: int = 4) -> Rela
     """Fit the log-time law per level and its b(g), s1sq(g) polynomials."""
     if not g_max > 0:
         raise ValueError(f"g_max must be > 0 S, got {g_max}")
+    assert ds.t0_s is not None  # RelaxationDataset defaults it to the smallest t_s
     t0 = float(ds.t0_s)
     if np.any(ds.t_s < t0):
         raise ValueError(f"all t_s must be >= t0_s={t0} s")

@@ -88,10 +88,6 @@ def read_dataclass(group: h5py.Group, cls: type) -> Any:
 _ABSENT = object()
 
 
-def _has_default(f: dataclasses.Field) -> bool:
-    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
-
-
 def _read_value(group: h5py.Group, name: str, tp: Any, f: dataclasses.Field) -> Any:
     inner, optional = _unwrap_optional(tp)
     path = f"{group.name.rstrip('/')}/{name}"
@@ -101,7 +97,7 @@ def _read_value(group: h5py.Group, name: str, tp: Any, f: dataclasses.Field) -> 
         if optional:
             return None
         raise ProfileError(f"missing field {path}")
-    if dataclasses.is_dataclass(inner):
+    if isinstance(inner, type) and dataclasses.is_dataclass(inner):
         node = group.get(name)
         if not isinstance(node, h5py.Group):
             raise ProfileError(f"{path} must be a group")
@@ -135,7 +131,7 @@ def _read_value(group: h5py.Group, name: str, tp: Any, f: dataclasses.Field) -> 
             raise ProfileError(f"{path} must be a group")
         val_tp = typing.get_args(inner)[1]
         out: dict[str, Any] = {}
-        if dataclasses.is_dataclass(val_tp):
+        if isinstance(val_tp, type) and dataclasses.is_dataclass(val_tp):
             for key in node:
                 out[key] = read_dataclass(node[key], val_tp)
             return out

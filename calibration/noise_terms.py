@@ -8,7 +8,6 @@ import numpy as np
 
 from calibration.errors import ProfileError
 
-
 PIT_PROBS = np.linspace(0.0, 1.0, 101)
 
 
@@ -58,7 +57,7 @@ class PolyFit:
             raise ProfileError(f"{where}: need 0 <= g_lo <= g_hi")
 
     @staticmethod
-    def constant(value: float, g_ref: float) -> "PolyFit":
+    def constant(value: float, g_ref: float) -> PolyFit:
         """An exact constant (zero uncertainty), for hand-written profiles."""
         return PolyFit(np.array([float(value)]), np.zeros((1, 1)), float(g_ref))
 

@@ -5,12 +5,9 @@ Units everywhere: siemens (S), seconds (s). The schema is documented in calibrat
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,46 +27,41 @@ from calibration.noise_terms import (
     RelaxationModel,
     SpatialModel,
 )
+from firmware_protocol.device_presets import (
+    IBM_RERAM_COEFFS_US,
+    IBM_RERAM_READ_FRAC,
+    IBM_RERAM_TIMES_S,
+)
+from firmware_protocol.device_presets import IBM_RERAM_G_MAX_S as IBM_RERAM_G_MAX_REF
+from firmware_protocol.fileformat import FileFormat, atomic_write, software_version, utc_now
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "IBM_RERAM_COEFFS_US",
+    "IBM_RERAM_G_MAX_REF",
+    "IBM_RERAM_READ_FRAC",
+    "IBM_RERAM_TIMES_S",
+    "PROFILE_FILE",
     "FamilyFit",
     "NoiseProfile",
     "ProfileError",
     "SpatialModel",
     "load_profile",
     "save_profile",
+    "software_version",
+    "utc_now",
 ]
 
-FORMAT_NAME = "rram-hil-noise-profile"
-FORMAT_VERSION = "1.1"
+PROFILE_FILE = FileFormat("rram-hil-noise-profile", "1.1", "an rram-hil noise profile")
+FORMAT_NAME = PROFILE_FILE.name
+FORMAT_VERSION = PROFILE_FILE.version
 PAPER_FAMILIES = ("gaussian", "additive", "lognormal", "state_dependent", "ibm_reram")
 # Families whose programming noise is a closed-form law in family_params (the others use the stored models).
 _FORMULA_FAMILIES = ("gaussian", "additive", "lognormal", "state_dependent")
-
-# IBM HWA-training supplement, section B.2: ReRAM programming-noise sigma(g) = sum c_i (g/g_max)^i in uS,
-# fitted with g_max = 40 uS, at 1 s and at 1 day after programming; read noise 1 % of g_max.
-IBM_RERAM_G_MAX_REF = 40e-6
-IBM_RERAM_COEFFS_US = {
-    "1s": (0.348, 16.030, -43.853, 45.393, -16.815),
-    "1d": (0.701, 22.086, -50.7, 47.09, -16.458),
-}
-IBM_RERAM_TIMES_S = {"1s": 1.0, "1d": 86400.0}
-IBM_RERAM_READ_FRAC = 0.01
-
-
-def software_version() -> str:
-    """Installed rram-hil version (for provenance)."""
-    try:
-        return metadata.version("rram-hil")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def utc_now() -> str:
-    """ISO-8601 UTC timestamp, seconds resolution."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+# The ibm_reram family uses the IBM HWA-training supplement's B.2 ReRAM constants (sigma polynomials in
+# uS of g/g_max fitted with g_max = 40 uS, at 1 s and 1 day; read noise 1 % of g_max), kept in
+# firmware_protocol.device_presets and shared with the simulator.
 
 
 @dataclass(eq=False)
@@ -200,7 +192,7 @@ class NoiseProfile:
         pulses_verified: float = float("nan"),
         provenance: Provenance | None = None,
         **params: Any,
-    ) -> "NoiseProfile":
+    ) -> NoiseProfile:
         """A hand-written profile from a paper's noise family (no chip needed).
 
         family / params: gaussian(sigma: sigma_d as a fraction of g_max, NeFT), additive(eta: fraction
@@ -386,30 +378,14 @@ def _deep_equal(a: Any, b: Any) -> bool:
 def save_profile(profile: NoiseProfile, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Validate and write ``profile`` to an HDF5 file atomically; refuse to replace a file unless overwrite."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
-    profile.validate()
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: no such directory")
-    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path, force=overwrite, refusal="pass overwrite=True or --force to replace it") as tmp:
+        profile.validate()
+        stamp = PROFILE_FILE.stamp()
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_NAME
-            write_dataclass(f, profile)
-            f.attrs["format_version"] = FORMAT_VERSION
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            f.attrs["format"] = stamp["format"]
+            write_dataclass(f, profile)  # also writes the profile's own format_version field, set right below
+            f.attrs["format_version"] = stamp["format_version"]
     return path
-
-
-def _parse_version(text: str, path: Path) -> tuple[int, int]:
-    parts = text.split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ProfileError(f"{path}: format_version {text!r} is not 'major.minor'")
-    return int(parts[0]), int(parts[1])
 
 
 def load_profile(path: str | os.PathLike) -> NoiseProfile:
@@ -423,22 +399,9 @@ def load_profile(path: str | os.PathLike) -> NoiseProfile:
         raise ProfileError(f"{path}: not a readable HDF5 file (corrupt or truncated)") from None
     try:
         with f:
-            fmt = f.attrs.get("format")
-            if isinstance(fmt, bytes):
-                fmt = fmt.decode("utf-8", "replace")
-            if fmt != FORMAT_NAME:
-                raise ProfileError(f"{path}: not an rram-hil noise profile (no format={FORMAT_NAME!r} attribute)")
-            version = f.attrs.get("format_version")
-            if not isinstance(version, str):
-                raise ProfileError(f"{path}: missing field /format_version")
-            major, _minor = _parse_version(version, path)
-            supported = _parse_version(FORMAT_VERSION, path)[0]
-            if major > supported:
-                raise ProfileError(
-                    f"{path}: format {version} is newer than this software reads ({supported}.x); upgrade rram-hil"
-                )
-            if major < supported:
-                raise ProfileError(f"{path}: format {version} is older than {supported}.x and no longer readable")
+            version = PROFILE_FILE.check(f.attrs, str(path), ProfileError)
+            if int(version.split(".")[0]) < PROFILE_FILE.major:
+                raise ProfileError(f"{path}: format {version} is older than {PROFILE_FILE.major}.x and no longer readable")
             profile = read_dataclass(f, NoiseProfile)
             profile.format_version = version
     except ProfileError as exc:

@@ -30,13 +30,13 @@ from firmware_protocol.errors import (
 )
 from firmware_protocol.frame import Frame
 from firmware_protocol.limits import BoardLimits
-from firmware_protocol.messages import *  # noqa: F401,F403  (the typed messages are the public API)
-from firmware_protocol.messages import ALL_MESSAGES, MESSAGE_TYPES, decode_payload, error_text
+from firmware_protocol.messages import *  # noqa: F403  (the typed messages are the public API)
+from firmware_protocol.messages import ALL_MESSAGES, MESSAGE_TYPES, Request, decode_payload, error_text
 
 __all__ = [
     "BULK_THRESHOLD", "HEADER_SIZE", "MAX_PAYLOAD", "PROTOCOL_MAJOR", "PROTOCOL_MINOR", "SEQ_MAX", "SEQ_UNKNOWN",
     "BoardState", "Capability", "CellResult", "FrameType", "Opcode", "Status", "StreamEnd",
     "DecodeError", "FrameDecoder", "BoardError", "FrameError", "LimitError", "PayloadError", "ProtocolError",
     "VersionError", "error_for_status", "Frame", "BoardLimits", "ALL_MESSAGES", "MESSAGE_TYPES",
-    "decode_payload", "error_text",
+    "decode_payload", "error_text", "Request",
 ] + [m.__name__ for m in ALL_MESSAGES]  # fmt: skip

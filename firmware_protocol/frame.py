@@ -63,7 +63,7 @@ class Frame:
         return cobs_encode(self.to_bytes()) + b"\x00"
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "Frame":
+    def from_bytes(cls, raw: bytes) -> Frame:
         """Parse an un-stuffed frame, checking length, reserved bits, bulk rule and CRC."""
         if len(raw) < HEADER_SIZE + 2:
             raise FrameError(f"frame of {len(raw)} bytes is shorter than a header and CRC", Status.BAD_LENGTH)
@@ -91,7 +91,7 @@ class Frame:
         return cls(FrameType(type_byte & TYPE_MASK), seq, opcode, status, bytes(raw[HEADER_SIZE : HEADER_SIZE + n]), version)
 
     @classmethod
-    def decode(cls, wire: bytes) -> "Frame":
+    def decode(cls, wire: bytes) -> Frame:
         """Parse one COBS-stuffed frame (with or without its trailing delimiter)."""
         if wire.endswith(b"\x00"):
             wire = wire[:-1]

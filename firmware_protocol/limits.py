@@ -45,7 +45,7 @@ class BoardLimits:
     max_wv_batch: int
 
     @classmethod
-    def from_hello(cls, h: HelloInfo) -> "BoardLimits":
+    def from_hello(cls, h: HelloInfo) -> BoardLimits:
         return cls(
             rows=h.rows,
             cols=h.cols,

@@ -2,13 +2,14 @@
 
 All layouts are fixed little-endian `struct` formats, optionally followed by arrays whose length
 is given by a field of the fixed part. Units on the wire: millivolts (signed 16-bit), nanoseconds,
-siemens (float32), microseconds since boot (u64).
+siemens (float32), microseconds since boot (u64). Every request is a `Request[Answer]` naming the
+message its response decodes to, so a client call is typed end to end; answers are defined above their requests.
 """
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field, fields
-from typing import ClassVar, TypeVar
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 
 import numpy as np
 
@@ -27,6 +28,8 @@ class Message:
     FORMAT: ClassVar[str] = "<"
     _STRUCT: ClassVar[struct.Struct]
     _TEXT_FIELDS: ClassVar[tuple[str, ...]] = ()
+    _FIXED_NAMES: ClassVar[list[str]]
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # set by @dataclass on every subclass
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -44,8 +47,8 @@ class Message:
     def _fixed_fields(cls) -> list[str]:
         cached = cls.__dict__.get("_FIXED_NAMES")
         if cached is None:
-            cached = [f.name for f in fields(cls) if f.metadata.get("array") is None]  # type: ignore[arg-type]
-            cls._FIXED_NAMES = cached  # type: ignore[attr-defined]
+            cached = [f.name for f in fields(cls) if f.metadata.get("array") is None]
+            cls._FIXED_NAMES = cached
         return cached
 
     def encode(self) -> bytes:
@@ -57,7 +60,7 @@ class Message:
     @classmethod
     def _array_fields(cls) -> list[tuple[str, np.dtype]]:
         """(name, dtype) of the arrays that follow the fixed part, in wire order."""
-        return [(f.name, np.dtype(f.metadata["array"])) for f in fields(cls) if f.metadata.get("array") is not None]  # type: ignore[arg-type]
+        return [(f.name, np.dtype(f.metadata["array"])) for f in fields(cls) if f.metadata.get("array") is not None]
 
     @classmethod
     def _count(cls, fixed: dict) -> int:
@@ -93,7 +96,7 @@ class Message:
     def __eq__(self, other: object) -> bool:
         if type(self) is not type(other):
             return NotImplemented
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             x, y = getattr(self, f.name), getattr(other, f.name)
             if isinstance(x, np.ndarray):  # byte equality: NaN payloads compare equal, as on the wire
                 if not (isinstance(y, np.ndarray) and x.dtype == y.dtype and x.tobytes() == y.tobytes()):
@@ -120,7 +123,35 @@ class Message:
         return Frame(self.KIND, seq, self.OPCODE, status, self.encode())
 
 
-def _array(dtype: str | np.dtype) -> object:
+R_co = TypeVar("R_co", bound=Message, covariant=True)
+
+
+class Request(Message, Generic[R_co]):
+    """A host-to-board message; `Request[X]` says its answer decodes to `X` (kept in RESPONSE at run time)."""
+
+    KIND = FrameType.REQUEST
+    RESPONSE: ClassVar[type[Message]]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Request):
+                (arg,) = get_args(base)
+                response = arg.__bound__ if isinstance(arg, TypeVar) else arg
+                if not (isinstance(response, type) and issubclass(response, Message)):
+                    raise TypeError(f"{cls.__name__}: Request[...] takes a message class, got {response!r}")
+                cls.RESPONSE = response
+
+    def decode_response(self, frame: Frame) -> R_co:
+        """The typed answer to this request; a frame that decodes to another message type is a PayloadError."""
+        msg = decode_payload(frame)
+        if not isinstance(msg, self.RESPONSE):
+            raise PayloadError(f"{type(self).__name__} answered by {type(msg).__name__}, expected {self.RESPONSE.__name__}")
+        return cast(R_co, msg)  # RESPONSE is the class R_co stands for, checked just above
+
+
+def _array(dtype: str | np.dtype) -> np.ndarray:
     """Dataclass field holding a numpy array that follows the fixed part."""
     return field(default_factory=lambda: np.zeros(0, dtype=dtype), metadata={"array": np.dtype(dtype)})
 
@@ -139,17 +170,6 @@ I16 = np.dtype("<i2")
 
 
 # ------------------------------------------------------------------------------- handshake
-@dataclass
-class HelloRequest(Message):
-    """Host's protocol version; the board answers with HelloInfo whatever the version."""
-
-    OPCODE = Opcode.HELLO
-    KIND = FrameType.REQUEST
-    FORMAT = "<BB"
-    host_major: int
-    host_minor: int
-
-
 @dataclass
 class HelloInfo(Message):
     """Board identity, capabilities, geometry, converter widths and safety limits."""
@@ -191,13 +211,13 @@ class HelloInfo(Message):
 
 
 @dataclass
-class HeartbeatRequest(Message):
-    """Keeps the watchdog fed; a non-zero value also sets its timeout."""
+class HelloRequest(Request[HelloInfo]):
+    """Host's protocol version; the board answers with HelloInfo whatever the version."""
 
-    OPCODE = Opcode.HEARTBEAT
-    KIND = FrameType.REQUEST
-    FORMAT = "<H"
-    watchdog_ms: int = 0
+    OPCODE = Opcode.HELLO
+    FORMAT = "<BB"
+    host_major: int
+    host_minor: int
 
 
 @dataclass
@@ -212,10 +232,12 @@ class HeartbeatReply(Message):
 
 
 @dataclass
-class CountersRequest(Message):
-    OPCODE = Opcode.GET_COUNTERS
-    KIND = FrameType.REQUEST
-    FORMAT = "<"
+class HeartbeatRequest(Request[HeartbeatReply]):
+    """Keeps the watchdog fed; a non-zero value also sets its timeout."""
+
+    OPCODE = Opcode.HEARTBEAT
+    FORMAT = "<H"
+    watchdog_ms: int = 0
 
 
 @dataclass
@@ -232,25 +254,13 @@ class Counters(Message):
     reads: int
 
 
-# ------------------------------------------------------------------------------- pulses
 @dataclass
-class FormRequest(Message):
-    """Ramped forming of one cell: pulses from v_start to v_stop until the read conductance exceeds g_formed."""
-
-    OPCODE = Opcode.FORM
-    KIND = FrameType.REQUEST
-    FORMAT = "<HHhhhIHhI"
-    row: int
-    col: int
-    v_start_mv: int
-    v_stop_mv: int
-    v_step_mv: int
-    width_ns: int
-    gate_mv: int
-    v_read_mv: int
-    g_formed_ns: int  # threshold conductance in nanosiemens
+class CountersRequest(Request[Counters]):
+    OPCODE = Opcode.GET_COUNTERS
+    FORMAT = "<"
 
 
+# ------------------------------------------------------------------------------- pulses
 @dataclass
 class FormResult(Message):
     OPCODE = Opcode.FORM
@@ -267,27 +277,20 @@ class FormResult(Message):
 
 
 @dataclass
-class PulseRequest(Message):
-    """One SET (positive) or RESET (negative) pulse of `width_ns` with the NMOS gate at `gate_mv`."""
+class FormRequest(Request[FormResult]):
+    """Ramped forming of one cell: pulses from v_start to v_stop until the read conductance exceeds g_formed."""
 
-    OPCODE = Opcode.SET
-    KIND = FrameType.REQUEST
-    FORMAT = "<HHhIH"
+    OPCODE = Opcode.FORM
+    FORMAT = "<HHhhhIHhI"
     row: int
     col: int
-    v_mv: int
+    v_start_mv: int
+    v_stop_mv: int
+    v_step_mv: int
     width_ns: int
     gate_mv: int
-
-
-@dataclass
-class SetRequest(PulseRequest):
-    OPCODE = Opcode.SET
-
-
-@dataclass
-class ResetRequest(PulseRequest):
-    OPCODE = Opcode.RESET
+    v_read_mv: int
+    g_formed_ns: int  # threshold conductance in nanosiemens
 
 
 @dataclass
@@ -313,17 +316,33 @@ class ResetResult(PulseResult):
     OPCODE = Opcode.RESET
 
 
-# ------------------------------------------------------------------------------- reads
+P_co = TypeVar("P_co", bound=PulseResult, covariant=True)
+
+
 @dataclass
-class ReadRequest(Message):
-    OPCODE = Opcode.READ
-    KIND = FrameType.REQUEST
-    FORMAT = "<HHh"
+class PulseRequest(Request[P_co]):
+    """One SET (positive) or RESET (negative) pulse of `width_ns` with the NMOS gate at `gate_mv`."""
+
+    OPCODE = Opcode.SET
+    FORMAT = "<HHhIH"
     row: int
     col: int
-    v_read_mv: int
+    v_mv: int
+    width_ns: int
+    gate_mv: int
 
 
+@dataclass
+class SetRequest(PulseRequest[SetResult]):
+    OPCODE = Opcode.SET
+
+
+@dataclass
+class ResetRequest(PulseRequest[ResetResult]):
+    OPCODE = Opcode.RESET
+
+
+# ------------------------------------------------------------------------------- reads
 @dataclass
 class ReadResult(Message):
     """Raw ADC code; current = (code - offset_code) * amps_per_code, G = current / v_read."""
@@ -339,14 +358,11 @@ class ReadResult(Message):
 
 
 @dataclass
-class ReadBlockRequest(Message):
-    OPCODE = Opcode.READ_BLOCK
-    KIND = FrameType.REQUEST
-    FORMAT = "<HHHHh"
-    row0: int
-    col0: int
-    nrows: int
-    ncols: int
+class ReadRequest(Request[ReadResult]):
+    OPCODE = Opcode.READ
+    FORMAT = "<HHh"
+    row: int
+    col: int
     v_read_mv: int
 
 
@@ -365,7 +381,7 @@ class ReadBlockResult(Message):
     ncols: int
     amps_per_code: float
     offset_code: float
-    codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
+    codes: np.ndarray = _array("<u2")
 
     @classmethod
     def _count(cls, fixed: dict) -> int:
@@ -373,20 +389,14 @@ class ReadBlockResult(Message):
 
 
 @dataclass
-class IvSweepRequest(Message):
-    """I-V sweep of one cell: n_points voltages from v_start to v_stop, pulsed (mode 0) or DC (mode 1)."""
-
-    OPCODE = Opcode.IV_SWEEP
-    KIND = FrameType.REQUEST
-    FORMAT = "<HHhhHIHB"
-    row: int
-    col: int
-    v_start_mv: int
-    v_stop_mv: int
-    n_points: int
-    width_ns: int
-    gate_mv: int
-    mode: int
+class ReadBlockRequest(Request[ReadBlockResult]):
+    OPCODE = Opcode.READ_BLOCK
+    FORMAT = "<HHHHh"
+    row0: int
+    col0: int
+    nrows: int
+    ncols: int
+    v_read_mv: int
 
 
 @dataclass(eq=False)
@@ -398,20 +408,43 @@ class IvSweepResult(Message):
     n: int
     amps_per_code: float
     offset_code: float
-    v_mv: np.ndarray = _array("<i2")  # type: ignore[assignment]
-    codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
+    v_mv: np.ndarray = _array("<i2")
+    codes: np.ndarray = _array("<u2")
 
 
+@dataclass
+class IvSweepRequest(Request[IvSweepResult]):
+    """I-V sweep of one cell: n_points voltages from v_start to v_stop, pulsed (mode 0) or DC (mode 1)."""
 
+    OPCODE = Opcode.IV_SWEEP
+    FORMAT = "<HHhhHIHB"
+    row: int
+    col: int
+    v_start_mv: int
+    v_stop_mv: int
+    n_points: int
+    width_ns: int
+    gate_mv: int
+    mode: int
 
 
 # ------------------------------------------------------------------------------- endurance stream
 @dataclass
-class EnduranceRequest(Message):
+class EnduranceStarted(Message):
+    OPCODE = Opcode.ENDURANCE
+    KIND = FrameType.RESPONSE
+    FORMAT = "<HIHQ"
+    stream_id: int
+    n_events: int  # data events to expect, the end event not counted
+    n_cells: int
+    timestamp_us: int
+
+
+@dataclass
+class EnduranceRequest(Request[EnduranceStarted]):
     """n_cycles SET/RESET cycles on a block, reading LRS (after SET) and HRS (after RESET) every read_every cycles."""
 
     OPCODE = Opcode.ENDURANCE
-    KIND = FrameType.REQUEST
     FORMAT = "<HHHHIIhIHhIHhH"
     row0: int
     col0: int
@@ -429,17 +462,6 @@ class EnduranceRequest(Message):
     cells_per_event: int = 0  # most cells per data event (0 = as many as fit); small on a noisy link
 
 
-@dataclass
-class EnduranceStarted(Message):
-    OPCODE = Opcode.ENDURANCE
-    KIND = FrameType.RESPONSE
-    FORMAT = "<HIHQ"
-    stream_id: int
-    n_events: int  # data events to expect, the end event not counted
-    n_cells: int
-    timestamp_us: int
-
-
 @dataclass(eq=False)
 class EnduranceData(Message):
     """Reads of cells [cell_offset, cell_offset + n) (row-major in the block) after `cycle` cycles."""
@@ -455,8 +477,8 @@ class EnduranceData(Message):
     n: int
     amps_per_code: float
     offset_code: float
-    lrs_codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
-    hrs_codes: np.ndarray = _array("<u2")  # type: ignore[assignment]
+    lrs_codes: np.ndarray = _array("<u2")
+    hrs_codes: np.ndarray = _array("<u2")
 
 
 @dataclass
@@ -474,17 +496,6 @@ class EnduranceEnd(Message):
 
 
 @dataclass
-class StreamAck(Message):
-    """Cumulative acknowledgement: every event numbered below next_event has arrived."""
-
-    OPCODE = Opcode.STREAM_ACK
-    KIND = FrameType.REQUEST
-    FORMAT = "<HI"
-    stream_id: int
-    next_event: int
-
-
-@dataclass
 class StreamAckReply(Message):
     OPCODE = Opcode.STREAM_ACK
     KIND = FrameType.RESPONSE
@@ -494,14 +505,13 @@ class StreamAckReply(Message):
 
 
 @dataclass
-class StreamResend(Message):
-    """Ask the board to send one event of its window again."""
+class StreamAck(Request[StreamAckReply]):
+    """Cumulative acknowledgement: every event numbered below next_event has arrived."""
 
-    OPCODE = Opcode.STREAM_RESEND
-    KIND = FrameType.REQUEST
+    OPCODE = Opcode.STREAM_ACK
     FORMAT = "<HI"
     stream_id: int
-    event_no: int
+    next_event: int
 
 
 @dataclass
@@ -513,17 +523,36 @@ class StreamResendReply(Message):
     event_no: int
 
 
+@dataclass
+class StreamResend(Request[StreamResendReply]):
+    """Ask the board to send one event of its window again."""
+
+    OPCODE = Opcode.STREAM_RESEND
+    FORMAT = "<HI"
+    stream_id: int
+    event_no: int
+
+
 # ------------------------------------------------------------------------------- write-verify
 WV_ENTRY = np.dtype([("row", "<u2"), ("col", "<u2"), ("target_s", "<f4"), ("tol_s", "<f4"), ("max_pulses", "<u2")])
 WV_RESULT = np.dtype([("final_s", "<f4"), ("final_code", "<u2"), ("pulses", "<u2"), ("status", "u1")])
 
 
 @dataclass(eq=False)
-class WriteVerifyRequest(Message):
+class WriteVerifyResult(Message):
+    OPCODE = Opcode.WRITE_VERIFY
+    KIND = FrameType.RESPONSE
+    FORMAT = "<QH"
+    timestamp_us: int
+    n: int
+    results: np.ndarray = _array(WV_RESULT)
+
+
+@dataclass(eq=False)
+class WriteVerifyRequest(Request[WriteVerifyResult]):
     """Closed-loop programming of a batch of cells on the board (see PROTOCOL.md for the ramp rules)."""
 
     OPCODE = Opcode.WRITE_VERIFY
-    KIND = FrameType.REQUEST
     FORMAT = "<hIhhhHHHhhhHH"
     v_read_mv: int
     width_ns: int
@@ -538,30 +567,10 @@ class WriteVerifyRequest(Message):
     reset_v_step_mv: int
     reset_gate_mv: int
     n: int
-    entries: np.ndarray = _array(WV_ENTRY)  # type: ignore[assignment]
-
-
-@dataclass(eq=False)
-class WriteVerifyResult(Message):
-    OPCODE = Opcode.WRITE_VERIFY
-    KIND = FrameType.RESPONSE
-    FORMAT = "<QH"
-    timestamp_us: int
-    n: int
-    results: np.ndarray = _array(WV_RESULT)  # type: ignore[assignment]
-
-
-
+    entries: np.ndarray = _array(WV_ENTRY)
 
 
 # ------------------------------------------------------------------------------- control
-@dataclass
-class AbortRequest(Message):
-    OPCODE = Opcode.ABORT
-    KIND = FrameType.REQUEST
-    FORMAT = "<"
-
-
 @dataclass
 class AbortReply(Message):
     """stream_id of the stream that was stopped, 0xFFFF if none was running."""
@@ -574,13 +583,9 @@ class AbortReply(Message):
 
 
 @dataclass
-class AdvanceClockRequest(Message):
-    """Simulator only (capability VIRTUAL_CLOCK): let `microseconds` of device time pass at once."""
-
-    OPCODE = Opcode.ADVANCE_CLOCK
-    KIND = FrameType.REQUEST
-    FORMAT = "<Q"
-    microseconds: int
+class AbortRequest(Request[AbortReply]):
+    OPCODE = Opcode.ABORT
+    FORMAT = "<"
 
 
 @dataclass
@@ -589,6 +594,15 @@ class AdvanceClockReply(Message):
     KIND = FrameType.RESPONSE
     FORMAT = "<Q"
     timestamp_us: int
+
+
+@dataclass
+class AdvanceClockRequest(Request[AdvanceClockReply]):
+    """Simulator only (capability VIRTUAL_CLOCK): let `microseconds` of device time pass at once."""
+
+    OPCODE = Opcode.ADVANCE_CLOCK
+    FORMAT = "<Q"
+    microseconds: int
 
 
 @dataclass

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -50,7 +51,7 @@ class VGG8(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, width: int = 128) -> None:
         super().__init__()
-        cfg = [width, width, "M", 2 * width, 2 * width, "M", 4 * width, 4 * width, "M"]
+        cfg: list[int | str] = [width, width, "M", 2 * width, 2 * width, "M", 4 * width, 4 * width, "M"]
         layers: list[nn.Module] = []
         c = in_channels
         for v in cfg:

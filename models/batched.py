@@ -9,14 +9,17 @@ are caught by ``check_folded`` (compared against torch.func.vmap) and then run w
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import TypeGuard
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-_CONV = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+ConvLayer = nn.Conv1d | nn.Conv2d | nn.Conv3d
+BatchNormLayer = nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
+_CONV: dict[type[nn.Module], Callable[..., Tensor]] = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -28,7 +31,17 @@ def _rep(t: Tensor | None, n: int) -> Tensor | None:
     return None if t is None else t.repeat(n)
 
 
-def _conv(mod: nn.Module, w: Tensor, n: int) -> Callable[[Tensor], Tensor]:
+def _is_conv(mod: nn.Module) -> TypeGuard[ConvLayer]:
+    """Exactly a Conv1d/2d/3d (a subclass may override ``forward``, so it is not folded)."""
+    return type(mod) in _CONV
+
+
+def _is_batchnorm(mod: nn.Module) -> TypeGuard[BatchNormLayer]:
+    """Exactly a BatchNorm1d/2d/3d, for the same reason."""
+    return type(mod) in _BN
+
+
+def _conv(mod: ConvLayer, w: Tensor, n: int) -> Callable[[Tensor], Tensor]:
     fn = _CONV[type(mod)]
     if mod.padding_mode != "zeros":
         raise Unsupported(f"padding_mode {mod.padding_mode!r}")
@@ -56,7 +69,7 @@ def _linear(mod: nn.Linear, w: Tensor, n: int) -> Callable[[Tensor], Tensor]:
     """
     fin, fout = mod.in_features, mod.out_features
     wf = w.reshape(n * fout, fin)
-    bias = None if mod.bias is None else _rep(mod.bias, n)[:, None]                   # (n*out, 1)
+    bias = None if mod.bias is None else mod.bias.repeat(n)[:, None]                  # (n*out, 1)
     bias_b = None if mod.bias is None else mod.bias[None, :, None]                   # (1, out, 1)
 
     def forward(x: Tensor) -> Tensor:
@@ -75,7 +88,7 @@ def _linear(mod: nn.Linear, w: Tensor, n: int) -> Callable[[Tensor], Tensor]:
     return forward
 
 
-def _batchnorm(mod: nn.Module, n: int) -> Callable[[Tensor], Tensor]:
+def _batchnorm(mod: BatchNormLayer, n: int) -> Callable[[Tensor], Tensor]:
     if mod.training or mod.running_mean is None:
         raise Unsupported("BatchNorm in training mode or without running statistics")
     c = mod.num_features
@@ -91,6 +104,19 @@ def _batchnorm(mod: nn.Module, n: int) -> Callable[[Tensor], Tensor]:
     return forward
 
 
+def _folded_layer(mod: nn.Module, stacked_weight: Tensor | None, n: int) -> Callable[[Tensor], Tensor] | None:
+    """The folded ``forward`` for ``mod`` (its own weight repeated when not stacked), None if it needs none."""
+    if _is_conv(mod):
+        w = mod.weight.detach().expand(n, *mod.weight.shape) if stacked_weight is None else stacked_weight
+        return _conv(mod, w, n)
+    if type(mod) is nn.Linear:
+        w = mod.weight.detach().expand(n, *mod.weight.shape) if stacked_weight is None else stacked_weight
+        return _linear(mod, w, n)
+    if _is_batchnorm(mod):
+        return _batchnorm(mod, n)
+    return None
+
+
 @torch.no_grad()
 def folded_forward(model: nn.Module, stacked: dict[str, Tensor], x: Tensor) -> Tensor:
     """Logits of every draw, (n, B, ...), for stacked Conv/Linear weights ``{name: (n, *shape)}``."""
@@ -99,14 +125,9 @@ def folded_forward(model: nn.Module, stacked: dict[str, Tensor], x: Tensor) -> T
     try:
         for name, mod in model.named_modules():
             key = f"{name}.weight" if name else "weight"
-            if type(mod) in _CONV or type(mod) is nn.Linear:
-                w = stacked.get(key)
-                if w is None:
-                    w = mod.weight.detach().expand(n, *mod.weight.shape)
-                mod.forward = _conv(mod, w, n) if type(mod) in _CONV else _linear(mod, w, n)  # type: ignore[method-assign]
-                patched.append(mod)
-            elif type(mod) in _BN:
-                mod.forward = _batchnorm(mod, n)  # type: ignore[method-assign]
+            forward = _folded_layer(mod, stacked.get(key), n)
+            if forward is not None:
+                mod.forward = forward
                 patched.append(mod)
         out = model(x)
     finally:

@@ -1,26 +1,29 @@
 """The self-describing model file: architecture + kwargs, data, classes, weights, config, noise spec."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from firmware_protocol.fileformat import FileFormat, atomic_write
 from models.architectures import build_model
 from models.config import TrainConfig
 
-FORMAT = "rram-hil/model"
-VERSION = 1
+MODEL_FILE = FileFormat("rram-hil/model", "1", "an rram-hil model file", version_key="version")
+FORMAT = MODEL_FILE.name
+VERSION = MODEL_FILE.major
+
+
+class ModelFileError(ValueError):
+    """A model file is unreadable, not a model file, or of a newer version than this software reads."""
 
 
 def model_record(cfg: TrainConfig, ds: Any, model: nn.Module) -> dict[str, Any]:
     """The evaluation-relevant part of a checkpoint (no optimizer state)."""
     return {
-        "format": FORMAT,
-        "version": VERSION,
+        **MODEL_FILE.stamp(),  # "format", "version"
         "arch": {"name": cfg.model, "kwargs": dict(cfg.model_kwargs), "in_channels": ds.in_channels,
                  "image_size": ds.image_size, "num_classes": ds.num_classes},
         "data": {"name": cfg.data, "root": cfg.data_root, "num_classes": ds.num_classes},
@@ -35,14 +38,8 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
     """Write atomically (temp file + rename) so an interrupted save never leaves a broken file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(path, force=True) as tmp:
         torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -52,12 +49,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"model file {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ValueError(f"{path}: not a readable model file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an rram-hil model file")
-    if ckpt.get("version", 0) > VERSION:
-        raise ValueError(f"{path}: model file version {ckpt['version']} is newer than this software ({VERSION})")
+    except Exception as exc:  # torch raises many types for a bad file
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelFileError(f"{path}: not a readable model file ({type(exc).__name__}: {first})") from None
+    MODEL_FILE.check(ckpt if isinstance(ckpt, dict) else {}, str(path), ModelFileError)
     return ckpt
 
 

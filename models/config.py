@@ -14,8 +14,8 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str = "digits"                    # digits | mnist | fashion_mnist | cifar10 | cifar100
     data_root: str | None = None            # folder holding the on-disk dataset (not needed for digits)
-    method: str = "vanilla"                 # training method name (models.methods registry)
-    method_options: dict[str, Any] = field(default_factory=dict)
+    method: str = "vanilla"                 # training method name (models.methods.METHODS)
+    method_options: dict[str, Any] = field(default_factory=dict)  # raw, as given; the method's Options types them
     noise: dict[str, Any] | None = None     # noise spec (models.noise.factory.noise_from_spec); None = clean
     epochs: int = 10
     batch_size: int = 64                    # global batch size (split over data-parallel processes)
@@ -36,7 +36,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Rebuild from ``to_dict`` output; unknown keys are an error so typos do not pass silently."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)

@@ -120,6 +120,7 @@ class BitSlicedMapping:
         mag = (lv * self.device_weights(lv)).sum(-1)          # (..., P, *shape)
         p_axis = -(state.weight_ndim + 1)
         if self.sign == "separate":
+            assert state.sign is not None  # to_devices keeps the signs in the "separate" mode
             return state.sign * mag.select(p_axis, 0) * state.step
         return (mag.select(p_axis, 0) - mag.select(p_axis, 1)) * state.step
 

@@ -6,6 +6,7 @@ the chunking, the batching, or the number of processes the draws are split acros
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -165,7 +166,7 @@ def evaluate_mc(
         sample_draws = noise.draw_sampler(weights)
 
         batched = None if engine == "auto" else (folded_forward if engine == "fold" else vmap_forward)
-        it = range(0, len(mine), chunk)
+        it: Iterable[int] = range(0, len(mine), chunk)
         if progress and rank == 0:
             from tqdm.auto import tqdm
 

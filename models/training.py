@@ -12,9 +12,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from models.architectures import build_model
-from models.checkpoint import save_checkpoint, load_checkpoint, model_record
+from models.checkpoint import load_checkpoint, model_record, save_checkpoint
 from models.config import TrainConfig
 from models.data import Dataset, load_dataset
 from models.methods.base import TrainContext, TrainingMethod
@@ -262,8 +263,8 @@ class _Loader:
         if cfg.batch_size < ctx.world_size:
             raise ValueError(f"batch size {cfg.batch_size} is smaller than the number of processes {ctx.world_size}")
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        it = _batches(self.x, self.y, self.cfg.batch_size, self.cfg.seed, epoch, self.ctx.rank,
+    def epoch(self, epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
+        it: Iterable[tuple[Tensor, Tensor]] = _batches(self.x, self.y, self.cfg.batch_size, self.cfg.seed, epoch, self.ctx.rank,
                       self.ctx.world_size, self.ctx.device)
         if self.cfg.progress and self.ctx.rank == 0:
             from tqdm.auto import tqdm
@@ -273,7 +274,7 @@ class _Loader:
         return it
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.epoch(self.ctx.epoch)
+        return iter(self.epoch(self.ctx.epoch))
 
     def __len__(self) -> int:
         return _n_batches(len(self.x), self.cfg.batch_size, self.ctx.world_size)
@@ -283,8 +284,10 @@ def _validate(model: nn.Module, ds: Dataset, noise, cfg: TrainConfig, device: to
     """Clean and noisy accuracy on the test split (noisy draws split over the ranks)."""
     if noise is None or cfg.val_noise_draws < 1:
         r = evaluate_mc(model, ds.x_test, ds.y_test, None, 1, device=device, distributed=False)
+        assert r.clean_accuracy is not None  # evaluate_mc measures it unless called with clean=False
         return {"val_acc": r.clean_accuracy}
     r = evaluate_mc(model, ds.x_test, ds.y_test, noise, cfg.val_noise_draws, seed=cfg.seed + 12345, device=device)
+    assert r.clean_accuracy is not None
     return {"val_acc": r.clean_accuracy, "val_noisy_acc": r.mean, "val_noisy_std": r.std}
 
 

@@ -62,3 +62,6 @@ class BoardConfig:
             seen.add((row, col))
         if len(self.board_id.encode("ascii", errors="replace")) > 16:
             raise ValueError(f"board id {self.board_id!r} is longer than 16 characters")
+
+
+DEFAULT_BOARD = BoardConfig()  # the default argument of the engine and sim:// parser (frozen, so shared)

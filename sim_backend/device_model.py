@@ -62,10 +62,13 @@ def _broadcast(name: str, value, n: int) -> np.ndarray:
         raise ValueError(f"{name} must be a scalar or have one value per cell ({n}), got shape {arr.shape}") from None
 
 
+DEFAULT_PARAMS = DeviceParams()  # the default argument of RRAMArray (frozen, so shared)
+
+
 class RRAMArray:
     """A rows x cols 1T1R HfO2 array with seeded device-to-device and cycle-to-cycle randomness."""
 
-    def __init__(self, rows: int, cols: int, params: DeviceParams = DeviceParams(), seed: int = 0) -> None:
+    def __init__(self, rows: int, cols: int, params: DeviceParams = DEFAULT_PARAMS, seed: int = 0) -> None:
         if int(rows) != rows or int(cols) != cols or rows < 1 or cols < 1:
             raise ValueError(f"array size must be positive integers, got rows={rows!r}, cols={cols!r}")
         if not isinstance(params, DeviceParams):

@@ -25,14 +25,16 @@ The laws the simulator follows (and that a calibration step should recover) are:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 
 # IBM HWA-training supplement, section B.2: 4th-order polynomial fits (in uS, argument g/g_max) of
-# the ReRAM programming-plus-relaxation error sigma, measured 1 s and 1 day after programming.
-IBM_RERAM_SIGMA_1S_US: tuple[float, ...] = (0.348, 16.030, -43.853, 45.393, -16.815)
-IBM_RERAM_SIGMA_1DAY_US: tuple[float, ...] = (0.701, 22.086, -50.7, 47.09, -16.458)
-IBM_RERAM_G_MAX_S: float = 40e-6
+# the ReRAM programming-plus-relaxation error sigma, measured 1 s and 1 day after programming
+# (written once in firmware_protocol.device_presets, shared with the paper noise profiles).
+from firmware_protocol.device_presets import IBM_RERAM_G_MAX_S, IBM_RERAM_SIGMA_1DAY_US, IBM_RERAM_SIGMA_1S_US
+
+__all__ = ["IBM_RERAM_G_MAX_S", "IBM_RERAM_SIGMA_1DAY_US", "IBM_RERAM_SIGMA_1S_US", "DeviceParams", "ibm_reram_sigma"]
 
 _SECONDS_PER_DAY = 86400.0
 
@@ -258,11 +260,11 @@ class DeviceParams:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DeviceParams":
+    def from_dict(cls, data: dict) -> DeviceParams:
         """Rebuild parameters from `to_dict` output; unknown keys are an error."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown DeviceParams field(s): {', '.join(unknown)}")
-        kwargs = {k: (tuple(v) if isinstance(v, (list, np.ndarray)) else v) for k, v in data.items()}
+        kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, (list, np.ndarray)) else v) for k, v in data.items()}
         return cls(**kwargs)

@@ -30,6 +30,9 @@ class LinkFaults:
         return bool(self.flip or self.drop or self.delay or self.reset_after)
 
 
+NO_FAULTS = LinkFaults()  # the default argument of links that inject nothing (frozen, so shared)
+
+
 class FaultInjector:
     """Applies LinkFaults to byte chunks with its own seeded generator."""
 

@@ -47,7 +47,7 @@ from firmware_protocol.errors import (
     VersionMismatchError,
 )
 from firmware_protocol.frame import VERSION_BYTE
-from sim_backend.board_config import FIRMWARE_VERSION, BoardConfig
+from sim_backend.board_config import DEFAULT_BOARD, FIRMWARE_VERSION, BoardConfig
 from sim_backend.device_model import RRAMArray
 from sim_backend.read_chain import ReadChain
 
@@ -97,7 +97,7 @@ class _Stream:
 class FirmwareEngine:
     """The board's firmware: decodes frames, enforces limits, drives the array, answers."""
 
-    def __init__(self, config: BoardConfig = BoardConfig(), wall_clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: BoardConfig = DEFAULT_BOARD, wall_clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.array = RRAMArray(config.rows, config.cols, config.device, seed=config.seed)
         self.chain = ReadChain(config.read_chain, seed=config.seed)
@@ -107,6 +107,8 @@ class FirmwareEngine:
         self._out = bytearray()
         self._event_seq = 0
         self._stream_ids = 0
+        self._resend_frame: bytes | None = None  # an event frame STREAM_RESEND asked for, sent after the reply
+        self._pending_abort_end = False  # an aborted stream's end event is due after the reply
         self.boot()
 
     # ------------------------------------------------------------------------- lifecycle
@@ -518,11 +520,11 @@ class FirmwareEngine:
 
     def _flush_after_response(self) -> None:
         """Things a response must precede: a re-sent event, the end event of an aborted stream."""
-        frame = getattr(self, "_resend_frame", None)
+        frame = self._resend_frame
         if frame is not None:
             self._out += frame
             self._resend_frame = None
-        if getattr(self, "_pending_abort_end", False) and self._stream is not None:
+        if self._pending_abort_end and self._stream is not None:
             self._pending_abort_end = False
             self._end_stream(StreamEnd.ABORTED, numbered=False)
 

@@ -11,18 +11,24 @@ HDF5 layout (all per-cell datasets have shape (rows, cols)):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
+from firmware_protocol.fileformat import FileFormat, atomic_write
 from sim_backend.device_params import DeviceParams
 
 if TYPE_CHECKING:
     from sim_backend.device_model import RRAMArray
     from sim_backend.read_chain import ReadChain
 
-FORMAT = "rram-hil-sim-ground-truth/1"
+GROUND_TRUTH_FILE = FileFormat("rram-hil-sim-ground-truth", "1", "a simulator ground-truth file", version_key=None)
+FORMAT = str(GROUND_TRUTH_FILE.stamp()["format"])  # "rram-hil-sim-ground-truth/1": the version is in the name
+
+
+class GroundTruthError(ValueError):
+    """A ground-truth file is not one, or is of a newer format than this software reads."""
 
 LAWS: dict[str, str] = {
     "i_cc": "I_cc = min(nmos_k * max(V_gate - nmos_vth, 0)**2, i_cc_max)",
@@ -66,7 +72,7 @@ def derived_statistics(params: DeviceParams) -> dict[str, float]:
     }
 
 
-def array_ground_truth(array: "RRAMArray") -> dict:
+def array_ground_truth(array: RRAMArray) -> dict:
     """Dict with params, laws, derived statistics and per-cell arrays (rows x cols) of a simulated chip."""
     shape = (array.rows, array.cols)
     cells = {name: np.asarray(getattr(array, name)).reshape(shape).copy() for name in _CELL_FIELDS}
@@ -89,10 +95,10 @@ def array_ground_truth(array: "RRAMArray") -> dict:
     }
 
 
-def write_ground_truth(path: str | Path, array: "RRAMArray", read_chain: "ReadChain | None" = None) -> None:
-    """Write a chip's (and optionally its read chain's) ground truth to an HDF5 file."""
+def write_ground_truth(path: str | Path, array: RRAMArray, read_chain: ReadChain | None = None) -> None:
+    """Write a chip's (and optionally its read chain's) ground truth to an HDF5 file (replaced atomically)."""
     gt = array_ground_truth(array)
-    with h5py.File(Path(path), "w") as f:
+    with atomic_write(path, force=True) as tmp, h5py.File(tmp, "w") as f:
         for key in ("format", "rows", "cols", "seed", "time_s"):
             f.attrs[key] = gt[key]
         for group in ("params", "laws", "derived"):
@@ -116,9 +122,7 @@ def load_ground_truth(path: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"ground-truth file not found: {path}")
     with h5py.File(path, "r") as f:
-        fmt = f.attrs.get("format")
-        if fmt != FORMAT:
-            raise ValueError(f"{path}: not a simulator ground-truth file (format {fmt!r}, expected {FORMAT!r})")
+        GROUND_TRUTH_FILE.check(f.attrs, str(path), GroundTruthError)
         out: dict = {k: _plain(f.attrs[k]) for k in ("format", "rows", "cols", "seed", "time_s")}
         for group in ("params", "laws", "derived"):
             out[group] = {k: _plain(v) for k, v in f[group].attrs.items()}
@@ -133,7 +137,7 @@ def params_from_ground_truth(gt: dict) -> DeviceParams:
     return DeviceParams.from_dict(gt["params"])
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     """HDF5 attribute -> plain Python value (str, float, int, bool or list)."""
     if isinstance(value, bytes):
         return value.decode()

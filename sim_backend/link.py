@@ -6,7 +6,7 @@ import time
 from collections import deque
 
 from sim_backend.board_config import BoardConfig
-from sim_backend.faults import FaultInjector, LinkFaults
+from sim_backend.faults import NO_FAULTS, FaultInjector, LinkFaults
 from sim_backend.firmware import FirmwareEngine
 
 
@@ -17,7 +17,7 @@ class SimLink:
     possibly held back (delay faults) or corrupted. `read()` blocks up to `timeout` like pyserial.
     """
 
-    def __init__(self, engine: FirmwareEngine | None = None, faults: LinkFaults = LinkFaults(), timeout: float | None = 1.0):
+    def __init__(self, engine: FirmwareEngine | None = None, faults: LinkFaults = NO_FAULTS, timeout: float | None = 1.0):
         self.engine = engine if engine is not None else FirmwareEngine(BoardConfig())
         self.faults = faults
         self._inj = FaultInjector(faults)
@@ -100,7 +100,7 @@ class SimLink:
 
             raise serial.PortNotOpenError()
 
-    def __enter__(self) -> "SimLink":
+    def __enter__(self) -> SimLink:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,6 +14,8 @@ from sim_backend.sim_url import parse_sim_url
 class Serial(SerialBase):
     """A pyserial port whose other end is the simulated board's firmware."""
 
+    is_open: bool  # set by SerialBase.__init__ (pyserial is untyped here)
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         self.link: SimLink | None = None
         super().__init__(*args, **kwargs)

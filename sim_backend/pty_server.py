@@ -9,14 +9,14 @@ import time
 import tty
 from collections.abc import Callable
 
-from sim_backend.faults import FaultInjector, LinkFaults
+from sim_backend.faults import NO_FAULTS, FaultInjector, LinkFaults
 from sim_backend.firmware import FirmwareEngine
 
 
 class PtyBoard:
     """A pty whose master end is driven by a FirmwareEngine; `path` is the slave device to open."""
 
-    def __init__(self, engine: FirmwareEngine, faults: LinkFaults = LinkFaults()):
+    def __init__(self, engine: FirmwareEngine, faults: LinkFaults = NO_FAULTS):
         self.engine = engine
         self.faults = faults
         self._inj = FaultInjector(faults)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
+from typing import Any
 
-from sim_backend.board_config import BoardConfig
+from sim_backend.board_config import DEFAULT_BOARD, BoardConfig
 from sim_backend.faults import LinkFaults
 
 _BOARD_KEYS = {"seed": int, "rows": int, "cols": int, "board_id": str, "watchdog_ms": int, "stream_window": int}
@@ -18,13 +19,14 @@ _FAULT_KEYS = {
 }  # fmt: skip
 
 
-def parse_sim_url(url: str, base: BoardConfig = BoardConfig()) -> tuple[BoardConfig, LinkFaults]:
+def parse_sim_url(url: str, base: BoardConfig = DEFAULT_BOARD) -> tuple[BoardConfig, LinkFaults]:
     """Board configuration and link faults encoded in a sim:// URL; ValueError names a bad option."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "sim":
         raise ValueError(f"not a simulated-board URL (expected sim://...): {url!r}")
-    board: dict[str, object] = {}
-    faults: dict[str, object] = {}
+    # keyword arguments whose value types follow the option tables above (one type per key)
+    board: dict[str, Any] = {}
+    faults: dict[str, Any] = {}
     for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
         value = values[-1]
         if key == "ref":
@@ -41,7 +43,7 @@ def parse_sim_url(url: str, base: BoardConfig = BoardConfig()) -> tuple[BoardCon
             target[name] = conv(value)
         except ValueError:
             raise ValueError(f"sim:// option {key}={value!r} is not a valid {conv.__name__}") from None
-    return dataclasses.replace(base, **board), LinkFaults(**faults)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **board), LinkFaults(**faults)
 
 
 _SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}

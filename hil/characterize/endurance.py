@@ -5,24 +5,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hil.characterize.procedure import Procedure, ProcedureParams, Progress
+from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
 from hil.characterize.runfile import RunWriter, Table
 
 
 @dataclass
 class EnduranceParams(ProcedureParams):
-    cycles: int = 10_000
-    read_every: int = 100
-    set_v: float = 1.5
-    set_width_ns: int = 200
-    set_gate: float = 1.1  # V: ~31 uA compliance -> LRS ~ 30 uS on the default chip
-    reset_v: float = -1.5
-    reset_width_ns: int = 200
-    reset_gate: float = 3.0
-    cells_per_event: int = 0  # 0: as many as fit one frame; small values help on a noisy link
+    cycles: int = param(10_000, unit="cycles", help="SET/RESET cycles per cell", min=1)
+    read_every: int = param(100, unit="cycles", help="cycles between two reads of LRS and HRS (1 to --cycles)")
+    set_v: float = param(1.5, unit="V", help="SET pulse voltage", min=0, min_open=True, limit="set_v", label="SET voltage")
+    set_width_ns: int = param(200, unit="ns", help="SET pulse width", min=1, limit="width")
+    set_gate: float = param(
+        1.1, unit="V", help="NMOS gate voltage on SET: the compliance (~31 uA at 1.1 V, LRS ~30 uS)", min=0,
+        limit="gate_v", label="gate voltage",
+    )
+    reset_v: float = param(
+        -1.5, unit="V", help="RESET pulse voltage", max=0, max_open=True, limit="reset_v", label="RESET voltage"
+    )
+    reset_width_ns: int = param(200, unit="ns", help="RESET pulse width", min=1, limit="width")
+    reset_gate: float = param(
+        3.0, unit="V", help="NMOS gate voltage on RESET (fully on: no compliance)", min=0, limit="gate_v",
+        label="gate voltage",
+    )
+    cells_per_event: int = param(
+        0, help="cells per streamed event (0: as many as fit one frame; small values help on a noisy link)", min=0
+    )
 
 
-class Endurance(Procedure):
+@PROCEDURES.register("endurance")
+class Endurance(Procedure[EnduranceParams]):
     name = "endurance"
     Params = EnduranceParams
 
@@ -30,10 +41,6 @@ class Endurance(Procedure):
         p = self.p
         if p.cycles < 1 or not 1 <= p.read_every <= p.cycles:
             raise ValueError(f"endurance needs cycles >= 1 and 1 <= read_every <= cycles (got {p.cycles}, {p.read_every})")
-        self.check_voltage("SET voltage", p.set_v, "set_v")
-        self.check_voltage("RESET voltage", p.reset_v, "reset_v")
-        self.check_pulse(p.set_width_ns, p.set_gate)
-        self.check_pulse(p.reset_width_ns, p.reset_gate)
 
     def tables(self) -> dict[str, Table]:
         n = self.region.n_cells

@@ -5,31 +5,39 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hil.characterize.procedure import Procedure, ProcedureParams, Progress
+from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
 from hil.characterize.runfile import RunWriter, Table
 
 
 @dataclass
 class FormParams(ProcedureParams):
-    v_start: float = 2.0  # V, first forming pulse
-    v_stop: float = 4.5  # V, last forming pulse
-    v_step: float = 0.1  # V per pulse
-    width_ns: int = 1000  # forming pulse width
-    v_gate: float = 1.0  # V on the NMOS gate: sets the forming compliance (~20 uA here)
-    g_formed: float = 5e-6  # S, read conductance that counts as formed
+    v_start: float = param(
+        2.0, unit="V", help="first forming pulse voltage", min=0, min_open=True, limit="form_v", label="FORM start voltage"
+    )
+    v_stop: float = param(
+        4.5, unit="V", help="last forming pulse voltage (a cell not formed by then has failed)", min=0, min_open=True,
+        limit="form_v", label="FORM stop voltage",
+    )
+    v_step: float = param(0.1, unit="V", help="forming ramp step per pulse", min=0, min_open=True)
+    width_ns: int = param(1000, unit="ns", help="forming pulse width", min=1, limit="width")
+    v_gate: float = param(
+        1.0, unit="V", help="NMOS gate voltage while forming: sets the compliance (~20 uA at 1 V)", min=0,
+        limit="gate_v", label="gate voltage",
+    )
+    g_formed: float = param(
+        5e-6, unit="S", help="read conductance that counts as formed (ends the cell's ramp)", min=0, min_open=True
+    )
 
 
-class Form(Procedure):
+@PROCEDURES.register("form")
+class Form(Procedure[FormParams]):
     name = "form"
     Params = FormParams
 
     def validate(self) -> None:
         p = self.p
-        self.check_voltage("FORM start voltage", p.v_start, "form_v")
-        self.check_voltage("FORM stop voltage", p.v_stop, "form_v")
-        if not (p.v_step > 0 and p.v_start <= p.v_stop):
-            raise ValueError(f"form needs --v-step > 0 and --v-start <= --v-stop (got {p.v_step}, {p.v_start}, {p.v_stop})")
-        self.check_pulse(p.width_ns, p.v_gate)
+        if p.v_start > p.v_stop:
+            raise ValueError(f"form needs --v-start <= --v-stop (got {p.v_start}, {p.v_stop})")
 
     def tables(self) -> dict[str, Table]:
         return {

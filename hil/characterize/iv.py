@@ -5,35 +5,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hil.characterize.procedure import Procedure, ProcedureParams, Progress
+from hil.characterize.procedure import CELLS_HELP, PROCEDURES, ParamSpec, Procedure, ProcedureParams, Progress, param
 from hil.characterize.runfile import RunWriter, Table
 
 
 @dataclass
 class IvParams(ProcedureParams):
-    cells: str = "0:1,0:2"
-    v_max: float = 1.5  # V, top of the SET branch
-    v_min: float = -1.6  # V, bottom of the RESET branch
-    points: int = 31  # points per branch (4 branches per sweep)
-    width_ns: int = 1000  # pulse width (pulsed) or dwell (DC) per point
-    v_gate: float = 1.0  # V, SET compliance
-    cycles: int = 3
-    dc: bool = False
+    cells: str = param("0:1,0:2", help=CELLS_HELP)
+    v_max: float = param(
+        1.5, unit="V", help="top of the SET branch (0 -> V -> 0)", min=0, min_open=True, limit="set_v", label="sweep maximum"
+    )
+    v_min: float = param(
+        -1.6, unit="V", help="bottom of the RESET branch (0 -> V -> 0)", max=0, max_open=True, limit="reset_v",
+        label="sweep minimum",
+    )
+    points: int = param(31, help="points per branch (4 branches per sweep)", min=2, max=1024)
+    width_ns: int = param(1000, unit="ns", help="pulse width per point, or dwell per point with --dc", min=1, limit="width")
+    v_gate: float = param(1.0, unit="V", help="NMOS gate voltage: the SET compliance", min=0, limit="gate_v", label="gate voltage")
+    cycles: int = param(3, help="sweeps per cell", min=1)
+    dc: bool = param(False, help="DC sweep (each point held for --width-ns) instead of pulses")
 
 
-class Iv(Procedure):
+@PROCEDURES.register("iv")
+class Iv(Procedure[IvParams]):
     name = "iv"
     Params = IvParams
 
-    def validate(self) -> None:
-        if self.p.points < 2 or self.p.cycles < 1:
-            raise ValueError("iv needs --points >= 2 and --cycles >= 1")
-        self.check_voltage("sweep maximum", self.p.v_max, "set_v")
-        self.check_voltage("sweep minimum", self.p.v_min, "reset_v")
+    def board_limited(self) -> dict[str, ParamSpec]:
+        limited = super().board_limited()
         if self.p.dc:  # a DC sweep's dwell is not a pulse width
-            self.check_voltage("gate voltage", self.p.v_gate, "gate_v")
-        else:
-            self.check_pulse(self.p.width_ns, self.p.v_gate)
+            del limited["width_ns"]
+        return limited
 
     def tables(self) -> dict[str, Table]:
         n = 4 * self.p.points

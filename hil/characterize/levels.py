@@ -12,31 +12,44 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hil.characterize.procedure import Procedure, ProcedureParams, Progress
 from hil.characterize.multilevel import (
-    SET_WIDTH_NS, assign_levels, calibrate_gate, check_verify_params, gate_for, gate_table, level_targets, one_shot,
-    program_table, program_verified, reads_table, timed_reads,
-)  # fmt: skip
+    SET_WIDTH_NS,
+    assign_levels,
+    calibrate_gate,
+    gate_for,
+    gate_table,
+    level_targets,
+    one_shot,
+    program_table,
+    program_verified,
+    reads_table,
+    timed_reads,
+)
+from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
 from hil.characterize.runfile import RunWriter, Table
-
 
 
 @dataclass
 class LevelsParams(ProcedureParams):
-    levels: int = 8
-    g_lo: float = 4e-6
-    g_hi: float = 36e-6
-    tol: float = 0.8e-6  # write-verify tolerance (S), 2% of g_max
-    max_pulses: int = 100
-    read_times: str = "1,10,100,1000"  # s after programming
-    gate_lo: float = 0.7  # gate-calibration sweep (V)
-    gate_hi: float = 1.4
-    gate_points: int = 15
-    cal_cells: int = 16
-    seed: int = 0
+    levels: int = param(8, help="conductance levels, evenly spaced from --g-lo to --g-hi", min=1)
+    g_lo: float = param(4e-6, unit="S", help="lowest target conductance", min=0, min_open=True)
+    g_hi: float = param(36e-6, unit="S", help="highest target conductance", min=0, min_open=True)
+    tol: float = param(0.8e-6, unit="S", help="write-verify tolerance (2% of g_max)", min=0, min_open=True)
+    max_pulses: int = param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
+    read_times: str = param("1,10,100,1000", unit="s", help="block reads after programming: comma-separated, increasing")
+    gate_lo: float = param(
+        0.7, unit="V", help="lowest SET gate voltage of the gate calibration", min=0, limit="gate_v", label="gate voltage"
+    )
+    gate_hi: float = param(
+        1.4, unit="V", help="highest SET gate voltage of the gate calibration", min=0, limit="gate_v", label="gate voltage"
+    )
+    gate_points: int = param(15, help="gate voltages in the gate calibration", min=2)
+    cal_cells: int = param(16, help="cells the gate calibration is measured on (the region's first ones)", min=1)
+    seed: int = param(0, help="seed of the shuffled level assignment (a resume assigns the same levels)", min=0)
 
 
-class Levels(Procedure):
+@PROCEDURES.register("levels")
+class Levels(Procedure[LevelsParams]):
     name = "levels"
     Params = LevelsParams
 
@@ -44,11 +57,7 @@ class Levels(Procedure):
         p = self.p
         level_targets(p.levels, p.g_lo, p.g_hi)
         self.times = self._times()
-        if p.gate_points < 2 or p.cal_cells < 1:
-            raise ValueError("levels needs --gate-points >= 2 and --cal-cells >= 1")
-        check_verify_params(p.tol, p.max_pulses)
-        for gate in (p.gate_lo, p.gate_hi):
-            self.check_pulse(SET_WIDTH_NS, gate)
+        self.board.limits.check_width(SET_WIDTH_NS)  # the one-shot SET pulse of the gate calibration
 
     def _times(self) -> np.ndarray:
         try:

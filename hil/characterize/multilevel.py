@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from hil.hardware.board import Board, PulseRamp
 from hil.characterize.procedure import Progress
 from hil.characterize.region import Region
 from hil.characterize.runfile import RunWriter, Table
+from hil.hardware.board import Board, PulseRamp
 
 PROGRAM_FIELDS = {
     "cell": ("i4", (2,)), "level": ("i2", ()), "target": ("f8", ()), "g": ("f8", ()),
     "pulses": ("i4", ()), "status": ("u1", ()), "t": ("f8", ()),
 }  # fmt: skip
+DEFAULT_RAMP = PulseRamp()  # the default write-verify pulse ramp (frozen: one shared instance is safe)
 
 
 def program_table(doc: str) -> Table:
@@ -29,12 +30,6 @@ def level_targets(n_levels: int, g_lo: float, g_hi: float) -> np.ndarray:
     return np.linspace(g_lo, g_hi, n_levels) if n_levels > 1 else np.array([g_lo])
 
 
-def check_verify_params(tol: float, max_pulses: int) -> None:
-    """Refuse a write-verify tolerance or pulse budget the board cannot take, before the run starts."""
-    if not (np.isfinite(tol) and tol > 0) or not 1 <= max_pulses <= 0xFFFF:
-        raise ValueError(f"write-verify needs --tol > 0 S and 1 <= --max-pulses <= 65535 (got {tol}, {max_pulses})")
-
-
 def assign_levels(n_cells: int, n_levels: int, seed: int) -> np.ndarray:
     """Balanced, shuffled level index per cell (same for a given seed, so resumes agree)."""
     return np.random.default_rng(seed).permutation(np.arange(n_cells) % n_levels)
@@ -46,7 +41,7 @@ def board_time(board: Board) -> float:
 
 def program_verified(board: Board, w: RunWriter, table: str, region: Region, levels: np.ndarray, targets: np.ndarray,
                      tol: float, max_pulses: int, v_read: float, bar: Progress, batch: int = 256,
-                     ramp: PulseRamp = PulseRamp()) -> None:  # fmt: skip
+                     ramp: PulseRamp = DEFAULT_RAMP) -> None:  # fmt: skip
     """Write-verify every cell of the region to its target, in batches, resuming after the cells recorded."""
     rows, cols = region.cells()
     done = w.count(table)
@@ -88,13 +83,13 @@ def log_times(t_first: float, t_last: float, n: int) -> np.ndarray:
 
 # One-shot (open-loop) programming: a full RESET to HRS, then one SET whose NMOS gate voltage sets the
 # compliance current and hence the conductance reached (G_LRS ~ I_cc).
-RESET_PULSE = dict(v=-1.5, width_ns=200, v_gate=3.0)
+RESET_V, RESET_WIDTH_NS, RESET_GATE = -1.5, 200, 3.0
 SET_V, SET_WIDTH_NS = 1.5, 200
 
 
 def one_shot(board: Board, row: int, col: int, gate: float, v_read: float):
     """RESET, SET at `gate`, read: returns the read Measurement."""
-    board.reset_pulse(row, col, **RESET_PULSE)
+    board.reset_pulse(row, col, RESET_V, RESET_WIDTH_NS, RESET_GATE)
     board.set_pulse(row, col, SET_V, SET_WIDTH_NS, gate)
     return board.read(row, col, v_read)
 

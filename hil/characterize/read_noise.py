@@ -5,33 +5,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hil.characterize.procedure import Procedure, ProcedureParams, Progress
-from hil.characterize.multilevel import assign_levels, check_verify_params, level_targets, program_table, program_verified
+from hil.characterize.multilevel import assign_levels, level_targets, program_table, program_verified
+from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
 from hil.characterize.runfile import RunWriter, Table
 
 
 @dataclass
 class ReadNoiseParams(ProcedureParams):
-    reads: int = 100
-    program: bool = True  # write-verify the cells to levels first
-    levels: int = 4
-    g_lo: float = 5e-6
-    g_hi: float = 35e-6
-    tol: float = 0.8e-6
-    max_pulses: int = 100
-    seed: int = 0
-    settle: float = 100.0  # s to wait after programming, so relaxation does not pass for read noise
+    reads: int = param(100, help="block reads of the region, back to back", min=3)
+    program: bool = param(True, help="write-verify the cells to levels before the reads")
+    levels: int = param(4, help="conductance levels, evenly spaced from --g-lo to --g-hi", min=1)
+    g_lo: float = param(5e-6, unit="S", help="lowest target conductance", min=0, min_open=True)
+    g_hi: float = param(35e-6, unit="S", help="highest target conductance", min=0, min_open=True)
+    tol: float = param(0.8e-6, unit="S", help="write-verify tolerance", min=0, min_open=True)
+    max_pulses: int = param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
+    seed: int = param(0, help="seed of the shuffled level assignment (a resume assigns the same levels)", min=0)
+    settle: float = param(
+        100.0, unit="s", help="wait after programming, so relaxation does not pass for read noise", min=0
+    )
 
 
-class ReadNoise(Procedure):
+@PROCEDURES.register("read-noise")
+class ReadNoise(Procedure[ReadNoiseParams]):
     name = "read-noise"
     Params = ReadNoiseParams
 
     def validate(self) -> None:
-        if self.p.reads < 3:
-            raise ValueError("read-noise needs --reads >= 3")
         level_targets(self.p.levels, self.p.g_lo, self.p.g_hi)
-        check_verify_params(self.p.tol, self.p.max_pulses)
 
     def tables(self) -> dict[str, Table]:
         n = self.region.n_cells

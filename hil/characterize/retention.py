@@ -5,34 +5,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hil.characterize.procedure import Procedure, ProcedureParams, Progress
 from hil.characterize.multilevel import (
-    assign_levels, check_verify_params, level_targets, log_times, program_table, program_verified, reads_table, timed_reads,
-)  # fmt: skip
+    assign_levels,
+    level_targets,
+    log_times,
+    program_table,
+    program_verified,
+    reads_table,
+    timed_reads,
+)
+from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
 from hil.characterize.runfile import RunWriter, Table
 
 
 @dataclass
 class RetentionParams(ProcedureParams):
-    levels: int = 4
-    g_lo: float = 5e-6
-    g_hi: float = 35e-6
-    tol: float = 0.8e-6
-    max_pulses: int = 100
-    t_first: float = 1.0  # s after programming
-    t_last: float = 1e5
-    times: int = 11
-    seed: int = 0  # level assignment
+    levels: int = param(4, help="conductance levels, evenly spaced from --g-lo to --g-hi", min=1)
+    g_lo: float = param(5e-6, unit="S", help="lowest target conductance", min=0, min_open=True)
+    g_hi: float = param(35e-6, unit="S", help="highest target conductance", min=0, min_open=True)
+    tol: float = param(0.8e-6, unit="S", help="write-verify tolerance", min=0, min_open=True)
+    max_pulses: int = param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
+    t_first: float = param(1.0, unit="s", help="first read, after programming", min=0, min_open=True)
+    t_last: float = param(1e5, unit="s", help="last read, after programming", min=0, min_open=True)
+    times: int = param(11, help="block reads, log-spaced from --t-first to --t-last", min=1)
+    seed: int = param(0, help="seed of the shuffled level assignment (a resume assigns the same levels)", min=0)
 
 
-class Retention(Procedure):
+@PROCEDURES.register("retention")
+class Retention(Procedure[RetentionParams]):
     name = "retention"
     Params = RetentionParams
 
     def validate(self) -> None:
         level_targets(self.p.levels, self.p.g_lo, self.p.g_hi)
         log_times(self.p.t_first, self.p.t_last, self.p.times)
-        check_verify_params(self.p.tol, self.p.max_pulses)
 
     def tables(self) -> dict[str, Table]:
         return {"program": program_table("write-verify programming, one record per cell"),

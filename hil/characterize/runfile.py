@@ -8,37 +8,26 @@ file and carries on appending, so the finished file has the same content as an u
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-FORMAT_NAME = "rram-hil-run"
-FORMAT_VERSION = "1.0"
-_MAJOR = 1
+from firmware_protocol.fileformat import FileFormat, atomic_write, software_version, utc_now
+
+RUN_FILE = FileFormat("rram-hil-run", "1.0", "an rram-hil run file")
+FORMAT_NAME = RUN_FILE.name
+FORMAT_VERSION = RUN_FILE.version
 
 
 class RunFileError(ValueError):
     """A run file is missing, not a run file, corrupt, from a newer format, or not resumable."""
-
-
-def software_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("rram-hil")
-    except Exception:  # running from a source tree without installation
-        return "unknown"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -153,7 +142,7 @@ class Run:
             self._f.close()
         with h5py.File(self.path, "r+") as f:
             f.attrs["status"] = "complete"
-            f.attrs["completed_utc"] = _now()
+            f.attrs["completed_utc"] = utc_now()
             f.attrs["summary_json"] = json.dumps(summary, default=_jsonable)
         self._finished = True
 
@@ -190,21 +179,16 @@ def _declare(f: h5py.File, tables: dict[str, Table], state_keys: list[str]) -> N
 
 
 def create_run(path: str | os.PathLike, procedure: str, params: dict, board: dict, tables: dict[str, Table],
-               state_keys: list[str] = (), calibration: dict | None = None, force: bool = False,
+               state_keys: Sequence[str] = (), calibration: dict | None = None, force: bool = False,
                flush_s: float = 2.0) -> Run:  # fmt: skip
     """Create a new run file; refuses to overwrite an existing file unless `force`."""
     p = Path(path)
-    if p.exists() and not force:
-        raise FileExistsError(f"{p} already exists (use --force to overwrite or --resume to continue it)")
-    if not p.parent.exists():
-        raise FileNotFoundError(f"folder {p.parent} does not exist")
-    tmp = p.with_name(p.name + ".tmp")
-    with h5py.File(tmp, "w", libver="latest") as f:
-        f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
+    refusal = "use --force to overwrite or --resume to continue it"
+    with atomic_write(p, force=force, refusal=refusal) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+        f.attrs.update(RUN_FILE.stamp())
         f.attrs["procedure"] = procedure
         f.attrs["status"] = "running"
-        f.attrs["created_utc"] = _now()
+        f.attrs["created_utc"] = utc_now()
         f.attrs["software_version"] = software_version()
         f.attrs["host"] = socket.gethostname()
         f.attrs["params_json"] = json.dumps(params, default=_jsonable)
@@ -212,7 +196,6 @@ def create_run(path: str | os.PathLike, procedure: str, params: dict, board: dic
         f.attrs["calibration_json"] = json.dumps(calibration or {}, default=_jsonable)
         f.attrs["resumed"] = 0
         _declare(f, tables, list(state_keys))
-    os.replace(tmp, p)
     return _open_swmr(p, flush_s)
 
 
@@ -243,15 +226,7 @@ def _check_not_truncated(f: h5py.File, p: Path) -> None:
 
 
 def _check_format(f: h5py.File, p: Path) -> None:
-    if f.attrs.get("format") != FORMAT_NAME:
-        raise RunFileError(f"{p} is not an rram-hil run file")
-    version = str(f.attrs.get("format_version", ""))
-    try:
-        major = int(version.split(".")[0])
-    except ValueError:
-        raise RunFileError(f"{p} has a malformed format version {version!r}") from None
-    if major > _MAJOR:
-        raise RunFileError(f"{p} is run-file format {version}, newer than this software reads ({FORMAT_VERSION})")
+    RUN_FILE.check(f.attrs, str(p), RunFileError)
     for key in ("procedure", "status", "params_json", "board_json"):
         if key not in f.attrs:
             raise RunFileError(f"{p} is corrupt: attribute {key!r} is missing")
@@ -292,35 +267,44 @@ def resume_run(path: str | os.PathLike, procedure: str, params: dict, flush_s: f
     """Continue an interrupted run: same procedure and parameters, everything flushed so far kept."""
     p = Path(path)
     f = _open_readonly(p)
-    tmp = p.with_name(p.name + ".resume.tmp")
-    try:
-        _check_not_truncated(f, p)
-        _check_format(f, p)
-        if f.attrs["status"] == "complete":
-            raise RunFileError(f"{p} is already complete; nothing to resume")
-        if f.attrs["procedure"] != procedure:
-            raise RunFileError(f"{p} is a {f.attrs['procedure']!r} run, not {procedure!r}")
-        stored = json.loads(f.attrs["params_json"])
-        if stored != json.loads(json.dumps(params, default=_jsonable)):
-            diff = sorted(k for k in set(stored) | set(params) if stored.get(k) != params.get(k))
-            raise RunFileError(f"{p} was started with other parameters ({', '.join(diff)}); resume with the same ones")
-        with h5py.File(tmp, "w", libver="latest") as g:
-            for k, v in f.attrs.items():
-                g.attrs[k] = v
-            g.attrs["resumed"] = int(f.attrs.get("resumed", 0)) + 1
-            data = g.create_group("data")
-            for name, ds in f["data"].items():
-                arr = ds[...]
-                new = data.create_dataset(name, data=arr, maxshape=(None,), chunks=ds.chunks)
-                for k, v in ds.attrs.items():
-                    new.attrs[k] = v
-            g.create_dataset("state", data=f["state"][...])
-    except RunFileError:
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:  # damaged metadata or data: leave the file as it is
-        tmp.unlink(missing_ok=True)
-        raise RunFileError(f"{p} is corrupt and cannot be resumed: {str(exc).splitlines()[0]}") from None
-    finally:
-        f.close()
-    os.replace(tmp, p)
+    # The copy replaces the file only once it is complete (and after the original is closed);
+    # on any error the original is left as it is.
+    with atomic_write(p, force=True) as tmp:
+        try:
+            _check_not_truncated(f, p)
+            _check_format(f, p)
+            _check_resumable(f, p, procedure, params)
+            _copy_for_resume(f, tmp)
+        except RunFileError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:  # damaged metadata or data
+            raise RunFileError(f"{p} is corrupt and cannot be resumed: {str(exc).splitlines()[0]}") from None
+        finally:
+            f.close()
     return _open_swmr(p, flush_s)
+
+
+def _check_resumable(f: h5py.File, p: Path, procedure: str, params: dict) -> None:
+    """Refuse a complete run, another procedure's run, or a run started with other parameters."""
+    if f.attrs["status"] == "complete":
+        raise RunFileError(f"{p} is already complete; nothing to resume")
+    if f.attrs["procedure"] != procedure:
+        raise RunFileError(f"{p} is a {f.attrs['procedure']!r} run, not {procedure!r}")
+    stored = json.loads(f.attrs["params_json"])
+    if stored != json.loads(json.dumps(params, default=_jsonable)):
+        diff = sorted(k for k in set(stored) | set(params) if stored.get(k) != params.get(k))
+        raise RunFileError(f"{p} was started with other parameters ({', '.join(diff)}); resume with the same ones")
+
+
+def _copy_for_resume(f: h5py.File, tmp: Path) -> None:
+    """Write everything flushed to `f` into a clean file at `tmp`, counting one more resume."""
+    with h5py.File(tmp, "w", libver="latest") as g:
+        for k, v in f.attrs.items():
+            g.attrs[k] = v
+        g.attrs["resumed"] = int(f.attrs.get("resumed", 0)) + 1
+        data = g.create_group("data")
+        for name, ds in f["data"].items():
+            new = data.create_dataset(name, data=ds[...], maxshape=(None,), chunks=ds.chunks)
+            for k, v in ds.attrs.items():
+                new.attrs[k] = v
+        g.create_dataset("state", data=f["state"][...])

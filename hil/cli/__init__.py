@@ -1,27 +1,29 @@
-"""The `rram` command line: one click group, each command group in its own module."""
-from __future__ import annotations
+"""The `rram` command line: one click group built from the command registry (`hil.cli.commands.COMMANDS`).
 
-import importlib
+Each CLI module registers its command or group with `@COMMANDS.register(name)`; this package imports
+every CLI module, so the registry (and `rram --help`) is complete. Heavy libraries (torch, matplotlib,
+scipy.stats, tqdm) are imported inside the commands that use them, so `rram --help` and
+`rram board info` start fast.
+"""
+from __future__ import annotations
 
 import click
 
+from hil.cli import (  # noqa: F401  (registration: importing a CLI module registers its command)
+    board,
+    characterize,
+    demo,
+    evaluate,
+    fit,
+    plot,
+    profile,
+    program,
+    sim,
+    swim,
+    train,
+)
+from hil.cli.commands import COMMANDS
 from hil.cli.errors import run_cli
-
-# Each entry is "module:attribute" of a click command or group; a module adds itself here
-# when it has something real behind it (no stubs).
-_COMMANDS: list[str] = [
-    "hil.cli.characterize:characterize",
-    "hil.cli.demo:demo",
-    "hil.cli.fit:fit",
-    "hil.cli.swim:swim",
-    "hil.cli.program:program",
-    "hil.cli.train:train",
-    "hil.cli.evaluate:evaluate",
-    "hil.cli.profile:profile",
-    "hil.cli.sim:sim",
-    "hil.cli.board:board",
-    "hil.cli.plot:plot",
-]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,13 +32,12 @@ def cli() -> None:
     """rram-hil: characterize RRAM chips, fit noise profiles, train robust networks, deploy them."""
 
 
-def _register() -> None:
-    for spec in _COMMANDS:
-        module_name, attr = spec.split(":")
-        cli.add_command(getattr(importlib.import_module(module_name), attr))
+def _add_registered_commands(group: click.Group) -> None:
+    for name, command in COMMANDS.items():
+        group.add_command(command, name)
 
 
-_register()
+_add_registered_commands(cli)
 
 
 def main() -> None:

@@ -6,33 +6,37 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from firmware_protocol import BoardError, LimitError, VersionError
-from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
-from hil.hardware.readpath import CalibrationFileError, RefCell, calibrate
+from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
-from hil.hardware.instruments import SimulatedResistorSmu, Smu, SmuConnectionError, SmuError
+from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
 from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError
 
-_EXPECTED: tuple[type[BaseException], ...] = (
+if TYPE_CHECKING:
+    from hil.hardware.readpath import RefCell
+
+# The read-path fit (scipy) and the SMU driver (pyvisa) are imported by `calibrate` only, so that
+# `rram board info` and `rram --help` start fast; their errors join the expected ones there.
+_BOARD_ERRORS: tuple[type[BaseException], ...] = (
     BoardConnectionError, BoardTimeoutError, VersionError, LimitError, BoardError, BoardResetError,
-    SmuError, SmuConnectionError, CalibrationFileError, FileExistsError, FileNotFoundError, ValueError,
+    FileExistsError, FileNotFoundError, ValueError,
 )  # fmt: skip
-expected_error(*_EXPECTED)
+expected_error(*_BOARD_ERRORS)
 
 _PORT_HELP = "board URL: /dev/ttyUSB0, COM3, socket://h:p, sim://?seed=1 (sim://...&ref=0:63:50k wires reference resistors)"
 _SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
 
 
 @contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Expected failures (bad port, wrong protocol, SMU errors, bad input) become one-line click errors."""
+def _one_line_errors(*more: type[BaseException]) -> Iterator[None]:
+    """Expected failures (bad port, wrong protocol, bad input, and `more`) become one-line click errors."""
     try:
         yield
-    except _EXPECTED as exc:
+    except (*_BOARD_ERRORS, *more) as exc:
         raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
@@ -80,6 +84,7 @@ def _callback(fn: Callable[[str], Any]) -> Callable[[click.Context, click.Parame
     return cb
 
 
+@COMMANDS.register("board")
 @click.group("board")
 def board() -> None:
     """The test board: identity and limits, read-path calibration."""
@@ -115,7 +120,7 @@ def info(port: str, as_json: bool) -> None:
 @board.command("calibrate")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, help=_PORT_HELP)
 @click.option("--smu", "smu_resource", required=True, help="VISA resource of the SMU, e.g. GPIB0::24::INSTR")
-@click.option("--visa-backend", default="", help="pyvisa backend: '' (system VISA), '@py', or 'file.yaml@sim' (simulated SMU)")
+@click.option("--visa-backend", default="", help="pyvisa backend: '' (system VISA), '@py', or a simulated SMU: '2400@sim' / '2450@sim' (packaged) or 'file.yaml@sim'")
 @click.option("--dialect", type=click.Choice(["auto", "2400", "2450"]), default="auto", show_default=True,
               help="SCPI dialect of the SMU (auto: from *IDN?)")
 @click.option("--ref-cell", "ref_cells", multiple=True, required=True, callback=_callback(parse_cell),
@@ -145,14 +150,22 @@ def calibrate_cmd(port: str, smu_resource: str, visa_backend: str, dialect: str,
         raise UserError(f"{out} already exists (use --force to overwrite)")
     if len(ref_cells) != len(resistors):
         raise UserError(f"{len(ref_cells)} --ref-cell but {len(resistors)} --resistors value(s): give one resistor per cell")
-    simulated = visa_backend.endswith("@sim")
-    with _one_line_errors():
+    from hil.hardware.instruments import Smu, SmuConnectionError, SmuError
+    from hil.hardware.instruments.backends import is_simulated
+    from hil.hardware.instruments.simulated import SimulatedResistorSmu
+    from hil.hardware.readpath import CalibrationFileError, calibrate
+
+    smu_errors = (SmuError, SmuConnectionError, CalibrationFileError)
+    expected_error(*smu_errors)
+    simulated = is_simulated(visa_backend)
+    with _one_line_errors(*smu_errors):
         smu_cls = SimulatedResistorSmu if simulated else Smu
         with smu_cls.open(smu_resource, visa_backend, max_voltage_v=smu_max_voltage, dialect=dialect) as smu, \
                 Board.open(port) as b:  # fmt: skip
             connect: Callable[[RefCell], None] | None
-            if simulated:
-                connect = lambda cell: smu.connect(cell.ohms)  # type: ignore[attr-defined]  # noqa: E731
+            if isinstance(smu, SimulatedResistorSmu):
+                sim_smu = smu  # the simulated fixture: "moving the leads" is wiring the SMU across the resistor
+                connect = lambda cell: sim_smu.connect(cell.ohms)
             elif no_prompt:
                 connect = None
             else:

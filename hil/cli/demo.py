@@ -5,9 +5,10 @@ from pathlib import Path
 
 import click
 
-from hil.pipeline.demo import DemoConfig, run_demo
+from hil.cli.commands import COMMANDS
 
 
+@COMMANDS.register("demo")
 @click.command()
 @click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), default=Path("rram-demo"), show_default=True,
               help="output folder for run files, figures and the summary")
@@ -17,6 +18,8 @@ from hil.pipeline.demo import DemoConfig, run_demo
 @click.option("--force", is_flag=True, help="write into a non-empty folder not made by the demo")
 def demo(out: Path, seed: int, quick: bool, no_plots: bool, force: bool) -> None:
     """Run the whole pipeline on a simulated chip: characterize, fit, train, deploy with SWIM, read back."""
+    from hil.pipeline.demo import DemoConfig, run_demo  # the pipeline (and what it imports) only when it runs
+
     cfg = DemoConfig(out=out, seed=seed, quick=quick, plots=not no_plots)
     if quick:
         cfg.epochs, cfg.mc_draws = 8, 50

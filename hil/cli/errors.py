@@ -34,6 +34,6 @@ def run_cli(group: click.Group) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
-    except tuple(_EXPECTED) as exc:  # type: ignore[misc]
+    except tuple(_EXPECTED) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)

@@ -6,10 +6,12 @@ from typing import Any
 
 import click
 
+from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
 from hil.cli.train import noise_options, spec_from_kwargs
 
 
+@COMMANDS.register("evaluate")
 @click.command("evaluate")
 @click.argument("model_file", type=click.Path(dir_okay=False), required=False)
 @click.option("--deployed", type=click.Path(dir_okay=False), default=None,
@@ -75,7 +77,8 @@ def evaluate(model_file: str | None, deployed: str | None, n_draws: int, kpp: tu
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(f"{model_file}: {ds.name} test set ({res.n_samples} samples), {res.n_draws} noise draws")
-    click.echo(f"  clean accuracy   {100 * res.clean_accuracy:.2f} %")
+    if res.clean_accuracy is not None:
+        click.echo(f"  clean accuracy   {100 * res.clean_accuracy:.2f} %")
     click.echo(f"  noisy mean (std) {100 * res.mean:.2f} % ({100 * res.std:.2f})  95% CI "
                f"[{100 * res.ci95[0]:.2f}, {100 * res.ci95[1]:.2f}]")
     for k, v in res.kpp.items():

@@ -7,13 +7,15 @@ from pathlib import Path
 import click
 
 from calibration.errors import ProfileError
+from hil.characterize.runfile import RunFileError
+from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
 from hil.cli.profile import CONDUCTANCE
-from hil.characterize.runfile import RunFileError
 
 expected_error(RunFileError, ProfileError)
 
 
+@COMMANDS.register("fit")
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="profile file to write (.h5)")

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import click
 
-from hil.cli.errors import UserError, expected_error
 from hil.characterize.runfile import RunFileError, read_run
+from hil.cli.commands import COMMANDS
+from hil.cli.errors import UserError, expected_error
 
 expected_error(RunFileError)
 
 
+@COMMANDS.register("plot")
 @click.command("plot")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--out", "-o", "outdir", type=click.Path(path_type=Path, file_okay=False), default=None,

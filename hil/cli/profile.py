@@ -4,10 +4,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
+
+if TYPE_CHECKING:  # the profile module loads h5py; `rram --help` should not
+    from calibration.profile import NoiseProfile
 
 _DIVISOR = {"": 1.0, "m": 1e3, "u": 1e6, "µ": 1e6, "n": 1e9, "p": 1e12}
 
@@ -23,7 +28,7 @@ def parse_conductance(text: str) -> float:
 class _Conductance(click.ParamType):
     name = "SIEMENS"
 
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):
             return value
         try:
@@ -35,7 +40,7 @@ class _Conductance(click.ParamType):
 CONDUCTANCE = _Conductance()
 
 
-def _load(path: str):  # type: ignore[no-untyped-def]
+def _load(path: str) -> NoiseProfile:
     from calibration.profile import ProfileError, load_profile
 
     try:
@@ -44,6 +49,7 @@ def _load(path: str):  # type: ignore[no-untyped-def]
         raise UserError(str(exc)) from None
 
 
+@COMMANDS.register("profile")
 @click.group("profile")
 def profile() -> None:
     """Noise-profile files: write one from paper values, show, plot, export to aihwkit."""

@@ -5,36 +5,40 @@ from pathlib import Path
 
 import click
 
-from hil.cli.characterize import execute
+from hil.cli.characterize import execute, params_option
+from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
 from hil.deploy.plan import PlanError
+from hil.deploy.procedure import DeployParams, DeployRun
 from hil.hardware.transport import DEFAULT_PORT
 
 expected_error(PlanError)
 
 
+@COMMANDS.register("program")
 @click.command()
 @click.argument("model_file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--port", default=DEFAULT_PORT, show_default=True, help="board URL")
 @click.option("--profile", "profile_file", type=click.Path(path_type=Path, dir_okay=False), help="the chip's noise profile (needed unless --resume)")
 @click.option("--swim", "fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="fraction of weights to write-verify")
-@click.option("--method", type=click.Choice(["swim", "magnitude", "random", "gradient"]), default="swim", show_default=True)
-@click.option("--granularity", type=click.Choice(["weight", "row", "column"]), default="weight", show_default=True)
+@click.option("--method", type=click.Choice(["swim", "magnitude", "random", "gradient"]), default="swim", show_default=True,
+              help="how the weights to write-verify are chosen")
+@click.option("--granularity", type=click.Choice(["weight", "row", "column"]), default="weight", show_default=True,
+              help="select single weights, or whole rows or columns")
 @click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="deployment run file")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False), default=None, help="plan file [default: OUT with .plan.h5]")
-@click.option("--tol", default=0.8e-6, show_default=True, help="write-verify tolerance (S)")
-@click.option("--max-pulses", default=100, show_default=True)
-@click.option("--read-delay", default=1.0, show_default=True, help="seconds between programming a tile and reading it back")
+@params_option(DeployParams, "tol")
+@params_option(DeployParams, "max_pulses")
+@params_option(DeployParams, "read_delay")
 @click.option("--force", is_flag=True, help="overwrite existing output and plan")
 @click.option("--resume", is_flag=True, help="continue an interrupted deployment (same plan)")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def program(model_file: Path, port: str, profile_file: Path | None, fraction: float, method: str, granularity: str,
             out: Path, plan_path: Path | None, tol: float, max_pulses: int, read_delay: float, force: bool,
             resume: bool, as_json: bool, quiet: bool) -> None:  # fmt: skip
     """Program MODEL_FILE onto the array: one-shot pulses, WRITE_VERIFY for the SWIM-selected weights, read-back."""
     from hil.deploy import DeploySettings, default_plan_path, plan_model, program_params
-    from hil.deploy.procedure import DeployRun
     from hil.hardware.board import Board
 
     plan_path = plan_path or default_plan_path(out)

@@ -1,17 +1,24 @@
 """`rram sim`: run the simulated board where any serial program can reach it (a pseudo-terminal)."""
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import Any
+
 import click
 
+from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
 
 
+@COMMANDS.register("sim")
 @click.group("sim")
 def sim() -> None:
     """The simulated RRAM test board (same wire protocol as the real one)."""
 
 
-def _probability(name: str) -> click.Option:
+def _probability(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The --flip / --drop / --delay option: a probability per byte (or chunk) on the link."""
     return click.option(
         f"--{name}", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
         help={
@@ -62,7 +69,7 @@ def serve(seed: int, rows: int, cols: int, board_id: str, flip: float, drop: flo
             raise UserError(f"cannot write ground truth to {ground_truth}: {exc}") from None
     board = PtyBoard(engine, faults)
     click.echo(f"serving simulated board on {board.path}")
-    click.get_text_stream("stdout").flush()
+    sys.stdout.flush()  # the path line must reach a pipe before serving blocks
     try:
         board.serve()
     except KeyboardInterrupt:

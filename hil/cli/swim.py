@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
 
 
@@ -19,6 +20,7 @@ def _floats(text: str, what: str) -> list[float]:
     return vals
 
 
+@COMMANDS.register("swim")
 @click.group()
 def swim() -> None:
     """Selective write-verify: rank weights by the loss their programming error costs."""

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
+from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
 
 
@@ -41,7 +43,10 @@ def spec_from_kwargs(kw: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _parse_opts(items: tuple[str, ...], what: str) -> dict[str, Any]:
-    """KEY=VALUE pairs; values parsed as JSON when they are valid JSON, else kept as strings."""
+    """KEY=VALUE pairs; values parsed as JSON when they are valid JSON, else kept as strings.
+
+    These raw values are what the model file records; a method's `Options` converts them to its types.
+    """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -54,6 +59,35 @@ def _parse_opts(items: tuple[str, ...], what: str) -> dict[str, Any]:
     return out
 
 
+def method_listing(methods: list[dict[str, Any]]) -> str:
+    """`--list-methods` as text: per method its name and description, then its options in aligned columns."""
+    from models.methods.options import format_value
+
+    rows = [(o["name"], o["type"], format_value(o["default"]), o["help"]) for m in methods for o in m["options"]]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
+    name_w = max((len(m["name"]) for m in methods), default=0)
+    lines = []
+    for m in methods:
+        lines.append(f"{m['name']:<{name_w}}  {m['description']}")
+        for o in m["options"]:
+            cells = (o["name"], o["type"], format_value(o["default"]))
+            lines.append("    " + "  ".join(f"{c:<{w}}" for c, w in zip(cells, widths)) + f"  {o['help']}")
+        if not m["options"]:
+            lines.append("    (no options)")
+    return "\n".join(lines)
+
+
+def _check_method(method: str, options: dict[str, Any]) -> None:
+    """Refuse an unknown method or a bad `--opt` before any data is loaded (the method parses its options)."""
+    from models.methods.registry import get_method
+
+    try:
+        get_method(method, **options)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+@COMMANDS.register("train")
 @click.command("train")
 @click.option("--model", "model_name", default="cnn", show_default=True,
               help="cnn | mlp | vgg8 | resnet18 | pkg.mod:factory")
@@ -76,17 +110,19 @@ def _parse_opts(items: tuple[str, ...], what: str) -> dict[str, Any]:
 @click.option("--resume", type=click.Path(dir_okay=False, exists=True), help="Continue from this model file.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Model file to write (every epoch).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
-@click.option("--list-methods", is_flag=True, help="Print the available training methods and exit.")
-@click.option("--json", "as_json", is_flag=True, help="Print the per-epoch history as JSON.")
+@click.option("--list-methods", is_flag=True,
+              help="Print the training methods with their options (type, default, help) and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-epoch history (or --list-methods) as JSON.")
 def train(model_name: str, model_arg: tuple[str, ...], data: str, data_root: str | None, method: str,
           method_opt: tuple[str, ...], epochs: int, batch_size: int, lr: float, optimizer: str, weight_decay: float,
           scheduler: str, seed: int, device: str, amp: bool, val_draws: int, resume: str | None, output: str | None,
           progress: bool, list_methods: bool, as_json: bool, **noise_kw: Any) -> None:
     """Train a network robust to device noise (run under torchrun for data-parallel training)."""
-    from models.methods.registry import available_methods
-
     if list_methods:
-        click.echo("\n".join(available_methods()))
+        from models.methods.registry import describe_methods
+
+        methods = describe_methods()
+        click.echo(json.dumps(methods, indent=2) if as_json else method_listing(methods))
         return
     if output is None:
         raise UserError("give the model file to write with -o/--output")
@@ -94,12 +130,12 @@ def train(model_name: str, model_arg: tuple[str, ...], data: str, data_root: str
     from models.config import TrainConfig
     from models.training import train as run_training
 
-    if method not in available_methods():
-        raise UserError(f"unknown training method {method!r} (available: {', '.join(available_methods())})")
+    method_options = _parse_opts(method_opt, "--opt")
+    _check_method(method, method_options)
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
     cfg = TrainConfig(model=model_name, model_kwargs=_parse_opts(model_arg, "--model-arg"), data=data,
-                      data_root=data_root, method=method, method_options=_parse_opts(method_opt, "--opt"),
+                      data_root=data_root, method=method, method_options=method_options,
                       noise=spec_from_kwargs(noise_kw), epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer, weight_decay=weight_decay, scheduler=scheduler, seed=seed, device=device,
                       amp=amp, val_noise_draws=val_draws, checkpoint=output, progress=progress)

@@ -5,7 +5,6 @@ network becomes a plan is in `hil.deploy.placement`.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -14,8 +13,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-FORMAT = "rram-hil-plan"
-VERSION = "1.0"
+from firmware_protocol.fileformat import FileFormat, atomic_write, utc_now
+
+PLAN_FILE = FileFormat("rram-hil-plan", "1.0", "an rram-hil programming plan")
+FORMAT = PLAN_FILE.name
+VERSION = PLAN_FILE.version
 
 
 class PlanError(ValueError):
@@ -64,14 +66,11 @@ def file_sha256(path: str | Path) -> str:
 
 
 def save_plan(plan: Plan, path: str | Path, force: bool = False) -> Path:
+    """Write `plan` atomically; an existing file is refused unless `force`."""
     p = Path(path)
-    if p.exists() and not force:
-        raise FileExistsError(f"{p} already exists (use --force to replace it)")
-    tmp = p.with_name(p.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs.update({"format": FORMAT, "format_version": VERSION, "rows": plan.rows, "cols": plan.cols,
-                        "g_min": plan.g_min, "g_max": plan.g_max, "meta_json": json.dumps(plan.meta, default=str),
-                        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})  # fmt: skip
+    with atomic_write(p, force=force) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({**PLAN_FILE.stamp(), "rows": plan.rows, "cols": plan.cols, "g_min": plan.g_min,
+                        "g_max": plan.g_max, "meta_json": json.dumps(plan.meta, default=str), "created_utc": utc_now()})
         g = f.create_group("layers")
         for i, lp in enumerate(plan.layers):
             d = g.create_group(f"{i:03d}")
@@ -79,7 +78,6 @@ def save_plan(plan: Plan, path: str | Path, force: bool = False) -> Path:
             d.create_dataset("targets", data=lp.targets.astype(np.float32))
             d.create_dataset("verify", data=lp.verify.astype(np.uint8))
         f.create_dataset("tiles", data=plan.tiles)
-    tmp.replace(p)
     return p
 
 
@@ -94,11 +92,7 @@ def load_plan(path: str | Path) -> Plan:
         raise PlanError(f"{p} is not a readable HDF5 plan file ({str(exc).splitlines()[0]})") from None
     try:
         with f:
-            if f.attrs.get("format") != FORMAT:
-                raise PlanError(f"{p} is not an rram-hil programming plan")
-            major = int(str(f.attrs.get("format_version", "0")).split(".")[0])
-            if major > int(VERSION.split(".")[0]):
-                raise PlanError(f"{p} is plan format {f.attrs['format_version']}, newer than this software reads ({VERSION})")
+            PLAN_FILE.check(f.attrs, str(p), PlanError)
             layers = []
             for key in sorted(f["layers"]):
                 d = f["layers"][key]

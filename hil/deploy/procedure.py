@@ -12,29 +12,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hil.hardware.board import PulseRamp
-from hil.deploy.plan import Plan, load_plan
-from hil.characterize.procedure import Procedure, ProcedureParams, Progress
-from hil.characterize.multilevel import SET_WIDTH_NS, calibrate_gate, check_verify_params, gate_for, gate_table, one_shot
+from hil.characterize.multilevel import SET_WIDTH_NS, calibrate_gate, gate_for, gate_table, one_shot
+from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
 from hil.characterize.runfile import RunWriter, Table
-
+from hil.deploy.plan import Plan, load_plan
+from hil.hardware.board import PulseRamp
 
 
 @dataclass
 class DeployParams(ProcedureParams):
-    cells: str = ":,:"  # the plan decides which cells a tile uses; kept for the common parameters
-    plan: str = ""  # plan file (.h5) from `rram program` / hil.deploy.plan
-    tol: float = 0.8e-6  # S, write-verify tolerance
-    max_pulses: int = 100
-    read_delay: float = 1.0  # s between programming a tile and reading it back
-    gate_lo: float = 0.7
-    gate_hi: float = 1.4
-    gate_points: int = 15
-    cal_cells: int = 8
-    form: bool = True  # form pristine cells of the used area first
+    cells: str = param(":,:", help="not used to place weights: the plan decides which cells each tile uses")
+    plan: str = param("", help="plan file (.h5) written by `rram program` (hil.deploy.plan)")
+    tol: float = param(0.8e-6, unit="S", help="write-verify tolerance", min=0, min_open=True)
+    max_pulses: int = param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
+    read_delay: float = param(1.0, unit="s", help="wait between programming a tile and reading it back", min=0)
+    gate_lo: float = param(
+        0.7, unit="V", help="lowest SET gate voltage of the gate calibration", min=0, limit="gate_v", label="gate voltage"
+    )
+    gate_hi: float = param(
+        1.4, unit="V", help="highest SET gate voltage of the gate calibration", min=0, limit="gate_v", label="gate voltage"
+    )
+    gate_points: int = param(15, help="gate voltages in the gate calibration", min=2)
+    cal_cells: int = param(8, help="cells of the used area the gate calibration is measured on", min=1)
+    form: bool = param(True, help="form the still pristine cells of the used area first")
 
 
-class DeployRun(Procedure):
+@PROCEDURES.register("program")
+class DeployRun(Procedure[DeployParams]):
     name = "program"
     Params = DeployParams
     characterization = False
@@ -46,11 +50,7 @@ class DeployRun(Procedure):
         self.plan: Plan = load_plan(p.plan)
         if self.plan.rows > self.board.rows or self.plan.cols > self.board.cols:
             raise ValueError(f"plan tiles are {self.plan.rows}x{self.plan.cols}, larger than the {self.board.rows}x{self.board.cols} array")
-        if p.read_delay < 0:
-            raise ValueError("--read-delay must be >= 0 s")
-        check_verify_params(p.tol, p.max_pulses)
-        for gate in (p.gate_lo, p.gate_hi):
-            self.check_pulse(SET_WIDTH_NS, gate)
+        self.board.limits.check_width(SET_WIDTH_NS)  # the one-shot SET pulse
         self.used_rows = int(self.plan.tiles["nr"].max())
         self.used_cols = int(self.plan.tiles["nc"].max())
 
@@ -101,7 +101,7 @@ class DeployRun(Procedure):
         rec["tile"] = ti
         for key in ("target", "g_prog", "g_read"):
             rec[key] = np.nan
-        full = lambda a, fill: np.pad(a.astype(float), ((0, shape[0] - nr), (0, shape[1] - nc)), constant_values=fill).ravel()  # noqa: E731
+        full = lambda a, fill: np.pad(a.astype(float), ((0, shape[0] - nr), (0, shape[1] - nc)), constant_values=fill).ravel()
         rec["target"], rec["verify"] = full(tgt, np.nan), full(ver, 0)
         g_prog = np.full((nr, nc), np.nan)
         pulses = np.zeros((nr, nc), dtype=np.int64)

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from hil.characterize.runfile import RunData, RunFileError, read_run
 from hil.deploy.placement import weights_from_conductances
 from hil.deploy.plan import Plan, load_plan
-from hil.characterize.runfile import RunData, RunFileError, read_run
 
 
 @dataclass
@@ -92,8 +92,9 @@ def evaluate_deployed(deploy_path: str | Path, mc: int = 200, seed: int = 0) -> 
     noise = ProfileNoise.from_profile(profile, float(run.params["read_delay"]), mapping="analog", verified_mask=verify_masks(plan))
     pred = evaluate_mc(model, ds.x_test, ds.y_test, noise, mc, seed=seed, kpp=(1.0,))
     kpp1 = float(pred.kpp[1.0])
+    ci_low, ci_high = pred.ci95
     pulses = run.data["tiles"]["pulses"]
     cycles = float(pulses[~np.isnan(run.data["tiles"]["target"])].sum())
     full = plan.n_devices * float(profile.pulses_per_device(True))
-    return DeployedAccuracy(measured, clean, pred.mean, pred.std, kpp1, tuple(pred.ci95), mc,
+    return DeployedAccuracy(measured, clean, pred.mean, pred.std, kpp1, (ci_low, ci_high), mc,
                             bool(kpp1 <= measured <= pred.mean + 3 * pred.std), cycles, full)  # fmt: skip

@@ -1,31 +1,29 @@
-"""PNG figures of a noise profile (matplotlib Agg): whichever of the models the profile holds."""
+"""PNG figures of a noise profile, drawn on bare matplotlib Figures: whichever of the models the profile holds."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from calibration.noise_terms import PIT_PROBS
+from calibration.profile import NoiseProfile
+from hil.figures.canvas import colormap, save_png
 
-from calibration.noise_terms import PIT_PROBS  # noqa: E402
-from calibration.profile import NoiseProfile  # noqa: E402
-
-_US = 1e6
+_US = 1e6  # S -> uS for axes
+_DPI = 110
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def _save(fig: Figure, path: Path) -> Path:
+    """Write the figure as PNG at the profile figures' resolution."""
+    return save_png(fig, path, _DPI)
 
 
 def plot_sigma(p: NoiseProfile, out: Path) -> Path:
     """Programming sigma (open-loop, verified) and read sigma versus conductance, data points and fits."""
     g = np.linspace(p.g_min, p.g_max, 200)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
     for verified, name, color in ((False, "open-loop", "C0"), (True, "verified", "C1")):
         model = p.verified if verified else p.open_loop
         if p.family in ("gaussian", "additive", "lognormal", "state_dependent"):
@@ -60,8 +58,9 @@ def plot_relaxation(p: NoiseProfile, out: Path) -> Path:
     t_end = rm.t_max_s if np.isfinite(rm.t_max_s) and rm.t_max_s > rm.t0_s else rm.t0_s * 1e5
     t = np.logspace(np.log10(rm.t0_s), np.log10(max(t_end, 3.2e7)), 60)
     levels = rm.levels_g if rm.levels_g.size else np.linspace(p.g_min, p.g_max, 5)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.6, 4.0))
-    cmap = plt.get_cmap("viridis")
+    fig = Figure(figsize=(9.6, 4.0))
+    a1, a2 = fig.subplots(1, 2)
+    cmap = colormap("viridis")
     for i, gl in enumerate(levels):
         c = cmap(i / max(len(levels) - 1, 1))
         shift = np.array([rm.shift(np.array([gl]), ti)[0] for ti in t])
@@ -84,7 +83,8 @@ def plot_relaxation(p: NoiseProfile, out: Path) -> Path:
 
 def plot_families(p: NoiseProfile, out: Path) -> Path:
     """P-P plot: CDF of F_family(g) against U(0,1) for each fitted family (on the diagonal = perfect fit)."""
-    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    fig = Figure(figsize=(5.2, 5.0))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="black", lw=0.8, label="perfect fit")
     for name, fit in p.families.items():
         if fit.pit_quantiles.size:
@@ -101,7 +101,8 @@ def plot_endurance(p: NoiseProfile, out: Path) -> Path:
     e = p.endurance
     if e is None:
         raise ValueError("profile has no endurance model to plot")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.6, 4.0))
+    fig = Figure(figsize=(9.6, 4.0))
+    a1, a2 = fig.subplots(1, 2)
     a1.semilogx(e.cycles, e.window_median, "o-", ms=3)
     a1.set_xlabel("cycle")
     a1.set_ylabel("median LRS/HRS ratio")
@@ -124,7 +125,8 @@ def plot_spatial(p: NoiseProfile, out: Path) -> Path:
     s = p.spatial
     if s is None:
         raise ValueError("profile has no spatial model to plot")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.6, 4.0))
+    fig = Figure(figsize=(9.6, 4.0))
+    a1, a2 = fig.subplots(1, 2)
     a1.semilogy(np.arange(1, s.eigvals.size + 1), np.clip(s.eigvals, 1e-40, None) * _US**2, "o-")
     a1.set_xlabel("component")
     a1.set_ylabel("eigenvalue (uS^2)")

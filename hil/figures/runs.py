@@ -1,24 +1,28 @@
-"""PNG figures of characterization run files (matplotlib Agg): one plotter per procedure."""
+"""PNG figures of characterization run files, drawn on bare matplotlib Figures: one registered plotter per procedure."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+from matplotlib.typing import ColorType
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E402
-import numpy as np  # noqa: E402
-
-from firmware_protocol.constants import CellResult  # noqa: E402
-from hil.characterize.runfile import RunData, read_run  # noqa: E402
+from firmware_protocol.constants import CellResult
+from firmware_protocol.registry import Registry
+from hil.characterize.runfile import RunData, read_run
+from hil.figures.canvas import colormap, save_png
 
 _US = 1e6  # S -> uS for axes
 _DPI = 120
 _G_FLOOR_US = 1e-2  # uS: conductances below this (noise around zero) are drawn at the floor on log axes
 
 Plotter = Callable[[RunData, Path], list[Path]]
+
+# Procedure name -> the function writing that run file's figures (each plotter registers below, where it is defined).
+PLOTTERS: Registry[Plotter] = Registry("plotter")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -30,12 +34,9 @@ def _title(run: RunData, what: str) -> str:
     return f"{run.procedure}: {what} - {run.path.name}{tail}"
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    """Write the figure as PNG and free it (figures are never shown, so nothing else would close them)."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+def _save(fig: Figure, path: Path) -> Path:
+    """Write the figure as PNG at the run figures' resolution."""
+    return save_png(fig, path, _DPI)
 
 
 def _out(run: RunData, outdir: Path, kind: str) -> Path:
@@ -54,7 +55,7 @@ def _require(run: RunData, table: str) -> np.ndarray:
     return d
 
 
-def _band(ax: plt.Axes, x: np.ndarray, y: np.ndarray, color: str, label: str, floor: float | None = None) -> None:
+def _band(ax: Axes, x: np.ndarray, y: np.ndarray, color: ColorType, label: str, floor: float | None = None) -> None:
     """Median line (labelled) and 10-90 % percentile band of y (records x cells) along x."""
     lo, med, hi = np.nanpercentile(y, [10, 50, 90], axis=1)
     if floor is not None:
@@ -63,20 +64,20 @@ def _band(ax: plt.Axes, x: np.ndarray, y: np.ndarray, color: str, label: str, fl
     ax.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0)
 
 
-def _plain_log_y(ax: plt.Axes) -> None:
+def _plain_log_y(ax: Axes) -> None:
     """Log y axis labelled 1, 2, 5, 10, 20, ... in plain numbers (easier to read than powers of ten)."""
     ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(NullLocator())
 
 
-def _level_colors(n: int) -> list:
+def _level_colors(n: int) -> list[tuple[float, float, float, float]]:
     """One viridis colour per level index, low conductance dark."""
-    cmap = plt.get_cmap("viridis")
+    cmap = colormap("viridis")
     return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
-def _no_data(ax: plt.Axes, text: str) -> None:
+def _no_data(ax: Axes, text: str) -> None:
     """Panel of a phase an incomplete run has not reached: a grey note instead of axes."""
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="grey")
     ax.set_axis_off()  # not set_*ticks([]): that would clear the ticks of axes sharing this one
@@ -85,6 +86,7 @@ def _no_data(ax: plt.Axes, text: str) -> None:
 # ---------------------------------------------------------------------------------------------- form
 
 
+@PLOTTERS.register("form")
 def plot_form(run: RunData, outdir: Path) -> list[Path]:
     """Forming-voltage histogram, map of formed/failed cells (colour: forming voltage), conductance after forming.
 
@@ -97,7 +99,8 @@ def plot_form(run: RunData, outdir: Path) -> list[Path]:
     pre = ok & (d["pulses"] == 0)
     formed, failed = ok & ~pre, ~ok
     groups = ((formed, "formed", "C0"), (failed, "failed", "C3"), (pre, "conducting before forming", "C7"))
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig = Figure(figsize=(14, 4.2))
+    a1, a2, a3 = fig.subplots(1, 3)
 
     step = float(p.get("v_step", 0.1)) or 0.1
     lo, hi = float(p.get("v_start", d["v_form"].min())), float(p.get("v_stop", d["v_form"].max()))
@@ -147,15 +150,17 @@ def plot_form(run: RunData, outdir: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------- iv
 
 
+@PLOTTERS.register("iv")
 def plot_iv(run: RunData, outdir: Path) -> list[Path]:
     """I-V curves on linear and log |I| axes, one colour per cell, one shade per cycle; a per-cell grid."""
     d = _require(run, "iv")
     cells = [tuple(c) for c in d["cell"]]
     uniq = list(dict.fromkeys(cells))
-    cmap = plt.get_cmap("tab10" if len(uniq) <= 10 else "viridis")
+    cmap = colormap("tab10" if len(uniq) <= 10 else "viridis")
     color = {c: cmap(k if len(uniq) <= 10 else k / max(len(uniq) - 1, 1)) for k, c in enumerate(uniq)}
     n_cycles = int(d["cycle"].max()) + 1
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig = Figure(figsize=(11, 4.4))
+    a1, a2 = fig.subplots(1, 2)
     labelled: set = set()
     for rec, cell in zip(d, cells):
         alpha = 0.35 + 0.65 * (rec["cycle"] + 1) / n_cycles
@@ -180,8 +185,9 @@ def plot_iv(run: RunData, outdir: Path) -> list[Path]:
     n = len(shown)
     ncol = min(4, n)
     nrow = -(-n // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.8 * nrow), squeeze=False, sharex=True, sharey=True)
-    ccol = plt.get_cmap("plasma")
+    fig = Figure(figsize=(3.4 * ncol, 2.8 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
+    ccol = colormap("plasma")
     for ax, cell in zip(axes.ravel(), shown):
         for rec, c in zip(d, cells):
             if c == cell:
@@ -211,12 +217,14 @@ def _abs_positive(i: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- endurance
 
 
+@PLOTTERS.register("endurance")
 def plot_endurance(run: RunData, outdir: Path) -> list[Path]:
     """LRS and HRS (median and 10-90 % band) versus cycle, and the window LRS/HRS versus cycle, log-log."""
     d = _require(run, "endurance")
     cyc = d["cycle"].astype(float)
     lrs, hrs = d["lrs"] * _US, d["hrs"] * _US
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig = Figure(figsize=(11, 4.4))
+    a1, a2 = fig.subplots(1, 2)
     _band(a1, cyc, lrs, "C0", "LRS", floor=_G_FLOOR_US)
     _band(a1, cyc, hrs, "C3", "HRS", floor=_G_FLOOR_US)
     a1.set_xscale("log")
@@ -251,6 +259,7 @@ def _converged(prog: np.ndarray) -> np.ndarray:
     return ok if ok.any() else np.ones(len(prog), dtype=bool)
 
 
+@PLOTTERS.register("retention")
 def plot_retention(run: RunData, outdir: Path) -> list[Path]:
     """Conductance versus log time per level (median, 10-90 % band, target) and error sigma versus log time."""
     prog = _require(run, "program")
@@ -262,7 +271,8 @@ def plot_retention(run: RunData, outdir: Path) -> list[Path]:
     err = g - tgt[None, :]
     levels = np.unique(prog["level"])
     colors = _level_colors(int(levels.max()) + 1)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig = Figure(figsize=(11, 4.4))
+    a1, a2 = fig.subplots(1, 2)
     for L in levels:
         sel = lv == L
         if not sel.any():
@@ -294,6 +304,7 @@ def plot_retention(run: RunData, outdir: Path) -> list[Path]:
 _PHASES = (("open_loop", "open loop", "C0"), ("verified", "write-verify", "C1"))
 
 
+@PLOTTERS.register("levels")
 def plot_levels(run: RunData, outdir: Path) -> list[Path]:
     """Gate calibration, per-level CDFs (open loop, write-verify), errors and pulses, relaxation per level."""
     cal = _require(run, "gate_cal")
@@ -303,7 +314,8 @@ def plot_levels(run: RunData, outdir: Path) -> list[Path]:
     if not any(len(v) for v in phases.values()):
         return paths
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True, sharey=True)
+    fig = Figure(figsize=(11, 4.4))
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
     targets = _targets(run, phases)
     colors = _level_colors(len(targets))
     for ax, (key, name, _) in zip(axes, _PHASES):
@@ -326,7 +338,8 @@ def plot_levels(run: RunData, outdir: Path) -> list[Path]:
     fig.suptitle(_title(run, "conductance CDF per level"))
     paths.append(_save(fig, _out(run, outdir, "levels_cdf")))
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    a1, a2 = fig.subplots(1, 2)
     errs = {k: (phases[k]["g"] - phases[k]["target"]) * _US for k, _, _ in _PHASES if len(phases[k])}
     span = max(float(np.percentile(np.abs(np.concatenate(list(errs.values()))), 99)), tol, 1e-3)
     edges = np.linspace(-span, span, 81)
@@ -360,7 +373,8 @@ def plot_levels(run: RunData, outdir: Path) -> list[Path]:
 
     reads = {k: run.data.get(f"{k}_reads", np.zeros(0)) for k, _, _ in _PHASES}
     if any(len(reads[k]) and len(phases[k]) for k in reads):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+        fig = Figure(figsize=(11, 4.4))
+        axes = fig.subplots(1, 2, sharey=True)
         for ax, (key, name, _) in zip(axes, _PHASES):
             r, d = reads[key], phases[key]
             if not (len(r) and len(d)):
@@ -398,7 +412,8 @@ def _targets(run: RunData, phases: dict[str, np.ndarray]) -> list[float]:
 
 
 def _plot_gate_cal(run: RunData, cal: np.ndarray, outdir: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     g = cal["g"] * _US
     for j in range(g.shape[1]):
         ax.plot(cal["gate"], g[:, j], color="grey", lw=0.6, alpha=0.6, label="cells" if j == 0 else None)
@@ -413,6 +428,7 @@ def _plot_gate_cal(run: RunData, cal: np.ndarray, outdir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- read noise
 
 
+@PLOTTERS.register("read-noise")
 def plot_read_noise(run: RunData, outdir: Path) -> list[Path]:
     """Per-cell read sigma versus mean conductance, pooled deviations, and time traces of RTN-like cells."""
     reads = _require(run, "reads")
@@ -422,7 +438,8 @@ def plot_read_noise(run: RunData, outdir: Path) -> list[Path]:
     mean, sd = g.mean(axis=0), g.std(axis=0, ddof=1)
     dev = g - mean[None, :]
     prog = run.data.get("program", np.zeros(0))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig = Figure(figsize=(11, 4.4))
+    a1, a2 = fig.subplots(1, 2)
     if len(prog) == g.shape[1]:
         levels = np.unique(prog["level"])
         colors = _level_colors(int(levels.max()) + 1)
@@ -449,7 +466,8 @@ def plot_read_noise(run: RunData, outdir: Path) -> list[Path]:
     typical = pick[-1]
     t = reads["t"] - reads["t"][0]
     x, xlabel = (t * 1e3, "time since first read (ms)") if np.ptp(t) > 0 else (np.arange(len(t)), "read index")
-    fig, axes = plt.subplots(len(pick), 1, figsize=(9, 1.7 * len(pick) + 0.8), sharex=True, squeeze=False)
+    fig = Figure(figsize=(9, 1.7 * len(pick) + 0.8))
+    axes = fig.subplots(len(pick), 1, sharex=True, squeeze=False)
     for ax, j in zip(axes[:, 0], pick):
         cell = _cell_of(run, int(j), g.shape[1])
         ax.plot(x, g[:, j], color="C0", lw=0.8, marker=".", ms=2)
@@ -513,23 +531,12 @@ def _cell_of(run: RunData, j: int, n: int) -> str:
 # ---------------------------------------------------------------------------------------------- dispatch
 
 
-PLOTTERS: dict[str, Plotter] = {
-    "form": plot_form,
-    "iv": plot_iv,
-    "endurance": plot_endurance,
-    "retention": plot_retention,
-    "levels": plot_levels,
-    "read-noise": plot_read_noise,
-}
-
-
 def plotter_for(run: RunData) -> Plotter:
     """The plot function of the run's procedure, or a one-line ValueError."""
-    try:
-        return PLOTTERS[run.procedure]
-    except KeyError:
-        known = ", ".join(sorted(PLOTTERS))
-        raise ValueError(f"{run.path}: no plots for procedure {run.procedure!r} (plots exist for: {known})") from None
+    if run.procedure not in PLOTTERS:
+        known = ", ".join(PLOTTERS.names())
+        raise ValueError(f"{run.path}: no plots for procedure {run.procedure!r} (plots exist for: {known})")
+    return PLOTTERS.get(run.procedure)
 
 
 def check_plottable(run: RunData) -> None:

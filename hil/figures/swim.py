@@ -1,20 +1,24 @@
-"""Figure of a SWIM study: accuracy and write cost versus fraction verified."""
+"""Figure of a SWIM study, drawn on a bare matplotlib Figure: accuracy and write cost versus fraction verified."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from models.swim.planning import PlanPoint
+from matplotlib.figure import Figure
+
+from hil.figures.canvas import save_png
+
+if TYPE_CHECKING:  # models.swim.planning imports torch; drawing the curve needs only the points' fields
+    from models.swim.planning import PlanPoint
+
+_DPI = 120
 
 
 def plot_curve(points: list[PlanPoint], path: Path, title: str = "") -> Path:
     """Mean and 1% KPP accuracy versus fraction verified, one line per method; cost on a twin axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods = list(dict.fromkeys(p.method for p in points))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2, sharex=True)
     for m in methods:
         pts = sorted((p for p in points if p.method == m), key=lambda p: p.fraction)
         x = [100 * p.fraction for p in pts]
@@ -31,7 +35,4 @@ def plot_curve(points: list[PlanPoint], path: Path, title: str = "") -> Path:
     twin.plot([c[0] for c in cost], [c[1] for c in cost], color="grey", ls=":", label="write cycles")
     twin.set_ylabel("write cycles / full write-verify", color="grey")
     fig.suptitle(title or "selective write-verify: accuracy vs fraction verified")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, _DPI)

@@ -1,55 +1,40 @@
-"""Board client: handshake, typed operations, retries with the same sequence number, stream handling.
+"""Board client: the typed operations (reads, pulses, FORM, I-V, write-verify, endurance stream) and their results.
 
-Robustness rules (PROTOCOL.md): a retried request re-sends the identical bytes with the same sequence
-number, so the firmware answers it from its response cache and never pulses twice. A board reset
-(EV_BOOT, HANDSHAKE_REQUIRED or a new session id) is never retried blindly: the client handshakes
-again and raises `BoardResetError` so the caller can re-read the state it depends on.
+The session layer beneath (handshake, same-seq retries, reset recovery) is `hil.hardware.session`;
+its names are re-exported here so `from hil.hardware.board import Board, BoardResetError` keeps working.
 """
 from __future__ import annotations
 
-import logging
-import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from firmware_protocol import (
-    PROTOCOL_MAJOR,
-    PROTOCOL_MINOR,
-    SEQ_MAX,
-    BoardError,
-    BoardLimits,
-    Capability,
-    DecodeError,
-    Frame,
-    FrameDecoder,
-    FrameType,
-    Opcode,
-    Status,
-    StreamEnd,
-    VersionError,
-    decode_payload,
-    error_for_status,
-    error_text,
-)
+from firmware_protocol import BoardError, Capability, Frame, Status, StreamEnd, decode_payload
 from firmware_protocol import messages as m
+from hil.hardware.session import (
+    NOISY_TRIES_FACTOR,
+    BoardResetError,
+    BoardSession,
+    BoardTimeoutError,
+    LinkStats,
+    _Adaptive,
+)
 from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError, ByteLink, open_link
 
-log = logging.getLogger(__name__)
+__all__ = [  # the session names are re-exported: callers import them from here
+    "Board", "BlockMeasurement", "BoardConnectionError", "BoardResetError", "BoardSession", "BoardTimeoutError",
+    "CurrentCorrection", "EnduranceChunk", "FormOutcome", "LinkStats", "Measurement", "NOISY_TRIES_FACTOR",
+    "PulseMeasurement", "PulseRamp", "SweepMeasurement", "WriteVerifyOutcome",
+]
 
 
-NOISY_TRIES_FACTOR = 10  # a request answered only by NAKs/damaged frames is tried this many times `retries + 1`
+class CurrentCorrection(Protocol):
+    """Host-side read-path correction (`ReadPathCalibration` from `rram board calibrate`)."""
 
-
-class BoardTimeoutError(BoardConnectionError):
-    """The board did not answer a request after every retry."""
-
-
-class BoardResetError(RuntimeError):
-    """The board rebooted (new session): the request in flight may or may not have been applied."""
+    def apply(self, current_a: np.ndarray) -> np.ndarray: ...
 
 
 def _mv(volts: float, what: str) -> int:
@@ -141,262 +126,54 @@ class PulseRamp:
     width_ns: int = 100
 
 
-@dataclass
-class LinkStats:
-    """What the link has cost: useful to judge a cable or a baud rate."""
+class Board(BoardSession):
+    """A connected board (real or simulated), after a successful HELLO: the typed operations."""
 
-    requests: int = 0
-    retries: int = 0
-    naks: int = 0
-    corrupt_frames: int = 0
-    timeouts: int = 0
-    resends: int = 0
-
-
-@dataclass
-class _Adaptive:
-    """Chunk size that halves when a large transaction needed retries and slowly grows back."""
-
-    limit: int
-    size: int = 0
-    floor: int = 1
-
-    def __post_init__(self) -> None:
-        self.size = self.size or self.limit
-
-    def failed(self) -> None:
-        self.size = max(self.floor, self.size // 2)
-
-    def succeeded(self) -> None:
-        self.size = min(self.limit, self.size + max(1, self.size // 8))
-
-
-@dataclass
-class _Pending:
-    responses: dict[int, Frame] = field(default_factory=dict)
-    events: deque = field(default_factory=deque)
-    nak: bool = False
-    corrupt: bool = False
-    reset: bool = False
-
-
-class Board:
-    """A connected board (real or simulated), after a successful HELLO."""
-
-    def __init__(self, link: ByteLink, *, port: str = "", timeout_s: float = 0.25, retries: int = 20,
-                 on_event: Callable[[Frame], None] | None = None, calibration: object | None = None) -> None:  # fmt: skip
-        self.link = link
-        # Read-path correction from `rram board calibrate` (an object with apply(current_a) -> current_a).
+    def __init__(
+        self,
+        link: ByteLink,
+        *,
+        port: str = "",
+        timeout_s: float = 0.25,
+        retries: int = 20,
+        on_event: Callable[[Frame], None] | None = None,
+        calibration: CurrentCorrection | None = None,
+    ) -> None:
+        # Read-path correction from `rram board calibrate`, applied to every current the board reports.
         self.calibration = calibration
-        self.port = port
-        self.base_timeout_s = timeout_s
-        self.retries = retries
-        self.stats = LinkStats()
-        self._decoder = FrameDecoder()
-        self._pending = _Pending()
-        self._seq = int.from_bytes(os.urandom(2), "little") % SEQ_MAX  # PROTOCOL.md 3.1: random start
-        self._on_event = on_event
-        self.info: m.HelloInfo
-        self.limits: BoardLimits
-        self.handshake()
+        super().__init__(link, port=port, timeout_s=timeout_s, retries=retries, on_event=on_event)
         self._block = _Adaptive(m.max_block_cells(self.info.max_payload))
         self._wv = _Adaptive(self.limits.max_wv_batch)
 
     @classmethod
-    def open(cls, url: str = DEFAULT_PORT, **kwargs: object) -> "Board":
+    def open(
+        cls,
+        url: str = DEFAULT_PORT,
+        *,
+        timeout_s: float = 0.25,
+        retries: int = 20,
+        on_event: Callable[[Frame], None] | None = None,
+        calibration: CurrentCorrection | None = None,
+    ) -> Board:
+        """Open the link at `url` and handshake; the link is closed again if the handshake fails."""
         link = open_link(url)
         try:
-            return cls(link, port=url, **kwargs)  # type: ignore[arg-type]
+            return cls(link, port=url, timeout_s=timeout_s, retries=retries, on_event=on_event, calibration=calibration)
         except BaseException:
             link.close()
             raise
-
-    def close(self) -> None:
-        self.link.close()
-
-    def __enter__(self) -> "Board":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------------------ identity
-    @property
-    def session_id(self) -> int:
-        return self.info.session_id
-
-    @property
-    def capabilities(self) -> Capability:
-        return Capability(self.info.capabilities)
-
-    @property
-    def rows(self) -> int:
-        return self.info.rows
-
-    @property
-    def cols(self) -> int:
-        return self.info.cols
-
-    def describe(self) -> dict:
-        """Identity, capabilities and limits as plain data (for run files and `rram board info`)."""
-        i = self.info
-        return {
-            "board_id": i.board_id,
-            "port": self.port,
-            "protocol": f"{i.proto_major}.{i.proto_minor}",
-            "firmware": f"{i.fw_major}.{i.fw_minor}.{i.fw_patch}",
-            "session_id": i.session_id,
-            "capabilities": [c.name for c in Capability if c & self.capabilities],
-            "rows": i.rows,
-            "cols": i.cols,
-            "dac_bits": i.dac_bits,
-            "adc_bits": i.adc_bits,
-            "set_v": [i.set_v_min_mv / 1000, i.set_v_max_mv / 1000],
-            "reset_v": [i.reset_v_min_mv / 1000, i.reset_v_max_mv / 1000],
-            "form_v": [i.form_v_min_mv / 1000, i.form_v_max_mv / 1000],
-            "read_v": [i.read_v_min_mv / 1000, i.read_v_max_mv / 1000],
-            "gate_v": [i.gate_v_min_mv / 1000, i.gate_v_max_mv / 1000],
-            "pulse_width_ns": [i.width_min_ns, i.width_max_ns, i.width_step_ns],
-            "max_compliance_a": i.max_compliance_na * 1e-9,
-            "max_payload": i.max_payload,
-            "watchdog_ms": i.watchdog_ms,
-            "stream_window": i.stream_window,
-            "max_wv_batch": i.max_wv_batch,
-        }
-
-    def handshake(self) -> m.HelloInfo:
-        """HELLO; refuses a board with another protocol major version."""
-        old = getattr(self, "info", None)
-        frame = self._transact_raw(m.HelloRequest(PROTOCOL_MAJOR, PROTOCOL_MINOR), handshake=True)
-        info = m.HelloInfo.decode(frame.payload)
-        if info.proto_major != PROTOCOL_MAJOR:
-            raise VersionError(
-                f"board on {self.port or 'link'} speaks protocol {info.proto_major}.{info.proto_minor}; "
-                f"this host speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR} (major versions must match)"
-            )
-        self.info = info
-        self.limits = BoardLimits.from_hello(info)
-        self._pending.reset = False
-        if old is not None and old.session_id != info.session_id:
-            log.warning("board session changed %08x -> %08x: it was reset", old.session_id, info.session_id)
-        return info
-
-    # ------------------------------------------------------------------------------ transport core
-    def _next_seq(self) -> int:
-        self._seq = self._seq + 1 if self._seq < SEQ_MAX else 0
-        return self._seq
-
-    def _pump(self, deadline: float) -> bool:
-        """Read and sort whatever arrives until `deadline`; True if anything was read."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        self.link.timeout = min(remaining, 0.05)
-        waiting = self.link.in_waiting
-        data = self.link.read(max(1, waiting))
-        if not data:
-            return False
-        for item in self._decoder.iter_feed(data):
-            if isinstance(item, DecodeError):
-                self.stats.corrupt_frames += 1
-                self._pending.corrupt = True
-            elif item.type == FrameType.RESPONSE:
-                self._pending.responses[item.seq] = item
-            elif item.type == FrameType.NAK:
-                self.stats.naks += 1
-                self._pending.nak = True
-            elif item.type == FrameType.EVENT:
-                if item.opcode == Opcode.EV_BOOT:
-                    self._pending.reset = True
-                    self._pending.events.clear()
-                elif item.opcode in (Opcode.EV_ENDURANCE_DATA, Opcode.EV_ENDURANCE_END):
-                    self._pending.events.append(item)
-                if self._on_event is not None:
-                    self._on_event(item)
-        return True
-
-    def expected_duration_s(self, msg: m.Message) -> float:
-        """Upper estimate of how long the board needs for `msg` (timeouts scale with it)."""
-        pulse_s = 2e-6
-        if isinstance(msg, m.PulseRequest):
-            pulse_s += msg.width_ns * 1e-9
-        if isinstance(msg, m.FormRequest):
-            steps = max(1, (msg.v_stop_mv - msg.v_start_mv) // max(1, msg.v_step_mv) + 1)
-            return steps * (msg.width_ns * 1e-9 + 50e-6)
-        if isinstance(msg, m.ReadBlockRequest):
-            return msg.nrows * msg.ncols * 20e-6
-        if isinstance(msg, m.IvSweepRequest):
-            return msg.n_points * (msg.width_ns * 1e-9 + 20e-6)
-        if isinstance(msg, m.WriteVerifyRequest):
-            return float(np.sum(msg.entries["max_pulses"])) * (msg.width_ns * 1e-9 + 30e-6)
-        return pulse_s
-
-    def _transact_raw(self, msg: m.Message, handshake: bool = False) -> Frame:
-        """Send a request and return its response frame (any status), retrying with the same seq."""
-        if not handshake:
-            self.limits.check(msg)  # host-side safety: raises LimitError, nothing is sent
-        seq = self._next_seq()
-        wire = msg.to_frame(seq).encode()
-        timeout = self.base_timeout_s + 2.0 * self.expected_duration_s(msg) + len(wire) * 10 / 921_600
-        self.stats.requests += 1
-        # `retries` bounds the tries that got no answer at all (a dead link); tries answered by a NAK or a
-        # damaged frame prove the link alive, only noisy, and may go on up to NOISY_TRIES_FACTOR times longer.
-        attempt = silent = 0
-        while silent <= self.retries and attempt < NOISY_TRIES_FACTOR * (self.retries + 1):
-            if attempt:
-                self.stats.retries += 1
-            attempt += 1
-            self._pending.nak = self._pending.corrupt = False
-            self.link.write(wire)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                got = self._pump(deadline)
-                frame = self._pending.responses.pop(seq, None)
-                if frame is not None:
-                    self._pending.responses.clear()  # stale answers to earlier retries
-                    if attempt >= 3 and not handshake:
-                        self._link_trouble()
-                    if frame.status == Status.HANDSHAKE_REQUIRED and not handshake:
-                        self._recover_from_reset()
-                    return frame
-                if self._pending.reset and not handshake:
-                    self._recover_from_reset()
-                if self._pending.nak or (self._pending.corrupt and not got):
-                    break  # resend at once: the cache answers a request that was already executed
-                if self._pending.corrupt:
-                    # a corrupted frame: possibly our answer; wait briefly for more, then resend
-                    deadline = min(deadline, time.monotonic() + 0.02)
-            else:
-                self.stats.timeouts += 1
-                silent += 1
-        raise BoardTimeoutError(
-            f"no valid answer from the board on {self.port or 'link'} to {type(msg).__name__} after {attempt} tries"
-        )
 
     def _link_trouble(self) -> None:
         """Any request that needed several tries shows a lossy link: shrink every bulk transfer before it stalls."""
         self._block.failed()
         self._wv.failed()
 
-    def _recover_from_reset(self) -> None:
-        self._pending.reset = False
-        self._pending.events.clear()
-        self.handshake()
-        raise BoardResetError(f"board on {self.port or 'link'} was reset (new session {self.info.session_id:08x})")
-
-    def _call(self, msg: m.Message, allow: tuple[Status, ...] = ()) -> tuple[m.Message, Status]:
-        frame = self._transact_raw(msg)
-        status = Status(frame.status) if frame.status in Status._value2member_map_ else Status.INTERNAL
-        if status != Status.OK and status not in allow:
-            raise error_for_status(frame.status, error_text(frame))
-        return decode_payload(frame), status
-
     # ------------------------------------------------------------------------------ operations
     def heartbeat(self, watchdog_ms: int = 0) -> m.HeartbeatReply:
-        return self._call(m.HeartbeatRequest(watchdog_ms))[0]  # type: ignore[return-value]
+        return self.call(m.HeartbeatRequest(watchdog_ms))
 
     def counters(self) -> m.Counters:
-        return self._call(m.CountersRequest())[0]  # type: ignore[return-value]
+        return self.call(m.CountersRequest())
 
     def advance_clock(self, seconds: float) -> float:
         """Simulator only: let `seconds` of device time pass at once; returns the board time (s)."""
@@ -404,8 +181,8 @@ class Board:
             raise ValueError("this board has no virtual clock (ADVANCE_CLOCK is for simulated boards)")
         if not seconds >= 0:
             raise ValueError(f"cannot advance the clock by {seconds} s")
-        reply = self._call(m.AdvanceClockRequest(int(round(seconds * 1e6))))[0]
-        return reply.timestamp_us / 1e6  # type: ignore[attr-defined]
+        reply = self.call(m.AdvanceClockRequest(int(round(seconds * 1e6))))
+        return reply.timestamp_us / 1e6
 
     def wait(self, seconds: float) -> None:
         """Let time pass on the board: ADVANCE_CLOCK on a simulator, a real wait (with heartbeats) otherwise."""
@@ -418,10 +195,10 @@ class Board:
             self.heartbeat()
 
     def abort(self) -> int:
-        return self._call(m.AbortRequest())[0].stream_id  # type: ignore[attr-defined]
+        return self.call(m.AbortRequest()).stream_id
 
     def _correct(self, current: np.ndarray) -> np.ndarray:
-        return current if self.calibration is None else self.calibration.apply(current)  # type: ignore[attr-defined]
+        return current if self.calibration is None else self.calibration.apply(current)
 
     def _g(self, code: np.ndarray | int, apc: float, off: float, v_read_mv: int) -> tuple[np.ndarray, np.ndarray]:
         """Current and conductance from raw read codes, with the host-side read-path correction."""
@@ -430,9 +207,9 @@ class Board:
 
     def read(self, row: int, col: int, v_read: float = 0.1) -> Measurement:
         mv = _mv(v_read, "read voltage")
-        res, status = self._call(m.ReadRequest(row, col, mv), allow=(Status.ADC_SATURATED,))
-        i, g = self._g(res.code, res.amps_per_code, res.offset_code, mv)  # type: ignore[attr-defined]
-        return Measurement(res.timestamp_us / 1e6, res.code, float(i), float(g), status == Status.ADC_SATURATED)  # type: ignore[attr-defined]
+        res, status = self.call_status(m.ReadRequest(row, col, mv), allow=(Status.ADC_SATURATED,))
+        i, g = self._g(res.code, res.amps_per_code, res.offset_code, mv)
+        return Measurement(res.timestamp_us / 1e6, res.code, float(i), float(g), status == Status.ADC_SATURATED)
 
     def read_block(self, row0: int, col0: int, nrows: int, ncols: int, v_read: float = 0.1) -> BlockMeasurement:
         """Read a rectangle, split into as many READ_BLOCK requests as the payload size and the link allow."""
@@ -449,21 +226,21 @@ class Board:
             while c < ncols:
                 w = ncols if band > 1 else min(per_row_cells, ncols - c)
                 before = self.stats.retries
-                res, _ = self._call(m.ReadBlockRequest(row0 + r, col0 + c, band, w, mv))
+                res = self.call(m.ReadBlockRequest(row0 + r, col0 + c, band, w, mv))
                 if self.stats.retries - before <= 1:  # trouble already shrank it in _transact_raw
                     self._block.succeeded()
-                codes[r : r + band, c : c + w] = res.codes.reshape(band, w)  # type: ignore[attr-defined]
-                apc, off, ts = res.amps_per_code, res.offset_code, res.timestamp_us / 1e6  # type: ignore[attr-defined]
+                codes[r : r + band, c : c + w] = res.codes.reshape(band, w)
+                apc, off, ts = res.amps_per_code, res.offset_code, res.timestamp_us / 1e6
                 c += w
             r += band
         i, g = self._g(codes, apc, off, mv)
         sat = (codes == 0) | (codes == (1 << self.info.adc_bits) - 1)
         return BlockMeasurement(ts, codes, i, g, sat)
 
-    def _pulse(self, cls: type[m.PulseRequest], row: int, col: int, v: float, width_ns: int, v_gate: float) -> PulseMeasurement:
-        res, _ = self._call(cls(row, col, _mv(v, "pulse voltage"), int(width_ns), _mv(v_gate, "gate voltage")))
-        i = (res.i_code - res.offset_code) * res.amps_per_code  # type: ignore[attr-defined]
-        return PulseMeasurement(res.timestamp_us / 1e6, res.i_code, float(i))  # type: ignore[attr-defined]
+    def _pulse(self, cls: type[m.SetRequest | m.ResetRequest], row: int, col: int, v: float, width_ns: int, v_gate: float) -> PulseMeasurement:
+        res = self.call(cls(row, col, _mv(v, "pulse voltage"), int(width_ns), _mv(v_gate, "gate voltage")))
+        i = (res.i_code - res.offset_code) * res.amps_per_code
+        return PulseMeasurement(res.timestamp_us / 1e6, res.i_code, float(i))
 
     def set_pulse(self, row: int, col: int, v: float, width_ns: int, v_gate: float) -> PulseMeasurement:
         return self._pulse(m.SetRequest, row, col, v, width_ns, v_gate)
@@ -477,17 +254,17 @@ class Board:
         req = m.FormRequest(row, col, _mv(v_start, "FORM start voltage"), _mv(v_stop, "FORM stop voltage"),
                             _mv(v_step, "FORM step"), int(width_ns), _mv(v_gate, "gate voltage"), mv,
                             int(round(g_formed * 1e9)))  # fmt: skip
-        res, _ = self._call(req)
-        _, g = self._g(res.read_code, res.amps_per_code, res.offset_code, mv)  # type: ignore[attr-defined]
-        return FormOutcome(res.timestamp_us / 1e6, bool(res.formed), res.pulses, res.v_final_mv / 1000, float(g))  # type: ignore[attr-defined]
+        res = self.call(req)
+        _, g = self._g(res.read_code, res.amps_per_code, res.offset_code, mv)
+        return FormOutcome(res.timestamp_us / 1e6, bool(res.formed), res.pulses, res.v_final_mv / 1000, float(g))
 
     def iv_sweep(self, row: int, col: int, v_start: float, v_stop: float, n_points: int, width_ns: int = 1000,
                  v_gate: float = 1.2, dc: bool = False) -> SweepMeasurement:  # fmt: skip
         req = m.IvSweepRequest(row, col, _mv(v_start, "sweep start"), _mv(v_stop, "sweep stop"), int(n_points),
                                int(width_ns), _mv(v_gate, "gate voltage"), 1 if dc else 0)  # fmt: skip
-        res, _ = self._call(req)
-        i = (res.codes.astype(float) - res.offset_code) * res.amps_per_code  # type: ignore[attr-defined]
-        return SweepMeasurement(res.timestamp_us / 1e6, res.v_mv / 1000, i)  # type: ignore[attr-defined]
+        res = self.call(req)
+        i = (res.codes.astype(float) - res.offset_code) * res.amps_per_code
+        return SweepMeasurement(res.timestamp_us / 1e6, res.v_mv / 1000, i)
 
     def write_verify(self, rows: np.ndarray, cols: np.ndarray, targets_s: np.ndarray, tol_s: float | np.ndarray,
                      max_pulses: int = 100, ramp: PulseRamp = PulseRamp(), v_read: float = 0.1) -> WriteVerifyOutcome:  # fmt: skip
@@ -513,14 +290,14 @@ class Board:
                 _mv(ramp.reset_gate, "RESET gate"), k, e,
             )  # fmt: skip
             before = self.stats.retries
-            res, _ = self._call(req)
+            res = self.call(req)
             if self.stats.retries - before <= 1:  # trouble already shrank it in _transact_raw
                 self._wv.succeeded()
-            r = res.results  # type: ignore[attr-defined]
+            r = res.results
             v = v_read
             final[i : i + k] = self._correct(r["final_s"].astype(float) * v) / v
             pulses[i : i + k], status[i : i + k] = r["pulses"], r["status"]
-            ts = res.timestamp_us / 1e6  # type: ignore[attr-defined]
+            ts = res.timestamp_us / 1e6
             i += k
         return WriteVerifyOutcome(ts, final, pulses, status)
 
@@ -536,10 +313,10 @@ class Board:
                                  _mv(reset_v, "RESET voltage"), int(reset_width_ns), _mv(reset_gate, "RESET gate"),
                                  mv_read, int(cells_per_event))  # fmt: skip
         self._pending.events.clear()
-        started = self._call(req)[0]
-        sid, n_events, n_cells = started.stream_id, started.n_events, started.n_cells  # type: ignore[attr-defined]
+        started = self.call(req)
+        sid, n_events, n_cells = started.stream_id, started.n_events, started.n_cells
         window = self.info.stream_window
-        received: dict[int, Frame] = {}
+        received: dict[int, m.EnduranceData | m.EnduranceEnd] = {}
         expected = 0  # next event number to deliver
         acked = 0
         point_parts: list[m.EnduranceData] = []
@@ -550,27 +327,28 @@ class Board:
                 while self._pending.events:
                     ev = self._pending.events.popleft()
                     msg = decode_payload(ev)
-                    if msg.stream_id != sid:  # type: ignore[attr-defined]
+                    # only these two event types are queued (see BoardSession._pump)
+                    if not isinstance(msg, (m.EnduranceData, m.EnduranceEnd)) or msg.stream_id != sid:
                         continue
                     if isinstance(msg, m.EnduranceEnd) and msg.reason != StreamEnd.COMPLETE:
                         raise BoardError(f"endurance stream ended early: {StreamEnd(msg.reason).name.lower()}")
-                    if msg.event_no >= expected:  # type: ignore[attr-defined]
-                        received[msg.event_no] = msg  # type: ignore[attr-defined,assignment]
+                    if msg.event_no >= expected:
+                        received[msg.event_no] = msg
                     idle_deadline = time.monotonic() + self.base_timeout_s * 4
                 progressed = False
                 while expected in received:
-                    msg = received.pop(expected)
+                    part = received.pop(expected)
                     expected += 1
                     progressed = True
-                    if isinstance(msg, m.EnduranceEnd):
+                    if isinstance(part, m.EnduranceEnd):
                         finished = True
                         break
-                    point_parts.append(msg)  # type: ignore[arg-type]
+                    point_parts.append(part)
                     if sum(p.n for p in point_parts) == n_cells:
                         yield self._assemble(point_parts, mv_read)
                         point_parts = []
                 if finished or (expected - acked >= max(1, window // 2)) or (progressed and expected == n_events + 1):
-                    self._call(m.StreamAck(sid, expected))
+                    self.call(m.StreamAck(sid, expected))
                     acked = expected
                     continue
                 if not self._pump(time.monotonic() + 0.05) and time.monotonic() > idle_deadline:
@@ -595,9 +373,9 @@ class Board:
     def _stream_recover(self, sid: int, expected: int, acked: int) -> None:
         """Nothing (valid) arrived: re-acknowledge, then ask for the missing event again."""
         self.stats.resends += 1
-        self._call(m.StreamAck(sid, expected))
+        self.call(m.StreamAck(sid, expected))
         try:
-            self._call(m.StreamResend(sid, expected))
+            self.call(m.StreamResend(sid, expected))
         except BoardError:
             pass  # not sent yet: the window was simply closed by a lost ack, now reopened
 

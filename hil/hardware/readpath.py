@@ -7,7 +7,7 @@ and the SMU, across the same resistor, sources the same voltage and measures the
 least-squares line I_true = gain * I_board + offset (with standard errors) is the correction that
 `Board(calibration=...)` applies to every read.
 
-File format (version 1), chosen by suffix:
+File format (version 1), chosen by suffix; both are written atomically (temporary file, then rename):
 
 * ``.json``: the dict of `ReadPathCalibration.to_dict()` (the same dict that run files embed in
   their ``calibration_json`` attribute).
@@ -23,16 +23,17 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-from scipy import stats
 
-FORMAT = "rram-hil/readpath-calibration"
-VERSION = 1
+from firmware_protocol.fileformat import FileFormat, atomic_write, utc_now
+
+READPATH_FILE = FileFormat("rram-hil/readpath-calibration", "1", "a read-path calibration", version_key="version")
+FORMAT = READPATH_FILE.name
+VERSION = READPATH_FILE.major
 
 
 class CalibrationFileError(ValueError):
@@ -64,6 +65,8 @@ def fit_gain_offset(i_board: np.ndarray, i_true: np.ndarray) -> LineFit:
         raise ValueError("board and SMU currents must be finite")
     if np.ptp(x) <= 0:
         raise ValueError("all board currents are equal: use several resistors or read voltages")
+    from scipy import stats  # imported here: `rram` board commands start without loading scipy
+
     r = stats.linregress(x, y)
     resid = y - (r.slope * x + r.intercept)
     cov = -float(np.mean(x)) * float(r.stderr) ** 2  # Cov(slope, intercept) = -mean(x) * Var(slope)
@@ -114,16 +117,12 @@ class ReadPathCalibration:
         """JSON-able dict (what run files embed)."""
         d = asdict(self)
         d["reference_cells"] = [[c.row, c.col, c.ohms] for c in self.reference_cells]
-        return {"format": FORMAT, "version": VERSION, **d}
+        return {**READPATH_FILE.stamp(), **d}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "calibration") -> "ReadPathCalibration":
+    def from_dict(cls, d: dict[str, Any], source: str = "calibration") -> ReadPathCalibration:
         """Inverse of to_dict; CalibrationFileError names what is wrong."""
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            got = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise CalibrationFileError(f"{source}: not a read-path calibration (format {got!r}, expected {FORMAT!r})")
-        if int(d.get("version", 0)) > VERSION:
-            raise CalibrationFileError(f"{source}: calibration version {d['version']} is newer than this software ({VERSION})")
+        READPATH_FILE.check(d if isinstance(d, dict) else {}, source, CalibrationFileError)
         try:
             cells = [RefCell(int(r), int(c), float(o)) for r, c, o in d["reference_cells"]]
             return cls(
@@ -143,12 +142,15 @@ class ReadPathCalibration:
     def save(self, path: str | Path, force: bool = False) -> Path:
         """Write JSON (.json) or HDF5 (any other suffix); FileExistsError unless `force`."""
         path = Path(path)
-        if path.exists() and not force:
-            raise FileExistsError(f"{path} already exists (use --force to overwrite)")
+        with atomic_write(path, force=force, refusal="use --force to overwrite") as tmp:
+            if path.suffix.lower() == ".json":
+                tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+            else:
+                self._write_h5(tmp)
+        return path
+
+    def _write_h5(self, path: Path) -> None:
         d = self.to_dict()
-        if path.suffix.lower() == ".json":
-            path.write_text(json.dumps(d, indent=1) + "\n")
-            return path
         with h5py.File(path, "w") as f:
             for key in ("format", "version", "gain", "offset_a", "gain_se", "offset_se_a", "cov_gain_offset_a",
                         "residual_rms_a", "smu_idn", "date_utc"):  # fmt: skip
@@ -165,34 +167,24 @@ class ReadPathCalibration:
             for k in _POINT_FIELDS:
                 arr[k] = pts[k]
             f.create_dataset("points", data=arr)
-        return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ReadPathCalibration":
+    def load(cls, path: str | Path) -> ReadPathCalibration:
         """Read a file written by `save`; one-line errors for a missing, foreign or damaged file."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"calibration file not found: {path}")
         if path.suffix.lower() == ".json":
             try:
-                d = json.loads(path.read_text())
+                loaded = json.loads(path.read_text())
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise CalibrationFileError(f"{path}: not a JSON calibration file ({exc.__class__.__name__})") from None
-            return cls.from_dict(d, str(path))
+            return cls.from_dict(loaded, str(path))
         try:
             with h5py.File(path, "r") as f:
-                a = dict(f.attrs)
-                d: dict[str, Any] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in a.items()}
-                if d.get("format") != FORMAT:
-                    return cls.from_dict(d, str(path))  # raises: names the format found
-                d["board"] = json.loads(d.pop("board_json", "{}"))
-                d["voltages_v"] = np.asarray(d.get("voltages_v", []), dtype=float).tolist()
-                if "reference_cells" not in f or "points" not in f:
-                    raise CalibrationFileError(f"{path}: read-path calibration lacks its reference_cells/points datasets")
-                cells = f["reference_cells"][()]
-                d["reference_cells"] = [[int(c["row"]), int(c["col"]), float(c["ohms"])] for c in cells]
-                pts = f["points"][()]
-                d["points"] = {k: pts[k].astype(float).tolist() for k in (pts.dtype.names or ())}
+                d: dict[str, Any] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+                if d.get(READPATH_FILE.name_key) == READPATH_FILE.name:  # else from_dict names the format found
+                    _read_h5_tables(f, path, d)
         except OSError as exc:
             raise CalibrationFileError(f"{path}: not a readable HDF5 calibration file ({str(exc).splitlines()[0][:120]})") from None
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
@@ -211,6 +203,18 @@ class ReadPathCalibration:
 
 
 _POINT_FIELDS = ("cell", "v_read_v", "i_board_a", "i_smu_a")
+
+
+def _read_h5_tables(f: h5py.File, path: Path, d: dict[str, Any]) -> None:
+    """Turn the HDF5 layout (JSON board attribute, two tables) into the fields of `to_dict`, in place."""
+    d["board"] = json.loads(d.pop("board_json", "{}"))
+    d["voltages_v"] = np.asarray(d.get("voltages_v", []), dtype=float).tolist()
+    if "reference_cells" not in f or "points" not in f:
+        raise CalibrationFileError(f"{path}: read-path calibration lacks its reference_cells/points datasets")
+    cells = f["reference_cells"][()]
+    d["reference_cells"] = [[int(c["row"]), int(c["col"]), float(c["ohms"])] for c in cells]
+    pts = f["points"][()]
+    d["points"] = {k: pts[k].astype(float).tolist() for k in (pts.dtype.names or ())}
 
 
 def _check_inputs(board: Any, cells: list[RefCell], voltages: Sequence[float]) -> list[float]:
@@ -301,7 +305,7 @@ def calibrate(board: Any, smu: Any, ref_cells: Sequence[tuple[int, int]], resist
     return ReadPathCalibration(
         gain=fit.gain, offset_a=fit.offset, gain_se=fit.gain_se, offset_se_a=fit.offset_se, cov_gain_offset_a=fit.cov,
         residual_rms_a=fit.residual_rms, reference_cells=cells, voltages_v=vs, smu_idn=smu.idn(),
-        date_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        date_utc=utc_now(),
         board={k: d[k] for k in ("board_id", "port", "firmware", "protocol", "session_id", "rows", "cols")},
         points=pts,
     )  # fmt: skip

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hil.hardware.board import Board
 from hil.characterize import get_procedure
 from hil.characterize.procedure import run_procedure
+from hil.hardware.board import Board
 
 MARKER = ".rram-demo"
 

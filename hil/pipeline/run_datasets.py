@@ -19,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.datasets import EnduranceDataset, ErrorMapDataset, ProgrammingDataset, ReadNoiseDataset, RelaxationDataset
+from calibration.datasets import (
+    EnduranceDataset,
+    ErrorMapDataset,
+    ProgrammingDataset,
+    ReadNoiseDataset,
+    RelaxationDataset,
+)
 from calibration.fit import FitOptions, fit_profile
 from calibration.noise_terms import Provenance
 from calibration.profile import NoiseProfile
@@ -135,8 +141,8 @@ def _pool_read_noise(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> ReadN
         return None
     r = min(g.shape[1] for g, _ in parts)
     g = np.concatenate([g[:, :r] for g, _ in parts])
-    targets = [t for _, t in parts]
-    target = None if any(t is None for t in targets) else np.concatenate(targets)  # type: ignore[arg-type]
+    targets = [t for _, t in parts if t is not None]
+    target = np.concatenate(targets) if len(targets) == len(parts) else None  # targets only when every run has them
     return ReadNoiseDataset(g, target)
 
 
@@ -151,6 +157,7 @@ def _endurance(e: np.ndarray) -> EnduranceDataset:
     lrs, hrs = e["lrs"].T.astype(np.float64), e["hrs"].T.astype(np.float64)  # (cells, read points)
     floor = max(_NOISE_FLOOR_FRAC * float(np.quantile(lrs[:, 0], 0.9)), 1e-12)
     judge = EnduranceDataset(cycles, np.maximum(lrs, floor), np.maximum(hrs, floor))
+    assert judge.failed is not None and judge.cycles_to_failure is not None  # derived from the reads
     failed = judge.failed.copy()
     if cycles.size >= 2:
         # a window closed only at the very last read is one noisy read, not a failure: censor it there
@@ -167,7 +174,7 @@ def _pool_endurance(parts: list[tuple[EnduranceDataset, str]]) -> EnduranceDatas
     for ds, path in parts[1:]:
         if not np.array_equal(ds.cycles, first.cycles):
             raise ValueError(f"endurance runs read at different cycles ({parts[0][1]}, {path}): fit them separately")
-    cat = lambda k: np.concatenate([getattr(ds, k) for ds, _ in parts])  # noqa: E731
+    cat = lambda k: np.concatenate([getattr(ds, k) for ds, _ in parts])
     return EnduranceDataset(first.cycles, cat("g_lrs"), cat("g_hrs"), cat("cycles_to_failure"), cat("failed"))
 
 

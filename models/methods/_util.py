@@ -1,66 +1,14 @@
-"""Shared helpers of the robust training methods: option parsing, noise magnitude, BatchNorm freezing."""
+"""Shared helpers of the robust training methods: the run's noise, its batches, BatchNorm buffer copies, re-init."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from models.methods.base import TrainContext
 from models.noise.base import WeightNoise
-
-
-def as_float(method: str, key: str, value: Any) -> float:
-    """Option value as a float (CLI options arrive as strings); clear error otherwise."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"method {method!r}: option {key} must be a number, got {value!r}") from None
-
-
-def as_int(method: str, key: str, value: Any, minimum: int | None = None) -> int:
-    """Option value as an int, optionally checked against a lower bound."""
-    try:
-        f = float(value)
-        if f != int(f):
-            raise ValueError
-        out = int(f)
-    except (TypeError, ValueError):
-        raise ValueError(f"method {method!r}: option {key} must be an integer, got {value!r}") from None
-    if minimum is not None and out < minimum:
-        raise ValueError(f"method {method!r}: option {key} must be >= {minimum}, got {out}")
-    return out
-
-
-def as_bool(method: str, key: str, value: Any) -> bool:
-    """Option value as a bool: accepts bools, 0/1 and true/false/yes/no/on/off strings."""
-    if isinstance(value, bool):
-        return value
-    s = str(value).strip().lower()
-    if s in ("1", "true", "yes", "on", "y"):
-        return True
-    if s in ("0", "false", "no", "off", "n"):
-        return False
-    raise ValueError(f"method {method!r}: option {key} must be true or false, got {value!r}")
-
-
-def as_float_list(method: str, key: str, value: Any) -> list[float]:
-    """Option value as a list of floats: a list/tuple or a comma-separated string."""
-    if isinstance(value, (int, float)):
-        return [float(value)]
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out = [as_float(method, key, v) for v in items if str(v).strip() != ""]
-    if not out:
-        raise ValueError(f"method {method!r}: option {key} needs at least one number")
-    return out
-
-
-def as_str_list(value: Any) -> list[str]:
-    """Option value as a list of non-empty strings: a list or a comma-separated string (None -> [])."""
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(v).strip() for v in items if str(v).strip()]
 
 
 def require_noise(ctx: TrainContext, method: str) -> WeightNoise:
@@ -88,6 +36,11 @@ def norm_buffer_copies(model: nn.Module) -> dict[str, Tensor]:
 def epoch_batches(loader: Any, epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
     """Batches of one epoch from the loop's loader (``.epoch(e)``) or from any iterable of (x, y)."""
     return loader.epoch(epoch) if hasattr(loader, "epoch") else loader
+
+
+def loader_length(loader: Any) -> int:
+    """Batches per epoch of the loop's loader (1 for a loader without a length)."""
+    return len(loader) if hasattr(loader, "__len__") else 1
 
 
 def first_batch(ctx: TrainContext) -> Tensor:

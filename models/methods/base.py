@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from models.config import TrainConfig
+from models.methods.options import MethodOptions, parse_options
 from models.noise.base import WeightNoise
+
+OptionsT = TypeVar("OptionsT", bound=MethodOptions)
 
 
 @dataclass
@@ -75,18 +80,27 @@ class TrainContext:
             self.optimizer.add_param_group({"params": params, **group_options})
 
 
-class TrainingMethod(abc.ABC):
-    """A training method plugin: how one batch turns into gradients on the clean weights."""
+class TrainingMethod(abc.ABC, Generic[OptionsT]):
+    """A training method plugin: how one batch turns into gradients on the clean weights.
+
+    A subclass names itself (`name`, as registered in `models.methods.METHODS`) and its frozen
+    `Options` dataclass; `__init__` parses the keyword options into `self.options`.
+    """
 
     name: ClassVar[str]
-    defaults: ClassVar[dict[str, Any]] = {}   # documented option defaults; options override them
+    Options: ClassVar[type[MethodOptions]] = MethodOptions   # no options unless a method declares some
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ValueError(f"method {self.name!r}: unknown option(s) {', '.join(unknown)} (known: {known})")
-        self.options: dict[str, Any] = {**self.defaults, **options}
+        self.options: OptionsT = self._parse_options(options)
+
+    def _parse_options(self, options: dict[str, Any]) -> OptionsT:
+        return cast(OptionsT, parse_options(self.Options, self.name, options))
+
+    @classmethod
+    def description(cls) -> str:
+        """First line of the class's own docstring: what `--list-methods` shows next to the name."""
+        doc = inspect.cleandoc(cls.__doc__ or "")
+        return doc.splitlines()[0] if doc else ""
 
     def prepare(self, ctx: TrainContext) -> None:
         """Called once before the first epoch (build heads, train teachers, ...); default does nothing."""
@@ -111,3 +125,4 @@ class TrainingMethod(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict`` output after ``prepare`` on resume; default: nothing to restore."""
+

@@ -1,14 +1,18 @@
 """DAT device-aware training (Park et al., Algorithm 1): sharpness-aware steps along device-noise directions."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from models.methods._covariance import LayerCovariance, layer_covariance
-from models.methods._util import as_float, as_int, norm_buffer_copies, require_noise
+from models.methods._util import norm_buffer_copies, require_noise
 from models.methods.base import TrainContext, TrainingMethod
-from models.methods.registry import register
+from models.methods.options import MethodOptions, option, to_int
+from models.methods.registry import METHODS
 from models.noise.apply import clean_weights, forward_with_weights
 
 
@@ -60,32 +64,48 @@ class NoiseDirections:
 
 def dat_perturbation(grads: dict[str, Tensor], eta: dict[str, Tensor], mode: str = "projection") -> dict[str, Tensor]:
     """Algorithm 1 line 9: eps = (g . eta / ||eta||^2) eta (global dot products); mode "noise": sign(g . eta) eta."""
-    dot = sum((grads[n].float() * eta[n].float()).sum() for n in eta)
+    dot = cast(Tensor, sum((grads[n].float() * eta[n].float()).sum() for n in eta))  # eta is never empty
     if mode == "noise":
         s = torch.sign(dot)
         return {n: s * e for n, e in eta.items()}
-    nrm = sum((e.float() ** 2).sum() for e in eta.values())
+    nrm = cast(Tensor, sum((e.float() ** 2).sum() for e in eta.values()))
     coef = dot / torch.clamp(nrm, min=torch.finfo(torch.float32).tiny)
     return {n: coef * e for n, e in eta.items()}
 
 
-@register
-class DAT(TrainingMethod):
+def parse_rank(value: Any) -> int | None:
+    """DAT's rank option: k >= 1 eigen-directions, or full/none/0 for exact draws (None)."""
+    return None if str(value).lower() in ("full", "none", "0") else to_int(value, minimum=1)
+
+
+@dataclass(frozen=True)
+class DATOptions(MethodOptions):
+    """Options of device-aware training (Algorithm 1)."""
+
+    rank: int | None = option(10, 'k noise directions ("DAT-Fast"); full = exact N(mu, Sigma) draws ("DAT-Full")',
+                              parse=parse_rank, kind="int|full")
+    scope: Literal["layer", "global"] = option("layer", "layer: top-k of every layer's covariance block; "
+                                                        "global: top-k of the whole matrix")
+    alpha: float = option(10.0, "step along eps (the paper gives none; 10 picked on digits from 1, 10, 30, 100)")
+    perturbations: int = option(1, "perturbations p per step (as in the paper's runs)", minimum=1)
+    refresh_every: int = option(1, "steps between covariance/eigen updates (the covariance depends on the weights)",
+                                minimum=1)
+    step: Literal["projection", "noise"] = option("projection", "projection: the paper's eps; noise: sign(g.eta)*eta, "
+                                                                "a full noise draw oriented uphill")
+
+
+@METHODS.register("dat")
+class DAT(TrainingMethod[DATOptions]):
     """Device-aware training: SAM-like ascent along sampled device-noise directions, descent with the averaged gradient.
 
     Each step: g = grad of the clean loss; for j = 1..p: eta_j = mu + A_k z_j, eps_j = projection of g on
     eta_j, gradient at w + alpha*eps_j; the optimizer steps with the average (Algorithm 1). The
     covariance is that of the run's weight noise: profile spatial model (correlated cells) plus the
-    independent per-level part, or diagonal for the paper families (``_covariance``).
-    Options: rank (k = 10, "DAT-Fast"; "full" = exact N(mu, Sigma) draws, "DAT-Full"), scope ("layer":
-    top-k of every layer's covariance block, the default; "global": top-k of the whole matrix), alpha (step
-    along eps; the paper gives no value; 10 was picked on digits from {1, 10, 30, 100}, 100 diverges),
-    perturbations (p = 1, as in the paper's runs), refresh_every (steps between covariance/eigen updates, 1; the paper computes them once, here the
-    covariance depends on the weights), step ("projection" = the paper's eps; "noise" = sign(g.eta)*eta,
-    a full device-noise draw oriented uphill).
+    independent per-level part, or diagonal for the paper families (``_covariance``). The paper
+    computes the covariance and its eigenpairs once; here they depend on the weights (refresh_every).
     Paper vs common sense: |eps| = |g.eta|/||eta|| shrinks with the gradient, so the ascent vanishes near
-    convergence unless alpha is large. With a diagonal (uncorrelated) covariance the top eigenvalue is
-    shared by a whole layer's weights; the top-k basis is then a random orthonormal basis of that tied
+    convergence unless alpha is large (100 diverges on digits). With a diagonal (uncorrelated)
+    covariance the top eigenvalue is shared by a whole layer's weights; the top-k basis is then a random orthonormal basis of that tied
     eigenspace, redrawn at every refresh (a plain top-k would pick k arbitrary single weights).
     The paper injects noise into one layer only, where a global and a per-layer top-k coincide. With
     every layer noisy, a global top-k spends all k directions on the layer with the largest per-weight
@@ -94,28 +114,24 @@ class DAT(TrainingMethod):
     """
 
     name = "dat"
-    defaults = {"rank": 10, "scope": "layer", "alpha": 10.0, "perturbations": 1, "refresh_every": 1, "step": "projection"}
+    Options = DATOptions
 
     def prepare(self, ctx: TrainContext) -> None:
         require_noise(ctx, self.name)
         o = self.options
-        r = o["rank"]
-        self.rank = None if str(r).lower() in ("full", "none", "0") else as_int(self.name, "rank", r, minimum=1)
-        self.alpha = as_float(self.name, "alpha", o["alpha"])
-        self.p = as_int(self.name, "perturbations", o["perturbations"], minimum=1)
-        self.refresh = as_int(self.name, "refresh_every", o["refresh_every"], minimum=1)
-        self.scope = str(o["scope"]).lower()
-        if self.scope not in ("layer", "global"):
-            raise ValueError(f"method {self.name!r}: scope must be 'layer' or 'global', got {o['scope']!r}")
-        self.mode = str(o["step"]).lower()
-        if self.mode not in ("projection", "noise"):
-            raise ValueError(f"method {self.name!r}: step must be 'projection' or 'noise', got {o['step']!r}")
+        self.rank = o.rank
+        self.alpha = o.alpha
+        self.p = o.perturbations
+        self.refresh = o.refresh_every
+        self.scope: str = o.scope
+        self.mode: str = o.step
         self.directions: NoiseDirections | None = None
         self._built_at = -1
 
     def _directions(self, ctx: TrainContext, w: dict[str, Tensor]) -> NoiseDirections:
         if self.directions is None or ctx.step - self._built_at >= self.refresh:
-            covs = {n: layer_covariance(ctx.noise, n, t) for n, t in w.items()}
+            noise = require_noise(ctx, self.name)
+            covs = {n: layer_covariance(noise, n, t) for n, t in w.items()}
             self.directions = NoiseDirections(covs, {n: t.shape for n, t in w.items()}, self.rank, ctx.generator,
                                               self.scope)
             self._built_at = ctx.step

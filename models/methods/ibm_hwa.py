@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.methods._util import as_bool, as_float, as_int, epoch_batches, require_noise
+from models.methods._util import epoch_batches, loader_length, require_noise
 from models.methods.base import TrainContext, TrainingMethod
 from models.methods.mtrd import kl_teacher_student
-from models.methods.registry import register
+from models.methods.options import MethodOptions, option
+from models.methods.registry import METHODS
 from models.noise.apply import clean_weights, forward_with_weights
 
 _TINY = 1e-12
@@ -27,8 +29,31 @@ def ramp_factor(step: int, ramp_batches: int) -> float:
     return 1.0 if ramp_batches <= 0 else min(1.0, (step + 1) / ramp_batches)
 
 
-@register
-class IBMHWA(TrainingMethod):
+@dataclass(frozen=True)
+class IBMHWAOptions(MethodOptions):
+    """Options of IBM-style hardware-aware training (HWA supplement, A.1)."""
+
+    noise_scale: float = option(3.0, "injected noise relative to the run's noise (A.1: 3 for the CNNs; ~1-2 when "
+                                     "the run's noise already is the deployment noise)")
+    ramp_batches: int | None = option(None, "batches of the linear noise ramp-up (none = one epoch, A.1.7)",
+                                      minimum=0)
+    remap_every: int | None = option(None, "batches between remappings of gamma to max|W| (none = one epoch)",
+                                     minimum=0)
+    drop_connect: float = option(0.001, "probability of setting a weight to g_min = 0 (0.1 %, A.1.7)")
+    clip: bool = option(True, "fixed-value clipping |W_hat| <= 1")
+    learn_out_scales: bool = option(True, "train the per-column out-scales gamma too")
+    distill: bool = option(False, "add KL(teacher || noisy student) from a floating-point teacher "
+                                  "(off in A.1.7's final results)")
+    distill_weight: float = option(1.0, "weight of the distillation term")
+    temperature: float = option(1.0, "distillation temperature")
+    teacher: str | None = option(None, "model.pt of the floating-point teacher (none = the model after "
+                                       "pretrain_epochs)")
+    pretrain_epochs: int = option(0, "epochs of plain training before HWA training (the paper starts from an "
+                                     "FP model)", minimum=0)
+
+
+@METHODS.register("ibm_hwa")
+class IBMHWA(TrainingMethod[IBMHWAOptions]):
     """Hardware-aware training as in the IBM AIMC study: W = diag(gamma) * W_hat with per-column out-scales.
 
     Per batch: the conductance-normalised weights W_hat = W / gamma (|W_hat| <= 1 by fixed-value
@@ -39,46 +64,40 @@ class IBMHWA(TrainingMethod):
     its update is folded into W so that W_hat stays what the optimizer made it. ``distill`` adds
     KL(teacher || noisy student) from the floating-point model: ``teacher`` = model.pt, or the model as
     it is after ``pretrain_epochs`` of plain training (the paper starts HWA training from an FP model).
-    Options/defaults: noise_scale 3.0 (A.1: 3 for the CNNs), ramp_batches and remap_every = one epoch
-    when unset (A.1.7: ramp over the first epoch), drop_connect 0.001 (0.1 %, A.1.7), clip true,
-    learn_out_scales true, distill false (A.1.7 final results), distill_weight 1.0, temperature 1.0,
-    pretrain_epochs 0.
     Common-sense note: the paper scales PCM noise at t = 20 s because evaluation adds drift and other
     nonidealities; when the run's noise already is the deployment noise, noise_scale ~1-2 is the
     sensible choice. The ramp scales the sampled perturbation (exact for Gaussian families).
     """
 
     name = "ibm_hwa"
-    defaults = {"noise_scale": 3.0, "ramp_batches": None, "remap_every": None, "drop_connect": 0.001, "clip": True,
-                "learn_out_scales": True, "distill": False, "distill_weight": 1.0, "temperature": 1.0,
-                "teacher": None, "pretrain_epochs": 0}
+    Options = IBMHWAOptions
 
     def prepare(self, ctx: TrainContext) -> None:
         noise = require_noise(ctx, self.name)
         o = self.options
         n = self.name
-        self.noise = noise.scaled(as_float(n, "noise_scale", o["noise_scale"]))
-        per_epoch = len(ctx.train_loader) if hasattr(ctx.train_loader, "__len__") else 1
-        self.ramp = per_epoch if o["ramp_batches"] is None else as_int(n, "ramp_batches", o["ramp_batches"], 0)
-        self.remap = per_epoch if o["remap_every"] is None else as_int(n, "remap_every", o["remap_every"], 0)
-        self.p_drop = as_float(n, "drop_connect", o["drop_connect"])
+        self.noise = noise.scaled(o.noise_scale)
+        per_epoch = loader_length(ctx.train_loader)
+        self.ramp = per_epoch if o.ramp_batches is None else o.ramp_batches
+        self.remap = per_epoch if o.remap_every is None else o.remap_every
+        self.p_drop = o.drop_connect
         if not 0.0 <= self.p_drop < 1.0:
             raise ValueError(f"method {n!r}: drop_connect must be in [0, 1), got {self.p_drop}")
-        self.clip = as_bool(n, "clip", o["clip"])
-        self.learn = as_bool(n, "learn_out_scales", o["learn_out_scales"])
-        self.distill = as_bool(n, "distill", o["distill"])
-        self.distill_weight = as_float(n, "distill_weight", o["distill_weight"])
-        self.temperature = as_float(n, "temperature", o["temperature"])
-        pre = as_int(n, "pretrain_epochs", o["pretrain_epochs"], 0)
+        self.clip = o.clip
+        self.learn = o.learn_out_scales
+        self.distill = o.distill
+        self.distill_weight = o.distill_weight
+        self.temperature = o.temperature
+        pre = o.pretrain_epochs
         model = ctx.raw_model
         if pre > 0 and not ctx.resuming:
             self._pretrain(ctx, pre)
         self.teacher: nn.Module | None = None
         if self.distill:
-            if o["teacher"]:
+            if o.teacher:
                 from models.checkpoint import load_model
 
-                self.teacher, _ = load_model(str(o["teacher"]), ctx.device)
+                self.teacher, _ = load_model(o.teacher, ctx.device)
             elif pre > 0:
                 self.teacher = copy.deepcopy(model).eval()
             else:

@@ -2,23 +2,17 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.methods._util import (
-    as_bool,
-    as_float,
-    as_float_list,
-    as_int,
-    as_str_list,
-    epoch_batches,
-    reinitialise,
-    require_noise,
-)
+from models.methods._util import epoch_batches, loader_length, reinitialise, require_noise
 from models.methods.base import TrainContext, TrainingMethod
-from models.methods.registry import register
+from models.methods.options import MethodOptions, option, to_bool
+from models.methods.registry import METHODS
 from models.noise.apply import noisy_forward
 from models.noise.base import WeightNoise
 
@@ -62,7 +56,7 @@ def mtrd_loss(student_logits: Tensor, teacher_logits: list[Tensor], y: Tensor, t
 def train_teacher(model: nn.Module, ctx: TrainContext, noise: WeightNoise | None, epochs: int, lr: float) -> nn.Module:
     """Noise-injection training of one teacher (clean training when ``noise`` is None) on the run's data."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = max(1, epochs * (len(ctx.train_loader) if hasattr(ctx.train_loader, "__len__") else 1))
+    steps = max(1, epochs * loader_length(ctx.train_loader))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     model.train()
     for ep in range(epochs):
@@ -77,17 +71,39 @@ def train_teacher(model: nn.Module, ctx: TrainContext, noise: WeightNoise | None
     return model.eval()
 
 
-@register
-class MTRD(TrainingMethod):
+def parse_clean_teacher(value: Any) -> bool | str:
+    """The clean_teacher option: true (train one), false (none) or the path of a model file."""
+    if isinstance(value, str) and value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        return value
+    return to_bool(value)
+
+
+@dataclass(frozen=True)
+class MTRDOptions(MethodOptions):
+    """Options of multi-teacher robust distillation."""
+
+    teacher_levels: tuple[float, ...] = option((0.5, 1.0, 1.5), "noise levels of the trained teachers, as multiples "
+                                                                "of the run's noise")
+    clean_teacher: bool | str = option(True, "true: train a clean teacher; false: none; or a model.pt path",
+                                       parse=parse_clean_teacher, kind="bool|path")
+    teachers: tuple[str, ...] = option((), "comma-separated model.pt paths of trained teachers (any architecture "
+                                           "with the same classes; replaces teacher_levels)")
+    teacher_epochs: int | None = option(None, "epochs per trained teacher (none = the run's epochs)", minimum=1)
+    teacher_lr: float | None = option(None, "learning rate of the teachers (none = the run's lr)")
+    temperature: float = option(1.0, "distillation temperature (eq. 4 has none)")
+    kd_weight: float = option(1.0, "weight of the distillation terms")
+    teacher_noise: bool = option(False, "query each teacher under its own noise level (false: clean weights, "
+                                        "as in software)")
+    eps: float = option(1e-6, "clamp of the true-class probabilities in alpha (eq. 4)")
+
+
+@METHODS.register("mtrd")
+class MTRD(TrainingMethod[MTRDOptions]):
     """Multi-teacher distillation: loss CE + sum_i alpha_i * KL(teacher_i || student), student forward noisy.
 
     Teachers: one clean teacher plus one per noise level in ``teacher_levels`` (multipliers of the run's
-    noise: beta_i = level * sigma), trained in prepare() with noise injection for ``teacher_epochs``
-    (default: the run's epochs) with the same architecture (the paper's choice), or loaded from model
-    files: ``teachers`` = comma-separated model.pt paths (any architecture with the same classes),
-    ``clean_teacher`` = path, true (train one) or false (none). Options: temperature (1.0; eq. 4 has no
-    temperature), kd_weight (1.0), teacher_noise (false: teachers are queried with clean weights, as
-    they would be in software; true: each teacher under its own noise level), teacher_lr (run lr).
+    noise: beta_i = level * sigma), trained in prepare() with noise injection with the same
+    architecture (the paper's choice), or loaded from model files (``teachers``, ``clean_teacher``).
     Paper notes: eq. 4 writes D_KL(beta*y_t, y_s) with beta the teacher's noise level; beta is read as
     "the teacher specialised for noise level beta", not as a factor on probabilities (which would not
     be a distribution). Eq. 2 writes the KL the other way round (student first); eq. 4's
@@ -95,32 +111,28 @@ class MTRD(TrainingMethod):
     """
 
     name = "mtrd"
-    defaults = {"teacher_levels": "0.5,1.0,1.5", "clean_teacher": True, "teachers": None, "teacher_epochs": None,
-                "teacher_lr": None, "temperature": 1.0, "kd_weight": 1.0, "teacher_noise": False, "eps": 1e-6}
+    Options = MTRDOptions
 
     def prepare(self, ctx: TrainContext) -> None:
         noise = require_noise(ctx, self.name)
         o = self.options
-        self.temperature = as_float(self.name, "temperature", o["temperature"])
-        self.kd_weight = as_float(self.name, "kd_weight", o["kd_weight"])
-        self.eps = as_float(self.name, "eps", o["eps"])
-        self.teacher_noise = as_bool(self.name, "teacher_noise", o["teacher_noise"])
-        epochs = ctx.config.epochs if o["teacher_epochs"] is None else as_int(self.name, "teacher_epochs", o["teacher_epochs"], 1)
-        lr = ctx.config.lr if o["teacher_lr"] is None else as_float(self.name, "teacher_lr", o["teacher_lr"])
+        self.temperature = o.temperature
+        self.kd_weight = o.kd_weight
+        self.eps = o.eps
+        self.teacher_noise = o.teacher_noise
+        epochs = ctx.config.epochs if o.teacher_epochs is None else o.teacher_epochs
+        lr = ctx.config.lr if o.teacher_lr is None else o.teacher_lr
         self.teachers: list[nn.Module] = []
         self.teacher_noises: list[WeightNoise | None] = []
-        clean = o["clean_teacher"]
-        clean_path = clean if isinstance(clean, str) and clean.lower() not in ("true", "false", "1", "0", "yes", "no") else None
-        if clean_path is not None:
-            self._add_loaded(clean_path, None, ctx)
-        elif as_bool(self.name, "clean_teacher", clean):
+        if isinstance(o.clean_teacher, str):
+            self._add_loaded(o.clean_teacher, None, ctx)
+        elif o.clean_teacher:
             self._add_trained(ctx, None, epochs, lr, seed_offset=0)
-        paths = as_str_list(o["teachers"])
-        if paths:
-            for p in paths:
+        if o.teachers:
+            for p in o.teachers:
                 self._add_loaded(p, noise, ctx)
         else:
-            for i, lvl in enumerate(as_float_list(self.name, "teacher_levels", o["teacher_levels"])):
+            for i, lvl in enumerate(o.teacher_levels):
                 if lvl < 0:
                     raise ValueError(f"method {self.name!r}: teacher levels must be >= 0, got {lvl}")
                 self._add_trained(ctx, noise.scaled(lvl), epochs, lr, seed_offset=i + 1)

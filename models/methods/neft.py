@@ -5,24 +5,18 @@ cross-entropy on O_total (eq. 3); the feedback parts exist only during training.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from models.methods._util import (
-    as_bool,
-    as_float,
-    as_int,
-    as_str_list,
-    first_batch,
-    norm_buffer_copies,
-    require_noise,
-)
+from models.methods._util import first_batch, norm_buffer_copies, require_noise
 from models.methods.base import TrainContext, TrainingMethod
-from models.methods.registry import register
+from models.methods.options import MethodOptions, option
+from models.methods.registry import METHODS
 from models.noise.apply import clean_weights, forward_with_weights
 from models.noise.base import WeightNoise
 
@@ -63,22 +57,31 @@ def oriented_factors(noise: WeightNoise, n: int, delta_sigma: float, relative_de
     return [1.0 + k * relative_delta for k in range(1, n + 1)]
 
 
-def _scales(method: str, o: dict) -> tuple[float | None, float | None]:
-    """Options a_b / a_f (None = the paper's 1/(N+1))."""
-    return tuple(None if o[k] is None else as_float(method, k, o[k]) for k in ("a_b", "a_f"))  # type: ignore[return-value]
+_A_B_HELP = "backbone output scale a_b (none = the paper's 1/(N+1))"
+_A_F_HELP = "feedback output scale a_f (none = the paper's 1/(N+1))"
 
 
-@register
-class NeFTOVF(TrainingMethod):
+@dataclass(frozen=True)
+class NeFTOVFOptions(MethodOptions):
+    """Options of NeFT-OVF (Algorithm 1)."""
+
+    n_feedback: int = option(3, "number N of oriented forwards (paper: 3)", minimum=1)
+    delta_sigma: float = option(0.05, "oriented-noise step in the family's units: sigma_d (Gaussian), s (log-normal), "
+                                      "eta (additive)")
+    beta: float = option(0.1, "feedback weight (paper grid 1e-1..1e-4; 1e-1 is the paper's OVF choice)")
+    relative_delta: float = option(0.25, "step for profiles without a scalar sigma: factor 1 + n*relative_delta "
+                                         "(0.25 = the paper's 0.05 at sigma_d = 0.2)")
+    sigma: float | None = option(None, "base sigma the factors are formed from (none = the noise's own magnitude)")
+    a_b: float | None = option(None, _A_B_HELP)
+    a_f: float | None = option(None, _A_F_HELP)
+
+
+@METHODS.register("neft_ovf")
+class NeFTOVF(TrainingMethod[NeFTOVFOptions]):
     """NeFT-OVF: one backbone forward at the device noise plus N oriented forwards at sigma + n*delta_sigma.
 
     Every forward draws fresh noise on all Conv/Linear weights (functional_call, so residual blocks
-    are covered). Options: n_feedback N (paper: 3), delta_sigma (0.05, in the noise family's own units:
-    level-units sigma_d for the Gaussian families, s for log-normal, eta for additive), beta (paper
-    grid 1e-1..1e-4; 1e-1 is the paper's OVF choice), relative_delta (step for measured profiles that
-    have no scalar sigma: factor 1 + n*relative_delta; 0.25 equals the paper's 0.05 step at
-    sigma_d = 0.2), sigma (override the base sigma used to form the factors), a_b / a_f (output
-    scales; default the paper's 1/(N+1)).
+    are covered). A measured profile has no scalar sigma, so its oriented factors are 1 + n*relative_delta.
     Paper vs common sense: a_b = 1/(N+1) divides the backbone logits by N+1, which acts like a softmax
     temperature N+1 in the cross-entropy, so OVF converges more slowly: on digits it trails vanilla
     after 20 epochs and beats it after 60 (benchmarks/methods_digits.py trains every method 60 epochs).
@@ -87,27 +90,24 @@ class NeFTOVF(TrainingMethod):
     """
 
     name = "neft_ovf"
-    defaults = {"n_feedback": 3, "delta_sigma": 0.05, "beta": 0.1, "relative_delta": 0.25, "sigma": None,
-                "a_b": None, "a_f": None}
+    Options = NeFTOVFOptions
 
     def prepare(self, ctx: TrainContext) -> None:
         noise = require_noise(ctx, self.name)
         o = self.options
-        self.n = as_int(self.name, "n_feedback", o["n_feedback"], minimum=1)
-        self.beta = as_float(self.name, "beta", o["beta"])
-        sigma = None if o["sigma"] is None else as_float(self.name, "sigma", o["sigma"])
-        self.factors = oriented_factors(noise, self.n, as_float(self.name, "delta_sigma", o["delta_sigma"]),
-                                        as_float(self.name, "relative_delta", o["relative_delta"]), sigma)
+        self.n = o.n_feedback
+        self.beta = o.beta
+        self.factors = oriented_factors(noise, self.n, o.delta_sigma, o.relative_delta, o.sigma)
         if any(f <= 0 for f in self.factors):
             raise ValueError(f"method {self.name!r}: oriented noise scales must be > 0, got {self.factors}")
         self.oriented = [noise.scaled(f) for f in self.factors]
         self.gammas = ovf_gammas(self.n)
-        self.a_b, self.a_f = _scales(self.name, o)
+        self.a_b, self.a_f = o.a_b, o.a_f
 
     def training_step(self, ctx: TrainContext, x: Tensor, y: Tensor) -> dict[str, float]:
         model = ctx.raw_model
         w = clean_weights(model)
-        out_b = forward_with_weights(model, x, ctx.noise.sample(w, ctx.generator))
+        out_b = forward_with_weights(model, x, require_noise(ctx, self.name).sample(w, ctx.generator))
         outs = [forward_with_weights(model, x, {**nz.sample(w, ctx.generator), **norm_buffer_copies(model)})
                 for nz in self.oriented]
         total = negative_feedback_logits(out_b.float(), [o.float() for o in outs], self.beta, self.gammas,
@@ -214,44 +214,55 @@ def find_snapshot_blocks(model: nn.Module, x: Tensor, names: list[str]) -> list[
     return found
 
 
-@register
-class NeFTIRS(TrainingMethod):
+@dataclass(frozen=True)
+class NeFTIRSOptions(MethodOptions):
+    """Options of NeFT-IRS (Algorithm 2)."""
+
+    beta: float = option(1e-3, "feedback weight (the paper's IRS choice: 1e-3)")
+    blocks: tuple[str, ...] = option((), "comma-separated module names to tap (empty = automatic, the end of "
+                                         "each same-depth conv group)")
+    hidden: int = option(512, "width of the snapshot classifiers", minimum=1)
+    noisy_heads: bool = option(True, "noise on the snapshot weights too (Algorithm 2 line 4)")
+    a_b: float | None = option(None, _A_B_HELP)
+    a_f: float | None = option(None, _A_F_HELP)
+
+
+@METHODS.register("neft_irs")
+class NeFTIRS(TrainingMethod[NeFTIRSOptions]):
     """NeFT-IRS: snapshot classifiers at the end of each block, noisy like the backbone, removed afterwards.
 
     Forward hooks tap the block outputs during the noisy backbone forward (the user's model class is
     never modified); the heads live in this method, so ``export_model`` is exactly the backbone.
-    gamma_n = 10^(1-n) with n = 1 the shallowest snapshot. Options: beta (paper choice for IRS: 1e-3),
-    blocks (comma-separated module names to tap; default: automatic, see ``find_snapshot_blocks``),
-    hidden (512, the snapshot classifier width), noisy_heads (true: noise also on the snapshot weights,
-    as in Algorithm 2 line 4), a_b / a_f (default 1/(N+1), N = number of snapshots).
+    gamma_n = 10^(1-n) with n = 1 the shallowest snapshot; N in a_b = a_f = 1/(N+1) is the number of
+    snapshots, whose taps ``find_snapshot_blocks`` finds.
     """
 
     name = "neft_irs"
-    defaults = {"beta": 1e-3, "blocks": None, "hidden": 512, "noisy_heads": True, "a_b": None, "a_f": None}
+    Options = NeFTIRSOptions
 
     def prepare(self, ctx: TrainContext) -> None:
         require_noise(ctx, self.name)
         o = self.options
-        self.beta = as_float(self.name, "beta", o["beta"])
-        self.noisy_heads = as_bool(self.name, "noisy_heads", o["noisy_heads"])
-        hidden = as_int(self.name, "hidden", o["hidden"], minimum=1)
+        self.beta = o.beta
+        self.noisy_heads = o.noisy_heads
         model = ctx.raw_model
-        self.blocks = find_snapshot_blocks(model, first_batch(ctx), as_str_list(o["blocks"]))
+        self.blocks = find_snapshot_blocks(model, first_batch(ctx), list(o.blocks))
         self.heads = SnapshotHeads([c for _, c, _ in self.blocks], [s for _, _, s in self.blocks],
-                                   ctx.num_classes, hidden).to(ctx.device)
+                                   ctx.num_classes, o.hidden).to(ctx.device)
         ctx.add_parameters(self.heads.parameters())
         self.gammas = irs_gammas(len(self.blocks))
-        self.a_b, self.a_f = _scales(self.name, o)
+        self.a_b, self.a_f = o.a_b, o.a_f
 
     def training_step(self, ctx: TrainContext, x: Tensor, y: Tensor) -> dict[str, float]:
         model = ctx.raw_model
         mods = dict(model.named_modules())
         w = clean_weights(model)
-        noisy = ctx.noise.sample(w, ctx.generator)
+        noise = require_noise(ctx, self.name)
+        noisy = noise.sample(w, ctx.generator)
         out_b, feats = tap_outputs(model, [mods[n] for n, _, _ in self.blocks],
                                    lambda: forward_with_weights(model, x, noisy))
         hw = clean_weights(self.heads)
-        hw_noisy = ctx.noise.sample(hw, ctx.generator) if self.noisy_heads else hw
+        hw_noisy = noise.sample(hw, ctx.generator) if self.noisy_heads else hw
         outs = functional_call(self.heads, hw_noisy, (feats,))
         total = negative_feedback_logits(out_b.float(), [o.float() for o in outs], self.beta, self.gammas,
                                          self.a_b, self.a_f)

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.methods._util import as_bool, as_float, require_noise
+from models.methods._util import require_noise
 from models.methods.base import TrainContext, TrainingMethod
-from models.methods.registry import register
+from models.methods.options import MethodOptions, option
+from models.methods.registry import METHODS
 from models.noise.base import WeightNoise
 from models.noise.families import CensoredNoise, MomentNoise, censored_mean, censored_var
 
@@ -56,13 +57,20 @@ def censored(noise: WeightNoise, lam: float, recentre: bool) -> WeightNoise:
     return CensoredDeviation(noise, lam, recentre)
 
 
-@register
-class TRICE(TrainingMethod):
+@dataclass(frozen=True)
+class TRICEOptions(MethodOptions):
+    """Options of TRICE."""
+
+    lam: float = option(1.0, "censoring point in units of the per-weight noise std (the overview gives none)")
+    recentre: bool = option(False, "subtract the censored mean so the training noise is zero-mean "
+                                   "(false: keep TRICE's negative mean)")
+    scale: float = option(1.0, "training noise relative to the run's noise")
+
+
+@METHODS.register("trice")
+class TRICE(TrainingMethod[TRICEOptions]):
     """Training with right-censored Gaussian noise: per-weight deviations above lam*sigma are clamped to lam*sigma.
 
-    Options: lam (censoring point in units of the per-weight noise std; the overview gives no value,
-    default 1.0), recentre (false: keep the censored, negative mean as TRICE does; true: subtract it so
-    the training noise is zero-mean), scale (training-noise multiplier, 1.0).
     Paper note: censoring only the right tail makes the training noise biased (mean -phi(lam) +
     lam*(1-Phi(lam)) in std units); the re-centred variant is offered because the deployed device
     noise is zero-mean. The censoring acts on the weight error (TRICE models noise on the weights); on
@@ -70,14 +78,13 @@ class TRICE(TrainingMethod):
     """
 
     name = "trice"
-    defaults = {"lam": 1.0, "recentre": False, "scale": 1.0}
+    Options = TRICEOptions
 
     def prepare(self, ctx: TrainContext) -> None:
         noise = require_noise(ctx, self.name)
-        lam = as_float(self.name, "lam", self.options["lam"])
-        scale = as_float(self.name, "scale", self.options["scale"])
-        base = noise if scale == 1.0 else noise.scaled(scale)
-        self.noise = censored(base, lam, as_bool(self.name, "recentre", self.options["recentre"]))
+        o = self.options
+        base = noise if o.scale == 1.0 else noise.scaled(o.scale)
+        self.noise = censored(base, o.lam, o.recentre)
 
     def training_step(self, ctx: TrainContext, x: Tensor, y: Tensor) -> dict[str, float]:
         loss = F.cross_entropy(ctx.noisy_forward(x, self.noise).float(), y)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -27,7 +27,7 @@ class WeightNoise(abc.ABC):
         """Return ``n_draws`` independent noisy copies of each tensor, shaped ``(n_draws, *shape)``."""
 
     @abc.abstractmethod
-    def scaled(self, factor: float) -> "WeightNoise":
+    def scaled(self, factor: float) -> WeightNoise:
         """Return the same noise structure with its magnitude multiplied by ``factor``."""
 
     @abc.abstractmethod

@@ -1,8 +1,10 @@
-"""Build a WeightNoise from a JSON-able spec or from a calibration noise profile."""
+"""Build a WeightNoise from a JSON-able spec (one registered builder per noise family) or from a noise profile."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from firmware_protocol.registry import Registry
 from models.mapping import AnalogMapping, BitSlicedMapping
 from models.noise.base import WeightNoise
 from models.noise.families import (
@@ -15,7 +17,8 @@ from models.noise.families import (
     level_factors,
 )
 
-FAMILIES = ("gaussian", "state_dependent", "lognormal", "additive", "censored", "write_verify", "profile")
+NoiseBuilder = Callable[[dict[str, Any]], WeightNoise]
+NOISE_FAMILIES: Registry[NoiseBuilder] = Registry("noise family")
 _MAPPING_KEYS = ("bits", "bits_per_device", "sign", "scale")
 
 
@@ -38,6 +41,67 @@ def _device(spec: dict[str, Any], model: str | None) -> DeviceGaussianNoise:
                                quantize=bool(spec.get("quantize", False)), model=model)
 
 
+def _base(spec: dict[str, Any]) -> WeightNoise | None:
+    """The base noise of a wrapping family: a nested spec under "base", else a device family from the same keys."""
+    return noise_from_spec(spec["base"]) if "base" in spec else _device(spec, spec.get("model"))
+
+
+@NOISE_FAMILIES.register("gaussian")
+def _gaussian(spec: dict[str, Any]) -> WeightNoise:
+    _take(spec, {"sigma", "quantize", *_MAPPING_KEYS})
+    return _device(spec, None)
+
+
+@NOISE_FAMILIES.register("state_dependent")
+def _state_dependent(spec: dict[str, Any]) -> WeightNoise:
+    _take(spec, {"sigma", "model", "quantize", *_MAPPING_KEYS})
+    if "model" not in spec:
+        raise ValueError("state_dependent noise needs 'model' (RRAM1, RRAM2, FeFET1 or FeFET2)")
+    return _device(spec, str(spec["model"]))
+
+
+@NOISE_FAMILIES.register("lognormal")
+def _lognormal(spec: dict[str, Any]) -> WeightNoise:
+    _take(spec, {"sigma"})
+    return LogNormalNoise(float(spec["sigma"]))
+
+
+@NOISE_FAMILIES.register("additive")
+def _additive(spec: dict[str, Any]) -> WeightNoise:
+    _take(spec, {"eta", "per_channel"})
+    return AdditiveNoise(float(spec["eta"]), bool(spec.get("per_channel", False)))
+
+
+@NOISE_FAMILIES.register("censored")
+def _censored(spec: dict[str, Any]) -> WeightNoise:
+    _take(spec, {"lam", "recentre", "sigma", "base", "model", "quantize", *_MAPPING_KEYS})
+    base = _base(spec)
+    if not isinstance(base, MomentNoise):
+        raise ValueError("censored noise needs a Gaussian base family (gaussian, state_dependent, additive)")
+    return CensoredNoise(base, float(spec.get("lam", 1.0)), bool(spec.get("recentre", False)))
+
+
+@NOISE_FAMILIES.register("write_verify")
+def _write_verify(spec: dict[str, Any]) -> WeightNoise:
+    _take(spec, {"threshold", "sigma", "base", "model", "quantize", *_MAPPING_KEYS})
+    base = _base(spec)
+    if not isinstance(base, DeviceGaussianNoise):
+        raise ValueError("write_verify noise needs a device base family (gaussian or state_dependent)")
+    if "threshold" not in spec:
+        raise ValueError("write_verify noise needs 'threshold' (bound on |device error|, level units)")
+    return WriteVerifyNoise(base, float(spec["threshold"]))
+
+
+@NOISE_FAMILIES.register("profile")
+def _profile(spec: dict[str, Any]) -> WeightNoise:
+    from models.noise.profile_noise import noise_from_profile_spec
+
+    return noise_from_profile_spec(spec)
+
+
+FAMILIES = tuple(NOISE_FAMILIES.names())
+
+
 def noise_from_spec(spec: dict[str, Any] | None) -> WeightNoise | None:
     """Build the noise a spec describes; ``None`` (or family "none") means a clean model.
 
@@ -46,7 +110,7 @@ def noise_from_spec(spec: dict[str, Any] | None) -> WeightNoise | None:
     {"family": "lognormal", "sigma": 0.3}; {"family": "additive", "eta": 0.05[, "per_channel": false]};
     {"family": "censored", "lam": 1.0, "recentre": false, "sigma": 0.1 | "base": {...}};
     {"family": "write_verify", "threshold": 0.05, "sigma": 0.1 | "base": {...}};
-    {"family": "profile", "path": "profile.h5", "t_s": 86400, ...}.
+    {"family": "profile", "path": "profile.h5", "t_s": 86400, ...}. Each family's builder is in `NOISE_FAMILIES`.
     """
     if spec is None:
         return None
@@ -55,39 +119,7 @@ def noise_from_spec(spec: dict[str, Any] | None) -> WeightNoise | None:
     fam = spec["family"]
     if fam == "none":
         return None
-    if fam == "gaussian":
-        _take(spec, {"sigma", "quantize", *_MAPPING_KEYS})
-        return _device(spec, None)
-    if fam == "state_dependent":
-        _take(spec, {"sigma", "model", "quantize", *_MAPPING_KEYS})
-        if "model" not in spec:
-            raise ValueError("state_dependent noise needs 'model' (RRAM1, RRAM2, FeFET1 or FeFET2)")
-        return _device(spec, str(spec["model"]))
-    if fam == "lognormal":
-        _take(spec, {"sigma"})
-        return LogNormalNoise(float(spec["sigma"]))
-    if fam == "additive":
-        _take(spec, {"eta", "per_channel"})
-        return AdditiveNoise(float(spec["eta"]), bool(spec.get("per_channel", False)))
-    if fam == "censored":
-        _take(spec, {"lam", "recentre", "sigma", "base", "model", "quantize", *_MAPPING_KEYS})
-        base = noise_from_spec(spec["base"]) if "base" in spec else _device(spec, spec.get("model"))
-        if not isinstance(base, MomentNoise):
-            raise ValueError("censored noise needs a Gaussian base family (gaussian, state_dependent, additive)")
-        return CensoredNoise(base, float(spec.get("lam", 1.0)), bool(spec.get("recentre", False)))
-    if fam == "write_verify":
-        _take(spec, {"threshold", "sigma", "base", "model", "quantize", *_MAPPING_KEYS})
-        base = noise_from_spec(spec["base"]) if "base" in spec else _device(spec, spec.get("model"))
-        if not isinstance(base, DeviceGaussianNoise):
-            raise ValueError("write_verify noise needs a device base family (gaussian or state_dependent)")
-        if "threshold" not in spec:
-            raise ValueError("write_verify noise needs 'threshold' (bound on |device error|, level units)")
-        return WriteVerifyNoise(base, float(spec["threshold"]))
-    if fam == "profile":
-        from models.noise.profile_noise import noise_from_profile_spec
-
-        return noise_from_profile_spec(spec)
-    raise ValueError(f"unknown noise family {fam!r} (known: {', '.join(FAMILIES)})")
+    return NOISE_FAMILIES.get(str(fam))(spec)
 
 
 def noise_from_profile(profile: Any, t_s: float = 0.0, **options: Any) -> WeightNoise:
@@ -97,7 +129,7 @@ def noise_from_profile(profile: Any, t_s: float = 0.0, **options: Any) -> Weight
     return ProfileNoise.from_profile(load_profile_any(profile), t_s=t_s, **options)
 
 
-__all__ = ["noise_from_spec", "noise_from_profile", "FAMILIES", "AnalogMapping"]
+__all__ = ["noise_from_spec", "noise_from_profile", "FAMILIES", "NOISE_FAMILIES", "AnalogMapping"]
 
 
 def spec_from_options(*, profile: str | None = None, t_s: float = 0.0, mapping: str = "bitsliced",

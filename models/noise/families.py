@@ -33,6 +33,10 @@ class MomentNoise(WeightNoise):
     def moments(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """Per-weight mean shift and std of the perturbation, computed from the detached weights."""
 
+    @abc.abstractmethod
+    def scaled(self, factor: float) -> MomentNoise:
+        """The same Gaussian family with its magnitude multiplied by ``factor`` (still a MomentNoise)."""
+
     def standard(self, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
         """The standardised per-weight variable Z (Gaussian here; censored in subclasses)."""
         return randn(shape, like, generator)
@@ -293,6 +297,7 @@ class WriteVerifyNoise(WeightNoise):
             dw = (dg * mp.device_weights(wd)).sum(-1)                      # (n, P, *shape)
             p_axis = 1
             if mp.sign == "separate":
+                assert st.sign is not None  # the separate sign mode always decodes signs
                 delta = st.sign * dw.select(p_axis, 0) * st.step
             else:
                 delta = (dw.select(p_axis, 0) - dw.select(p_axis, 1)) * st.step

@@ -81,7 +81,7 @@ class ProfileNoise(WeightNoise):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_profile(cls, profile: Any, t_s: float = 0.0, *, mapping: str = "bitsliced", bits: int = 8,
-                     sign: str = "separate", scale: str = "layer", **options: Any) -> "ProfileNoise":
+                     sign: str = "separate", scale: str = "layer", **options: Any) -> ProfileNoise:
         """Bit-sliced mapping with K = profile.bits_per_device (M = ``bits``), or the analog pair mapping."""
         if mapping == "bitsliced":
             mp: BitSlicedMapping | AnalogMapping = BitSlicedMapping(bits, int(profile.bits_per_device), sign, scale)  # type: ignore[arg-type]
@@ -158,6 +158,7 @@ class ProfileNoise(WeightNoise):
             dg_level = (used[-1] - used[0]) / (mp.n_levels - 1)
             c = mp.device_weights(w) * st.step.unsqueeze(-1) / dg_level           # (*shape, D)
             if mp.sign == "separate":
+                assert st.sign is not None  # the separate sign mode always decodes signs
                 coef = (st.sign.unsqueeze(-1) * c).unsqueeze(0)
             else:
                 coef = torch.stack([c.expand(lv.shape[1:]), -c.expand(lv.shape[1:])])
@@ -345,7 +346,7 @@ class ProfileNoise(WeightNoise):
     def scaled(self, factor):
         return replace(self, factor=self.factor * factor)
 
-    def with_verified(self, mask: dict[str, Tensor] | None = None, all_verified: bool = False) -> "ProfileNoise":
+    def with_verified(self, mask: dict[str, Tensor] | None = None, all_verified: bool = False) -> ProfileNoise:
         """The same noise with some (mask) or all devices programmed with write-verify."""
         return replace(self, verified_mask=mask, all_verified=all_verified)
 

@@ -7,12 +7,14 @@ every device.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
 
+from models.mapping import BitSlicedMapping
 from models.montecarlo import MCResult, evaluate_mc
 from models.noise.apply import clean_weights
 from models.noise.profile_noise import ProfileNoise
@@ -63,7 +65,8 @@ class SwimPlanner:
         self.sigma_open = self._open.noise_std(self.weights)
         self.sigma_verified = self._all.noise_std(self.weights)
         self.n_weights = int(sum(w.numel() for w in self.weights.values()))
-        self.devices_per_weight = 2 if self.mapping == "analog" else int(self._open.mapping.devices_per_weight) * 2  # type: ignore[union-attr]
+        mp = self._open.mapping
+        self.devices_per_weight = int(mp.devices_per_weight) * 2 if isinstance(mp, BitSlicedMapping) else 2
         self.ppd_open = _finite_or(self.profile.pulses_per_device(False), 2.0)
         self.ppd_verified = _finite_or(self.profile.pulses_per_device(True), 10.0)
         self._rankings: dict[str, Ranking] = {}
@@ -105,10 +108,11 @@ class SwimPlanner:
         mask = self.mask(method, fraction)
         res = self.evaluate(mask)
         cyc, norm = self.cycles(mask)
+        lo, hi = res.ci95
         return PlanPoint(method, fraction, int(sum(int(m.sum()) for m in mask.values())), res.mean, res.std,
-                         tuple(res.ci95), _kpp(res, 1.0), res.worst, cyc, norm)  # fmt: skip
+                         (lo, hi), _kpp(res, 1.0), res.worst, cyc, norm)  # fmt: skip
 
-    def curve(self, fractions: list[float], methods: list[str] = list(METHODS), progress: Any = None) -> list[PlanPoint]:
+    def curve(self, fractions: list[float], methods: Sequence[str] = METHODS, progress: Any = None) -> list[PlanPoint]:
         """Accuracy and cost versus fraction verified for every method (the same draws for all)."""
         for m in methods:
             if m not in METHODS:
@@ -142,10 +146,8 @@ class SwimPlanner:
 
 
 def _kpp(res: MCResult, k: float) -> float:
-    kp = res.kpp
-    if isinstance(kp, dict):
-        return float(kp.get(k, kp.get(str(k), next(iter(kp.values())))))
-    return float(kp)
+    """The k-th percentile accuracy of ``res`` (its first percentile when k was not measured)."""
+    return float(res.kpp.get(k, next(iter(res.kpp.values()))))
 
 
 def _finite_or(x: float, default: float) -> float:

@@ -49,7 +49,8 @@ def _per_sample_ggn(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> d
     def logits_of(p: dict[str, Tensor]) -> Tensor:
         return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)
 
-    logits, pullback = vjp(logits_of, params)
+    # torch types vjp's result as a 2- or 3-tuple union instead of overloading on has_aux (False here: 2)
+    logits, pullback = vjp(logits_of, params)  # type: ignore[misc]
     prob = torch.softmax(logits.detach().float(), dim=-1).to(logits.dtype)
     root = prob.sqrt()
     a = torch.diag(root) - torch.outer(prob, root)  # columns a_c: H_out = A A^T

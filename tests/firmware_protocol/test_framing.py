@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_protocol import BULK_THRESHOLD, MAX_PAYLOAD, DecodeError, Frame, FrameDecoder, FrameError, FrameType, Status
+from firmware_protocol import (
+    BULK_THRESHOLD,
+    MAX_PAYLOAD,
+    DecodeError,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    FrameType,
+    Status,
+)
 from firmware_protocol.cobs import CobsError, cobs_decode, cobs_encode
 from firmware_protocol.crc import crc16_ccitt, crc32_ieee
 

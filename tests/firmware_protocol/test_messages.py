@@ -20,9 +20,9 @@ from firmware_protocol import (
     decode_payload,
 )
 from firmware_protocol.messages import (
+    WV_ENTRY,
     HelloRequest,
     WriteVerifyRequest,
-    WV_ENTRY,
     max_block_cells,
     max_event_cells,
     max_wv_entries,

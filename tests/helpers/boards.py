@@ -5,6 +5,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,9 +37,10 @@ class PtySim:
 
 
 @contextmanager
-def open_sim(transport: str, seed: int, rows: int = 16, cols: int = 16, faults: LinkFaults = LinkFaults()
+def open_sim(transport: str, seed: int, rows: int = 16, cols: int = 16, faults: LinkFaults | None = None
              ) -> Iterator[tuple[Board, FirmwareEngine]]:  # fmt: skip
     """A Board on a simulated board, in process (sim:// URL) or through a pty served from a thread."""
+    faults = LinkFaults() if faults is None else faults
     if transport == "inproc":
         from sim_backend.sim_url import make_sim_url
 
@@ -86,6 +88,7 @@ def pulses(engine: FirmwareEngine) -> np.ndarray:
     return np.array([c.form, c.set, c.reset])
 
 
-def run(board: Board, name: str, out: Path, **params: object) -> RunOutcome:
+def run(board: Board, name: str, out: Path, **params: Any) -> RunOutcome:
+    """Run procedure `name` on `board` into `out` with these parameters, quietly."""
     cls = get_procedure(name)
     return run_procedure(cls(cls.Params(**params), board), out, quiet=True)

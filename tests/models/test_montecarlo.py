@@ -135,7 +135,7 @@ def test_parallel_normal_fill_matches_each_generator_and_survives_fork():
     from models.noise.base import randn_draws
 
     like = torch.empty(1)
-    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(4)]          # noqa: E731
+    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(4)]
     ref = torch.stack([torch.randn(300, 200, generator=g) for g in gens()])
     old = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -1,4 +1,6 @@
 """Training loop: noise injection beats vanilla under noise, resume == uninterrupted, registry, checkpoints."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -6,7 +8,8 @@ from models.checkpoint import load_checkpoint, load_model
 from models.config import TrainConfig
 from models.data import load_dataset
 from models.methods.base import TrainContext, TrainingMethod
-from models.methods.registry import available_methods, get_method, register
+from models.methods.options import MethodOptions, option
+from models.methods.registry import METHODS, available_methods, get_method
 from models.montecarlo import evaluate_mc
 from models.noise.factory import noise_from_spec
 from models.training import train
@@ -83,12 +86,16 @@ def test_registry_discovers_and_plugins_run_in_the_loop(digits):
 
     seen = {}
 
-    @register
-    class TwoBackward(TrainingMethod):
+    @dataclasses.dataclass(frozen=True)
+    class TwoBackwardOptions(MethodOptions):
+        weight: float = option(0.5, "weight of the second pass's loss")
+
+    @METHODS.register("_test_two_backward")
+    class TwoBackward(TrainingMethod[TwoBackwardOptions]):
         """Test plugin: two noisy forward/backward passes per step and an extra head added to the optimizer."""
 
         name = "_test_two_backward"
-        defaults = {"weight": 0.5}
+        Options = TwoBackwardOptions
 
         def prepare(self, ctx: TrainContext) -> None:
             self.head = torch.nn.Linear(10, 10).to(ctx.device)
@@ -98,7 +105,7 @@ def test_registry_discovers_and_plugins_run_in_the_loop(digits):
         def training_step(self, ctx, x, y):
             l1 = torch.nn.functional.cross_entropy(ctx.noisy_forward(x), y)
             ctx.backward(l1)
-            l2 = torch.nn.functional.cross_entropy(self.head(ctx.noisy_forward(x)), y) * self.options["weight"]
+            l2 = torch.nn.functional.cross_entropy(self.head(ctx.noisy_forward(x)), y) * self.options.weight
             ctx.backward(l2)
             seen["steps"] = ctx.step + 1
             return {"loss": float(l1.detach() + l2.detach()), "aux": float(l2.detach())}

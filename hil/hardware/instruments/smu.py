@@ -9,12 +9,12 @@ the current the resistor would draw.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TypeVar
 
-import numpy as np
 import pyvisa
+
+from hil.hardware.instruments.backends import resolve_backend
 
 
 class SmuError(RuntimeError):
@@ -49,16 +49,6 @@ class Dialect:
     trip_query: str | None  # separate compliance query (2450)
     max_compliance_a: float
     max_voltage_v: float
-    sim_reading: Callable[[float, float, bool], list[str]]  # pyvisa-sim only: commands that load a reading
-
-
-def _sim_2400(v: float, i: float, tripped: bool) -> list[str]:
-    status = (1 << 3 if tripped else 0) | (1 << 12) | (1 << 14)  # compliance, I-meas, V-source
-    return [f"SIM:READ {v:+.6E},{i:+.6E},{float(status):+.6E}"]
-
-
-def _sim_2450(v: float, i: float, tripped: bool) -> list[str]:
-    return [f"SIM:READ {i:+.6E}", f"SIM:TRIP {int(tripped)}"]
 
 
 DIALECTS: dict[str, Dialect] = {
@@ -78,7 +68,6 @@ DIALECTS: dict[str, Dialect] = {
         trip_query=None,
         max_compliance_a=1.05,
         max_voltage_v=210.0,
-        sim_reading=_sim_2400,
     ),
     "2450": Dialect(
         name="2450",
@@ -95,10 +84,10 @@ DIALECTS: dict[str, Dialect] = {
         trip_query=":SOUR:VOLT:ILIM:TRIP?",
         max_compliance_a=1.05,
         max_voltage_v=210.0,
-        sim_reading=_sim_2450,
     ),
 }
 
+_S = TypeVar("_S", bound="Smu")
 _OVERFLOW = 9.9e37  # SCPI "not a number / overflow" value (9.91E37)
 
 
@@ -134,11 +123,13 @@ class Smu:
         self.output_on = False
 
     @classmethod
-    def open(cls, resource_name: str, backend: str = "", *, max_voltage_v: float, dialect: str = "auto",
-             timeout_ms: int = 5000, **kwargs: object) -> "Smu":  # fmt: skip
-        """Open a VISA resource ('GPIB0::24::INSTR'); backend '' (system VISA), '@py', or 'file.yaml@sim'."""
-        if backend.endswith("@sim") and backend != "@sim" and not Path(backend[: -len("@sim")]).is_file():
-            raise SmuConnectionError(f"VISA simulation file not found: {backend[: -len('@sim')]}")
+    def open(cls: type[_S], resource_name: str, backend: str = "", *, max_voltage_v: float, dialect: str = "auto",
+             timeout_ms: int = 5000, **kwargs: object) -> _S:  # fmt: skip
+        """Open a VISA resource ('GPIB0::24::INSTR'); backend '' (system VISA), '@py', 'file.yaml@sim' or '2400@sim'."""
+        try:
+            backend = resolve_backend(backend)
+        except FileNotFoundError as exc:
+            raise SmuConnectionError(str(exc)) from None
         try:
             rm = pyvisa.ResourceManager(backend)
             res = rm.open_resource(resource_name, read_termination="\n", write_termination="\n", timeout=timeout_ms)
@@ -267,45 +258,8 @@ class Smu:
         finally:
             self.resource.close()
 
-    def __enter__(self) -> "Smu":
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class SimulatedResistorSmu(Smu):
-    """A pyvisa-sim SMU wired across a resistor: before each reading it loads what the real SMU would read.
-
-    The simulated instrument's :READ? returns a stored value; this class computes it from Ohm's law
-    (I = V / R, clamped at the compliance, plus seeded instrument noise) and stores it with the
-    simulator-only SIM:READ / SIM:TRIP commands. It is for tests and `--visa-backend ...@sim` only.
-    """
-
-    def __init__(self, resource: pyvisa.resources.MessageBasedResource, *, max_voltage_v: float,
-                 dialect: str = "auto", name: str = "", noise_rel: float = 2e-5, noise_a: float = 5e-12,
-                 seed: int = 0) -> None:  # fmt: skip
-        super().__init__(resource, max_voltage_v=max_voltage_v, dialect=dialect, name=name)
-        self.load_ohm: float | None = None
-        self.noise_rel = noise_rel
-        self.noise_a = noise_a
-        self._rng = np.random.default_rng(seed)
-
-    def connect(self, ohms: float) -> None:
-        """Wire the SMU across a resistor of `ohms` (the relay / cable of a real fixture)."""
-        if not (math.isfinite(ohms) and ohms > 0):
-            raise ValueError(f"load resistance must be positive, got {ohms!r}")
-        self.load_ohm = float(ohms)
-
-    def measure_current(self) -> float:
-        if self.load_ohm is None:
-            raise SmuError("simulated SMU is not connected to a load (call connect(ohms) first)")
-        if self.output_on:
-            i = self.voltage_v / self.load_ohm
-            i += abs(i) * self.noise_rel * self._rng.standard_normal() + self.noise_a * self._rng.standard_normal()
-            limit = self.compliance_a or 0.0
-            tripped = abs(i) >= limit
-            i = float(np.clip(i, -limit, limit))
-            for cmd in self.dialect.sim_reading(self.voltage_v, i, tripped):
-                self._write(cmd)
-        return super().measure_current()

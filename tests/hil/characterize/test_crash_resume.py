@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hil.cli import cli
 from hil.characterize.runfile import RunFileError, read_run
+from hil.cli import cli
 from tests.helpers.cli import assert_one_line_error, rram
 
 PORT = "sim://?seed=2&rows=32&cols=32"

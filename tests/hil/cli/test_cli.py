@@ -16,7 +16,6 @@ from hil.characterize.procedure import run_procedure
 from hil.characterize.runfile import read_run
 from sim_backend.board_config import BoardConfig
 from sim_backend.firmware import FirmwareEngine
-
 from tests.helpers.boards import PtySim
 from tests.helpers.cli import assert_one_line_error, rram
 
@@ -128,9 +127,9 @@ def test_existing_output_file_is_not_overwritten(capsys, monkeypatch, finished_r
 @pytest.fixture
 def interrupted_run(tmp_path: Path) -> Path:
     """A form run over 0:1,0:4 that stopped (process gone) after two of its four cells."""
-    from hil.hardware.board import Board
     from hil.characterize.procedure import params_dict
     from hil.characterize.runfile import create_run
+    from hil.hardware.board import Board
 
     out = tmp_path / "done.h5"
     with Board.open(SIM) as board:

@@ -1,10 +1,12 @@
 """`rram train` / `rram evaluate` through click's CliRunner, JSON output checked."""
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
 from hil.cli import cli
+from tests.helpers.cli import assert_one_line_error, rram
 
 torch.set_num_threads(1)
 
@@ -73,3 +75,74 @@ def test_cli_errors_are_one_line(tmp_path):
     res = r.invoke(cli, ["train", "--data", "mnist", "--data-root", str(tmp_path), "-o", str(tmp_path / "x.pt"),
                          "--no-progress"])
     assert res.exit_code != 0 and "train-images-idx3-ubyte" in str(res.exception)
+
+
+def test_list_methods_shows_every_option_aligned():
+    from models.methods import METHODS
+    from models.methods.options import describe_options, format_value
+
+    res = CliRunner().invoke(cli, ["train", "--list-methods"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    heads = [ln for ln in lines if not ln.startswith(" ")]
+    assert [h.split()[0] for h in heads] == METHODS.names()
+    for name, cls in METHODS.items():
+        head = next(h for h in heads if h.split()[0] == name)
+        assert head.split(None, 1)[1] == cls.description()
+    assert len({h.index(h.split(None, 1)[1]) for h in heads}) == 1          # descriptions start in one column
+    dat = lines.index(next(h for h in heads if h.startswith("dat ")))
+    rows = lines[dat + 1:dat + 1 + len(describe_options(METHODS.get("dat").Options))]
+    for row, info in zip(rows, describe_options(METHODS.get("dat").Options)):
+        assert row.split()[:3] == [info.name, info.kind, format_value(info.default)] and row.endswith(info.help)
+    option_rows = [ln for ln in lines if ln.startswith("    ") and ln.strip() != "(no options)"]
+    for col in range(1, 4):                                                   # type, default and help columns
+        starts = {len(ln) - len(ln.lstrip()) + _column_start(ln.lstrip(), col) for ln in option_rows}
+        assert len(starts) == 1, col
+    assert "    (no options)" in lines[lines.index(next(h for h in heads if h.startswith("vanilla"))) + 1]
+
+
+def _column_start(row: str, col: int) -> int:
+    """Offset of the col-th cell of an option row whose cells are separated by runs of two or more spaces."""
+    import re
+
+    return [m.end() for m in re.finditer(r"\S {2,}(?=\S)", row)][col - 1]
+
+
+def test_list_methods_json_is_the_typed_defaults():
+    from models.methods import METHODS
+
+    res = CliRunner().invoke(cli, ["train", "--list-methods", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.output)
+    assert [m["name"] for m in listed] == METHODS.names()
+    for m in listed:
+        fresh = METHODS.get(m["name"]).Options()
+        assert m["description"] and all(o["help"] and o["type"] for o in m["options"])
+        assert {o["name"]: o["default"] for o in m["options"]} == json.loads(json.dumps(fresh.__dict__))
+
+
+@pytest.mark.parametrize("opt, fragments", [
+    ("alpah=3", ["method 'dat': unknown option(s) alpah (known: rank, scope, alpha,"]),
+    ("alpha=fast", ["method 'dat': option alpha must be a number, got 'fast'"]),
+    ("alpha", ["--opt expects KEY=VALUE, got 'alpha'"]),
+    ("rank=0.5", ["option rank must be an integer, got 0.5"]),
+])
+def test_bad_opt_is_a_one_line_error_before_training(capsys, monkeypatch, tmp_path, opt, fragments):
+    out = tmp_path / "x.pt"
+    r = rram(capsys, monkeypatch, "train", "--method", "dat", "--sigma", "0.3", "--opt", opt, "-o", str(out))
+    assert_one_line_error(r, *fragments)
+    assert not out.exists()
+
+
+def test_opt_reaches_the_method_and_the_model_file(tmp_path):
+    out = tmp_path / "m.pt"
+    res = CliRunner().invoke(cli, ["train", "--model", "mlp", "--method", "trice", "--sigma", "0.5", "--opt", "lam=2",
+                                   "--opt", "recentre=yes", "--epochs", "1", "--no-progress", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    from models.checkpoint import load_checkpoint
+    from models.methods import get_method
+
+    rec = load_checkpoint(out)
+    assert rec["config"]["method_options"] == {"lam": 2, "recentre": "yes"}          # recorded as given
+    o = get_method("trice", **rec["config"]["method_options"]).options
+    assert (o.lam, o.recentre, o.scale) == (2.0, True, 1.0)

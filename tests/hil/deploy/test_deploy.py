@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from hil.hardware.board import Board
+from hil.characterize.procedure import run_procedure
+from hil.characterize.runfile import read_run
 from hil.deploy.placement import build_plan, weights_from_conductances
 from hil.deploy.plan import PlanError, load_plan, save_plan
-from hil.deploy.readback import measured_matrices, verify_masks
-from hil.characterize.procedure import run_procedure
 from hil.deploy.procedure import DeployRun
-from hil.characterize.runfile import read_run
+from hil.deploy.readback import measured_matrices, verify_masks
+from hil.hardware.board import Board
 from models.noise.apply import clean_weights
 
 G_MIN, G_MAX = 4e-6, 36e-6

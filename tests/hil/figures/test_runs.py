@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from matplotlib.figure import Figure
 
-from hil.figures import runs as plotting
-from hil.hardware.board import Board
-from hil.cli import cli
 from hil.characterize import get_procedure
 from hil.characterize.procedure import params_dict, run_procedure
 from hil.characterize.runfile import create_run, read_run
+from hil.cli import cli
+from hil.figures import runs as plotting
+from hil.hardware.board import Board
 
-RUNS = {
+RUNS: dict[str, dict[str, Any]] = {
     "form": dict(cells="0:8,0:8"),
     "iv": dict(cells="0:1,0:2", cycles=2, points=11),
     "endurance": dict(cells="0:4,0:4", cycles=400, read_every=20),
@@ -84,8 +87,8 @@ def _titles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = plotting._save
 
-    def spy(fig, path):  # type: ignore[no-untyped-def]
-        seen.append(fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title())
+    def spy(fig: Figure, path: Path) -> Path:
+        seen.append(fig.get_suptitle() or fig.axes[0].get_title())
         return real(fig, path)
 
     monkeypatch.setattr(plotting, "_save", spy)
@@ -217,7 +220,7 @@ def test_cli_default_outdir_and_plain_output(runs: dict[str, Path], tmp_path: Pa
         (lambda d: (d / "junk.h5").write_text("not hdf5") and d / "junk.h5", "{p} is not a readable HDF5 run file"),
     ],
 )
-def test_cli_errors_are_one_line(make, message: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_errors_are_one_line(make: Callable[[Path], Path], message: str, tmp_path: Path) -> None:
     p = make(tmp_path)
     res = CliRunner().invoke(cli, ["plot", str(p)])
     assert res.exit_code == 1
@@ -247,9 +250,8 @@ def test_cli_needs_a_run_file() -> None:
 
 def test_runfile_md_documents_every_table_and_field(runs: dict[str, Path]) -> None:
     """The schema document names the format version and every table, field and dtype the procedures write."""
-    from hil.characterize.runfile import FORMAT_VERSION
-
     import hil.characterize.runfile as runfile_module
+    from hil.characterize.runfile import FORMAT_VERSION
 
     doc = (Path(runfile_module.__file__).parent / "RUNFILE.md").read_text()
     assert f"version {FORMAT_VERSION}" in doc.splitlines()[0]
@@ -262,7 +264,7 @@ def test_runfile_md_documents_every_table_and_field(runs: dict[str, Path]) -> No
             assert f"`{key}`" in section, (name, key)
         for table, data in run.data.items():
             assert f"Table `{table}`" in section, (name, table)
-            for field in data.dtype.names:
+            for field in data.dtype.names or ():
                 base, shape = data.dtype[field].base.name, data.dtype[field].shape
                 # scalars are documented as (), [row, col] as (2,), per-cell / per-point arrays as (n,), (k,), (m,)
                 tokens = ["()"] if not shape else ["(2,)"] if shape == (2,) and field == "cell" else ["(n,)", "(k,)", "(m,)"]

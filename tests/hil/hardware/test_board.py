@@ -116,9 +116,9 @@ class TapLink:
         return [f for f in frames if opcode is None or f.opcode == opcode]
 
 
-def make_board(rows: int = 16, cols: int = 16, seed: int = 5, faults: LinkFaults = LinkFaults(),
+def make_board(rows: int = 16, cols: int = 16, seed: int = 5, faults: LinkFaults | None = None,
                timeout_s: float = 0.05, **kw: object) -> tuple[Board, TapLink]:  # fmt: skip
-    link = TapLink(SimLink(FirmwareEngine(BoardConfig(rows=rows, cols=cols, seed=seed)), faults), **kw)  # type: ignore[arg-type]
+    link = TapLink(SimLink(FirmwareEngine(BoardConfig(rows=rows, cols=cols, seed=seed)), faults or LinkFaults()), **kw)  # type: ignore[arg-type]
     return Board(link, port="tap://test", timeout_s=timeout_s), link
 
 

@@ -8,27 +8,27 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_protocol import VersionError
+from hil.cli import cli
 from hil.hardware.board import Board
+from hil.hardware.instruments import ComplianceError, packaged_sim_files
+from hil.hardware.instruments.simulated import SimulatedResistorSmu
 from hil.hardware.readpath import (
     CalibrationFileError,
     ReadPathCalibration,
     calibrate,
     fit_gain_offset,
 )
-from hil.cli import cli
-from hil.hardware.instruments import ComplianceError, SimulatedResistorSmu
 from sim_backend.board_config import BoardConfig
 from sim_backend.sim_url import parse_sim_url
-from tests.helpers import DATA
 
-SMU = {
-    "2400": ("GPIB0::24::INSTR", f"{DATA / 'smu_2400.yaml'}@sim"),
-    "2450": ("USB0::0x05E6::0x2450::04096331::INSTR", f"{DATA / 'smu_2450.yaml'}@sim"),
+SMU = {  # the simulated SMUs packaged with hil.hardware.instruments, by their short backend name
+    "2400": ("GPIB0::24::INSTR", "2400@sim"),
+    "2450": ("USB0::0x05E6::0x2450::04096331::INSTR", "2450@sim"),
 }
 CELLS = [(0, 63), (1, 63), (2, 63), (3, 63), (4, 63)]
 OHMS = [5e4, 1e5, 2e5, 5e5, 1e6]
@@ -37,7 +37,7 @@ VOLTS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 URL = "sim://?seed=7&ref=0:63:50k,1:63:100k,2:63:200k,3:63:500k,4:63:1M"
 
 
-def _run(*args: str):  # type: ignore[no-untyped-def]
+def _run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
@@ -152,7 +152,7 @@ def test_calibrate_restores_the_boards_calibration(sim_smu: SimulatedResistorSmu
 
 
 def test_calibrate_input_and_fixture_errors(sim_smu: SimulatedResistorSmu) -> None:
-    conn = lambda c: sim_smu.connect(c.ohms)  # noqa: E731
+    conn = lambda c: sim_smu.connect(c.ohms)
     with Board.open(URL) as b:
         with pytest.raises(ValueError, match="one per cell"):
             calibrate(b, sim_smu, CELLS, OHMS[:3], VOLTS, connect=conn)
@@ -210,7 +210,7 @@ def test_hdf5_layout(cal: ReadPathCalibration, tmp_path: Path) -> None:
 
 
 def test_load_errors_are_one_line(cal: ReadPathCalibration, tmp_path: Path) -> None:
-    cases = []
+    cases: list[tuple[Path, type[Exception], str]] = []
     cases.append((tmp_path / "missing.h5", FileNotFoundError, "not found"))
     (tmp_path / "text.h5").write_text("hello")
     cases.append((tmp_path / "text.h5", CalibrationFileError, "not a readable HDF5"))
@@ -223,8 +223,9 @@ def test_load_errors_are_one_line(cal: ReadPathCalibration, tmp_path: Path) -> N
     (tmp_path / "bad.json").write_text("{not json")
     cases.append((tmp_path / "bad.json", CalibrationFileError, "not a JSON"))
     d = cal.to_dict()
-    for name, change in [("newer.json", {"version": 99}), ("nogain.json", {"gain": None}),
-                         ("absurd.json", {"gain": 40.0})]:  # fmt: skip
+    changes: list[tuple[str, dict[str, object]]] = [("newer.json", {"version": 99}), ("nogain.json", {"gain": None}),
+                                                     ("absurd.json", {"gain": 40.0})]  # fmt: skip
+    for name, change in changes:
         dd = {**d, **change}
         if change.get("gain", 0) is None:
             del dd["gain"]
@@ -269,8 +270,8 @@ def test_cli_board_info_wrong_protocol_version(monkeypatch: pytest.MonkeyPatch) 
         Board.open("sim://?seed=0")
 
 
-def _calibrate_args(out: Path, dialect: str = "2450") -> list[str]:
-    args = ["board", "calibrate", "--port", URL, "--smu", SMU[dialect][0], "--visa-backend", SMU[dialect][1],
+def _calibrate_args(out: Path, dialect: str = "2450", backend: str = "") -> list[str]:
+    args = ["board", "calibrate", "--port", URL, "--smu", SMU[dialect][0], "--visa-backend", backend or SMU[dialect][1],
             "--resistors", "50k,100k,200k,500k,1M", "--voltages", "0.05,0.15,0.3", "--out", str(out)]  # fmt: skip
     for r, c in CELLS:
         args += ["--ref-cell", f"{r},{c}"]
@@ -295,6 +296,14 @@ def test_cli_calibrate_writes_the_file_and_refuses_overwrite(tmp_path: Path) -> 
     assert "MODEL 2400" in ReadPathCalibration.load(out).smu_idn
 
 
+@pytest.mark.parametrize("backend", ["smu_2400@sim", "smu_2400.yaml@sim", "{path}@sim"])
+def test_cli_calibrate_other_spellings_of_the_simulated_smu(tmp_path: Path, backend: str) -> None:
+    out = tmp_path / "calib.json"
+    r = _run(*_calibrate_args(out, "2400", backend.format(path=packaged_sim_files()["2400"])), "--json")
+    assert r.exit_code == 0, r.output
+    assert "MODEL 2400" in ReadPathCalibration.load(out).smu_idn
+
+
 def test_cli_calibrate_bad_input(tmp_path: Path) -> None:
     out = tmp_path / "c.h5"
     args = _calibrate_args(out)
@@ -306,6 +315,9 @@ def test_cli_calibrate_bad_input(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "safety limit" in r.output and len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(cli, [*args, "--smu", "GPIB0::3::INSTR", "--visa-backend", str(tmp_path / "x.yaml@sim")])
     assert r.exit_code == 1 and "not found" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, [*args, "--visa-backend", "2600@sim"])
+    assert r.exit_code == 1 and "packaged simulated SMUs: 2400@sim, 2450@sim" in r.output
+    assert len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(cli, [*args, "--port", "/dev/does-not-exist"])
     assert r.exit_code == 1 and "cannot open port" in r.output
     assert not out.exists()

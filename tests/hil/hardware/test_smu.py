@@ -1,43 +1,194 @@
-"""SMU driver (hil.hardware.instruments.smu) against pyvisa-sim models of a Keithley 2400 and a 2450 (tests/data/*.yaml)."""
+"""SMU driver (hil.hardware.instruments): its exact SCPI pinned with an expected-protocol fake, and the driver
+against the packaged pyvisa-sim models of a Keithley 2400 and a 2450 (hil/hardware/instruments/sim/*.yaml)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import hil.hardware.instruments as instruments
 from hil.hardware.instruments import (
     ComplianceError,
-    SimulatedResistorSmu,
     Smu,
     SmuConnectionError,
     SmuError,
     dialect_from_idn,
+    packaged_sim_files,
+    resolve_backend,
 )
-from tests.helpers import DATA
+from hil.hardware.instruments.simulated import LOAD_READING, SimulatedResistorSmu
+from tests.helpers.expected_protocol import ExpectedProtocolResource, ProtocolMismatch, Step, expected_protocol
 
 RESOURCES = {
-    "2400": ("GPIB0::24::INSTR", f"{DATA / 'smu_2400.yaml'}@sim"),
-    "2450": ("USB0::0x05E6::0x2450::04096331::INSTR", f"{DATA / 'smu_2450.yaml'}@sim"),
+    "2400": ("GPIB0::24::INSTR", "2400@sim"),
+    "2450": ("USB0::0x05E6::0x2450::04096331::INSTR", "2450@sim"),
 }
 VOLTAGE_QUERY = {"2400": ":SOUR:VOLT:LEV?", "2450": ":SOUR:VOLT?"}
 COMPLIANCE_QUERY = {"2400": ":SENS:CURR:PROT?", "2450": ":SOUR:VOLT:ILIM?"}
 
 
-class _Spy:
-    """Records what the driver writes to the VISA resource."""
-
-    def __init__(self, smu: Smu) -> None:
-        self.sent: list[str] = []
-        self._write = smu.resource.write
-        smu.resource.write = self  # type: ignore[method-assign]
-
-    def __call__(self, cmd: str) -> int:
-        self.sent.append(cmd)
-        return self._write(cmd)
+# ------------------------------------------------------------------------------ packaged simulation files
+def test_packaged_sim_files_are_package_resources() -> None:
+    files = packaged_sim_files()
+    assert list(files) == ["2400", "2450"]
+    package_dir = Path(instruments.__file__).resolve().parent
+    for dialect, path in files.items():
+        assert path.is_file() and path.resolve().parent == package_dir / "sim"
+        text = (resources.files("hil.hardware.instruments") / "sim" / f"smu_{dialect}.yaml").read_text()
+        assert f"keithley {dialect}" in text and text == path.read_text()
 
 
+def test_package_data_ships_every_sim_file() -> None:
+    """pyproject's package-data must name each file in sim/, or a wheel would install without it."""
+    if sys.version_info < (3, 11):
+        pytest.skip("reading pyproject.toml needs tomllib (Python 3.11)")
+    else:
+        import tomllib
+
+        config = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())
+        globs = config["tool"]["setuptools"]["package-data"]["hil.hardware.instruments"]
+        package_dir = Path(instruments.__file__).resolve().parent
+        shipped = {p for g in globs for p in package_dir.glob(g)}
+        assert shipped and set((package_dir / "sim").iterdir()) <= shipped
+
+
+@pytest.mark.parametrize("short", ["2400@sim", "smu_2400@sim", "smu_2400.yaml@sim"])
+def test_short_sim_backend_resolves_to_the_packaged_file(short: str) -> None:
+    assert resolve_backend(short) == f"{packaged_sim_files()['2400']}@sim"
+
+
+def test_other_backends_are_kept_and_unknown_sim_files_refused(tmp_path: Path) -> None:
+    for kept in ("", "@py", "@sim", "@ivi"):
+        assert resolve_backend(kept) == kept
+    own = tmp_path / "bench.yaml"
+    own.write_text("spec: '1.1'\n")
+    assert resolve_backend(f"{own}@sim") == f"{own}@sim"
+    for missing in ("2600@sim", f"{tmp_path / 'x.yaml'}@sim", "nowhere/2400@sim"):
+        with pytest.raises(FileNotFoundError, match="not found") as info:
+            resolve_backend(missing)
+        assert "2400@sim, 2450@sim" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_short_sim_backend_works_outside_a_checkout(tmp_path: Path) -> None:
+    """From a foreign working directory, only the installed package can supply the instrument file."""
+    code = "from hil.hardware.instruments import Smu\nprint(Smu.open('GPIB0::24::INSTR', '2400@sim', max_voltage_v=1.0).idn())"
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "MODEL 2400" in r.stdout
+
+
+# ------------------------------------------------------------------------------ exact SCPI (expected protocol)
+IDN = {
+    "2400": "KEITHLEY INSTRUMENTS INC.,MODEL 2400,4096331,C33 Mar 31 2015 09:32:39/A02  /S/K",
+    "2450": "KEITHLEY INSTRUMENTS,MODEL 2450,04096331,1.7.3b",
+}
+SETUP: dict[str, list[Step]] = {  # *IDN?, reset(), configure_voltage_source(1e-4, nplc=1)
+    "2400": [
+        ("*IDN?", IDN["2400"]), ("*RST", None), ("*CLS", None),
+        (":SOUR:FUNC VOLT", None), (":SOUR:VOLT:MODE FIX", None), (":SOUR:VOLT:RANG:AUTO ON", None),
+        (':SENS:FUNC "CURR"', None), (":SENS:CURR:PROT 1.000000E-04", None), (":SENS:CURR:RANG:AUTO ON", None),
+        (":SENS:CURR:NPLC 1.000000E+00", None), (":FORM:ELEM VOLT,CURR,STAT", None),
+        (":SOUR:VOLT:LEV 0.000000E+00", None), (":SYST:ERR?", '0,"No error"'),
+    ],
+    "2450": [
+        ("*IDN?", IDN["2450"]), ("*RST", None), ("*CLS", None),
+        (":SOUR:FUNC VOLT", None), (":SOUR:VOLT:RANG:AUTO ON", None), (":SOUR:VOLT:ILIM 1.000000E-04", None),
+        (':SENS:FUNC "CURR"', None), (":SENS:CURR:RANG:AUTO ON", None), (":SENS:CURR:NPLC 1.000000E+00", None),
+        (":SOUR:VOLT 0.000000E+00", None), (":SYST:ERR?", '0,"No error;0;0 0"'),
+    ],
+}
+SOURCE_0V1_ON = {"2400": [(":SOUR:VOLT:LEV 1.000000E-01", None), (":OUTP 1", None)],
+                 "2450": [(":SOUR:VOLT 1.000000E-01", None), (":OUTP 1", None)]}
+STATUS_OK, STATUS_TRIPPED = "+2.048000E+04", "+2.048800E+04"  # 2400 status word: V-source, I-meas (+ bit 3)
+
+
+def _configured(smu: Smu) -> Smu:
+    smu.reset()
+    smu.configure_voltage_source(1e-4, nplc=1.0)
+    return smu
+
+
+@pytest.mark.parametrize("dialect", ["2400", "2450"])
+def test_setup_sequence(dialect: str) -> None:
+    with expected_protocol(Smu, SETUP[dialect], max_voltage_v=1.0) as smu:
+        _configured(smu)
+        assert smu.dialect.name == dialect and smu.compliance_a == 1e-4 and smu.voltage_v == 0.0
+
+
+@pytest.mark.parametrize("dialect, reading", [
+    ("2400", [(":READ?", f"+1.000000E-01,+2.000000E-06,{STATUS_OK}")]),
+    ("2450", [(":READ?", "+2.000000E-06"), (":SOUR:VOLT:ILIM:TRIP?", "0")]),
+])
+def test_source_and_measure(dialect: str, reading: list[Step]) -> None:
+    steps = [*SETUP[dialect], *SOURCE_0V1_ON[dialect], *reading, (":OUTP 0", None)]
+    with expected_protocol(Smu, steps, max_voltage_v=1.0) as smu:
+        _configured(smu).set_voltage(0.1)
+        smu.output(True)
+        assert smu.measure_current() == 2e-6
+        smu.close()
+        assert isinstance(smu.resource, ExpectedProtocolResource) and smu.resource.closed
+
+
+@pytest.mark.parametrize("dialect, reading", [
+    ("2400", [(":READ?", f"+1.000000E-01,+1.000000E-04,{STATUS_TRIPPED}")]),
+    ("2450", [(":READ?", "+1.000000E-04"), (":SOUR:VOLT:ILIM:TRIP?", "1")]),
+])
+def test_compliance_detection(dialect: str, reading: list[Step]) -> None:
+    with expected_protocol(Smu, [*SETUP[dialect], *SOURCE_0V1_ON[dialect], *reading], max_voltage_v=1.0) as smu:
+        _configured(smu).set_voltage(0.1)
+        smu.output(True)
+        with pytest.raises(ComplianceError, match=r"compliance at 0.1 V: current limit 0.0001 A reached"):
+            smu.measure_current()
+
+
+def test_refusals_send_nothing() -> None:
+    """Beyond the safety limit or with bad settings the driver raises before a byte reaches the SMU."""
+    with expected_protocol(Smu, SETUP["2400"], max_voltage_v=0.5) as smu:
+        _configured(smu)
+        for bad in (0.5001, -1.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="safety limit"):
+                smu.set_voltage(bad)
+        for compliance in (0.0, -1e-3, 2.0, float("nan")):
+            with pytest.raises(ValueError, match="compliance"):
+                smu.configure_voltage_source(compliance)
+        with pytest.raises(ValueError, match="NPLC"):
+            smu.configure_voltage_source(1e-3, nplc=50)
+
+
+def test_error_queue_is_drained_and_the_first_error_named() -> None:
+    errors: list[Step] = [(":SYST:ERR?", '-113,"Undefined header"'), (":SYST:ERR?", '-222,"Data out of range"'),
+                          (":SYST:ERR?", '0,"No error"')]
+    with expected_protocol(Smu, errors, max_voltage_v=1.0, dialect="2400") as smu:
+        with pytest.raises(SmuError, match=r'2 error\(s\) after probing: -113,"Undefined header"'):
+            smu.check_errors("probing")
+
+
+def test_expected_protocol_fails_on_a_wrong_or_missing_command() -> None:
+    with pytest.raises(ProtocolMismatch, match=r"step 1: expected '\*CLS', got '\*RST'"):
+        with expected_protocol(Smu, [("*RST", None), ("*CLS", None)], max_voltage_v=1.0, dialect="2400") as smu:
+            smu.resource.write("*RST")
+            smu.resource.write("*RST")
+    with pytest.raises(ProtocolMismatch, match=r"never sent: '\*CLS'"):
+        with expected_protocol(Smu, [("*RST", None), ("*CLS", None)], max_voltage_v=1.0, dialect="2400") as smu:
+            smu.resource.write("*RST")
+    with pytest.raises(ProtocolMismatch, match="unexpected command ':OUTP 0'"):
+        with expected_protocol(Smu, [], max_voltage_v=1.0, dialect="2400") as smu:
+            smu.resource.write(":OUTP 0")
+    with pytest.raises(ProtocolMismatch, match="queried, but the expected step is a write"):
+        with expected_protocol(Smu, [("*IDN?", None)], max_voltage_v=1.0):
+            pass
+    fake = ExpectedProtocolResource([("*IDN?", IDN["2400"])])
+    fake.write("*IDN?")
+    with pytest.raises(ProtocolMismatch, match="never read"):
+        fake.assert_done()
+
+
+# ------------------------------------------------------------------------------ against pyvisa-sim models
 @pytest.fixture(params=["2400", "2450"])
 def smu(request: pytest.FixtureRequest) -> Iterator[Smu]:
     name, backend = RESOURCES[request.param]
@@ -65,13 +216,8 @@ def test_dialect_from_idn() -> None:
         dialect_from_idn("Agilent Technologies,34461A,MY1,A.02")
 
 
-def test_configure_sends_the_dialect_commands(smu: Smu) -> None:
-    spy = _Spy(smu)
+def test_sim_model_takes_the_configuration(smu: Smu) -> None:
     smu.configure_voltage_source(2.5e-5, nplc=2.0)
-    expected_limit = ":SENS:CURR:PROT 2.500000E-05" if smu.dialect.name == "2400" else ":SOUR:VOLT:ILIM 2.500000E-05"
-    assert expected_limit in spy.sent
-    assert ":SENS:CURR:NPLC 2.000000E+00" in spy.sent
-    assert ':SENS:FUNC "CURR"' in spy.sent and ":SOUR:FUNC VOLT" in spy.sent
     assert float(smu.resource.query(COMPLIANCE_QUERY[smu.dialect.name])) == pytest.approx(2.5e-5)
     assert float(smu.resource.query(":SENS:CURR:NPLC?")) == pytest.approx(2.0)
     assert smu.compliance_a == pytest.approx(2.5e-5)
@@ -93,24 +239,11 @@ def test_set_voltage_and_output(smu: Smu) -> None:
     assert smu.resource.query(":OUTP?").strip() == "0"
 
 
-def test_safety_limit_refuses_before_writing(smu: Smu) -> None:
+def test_refused_voltage_leaves_the_instrument_as_it_was(smu: Smu) -> None:
     smu.set_voltage(0.2)
-    spy = _Spy(smu)
-    for bad in (1.5, -1.0001, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="safety limit"):
-            smu.set_voltage(bad)
-    assert spy.sent == []
+    with pytest.raises(ValueError, match="safety limit"):
+        smu.set_voltage(1.5)
     assert float(smu.resource.query(VOLTAGE_QUERY[smu.dialect.name])) == pytest.approx(0.2)
-
-
-def test_bad_settings_refused(smu: Smu) -> None:
-    spy = _Spy(smu)
-    for compliance in (0.0, -1e-3, 2.0, float("nan")):
-        with pytest.raises(ValueError, match="compliance"):
-            smu.configure_voltage_source(compliance)
-    with pytest.raises(ValueError, match="NPLC"):
-        smu.configure_voltage_source(1e-3, nplc=50)
-    assert spy.sent == []
     with pytest.raises(ValueError, match="safety limit"):
         Smu(smu.resource, max_voltage_v=0.0)
 
@@ -127,7 +260,7 @@ def test_order_of_operations_enforced(smu: Smu) -> None:
 
 
 def _load(smu: Smu, current: float, tripped: bool = False) -> None:
-    for cmd in smu.dialect.sim_reading(smu.voltage_v, current, tripped):
+    for cmd in LOAD_READING[smu.dialect.name](smu.voltage_v, current, tripped):
         smu.resource.write(cmd)
 
 
@@ -178,9 +311,7 @@ def test_close_switches_output_off() -> None:
     s.reset()
     s.configure_voltage_source(1e-4)
     s.output(True)
-    spy = _Spy(s)
     s.close()
-    assert spy.sent == [":OUTP 0"]
     with Smu.open(*RESOURCES["2400"], max_voltage_v=1.0) as again:
         assert again.resource.query(":OUTP?").strip() == "0"
 
@@ -208,6 +339,8 @@ def test_simulated_resistor_ohms_law_and_clamp(dialect: str) -> None:
 def test_open_errors_are_connection_errors(tmp_path: Path) -> None:
     with pytest.raises(SmuConnectionError, match="not found"):
         Smu.open("GPIB0::24::INSTR", f"{tmp_path / 'missing.yaml'}@sim", max_voltage_v=1.0)
+    with pytest.raises(SmuConnectionError, match="packaged simulated SMUs: 2400@sim, 2450@sim"):
+        Smu.open("GPIB0::24::INSTR", "2401@sim", max_voltage_v=1.0)
     with pytest.raises(SmuConnectionError, match="GPIB0::9::INSTR"):
         Smu.open("GPIB0::9::INSTR", RESOURCES["2400"][1], max_voltage_v=1.0, timeout_ms=100)
     with pytest.raises(ValueError, match="dialect"):

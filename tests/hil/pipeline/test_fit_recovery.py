@@ -25,11 +25,11 @@ from calibration.fit import FitOptions
 from calibration.fit_read import detect_rtn
 from calibration.profile import NoiseProfile
 from calibration.weibull import fit_weibull_censored
-from hil.hardware.board import Board
-from hil.pipeline.run_datasets import Datasets, fit_runs
 from hil.characterize import get_procedure
 from hil.characterize.procedure import run_procedure
 from hil.characterize.runfile import read_run
+from hil.hardware.board import Board
+from hil.pipeline.run_datasets import Datasets, fit_runs
 from sim_backend.device_params import DeviceParams
 
 SEED, ROWS, COLS = 11, 32, 32

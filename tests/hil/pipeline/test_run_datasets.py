@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from calibration.profile import load_profile
-from hil.hardware.board import Board
-from hil.cli import cli, main
-from hil.pipeline.run_datasets import collect_datasets, fit_runs
 from hil.characterize import get_procedure
 from hil.characterize.procedure import run_procedure
 from hil.characterize.runfile import RunData, read_run
+from hil.cli import cli, main
+from hil.hardware.board import Board
+from hil.pipeline.run_datasets import collect_datasets, fit_runs
 
 SEED, ROWS, COLS = 5, 8, 8
 LEVELS = dict(levels=4, g_lo=5e-6, g_hi=35e-6, read_times="1,10", gate_points=5, cal_cells=4, gate_lo=0.8)
@@ -221,10 +221,10 @@ def test_rram_fit_one_line_errors(kind: str, runs: dict[str, Path], tmp_path: Pa
 
 def test_form_run_gives_the_defect_model(tmp_path) -> None:
     """Shorted cells (conducting before forming) and unformable cells of a form run become the profile's defects."""
-    from hil.hardware.board import Board
-    from hil.pipeline.run_datasets import fit_runs
     from hil.characterize import get_procedure
     from hil.characterize.procedure import run_procedure
+    from hil.hardware.board import Board
+    from hil.pipeline.run_datasets import fit_runs
 
     with Board.open("sim://?seed=4&rows=32&cols=32") as board:
         runs = []

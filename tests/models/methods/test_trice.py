@@ -8,8 +8,8 @@ from models.config import TrainConfig
 from models.data import Dataset, load_dataset
 from models.methods import TrainContext, get_method
 from models.methods.trice import CensoredDeviation, censored
-from models.noise.families import CensoredNoise, censored_mean
 from models.noise.factory import noise_from_spec
+from models.noise.families import CensoredNoise, censored_mean
 from models.training import train
 
 torch.set_num_threads(1)

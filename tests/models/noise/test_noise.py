@@ -6,9 +6,15 @@ import torch
 
 from models.mapping import BitSlicedMapping
 from models.noise.apply import clean_weights, noisy_forward, noisy_weight_names
-from models.noise.factory import noise_from_spec, noise_from_profile
+from models.noise.factory import noise_from_profile, noise_from_spec
 from models.noise.families import (
-    AdditiveNoise, CensoredNoise, DeviceGaussianNoise, LogNormalNoise, WriteVerifyNoise, censored_mean, level_factors,
+    AdditiveNoise,
+    CensoredNoise,
+    DeviceGaussianNoise,
+    LogNormalNoise,
+    WriteVerifyNoise,
+    censored_mean,
+    level_factors,
 )
 
 torch.set_num_threads(1)
@@ -184,6 +190,7 @@ def test_profile_noise_matches_profile_laws():
 
 def test_profile_stuck_faults_and_spatial():
     import numpy as np
+
     from calibration.noise_terms import SpatialModel
     from calibration.profile import NoiseProfile
 
@@ -215,6 +222,7 @@ def test_profile_stuck_faults_and_spatial():
 def test_profile_code_tables_equal_the_per_device_sum(sign, scale):
     """The 2^M-entry code tables give the same weight mean/std as summing over every device."""
     import numpy as np
+
     from calibration import synthetic as syn
     from calibration.fit import fit_profile
     from models.noise.profile_noise import ProfileNoise
