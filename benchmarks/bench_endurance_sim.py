@@ -1,4 +1,5 @@
 """Benchmark: closed-form endurance cycling of the simulated array (1e6 SET/RESET cycles x 1,024 cells, read every 1,000)."""
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 Run: python benchmarks/bench_fit_levels.py [--n 1000000] [--levels 16] [--repeats 3]
 Prints the best-of-N wall time of each stage and of the whole fit_profile call.
 """
+
 from __future__ import annotations
 
 import argparse

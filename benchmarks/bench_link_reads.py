@@ -8,6 +8,7 @@ would allow if nothing else took time; the ratio measured / limit says how close
 simulated firmware come to it (a pty has no baud rate of its own, so the ratio may exceed 1: then a
 real 921,600-baud cable, not the software, is what would bound the rate).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,7 +76,9 @@ class Rate:
     ratio: float
 
 
-def _measure(board: Board, link: CountingLink, transport: str, pattern: str, fn, cells_per_call: int, calls: int) -> Rate:
+def _measure(
+    board: Board, link: CountingLink, transport: str, pattern: str, fn, cells_per_call: int, calls: int
+) -> Rate:
     fn()  # warm-up (first call pays imports and allocations)
     link.tx = link.rx = 0
     t0 = time.perf_counter()
@@ -110,8 +113,17 @@ def bench(transport: str, n_reads: int, n_blocks: int, rows: int, cols: int) -> 
 
             out = [_measure(board, link, transport, "READ", single, 1, n_reads)]
             for nr, nc in ((8, 8), (32, 32), (rows, cols)):
-                out.append(_measure(board, link, transport, f"READ_BLOCK {nr}x{nc}",
-                                    lambda nr=nr, nc=nc: board.read_block(0, 0, nr, nc), nr * nc, n_blocks))  # fmt: skip
+                out.append(
+                    _measure(
+                        board,
+                        link,
+                        transport,
+                        f"READ_BLOCK {nr}x{nc}",
+                        lambda nr=nr, nc=nc: board.read_block(0, 0, nr, nc),
+                        nr * nc,
+                        n_blocks,
+                    )
+                )
             assert board.stats.retries == 0, board.stats
             return out
     finally:
@@ -133,8 +145,10 @@ def main() -> None:
     print(f"line limit: {LINE_BYTES_PER_S:,.0f} bytes/s per direction at {DEFAULT_BAUD:,} baud (8N1)")
     print(f"{'transport':9} {'pattern':20} {'cells/s':>12} {'bytes/cell':>10} {'limit cells/s':>14} {'ratio':>7}")
     for r in rates:
-        print(f"{r.transport:9} {r.pattern:20} {r.cells_per_s:12,.0f} {r.wire_bytes_per_cell:10.2f} "
-              f"{r.limit_cells_per_s:14,.0f} {r.ratio:7.2f}")  # fmt: skip
+        print(
+            f"{r.transport:9} {r.pattern:20} {r.cells_per_s:12,.0f} {r.wire_bytes_per_cell:10.2f} "
+            f"{r.limit_cells_per_s:14,.0f} {r.ratio:7.2f}"
+        )
 
 
 if __name__ == "__main__":

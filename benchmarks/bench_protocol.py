@@ -7,6 +7,7 @@ COBS + CRC) -> FrameDecoder.feed -> decode_payload -> message. Prints frames/s (
 payload MB/s, and the wire efficiency = payload bytes / total wire bytes (header, CRC, COBS overhead
 and delimiter included), plus the time one frame occupies a UART at --baud (8N1: 10 bits per byte).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,16 +105,22 @@ def main() -> None:
         ap.error("--min-time and --baud must be positive and --repeats at least 1")
 
     rows = [time_case(name, msg, args.min_time, args.repeats) for name, msg in cases(args.seed)]
-    head = (f"{'case':34s} {'payload B':>9s} {'wire B':>7s} {'efficiency':>10s} {'frames/s':>10s} "
-            f"{'payload MB/s':>12s} {'UART ms':>8s}")  # fmt: skip
+    head = (
+        f"{'case':34s} {'payload B':>9s} {'wire B':>7s} {'efficiency':>10s} {'frames/s':>10s} "
+        f"{'payload MB/s':>12s} {'UART ms':>8s}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         uart_ms = r.wire_bytes * 10 / args.baud * 1e3
-        print(f"{r.name:34s} {r.payload_bytes:9d} {r.wire_bytes:7d} {r.efficiency:10.1%} {r.frames_per_s:10.0f} "
-              f"{r.payload_mb_per_s:12.2f} {uart_ms:8.3f}")  # fmt: skip
-    print(f"\nencode+decode = to_frame + Frame.encode + FrameDecoder.feed + decode_payload; best of {args.repeats}; "
-          f"UART ms = wire bytes at {args.baud} baud, 8N1")  # fmt: skip
+        print(
+            f"{r.name:34s} {r.payload_bytes:9d} {r.wire_bytes:7d} {r.efficiency:10.1%} {r.frames_per_s:10.0f} "
+            f"{r.payload_mb_per_s:12.2f} {uart_ms:8.3f}"
+        )
+    print(
+        f"\nencode+decode = to_frame + Frame.encode + FrameDecoder.feed + decode_payload; best of {args.repeats}; "
+        f"UART ms = wire bytes at {args.baud} baud, 8N1"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Times what a host pays per operation on the simulator, protocol included (framin
 limit checks, physics): 1,000 single READs, a 64x32 READ_BLOCK, one WRITE_VERIFY batch of 512 cells,
 and an ENDURANCE stream of 1e6 cycles on 32x32 cells read every 1e4 cycles, consumed with acks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,19 @@ from sim_backend.firmware import FirmwareEngine
 
 # Write-verify ramps that suit the default device model (see tests/test_sim_firmware.py).
 _WV = dict(
-    v_read_mv=100, width_ns=100, set_v_start_mv=1200, set_v_stop_mv=1200, set_v_step_mv=0,
-    set_gate_start_mv=700, set_gate_stop_mv=1300, set_gate_step_mv=10,
-    reset_v_start_mv=-700, reset_v_stop_mv=-1500, reset_v_step_mv=-10, reset_gate_mv=3300,
-)  # fmt: skip
+    v_read_mv=100,
+    width_ns=100,
+    set_v_start_mv=1200,
+    set_v_stop_mv=1200,
+    set_v_step_mv=0,
+    set_gate_start_mv=700,
+    set_gate_stop_mv=1300,
+    set_gate_step_mv=10,
+    reset_v_start_mv=-700,
+    reset_v_stop_mv=-1500,
+    reset_v_step_mv=-10,
+    reset_gate_mv=3300,
+)
 
 
 @dataclass
@@ -135,12 +145,18 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = ap.parse_args()
     r = run(args.seed)
-    print(f"1,000 single READs:                    {r.reads_1000_s:8.3f} s  ({r.reads_1000_s * 1e3 / 1000:.3f} ms each)")
+    print(
+        f"1,000 single READs:                    {r.reads_1000_s:8.3f} s  ({r.reads_1000_s * 1e3 / 1000:.3f} ms each)"
+    )
     print(f"READ_BLOCK 64x32 (2,048 cells):        {r.read_block_64x32_s:8.4f} s  (mean of 20)")
-    print(f"WRITE_VERIFY 512 cells:                {r.write_verify_512_s:8.3f} s  "
-          f"({r.wv_converged_frac:.1%} converged, {r.wv_mean_pulses:.1f} pulses/cell)")
-    print(f"ENDURANCE 1e6 cycles x 1,024 cells:    {r.endurance_1e6x1024_s:8.3f} s  "
-          f"({r.endurance_events} events, {r.endurance_bytes / 1e6:.2f} MB, final median LRS/HRS {r.endurance_median_window:.1f}x)")
+    print(
+        f"WRITE_VERIFY 512 cells:                {r.write_verify_512_s:8.3f} s  "
+        f"({r.wv_converged_frac:.1%} converged, {r.wv_mean_pulses:.1f} pulses/cell)"
+    )
+    print(
+        f"ENDURANCE 1e6 cycles x 1,024 cells:    {r.endurance_1e6x1024_s:8.3f} s  "
+        f"({r.endurance_events} events, {r.endurance_bytes / 1e6:.2f} MB, final median LRS/HRS {r.endurance_median_window:.1f}x)"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(asdict(r), f, indent=2)

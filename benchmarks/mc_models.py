@@ -6,6 +6,7 @@ or NeFT Gaussian device noise; 100 draws. Target: batched MC time per draw <= 1.
 
 Run: python benchmarks/mc_models.py [--draws 100] [--images 1000] [--device auto] [--loop] [--models cnn,mlp]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,7 @@ def compare(model, x, y, noise, draws: int, device, repeats: int, chunk: int | N
     """
     with torch.no_grad():
         model(x)
-    evaluate_mc(model, x, y, noise, min(draws, 8), device=device, clean=False, batch_size=len(x),
-                draws_per_chunk=chunk)
+    evaluate_mc(model, x, y, noise, min(draws, 8), device=device, clean=False, batch_size=len(x), draws_per_chunk=chunk)
     fwd, per, ratio = [], [], []
     for _ in range(repeats):
         m = time_mc(model, x, y, noise, draws, device, chunk)
@@ -77,8 +77,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     torch.manual_seed(0)
     x = torch.randn(args.images, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.images,), device=device)
@@ -90,8 +93,10 @@ def main() -> None:
     }
     builders = {"cnn": lambda: SmallCNN(3, 10, 32), "mlp": lambda: MLP(3072, 10, (256, 128))}
     models = {m: builders[m]() for m in args.models.split(",")}
-    print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
-          f"threads={torch.get_num_threads()}), images={args.images}, draws={args.draws}, torch {torch.__version__}")
+    print(
+        f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+        f"threads={torch.get_num_threads()}), images={args.images}, draws={args.draws}, torch {torch.__version__}"
+    )
     head = f"{'model':5} {'noise':24} {'forward ms':>11} {'MC ms/draw':>11} {'ratio':>6}"
     if args.loop:
         head += f" {'loop ms/draw':>13} {'speed-up':>9}"

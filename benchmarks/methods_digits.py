@@ -11,6 +11,7 @@ Monte Carlo t-interval over draws. Each run executes in a fresh process so its p
     python benchmarks/methods_digits.py --jobs 2               # digits, small CNN, 60 epochs: ~7 min on 2 cores
     python benchmarks/methods_digits.py --data mnist --data-dir ~/data --epochs 10 --out results.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,15 +33,15 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "noise": ("noise", {}),
     "neft_ovf": ("neft_ovf", {}),
     "neft_irs": ("neft_irs", {}),
-    "dat": ("dat", {}),                                   # DAT-Fast, k = 10 per layer
-    "dat_global": ("dat", {"scope": "global"}),           # DAT-Fast, k = 10 over the whole network
-    "dat_full": ("dat", {"rank": "full"}),                # DAT-Full
+    "dat": ("dat", {}),  # DAT-Fast, k = 10 per layer
+    "dat_global": ("dat", {"scope": "global"}),  # DAT-Fast, k = 10 over the whole network
+    "dat_full": ("dat", {"rank": "full"}),  # DAT-Full
     "trice": ("trice", {}),
     "trice_recentred": ("trice", {"recentre": True}),
     "mtrd": ("mtrd", {}),
     "correctnet": ("correctnet", {}),
-    "ibm_hwa": ("ibm_hwa", {"noise_scale": 1.0}),         # injected noise = the deployment noise
-    "ibm_hwa_paper": ("ibm_hwa", {}),                     # the paper's noise scale 3
+    "ibm_hwa": ("ibm_hwa", {"noise_scale": 1.0}),  # injected noise = the deployment noise
+    "ibm_hwa_paper": ("ibm_hwa", {}),  # the paper's noise scale 3
 }
 DEFAULT_MODEL_ARGS = {"channels": [4, 8], "hidden": 32}
 
@@ -108,10 +109,22 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
     ds = load_dataset(job["data"], job["data_dir"])
     method = job["method"]
-    cfg = TrainConfig(model=job["model"], model_kwargs=job["model_kwargs"], data=job["data"], data_root=job["data_dir"], method=method,
-                      method_options=job["options"], noise={"family": "gaussian", "sigma": job["train_sigma"]},
-                      epochs=job["epochs"], batch_size=job["batch_size"], lr=job["lr"], seed=job["seed"],
-                      device=job["device"], progress=False, val_noise_draws=0)
+    cfg = TrainConfig(
+        model=job["model"],
+        model_kwargs=job["model_kwargs"],
+        data=job["data"],
+        data_root=job["data_dir"],
+        method=method,
+        method_options=job["options"],
+        noise={"family": "gaussian", "sigma": job["train_sigma"]},
+        epochs=job["epochs"],
+        batch_size=job["batch_size"],
+        lr=job["lr"],
+        seed=job["seed"],
+        device=job["device"],
+        progress=False,
+        val_noise_draws=0,
+    )
     cuda = torch.cuda.is_available() and job["device"] != "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -125,8 +138,9 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     model = res.model
     out = RunResult(job["label"], job["seed"], train_s, int(peak), 0.0)
     for name, spec in job["evals"].items():
-        r = evaluate_mc(model, ds.x_test, ds.y_test, noise_from_spec(spec), job["draws"], seed=1000 + job["seed"],
-                        batch_size=2000)
+        r = evaluate_mc(
+            model, ds.x_test, ds.y_test, noise_from_spec(spec), job["draws"], seed=1000 + job["seed"], batch_size=2000
+        )
         out.clean = float(r.clean_accuracy)
         out.evals[name] = {"mean": r.mean, "ci_lo": r.ci95[0], "ci_hi": r.ci95[1], "kpp1": r.kpp[1.0], "ekl": r.ekl}
     return out.__dict__
@@ -173,9 +187,13 @@ def aggregate(results: list[dict[str, Any]], labels: list[str], conds: list[str]
         rs = [r for r in results if r["label"] == lab]
         if not rs:
             continue
-        a: dict[str, Any] = {"n": len(rs), "clean": sum(r["clean"] for r in rs) / len(rs),
-                             "train_s": sum(r["train_s"] for r in rs) / len(rs),
-                             "mem": sum(r["peak_mem_bytes"] for r in rs) / len(rs), "cond": {}}
+        a: dict[str, Any] = {
+            "n": len(rs),
+            "clean": sum(r["clean"] for r in rs) / len(rs),
+            "train_s": sum(r["train_s"] for r in rs) / len(rs),
+            "mem": sum(r["peak_mem_bytes"] for r in rs) / len(rs),
+            "cond": {},
+        }
         for c in conds:
             means = [r["evals"][c]["mean"] for r in rs]
             m = sum(means) / len(means)
@@ -184,9 +202,14 @@ def aggregate(results: list[dict[str, Any]], labels: list[str], conds: list[str]
                 lo, hi = m - h, m + h
             else:
                 lo, hi = rs[0]["evals"][c]["ci_lo"], rs[0]["evals"][c]["ci_hi"]
-            a["cond"][c] = {"mean": m, "lo": lo, "hi": hi, "per_seed": means,
-                            "kpp1": sum(r["evals"][c]["kpp1"] for r in rs) / len(rs),
-                            "ekl": sum(r["evals"][c]["ekl"] for r in rs) / len(rs)}
+            a["cond"][c] = {
+                "mean": m,
+                "lo": lo,
+                "hi": hi,
+                "per_seed": means,
+                "kpp1": sum(r["evals"][c]["kpp1"] for r in rs) / len(rs),
+                "ekl": sum(r["evals"][c]["ekl"] for r in rs) / len(rs),
+            }
         agg[lab] = a
     return agg
 
@@ -202,14 +225,21 @@ def markdown(agg: dict[str, dict[str, Any]], conds: list[str], header: str) -> s
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
     for lab, a in agg.items():
         row = [lab, f"{100 * a['clean']:.1f}"]
-        row += [f"{100 * a['cond'][c]['mean']:.1f} [{100 * a['cond'][c]['lo']:.1f}, {100 * a['cond'][c]['hi']:.1f}]"
-                for c in conds]
+        row += [
+            f"{100 * a['cond'][c]['mean']:.1f} [{100 * a['cond'][c]['lo']:.1f}, {100 * a['cond'][c]['hi']:.1f}]"
+            for c in conds
+        ]
         row += [rel(a, "train_s"), rel(a, "mem")]
         lines.append("| " + " | ".join(row) + " |")
     if base and base["n"] > 1:
         cols = ["method"] + [f"{c} diff vs vanilla, pp [95% CI]" for c in conds]
-        lines += ["", "Paired by seed (same initialisation and batch order as vanilla):", "",
-                  "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
+        lines += [
+            "",
+            "Paired by seed (same initialisation and batch order as vanilla):",
+            "",
+            "| " + " | ".join(cols) + " |",
+            "|" + "|".join(["---"] * len(cols)) + "|",
+        ]
         for lab, a in agg.items():
             if lab == "vanilla" or a["n"] != base["n"]:
                 continue
@@ -222,7 +252,9 @@ def markdown(agg: dict[str, dict[str, Any]], conds: list[str], header: str) -> s
     cols = ["method"] + [f"{c} KPP1 %" for c in conds] + [f"{c} EKL" for c in conds]
     lines += ["", "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
     for lab, a in agg.items():
-        row = [lab] + [f"{100 * a['cond'][c]['kpp1']:.1f}" for c in conds] + [f"{a['cond'][c]['ekl']:.3f}" for c in conds]
+        row = (
+            [lab] + [f"{100 * a['cond'][c]['kpp1']:.1f}" for c in conds] + [f"{a['cond'][c]['ekl']:.3f}" for c in conds]
+        )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -232,8 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="digits", help="digits | mnist | fashion_mnist | cifar10 | cifar100")
     ap.add_argument("--data-dir", default=None, help="local dataset folder (needed for everything but digits)")
     ap.add_argument("--model", default="cnn", help="architecture name (cnn, mlp, vgg8, resnet18)")
-    ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                    help="model keyword argument (JSON value); default for cnn: channels=[4,8] hidden=32")
+    ap.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model keyword argument (JSON value); default for cnn: channels=[4,8] hidden=32",
+    )
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated labels from: " + ", ".join(METHODS))
     ap.add_argument("--opt", action="append", default=[], metavar="LABEL:KEY=VALUE", help="extra method option")
     ap.add_argument("--epochs", type=int, default=60, help="same for every method; enough for all to converge")
@@ -290,26 +327,49 @@ def main(argv: list[str] | None = None) -> int:
     for lab in labels:
         method, base_opts = METHODS[lab]
         opts = {**base_opts, **extra.get(lab, {})}
-        jobs += [dict(label=lab, method=method, options=opts, seed=seed, data=args.data, data_dir=args.data_dir,
-                      model=args.model, model_kwargs=model_kwargs, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, train_sigma=args.train_sigma, evals=evals, draws=args.draws, threads=args.threads,
-                      device=args.device) for seed in range(args.seeds)]
+        jobs += [
+            dict(
+                label=lab,
+                method=method,
+                options=opts,
+                seed=seed,
+                data=args.data,
+                data_dir=args.data_dir,
+                model=args.model,
+                model_kwargs=model_kwargs,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                train_sigma=args.train_sigma,
+                evals=evals,
+                draws=args.draws,
+                threads=args.threads,
+                device=args.device,
+            )
+            for seed in range(args.seeds)
+        ]
     key = f"sigma_d={args.train_sigma:g}"
 
     def run_and_report(job: dict[str, Any]) -> dict[str, Any]:
         r = run_isolated(job)
         acc = r["evals"][key]["mean"] if key in r["evals"] else float("nan")
-        print(f"{job['label']:15s} seed {job['seed']}: clean {100 * r['clean']:.1f}%  noisy@train-sigma {100 * acc:.1f}%  "
-              f"train {r['train_s']:.1f}s", file=sys.stderr, flush=True)
+        print(
+            f"{job['label']:15s} seed {job['seed']}: clean {100 * r['clean']:.1f}%  noisy@train-sigma {100 * acc:.1f}%  "
+            f"train {r['train_s']:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         return r
 
     t_all = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:   # threads only wait on child processes
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # threads only wait on child processes
         results = list(pool.map(run_and_report, jobs))
     agg = aggregate(results, labels, list(evals))
-    header = (f"Robust training methods on {args.data} ({args.model} {json.dumps(model_kwargs)}): {args.epochs} epochs, batch {args.batch_size}, "
-              f"Adam lr {args.lr:g}, {args.seeds} seed(s), trained at Gaussian sigma_d = {args.train_sigma:g}; "
-              f"{args.draws} Monte Carlo draws per condition; total {time.perf_counter() - t_all:.0f} s.")
+    header = (
+        f"Robust training methods on {args.data} ({args.model} {json.dumps(model_kwargs)}): {args.epochs} epochs, batch {args.batch_size}, "
+        f"Adam lr {args.lr:g}, {args.seeds} seed(s), trained at Gaussian sigma_d = {args.train_sigma:g}; "
+        f"{args.draws} Monte Carlo draws per condition; total {time.perf_counter() - t_all:.0f} s."
+    )
     table = markdown(agg, list(evals), header)
     print(table)
     if args.out:

@@ -6,6 +6,7 @@ is within 1 point of full write-verify, with its write cycles relative to full w
 
     python benchmarks/swim_curve_digits.py [--profile p.h5] [--noise-scale 3] [--mc 200]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,9 @@ def _simulated_chip_profile(seed: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--profile", type=Path, default=None, help="noise profile (default: characterize and fit a simulated chip)")
+    ap.add_argument(
+        "--profile", type=Path, default=None, help="noise profile (default: characterize and fit a simulated chip)"
+    )
     ap.add_argument("--model", type=Path, default=None, help="model.pt (default: train an MLP 64-64-10 for 15 epochs)")
     ap.add_argument("--noise-scale", type=float, default=3.0)
     ap.add_argument("--mc", type=int, default=200)
@@ -58,14 +61,18 @@ def main() -> None:
     if args.model:
         model, ckpt = load_model(args.model)
     else:
-        tc = TrainConfig(model="mlp", model_kwargs={"hidden": [64]}, data="digits", epochs=15, seed=args.seed, progress=False)
+        tc = TrainConfig(
+            model="mlp", model_kwargs={"hidden": [64]}, data="digits", epochs=15, seed=args.seed, progress=False
+        )
         res = train(tc, log=lambda _s: None)
         path = Path(tempfile.mkdtemp()) / "mlp.pt"
         save_checkpoint(res.checkpoint, path)
         model, ckpt = load_model(path)
     ds = load_dataset("digits")
     t0 = time.perf_counter()
-    planner = SwimPlanner(model, profile, ds.x_test, ds.y_test, mc_draws=args.mc, seed=args.seed, noise_scale=args.noise_scale)
+    planner = SwimPlanner(
+        model, profile, ds.x_test, ds.y_test, mc_draws=args.mc, seed=args.seed, noise_scale=args.noise_scale
+    )
     planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=2000)
     fractions = [float(f) for f in args.fractions.split(",")]
     points = planner.curve(fractions)
@@ -73,8 +80,10 @@ def main() -> None:
     full = next(p for p in points if p.method == "swim" and p.fraction == 1.0)
     ok = [p for p in points if p.method == "swim" and p.mean >= full.mean - 0.01]
     best = min(ok, key=lambda p: p.fraction)
-    print(f"\nSWIM within 1 point of full write-verify ({100 * full.mean:.2f}%) at {100 * best.fraction:.1f}% of weights "
-          f"verified: {best.cycles_norm:.3f}x the write cycles of full write-verify")
+    print(
+        f"\nSWIM within 1 point of full write-verify ({100 * full.mean:.2f}%) at {100 * best.fraction:.1f}% of weights "
+        f"verified: {best.cycles_norm:.3f}x the write cycles of full write-verify"
+    )
     print(f"({time.perf_counter() - t0:.1f} s, {args.mc} draws per point, noise scale {args.noise_scale})")
 
 

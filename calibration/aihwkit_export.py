@@ -8,6 +8,7 @@ coeff_g_max_reference, noise_scale), plus the rpu_config.forward short-term read
 The aihwkit models are zero-mean: a measured mean programming error cannot be expressed and is
 reported under "dropped". JSON object keys are strings: convert coeff_dic keys back with float().
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def _sigma_coeffs(profile: NoiseProfile, verified: bool, t_s: float | None, degr
     model = None
     if profile.family not in ("gaussian", "additive", "lognormal", "state_dependent"):
         model = profile.verified if verified else profile.open_loop
-    extra_needed = t_s is not None and profile.relaxation_model is not None and \
-        profile.relaxation_model.log_time(t_s) > 0
+    extra_needed = (
+        t_s is not None and profile.relaxation_model is not None and profile.relaxation_model.log_time(t_s) > 0
+    )
     if model is not None and not extra_needed:
         return [_us(c) for c in model.sigma_poly.coeffs]
     if profile.family in ("gaussian", "additive"):
@@ -59,8 +61,9 @@ def _sigma_coeffs(profile: NoiseProfile, verified: bool, t_s: float | None, degr
     return [_us(c) for c in coeffs]
 
 
-def export_aihwkit(profile: NoiseProfile, verified: bool = False,
-                   times_s: tuple[float, ...] = DEFAULT_TIMES_S) -> dict[str, Any]:
+def export_aihwkit(
+    profile: NoiseProfile, verified: bool = False, times_s: tuple[float, ...] = DEFAULT_TIMES_S
+) -> dict[str, Any]:
     """Noise-model arguments for aihwkit from a profile (see module docstring for the mapping)."""
     g_max_us = _us(profile.g_max)
     prog = _sigma_coeffs(profile, verified, None)
@@ -112,8 +115,9 @@ def export_aihwkit(profile: NoiseProfile, verified: bool = False,
     }
 
 
-def write_aihwkit_json(profile: NoiseProfile, path: str | Path, verified: bool = False,
-                       overwrite: bool = False) -> Path:
+def write_aihwkit_json(
+    profile: NoiseProfile, path: str | Path, verified: bool = False, overwrite: bool = False
+) -> Path:
     """Write export_aihwkit(profile) as indented JSON; refuse to replace a file unless overwrite."""
     path = Path(path)
     if path.exists() and not overwrite:

@@ -4,6 +4,7 @@ The run-file adapter fills these from HIL runs; tests and benchmarks fill them f
 Every class checks shapes, finiteness and ranges in ``__post_init__`` and raises ``ValueError`` with a
 one-line message naming the field, so a fitter never sees malformed input.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """The one exception type of the calibration package."""
+
 from __future__ import annotations
 
 

@@ -7,6 +7,7 @@ All three are zero-mean around the target, as in the papers. Goodness of fit: lo
 conductance domain (so AIC/BIC compare across families), and the Kolmogorov-Smirnov statistic of the
 probability-integral transform against U(0,1) (descriptive: parameters are estimated from the same data).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ def _norm_logpdf(z_num: np.ndarray, sd: np.ndarray | float) -> np.ndarray:
     return -0.5 * (z_num / sd) ** 2 - np.log(sd) - _HALF_LOG_2PI
 
 
-def _finish(family: str, params: dict, se: dict, k: int, n: int, loglik: float, u: np.ndarray | None,
-            **arrays: np.ndarray) -> FamilyFit:
+def _finish(
+    family: str, params: dict, se: dict, k: int, n: int, loglik: float, u: np.ndarray | None, **arrays: np.ndarray
+) -> FamilyFit:
     if u is None or not math.isfinite(loglik):
         ks, p = 1.0, 0.0
         aic = bic = float("inf")
@@ -56,8 +58,7 @@ def fit_additive(ds: ProgrammingDataset, g_max: float) -> FamilyFit:
     sd = max(math.sqrt(float(np.mean(e * e))), _TINY)
     loglik = float(np.sum(_norm_logpdf(e, sd)))
     eta = sd / g_max
-    return _finish("additive", {"eta": eta}, {"eta": eta / math.sqrt(2.0 * n)}, 1, n, loglik,
-                   special.ndtr(e / sd))
+    return _finish("additive", {"eta": eta}, {"eta": eta / math.sqrt(2.0 * n)}, 1, n, loglik, special.ndtr(e / sd))
 
 
 def fit_lognormal(ds: ProgrammingDataset, g_max: float) -> FamilyFit:
@@ -85,8 +86,17 @@ def fit_state_dependent(ds: ProgrammingDataset, g_max: float) -> FamilyFit:
     k = int(groups.levels.size)
     params = {"sigma_mean": float(frac.mean()), "sigma_min": float(frac.min()), "sigma_max": float(frac.max())}
     param_se = {"sigma_mean": float(math.sqrt(np.sum(se * se)) / k)}
-    return _finish("state_dependent", params, param_se, k, n, loglik, special.ndtr(e / sd_row),
-                   levels_g=groups.levels, level_sigma_frac=frac)
+    return _finish(
+        "state_dependent",
+        params,
+        param_se,
+        k,
+        n,
+        loglik,
+        special.ndtr(e / sd_row),
+        levels_g=groups.levels,
+        level_sigma_frac=frac,
+    )
 
 
 def fit_families(ds: ProgrammingDataset, g_max: float) -> dict[str, FamilyFit]:

@@ -1,4 +1,5 @@
 """fit_profile: turn measured datasets into one NoiseProfile (the entry point behind `rram fit`)."""
+
 from __future__ import annotations
 
 import math
@@ -104,9 +105,15 @@ def fit_profile(
     if relaxation is not None:
         prof.relaxation_model = fit_relaxation(relaxation, prof.g_max, opt.relaxation_poly_degree)
     if read_noise is not None:
-        prof.read_noise = fit_read_noise(read_noise, prof.g_max, opt.read_poly_degree, opt.read_groups,
-                                         opt.rtn_separation, opt.rtn_min_state_fraction,
-                                         opt.rtn_false_alarm)
+        prof.read_noise = fit_read_noise(
+            read_noise,
+            prof.g_max,
+            opt.read_poly_degree,
+            opt.read_groups,
+            opt.rtn_separation,
+            opt.rtn_min_state_fraction,
+            opt.rtn_false_alarm,
+        )
     if endurance is not None:
         prof.endurance = fit_endurance(endurance)
         prof.stuck_fractions = (prof.endurance.stuck_lrs_fraction, prof.endurance.stuck_hrs_fraction)

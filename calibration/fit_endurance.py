@@ -7,6 +7,7 @@ the spreads and of the Weibull fit, which describes wear-out of cells that worke
 Spreads use natural-log conductance: c2c = pooled within-cell sigma, d2d = sigma of cell means with the
 c2c contribution removed. SEs are normal-theory approximations.
 """
+
 from __future__ import annotations
 
 import contextlib

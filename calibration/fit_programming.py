@@ -1,4 +1,5 @@
 """Programming noise per target level: mean error and sigma as a table and as c0..c4 polynomials in g/g_max."""
+
 from __future__ import annotations
 
 import math

@@ -9,6 +9,7 @@ the threshold used is the larger of ``separation`` and the (1 - false_alarm) qua
 distribution, computed once per R by a fixed-seed Monte Carlo. Bimodal cells are excluded from the
 Gaussian read sigma.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,11 +27,11 @@ from calibration.stats import Groups, fit_poly, group_levels
 class RTNDetection:
     """Per-cell result of the two-level test."""
 
-    bimodal: np.ndarray      # (N,) bool
-    separation: np.ndarray   # (N,) (mu_hi - mu_lo) / within sigma
-    amplitude: np.ndarray    # (N,) S, mu_hi - mu_lo
+    bimodal: np.ndarray  # (N,) bool
+    separation: np.ndarray  # (N,) (mu_hi - mu_lo) / within sigma
+    amplitude: np.ndarray  # (N,) S, mu_hi - mu_lo
     switch_prob: np.ndarray  # (N,) fraction of consecutive reads that change state
-    threshold: float         # separation threshold actually used
+    threshold: float  # separation threshold actually used
 
 
 @lru_cache(maxsize=64)
@@ -41,8 +42,9 @@ def null_threshold(n_reads: int, min_state_fraction: float, false_alarm: float, 
     return float(np.quantile(sep, 1.0 - false_alarm))
 
 
-def detect_rtn(g_reads: np.ndarray, separation: float = 3.0, min_state_fraction: float = 0.05,
-               false_alarm: float = 1e-3) -> RTNDetection:
+def detect_rtn(
+    g_reads: np.ndarray, separation: float = 3.0, min_state_fraction: float = 0.05, false_alarm: float = 1e-3
+) -> RTNDetection:
     """Two-means split of each cell's reads, vectorised over cells; threshold as in the module docstring."""
     threshold = max(separation, null_threshold(g_reads.shape[1], min_state_fraction, false_alarm))
     sep, mu_lo, mu_hi = _separation(g_reads, min_state_fraction)
@@ -52,12 +54,14 @@ def detect_rtn(g_reads: np.ndarray, separation: float = 3.0, min_state_fraction:
     return RTNDetection(bimodal, sep, mu_hi - mu_lo, switch, threshold)
 
 
-def _separation(g_reads: np.ndarray, min_state_fraction: float,
-                chunk: int = 16384) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _separation(
+    g_reads: np.ndarray, min_state_fraction: float, chunk: int = 16384
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(separation ratio, low mean, high mean) of the best two-means split of each row (in row chunks)."""
     if g_reads.shape[0] > chunk:
-        parts = [_separation(g_reads[i:i + chunk], min_state_fraction, chunk)
-                 for i in range(0, g_reads.shape[0], chunk)]
+        parts = [
+            _separation(g_reads[i : i + chunk], min_state_fraction, chunk) for i in range(0, g_reads.shape[0], chunk)
+        ]
         seps, lows, highs = zip(*parts)
         return np.concatenate(seps), np.concatenate(lows), np.concatenate(highs)
     n, r = g_reads.shape
@@ -84,9 +88,15 @@ def _separation(g_reads: np.ndarray, min_state_fraction: float,
     return sep, mu_lo, mu_hi
 
 
-def fit_read_noise(ds: ReadNoiseDataset, g_max: float, degree: int = 2, n_groups: int = 16,
-                   separation: float = 3.0, min_state_fraction: float = 0.05,
-                   false_alarm: float = 1e-3) -> ReadNoiseModel:
+def fit_read_noise(
+    ds: ReadNoiseDataset,
+    g_max: float,
+    degree: int = 2,
+    n_groups: int = 16,
+    separation: float = 3.0,
+    min_state_fraction: float = 0.05,
+    false_alarm: float = 1e-3,
+) -> ReadNoiseModel:
     """Pooled within-cell read sigma per conductance group, its polynomial in g/g_max, and RTN statistics."""
     if not g_max > 0:
         raise ValueError(f"g_max must be > 0 S, got {g_max}")

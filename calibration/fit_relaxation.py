@@ -8,6 +8,7 @@ relaxation. Both regressions are weighted least squares on the per-(level, time)
 normal-theory standard errors, so every coefficient carries an analytic standard error. b(g) and
 s1sq(g) are then fitted as polynomials in g/g_max across levels to predict any conductance.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ R << n): eigvals = s^2/(R-1), eigvecs = right singular vectors. Each eigenvector
 its largest-magnitude entry is positive. The full matrix is stored only for arrays up to
 ``full_max_cells`` cells. DAT samples errors as mu + V_k D_k^(1/2) z, z ~ N(0, I_k).
 """
+
 from __future__ import annotations
 
 import numpy as np

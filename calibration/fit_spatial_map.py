@@ -8,6 +8,7 @@ correlation with that kernel, so its top-k eigenpairs come from scipy's eigsh on
 (any array size); the full matrix is built only for small arrays. The estimated kernel need not be
 positive semi-definite: only positive eigenvalues are kept.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,8 @@ def lag_autocovariance(x: np.ndarray, max_lag: int) -> np.ndarray:
     out = np.zeros((2 * m + 1, 2 * m + 1))
     for dr in range(-m, m + 1):
         for dc in range(-m, m + 1):
-            a = x[max(0, -dr):rows - max(0, dr), max(0, -dc):cols - max(0, dc)]
-            b = x[max(0, dr):max(0, dr) + a.shape[0], max(0, dc):max(0, dc) + a.shape[1]]
+            a = x[max(0, -dr) : rows - max(0, dr), max(0, -dc) : cols - max(0, dc)]
+            b = x[max(0, dr) : max(0, dr) + a.shape[0], max(0, dc) : max(0, dc) + a.shape[1]]
             out[m + dr, m + dc] = float(np.mean(a * b))
     return 0.5 * (out + out[::-1, ::-1])  # exact symmetry C(d) = C(-d)
 
@@ -36,7 +37,9 @@ def covariance_operator(kernel: np.ndarray, shape: tuple[int, int]) -> LinearOpe
     n = shape[0] * shape[1]
 
     def matvec(v: np.ndarray) -> np.ndarray:
-        return ndimage.correlate(np.asarray(v, dtype=np.float64).reshape(shape), kernel, mode="constant", cval=0.0).ravel()
+        return ndimage.correlate(
+            np.asarray(v, dtype=np.float64).reshape(shape), kernel, mode="constant", cval=0.0
+        ).ravel()
 
     return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64)
 
@@ -78,5 +81,13 @@ def fit_spatial_map(ds: ErrorMapDataset, k: int = 10, max_lag: int = 3, full_max
     w, v = w[keep], v[:, keep].copy()
     flip = np.sign(v[np.abs(v).argmax(axis=0), np.arange(v.shape[1])])
     v *= np.where(flip == 0, 1.0, flip)
-    return SpatialModel(shape=shape, eigvals=w, eigvecs=v, n_repeats=1, total_variance=float(kernel[max_lag, max_lag] * n),
-                        full_cov=full, method="stationary", lag_cov=kernel)
+    return SpatialModel(
+        shape=shape,
+        eigvals=w,
+        eigvecs=v,
+        n_repeats=1,
+        total_variance=float(kernel[max_lag, max_lag] * n),
+        full_cov=full,
+        method="stationary",
+        lag_cov=kernel,
+    )

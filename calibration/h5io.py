@@ -6,6 +6,7 @@ dict[str, dataclass] is a group of groups; dict[str, Any] is a group whose scala
 whose arrays are datasets; an Optional field that is None is simply absent. Reading walks the type
 hints and raises ProfileError naming the exact path of anything missing or of the wrong kind.
 """
+
 from __future__ import annotations
 
 import dataclasses

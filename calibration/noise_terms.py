@@ -1,4 +1,5 @@
 """Fitted noise models: plain dataclasses of numpy arrays (S, S^2, s) that know how to evaluate themselves."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -245,8 +246,8 @@ class SpatialModel:
     n_repeats: int
     total_variance: float
     full_cov: np.ndarray | None = None
-    method: str = "repeats"                # "repeats" (sample covariance) | "stationary" (one error map)
-    lag_cov: np.ndarray | None = None      # (2m+1, 2m+1) autocovariance by (row, col) lag, stationary only
+    method: str = "repeats"  # "repeats" (sample covariance) | "stationary" (one error map)
+    lag_cov: np.ndarray | None = None  # (2m+1, 2m+1) autocovariance by (row, col) lag, stationary only
 
     @property
     def low_rank_factor(self) -> np.ndarray:
@@ -269,8 +270,9 @@ class SpatialModel:
             raise ProfileError(f"{where}: full_cov must be {n}x{n}, got {self.full_cov.shape}")
         if self.method not in ("repeats", "stationary"):
             raise ProfileError(f"{where}: method must be 'repeats' or 'stationary', got {self.method!r}")
-        if self.lag_cov is not None and (self.lag_cov.ndim != 2 or self.lag_cov.shape[0] % 2 != 1
-                                         or self.lag_cov.shape[0] != self.lag_cov.shape[1]):
+        if self.lag_cov is not None and (
+            self.lag_cov.ndim != 2 or self.lag_cov.shape[0] % 2 != 1 or self.lag_cov.shape[0] != self.lag_cov.shape[1]
+        ):
             raise ProfileError(f"{where}: lag_cov must be a square (2m+1)x(2m+1) array")
 
 

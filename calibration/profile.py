@@ -2,6 +2,7 @@
 
 Units everywhere: siemens (S), seconds (s). The schema is documented in calibration/PROFILE.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -215,15 +216,19 @@ class NoiseProfile:
         }[family]
         unknown = set(params) - expected
         if unknown:
-            raise ProfileError(f"family {family} takes {', '.join(sorted(expected))}; got unknown {', '.join(sorted(unknown))}")
+            raise ProfileError(
+                f"family {family} takes {', '.join(sorted(expected))}; got unknown {', '.join(sorted(unknown))}"
+            )
         prof = cls(
             g_min=float(g_min),
             g_max=float(g_max),
             n_levels=int(n_levels),
             bits_per_device=int(bits_per_device),
             levels_g=levels,
-            provenance=provenance or Provenance(created_utc=utc_now(), software_version=software_version(),
-                                                notes=f"hand-written {family} profile"),
+            provenance=provenance
+            or Provenance(
+                created_utc=utc_now(), software_version=software_version(), notes=f"hand-written {family} profile"
+            ),
             family=family,
             family_params=fp,
             stuck_fractions=(float(stuck_lrs), float(stuck_hrs)),
@@ -299,8 +304,13 @@ class NoiseProfile:
         fam, fp = self.family, self.family_params
         if fam not in PAPER_FAMILIES:
             raise ProfileError(f"unknown family {fam!r}")
-        need = {"gaussian": ("sigma",), "additive": ("eta",), "lognormal": ("s",),
-                "state_dependent": ("level_sigma_frac",), "ibm_reram": ("time",)}[fam]
+        need = {
+            "gaussian": ("sigma",),
+            "additive": ("eta",),
+            "lognormal": ("s",),
+            "state_dependent": ("level_sigma_frac",),
+            "ibm_reram": ("time",),
+        }[fam]
         for key in need:
             if key not in fp:
                 raise ProfileError(f"missing field /family_params/{key} for family {fam}")
@@ -345,14 +355,26 @@ def _fill_ibm_reram(prof: NoiseProfile, time: str, pulses_verified: float) -> No
     prof.verified = ProgrammingModel(True, t_s, empty, zero, poly, pulses_mean=float(pulses_verified))
     if time == "1s":
         c1d = np.asarray(IBM_RERAM_COEFFS_US["1d"]) * scale
-        dvar = np.polynomial.polynomial.polysub(np.polynomial.polynomial.polymul(c1d, c1d),
-                                                np.polynomial.polynomial.polymul(coeffs, coeffs))
+        dvar = np.polynomial.polynomial.polysub(
+            np.polynomial.polynomial.polymul(c1d, c1d), np.polynomial.polynomial.polymul(coeffs, coeffs)
+        )
         s1sq = dvar / math.log10(IBM_RERAM_TIMES_S["1d"] / t_s)
         n = s1sq.size
         z = np.zeros(0)
         prof.relaxation_model = RelaxationModel(
-            t0_s=t_s, levels_g=z, a=z, a_se=z, b=z, b_se=z, s0sq=z, s0sq_se=z, s1sq=z, s1sq_se=z,
-            b_poly=zero, s1sq_poly=PolyFit(s1sq, np.zeros((n, n)), prof.g_max), t_max_s=IBM_RERAM_TIMES_S["1d"],
+            t0_s=t_s,
+            levels_g=z,
+            a=z,
+            a_se=z,
+            b=z,
+            b_se=z,
+            s0sq=z,
+            s0sq_se=z,
+            s1sq=z,
+            s1sq_se=z,
+            b_poly=zero,
+            s1sq_poly=PolyFit(s1sq, np.zeros((n, n)), prof.g_max),
+            t_max_s=IBM_RERAM_TIMES_S["1d"],
         )
 
 
@@ -401,7 +423,9 @@ def load_profile(path: str | os.PathLike) -> NoiseProfile:
         with f:
             version = PROFILE_FILE.check(f.attrs, str(path), ProfileError)
             if int(version.split(".")[0]) < PROFILE_FILE.major:
-                raise ProfileError(f"{path}: format {version} is older than {PROFILE_FILE.major}.x and no longer readable")
+                raise ProfileError(
+                    f"{path}: format {version} is older than {PROFILE_FILE.major}.x and no longer readable"
+                )
             profile = read_dataclass(f, NoiseProfile)
             profile.format_version = version
     except ProfileError as exc:

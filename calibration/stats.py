@@ -1,4 +1,5 @@
 """Small statistics helpers shared by the fitters: grouping by level and weighted polynomial fits."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Synthetic datasets drawn from known noise models, for tests, benchmarks and demos (numpy only)."""
+
 from __future__ import annotations
 
 import numpy as np

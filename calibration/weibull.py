@@ -4,6 +4,7 @@ F(t) = 1 - exp(-(t/scale)^shape). Failed cells contribute log f(t), censored cel
 The scale has a closed form given the shape, so the MLE is a 1-D root of the profile score in the
 shape (brentq); standard errors come from the inverse observed information at the optimum.
 """
+
 from __future__ import annotations
 
 import math

@@ -2,6 +2,7 @@
 
 The written specification is PROTOCOL.md beside this file.
 """
+
 from firmware_protocol.constants import (
     BULK_THRESHOLD,
     HEADER_SIZE,
@@ -34,9 +35,34 @@ from firmware_protocol.messages import *  # noqa: F403  (the typed messages are 
 from firmware_protocol.messages import ALL_MESSAGES, MESSAGE_TYPES, Request, decode_payload, error_text
 
 __all__ = [
-    "BULK_THRESHOLD", "HEADER_SIZE", "MAX_PAYLOAD", "PROTOCOL_MAJOR", "PROTOCOL_MINOR", "SEQ_MAX", "SEQ_UNKNOWN",
-    "BoardState", "Capability", "CellResult", "FrameType", "Opcode", "Status", "StreamEnd",
-    "DecodeError", "FrameDecoder", "BoardError", "FrameError", "LimitError", "PayloadError", "ProtocolError",
-    "VersionError", "error_for_status", "Frame", "BoardLimits", "ALL_MESSAGES", "MESSAGE_TYPES",
-    "decode_payload", "error_text", "Request",
-] + [m.__name__ for m in ALL_MESSAGES]  # fmt: skip
+    "BULK_THRESHOLD",
+    "HEADER_SIZE",
+    "MAX_PAYLOAD",
+    "PROTOCOL_MAJOR",
+    "PROTOCOL_MINOR",
+    "SEQ_MAX",
+    "SEQ_UNKNOWN",
+    "BoardState",
+    "Capability",
+    "CellResult",
+    "FrameType",
+    "Opcode",
+    "Status",
+    "StreamEnd",
+    "DecodeError",
+    "FrameDecoder",
+    "BoardError",
+    "FrameError",
+    "LimitError",
+    "PayloadError",
+    "ProtocolError",
+    "VersionError",
+    "error_for_status",
+    "Frame",
+    "BoardLimits",
+    "ALL_MESSAGES",
+    "MESSAGE_TYPES",
+    "decode_payload",
+    "error_text",
+    "Request",
+] + [m.__name__ for m in ALL_MESSAGES]

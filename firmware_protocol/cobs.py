@@ -1,4 +1,5 @@
 """Consistent Overhead Byte Stuffing: removes every 0x00 from a frame so 0x00 can delimit frames."""
+
 from __future__ import annotations
 
 

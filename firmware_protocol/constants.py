@@ -1,4 +1,5 @@
 """Protocol constants: version, frame types, opcodes, status codes, capability flags and sizes."""
+
 from __future__ import annotations
 
 import enum

@@ -1,4 +1,5 @@
 """Frame checksums: CRC-16/CCITT-FALSE for ordinary frames, CRC-32 (IEEE 802.3) for bulk frames."""
+
 from __future__ import annotations
 
 import binascii

@@ -1,4 +1,5 @@
 """Streaming frame decoder: arbitrary byte chunks in, frames or decode errors out, never an exception."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

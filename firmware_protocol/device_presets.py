@@ -7,6 +7,7 @@ sigma(g) = sum_i c_i (g / g_max)^i in microsiemens, a 4th-order polynomial fitte
 measurements 1 s and 1 day after programming; short-term read noise 1 % of g_max, independent of g.
 In the base layer (plain constants, no imports) so that sim_backend and calibration can both use them.
 """
+
 from __future__ import annotations
 
 # g_max (S) the B.2 polynomials were fitted with; their argument is g / IBM_RERAM_G_MAX_S.

@@ -1,4 +1,5 @@
 """Typed exceptions: framing errors, host-side limit violations, and board status codes."""
+
 from __future__ import annotations
 
 from firmware_protocol.constants import Status
@@ -45,13 +46,21 @@ def _status_error(name: str, status: Status, doc: str) -> type[BoardError]:
 
 
 BadCrcError = _status_error("BadCrcError", Status.BAD_CRC, "The board received a frame with a bad CRC.")
-BadLengthError = _status_error("BadLengthError", Status.BAD_LENGTH, "The board received a frame of inconsistent length.")
-UnknownOpcodeError = _status_error("UnknownOpcodeError", Status.UNKNOWN_OPCODE, "The board does not implement this opcode.")
+BadLengthError = _status_error(
+    "BadLengthError", Status.BAD_LENGTH, "The board received a frame of inconsistent length."
+)
+UnknownOpcodeError = _status_error(
+    "UnknownOpcodeError", Status.UNKNOWN_OPCODE, "The board does not implement this opcode."
+)
 BadArgumentError = _status_error("BadArgumentError", Status.BAD_ARGUMENT, "A request field is malformed.")
 OutOfRangeError = _status_error("OutOfRangeError", Status.OUT_OF_RANGE, "A request exceeds the board's limits.")
 BusyError = _status_error("BusyError", Status.BUSY, "The board is busy (a stream is running).")
-ComplianceHitError = _status_error("ComplianceHitError", Status.COMPLIANCE_HIT, "The current reached the compliance limit.")
-AdcSaturatedError = _status_error("AdcSaturatedError", Status.ADC_SATURATED, "The ADC saturated during the measurement.")
+ComplianceHitError = _status_error(
+    "ComplianceHitError", Status.COMPLIANCE_HIT, "The current reached the compliance limit."
+)
+AdcSaturatedError = _status_error(
+    "AdcSaturatedError", Status.ADC_SATURATED, "The ADC saturated during the measurement."
+)
 AbortedError = _status_error("AbortedError", Status.ABORTED, "The operation was aborted.")
 InternalError = _status_error("InternalError", Status.INTERNAL, "The board hit an internal error.")
 HandshakeRequiredError = _status_error(

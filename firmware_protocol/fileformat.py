@@ -5,6 +5,7 @@ declares a `FileFormat`; writers store `stamp()` and write through `atomic_write
 `check` and get the same one-line wording for a foreign file, an unreadable version or a newer one.
 It lives in the base layer (standard library only) because sim_backend, calibration and hil all use it.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -76,7 +77,7 @@ class FileFormat:
             prefix = f"{self.name}/"
             if not (isinstance(got, str) and got.startswith(prefix)):
                 raise error_cls(f"{source} is not {self.what}")
-            raw: object = got[len(prefix):]
+            raw: object = got[len(prefix) :]
         else:
             if got != self.name:
                 raise error_cls(f"{source} is not {self.what}")
@@ -111,7 +112,9 @@ def _text(value: object) -> object:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], *, force: bool, refusal: str = "use --force to replace it") -> Iterator[Path]:
+def atomic_write(
+    path: str | os.PathLike[str], *, force: bool, refusal: str = "use --force to replace it"
+) -> Iterator[Path]:
     """Yield a fresh temporary path beside `path`; on success it becomes `path` in one step, on error it is removed.
 
     An existing `path` is refused (FileExistsError "{path} already exists ({refusal})") unless `force`;

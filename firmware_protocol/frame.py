@@ -1,4 +1,5 @@
 """Frames: the 8-byte header, payload and CRC, wrapped in COBS and terminated by 0x00."""
+
 from __future__ import annotations
 
 import struct
@@ -88,7 +89,9 @@ class Frame:
             raise FrameError(f"bulk flag {bulk} inconsistent with payload length {n}", Status.BAD_LENGTH, seq)
         if type_byte & RESERVED_TYPE_BITS:
             raise FrameError(f"reserved type bits set (0x{type_byte:02x})", Status.BAD_LENGTH, seq)
-        return cls(FrameType(type_byte & TYPE_MASK), seq, opcode, status, bytes(raw[HEADER_SIZE : HEADER_SIZE + n]), version)
+        return cls(
+            FrameType(type_byte & TYPE_MASK), seq, opcode, status, bytes(raw[HEADER_SIZE : HEADER_SIZE + n]), version
+        )
 
     @classmethod
     def decode(cls, wire: bytes) -> Frame:

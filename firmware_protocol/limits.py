@@ -3,6 +3,7 @@
 The host runs these checks before a request is encoded (nothing out of range is ever sent) and
 the firmware runs the same checks again on what it receives.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,7 +79,9 @@ class BoardLimits:
     def check_voltage(what: str, mv: int, bounds: tuple[int, int]) -> None:
         lo, hi = bounds
         if not lo <= mv <= hi:
-            raise LimitError(f"{what} {mv / 1000:.3f} V is outside the board's range [{lo / 1000:.3f}, {hi / 1000:.3f}] V")
+            raise LimitError(
+                f"{what} {mv / 1000:.3f} V is outside the board's range [{lo / 1000:.3f}, {hi / 1000:.3f}] V"
+            )
 
     def check_width(self, ns: int) -> None:
         if not self.width_min_ns <= ns <= self.width_max_ns:
@@ -174,5 +177,10 @@ class BoardLimits:
         flat = e["row"].astype(np.int64) * self.cols + e["col"].astype(np.int64)
         if np.unique(flat).size != flat.size:
             raise LimitError("write-verify batch lists a cell more than once")
-        if not (np.isfinite(e["target_s"]).all() and np.isfinite(e["tol_s"]).all()) or (e["target_s"] <= 0).any() or (e["tol_s"] <= 0).any() or (e["max_pulses"] == 0).any():
+        if (
+            not (np.isfinite(e["target_s"]).all() and np.isfinite(e["tol_s"]).all())
+            or (e["target_s"] <= 0).any()
+            or (e["tol_s"] <= 0).any()
+            or (e["max_pulses"] == 0).any()
+        ):
             raise LimitError("write-verify entries need target > 0 S, tolerance > 0 S and max_pulses >= 1")

@@ -5,6 +5,7 @@ is given by a field of the fixed part. Units on the wire: millivolts (signed 16-
 siemens (float32), microseconds since boot (u64). Every request is a `Request[Answer]` naming the
 message its response decodes to, so a client call is typed end to end; answers are defined above their requests.
 """
+
 from __future__ import annotations
 
 import struct
@@ -147,7 +148,9 @@ class Request(Message, Generic[R_co]):
         """The typed answer to this request; a frame that decodes to another message type is a PayloadError."""
         msg = decode_payload(frame)
         if not isinstance(msg, self.RESPONSE):
-            raise PayloadError(f"{type(self).__name__} answered by {type(msg).__name__}, expected {self.RESPONSE.__name__}")
+            raise PayloadError(
+                f"{type(self).__name__} answered by {type(msg).__name__}, expected {self.RESPONSE.__name__}"
+            )
         return cast(R_co, msg)  # RESPONSE is the class R_co stands for, checked just above
 
 
@@ -161,8 +164,6 @@ def _take(rest: bytes, offset: int, dtype: np.dtype, count: int, owner: str) -> 
     if len(rest) < offset + nbytes:
         raise PayloadError(f"{owner} payload truncated: needs {nbytes} bytes of array data at offset {offset}")
     return np.frombuffer(rest, dtype=dtype, count=count, offset=offset).copy(), offset + nbytes
-
-
 
 
 U16 = np.dtype("<u2")
@@ -631,14 +632,41 @@ class WatchdogEvent(Message):
 
 
 ALL_MESSAGES: tuple[type[Message], ...] = (
-    HelloRequest, HelloInfo, HeartbeatRequest, HeartbeatReply, CountersRequest, Counters,
-    FormRequest, FormResult, SetRequest, ResetRequest, SetResult, ResetResult,
-    ReadRequest, ReadResult, ReadBlockRequest, ReadBlockResult, IvSweepRequest, IvSweepResult,
-    EnduranceRequest, EnduranceStarted, EnduranceData, EnduranceEnd,
-    StreamAck, StreamAckReply, StreamResend, StreamResendReply,
-    WriteVerifyRequest, WriteVerifyResult, AbortRequest, AbortReply,
-    AdvanceClockRequest, AdvanceClockReply, BootEvent, WatchdogEvent,
-)  # fmt: skip
+    HelloRequest,
+    HelloInfo,
+    HeartbeatRequest,
+    HeartbeatReply,
+    CountersRequest,
+    Counters,
+    FormRequest,
+    FormResult,
+    SetRequest,
+    ResetRequest,
+    SetResult,
+    ResetResult,
+    ReadRequest,
+    ReadResult,
+    ReadBlockRequest,
+    ReadBlockResult,
+    IvSweepRequest,
+    IvSweepResult,
+    EnduranceRequest,
+    EnduranceStarted,
+    EnduranceData,
+    EnduranceEnd,
+    StreamAck,
+    StreamAckReply,
+    StreamResend,
+    StreamResendReply,
+    WriteVerifyRequest,
+    WriteVerifyResult,
+    AbortRequest,
+    AbortReply,
+    AdvanceClockRequest,
+    AdvanceClockReply,
+    BootEvent,
+    WatchdogEvent,
+)
 
 MESSAGE_TYPES: dict[tuple[FrameType, int], type[Message]] = {(m.KIND, int(m.OPCODE)): m for m in ALL_MESSAGES}
 

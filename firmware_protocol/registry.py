@@ -5,6 +5,7 @@ A registry maps a name to an object (usually a class or a function). Objects reg
 so that listing it is complete. Lookups of an unknown name raise a one-line `ValueError` naming the
 known ones. It lives in the base layer because every layer above uses it; it imports nothing.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

@@ -1,4 +1,5 @@
 """Network architectures by name (small CNN/MLP, CIFAR-style VGG-8 and ResNet-18) or "pkg.mod:factory"."""
+
 from __future__ import annotations
 
 import importlib
@@ -11,18 +12,31 @@ from torch import nn
 class SmallCNN(nn.Module):
     """Two conv blocks and two linear layers; 'same' padding so an HxW input ends as (H/4)x(W/4)x32."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 8,
-                 channels: tuple[int, int] = (16, 32), hidden: int = 128) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 8,
+        channels: tuple[int, int] = (16, 32),
+        hidden: int = 128,
+    ) -> None:
         super().__init__()
         if image_size % 4:
             raise ValueError(f"SmallCNN needs an image size divisible by 4, got {image_size}")
         c1, c2 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(c2 * (image_size // 4) ** 2, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
+            nn.Flatten(),
+            nn.Linear(c2 * (image_size // 4) ** 2, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x):
@@ -62,8 +76,9 @@ class VGG8(nn.Module):
                 c = int(v)
         self.features = nn.Sequential(*layers)
         side = image_size // 8
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c * side * side, 1024), nn.ReLU(),
-                                        nn.Linear(1024, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * side * side, 1024), nn.ReLU(), nn.Linear(1024, num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(self.features(x))

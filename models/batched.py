@@ -7,6 +7,7 @@ shared input and runs as one wide conv / GEMM. Only the instances' ``forward`` a
 inside a context manager; the model's class is untouched. Models with other channel-mixing operations
 are caught by ``check_folded`` (compared against torch.func.vmap) and then run with vmap instead.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -69,19 +70,19 @@ def _linear(mod: nn.Linear, w: Tensor, n: int) -> Callable[[Tensor], Tensor]:
     """
     fin, fout = mod.in_features, mod.out_features
     wf = w.reshape(n * fout, fin)
-    bias = None if mod.bias is None else mod.bias.repeat(n)[:, None]                  # (n*out, 1)
-    bias_b = None if mod.bias is None else mod.bias[None, :, None]                   # (1, out, 1)
+    bias = None if mod.bias is None else mod.bias.repeat(n)[:, None]  # (n*out, 1)
+    bias_b = None if mod.bias is None else mod.bias[None, :, None]  # (1, out, 1)
 
     def forward(x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        if x.shape[-1] == fin and n > 1:                                  # shared input: one GEMM
-            xt = x.reshape(-1, fin).t()                                   # (in, M)
-            y = torch.mm(wf, xt) if bias is None else torch.addmm(bias, wf, xt)          # (n*out, M)
+        if x.shape[-1] == fin and n > 1:  # shared input: one GEMM
+            xt = x.reshape(-1, fin).t()  # (in, M)
+            y = torch.mm(wf, xt) if bias is None else torch.addmm(bias, wf, xt)  # (n*out, M)
         else:
             if x.shape[-1] != n * fin:
                 raise Unsupported(f"linear input has {x.shape[-1]} features, expected {fin} or {n * fin}")
-            xs = x.reshape(-1, n, fin).permute(1, 2, 0)                   # (n, in, M)
-            y = torch.bmm(w, xs) if bias_b is None else torch.baddbmm(bias_b, w, xs)   # (n, out, M)
+            xs = x.reshape(-1, n, fin).permute(1, 2, 0)  # (n, in, M)
+            y = torch.bmm(w, xs) if bias_b is None else torch.baddbmm(bias_b, w, xs)  # (n, out, M)
             y = y.reshape(n * fout, -1)
         return y.t().reshape(*lead, n * fout)
 

@@ -1,4 +1,5 @@
 """The self-describing model file: architecture + kwargs, data, classes, weights, config, noise spec."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,13 @@ def model_record(cfg: TrainConfig, ds: Any, model: nn.Module) -> dict[str, Any]:
     """The evaluation-relevant part of a checkpoint (no optimizer state)."""
     return {
         **MODEL_FILE.stamp(),  # "format", "version"
-        "arch": {"name": cfg.model, "kwargs": dict(cfg.model_kwargs), "in_channels": ds.in_channels,
-                 "image_size": ds.image_size, "num_classes": ds.num_classes},
+        "arch": {
+            "name": cfg.model,
+            "kwargs": dict(cfg.model_kwargs),
+            "in_channels": ds.in_channels,
+            "image_size": ds.image_size,
+            "num_classes": ds.num_classes,
+        },
         "data": {"name": cfg.data, "root": cfg.data_root, "num_classes": ds.num_classes},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": cfg.to_dict(),
@@ -60,7 +66,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """Rebuild the saved network (eval mode) from its file alone; returns (model, checkpoint dict)."""
     ckpt = load_checkpoint(path)
     a = ckpt["arch"]
-    model = build_model(a["name"], in_channels=a["in_channels"], num_classes=a["num_classes"],
-                        image_size=a["image_size"], **a["kwargs"])
+    model = build_model(
+        a["name"], in_channels=a["in_channels"], num_classes=a["num_classes"], image_size=a["image_size"], **a["kwargs"]
+    )
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt

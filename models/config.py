@@ -1,4 +1,5 @@
 """Training configuration: one dataclass that the loop, the methods and the checkpoint share."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,26 +11,26 @@ from typing import Any
 class TrainConfig:
     """Everything a training run needs; saved verbatim in the checkpoint so runs are reproducible."""
 
-    model: str = "cnn"                      # architecture name (models.arch registry) or "pkg.mod:factory"
+    model: str = "cnn"  # architecture name (models.arch registry) or "pkg.mod:factory"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    data: str = "digits"                    # digits | mnist | fashion_mnist | cifar10 | cifar100
-    data_root: str | None = None            # folder holding the on-disk dataset (not needed for digits)
-    method: str = "vanilla"                 # training method name (models.methods.METHODS)
+    data: str = "digits"  # digits | mnist | fashion_mnist | cifar10 | cifar100
+    data_root: str | None = None  # folder holding the on-disk dataset (not needed for digits)
+    method: str = "vanilla"  # training method name (models.methods.METHODS)
     method_options: dict[str, Any] = field(default_factory=dict)  # raw, as given; the method's Options types them
-    noise: dict[str, Any] | None = None     # noise spec (models.noise.factory.noise_from_spec); None = clean
+    noise: dict[str, Any] | None = None  # noise spec (models.noise.factory.noise_from_spec); None = clean
     epochs: int = 10
-    batch_size: int = 64                    # global batch size (split over data-parallel processes)
+    batch_size: int = 64  # global batch size (split over data-parallel processes)
     lr: float = 1e-3
-    optimizer: str = "adam"                 # adam | sgd | adamw
+    optimizer: str = "adam"  # adam | sgd | adamw
     momentum: float = 0.9
     weight_decay: float = 0.0
-    scheduler: str = "cosine"               # cosine | none
+    scheduler: str = "cosine"  # cosine | none
     seed: int = 0
-    device: str = "auto"                    # auto | cpu | cuda | cuda:N
-    amp: bool = True                        # mixed precision on CUDA only (ignored on CPU)
-    val_noise_draws: int = 5                # noise draws for the per-epoch noisy validation accuracy
-    checkpoint: str | None = None           # path of the last-epoch checkpoint (written every epoch)
-    progress: bool = True                   # tqdm progress bars (rank 0 only)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA only (ignored on CPU)
+    val_noise_draws: int = 5  # noise draws for the per-epoch noisy validation accuracy
+    checkpoint: str | None = None  # path of the last-epoch checkpoint (written every epoch)
+    progress: bool = True  # tqdm progress bars (rank 0 only)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for checkpoints and JSON."""

@@ -4,6 +4,7 @@ Both mappings are exactly invertible for noise-free devices (the bit-sliced one 
 quantisation), and their inverses are linear in the device values, so device errors turn into
 weight errors by the same formula that decodes the weights.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ class DeviceState:
 
     levels: Tensor
     sign: Tensor | None
-    step: Tensor          # weight value of one least-significant level (broadcastable to the weights)
-    weight_ndim: int      # number of weight dimensions (levels has P before and D after them)
+    step: Tensor  # weight value of one least-significant level (broadcastable to the weights)
+    weight_ndim: int  # number of weight dimensions (levels has P before and D after them)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ class BitSlicedMapping:
 
     def __post_init__(self) -> None:
         if self.bits < 1 or self.bits_per_device < 1 or self.bits % self.bits_per_device:
-            raise ValueError(f"bits ({self.bits}) must be a positive multiple of bits_per_device ({self.bits_per_device})")
+            raise ValueError(
+                f"bits ({self.bits}) must be a positive multiple of bits_per_device ({self.bits_per_device})"
+            )
         if self.sign not in ("separate", "differential"):
             raise ValueError(f"sign must be 'separate' or 'differential', not {self.sign!r}")
         if self.scale not in ("layer", "column"):
@@ -68,7 +71,7 @@ class BitSlicedMapping:
     @property
     def n_levels(self) -> int:
         """Levels per device, 2^K."""
-        return 2 ** self.bits_per_device
+        return 2**self.bits_per_device
 
     @property
     def arrays(self) -> int:
@@ -117,7 +120,7 @@ class BitSlicedMapping:
     def from_devices(self, state: DeviceState) -> Tensor:
         """Decode (possibly noisy, optionally batched over leading dims) device levels into weights (eq. 15)."""
         lv = state.levels
-        mag = (lv * self.device_weights(lv)).sum(-1)          # (..., P, *shape)
+        mag = (lv * self.device_weights(lv)).sum(-1)  # (..., P, *shape)
         p_axis = -(state.weight_ndim + 1)
         if self.sign == "separate":
             assert state.sign is not None  # to_devices keeps the signs in the "separate" mode

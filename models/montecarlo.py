@@ -3,6 +3,7 @@
 Draw i uses its own generator seeded from (seed, i), so the per-draw results are the same whatever
 the chunking, the batching, or the number of processes the draws are split across.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,14 +36,14 @@ class MCResult:
 
     n_draws: int
     n_samples: int
-    accuracies: np.ndarray = field(repr=False)   # per-draw accuracy, in draw order
+    accuracies: np.ndarray = field(repr=False)  # per-draw accuracy, in draw order
     mean: float
     std: float
-    ci95: tuple[float, float]                   # t-interval of the mean accuracy
-    kpp: dict[float, float]                     # k (percent) -> k-th percentile accuracy (an observed draw)
+    ci95: tuple[float, float]  # t-interval of the mean accuracy
+    kpp: dict[float, float]  # k (percent) -> k-th percentile accuracy (an observed draw)
     worst: float
     best: float
-    ekl: float                                  # mean KL(onehot || softmax) over correct predictions, all draws
+    ekl: float  # mean KL(onehot || softmax) over correct predictions, all draws
     clean_accuracy: float | None = None
 
     def to_dict(self) -> dict:
@@ -54,8 +55,9 @@ class MCResult:
         return d
 
 
-def summarize(accs: np.ndarray, kl_sum: float, n_correct: int, n_samples: int, kpp=(1.0, 5.0),
-              clean_accuracy: float | None = None) -> MCResult:
+def summarize(
+    accs: np.ndarray, kl_sum: float, n_correct: int, n_samples: int, kpp=(1.0, 5.0), clean_accuracy: float | None = None
+) -> MCResult:
     """Turn per-draw accuracies and pooled KL sums into an MCResult."""
     from scipy import stats
 
@@ -65,8 +67,19 @@ def summarize(accs: np.ndarray, kl_sum: float, n_correct: int, n_samples: int, k
     std = float(accs.std(ddof=1)) if n > 1 else 0.0
     half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
     kp = {float(k): float(np.quantile(accs, float(k) / 100.0, method="lower")) for k in kpp}
-    return MCResult(n, n_samples, accs, mean, std, (mean - half, mean + half), kp, float(accs.min()),
-                    float(accs.max()), kl_sum / n_correct if n_correct else float("nan"), clean_accuracy)
+    return MCResult(
+        n,
+        n_samples,
+        accs,
+        mean,
+        std,
+        (mean - half, mean + half),
+        kp,
+        float(accs.min()),
+        float(accs.max()),
+        kl_sum / n_correct if n_correct else float("nan"),
+        clean_accuracy,
+    )
 
 
 def _activation_numel(model: nn.Module, x1: Tensor) -> int:
@@ -87,8 +100,9 @@ def _activation_numel(model: nn.Module, x1: Tensor) -> int:
     return max(total[0], 1)
 
 
-def _auto_chunk(model: nn.Module, x: Tensor, batch: int, device: torch.device, budget_bytes: int | None,
-                weights: dict[str, Tensor]) -> int:
+def _auto_chunk(
+    model: nn.Module, x: Tensor, batch: int, device: torch.device, budget_bytes: int | None, weights: dict[str, Tensor]
+) -> int:
     """Draws per batched forward: activations (x2 for temporaries) plus stacked weights within the budget.
 
     On CPU the stacked weights of a chunk are also kept near the last-level cache size (32 MiB): larger
@@ -154,13 +168,14 @@ def evaluate_mc(
         rank, world = _dist_info(distributed)
         clean_acc = _clean_accuracy(model, x, y, batch_size, device) if clean else None
         if noise is None:
-            accs = np.full(n_draws, clean_acc if clean_acc is not None else _clean_accuracy(model, x, y, batch_size, device))
+            accs = np.full(
+                n_draws, clean_acc if clean_acc is not None else _clean_accuracy(model, x, y, batch_size, device)
+            )
             kl, nc = _clean_kl(model, x, y, batch_size, device)
             return summarize(accs, kl * n_draws, nc * n_draws, len(y), kpp, clean_acc)
         mine = list(range(rank, n_draws, world))
         weights = {k: v.detach() for k, v in clean_weights(model).items()}
-        chunk = draws_per_chunk or _auto_chunk(model, x, min(batch_size, len(x)), device, memory_budget_bytes,
-                                               weights)
+        chunk = draws_per_chunk or _auto_chunk(model, x, min(batch_size, len(x)), device, memory_budget_bytes, weights)
         correct = torch.zeros(n_draws, dtype=torch.float64, device=device)
         kl_sum = torch.zeros(n_draws, dtype=torch.float64, device=device)
         sample_draws = noise.draw_sampler(weights)
@@ -172,16 +187,16 @@ def evaluate_mc(
 
             it = tqdm(it, desc="MC draws", unit="chunk")
         for start in it:
-            idx = mine[start:start + chunk]
+            idx = mine[start : start + chunk]
             gens = [draw_generator(seed, i, device) for i in idx]
             stacked = sample_draws(gens)
             ids = torch.as_tensor(idx, device=device)
             for b in range(0, len(x), batch_size):
-                xb = x[b:b + batch_size].to(device, non_blocking=True)
-                yb = y[b:b + batch_size].to(device, non_blocking=True)
+                xb = x[b : b + batch_size].to(device, non_blocking=True)
+                yb = y[b : b + batch_size].to(device, non_blocking=True)
                 if batched is None:
                     batched = folded_forward if check_folded(model, stacked, xb[:8]) else vmap_forward
-                logits = batched(model, stacked, xb).float()             # (n_chunk, B, C)
+                logits = batched(model, stacked, xb).float()  # (n_chunk, B, C)
                 c, k = _correct_and_kl(logits, yb)
                 correct.index_add_(0, ids, c)
                 kl_sum.index_add_(0, ids, k)
@@ -205,22 +220,30 @@ def _correct_and_kl(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 def _clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device) -> float:
     correct = 0
     for b in range(0, len(x), batch_size):
-        correct += int((model(x[b:b + batch_size].to(device)).argmax(-1) == y[b:b + batch_size].to(device)).sum())
+        correct += int((model(x[b : b + batch_size].to(device)).argmax(-1) == y[b : b + batch_size].to(device)).sum())
     return correct / len(y)
 
 
 def _clean_kl(model, x, y, batch_size, device) -> tuple[float, int]:
     kl, nc = 0.0, 0
     for b in range(0, len(x), batch_size):
-        c, k = _correct_and_kl(model(x[b:b + batch_size].to(device)).float()[None], y[b:b + batch_size].to(device))
+        c, k = _correct_and_kl(model(x[b : b + batch_size].to(device)).float()[None], y[b : b + batch_size].to(device))
         kl += float(k.sum())
         nc += int(c.sum())
     return kl, nc
 
 
 @torch.no_grad()
-def evaluate_mc_reference(model: nn.Module, x: Tensor, y: Tensor, noise: WeightNoise, n_draws: int, *,
-                          seed: int = 0, kpp: tuple[float, ...] = (1.0, 5.0)) -> MCResult:
+def evaluate_mc_reference(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    noise: WeightNoise,
+    n_draws: int,
+    *,
+    seed: int = 0,
+    kpp: tuple[float, ...] = (1.0, 5.0),
+) -> MCResult:
     """Plain one-draw-per-iteration Monte Carlo (slow; the check for ``evaluate_mc``)."""
     device = next(model.parameters()).device
     was_training = model.training

@@ -5,6 +5,7 @@ weights); forwards use the unwrapped module and the loop averages all gradients 
 all-reduce before each optimizer step, so a method may run any number of forward/backward passes
 per step (SAM-style, several noisy forwards, auxiliary heads) without DDP's one-forward-one-backward rule.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,13 +77,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batches(x: Tensor, y: Tensor, batch_size: int, seed: int, epoch: int, rank: int, world: int,
-             device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(
+    x: Tensor, y: Tensor, batch_size: int, seed: int, epoch: int, rank: int, world: int, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
     """Shuffled global batches (same permutation on every rank), each split evenly over the ranks."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(len(x), generator=g)
     for start in range(0, len(x), batch_size):
-        idx = perm[start:start + batch_size]
+        idx = perm[start : start + batch_size]
         if len(idx) < world or len(idx) % world:
             idx = idx[: len(idx) - len(idx) % world]
             if len(idx) == 0:
@@ -135,7 +137,7 @@ def _allreduce_grads(params: list[nn.Parameter], world: int) -> None:
     off = 0
     for p, g in zip(params, grads):
         n = g.numel()
-        p.grad = flat[off:off + n].view_as(p).clone()
+        p.grad = flat[off : off + n].view_as(p).clone()
         off += n
 
 
@@ -150,12 +152,21 @@ def _average_buffers(model: nn.Module, world: int) -> None:
 
 
 def _rng_state(ctx: TrainContext) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "noise": ctx.generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "noise": ctx.generator.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
-def train(config: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path | None = None,
-          log: Callable[[str], None] | None = None, stop_after: int | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    dataset: Dataset | None = None,
+    resume: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
     """Train ``config.model`` on ``config.data`` with ``config.method``; checkpoint every epoch when asked.
 
     ``resume`` continues from a checkpoint written by this function (its config must match in
@@ -169,8 +180,13 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None, resume: str | 
     seed_everything(config.seed)
 
     ds = dataset if dataset is not None else load_dataset(config.data, config.data_root)
-    model = build_model(config.model, in_channels=ds.in_channels, num_classes=ds.num_classes,
-                        image_size=ds.image_size, **config.model_kwargs).to(device)
+    model = build_model(
+        config.model,
+        in_channels=ds.in_channels,
+        num_classes=ds.num_classes,
+        image_size=ds.image_size,
+        **config.model_kwargs,
+    ).to(device)
     noise = noise_from_spec(config.noise)
     method: TrainingMethod = get_method(config.method, **config.method_options)
     ckpt_in = load_checkpoint(resume) if resume is not None else None
@@ -180,14 +196,29 @@ def train(config: TrainConfig, *, dataset: Dataset | None = None, resume: str | 
 
     wrapped: nn.Module = model
     if world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = _make_optimizer(config, model.parameters())
     amp_dtype, scaler = _amp(config, device)
     gen = torch.Generator(device=device)
     gen.manual_seed(config.seed * 7919 + 104_729 * rank + 1)
-    ctx = TrainContext(model=wrapped, noise=noise, optimizer=optimizer, device=device, generator=gen, config=config,
-                       num_classes=ds.num_classes, train_loader=None, val_loader=None, scaler=scaler,
-                       amp_dtype=amp_dtype, rank=rank, world_size=world, resuming=ckpt_in is not None)
+    ctx = TrainContext(
+        model=wrapped,
+        noise=noise,
+        optimizer=optimizer,
+        device=device,
+        generator=gen,
+        config=config,
+        num_classes=ds.num_classes,
+        train_loader=None,
+        val_loader=None,
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        rank=rank,
+        world_size=world,
+        resuming=ckpt_in is not None,
+    )
     ctx.train_loader = _Loader(ds.x_train, ds.y_train, config, ctx)
     ctx.val_loader = [(ds.x_test, ds.y_test)]
     method.prepare(ctx)
@@ -264,8 +295,16 @@ class _Loader:
             raise ValueError(f"batch size {cfg.batch_size} is smaller than the number of processes {ctx.world_size}")
 
     def epoch(self, epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
-        it: Iterable[tuple[Tensor, Tensor]] = _batches(self.x, self.y, self.cfg.batch_size, self.cfg.seed, epoch, self.ctx.rank,
-                      self.ctx.world_size, self.ctx.device)
+        it: Iterable[tuple[Tensor, Tensor]] = _batches(
+            self.x,
+            self.y,
+            self.cfg.batch_size,
+            self.cfg.seed,
+            epoch,
+            self.ctx.rank,
+            self.ctx.world_size,
+            self.ctx.device,
+        )
         if self.cfg.progress and self.ctx.rank == 0:
             from tqdm.auto import tqdm
 

@@ -1,4 +1,5 @@
 """Configuration of a simulated board: identity, geometry, declared limits and firmware settings."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

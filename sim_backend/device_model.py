@@ -5,6 +5,7 @@ all addressed cells at once with numpy.  The array keeps a virtual clock: each p
 width plus ``pulse_overhead_s`` and each read ``read_overhead_s``, one cell after the other, so the
 cells of one call see successive time stamps.  The laws are listed in ``sim_backend.device_params``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -94,12 +95,16 @@ class RRAMArray:
         self.cycles_to_failure = p.weibull_scale * g.weibull(p.weibull_shape, n)
         self.fail_mode_lrs = g.random(n) < p.fail_lrs_frac
         self.rtn_present = g.random(n) < p.rtn_cell_frac
-        self.rtn_amp = np.where(self.rtn_present, p.rtn_amp_median * np.exp(p.rtn_amp_sigma * g.standard_normal(n)), 0.0)
+        self.rtn_amp = np.where(
+            self.rtn_present, p.rtn_amp_median * np.exp(p.rtn_amp_sigma * g.standard_normal(n)), 0.0
+        )
         log_lo, log_hi = np.log(p.rtn_tau_min_s), np.log(p.rtn_tau_max_s)
         self.rtn_tau_empty = np.exp(g.uniform(log_lo, log_hi, n))  # mean dwell with the trap empty (s)
         self.rtn_tau_full = np.exp(g.uniform(log_lo, log_hi, n))  # mean dwell with the trap occupied (s)
         z_stuck = g.standard_normal(n)
-        g_stuck = np.where(self.stuck_start_lrs, p.g_stuck_lrs_median, p.g_stuck_hrs_median) * np.exp(p.g_stuck_sigma * z_stuck)
+        g_stuck = np.where(self.stuck_start_lrs, p.g_stuck_lrs_median, p.g_stuck_hrs_median) * np.exp(
+            p.g_stuck_sigma * z_stuck
+        )
 
         # --- dynamic state ---
         self.formed = np.zeros(n, dtype=bool)
@@ -223,8 +228,15 @@ class RRAMArray:
         """Median ln G of the HRS this cell would reach after a full RESET (incl. d2d offset and wear)."""
         return np.log(self.params.g_hrs(v_abs)) + self.hrs_d2d[idx] + self.params.wear_shift(cycles)[1]
 
-    def _pulse(self, idx: np.ndarray, v: np.ndarray, width_ns: np.ndarray, v_gate: np.ndarray,
-               t: np.ndarray, allow_form: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def _pulse(
+        self,
+        idx: np.ndarray,
+        v: np.ndarray,
+        width_ns: np.ndarray,
+        v_gate: np.ndarray,
+        t: np.ndarray,
+        allow_form: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Apply one pulse (sign of v picks SET/FORM or RESET) to each cell at times t; returns (G before, G after)."""
         p = self.params
         n = idx.size
@@ -276,15 +288,18 @@ class RRAMArray:
             if dying.any():
                 di = idx[dying]
                 mode_lrs = self.fail_mode_lrs[di]
-                g_after[dying] = np.where(mode_lrs, np.maximum(g_before[dying], g_after[dying]),
-                                          np.minimum(g_before[dying], g_after[dying]))
+                g_after[dying] = np.where(
+                    mode_lrs, np.maximum(g_before[dying], g_after[dying]), np.minimum(g_before[dying], g_after[dying])
+                )
                 self.stuck_lrs[di] = mode_lrs
                 self.stuck_hrs[di] = ~mode_lrs
                 self._relax_on[di] = False
         self._reprogram(idx, g_before, g_after, t)
         return g_before, g_after
 
-    def _pulse_op(self, r, c, v, width_ns, v_gate, op: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _pulse_op(
+        self, r, c, v, width_ns, v_gate, op: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Validate a pulse op, time-stamp it and apply it; returns (idx, v, v_gate, G before, G after)."""
         idx = self._unique_index(r, c, op)
         n = idx.size
@@ -307,17 +322,23 @@ class RRAMArray:
         return np.sign(i) * np.minimum(np.abs(i), self.params.i_cc(v_gate))
 
     # ------------------------------------------------------------------ public pulse API
-    def form(self, r, c, v_form: float | np.ndarray, width_ns: float | np.ndarray, v_gate: float | np.ndarray) -> np.ndarray:
+    def form(
+        self, r, c, v_form: float | np.ndarray, width_ns: float | np.ndarray, v_gate: float | np.ndarray
+    ) -> np.ndarray:
         """FORM pulse: forms pristine cells whose forming voltage is reached; returns peak current (A)."""
         _, v, gate, _, g_after = self._pulse_op(r, c, v_form, width_ns, v_gate, "form")
         return self._pulse_current(g_after, v, gate)
 
-    def set_pulse(self, r, c, v: float | np.ndarray, width_ns: float | np.ndarray, v_gate: float | np.ndarray) -> np.ndarray:
+    def set_pulse(
+        self, r, c, v: float | np.ndarray, width_ns: float | np.ndarray, v_gate: float | np.ndarray
+    ) -> np.ndarray:
         """SET pulse (v >= 0): moves G up toward G_LRS(I_cc(v_gate)), partially for weak/short pulses; returns peak current (A)."""
         _, v, gate, _, g_after = self._pulse_op(r, c, v, width_ns, v_gate, "set_pulse")
         return self._pulse_current(g_after, v, gate)
 
-    def reset_pulse(self, r, c, v: float | np.ndarray, width_ns: float | np.ndarray, v_gate: float | np.ndarray) -> np.ndarray:
+    def reset_pulse(
+        self, r, c, v: float | np.ndarray, width_ns: float | np.ndarray, v_gate: float | np.ndarray
+    ) -> np.ndarray:
         """RESET pulse (v <= 0, bipolar): moves G down toward G_HRS(|v|); returns peak (negative) current (A)."""
         _, v, gate, g_before, _ = self._pulse_op(r, c, v, width_ns, v_gate, "reset_pulse")
         return self._pulse_current(g_before, v, gate)
@@ -367,8 +388,20 @@ class RRAMArray:
         return self._iv(g_eff, v) + noise
 
     # ------------------------------------------------------------------ endurance
-    def cycle(self, r, c, n_cycles: int, read_every: int, set_v: float, set_width_ns: float, set_gate: float,
-              reset_v: float, reset_width_ns: float, reset_gate: float, v_read: float) -> CycleResult:
+    def cycle(
+        self,
+        r,
+        c,
+        n_cycles: int,
+        read_every: int,
+        set_v: float,
+        set_width_ns: float,
+        set_gate: float,
+        reset_v: float,
+        reset_width_ns: float,
+        reset_gate: float,
+        v_read: float,
+    ) -> CycleResult:
         """Simulate n SET/RESET cycles per cell with reads every k-th cycle, in closed form (no per-cycle loop).
 
         Wear between reads only depends on the cycle count, so each read point is drawn directly: the
@@ -385,8 +418,15 @@ class RRAMArray:
         if int(read_every) != read_every or read_every < 1:
             raise ValueError(f"cycle: read_every must be a positive integer, got {read_every!r}")
         n_cycles, read_every = int(n_cycles), int(read_every)
-        for name, val in (("set_v", set_v), ("set_width_ns", set_width_ns), ("set_gate", set_gate), ("reset_v", reset_v),
-                          ("reset_width_ns", reset_width_ns), ("reset_gate", reset_gate), ("v_read", v_read)):
+        for name, val in (
+            ("set_v", set_v),
+            ("set_width_ns", set_width_ns),
+            ("set_gate", set_gate),
+            ("reset_v", reset_v),
+            ("reset_width_ns", reset_width_ns),
+            ("reset_gate", reset_gate),
+            ("v_read", v_read),
+        ):
             if np.ndim(val) != 0 or not np.isfinite(val):
                 raise ValueError(f"cycle: {name} must be a finite scalar, got {val!r}")
         if set_v < 0 or reset_v > 0:
@@ -419,8 +459,9 @@ class RRAMArray:
         # independent rather than correlated).  With full-switching pulses (memory < 1e-6 per cycle
         # even at a -4 sigma rate) none are needed.
         xi_lo = np.exp(-4 * p.step_sigma)
-        mem = np.exp(-xi_lo * set_width_ns / p.tau_ns(set_v, self.v_set_th[idx])) + \
-            np.exp(-xi_lo * reset_width_ns / p.tau_ns(abs(reset_v), self.v_reset_th[idx]))
+        mem = np.exp(-xi_lo * set_width_ns / p.tau_ns(set_v, self.v_set_th[idx])) + np.exp(
+            -xi_lo * reset_width_ns / p.tau_ns(abs(reset_v), self.v_reset_th[idx])
+        )
         n_warm = 0 if np.all(mem[healthy] < 1e-6) else 3
 
         n_reads = n_cycles // read_every
@@ -450,7 +491,7 @@ class RRAMArray:
         final_hrs = np.empty(m)
         chunk = max(1, _MAX_CHUNK_ELEMENTS // max(m, 1))
         for start in range(0, points.size, chunk):
-            pc = points[start:start + chunk]
+            pc = points[start : start + chunk]
             q = pc.size
             wear = n0[None, :] + pc[:, None] * wear_per_cycle[None, :]
             wl, wh = p.wear_shift(wear)
@@ -489,8 +530,10 @@ class RRAMArray:
                 final_hrs = g_h[-1]
 
         # Bookkeeping: clock (cells cycled one after the other), wear, failure flags, final state.
-        per_cell = n_cycles * (set_width_ns * 1e-9 + reset_width_ns * 1e-9 + 2 * p.pulse_overhead_s) \
+        per_cell = (
+            n_cycles * (set_width_ns * 1e-9 + reset_width_ns * 1e-9 + 2 * p.pulse_overhead_s)
             + 2 * n_reads * p.read_overhead_s
+        )
         t_end = self._op_times(np.full(m, per_cell))
         g_end = np.where(healthy & ~fails, final_hrs, g_frozen)
         self.cycles_used[idx] = n0 + n_cycles * wear_per_cycle

@@ -22,6 +22,7 @@ The laws the simulator follows (and that a calibration step should recover) are:
 * read: I = G * V * S(V)/S(v_read_ref) with S(V) = sinh(V/v_nl)/(V/v_nl), times (1 - a_rtn * s_rtn(t))
   for cells with a two-state telegraph trap, plus white noise N(0, (read_noise_frac * g_max * V)^2).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields

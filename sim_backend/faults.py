@@ -1,4 +1,5 @@
 """Link fault injection for tests: bit flips, dropped bytes, delays and a board reset mid-run."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ sends back (responses, NAKs, events). `poll()` lets time pass on the link side (
 stream events) without new input. Behind the protocol sits the device physics of `RRAMArray` and
 the read chain that turns currents into raw ADC codes.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,13 @@ from sim_backend.read_chain import ReadChain
 
 # Requests that a running ENDURANCE stream does not block.
 _ALLOWED_WHILE_STREAMING = {
-    Opcode.HELLO, Opcode.HEARTBEAT, Opcode.GET_COUNTERS, Opcode.STREAM_ACK, Opcode.STREAM_RESEND, Opcode.ABORT,
-}  # fmt: skip
+    Opcode.HELLO,
+    Opcode.HEARTBEAT,
+    Opcode.GET_COUNTERS,
+    Opcode.STREAM_ACK,
+    Opcode.STREAM_RESEND,
+    Opcode.ABORT,
+}
 # WRITE_VERIFY looks for a queued ABORT after every this many pulses per cell (an MCU polls its UART).
 _WV_ABORT_POLL = 1
 _STUCK_MIN_PULSES = 4
@@ -134,11 +140,30 @@ class FirmwareEngine:
     def hello_info(self) -> m.HelloInfo:
         c = self.config
         return m.HelloInfo(
-            PROTOCOL_MAJOR, PROTOCOL_MINOR, *FIRMWARE_VERSION, c.board_id, self.session_id, int(c.capabilities),
-            c.rows, c.cols, c.dac_bits, c.adc_bits, *c.set_v_mv, *c.reset_v_mv, *c.form_v_mv, *c.read_v_mv,
-            *c.gate_v_mv, c.width_min_ns, c.width_max_ns, c.width_step_ns, c.max_compliance_na, c.max_payload,
-            self.watchdog_ms, c.stream_window, c.max_wv_batch,
-        )  # fmt: skip
+            PROTOCOL_MAJOR,
+            PROTOCOL_MINOR,
+            *FIRMWARE_VERSION,
+            c.board_id,
+            self.session_id,
+            int(c.capabilities),
+            c.rows,
+            c.cols,
+            c.dac_bits,
+            c.adc_bits,
+            *c.set_v_mv,
+            *c.reset_v_mv,
+            *c.form_v_mv,
+            *c.read_v_mv,
+            *c.gate_v_mv,
+            c.width_min_ns,
+            c.width_max_ns,
+            c.width_step_ns,
+            c.max_compliance_na,
+            c.max_payload,
+            self.watchdog_ms,
+            c.stream_window,
+            c.max_wv_batch,
+        )
 
     @property
     def limits(self) -> BoardLimits:
@@ -250,7 +275,9 @@ class FirmwareEngine:
             payload = exc.result.encode() if isinstance(exc.result, m.Message) else str(exc).encode()[:200]
             return Frame(FrameType.RESPONSE, frame.seq, frame.opcode, exc.status, payload)
         except Exception as exc:  # a firmware never crashes on input: report INTERNAL and stay up
-            return Frame(FrameType.RESPONSE, frame.seq, frame.opcode, Status.INTERNAL, f"internal error: {exc}".encode()[:200])
+            return Frame(
+                FrameType.RESPONSE, frame.seq, frame.opcode, Status.INTERNAL, f"internal error: {exc}".encode()[:200]
+            )
 
     def _handlers(self) -> dict[int, Callable]:
         h: dict[int, Callable] = {
@@ -268,7 +295,9 @@ class FirmwareEngine:
         if caps & Capability.IV_SWEEP:
             h[Opcode.IV_SWEEP] = self._iv_sweep
         if caps & Capability.STREAMING:
-            h.update({Opcode.ENDURANCE: self._endurance, Opcode.STREAM_ACK: self._ack, Opcode.STREAM_RESEND: self._resend})
+            h.update(
+                {Opcode.ENDURANCE: self._endurance, Opcode.STREAM_ACK: self._ack, Opcode.STREAM_RESEND: self._resend}
+            )
         if caps & Capability.WRITE_VERIFY:
             h[Opcode.WRITE_VERIFY] = self._write_verify
         if caps & Capability.VIRTUAL_CLOCK:
@@ -343,7 +372,9 @@ class FirmwareEngine:
         formed = int(g[0] >= threshold)
         v_final = min(v_mv, req.v_stop_mv) if pulses else 0
         rd = self.chain.read
-        return m.FormResult(self._now_us(), formed, pulses, v_final, int(codes[0]), req.v_read_mv, rd.amps_per_code, rd.offset_code)
+        return m.FormResult(
+            self._now_us(), formed, pulses, v_final, int(codes[0]), req.v_read_mv, rd.amps_per_code, rd.offset_code
+        )
 
     def _pulse(self, req: m.PulseRequest, reset: bool) -> m.PulseResult:
         r, c = np.array([req.row]), np.array([req.col])
@@ -378,17 +409,29 @@ class FirmwareEngine:
 
     def _read_block(self, req: m.ReadBlockRequest) -> m.ReadBlockResult:
         v = self._check_read_v(req.v_read_mv)
-        rr, cc = np.meshgrid(np.arange(req.row0, req.row0 + req.nrows), np.arange(req.col0, req.col0 + req.ncols), indexing="ij")
+        rr, cc = np.meshgrid(
+            np.arange(req.row0, req.row0 + req.nrows), np.arange(req.col0, req.col0 + req.ncols), indexing="ij"
+        )
         codes, _, _ = self._read_g(rr.ravel(), cc.ravel(), v)
         rd = self.chain.read
         return m.ReadBlockResult(
-            self._now_us(), req.v_read_mv, req.row0, req.col0, req.nrows, req.ncols, rd.amps_per_code, rd.offset_code, codes
+            self._now_us(),
+            req.v_read_mv,
+            req.row0,
+            req.col0,
+            req.nrows,
+            req.ncols,
+            rd.amps_per_code,
+            rd.offset_code,
+            codes,
         )
 
     def _iv_sweep(self, req: m.IvSweepRequest) -> m.IvSweepResult:
         volts_mv = np.rint(np.linspace(req.v_start_mv, req.v_stop_mv, req.n_points)).astype(np.int16)
         width = req.width_ns if req.mode == 0 else max(req.width_ns, self.config.width_min_ns)
-        currents = self.array.iv_sweep(np.array([req.row]), np.array([req.col]), volts_mv / 1000, width, req.gate_mv / 1000)[:, 0]
+        currents = self.array.iv_sweep(
+            np.array([req.row]), np.array([req.col]), volts_mv / 1000, width, req.gate_mv / 1000
+        )[:, 0]
         pos = volts_mv > 0
         self.counters.set += int(pos.sum())
         self.counters.reset += int((volts_mv < 0).sum())
@@ -410,7 +453,9 @@ class FirmwareEngine:
     # ------------------------------------------------------------------------- write-verify
     def _abort_queued(self) -> bool:
         """True if an ABORT request is waiting in the input (the MCU polls its UART between pulses)."""
-        return any(isinstance(f, Frame) and f.type == FrameType.REQUEST and f.opcode == Opcode.ABORT for f in self._queue)
+        return any(
+            isinstance(f, Frame) and f.type == FrameType.REQUEST and f.opcode == Opcode.ABORT for f in self._queue
+        )
 
     def _write_verify(self, req: m.WriteVerifyRequest) -> m.WriteVerifyResult | tuple[m.WriteVerifyResult, Status]:
         e = req.entries
@@ -477,17 +522,23 @@ class FirmwareEngine:
     def _endurance(self, req: m.EnduranceRequest) -> m.EnduranceStarted:
         if req.read_every > req.n_cycles:
             raise BadArgumentError(f"read_every {req.read_every} exceeds n_cycles {req.n_cycles}")
-        rr, cc = np.meshgrid(np.arange(req.row0, req.row0 + req.nrows), np.arange(req.col0, req.col0 + req.ncols), indexing="ij")
+        rr, cc = np.meshgrid(
+            np.arange(req.row0, req.row0 + req.nrows), np.arange(req.col0, req.col0 + req.ncols), indexing="ij"
+        )
         n_cells = rr.size
         per_event = min(n_cells, m.max_event_cells(self.config.max_payload))
         if req.cells_per_event:
             per_event = min(per_event, req.cells_per_event)
         self._stream_ids = (self._stream_ids + 1) & 0xFFFF
         self._stream = _Stream(
-            stream_id=self._stream_ids, req=req, rows=rr.ravel(), cols=cc.ravel(),
-            n_points=req.n_cycles // req.read_every, cells_per_event=per_event,
+            stream_id=self._stream_ids,
+            req=req,
+            rows=rr.ravel(),
+            cols=cc.ravel(),
+            n_points=req.n_cycles // req.read_every,
+            cells_per_event=per_event,
             events_per_point=math.ceil(n_cells / per_event),
-        )  # fmt: skip
+        )
         self._pending_abort_end = False
         self.state = BoardState.STREAMING
         return m.EnduranceStarted(self._stream.stream_id, self._stream.n_events, n_cells, self._now_us())
@@ -531,7 +582,9 @@ class FirmwareEngine:
     def _end_stream(self, reason: StreamEnd, numbered: bool) -> None:
         s = self._stream
         assert s is not None
-        end = m.EnduranceEnd(s.stream_id, s.n_events if numbered else s.next_event, s.cycles_done, int(reason), self._now_us())
+        end = m.EnduranceEnd(
+            s.stream_id, s.n_events if numbered else s.next_event, s.cycles_done, int(reason), self._now_us()
+        )
         frame = self._emit_event(end)
         if numbered:
             s.sent[s.n_events] = frame
@@ -545,10 +598,18 @@ class FirmwareEngine:
         """Cycle the block through the next k read points (one vectorised call) and queue their events."""
         req = s.req
         res = self.array.cycle(
-            s.rows, s.cols, k * req.read_every, req.read_every,
-            req.set_v_mv / 1000, req.set_width_ns, req.set_gate_mv / 1000,
-            req.reset_v_mv / 1000, req.reset_width_ns, req.reset_gate_mv / 1000, req.v_read_mv / 1000,
-        )  # fmt: skip
+            s.rows,
+            s.cols,
+            k * req.read_every,
+            req.read_every,
+            req.set_v_mv / 1000,
+            req.set_width_ns,
+            req.set_gate_mv / 1000,
+            req.reset_v_mv / 1000,
+            req.reset_width_ns,
+            req.reset_gate_mv / 1000,
+            req.v_read_mv / 1000,
+        )
         self.counters.set += res.set_pulses
         self.counters.reset += res.reset_pulses
         self.counters.reads += res.read_ops
@@ -564,10 +625,18 @@ class FirmwareEngine:
                 event_no = (s.next_point + p) * s.events_per_point + e
                 s.ready.append(
                     m.EnduranceData(
-                        s.stream_id, event_no, base_cycle + int(res.cycles[p]), self._now_us(), lo, hi - lo,
-                        rd.amps_per_code, rd.offset_code, lrs[p, lo:hi], hrs[p, lo:hi],
+                        s.stream_id,
+                        event_no,
+                        base_cycle + int(res.cycles[p]),
+                        self._now_us(),
+                        lo,
+                        hi - lo,
+                        rd.amps_per_code,
+                        rd.offset_code,
+                        lrs[p, lo:hi],
+                        hrs[p, lo:hi],
                     )
-                )  # fmt: skip
+                )
         s.next_point += k
 
     def _pump_stream(self) -> None:
@@ -586,9 +655,18 @@ class FirmwareEngine:
                 if rest > 0:
                     r = s.req
                     res = self.array.cycle(
-                        s.rows, s.cols, rest, rest + 1, r.set_v_mv / 1000, r.set_width_ns, r.set_gate_mv / 1000,
-                        r.reset_v_mv / 1000, r.reset_width_ns, r.reset_gate_mv / 1000, r.v_read_mv / 1000,
-                    )  # fmt: skip
+                        s.rows,
+                        s.cols,
+                        rest,
+                        rest + 1,
+                        r.set_v_mv / 1000,
+                        r.set_width_ns,
+                        r.set_gate_mv / 1000,
+                        r.reset_v_mv / 1000,
+                        r.reset_width_ns,
+                        r.reset_gate_mv / 1000,
+                        r.v_read_mv / 1000,
+                    )
                     self.counters.set += res.set_pulses
                     self.counters.reset += res.reset_pulses
                     self.counters.reads += res.read_ops

@@ -8,6 +8,7 @@ HDF5 layout (all per-cell datasets have shape (rows, cols)):
   /cells/<name>    datasets: device-to-device draws and current state flags
   /read_chain/<range>  attrs: true and nominal gain/offset of each ADC range (when a ReadChain is given)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,31 +31,48 @@ FORMAT = str(GROUND_TRUTH_FILE.stamp()["format"])  # "rram-hil-sim-ground-truth/
 class GroundTruthError(ValueError):
     """A ground-truth file is not one, or is of a newer format than this software reads."""
 
+
 LAWS: dict[str, str] = {
     "i_cc": "I_cc = min(nmos_k * max(V_gate - nmos_vth, 0)**2, i_cc_max)",
     "lrs_full_set": "ln G = ln(I_cc / lrs_v_c) + lrs_d2d[cell] + lrs_sigma_c2c * z + wear_lrs(n)",
     "hrs_full_reset": "ln G = ln(g_hrs_ref) - (|V| - v_hrs_ref) / v_hrs_scale + hrs_d2d[cell] + hrs_sigma_c2c * z + wear_hrs(n)",
     "kinetics": "f = 1 - exp(-xi * width_ns / (tau0_ns * exp(-(|V| - v_th[cell]) / v_kin))), ln xi ~ N(0, step_sigma**2); "
-                "ln G += f * max(ln_target - ln G, 0) for SET, f * min(ln_target - ln G, 0) for RESET",
+    "ln G += f * max(ln_target - ln G, 0) for SET, f * min(ln_target - ln G, 0) for RESET",
     "forming": "forms (to the LRS law) when V >= v_form[cell] - v_form_per_decade * log10(width_ns / v_form_width_ref_ns) "
-               "and can_form[cell]",
+    "and can_form[cell]",
     "wear": "wear_lrs(n) = -wear_a_lrs * log10(1 + n / wear_n0); wear_hrs(n) = +wear_a_hrs * log10(1 + n / wear_n0); "
-            "n counts full cycles (each pulse adds f / 2)",
+    "n counts full cycles (each pulse adds f / 2)",
     "endurance": "cycles_to_failure ~ weibull_scale * Weibull(weibull_shape); at failure the cell sticks at LRS "
-                 "with probability fail_lrs_frac, else at HRS",
+    "with probability fail_lrs_frac, else at HRS",
     "relaxation": "G(t) = g0 + mu(g0) * L + sigma_r(g0) * B(L), L = log10(1 + (t - t_prog) / relax_t0_s), B standard "
-                  "Brownian motion; sigma_r = 1e-6 * poly(relax_sigma_coeffs_us, clip(g0/g_max, 0, 1)) * min(1, g0/g_min), "
-                  "mu = 1e-6 * poly(relax_mu_coeffs_us, clip(g0/g_max, 0, 1)) * min(1, g0/g_min)",
+    "Brownian motion; sigma_r = 1e-6 * poly(relax_sigma_coeffs_us, clip(g0/g_max, 0, 1)) * min(1, g0/g_min), "
+    "mu = 1e-6 * poly(relax_mu_coeffs_us, clip(g0/g_max, 0, 1)) * min(1, g0/g_min)",
     "read": "I = G_eff * V * S(V) / S(v_read_ref), S(V) = sinh(V/v_nl) / (V/v_nl), G_eff = G * (1 - rtn_amp[cell] * occupied), "
-            "plus N(0, (read_noise_frac * g_max * |V|)**2)",
+    "plus N(0, (read_noise_frac * g_max * |V|)**2)",
     "rtn": "two-state trap, mean dwell rtn_tau_empty[cell] (empty) and rtn_tau_full[cell] (occupied), exact Markov "
-           "transitions between reads",
+    "transitions between reads",
 }
 
 _CELL_FIELDS = (
-    "stuck_start_lrs", "stuck_start_hrs", "can_form", "v_form", "g_pristine", "lrs_d2d", "hrs_d2d",
-    "v_set_th", "v_reset_th", "cycles_to_failure", "fail_mode_lrs", "rtn_present", "rtn_amp",
-    "rtn_tau_empty", "rtn_tau_full", "formed", "stuck_lrs", "stuck_hrs", "cycles_used",
+    "stuck_start_lrs",
+    "stuck_start_hrs",
+    "can_form",
+    "v_form",
+    "g_pristine",
+    "lrs_d2d",
+    "hrs_d2d",
+    "v_set_th",
+    "v_reset_th",
+    "cycles_to_failure",
+    "fail_mode_lrs",
+    "rtn_present",
+    "rtn_amp",
+    "rtn_tau_empty",
+    "rtn_tau_full",
+    "formed",
+    "stuck_lrs",
+    "stuck_hrs",
+    "cycles_used",
 )
 
 
@@ -128,7 +146,9 @@ def load_ground_truth(path: str | Path) -> dict:
             out[group] = {k: _plain(v) for k, v in f[group].attrs.items()}
         out["cells"] = {k: f["cells"][k][()] for k in f["cells"]}
         if "read_chain" in f:
-            out["read_chain"] = {name: {k: _plain(v) for k, v in grp.attrs.items()} for name, grp in f["read_chain"].items()}
+            out["read_chain"] = {
+                name: {k: _plain(v) for k, v in grp.attrs.items()} for name, grp in f["read_chain"].items()
+            }
     return out
 
 

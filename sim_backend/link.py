@@ -1,4 +1,5 @@
 """In-process serial link to a simulated board: the subset of `serial.Serial` the host uses."""
+
 from __future__ import annotations
 
 import threading
@@ -17,7 +18,9 @@ class SimLink:
     possibly held back (delay faults) or corrupted. `read()` blocks up to `timeout` like pyserial.
     """
 
-    def __init__(self, engine: FirmwareEngine | None = None, faults: LinkFaults = NO_FAULTS, timeout: float | None = 1.0):
+    def __init__(
+        self, engine: FirmwareEngine | None = None, faults: LinkFaults = NO_FAULTS, timeout: float | None = 1.0
+    ):
         self.engine = engine if engine is not None else FirmwareEngine(BoardConfig())
         self.faults = faults
         self._inj = FaultInjector(faults)

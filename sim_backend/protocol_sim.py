@@ -2,6 +2,7 @@
 
 Registered by adding "sim_backend" to `serial.protocol_handler_packages` (see `register_url_handler`).
 """
+
 from __future__ import annotations
 
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException

@@ -1,4 +1,5 @@
 """Serve a simulated board on a real pseudo-terminal, so any serial program can talk to it."""
+
 from __future__ import annotations
 
 import os

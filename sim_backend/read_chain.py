@@ -5,6 +5,7 @@ The board advertises a nominal calibration (amps_per_code, offset_code) so that
 I ~= (code - offset_code) * amps_per_code; the true gain and offset differ by small seeded errors
 that a host-side calibration against an SMU is meant to find (they are in ``ground_truth()``).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

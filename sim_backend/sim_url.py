@@ -3,6 +3,7 @@
 Example: ``sim://?seed=1&rows=64&cols=64&flip=0.01&delay=0.2``; ``ref=0:63:50k,1:63:1M`` wires
 precision resistors (calibration fixture) in place of cells.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,13 @@ from sim_backend.faults import LinkFaults
 
 _BOARD_KEYS = {"seed": int, "rows": int, "cols": int, "board_id": str, "watchdog_ms": int, "stream_window": int}
 _FAULT_KEYS = {
-    "flip": ("flip", float), "drop": ("drop", float), "delay": ("delay", float),
-    "delay_max": ("delay_max_s", float), "reset_after": ("reset_after", int), "fault_seed": ("seed", int),
-}  # fmt: skip
+    "flip": ("flip", float),
+    "drop": ("drop", float),
+    "delay": ("delay", float),
+    "delay_max": ("delay_max_s", float),
+    "reset_after": ("reset_after", int),
+    "fault_seed": ("seed", int),
+}
 
 
 def parse_sim_url(url: str, base: BoardConfig = DEFAULT_BOARD) -> tuple[BoardConfig, LinkFaults]:

@@ -1,4 +1,5 @@
 """Test-wide options and fixtures: `--board-port` runs the board and procedure tests against a real board."""
+
 from __future__ import annotations
 
 import pytest

@@ -4,6 +4,7 @@ For each of the six formats: the old file loads with today's reader and its cont
 file written now has the same HDF5 layout (groups, datasets, attribute names, dtypes, chunking,
 compression) as the old one; timestamps and software versions differ only in value.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,9 @@ def layout(path: Path) -> dict[str, tuple]:
 
 def assert_same_layout(old: Path, new: Path) -> None:
     a, b = layout(old), layout(new)
-    assert a.keys() == b.keys(), f"only in the old file: {sorted(a.keys() - b.keys())}; only new: {sorted(b.keys() - a.keys())}"
+    assert a.keys() == b.keys(), (
+        f"only in the old file: {sorted(a.keys() - b.keys())}; only new: {sorted(b.keys() - a.keys())}"
+    )
     assert {k: v for k, v in a.items() if v != b[k]} == {}, {k: (v, b[k]) for k, v in a.items() if v != b[k]}
     with h5py.File(old, "r") as f, h5py.File(new, "r") as g:
         for key in ("format", "format_version", "version"):  # the format stamp itself is equal in value
@@ -145,7 +148,13 @@ def test_model_file_loads_and_a_new_one_has_its_keys(tmp_path: Path) -> None:
     old = COMPAT / "model_1.pt"
     model, ckpt = load_model(old)
     assert (ckpt["format"], ckpt["version"]) == ("rram-hil/model", 1)
-    assert ckpt["arch"] == {"name": "mlp", "kwargs": {"hidden": [5]}, "in_channels": 1, "image_size": 4, "num_classes": 3}
+    assert ckpt["arch"] == {
+        "name": "mlp",
+        "kwargs": {"hidden": [5]},
+        "in_channels": 1,
+        "image_size": 4,
+        "num_classes": 3,
+    }
     assert model(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
     assert TrainConfig.from_dict(ckpt["config"]).method == "noise"
 

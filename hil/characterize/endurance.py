@@ -1,4 +1,5 @@
 """Endurance: N SET/RESET cycles on a region, LRS and HRS read every k cycles, streamed from the board."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,18 +14,28 @@ from hil.characterize.runfile import RunWriter, Table
 class EnduranceParams(ProcedureParams):
     cycles: int = param(10_000, unit="cycles", help="SET/RESET cycles per cell", min=1)
     read_every: int = param(100, unit="cycles", help="cycles between two reads of LRS and HRS (1 to --cycles)")
-    set_v: float = param(1.5, unit="V", help="SET pulse voltage", min=0, min_open=True, limit="set_v", label="SET voltage")
+    set_v: float = param(
+        1.5, unit="V", help="SET pulse voltage", min=0, min_open=True, limit="set_v", label="SET voltage"
+    )
     set_width_ns: int = param(200, unit="ns", help="SET pulse width", min=1, limit="width")
     set_gate: float = param(
-        1.1, unit="V", help="NMOS gate voltage on SET: the compliance (~31 uA at 1.1 V, LRS ~30 uS)", min=0,
-        limit="gate_v", label="gate voltage",
+        1.1,
+        unit="V",
+        help="NMOS gate voltage on SET: the compliance (~31 uA at 1.1 V, LRS ~30 uS)",
+        min=0,
+        limit="gate_v",
+        label="gate voltage",
     )
     reset_v: float = param(
         -1.5, unit="V", help="RESET pulse voltage", max=0, max_open=True, limit="reset_v", label="RESET voltage"
     )
     reset_width_ns: int = param(200, unit="ns", help="RESET pulse width", min=1, limit="width")
     reset_gate: float = param(
-        3.0, unit="V", help="NMOS gate voltage on RESET (fully on: no compliance)", min=0, limit="gate_v",
+        3.0,
+        unit="V",
+        help="NMOS gate voltage on RESET (fully on: no compliance)",
+        min=0,
+        limit="gate_v",
         label="gate voltage",
     )
     cells_per_event: int = param(
@@ -40,14 +51,25 @@ class Endurance(Procedure[EnduranceParams]):
     def validate(self) -> None:
         p = self.p
         if p.cycles < 1 or not 1 <= p.read_every <= p.cycles:
-            raise ValueError(f"endurance needs cycles >= 1 and 1 <= read_every <= cycles (got {p.cycles}, {p.read_every})")
+            raise ValueError(
+                f"endurance needs cycles >= 1 and 1 <= read_every <= cycles (got {p.cycles}, {p.read_every})"
+            )
 
     def tables(self) -> dict[str, Table]:
         n = self.region.n_cells
-        return {"endurance": Table(
-            {"cycle": ("i8", ()), "t": ("f8", ()), "lrs": ("f8", (n,)), "hrs": ("f8", (n,)),
-             "lrs_code": ("u2", (n,)), "hrs_code": ("u2", (n,))},
-            "one record per read point: conductance (S) after SET (lrs) and after RESET (hrs) of every cell, row-major")}  # fmt: skip
+        return {
+            "endurance": Table(
+                {
+                    "cycle": ("i8", ()),
+                    "t": ("f8", ()),
+                    "lrs": ("f8", (n,)),
+                    "hrs": ("f8", (n,)),
+                    "lrs_code": ("u2", (n,)),
+                    "hrs_code": ("u2", (n,)),
+                },
+                "one record per read point: conductance (S) after SET (lrs) and after RESET (hrs) of every cell, row-major",
+            )
+        }
 
     def total_units(self) -> int:
         return self.p.cycles // self.p.read_every
@@ -61,11 +83,31 @@ class Endurance(Procedure[EnduranceParams]):
             return
         offset = done_points * p.read_every
         reg = self.region
-        for chunk in self.board.endurance(reg.row0, reg.col0, reg.nrows, reg.ncols, remaining, p.read_every,
-                                          p.set_v, p.set_width_ns, p.set_gate, p.reset_v, p.reset_width_ns,
-                                          p.reset_gate, p.v_read, p.cells_per_event):  # fmt: skip
-            w.append("endurance", cycle=offset + chunk.cycle, t=chunk.timestamp_s, lrs=chunk.lrs_s, hrs=chunk.hrs_s,
-                     lrs_code=chunk.lrs_codes, hrs_code=chunk.hrs_codes)  # fmt: skip
+        for chunk in self.board.endurance(
+            reg.row0,
+            reg.col0,
+            reg.nrows,
+            reg.ncols,
+            remaining,
+            p.read_every,
+            p.set_v,
+            p.set_width_ns,
+            p.set_gate,
+            p.reset_v,
+            p.reset_width_ns,
+            p.reset_gate,
+            p.v_read,
+            p.cells_per_event,
+        ):
+            w.append(
+                "endurance",
+                cycle=offset + chunk.cycle,
+                t=chunk.timestamp_s,
+                lrs=chunk.lrs_s,
+                hrs=chunk.hrs_s,
+                lrs_code=chunk.lrs_codes,
+                hrs_code=chunk.hrs_codes,
+            )
             bar.advance()
 
     def summary(self, data: dict) -> dict:

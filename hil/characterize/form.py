@@ -1,4 +1,5 @@
 """Ramped forming of every cell in a region, with a formed/failed report."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,17 +13,32 @@ from hil.characterize.runfile import RunWriter, Table
 @dataclass
 class FormParams(ProcedureParams):
     v_start: float = param(
-        2.0, unit="V", help="first forming pulse voltage", min=0, min_open=True, limit="form_v", label="FORM start voltage"
+        2.0,
+        unit="V",
+        help="first forming pulse voltage",
+        min=0,
+        min_open=True,
+        limit="form_v",
+        label="FORM start voltage",
     )
     v_stop: float = param(
-        4.5, unit="V", help="last forming pulse voltage (a cell not formed by then has failed)", min=0, min_open=True,
-        limit="form_v", label="FORM stop voltage",
+        4.5,
+        unit="V",
+        help="last forming pulse voltage (a cell not formed by then has failed)",
+        min=0,
+        min_open=True,
+        limit="form_v",
+        label="FORM stop voltage",
     )
     v_step: float = param(0.1, unit="V", help="forming ramp step per pulse", min=0, min_open=True)
     width_ns: int = param(1000, unit="ns", help="forming pulse width", min=1, limit="width")
     v_gate: float = param(
-        1.0, unit="V", help="NMOS gate voltage while forming: sets the compliance (~20 uA at 1 V)", min=0,
-        limit="gate_v", label="gate voltage",
+        1.0,
+        unit="V",
+        help="NMOS gate voltage while forming: sets the compliance (~20 uA at 1 V)",
+        min=0,
+        limit="gate_v",
+        label="gate voltage",
     )
     g_formed: float = param(
         5e-6, unit="S", help="read conductance that counts as formed (ends the cell's ramp)", min=0, min_open=True
@@ -41,10 +57,18 @@ class Form(Procedure[FormParams]):
 
     def tables(self) -> dict[str, Table]:
         return {
-            "form": Table({"cell": ("i4", (2,)), "formed": ("u1", ()), "pulses": ("i4", ()), "v_form": ("f4", ()),
-                           "g_after": ("f8", ()), "t": ("f8", ())},
-                          "one record per cell: last forming voltage (V), read conductance after (S), board time (s)"),
-        }  # fmt: skip
+            "form": Table(
+                {
+                    "cell": ("i4", (2,)),
+                    "formed": ("u1", ()),
+                    "pulses": ("i4", ()),
+                    "v_form": ("f4", ()),
+                    "g_after": ("f8", ()),
+                    "t": ("f8", ()),
+                },
+                "one record per cell: last forming voltage (V), read conductance after (S), board time (s)",
+            ),
+        }
 
     def total_units(self) -> int:
         return self.region.n_cells
@@ -55,8 +79,18 @@ class Form(Procedure[FormParams]):
         done = w.count("form")
         bar.set(done)
         for r, c in zip(rows[done:], cols[done:]):
-            o = self.board.form(int(r), int(c), p.v_start, p.v_stop, p.v_step, p.width_ns, p.v_gate, p.v_read, p.g_formed)
-            w.append("form", cell=[r, c], formed=o.formed, pulses=o.pulses, v_form=o.v_final, g_after=o.conductance_s, t=o.timestamp_s)
+            o = self.board.form(
+                int(r), int(c), p.v_start, p.v_stop, p.v_step, p.width_ns, p.v_gate, p.v_read, p.g_formed
+            )
+            w.append(
+                "form",
+                cell=[r, c],
+                formed=o.formed,
+                pulses=o.pulses,
+                v_form=o.v_final,
+                g_after=o.conductance_s,
+                t=o.timestamp_s,
+            )
             bar.advance()
 
     def summary(self, data: dict) -> dict:

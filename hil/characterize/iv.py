@@ -1,4 +1,5 @@
 """Bipolar I-V sweeps: 0 -> +V_max -> 0 -> V_min -> 0, pulsed or DC, several cycles per cell."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,15 +14,30 @@ from hil.characterize.runfile import RunWriter, Table
 class IvParams(ProcedureParams):
     cells: str = param("0:1,0:2", help=CELLS_HELP)
     v_max: float = param(
-        1.5, unit="V", help="top of the SET branch (0 -> V -> 0)", min=0, min_open=True, limit="set_v", label="sweep maximum"
+        1.5,
+        unit="V",
+        help="top of the SET branch (0 -> V -> 0)",
+        min=0,
+        min_open=True,
+        limit="set_v",
+        label="sweep maximum",
     )
     v_min: float = param(
-        -1.6, unit="V", help="bottom of the RESET branch (0 -> V -> 0)", max=0, max_open=True, limit="reset_v",
+        -1.6,
+        unit="V",
+        help="bottom of the RESET branch (0 -> V -> 0)",
+        max=0,
+        max_open=True,
+        limit="reset_v",
         label="sweep minimum",
     )
     points: int = param(31, help="points per branch (4 branches per sweep)", min=2, max=1024)
-    width_ns: int = param(1000, unit="ns", help="pulse width per point, or dwell per point with --dc", min=1, limit="width")
-    v_gate: float = param(1.0, unit="V", help="NMOS gate voltage: the SET compliance", min=0, limit="gate_v", label="gate voltage")
+    width_ns: int = param(
+        1000, unit="ns", help="pulse width per point, or dwell per point with --dc", min=1, limit="width"
+    )
+    v_gate: float = param(
+        1.0, unit="V", help="NMOS gate voltage: the SET compliance", min=0, limit="gate_v", label="gate voltage"
+    )
     cycles: int = param(3, help="sweeps per cell", min=1)
     dc: bool = param(False, help="DC sweep (each point held for --width-ns) instead of pulses")
 
@@ -39,8 +55,12 @@ class Iv(Procedure[IvParams]):
 
     def tables(self) -> dict[str, Table]:
         n = 4 * self.p.points
-        return {"iv": Table({"cell": ("i4", (2,)), "cycle": ("i4", ()), "v": ("f4", (n,)), "i": ("f8", (n,)), "t": ("f8", ())},
-                            "one record per sweep: applied voltage (V) and current (A) of the 4 branches")}  # fmt: skip
+        return {
+            "iv": Table(
+                {"cell": ("i4", (2,)), "cycle": ("i4", ()), "v": ("f4", (n,)), "i": ("f8", (n,)), "t": ("f8", ())},
+                "one record per sweep: applied voltage (V) and current (A) of the 4 branches",
+            )
+        }
 
     def total_units(self) -> int:
         return self.region.n_cells * self.p.cycles
@@ -54,8 +74,14 @@ class Iv(Procedure[IvParams]):
         for k in range(done, self.total_units()):
             r, c = int(rows[k // p.cycles]), int(cols[k // p.cycles])
             sweeps = [self.board.iv_sweep(r, c, a, b, p.points, p.width_ns, p.v_gate, dc=p.dc) for a, b in branches]
-            w.append("iv", cell=[r, c], cycle=k % p.cycles, v=np.concatenate([s.voltage_v for s in sweeps]),
-                     i=np.concatenate([s.current_a for s in sweeps]), t=sweeps[-1].timestamp_s)  # fmt: skip
+            w.append(
+                "iv",
+                cell=[r, c],
+                cycle=k % p.cycles,
+                v=np.concatenate([s.voltage_v for s in sweeps]),
+                i=np.concatenate([s.current_a for s in sweeps]),
+                t=sweeps[-1].timestamp_s,
+            )
             bar.advance()
 
     def summary(self, data: dict) -> dict:
@@ -66,5 +92,8 @@ class Iv(Procedure[IvParams]):
         back = d["i"][:, n : 2 * n]  # SET branch coming down: the cell is ON
         mid = n // 2
         g_on = np.abs(back[:, mid]) / np.maximum(np.abs(d["v"][:, n + mid]), 1e-3)
-        return {"sweeps": int(len(d)), "v_set_median": float(np.median(d["v"][np.arange(len(d)), set_idx])),
-                "g_on_median": float(np.median(g_on))}  # fmt: skip
+        return {
+            "sweeps": int(len(d)),
+            "v_set_median": float(np.median(d["v"][np.arange(len(d)), set_idx])),
+            "g_on_median": float(np.median(g_on)),
+        }

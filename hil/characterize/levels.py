@@ -6,6 +6,7 @@ one RESET and one SET at the interpolated gate. Both phases are read right after
 a few times after, so calibration can fit programming error, its spread, the pulses it cost, and
 relaxation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,12 +37,24 @@ class LevelsParams(ProcedureParams):
     g_hi: float = param(36e-6, unit="S", help="highest target conductance", min=0, min_open=True)
     tol: float = param(0.8e-6, unit="S", help="write-verify tolerance (2% of g_max)", min=0, min_open=True)
     max_pulses: int = param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
-    read_times: str = param("1,10,100,1000", unit="s", help="block reads after programming: comma-separated, increasing")
+    read_times: str = param(
+        "1,10,100,1000", unit="s", help="block reads after programming: comma-separated, increasing"
+    )
     gate_lo: float = param(
-        0.7, unit="V", help="lowest SET gate voltage of the gate calibration", min=0, limit="gate_v", label="gate voltage"
+        0.7,
+        unit="V",
+        help="lowest SET gate voltage of the gate calibration",
+        min=0,
+        limit="gate_v",
+        label="gate voltage",
     )
     gate_hi: float = param(
-        1.4, unit="V", help="highest SET gate voltage of the gate calibration", min=0, limit="gate_v", label="gate voltage"
+        1.4,
+        unit="V",
+        help="highest SET gate voltage of the gate calibration",
+        min=0,
+        limit="gate_v",
+        label="gate voltage",
     )
     gate_points: int = param(15, help="gate voltages in the gate calibration", min=2)
     cal_cells: int = param(16, help="cells the gate calibration is measured on (the region's first ones)", min=1)
@@ -63,7 +76,9 @@ class Levels(Procedure[LevelsParams]):
         try:
             t = np.array([float(x) for x in self.p.read_times.split(",")])
         except ValueError:
-            raise ValueError(f"--read-times {self.p.read_times!r}: give comma-separated seconds, e.g. 1,10,100") from None
+            raise ValueError(
+                f"--read-times {self.p.read_times!r}: give comma-separated seconds, e.g. 1,10,100"
+            ) from None
         if t.size < 1 or np.any(t <= 0) or np.any(np.diff(t) <= 0):
             raise ValueError(f"--read-times {self.p.read_times!r}: times must be positive and increasing")
         return t
@@ -86,7 +101,9 @@ class Levels(Procedure[LevelsParams]):
         p = self.p
         rows, cols = self.region.cells()
         k = min(p.cal_cells, rows.size)
-        calibrate_gate(self.board, w, rows[:k], cols[:k], np.linspace(p.gate_lo, p.gate_hi, p.gate_points), p.v_read, bar)
+        calibrate_gate(
+            self.board, w, rows[:k], cols[:k], np.linspace(p.gate_lo, p.gate_hi, p.gate_points), p.v_read, bar
+        )
 
     def _program_open_loop(self, w: RunWriter, bar: Progress, levels: np.ndarray, targets: np.ndarray) -> None:
         p = self.p
@@ -96,19 +113,50 @@ class Levels(Procedure[LevelsParams]):
         for i in range(w.count("open_loop"), rows.size):
             r, c, lv = int(rows[i]), int(cols[i]), int(levels[i])
             m = one_shot(self.board, r, c, float(gates[lv]), p.v_read)
-            w.append("open_loop", cell=[r, c], level=lv, target=targets[lv], g=m.conductance_s, pulses=2, status=0, t=m.timestamp_s)
+            w.append(
+                "open_loop",
+                cell=[r, c],
+                level=lv,
+                target=targets[lv],
+                g=m.conductance_s,
+                pulses=2,
+                status=0,
+                t=m.timestamp_s,
+            )
             bar.advance()
 
     def run(self, w: RunWriter, bar: Progress) -> None:
         p = self.p
         targets = level_targets(p.levels, p.g_lo, p.g_hi)
         levels = assign_levels(self.region.n_cells, p.levels, p.seed)
-        bar.set(sum(w.count(t) for t in ("gate_cal", "open_loop", "verified")) + w.count("open_loop_reads") + w.count("verified_reads"))
+        bar.set(
+            sum(w.count(t) for t in ("gate_cal", "open_loop", "verified"))
+            + w.count("open_loop_reads")
+            + w.count("verified_reads")
+        )
         self._calibrate_gate(w, bar)
         self._program_open_loop(w, bar, levels, targets)
-        timed_reads(self.board, w, "open_loop_reads", self.region, float(w.read("open_loop")["t"].max()), self.times, p.v_read, bar)
+        timed_reads(
+            self.board,
+            w,
+            "open_loop_reads",
+            self.region,
+            float(w.read("open_loop")["t"].max()),
+            self.times,
+            p.v_read,
+            bar,
+        )
         program_verified(self.board, w, "verified", self.region, levels, targets, p.tol, p.max_pulses, p.v_read, bar)
-        timed_reads(self.board, w, "verified_reads", self.region, float(w.read("verified")["t"].max()), self.times, p.v_read, bar)
+        timed_reads(
+            self.board,
+            w,
+            "verified_reads",
+            self.region,
+            float(w.read("verified")["t"].max()),
+            self.times,
+            p.v_read,
+            bar,
+        )
 
     def summary(self, data: dict) -> dict:
         healthy = data["verified"]["status"] == 0  # cells write-verify could program: formed, not stuck

@@ -1,4 +1,5 @@
 """Shared steps of the multi-level procedures: level targets, write-verify programming, timed block reads."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,9 +10,14 @@ from hil.characterize.runfile import RunWriter, Table
 from hil.hardware.board import Board, PulseRamp
 
 PROGRAM_FIELDS = {
-    "cell": ("i4", (2,)), "level": ("i2", ()), "target": ("f8", ()), "g": ("f8", ()),
-    "pulses": ("i4", ()), "status": ("u1", ()), "t": ("f8", ()),
-}  # fmt: skip
+    "cell": ("i4", (2,)),
+    "level": ("i2", ()),
+    "target": ("f8", ()),
+    "g": ("f8", ()),
+    "pulses": ("i4", ()),
+    "status": ("u1", ()),
+    "t": ("f8", ()),
+}
 DEFAULT_RAMP = PulseRamp()  # the default write-verify pulse ramp (frozen: one shared instance is safe)
 
 
@@ -39,9 +45,20 @@ def board_time(board: Board) -> float:
     return board.heartbeat().timestamp_us / 1e6
 
 
-def program_verified(board: Board, w: RunWriter, table: str, region: Region, levels: np.ndarray, targets: np.ndarray,
-                     tol: float, max_pulses: int, v_read: float, bar: Progress, batch: int = 256,
-                     ramp: PulseRamp = DEFAULT_RAMP) -> None:  # fmt: skip
+def program_verified(
+    board: Board,
+    w: RunWriter,
+    table: str,
+    region: Region,
+    levels: np.ndarray,
+    targets: np.ndarray,
+    tol: float,
+    max_pulses: int,
+    v_read: float,
+    bar: Progress,
+    batch: int = 256,
+    ramp: PulseRamp = DEFAULT_RAMP,
+) -> None:
     """Write-verify every cell of the region to its target, in batches, resuming after the cells recorded."""
     rows, cols = region.cells()
     done = w.count(table)
@@ -56,8 +73,16 @@ def program_verified(board: Board, w: RunWriter, table: str, region: Region, lev
         bar.advance(sl.stop - sl.start)
 
 
-def timed_reads(board: Board, w: RunWriter, table: str, region: Region, t_ref: float, times_s: np.ndarray,
-                v_read: float, bar: Progress) -> None:  # fmt: skip
+def timed_reads(
+    board: Board,
+    w: RunWriter,
+    table: str,
+    region: Region,
+    t_ref: float,
+    times_s: np.ndarray,
+    v_read: float,
+    bar: Progress,
+) -> None:
     """Read the whole region at t_ref + each time (board clock), skipping the reads already recorded."""
     done = w.count(table)
     for k in range(done, times_s.size):
@@ -98,10 +123,18 @@ def gate_table(k: int) -> Table:
     return Table({"gate": ("f8", ()), "g": ("f8", (k,))}, "SET gate (V) vs conductance (S) after a full RESET")
 
 
-def calibrate_gate(board: Board, w: RunWriter, rows: np.ndarray, cols: np.ndarray, gates: np.ndarray, v_read: float,
-                   bar: Progress, table: str = "gate_cal") -> None:  # fmt: skip
+def calibrate_gate(
+    board: Board,
+    w: RunWriter,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    gates: np.ndarray,
+    v_read: float,
+    bar: Progress,
+    table: str = "gate_cal",
+) -> None:
     """Conductance reached by one SET at each gate voltage on a few cells (resumes after recorded gates)."""
-    for gate in gates[w.count(table):]:
+    for gate in gates[w.count(table) :]:
         g = np.array([one_shot(board, int(r), int(c), float(gate), v_read).conductance_s for r, c in zip(rows, cols)])
         w.append(table, gate=gate, g=g)
         bar.advance()

@@ -1,4 +1,5 @@
 """The procedure framework: declared parameters, run-file columns, resumable execution, progress and summary."""
+
 from __future__ import annotations
 
 import abc
@@ -107,8 +108,16 @@ _T = TypeVar("_T")
 
 
 def param(
-    default: _T, *, help: str, unit: str = "", min: float | None = None, max: float | None = None,
-    min_open: bool = False, max_open: bool = False, limit: str | None = None, label: str = "",
+    default: _T,
+    *,
+    help: str,
+    unit: str = "",
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    limit: str | None = None,
+    label: str = "",
 ) -> _T:
     """A Params field with its ParamSpec: `v_stop: float = param(4.5, unit="V", help="last forming pulse", min=0)`."""
     spec = ParamSpec(help, unit, min, max, min_open, max_open, limit, label)
@@ -224,7 +233,9 @@ class Progress:
         from tqdm import tqdm
 
         # disable=None: no bar when stderr is not a terminal (logs, CI), so output lines stay clean
-        self._bar = tqdm(total=total, desc=desc, unit=unit, disable=True if quiet else None, dynamic_ncols=True, leave=False)
+        self._bar = tqdm(
+            total=total, desc=desc, unit=unit, disable=True if quiet else None, dynamic_ncols=True, leave=False
+        )
 
     def advance(self, n: int = 1) -> None:
         self._bar.update(n)
@@ -253,15 +264,32 @@ class RunOutcome:
     resets: int
 
 
-def run_procedure(proc: Procedure[Any], out: str | Path, *, force: bool = False, resume: bool = False,
-                  calibration: dict | None = None, quiet: bool = False, flush_s: float = 2.0) -> RunOutcome:  # fmt: skip
+def run_procedure(
+    proc: Procedure[Any],
+    out: str | Path,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    calibration: dict | None = None,
+    quiet: bool = False,
+    flush_s: float = 2.0,
+) -> RunOutcome:
     """Create (or resume) the run file and execute the procedure into it, surviving board resets."""
     params = params_dict(proc.p)
     if resume:
         run = resume_run(out, proc.name, params, flush_s=flush_s)
     else:
-        run = create_run(out, proc.name, params, proc.board.describe(), proc.tables(), list(proc.state_keys),
-                         calibration=calibration, force=force, flush_s=flush_s)  # fmt: skip
+        run = create_run(
+            out,
+            proc.name,
+            params,
+            proc.board.describe(),
+            proc.tables(),
+            list(proc.state_keys),
+            calibration=calibration,
+            force=force,
+            flush_s=flush_s,
+        )
     resets = 0
     bar = Progress(proc.total_units(), proc.name, quiet)
     try:

@@ -1,4 +1,5 @@
 """Read noise: optionally program cells to levels, then read the region many times in a row."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,9 +36,12 @@ class ReadNoise(Procedure[ReadNoiseParams]):
 
     def tables(self) -> dict[str, Table]:
         n = self.region.n_cells
-        return {"program": program_table("write-verify programming before the reads (empty with --no-program)"),
-                "reads": Table({"t": ("f8", ()), "g": ("f8", (n,)), "code": ("u2", (n,))},
-                               "one record per block read of the region")}  # fmt: skip
+        return {
+            "program": program_table("write-verify programming before the reads (empty with --no-program)"),
+            "reads": Table(
+                {"t": ("f8", ()), "g": ("f8", (n,)), "code": ("u2", (n,))}, "one record per block read of the region"
+            ),
+        }
 
     def total_units(self) -> int:
         return (self.region.n_cells if self.p.program else 0) + self.p.reads
@@ -59,5 +63,9 @@ class ReadNoise(Procedure[ReadNoiseParams]):
     def summary(self, data: dict) -> dict:
         g = data["reads"]["g"]
         sd = g.std(axis=0, ddof=1)
-        return {"reads": int(g.shape[0]), "cells": int(g.shape[1]), "sigma_median_uS": float(np.median(sd) * 1e6),
-                "g_mean_median_uS": float(np.median(g.mean(axis=0)) * 1e6)}  # fmt: skip
+        return {
+            "reads": int(g.shape[0]),
+            "cells": int(g.shape[1]),
+            "sigma_median_uS": float(np.median(sd) * 1e6),
+            "g_mean_median_uS": float(np.median(g.mean(axis=0)) * 1e6),
+        }

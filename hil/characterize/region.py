@@ -1,4 +1,5 @@
 """Cell regions on the command line: 'R0:R1,C0:C1' (half-open ranges) or 'R,C' for one cell."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ class Region:
 
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
         """Row and column index of every cell, row-major."""
-        rr, cc = np.meshgrid(np.arange(self.row0, self.row0 + self.nrows), np.arange(self.col0, self.col0 + self.ncols), indexing="ij")
+        rr, cc = np.meshgrid(
+            np.arange(self.row0, self.row0 + self.nrows), np.arange(self.col0, self.col0 + self.ncols), indexing="ij"
+        )
         return rr.ravel(), cc.ravel()
 
     def __str__(self) -> str:

@@ -1,4 +1,5 @@
 """Retention: program cells to levels with write-verify, then read them on a log-spaced schedule."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,10 @@ class Retention(Procedure[RetentionParams]):
         log_times(self.p.t_first, self.p.t_last, self.p.times)
 
     def tables(self) -> dict[str, Table]:
-        return {"program": program_table("write-verify programming, one record per cell"),
-                "reads": reads_table(self.region.n_cells, "block reads at log-spaced times after programming")}  # fmt: skip
+        return {
+            "program": program_table("write-verify programming, one record per cell"),
+            "reads": reads_table(self.region.n_cells, "block reads at log-spaced times after programming"),
+        }
 
     def total_units(self) -> int:
         return self.region.n_cells + self.p.times

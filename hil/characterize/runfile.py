@@ -6,6 +6,7 @@ that keeps the file readable if the process dies. Data are flushed at least ever
 A run that was interrupted keeps status "running"; `resume_run` copies what was flushed into a clean
 file and carries on appending, so the finished file has the same content as an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import json
@@ -178,9 +179,17 @@ def _declare(f: h5py.File, tables: dict[str, Table], state_keys: list[str]) -> N
     f.attrs["state_keys"] = json.dumps(state_keys)
 
 
-def create_run(path: str | os.PathLike, procedure: str, params: dict, board: dict, tables: dict[str, Table],
-               state_keys: Sequence[str] = (), calibration: dict | None = None, force: bool = False,
-               flush_s: float = 2.0) -> Run:  # fmt: skip
+def create_run(
+    path: str | os.PathLike,
+    procedure: str,
+    params: dict,
+    board: dict,
+    tables: dict[str, Table],
+    state_keys: Sequence[str] = (),
+    calibration: dict | None = None,
+    force: bool = False,
+    flush_s: float = 2.0,
+) -> Run:
     """Create a new run file; refuses to overwrite an existing file unless `force`."""
     p = Path(path)
     refusal = "use --force to overwrite or --resume to continue it"

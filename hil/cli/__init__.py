@@ -5,6 +5,7 @@ every CLI module, so the registry (and `rram --help`) is complete. Heavy librari
 scipy.stats, tqdm) are imported inside the commands that use them, so `rram --help` and
 `rram board info` start fast.
 """
+
 from __future__ import annotations
 
 import click

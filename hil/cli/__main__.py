@@ -1,4 +1,5 @@
 """`python -m hil.cli` runs the `rram` command line."""
+
 from hil.cli import main
 
 main()

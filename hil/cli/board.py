@@ -1,4 +1,5 @@
 """`rram board info|calibrate`: a board's identity and limits, and its read-path calibration against an SMU."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,21 @@ if TYPE_CHECKING:
 # The read-path fit (scipy) and the SMU driver (pyvisa) are imported by `calibrate` only, so that
 # `rram board info` and `rram --help` start fast; their errors join the expected ones there.
 _BOARD_ERRORS: tuple[type[BaseException], ...] = (
-    BoardConnectionError, BoardTimeoutError, VersionError, LimitError, BoardError, BoardResetError,
-    FileExistsError, FileNotFoundError, ValueError,
-)  # fmt: skip
+    BoardConnectionError,
+    BoardTimeoutError,
+    VersionError,
+    LimitError,
+    BoardError,
+    BoardResetError,
+    FileExistsError,
+    FileNotFoundError,
+    ValueError,
+)
 expected_error(*_BOARD_ERRORS)
 
-_PORT_HELP = "board URL: /dev/ttyUSB0, COM3, socket://h:p, sim://?seed=1 (sim://...&ref=0:63:50k wires reference resistors)"
+_PORT_HELP = (
+    "board URL: /dev/ttyUSB0, COM3, socket://h:p, sim://?seed=1 (sim://...&ref=0:63:50k wires reference resistors)"
+)
 _SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
 
 
@@ -92,17 +102,26 @@ def board() -> None:
 
 def _format_info(d: dict[str, Any]) -> str:
     rows = [
-        ("board id", d["board_id"]), ("port", d["port"]), ("protocol", d["protocol"]), ("firmware", d["firmware"]),
-        ("session", f"{d['session_id']:08x}"), ("array", f"{d['rows']} x {d['cols']}"),
-        ("capabilities", ", ".join(d["capabilities"]) or "-"), ("DAC / ADC bits", f"{d['dac_bits']} / {d['adc_bits']}"),
-        ("SET voltage", "{:g} .. {:g} V".format(*d["set_v"])), ("RESET voltage", "{:g} .. {:g} V".format(*d["reset_v"])),
-        ("FORM voltage", "{:g} .. {:g} V".format(*d["form_v"])), ("read voltage", "{:g} .. {:g} V".format(*d["read_v"])),
+        ("board id", d["board_id"]),
+        ("port", d["port"]),
+        ("protocol", d["protocol"]),
+        ("firmware", d["firmware"]),
+        ("session", f"{d['session_id']:08x}"),
+        ("array", f"{d['rows']} x {d['cols']}"),
+        ("capabilities", ", ".join(d["capabilities"]) or "-"),
+        ("DAC / ADC bits", f"{d['dac_bits']} / {d['adc_bits']}"),
+        ("SET voltage", "{:g} .. {:g} V".format(*d["set_v"])),
+        ("RESET voltage", "{:g} .. {:g} V".format(*d["reset_v"])),
+        ("FORM voltage", "{:g} .. {:g} V".format(*d["form_v"])),
+        ("read voltage", "{:g} .. {:g} V".format(*d["read_v"])),
         ("gate voltage", "{:g} .. {:g} V".format(*d["gate_v"])),
         ("pulse width", "{} .. {} ns, step {} ns".format(*d["pulse_width_ns"])),
-        ("max compliance", f"{d['max_compliance_a'] * 1e6:g} uA"), ("max payload", f"{d['max_payload']} bytes"),
-        ("watchdog", f"{d['watchdog_ms']} ms"), ("stream window", str(d["stream_window"])),
+        ("max compliance", f"{d['max_compliance_a'] * 1e6:g} uA"),
+        ("max payload", f"{d['max_payload']} bytes"),
+        ("watchdog", f"{d['watchdog_ms']} ms"),
+        ("stream window", str(d["stream_window"])),
         ("write-verify batch", str(d["max_wv_batch"])),
-    ]  # fmt: skip
+    ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -120,28 +139,81 @@ def info(port: str, as_json: bool) -> None:
 @board.command("calibrate")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, help=_PORT_HELP)
 @click.option("--smu", "smu_resource", required=True, help="VISA resource of the SMU, e.g. GPIB0::24::INSTR")
-@click.option("--visa-backend", default="", help="pyvisa backend: '' (system VISA), '@py', or a simulated SMU: '2400@sim' / '2450@sim' (packaged) or 'file.yaml@sim'")
-@click.option("--dialect", type=click.Choice(["auto", "2400", "2450"]), default="auto", show_default=True,
-              help="SCPI dialect of the SMU (auto: from *IDN?)")
-@click.option("--ref-cell", "ref_cells", multiple=True, required=True, callback=_callback(parse_cell),
-              help="cell ROW,COL wired to a reference resistor (repeat, one per resistor)")
-@click.option("--resistors", required=True, callback=_callback(parse_ohms),
-              help="reference resistances in --ref-cell order, e.g. 50k,100k,200k,500k,1M")
-@click.option("--voltages", default="0.05,0.1,0.15,0.2,0.25,0.3", show_default=True, callback=_callback(parse_voltages),
-              help="read voltages (V) applied by the board and the SMU")
-@click.option("--smu-max-voltage", type=float, default=0.5, show_default=True,
-              help="safety limit: the SMU never sources beyond +- this voltage")
-@click.option("--compliance", type=float, default=None, help="SMU current limit (A); default 2 x the largest expected current")
+@click.option(
+    "--visa-backend",
+    default="",
+    help="pyvisa backend: '' (system VISA), '@py', or a simulated SMU: '2400@sim' / '2450@sim' (packaged) or 'file.yaml@sim'",
+)
+@click.option(
+    "--dialect",
+    type=click.Choice(["auto", "2400", "2450"]),
+    default="auto",
+    show_default=True,
+    help="SCPI dialect of the SMU (auto: from *IDN?)",
+)
+@click.option(
+    "--ref-cell",
+    "ref_cells",
+    multiple=True,
+    required=True,
+    callback=_callback(parse_cell),
+    help="cell ROW,COL wired to a reference resistor (repeat, one per resistor)",
+)
+@click.option(
+    "--resistors",
+    required=True,
+    callback=_callback(parse_ohms),
+    help="reference resistances in --ref-cell order, e.g. 50k,100k,200k,500k,1M",
+)
+@click.option(
+    "--voltages",
+    default="0.05,0.1,0.15,0.2,0.25,0.3",
+    show_default=True,
+    callback=_callback(parse_voltages),
+    help="read voltages (V) applied by the board and the SMU",
+)
+@click.option(
+    "--smu-max-voltage",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="safety limit: the SMU never sources beyond +- this voltage",
+)
+@click.option(
+    "--compliance", type=float, default=None, help="SMU current limit (A); default 2 x the largest expected current"
+)
 @click.option("--nplc", type=float, default=1.0, show_default=True, help="SMU integration time (power-line cycles)")
-@click.option("--repeats", type=click.IntRange(1, 100), default=1, show_default=True, help="readings averaged per point")
+@click.option(
+    "--repeats", type=click.IntRange(1, 100), default=1, show_default=True, help="readings averaged per point"
+)
 @click.option("--no-prompt", is_flag=True, help="do not ask to move the SMU leads between resistors (switched fixture)")
-@click.option("--out", "-o", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="calibration file to write (.h5, or .json)")
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="calibration file to write (.h5, or .json)",
+)
 @click.option("--force", is_flag=True, help="overwrite an existing calibration file")
 @click.option("--json", "as_json", is_flag=True, help="print the fitted values as JSON")
-def calibrate_cmd(port: str, smu_resource: str, visa_backend: str, dialect: str, ref_cells: list[tuple[int, int]],
-                  resistors: list[float], voltages: list[float], smu_max_voltage: float, compliance: float | None,
-                  nplc: float, repeats: int, no_prompt: bool, out: Path, force: bool, as_json: bool) -> None:  # fmt: skip
+def calibrate_cmd(
+    port: str,
+    smu_resource: str,
+    visa_backend: str,
+    dialect: str,
+    ref_cells: list[tuple[int, int]],
+    resistors: list[float],
+    voltages: list[float],
+    smu_max_voltage: float,
+    compliance: float | None,
+    nplc: float,
+    repeats: int,
+    no_prompt: bool,
+    out: Path,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Fit the board's read-path gain and offset against an SMU on reference resistors; write a calibration file.
 
     Use the file with `rram characterize ... --calibration FILE`; run files embed it.
@@ -149,7 +221,9 @@ def calibrate_cmd(port: str, smu_resource: str, visa_backend: str, dialect: str,
     if out.exists() and not force:
         raise UserError(f"{out} already exists (use --force to overwrite)")
     if len(ref_cells) != len(resistors):
-        raise UserError(f"{len(ref_cells)} --ref-cell but {len(resistors)} --resistors value(s): give one resistor per cell")
+        raise UserError(
+            f"{len(ref_cells)} --ref-cell but {len(resistors)} --resistors value(s): give one resistor per cell"
+        )
     from hil.hardware.instruments import Smu, SmuConnectionError, SmuError
     from hil.hardware.instruments.backends import is_simulated
     from hil.hardware.instruments.simulated import SimulatedResistorSmu
@@ -160,8 +234,10 @@ def calibrate_cmd(port: str, smu_resource: str, visa_backend: str, dialect: str,
     simulated = is_simulated(visa_backend)
     with _one_line_errors(*smu_errors):
         smu_cls = SimulatedResistorSmu if simulated else Smu
-        with smu_cls.open(smu_resource, visa_backend, max_voltage_v=smu_max_voltage, dialect=dialect) as smu, \
-                Board.open(port) as b:  # fmt: skip
+        with (
+            smu_cls.open(smu_resource, visa_backend, max_voltage_v=smu_max_voltage, dialect=dialect) as smu,
+            Board.open(port) as b,
+        ):
             connect: Callable[[RefCell], None] | None
             if isinstance(smu, SimulatedResistorSmu):
                 sim_smu = smu  # the simulated fixture: "moving the leads" is wiring the SMU across the resistor
@@ -169,12 +245,27 @@ def calibrate_cmd(port: str, smu_resource: str, visa_backend: str, dialect: str,
             elif no_prompt:
                 connect = None
             else:
-                def connect(cell: RefCell) -> None:
-                    click.prompt(f"connect the SMU across the {cell.ohms:g} ohm resistor at cell ({cell.row}, {cell.col}), "
-                                 "then press Enter", default="", show_default=False, err=True)  # fmt: skip
 
-            cal = calibrate(b, smu, ref_cells, resistors, voltages, connect=connect, compliance_a=compliance,
-                            nplc=nplc, repeats=repeats)  # fmt: skip
+                def connect(cell: RefCell) -> None:
+                    click.prompt(
+                        f"connect the SMU across the {cell.ohms:g} ohm resistor at cell ({cell.row}, {cell.col}), "
+                        "then press Enter",
+                        default="",
+                        show_default=False,
+                        err=True,
+                    )
+
+            cal = calibrate(
+                b,
+                smu,
+                ref_cells,
+                resistors,
+                voltages,
+                connect=connect,
+                compliance_a=compliance,
+                nplc=nplc,
+                repeats=repeats,
+            )
         cal.save(out, force=force)
     s = cal.summary()
     if as_json:

@@ -1,4 +1,5 @@
 """`rram characterize PROCEDURE`: one subcommand per procedure, options generated from its parameters."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,9 @@ from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
 from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError
 
 FC = TypeVar("FC", bound=Callable[..., Any])
-expected_error(BoardConnectionError, BoardTimeoutError, VersionError, LimitError, RunFileError, BoardError, BoardResetError)
+expected_error(
+    BoardConnectionError, BoardTimeoutError, VersionError, LimitError, RunFileError, BoardError, BoardResetError
+)
 
 
 class _DeclaredRange(click.ParamType):
@@ -103,8 +106,18 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
 
-def execute(proc_cls: type[Procedure[Any]], port: str, out: Path, force: bool, resume: bool, as_json: bool,
-            quiet: bool, calibration: Path | None, params: dict, flush_s: float = 2.0) -> dict:  # fmt: skip
+def execute(
+    proc_cls: type[Procedure[Any]],
+    port: str,
+    out: Path,
+    force: bool,
+    resume: bool,
+    as_json: bool,
+    quiet: bool,
+    calibration: Path | None,
+    params: dict,
+    flush_s: float = 2.0,
+) -> dict:
     """Open the board, run the procedure into `out`, print a summary; returns the summary."""
     if resume and force:
         raise UserError("--resume and --force exclude each other")
@@ -119,8 +132,15 @@ def execute(proc_cls: type[Procedure[Any]], port: str, out: Path, force: bool, r
     with Board.open(port, calibration=cal) as board:
         proc = proc_cls(p, board)
         try:
-            outcome = run_procedure(proc, out, force=force, resume=resume, quiet=quiet, flush_s=flush_s,
-                                    calibration=cal.to_dict() if cal else None)  # fmt: skip
+            outcome = run_procedure(
+                proc,
+                out,
+                force=force,
+                resume=resume,
+                quiet=quiet,
+                flush_s=flush_s,
+                calibration=cal.to_dict() if cal else None,
+            )
         except KeyboardInterrupt:
             raise UserError(f"interrupted: data up to the last flush are in {out}; continue with --resume") from None
         except (BoardConnectionError, BoardTimeoutError) as exc:
@@ -136,25 +156,53 @@ def execute(proc_cls: type[Procedure[Any]], port: str, out: Path, force: bool, r
 
 
 def _make_command(name: str, proc_cls: type[Procedure[Any]]) -> click.Command:
-    def callback(port: str, out: Path, force: bool, resume: bool, as_json: bool, quiet: bool,
-                 calibration: Path | None, flush_s: float, **params: object) -> None:  # fmt: skip
+    def callback(
+        port: str,
+        out: Path,
+        force: bool,
+        resume: bool,
+        as_json: bool,
+        quiet: bool,
+        calibration: Path | None,
+        flush_s: float,
+        **params: object,
+    ) -> None:
         _sigterm_as_interrupt()
         execute(proc_cls, port, out, force, resume, as_json, quiet, calibration, params, flush_s)
 
     doc = (sys.modules[proc_cls.__module__].__doc__ or name).strip().splitlines()[0]
     cmd = click.Command(name, callback=callback, help=doc)
     options: list[click.Parameter] = [
-        click.Option(["--port"], default=DEFAULT_PORT, show_default=True, help="board URL: /dev/ttyUSB0, COM3, socket://h:p, sim://?seed=1"),
-        click.Option(["--out", "-o", "out"], type=click.Path(path_type=Path, dir_okay=False), required=True, help="run file (HDF5)"),
+        click.Option(
+            ["--port"],
+            default=DEFAULT_PORT,
+            show_default=True,
+            help="board URL: /dev/ttyUSB0, COM3, socket://h:p, sim://?seed=1",
+        ),
+        click.Option(
+            ["--out", "-o", "out"],
+            type=click.Path(path_type=Path, dir_okay=False),
+            required=True,
+            help="run file (HDF5)",
+        ),
         click.Option(["--force"], is_flag=True, help="overwrite an existing run file"),
         click.Option(["--resume"], is_flag=True, help="continue an interrupted run file"),
         click.Option(["--json", "as_json"], is_flag=True, help="print the summary as JSON"),
         click.Option(["--quiet", "-q"], is_flag=True, help="no progress bar"),
-        click.Option(["--flush-s", "flush_s"], type=click.FloatRange(min=0.0), default=2.0, show_default=True,
-                     help="longest time (s) recorded data may wait before reaching the disk"),
-        click.Option(["--calibration"], type=click.Path(path_type=Path, dir_okay=False), default=None,
-                     help="read-path calibration from `rram board calibrate`"),
-    ]  # fmt: skip
+        click.Option(
+            ["--flush-s", "flush_s"],
+            type=click.FloatRange(min=0.0),
+            default=2.0,
+            show_default=True,
+            help="longest time (s) recorded data may wait before reaching the disk",
+        ),
+        click.Option(
+            ["--calibration"],
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="read-path calibration from `rram board calibrate`",
+        ),
+    ]
     for f in dataclasses.fields(proc_cls.Params):
         decls, settings = param_option(f)
         options.append(click.Option(decls, **settings))

@@ -1,4 +1,5 @@
 """The registry of top-level `rram` commands: each CLI module registers its click command or group here."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

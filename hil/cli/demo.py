@@ -1,4 +1,5 @@
 """`rram demo`: the pipeline end to end on the embedded simulated board."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,14 @@ from hil.cli.commands import COMMANDS
 
 @COMMANDS.register("demo")
 @click.command()
-@click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), default=Path("rram-demo"), show_default=True,
-              help="output folder for run files, figures and the summary")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("rram-demo"),
+    show_default=True,
+    help="output folder for run files, figures and the summary",
+)
 @click.option("--seed", default=1, show_default=True, help="seed of the simulated chip")
 @click.option("--quick", is_flag=True, help="smaller regions and budgets (a few seconds)")
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")

@@ -1,4 +1,5 @@
 """One-line errors for the CLI: expected failures never show a traceback."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """`rram evaluate`: Monte Carlo accuracy of a saved model under device noise (mean, CI, KPP, worst, EKL)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,12 @@ from hil.cli.train import noise_options, spec_from_kwargs
 @COMMANDS.register("evaluate")
 @click.command("evaluate")
 @click.argument("model_file", type=click.Path(dir_okay=False), required=False)
-@click.option("--deployed", type=click.Path(dir_okay=False), default=None,
-              help="Deployment run file from `rram program`: accuracy with the read-back weights vs the prediction.")
+@click.option(
+    "--deployed",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Deployment run file from `rram program`: accuracy with the read-back weights vs the prediction.",
+)
 @noise_options
 @click.option("--mc", "n_draws", type=int, default=1000, show_default=True, help="Number of noise draws.")
 @click.option("--kpp", type=float, multiple=True, help="k (percent) of the k-th percentile performance; repeatable.")
@@ -26,8 +31,20 @@ from hil.cli.train import noise_options, spec_from_kwargs
 @click.option("--data-root", type=click.Path(file_okay=False), help="Override the dataset folder stored in the model.")
 @click.option("--per-draw", is_flag=True, help="Include every draw's accuracy in the JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def evaluate(model_file: str | None, deployed: str | None, n_draws: int, kpp: tuple[float, ...], seed: int, device: str, batch_size: int,
-             draws_per_chunk: int | None, data_root: str | None, per_draw: bool, as_json: bool, **noise_kw: Any) -> None:
+def evaluate(
+    model_file: str | None,
+    deployed: str | None,
+    n_draws: int,
+    kpp: tuple[float, ...],
+    seed: int,
+    device: str,
+    batch_size: int,
+    draws_per_chunk: int | None,
+    data_root: str | None,
+    per_draw: bool,
+    as_json: bool,
+    **noise_kw: Any,
+) -> None:
     """Evaluate MODEL_FILE on its test set over noise draws (noise defaults to the model's training noise).
 
     With --deployed DEPLOY.h5 instead: the network as measured on the chip, next to the Monte Carlo
@@ -61,8 +78,19 @@ def evaluate(model_file: str | None, deployed: str | None, n_draws: int, kpp: tu
         raise UserError(f"{model_file} was trained without noise: give a noise source (--profile, --sigma, ...)")
     noise = noise_from_spec(spec)
     ds = load_dataset(ckpt["data"]["name"], data_root or ckpt["data"]["root"])
-    res = evaluate_mc(model, ds.x_test, ds.y_test, noise, n_draws, seed=seed, kpp=tuple(kpp), batch_size=batch_size,
-                      draws_per_chunk=draws_per_chunk, device=dev, progress=not as_json)
+    res = evaluate_mc(
+        model,
+        ds.x_test,
+        ds.y_test,
+        noise,
+        n_draws,
+        seed=seed,
+        kpp=tuple(kpp),
+        batch_size=batch_size,
+        draws_per_chunk=draws_per_chunk,
+        device=dev,
+        progress=not as_json,
+    )
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -79,8 +107,10 @@ def evaluate(model_file: str | None, deployed: str | None, n_draws: int, kpp: tu
     click.echo(f"{model_file}: {ds.name} test set ({res.n_samples} samples), {res.n_draws} noise draws")
     if res.clean_accuracy is not None:
         click.echo(f"  clean accuracy   {100 * res.clean_accuracy:.2f} %")
-    click.echo(f"  noisy mean (std) {100 * res.mean:.2f} % ({100 * res.std:.2f})  95% CI "
-               f"[{100 * res.ci95[0]:.2f}, {100 * res.ci95[1]:.2f}]")
+    click.echo(
+        f"  noisy mean (std) {100 * res.mean:.2f} % ({100 * res.std:.2f})  95% CI "
+        f"[{100 * res.ci95[0]:.2f}, {100 * res.ci95[1]:.2f}]"
+    )
     for k, v in res.kpp.items():
         click.echo(f"  KPP k={k:g}%       {100 * v:.2f} %")
     click.echo(f"  worst draw       {100 * res.worst:.2f} %")
@@ -97,8 +127,12 @@ def _evaluate_deployed(path: str, n_draws: int, seed: int, as_json: bool) -> Non
     lo, hi = res.predicted_ci95
     click.echo(f"{path}: network read back from the chip")
     click.echo(f"  measured accuracy   {100 * res.measured:.2f} %   (floating point {100 * res.clean:.2f} %)")
-    click.echo(f"  predicted (profile) {100 * res.predicted_mean:.2f} % +- {100 * res.predicted_std:.2f}, 1% KPP "
-               f"{100 * res.predicted_kpp1:.2f} %  ({res.mc_draws} draws, mean CI [{100 * lo:.2f}, {100 * hi:.2f}])")
+    click.echo(
+        f"  predicted (profile) {100 * res.predicted_mean:.2f} % +- {100 * res.predicted_std:.2f}, 1% KPP "
+        f"{100 * res.predicted_kpp1:.2f} %  ({res.mc_draws} draws, mean CI [{100 * lo:.2f}, {100 * hi:.2f}])"
+    )
     verdict = "inside" if res.within_spread else "OUTSIDE"
     click.echo(f"  measured is {verdict} the predicted spread [1% KPP, mean + 3 std]")
-    click.echo(f"  write cycles        {res.write_cycles:.0f} ({res.write_cycles / res.write_cycles_full_wv:.2f}x full write-verify)")
+    click.echo(
+        f"  write cycles        {res.write_cycles:.0f} ({res.write_cycles / res.write_cycles_full_wv:.2f}x full write-verify)"
+    )

@@ -1,4 +1,5 @@
 """`rram plot RUN.h5 ...`: PNG figures of characterization run files."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ expected_error(RunFileError)
 @COMMANDS.register("plot")
 @click.command("plot")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", "-o", "outdir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="folder for the PNG files (created if missing) [default: each run file's folder]")  # fmt: skip
+@click.option(
+    "--out",
+    "-o",
+    "outdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="folder for the PNG files (created if missing) [default: each run file's folder]",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the written paths as a JSON list")
 def plot(runs: tuple[Path, ...], outdir: Path | None, as_json: bool) -> None:
     """Plot run files from `rram characterize` (forming, I-V, endurance, retention, levels, read noise)."""

@@ -1,4 +1,5 @@
 """`rram profile`: write noise profiles by hand from paper values, show, plot and export them."""
+
 from __future__ import annotations
 
 import json
@@ -56,46 +57,116 @@ def profile() -> None:
 
 
 @profile.command("new")
-@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="profile file to write (.h5)")
+@click.option(
+    "-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="profile file to write (.h5)"
+)
 @click.option("--lognormal", type=float, metavar="S", help="log-normal W*exp(N(0,S^2)) (MTRD)")
 @click.option("--additive", type=float, metavar="ETA", help="additive N(0,(ETA*g_max)^2) (MTRD)")
 @click.option("--sigma", type=float, metavar="SIGMA", help="Gaussian per-device sigma_d as a fraction of g_max (NeFT)")
-@click.option("--state-dependent", "state_dependent", type=float, metavar="SIGMA",
-              help="NeFT IV-F: end levels SIGMA, inner levels T*SIGMA (fractions of g_max)")
-@click.option("--t", "t_factor", type=float, default=4.0, show_default=True, help="inner-level factor for --state-dependent (RRAM2: 4)")
-@click.option("--ibm-reram", "ibm_reram", type=click.Choice(["1s", "1d"]), help="IBM HWA supplement B.2 ReRAM polynomials")
+@click.option(
+    "--state-dependent",
+    "state_dependent",
+    type=float,
+    metavar="SIGMA",
+    help="NeFT IV-F: end levels SIGMA, inner levels T*SIGMA (fractions of g_max)",
+)
+@click.option(
+    "--t",
+    "t_factor",
+    type=float,
+    default=4.0,
+    show_default=True,
+    help="inner-level factor for --state-dependent (RRAM2: 4)",
+)
+@click.option(
+    "--ibm-reram", "ibm_reram", type=click.Choice(["1s", "1d"]), help="IBM HWA supplement B.2 ReRAM polynomials"
+)
 @click.option("--g-min", "g_min", type=CONDUCTANCE, default="1u", show_default=True, help="lowest level (S; 1u = 1 uS)")
 @click.option("--g-max", "g_max", type=CONDUCTANCE, default="40u", show_default=True, help="highest level (S)")
-@click.option("--levels", "n_levels", type=click.IntRange(2, 1 << 16), default=4, show_default=True, help="levels per device")
-@click.option("--bits", "bits", type=click.IntRange(1, 16), default=None, help="bits per device [default: floor(log2(levels))]")
-@click.option("--read-noise", "read_noise", type=float, default=None, help="read sigma as a fraction of g_max [ibm-reram: 0.01]")
-@click.option("--stuck-lrs", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="fraction stuck at g_max")
-@click.option("--stuck-hrs", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="fraction stuck at g_min")
+@click.option(
+    "--levels", "n_levels", type=click.IntRange(2, 1 << 16), default=4, show_default=True, help="levels per device"
+)
+@click.option(
+    "--bits", "bits", type=click.IntRange(1, 16), default=None, help="bits per device [default: floor(log2(levels))]"
+)
+@click.option(
+    "--read-noise", "read_noise", type=float, default=None, help="read sigma as a fraction of g_max [ibm-reram: 0.01]"
+)
+@click.option(
+    "--stuck-lrs", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="fraction stuck at g_max"
+)
+@click.option(
+    "--stuck-hrs", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="fraction stuck at g_min"
+)
 @click.option("--pulses-verified", type=float, default=float("nan"), help="mean pulses per device under write-verify")
 @click.option("--board-id", default="", help="provenance: board id")
 @click.option("--notes", default="", help="provenance: free text")
 @click.option("--force", is_flag=True, help="replace an existing file")
-def new(output: str, lognormal: float | None, additive: float | None, sigma: float | None,
-        state_dependent: float | None, t_factor: float, ibm_reram: str | None, g_min: float, g_max: float,
-        n_levels: int, bits: int | None, read_noise: float | None, stuck_lrs: float, stuck_hrs: float,
-        pulses_verified: float, board_id: str, notes: str, force: bool) -> None:
+def new(
+    output: str,
+    lognormal: float | None,
+    additive: float | None,
+    sigma: float | None,
+    state_dependent: float | None,
+    t_factor: float,
+    ibm_reram: str | None,
+    g_min: float,
+    g_max: float,
+    n_levels: int,
+    bits: int | None,
+    read_noise: float | None,
+    stuck_lrs: float,
+    stuck_hrs: float,
+    pulses_verified: float,
+    board_id: str,
+    notes: str,
+    force: bool,
+) -> None:
     """Write a hand-made profile from one paper noise family (training without a chip)."""
     from calibration.noise_terms import Provenance
     from calibration.profile import NoiseProfile, ProfileError, save_profile, software_version, utc_now
 
-    chosen = {k: v for k, v in {"lognormal": lognormal, "additive": additive, "gaussian": sigma,
-                                "state_dependent": state_dependent, "ibm_reram": ibm_reram}.items() if v is not None}
+    chosen = {
+        k: v
+        for k, v in {
+            "lognormal": lognormal,
+            "additive": additive,
+            "gaussian": sigma,
+            "state_dependent": state_dependent,
+            "ibm_reram": ibm_reram,
+        }.items()
+        if v is not None
+    }
     if len(chosen) != 1:
         raise UserError("give exactly one of --lognormal, --additive, --sigma, --state-dependent, --ibm-reram")
     ((family, value),) = chosen.items()
-    params = {"lognormal": {"s": value}, "additive": {"eta": value}, "gaussian": {"sigma": value},
-              "state_dependent": {"sigma": value, "t": t_factor}, "ibm_reram": {"time": value}}[family]
-    prov = Provenance(board_id=board_id, created_utc=utc_now(), software_version=software_version(),
-                      notes=notes or f"hand-written {family} profile")
+    params = {
+        "lognormal": {"s": value},
+        "additive": {"eta": value},
+        "gaussian": {"sigma": value},
+        "state_dependent": {"sigma": value, "t": t_factor},
+        "ibm_reram": {"time": value},
+    }[family]
+    prov = Provenance(
+        board_id=board_id,
+        created_utc=utc_now(),
+        software_version=software_version(),
+        notes=notes or f"hand-written {family} profile",
+    )
     try:
-        p = NoiseProfile.from_paper(family, g_min=g_min, g_max=g_max, n_levels=n_levels, bits_per_device=bits,
-                                    read_noise=read_noise, stuck_lrs=stuck_lrs, stuck_hrs=stuck_hrs,
-                                    pulses_verified=pulses_verified, provenance=prov, **params)
+        p = NoiseProfile.from_paper(
+            family,
+            g_min=g_min,
+            g_max=g_max,
+            n_levels=n_levels,
+            bits_per_device=bits,
+            read_noise=read_noise,
+            stuck_lrs=stuck_lrs,
+            stuck_hrs=stuck_hrs,
+            pulses_verified=pulses_verified,
+            provenance=prov,
+            **params,
+        )
         path = save_profile(p, output, overwrite=force)
     except (ProfileError, FileExistsError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
@@ -122,7 +193,9 @@ def _json_default(value: object) -> object:
 
 @profile.command("plot")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="folder for the PNG files")
+@click.option(
+    "-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="folder for the PNG files"
+)
 def plot(path: str, out_dir: str) -> None:
     """Write PNG figures of every model the profile holds."""
     from hil.figures.profiles import plot_profile

@@ -1,4 +1,5 @@
 """`rram program`: deploy a trained network onto the chip with selective write-verify, then read it back."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,14 +20,44 @@ expected_error(PlanError)
 @click.command()
 @click.argument("model_file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--port", default=DEFAULT_PORT, show_default=True, help="board URL")
-@click.option("--profile", "profile_file", type=click.Path(path_type=Path, dir_okay=False), help="the chip's noise profile (needed unless --resume)")
-@click.option("--swim", "fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="fraction of weights to write-verify")
-@click.option("--method", type=click.Choice(["swim", "magnitude", "random", "gradient"]), default="swim", show_default=True,
-              help="how the weights to write-verify are chosen")
-@click.option("--granularity", type=click.Choice(["weight", "row", "column"]), default="weight", show_default=True,
-              help="select single weights, or whole rows or columns")
-@click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="deployment run file")
-@click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False), default=None, help="plan file [default: OUT with .plan.h5]")
+@click.option(
+    "--profile",
+    "profile_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="the chip's noise profile (needed unless --resume)",
+)
+@click.option(
+    "--swim",
+    "fraction",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="fraction of weights to write-verify",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["swim", "magnitude", "random", "gradient"]),
+    default="swim",
+    show_default=True,
+    help="how the weights to write-verify are chosen",
+)
+@click.option(
+    "--granularity",
+    type=click.Choice(["weight", "row", "column"]),
+    default="weight",
+    show_default=True,
+    help="select single weights, or whole rows or columns",
+)
+@click.option(
+    "--out", "-o", "out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="deployment run file"
+)
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="plan file [default: OUT with .plan.h5]",
+)
 @params_option(DeployParams, "tol")
 @params_option(DeployParams, "max_pulses")
 @params_option(DeployParams, "read_delay")
@@ -34,9 +65,23 @@ expected_error(PlanError)
 @click.option("--resume", is_flag=True, help="continue an interrupted deployment (same plan)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
-def program(model_file: Path, port: str, profile_file: Path | None, fraction: float, method: str, granularity: str,
-            out: Path, plan_path: Path | None, tol: float, max_pulses: int, read_delay: float, force: bool,
-            resume: bool, as_json: bool, quiet: bool) -> None:  # fmt: skip
+def program(
+    model_file: Path,
+    port: str,
+    profile_file: Path | None,
+    fraction: float,
+    method: str,
+    granularity: str,
+    out: Path,
+    plan_path: Path | None,
+    tol: float,
+    max_pulses: int,
+    read_delay: float,
+    force: bool,
+    resume: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Program MODEL_FILE onto the array: one-shot pulses, WRITE_VERIFY for the SWIM-selected weights, read-back."""
     from hil.deploy import DeploySettings, default_plan_path, plan_model, program_params
     from hil.hardware.board import Board

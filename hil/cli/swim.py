@@ -1,4 +1,5 @@
 """`rram swim`: plan selective write-verify (SWIM) with the chip's noise profile."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,16 @@ def swim() -> None:
 
 @swim.command("curve")
 @click.argument("model_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--profile", "profile_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="noise profile (.h5)")
-@click.option("--fractions", default="0,0.01,0.02,0.05,0.1,0.2,0.5,1", show_default=True, help="fractions of weights verified")
+@click.option(
+    "--profile",
+    "profile_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="noise profile (.h5)",
+)
+@click.option(
+    "--fractions", default="0,0.01,0.02,0.05,0.1,0.2,0.5,1", show_default=True, help="fractions of weights verified"
+)
 @click.option("--methods", default="swim,magnitude,random,gradient", show_default=True)
 @click.option("--granularity", type=click.Choice(["weight", "row", "column"]), default="weight", show_default=True)
 @click.option("--mc", "mc", default=200, show_default=True, help="Monte Carlo draws per point")
@@ -39,8 +48,20 @@ def swim() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="PNG of the curve")
 @click.option("--json", "as_json", is_flag=True)
-def curve(model_file: Path, profile_path: Path, fractions: str, methods: str, granularity: str, mc: int, t_s: float,
-          noise_scale: float, sens_samples: int, seed: int, out: Path | None, as_json: bool) -> None:  # fmt: skip
+def curve(
+    model_file: Path,
+    profile_path: Path,
+    fractions: str,
+    methods: str,
+    granularity: str,
+    mc: int,
+    t_s: float,
+    noise_scale: float,
+    sens_samples: int,
+    seed: int,
+    out: Path | None,
+    as_json: bool,
+) -> None:
     """Accuracy (mean, 1% KPP) and write cycles versus fraction verified, for SWIM and baselines."""
     from tqdm import tqdm
 
@@ -57,8 +78,17 @@ def curve(model_file: Path, profile_path: Path, fractions: str, methods: str, gr
     meths = [m.strip() for m in methods.split(",") if m.strip()]
     model, ckpt = load_model(model_file)
     ds = load_dataset(ckpt["data"]["name"], ckpt["data"].get("root"))
-    planner = SwimPlanner(model, load_profile(profile_path), ds.x_test, ds.y_test, t_s=t_s, granularity=granularity,
-                          mc_draws=mc, seed=seed, noise_scale=noise_scale)  # fmt: skip
+    planner = SwimPlanner(
+        model,
+        load_profile(profile_path),
+        ds.x_test,
+        ds.y_test,
+        t_s=t_s,
+        granularity=granularity,
+        mc_draws=mc,
+        seed=seed,
+        noise_scale=noise_scale,
+    )
     planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=sens_samples)
     with tqdm(total=len(fr) * len(meths), desc="swim curve", unit="point", leave=False, disable=None) as bar:
         points = planner.curve(fr, meths, progress=lambda: bar.update(1))

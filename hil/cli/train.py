@@ -1,4 +1,5 @@
 """`rram train`: train a network with a training method under a noise model; writes a self-describing model file."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,27 @@ def noise_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a command with the mutually exclusive noise sources and their modifiers."""
     opts = [
         click.option("--profile", type=click.Path(dir_okay=False), help="Noise profile .h5 (calibration)."),
-        click.option("--t-s", "t_s", type=float, default=0.0, show_default=True,
-                     help="Seconds after programming for the profile's relaxation."),
-        click.option("--mapping", type=click.Choice(["bitsliced", "analog"]), default="bitsliced", show_default=True,
-                     help="Weight-to-device mapping for a profile."),
+        click.option(
+            "--t-s",
+            "t_s",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Seconds after programming for the profile's relaxation.",
+        ),
+        click.option(
+            "--mapping",
+            type=click.Choice(["bitsliced", "analog"]),
+            default="bitsliced",
+            show_default=True,
+            help="Weight-to-device mapping for a profile.",
+        ),
         click.option("--sigma", type=float, help="NeFT device sigma_d (level units; 8-bit weights on 2-bit devices)."),
-        click.option("--device-model", type=click.Choice(["RRAM1", "RRAM2", "FeFET1", "FeFET2"]),
-                     help="State-dependent sigma per level (NeFT IV-F), with --sigma."),
+        click.option(
+            "--device-model",
+            type=click.Choice(["RRAM1", "RRAM2", "FeFET1", "FeFET2"]),
+            help="State-dependent sigma per level (NeFT IV-F), with --sigma.",
+        ),
         click.option("--lognormal", type=float, help="Multiplicative W*exp(N(0,s^2)) noise with this s (MTRD)."),
         click.option("--additive", type=float, help="Additive N(0,(eta*max|W|)^2) noise with this eta (MTRD)."),
         click.option("--censor", type=float, help="Right-censor the Gaussian noise at LAM sigma (TRICE)."),
@@ -37,8 +52,18 @@ def spec_from_kwargs(kw: dict[str, Any]) -> dict[str, Any] | None:
     """Pop the noise options from a command's kwargs and build the spec."""
     from models.noise.factory import spec_from_options
 
-    keys = ("profile", "t_s", "mapping", "sigma", "device_model", "lognormal", "additive", "censor", "recentre",
-            "noise_json")
+    keys = (
+        "profile",
+        "t_s",
+        "mapping",
+        "sigma",
+        "device_model",
+        "lognormal",
+        "additive",
+        "censor",
+        "recentre",
+        "noise_json",
+    )
     return spec_from_options(**{k: kw.pop(k) for k in keys})
 
 
@@ -89,8 +114,9 @@ def _check_method(method: str, options: dict[str, Any]) -> None:
 
 @COMMANDS.register("train")
 @click.command("train")
-@click.option("--model", "model_name", default="cnn", show_default=True,
-              help="cnn | mlp | vgg8 | resnet18 | pkg.mod:factory")
+@click.option(
+    "--model", "model_name", default="cnn", show_default=True, help="cnn | mlp | vgg8 | resnet18 | pkg.mod:factory"
+)
 @click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Keyword argument of the model (repeatable).")
 @click.option("--data", default="digits", show_default=True, help="digits | mnist | fashion_mnist | cifar10 | cifar100")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder of an on-disk dataset.")
@@ -110,13 +136,34 @@ def _check_method(method: str, options: dict[str, Any]) -> None:
 @click.option("--resume", type=click.Path(dir_okay=False, exists=True), help="Continue from this model file.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Model file to write (every epoch).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
-@click.option("--list-methods", is_flag=True,
-              help="Print the training methods with their options (type, default, help) and exit.")
+@click.option(
+    "--list-methods", is_flag=True, help="Print the training methods with their options (type, default, help) and exit."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the per-epoch history (or --list-methods) as JSON.")
-def train(model_name: str, model_arg: tuple[str, ...], data: str, data_root: str | None, method: str,
-          method_opt: tuple[str, ...], epochs: int, batch_size: int, lr: float, optimizer: str, weight_decay: float,
-          scheduler: str, seed: int, device: str, amp: bool, val_draws: int, resume: str | None, output: str | None,
-          progress: bool, list_methods: bool, as_json: bool, **noise_kw: Any) -> None:
+def train(
+    model_name: str,
+    model_arg: tuple[str, ...],
+    data: str,
+    data_root: str | None,
+    method: str,
+    method_opt: tuple[str, ...],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    optimizer: str,
+    weight_decay: float,
+    scheduler: str,
+    seed: int,
+    device: str,
+    amp: bool,
+    val_draws: int,
+    resume: str | None,
+    output: str | None,
+    progress: bool,
+    list_methods: bool,
+    as_json: bool,
+    **noise_kw: Any,
+) -> None:
     """Train a network robust to device noise (run under torchrun for data-parallel training)."""
     if list_methods:
         from models.methods.registry import describe_methods
@@ -134,11 +181,27 @@ def train(model_name: str, model_arg: tuple[str, ...], data: str, data_root: str
     _check_method(method, method_options)
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
-    cfg = TrainConfig(model=model_name, model_kwargs=_parse_opts(model_arg, "--model-arg"), data=data,
-                      data_root=data_root, method=method, method_options=method_options,
-                      noise=spec_from_kwargs(noise_kw), epochs=epochs, batch_size=batch_size, lr=lr,
-                      optimizer=optimizer, weight_decay=weight_decay, scheduler=scheduler, seed=seed, device=device,
-                      amp=amp, val_noise_draws=val_draws, checkpoint=output, progress=progress)
+    cfg = TrainConfig(
+        model=model_name,
+        model_kwargs=_parse_opts(model_arg, "--model-arg"),
+        data=data,
+        data_root=data_root,
+        method=method,
+        method_options=method_options,
+        noise=spec_from_kwargs(noise_kw),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        scheduler=scheduler,
+        seed=seed,
+        device=device,
+        amp=amp,
+        val_noise_draws=val_draws,
+        checkpoint=output,
+        progress=progress,
+    )
     result = run_training(cfg, resume=resume, log=(lambda s: None) if as_json else click.echo)
     import torch.distributed as dist
 

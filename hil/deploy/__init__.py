@@ -4,6 +4,7 @@
 `plan` (the plan file, torch-free), `placement` (network -> device targets and tiles), `procedure`
 (the programming run on the board), `readback` (measured vs predicted accuracy) and `swim_report`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,25 +28,54 @@ def default_plan_path(out: Path) -> Path:
     return out.with_name(out.stem + ".plan.h5")
 
 
-def plan_model(model_file: Path, profile_file: Path, plan_path: Path, rows: int, cols: int,
-               settings: DeploySettings = DeploySettings(), *, force: bool = False) -> Path:  # fmt: skip
+def plan_model(
+    model_file: Path,
+    profile_file: Path,
+    plan_path: Path,
+    rows: int,
+    cols: int,
+    settings: DeploySettings = DeploySettings(),
+    *,
+    force: bool = False,
+) -> Path:
     """Plan MODEL_FILE for a rows x cols array with the chip's profile and write the plan file."""
     from hil.deploy.placement import plan_deployment
     from hil.deploy.plan import save_plan
 
-    plan = plan_deployment(model_file, profile_file, settings.fraction, settings.method, settings.granularity,
-                           rows, cols, settings.read_delay_s)  # fmt: skip
+    plan = plan_deployment(
+        model_file,
+        profile_file,
+        settings.fraction,
+        settings.method,
+        settings.granularity,
+        rows,
+        cols,
+        settings.read_delay_s,
+    )
     return save_plan(plan, plan_path, force=force)
 
 
 def program_params(plan_path: Path, settings: DeploySettings = DeploySettings()) -> dict:
     """Parameters of the programming run (`hil.deploy.procedure.DeployRun`) for a plan file."""
-    return {"plan": str(plan_path.resolve()), "tol": settings.tol_s, "max_pulses": settings.max_pulses,
-            "read_delay": settings.read_delay_s}  # fmt: skip
+    return {
+        "plan": str(plan_path.resolve()),
+        "tol": settings.tol_s,
+        "max_pulses": settings.max_pulses,
+        "read_delay": settings.read_delay_s,
+    }
 
 
-def deploy_model(model_file: Path, profile_file: Path, port: str, out: Path, settings: DeploySettings = DeploySettings(),
-                 *, plan_path: Path | None = None, force: bool = False, quiet: bool = False) -> dict:  # fmt: skip
+def deploy_model(
+    model_file: Path,
+    profile_file: Path,
+    port: str,
+    out: Path,
+    settings: DeploySettings = DeploySettings(),
+    *,
+    plan_path: Path | None = None,
+    force: bool = False,
+    quiet: bool = False,
+) -> dict:
     """Plan, program and read back MODEL_FILE on the board at PORT; returns the programming run's summary."""
     from hil.characterize.procedure import run_procedure
     from hil.deploy.procedure import DeployRun

@@ -8,6 +8,7 @@ rows x cols devices; each tile is programmed onto the array at (0, 0), measured,
 reprograms the same cells. Verification marks come from SWIM (or a baseline) at weight level and apply
 to both devices of a pair.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,15 @@ def pair_from_matrix(d: np.ndarray, shape: tuple[int, ...]) -> Tensor:
     return torch.stack([t[:, :, 0].T.reshape(shape), t[:, :, 1].T.reshape(shape)])
 
 
-def build_plan(model: nn.Module, g_min: float, g_max: float, verify_mask: dict[str, Tensor], rows: int, cols: int,
-               meta: dict | None = None) -> Plan:  # fmt: skip
+def build_plan(
+    model: nn.Module,
+    g_min: float,
+    g_max: float,
+    verify_mask: dict[str, Tensor],
+    rows: int,
+    cols: int,
+    meta: dict | None = None,
+) -> Plan:
     """Map every Conv/Linear weight to device targets, mark the verified pairs, cut into array tiles."""
     mapping = AnalogMapping(g_min, g_max, "layer")
     layers, tiles = [], []
@@ -64,8 +72,18 @@ def weights_from_conductances(plan: Plan, matrices: list[np.ndarray]) -> dict[st
     return out
 
 
-def plan_deployment(model_file: Path, profile_file: Path, fraction: float, method: str, granularity: str, rows: int,
-                    cols: int, read_delay: float, sens_samples: int = 2000, seed: int = 0) -> Plan:  # fmt: skip
+def plan_deployment(
+    model_file: Path,
+    profile_file: Path,
+    fraction: float,
+    method: str,
+    granularity: str,
+    rows: int,
+    cols: int,
+    read_delay: float,
+    sens_samples: int = 2000,
+    seed: int = 0,
+) -> Plan:
     """SWIM (or baseline) verify marks for `fraction` of the weights, mapped and tiled for a rows x cols array."""
     from calibration.profile import load_profile
     from models.checkpoint import load_model
@@ -80,7 +98,14 @@ def plan_deployment(model_file: Path, profile_file: Path, fraction: float, metho
         planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=sens_samples)
     mask = planner.mask(method, fraction)
     cycles, norm = planner.cycles(mask)
-    meta = {"model_file": str(model_file.resolve()), "model_sha256": file_sha256(model_file),
-            "profile_file": str(profile_file.resolve()), "method": method, "fraction": fraction,
-            "granularity": granularity, "planned_cycles": cycles, "planned_cycles_norm": norm}  # fmt: skip
+    meta = {
+        "model_file": str(model_file.resolve()),
+        "model_sha256": file_sha256(model_file),
+        "profile_file": str(profile_file.resolve()),
+        "method": method,
+        "fraction": fraction,
+        "granularity": granularity,
+        "planned_cycles": cycles,
+        "planned_cycles_norm": norm,
+    }
     return build_plan(model, float(profile.g_min), float(profile.g_max), mask, rows, cols, meta)

@@ -3,6 +3,7 @@
 Torch-free, so the board-side programming run can read a plan without importing PyTorch; how a
 network becomes a plan is in `hil.deploy.placement`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,8 +70,17 @@ def save_plan(plan: Plan, path: str | Path, force: bool = False) -> Path:
     """Write `plan` atomically; an existing file is refused unless `force`."""
     p = Path(path)
     with atomic_write(p, force=force) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({**PLAN_FILE.stamp(), "rows": plan.rows, "cols": plan.cols, "g_min": plan.g_min,
-                        "g_max": plan.g_max, "meta_json": json.dumps(plan.meta, default=str), "created_utc": utc_now()})
+        f.attrs.update(
+            {
+                **PLAN_FILE.stamp(),
+                "rows": plan.rows,
+                "cols": plan.cols,
+                "g_min": plan.g_min,
+                "g_max": plan.g_max,
+                "meta_json": json.dumps(plan.meta, default=str),
+                "created_utc": utc_now(),
+            }
+        )
         g = f.create_group("layers")
         for i, lp in enumerate(plan.layers):
             d = g.create_group(f"{i:03d}")
@@ -96,20 +106,38 @@ def load_plan(path: str | Path) -> Plan:
             layers = []
             for key in sorted(f["layers"]):
                 d = f["layers"][key]
-                lp = LayerPlan(str(d.attrs["name"]), tuple(json.loads(d.attrs["shape"])), float(d.attrs["scale"]),
-                               d["targets"][...].astype(np.float64), d["verify"][...].astype(bool))  # fmt: skip
+                lp = LayerPlan(
+                    str(d.attrs["name"]),
+                    tuple(json.loads(d.attrs["shape"])),
+                    float(d.attrs["scale"]),
+                    d["targets"][...].astype(np.float64),
+                    d["verify"][...].astype(bool),
+                )
                 fan_in = int(np.prod(lp.shape[1:]))
                 if lp.targets.shape != (fan_in, 2 * lp.shape[0]) or lp.verify.shape != lp.targets.shape:
                     raise PlanError(f"{p} is corrupt: layer {lp.name} arrays do not match its shape {lp.shape}")
                 layers.append(lp)
             tiles = f["tiles"][...]
-            plan = Plan(layers, tiles.astype(TILE_DTYPE), int(f.attrs["rows"]), int(f.attrs["cols"]),
-                        float(f.attrs["g_min"]), float(f.attrs["g_max"]), json.loads(f.attrs.get("meta_json", "{}")))  # fmt: skip
+            plan = Plan(
+                layers,
+                tiles.astype(TILE_DTYPE),
+                int(f.attrs["rows"]),
+                int(f.attrs["cols"]),
+                float(f.attrs["g_min"]),
+                float(f.attrs["g_max"]),
+                json.loads(f.attrs.get("meta_json", "{}")),
+            )
     except PlanError:
         raise
     except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
         raise PlanError(f"{p} is corrupt: {str(exc).splitlines()[0]}") from None
     for t in plan.tiles:
-        if not (0 <= t["layer"] < len(plan.layers)) or t["nr"] < 1 or t["nc"] < 1 or t["nr"] > plan.rows or t["nc"] > plan.cols:
+        if (
+            not (0 <= t["layer"] < len(plan.layers))
+            or t["nr"] < 1
+            or t["nc"] < 1
+            or t["nr"] > plan.rows
+            or t["nc"] > plan.cols
+        ):
             raise PlanError(f"{p} is corrupt: tile {t} does not fit the {plan.rows}x{plan.cols} array")
     return plan

@@ -6,6 +6,7 @@ read delay (ADVANCE_CLOCK on a simulator), the tile is read back. Cells of the u
 still pristine are formed first. Everything is recorded per tile, so an interrupted deployment resumes
 at the first tile not yet recorded (a partly programmed tile is programmed again).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,10 +28,20 @@ class DeployParams(ProcedureParams):
     max_pulses: int = param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
     read_delay: float = param(1.0, unit="s", help="wait between programming a tile and reading it back", min=0)
     gate_lo: float = param(
-        0.7, unit="V", help="lowest SET gate voltage of the gate calibration", min=0, limit="gate_v", label="gate voltage"
+        0.7,
+        unit="V",
+        help="lowest SET gate voltage of the gate calibration",
+        min=0,
+        limit="gate_v",
+        label="gate voltage",
     )
     gate_hi: float = param(
-        1.4, unit="V", help="highest SET gate voltage of the gate calibration", min=0, limit="gate_v", label="gate voltage"
+        1.4,
+        unit="V",
+        help="highest SET gate voltage of the gate calibration",
+        min=0,
+        limit="gate_v",
+        label="gate voltage",
     )
     gate_points: int = param(15, help="gate voltages in the gate calibration", min=2)
     cal_cells: int = param(8, help="cells of the used area the gate calibration is measured on", min=1)
@@ -49,7 +60,9 @@ class DeployRun(Procedure[DeployParams]):
             raise ValueError("program needs a plan file (--plan)")
         self.plan: Plan = load_plan(p.plan)
         if self.plan.rows > self.board.rows or self.plan.cols > self.board.cols:
-            raise ValueError(f"plan tiles are {self.plan.rows}x{self.plan.cols}, larger than the {self.board.rows}x{self.board.cols} array")
+            raise ValueError(
+                f"plan tiles are {self.plan.rows}x{self.plan.cols}, larger than the {self.board.rows}x{self.board.cols} array"
+            )
         self.board.limits.check_width(SET_WIDTH_NS)  # the one-shot SET pulse
         self.used_rows = int(self.plan.tiles["nr"].max())
         self.used_cols = int(self.plan.tiles["nc"].max())
@@ -57,13 +70,25 @@ class DeployRun(Procedure[DeployParams]):
     def tables(self) -> dict[str, Table]:
         n = self.plan.rows * self.plan.cols
         return {
-            "form": Table({"cell": ("i4", (2,)), "formed": ("u1", ()), "g": ("f8", ())}, "cells formed before programming"),
+            "form": Table(
+                {"cell": ("i4", (2,)), "formed": ("u1", ()), "g": ("f8", ())}, "cells formed before programming"
+            ),
             "gate_cal": gate_table(min(self.p.cal_cells, self.used_rows * self.used_cols)),
-            "tiles": Table({"tile": ("i4", ()), "target": ("f4", (n,)), "verify": ("u1", (n,)), "g_prog": ("f4", (n,)),
-                            "pulses": ("i2", (n,)), "status": ("u1", (n,)), "g_read": ("f4", (n,)), "t_prog": ("f8", ()),
-                            "t_read": ("f8", ())},
-                           "one record per tile, cells row-major over the plan's rows x cols (NaN where unused)"),
-        }  # fmt: skip
+            "tiles": Table(
+                {
+                    "tile": ("i4", ()),
+                    "target": ("f4", (n,)),
+                    "verify": ("u1", (n,)),
+                    "g_prog": ("f4", (n,)),
+                    "pulses": ("i2", (n,)),
+                    "status": ("u1", (n,)),
+                    "g_read": ("f4", (n,)),
+                    "t_prog": ("f8", ()),
+                    "t_read": ("f8", ()),
+                },
+                "one record per tile, cells row-major over the plan's rows x cols (NaN where unused)",
+            ),
+        }
 
     def total_units(self) -> int:
         return len(self.plan.tiles) + self.p.gate_points
@@ -72,7 +97,9 @@ class DeployRun(Procedure[DeployParams]):
         """FORM every cell of the used area (a formed cell answers at once; pristine ones get the ramp)."""
         if not self.p.form or w.count("tiles"):
             return
-        rows, cols = np.unravel_index(np.arange(w.count("form"), self.used_rows * self.used_cols), (self.used_rows, self.used_cols))
+        rows, cols = np.unravel_index(
+            np.arange(w.count("form"), self.used_rows * self.used_cols), (self.used_rows, self.used_cols)
+        )
         for r, c in zip(rows, cols):
             o = self.board.form(int(r), int(c), v_read=self.p.v_read)
             w.append("form", cell=[r, c], formed=o.formed, g=o.conductance_s)
@@ -101,7 +128,9 @@ class DeployRun(Procedure[DeployParams]):
         rec["tile"] = ti
         for key in ("target", "g_prog", "g_read"):
             rec[key] = np.nan
-        full = lambda a, fill: np.pad(a.astype(float), ((0, shape[0] - nr), (0, shape[1] - nc)), constant_values=fill).ravel()
+        full = lambda a, fill: np.pad(
+            a.astype(float), ((0, shape[0] - nr), (0, shape[1] - nc)), constant_values=fill
+        ).ravel()
         rec["target"], rec["verify"] = full(tgt, np.nan), full(ver, 0)
         g_prog = np.full((nr, nc), np.nan)
         pulses = np.zeros((nr, nc), dtype=np.int64)
@@ -120,7 +149,11 @@ class DeployRun(Procedure[DeployParams]):
             self.board.wait(p.read_delay)
         m = self.board.read_block(0, 0, nr, nc, p.v_read)
         rec["g_prog"], rec["pulses"], rec["status"] = full(g_prog, np.nan), full(pulses, 0), full(status, 0)
-        rec["g_read"], rec["t_prog"], rec["t_read"] = full(m.conductance_s, np.nan), t_prog or m.timestamp_s, m.timestamp_s
+        rec["g_read"], rec["t_prog"], rec["t_read"] = (
+            full(m.conductance_s, np.nan),
+            t_prog or m.timestamp_s,
+            m.timestamp_s,
+        )
         return np.array([rec])
 
     def summary(self, data: dict) -> dict:

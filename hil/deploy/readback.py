@@ -4,6 +4,7 @@ The measured accuracy is set beside the Monte Carlo prediction of the same deplo
 marks, same read delay) from the chip's noise profile, so a user sees whether the profile predicts
 the chip.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -89,12 +90,24 @@ def evaluate_deployed(deploy_path: str | Path, mc: int = 200, seed: int = 0) -> 
     measured = _accuracy(model, weights, ds.x_test, ds.y_test)
     clean = _accuracy(model, {}, ds.x_test, ds.y_test)
     profile = load_profile(plan.meta["profile_file"])
-    noise = ProfileNoise.from_profile(profile, float(run.params["read_delay"]), mapping="analog", verified_mask=verify_masks(plan))
+    noise = ProfileNoise.from_profile(
+        profile, float(run.params["read_delay"]), mapping="analog", verified_mask=verify_masks(plan)
+    )
     pred = evaluate_mc(model, ds.x_test, ds.y_test, noise, mc, seed=seed, kpp=(1.0,))
     kpp1 = float(pred.kpp[1.0])
     ci_low, ci_high = pred.ci95
     pulses = run.data["tiles"]["pulses"]
     cycles = float(pulses[~np.isnan(run.data["tiles"]["target"])].sum())
     full = plan.n_devices * float(profile.pulses_per_device(True))
-    return DeployedAccuracy(measured, clean, pred.mean, pred.std, kpp1, (ci_low, ci_high), mc,
-                            bool(kpp1 <= measured <= pred.mean + 3 * pred.std), cycles, full)  # fmt: skip
+    return DeployedAccuracy(
+        measured,
+        clean,
+        pred.mean,
+        pred.std,
+        kpp1,
+        (ci_low, ci_high),
+        mc,
+        bool(kpp1 <= measured <= pred.mean + 3 * pred.std),
+        cycles,
+        full,
+    )

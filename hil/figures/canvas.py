@@ -3,6 +3,7 @@
 A `Figure` made directly is held by nothing but its caller (no pyplot figure manager), so it needs no
 closing, and `savefig` renders PNG through Agg for that one call whatever backend the program uses.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """PNG figures of a noise profile, drawn on bare matplotlib Figures: whichever of the models the profile holds."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,15 @@ def plot_sigma(p: NoiseProfile, out: Path) -> Path:
         ax.plot(g * _US, model.sigma(g) * _US, color=color, label=f"{name} fit")
         t = model.table
         if t.levels_g.size:
-            ax.errorbar(t.levels_g * _US, t.sigma * _US, yerr=t.sigma_se * _US, fmt="o", ms=3, color=color,
-                        label=f"{name} per level")
+            ax.errorbar(
+                t.levels_g * _US,
+                t.sigma * _US,
+                yerr=t.sigma_se * _US,
+                fmt="o",
+                ms=3,
+                color=color,
+                label=f"{name} per level",
+            )
     if p.read_noise is not None:
         ax.plot(g * _US, p.read_noise.sigma(g) * _US, color="C2", ls="--", label="read noise fit")
         t = p.read_noise.table
@@ -111,8 +119,11 @@ def plot_endurance(p: NoiseProfile, out: Path) -> Path:
         ok = (e.km_f > 0) & (e.km_f < 1)
         a2.plot(np.log(e.km_t[ok]), np.log(-np.log1p(-e.km_f[ok])), "o", ms=3, label="Kaplan-Meier")
         x = np.linspace(np.log(e.km_t.min()), np.log(e.km_t.max()), 50)
-        a2.plot(x, e.weibull_shape * (x - np.log(e.weibull_scale)), label=(
-            f"Weibull k={e.weibull_shape:.3g}, scale={e.weibull_scale:.3g}"))
+        a2.plot(
+            x,
+            e.weibull_shape * (x - np.log(e.weibull_scale)),
+            label=(f"Weibull k={e.weibull_shape:.3g}, scale={e.weibull_scale:.3g}"),
+        )
         a2.legend(fontsize=8)
     a2.set_xlabel("ln(cycles to failure)")
     a2.set_ylabel("ln(-ln(1-F))")

@@ -1,4 +1,5 @@
 """PNG figures of characterization run files, drawn on bare matplotlib Figures: one registered plotter per procedure."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -192,7 +193,9 @@ def plot_iv(run: RunData, outdir: Path) -> list[Path]:
         for rec, c in zip(d, cells):
             if c == cell:
                 k = int(rec["cycle"])
-                ax.semilogy(rec["v"], _abs_positive(rec["i"]), color=ccol(k / max(n_cycles, 2)), lw=1, label=f"cycle {k}")
+                ax.semilogy(
+                    rec["v"], _abs_positive(rec["i"]), color=ccol(k / max(n_cycles, 2)), lw=1, label=f"cycle {k}"
+                )
         ax.set_title(f"cell {cell[0]},{cell[1]}", fontsize=9)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
@@ -347,8 +350,13 @@ def plot_levels(run: RunData, outdir: Path) -> list[Path]:
         if key in errs:
             e = errs[key]
             within = f", {np.mean(np.abs(e) <= tol):.0%} within tol" if tol else ""
-            a1.hist(np.clip(e, -span, span), bins=edges, color=color, alpha=0.55,
-                    label=f"{name}: sigma {e.std():.2f} uS, mean {e.mean():+.2f} uS{within}")  # fmt: skip
+            a1.hist(
+                np.clip(e, -span, span),
+                bins=edges,
+                color=color,
+                alpha=0.55,
+                label=f"{name}: sigma {e.std():.2f} uS, mean {e.mean():+.2f} uS{within}",
+            )
     if tol:
         for s in (-tol, tol):
             a1.axvline(s, color="k", ls=":", lw=0.8)
@@ -361,8 +369,13 @@ def plot_levels(run: RunData, outdir: Path) -> list[Path]:
         d = phases[key]
         if len(d):
             pmax = int(d["pulses"].max())
-            a2.hist(d["pulses"], bins=np.arange(-0.5, pmax + 1.5, max(1, (pmax + 1) // 40)), color=color, alpha=0.55,
-                    label=f"{name}: mean {d['pulses'].mean():.1f}")  # fmt: skip
+            a2.hist(
+                d["pulses"],
+                bins=np.arange(-0.5, pmax + 1.5, max(1, (pmax + 1) // 40)),
+                color=color,
+                alpha=0.55,
+                label=f"{name}: mean {d['pulses'].mean():.1f}",
+            )
     a2.set_ylim(top=a2.get_ylim()[1] * 1.15)
     a2.set_xlabel("pulses per cell")
     a2.set_ylabel("cells")
@@ -474,8 +487,10 @@ def plot_read_noise(run: RunData, outdir: Path) -> list[Path]:
         ax.axhline(mean[j], color="grey", ls=":", lw=0.8)
         ax.set_ylabel("G (uS)")
         kind = "typical" if j == typical else "most correlated"
-        ax.set_title(f"cell {cell} ({kind}): mean {mean[j]:.3g} uS, sigma {sd[j]:.3g} uS, "
-                     f"lag-1 r (detrended) {rho[j]:.2f}", fontsize=8)  # fmt: skip
+        ax.set_title(
+            f"cell {cell} ({kind}): mean {mean[j]:.3g} uS, sigma {sd[j]:.3g} uS, lag-1 r (detrended) {rho[j]:.2f}",
+            fontsize=8,
+        )
     axes[-1, 0].set_xlabel(xlabel)
     fig.suptitle(_title(run, "read traces (RTN shows as steps)"), fontsize=10)
     paths.append(_save(fig, _out(run, outdir, "read_noise_traces")))
@@ -493,8 +508,11 @@ def trace_cells(g: np.ndarray, n: int = 4) -> list[int]:
     rho = _lag1_autocorr(_detrend(g))
     rho[sd <= 1e-6 * np.maximum(np.abs(mean), 1.0)] = np.nan
     typical = int(np.argsort(sd, kind="stable")[sd.size // 2])
-    order = [int(j) for j in np.argsort(-np.nan_to_num(rho, nan=-np.inf), kind="stable")
-             if j != typical and np.isfinite(rho[j])]  # fmt: skip
+    order = [
+        int(j)
+        for j in np.argsort(-np.nan_to_num(rho, nan=-np.inf), kind="stable")
+        if j != typical and np.isfinite(rho[j])
+    ]
     return order[: max(0, min(n - 1, g.shape[1] - 1))] + [typical]
 
 

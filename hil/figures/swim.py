@@ -1,4 +1,5 @@
 """Figure of a SWIM study, drawn on a bare matplotlib Figure: accuracy and write cost versus fraction verified."""
+
 from __future__ import annotations
 
 from pathlib import Path

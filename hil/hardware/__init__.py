@@ -1,4 +1,5 @@
 """Board I/O: byte links, the board session (handshake, retries) and the typed board client."""
+
 from __future__ import annotations
 
 from hil.hardware.board import Board, CurrentCorrection, PulseRamp
@@ -6,6 +7,15 @@ from hil.hardware.session import BoardResetError, BoardSession, BoardTimeoutErro
 from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError, ByteLink, open_link
 
 __all__ = [
-    "DEFAULT_PORT", "Board", "BoardConnectionError", "BoardResetError", "BoardSession", "BoardTimeoutError",
-    "ByteLink", "CurrentCorrection", "LinkStats", "PulseRamp", "open_link",
+    "DEFAULT_PORT",
+    "Board",
+    "BoardConnectionError",
+    "BoardResetError",
+    "BoardSession",
+    "BoardTimeoutError",
+    "ByteLink",
+    "CurrentCorrection",
+    "LinkStats",
+    "PulseRamp",
+    "open_link",
 ]

@@ -3,6 +3,7 @@
 The session layer beneath (handshake, same-seq retries, reset recovery) is `hil.hardware.session`;
 its names are re-exported here so `from hil.hardware.board import Board, BoardResetError` keeps working.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,9 +26,22 @@ from hil.hardware.session import (
 from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError, ByteLink, open_link
 
 __all__ = [  # the session names are re-exported: callers import them from here
-    "Board", "BlockMeasurement", "BoardConnectionError", "BoardResetError", "BoardSession", "BoardTimeoutError",
-    "CurrentCorrection", "EnduranceChunk", "FormOutcome", "LinkStats", "Measurement", "NOISY_TRIES_FACTOR",
-    "PulseMeasurement", "PulseRamp", "SweepMeasurement", "WriteVerifyOutcome",
+    "Board",
+    "BlockMeasurement",
+    "BoardConnectionError",
+    "BoardResetError",
+    "BoardSession",
+    "BoardTimeoutError",
+    "CurrentCorrection",
+    "EnduranceChunk",
+    "FormOutcome",
+    "LinkStats",
+    "Measurement",
+    "NOISY_TRIES_FACTOR",
+    "PulseMeasurement",
+    "PulseRamp",
+    "SweepMeasurement",
+    "WriteVerifyOutcome",
 ]
 
 
@@ -237,7 +251,9 @@ class Board(BoardSession):
         sat = (codes == 0) | (codes == (1 << self.info.adc_bits) - 1)
         return BlockMeasurement(ts, codes, i, g, sat)
 
-    def _pulse(self, cls: type[m.SetRequest | m.ResetRequest], row: int, col: int, v: float, width_ns: int, v_gate: float) -> PulseMeasurement:
+    def _pulse(
+        self, cls: type[m.SetRequest | m.ResetRequest], row: int, col: int, v: float, width_ns: int, v_gate: float
+    ) -> PulseMeasurement:
         res = self.call(cls(row, col, _mv(v, "pulse voltage"), int(width_ns), _mv(v_gate, "gate voltage")))
         i = (res.i_code - res.offset_code) * res.amps_per_code
         return PulseMeasurement(res.timestamp_us / 1e6, res.i_code, float(i))
@@ -248,26 +264,69 @@ class Board(BoardSession):
     def reset_pulse(self, row: int, col: int, v: float, width_ns: int, v_gate: float = 3.0) -> PulseMeasurement:
         return self._pulse(m.ResetRequest, row, col, v, width_ns, v_gate)
 
-    def form(self, row: int, col: int, v_start: float = 2.0, v_stop: float = 4.5, v_step: float = 0.1,
-             width_ns: int = 1000, v_gate: float = 1.2, v_read: float = 0.1, g_formed: float = 5e-6) -> FormOutcome:  # fmt: skip
+    def form(
+        self,
+        row: int,
+        col: int,
+        v_start: float = 2.0,
+        v_stop: float = 4.5,
+        v_step: float = 0.1,
+        width_ns: int = 1000,
+        v_gate: float = 1.2,
+        v_read: float = 0.1,
+        g_formed: float = 5e-6,
+    ) -> FormOutcome:
         mv = _mv(v_read, "read voltage")
-        req = m.FormRequest(row, col, _mv(v_start, "FORM start voltage"), _mv(v_stop, "FORM stop voltage"),
-                            _mv(v_step, "FORM step"), int(width_ns), _mv(v_gate, "gate voltage"), mv,
-                            int(round(g_formed * 1e9)))  # fmt: skip
+        req = m.FormRequest(
+            row,
+            col,
+            _mv(v_start, "FORM start voltage"),
+            _mv(v_stop, "FORM stop voltage"),
+            _mv(v_step, "FORM step"),
+            int(width_ns),
+            _mv(v_gate, "gate voltage"),
+            mv,
+            int(round(g_formed * 1e9)),
+        )
         res = self.call(req)
         _, g = self._g(res.read_code, res.amps_per_code, res.offset_code, mv)
         return FormOutcome(res.timestamp_us / 1e6, bool(res.formed), res.pulses, res.v_final_mv / 1000, float(g))
 
-    def iv_sweep(self, row: int, col: int, v_start: float, v_stop: float, n_points: int, width_ns: int = 1000,
-                 v_gate: float = 1.2, dc: bool = False) -> SweepMeasurement:  # fmt: skip
-        req = m.IvSweepRequest(row, col, _mv(v_start, "sweep start"), _mv(v_stop, "sweep stop"), int(n_points),
-                               int(width_ns), _mv(v_gate, "gate voltage"), 1 if dc else 0)  # fmt: skip
+    def iv_sweep(
+        self,
+        row: int,
+        col: int,
+        v_start: float,
+        v_stop: float,
+        n_points: int,
+        width_ns: int = 1000,
+        v_gate: float = 1.2,
+        dc: bool = False,
+    ) -> SweepMeasurement:
+        req = m.IvSweepRequest(
+            row,
+            col,
+            _mv(v_start, "sweep start"),
+            _mv(v_stop, "sweep stop"),
+            int(n_points),
+            int(width_ns),
+            _mv(v_gate, "gate voltage"),
+            1 if dc else 0,
+        )
         res = self.call(req)
         i = (res.codes.astype(float) - res.offset_code) * res.amps_per_code
         return SweepMeasurement(res.timestamp_us / 1e6, res.v_mv / 1000, i)
 
-    def write_verify(self, rows: np.ndarray, cols: np.ndarray, targets_s: np.ndarray, tol_s: float | np.ndarray,
-                     max_pulses: int = 100, ramp: PulseRamp = PulseRamp(), v_read: float = 0.1) -> WriteVerifyOutcome:  # fmt: skip
+    def write_verify(
+        self,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        targets_s: np.ndarray,
+        tol_s: float | np.ndarray,
+        max_pulses: int = 100,
+        ramp: PulseRamp = PulseRamp(),
+        v_read: float = 0.1,
+    ) -> WriteVerifyOutcome:
         """On-board closed-loop programming of many cells, in batches the board and the link accept."""
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
@@ -281,14 +340,28 @@ class Board(BoardSession):
             k = min(self._wv.size, n - i)
             e = np.zeros(k, dtype=m.WV_ENTRY)
             e["row"], e["col"], e["target_s"], e["tol_s"], e["max_pulses"] = (
-                rows[i : i + k], cols[i : i + k], targets[i : i + k], tols[i : i + k], max_pulses)  # fmt: skip
+                rows[i : i + k],
+                cols[i : i + k],
+                targets[i : i + k],
+                tols[i : i + k],
+                max_pulses,
+            )
             req = m.WriteVerifyRequest(
-                _mv(v_read, "read voltage"), int(ramp.width_ns),
-                _mv(ramp.set_v_start, "SET ramp start"), _mv(ramp.set_v_stop, "SET ramp stop"), _mv(ramp.set_v_step, "SET ramp step"),
-                _mv(ramp.set_gate_start, "gate ramp start"), _mv(ramp.set_gate_stop, "gate ramp stop"), _mv(ramp.set_gate_step, "gate ramp step"),
-                _mv(ramp.reset_v_start, "RESET ramp start"), _mv(ramp.reset_v_stop, "RESET ramp stop"), _mv(ramp.reset_v_step, "RESET ramp step"),
-                _mv(ramp.reset_gate, "RESET gate"), k, e,
-            )  # fmt: skip
+                _mv(v_read, "read voltage"),
+                int(ramp.width_ns),
+                _mv(ramp.set_v_start, "SET ramp start"),
+                _mv(ramp.set_v_stop, "SET ramp stop"),
+                _mv(ramp.set_v_step, "SET ramp step"),
+                _mv(ramp.set_gate_start, "gate ramp start"),
+                _mv(ramp.set_gate_stop, "gate ramp stop"),
+                _mv(ramp.set_gate_step, "gate ramp step"),
+                _mv(ramp.reset_v_start, "RESET ramp start"),
+                _mv(ramp.reset_v_stop, "RESET ramp stop"),
+                _mv(ramp.reset_v_step, "RESET ramp step"),
+                _mv(ramp.reset_gate, "RESET gate"),
+                k,
+                e,
+            )
             before = self.stats.retries
             res = self.call(req)
             if self.stats.retries - before <= 1:  # trouble already shrank it in _transact_raw
@@ -302,16 +375,41 @@ class Board(BoardSession):
         return WriteVerifyOutcome(ts, final, pulses, status)
 
     # ------------------------------------------------------------------------------ endurance stream
-    def endurance(self, row0: int, col0: int, nrows: int, ncols: int, n_cycles: int, read_every: int,
-                  set_v: float = 1.5, set_width_ns: int = 200, set_gate: float = 1.4,
-                  reset_v: float = -1.6, reset_width_ns: int = 200, reset_gate: float = 3.0,
-                  v_read: float = 0.1, cells_per_event: int = 0) -> Iterator[EnduranceChunk]:  # fmt: skip
+    def endurance(
+        self,
+        row0: int,
+        col0: int,
+        nrows: int,
+        ncols: int,
+        n_cycles: int,
+        read_every: int,
+        set_v: float = 1.5,
+        set_width_ns: int = 200,
+        set_gate: float = 1.4,
+        reset_v: float = -1.6,
+        reset_width_ns: int = 200,
+        reset_gate: float = 3.0,
+        v_read: float = 0.1,
+        cells_per_event: int = 0,
+    ) -> Iterator[EnduranceChunk]:
         """Run an ENDURANCE stream and yield one chunk per read point, in order, with ack/resend."""
         mv_read = _mv(v_read, "read voltage")
-        req = m.EnduranceRequest(row0, col0, nrows, ncols, int(n_cycles), int(read_every),
-                                 _mv(set_v, "SET voltage"), int(set_width_ns), _mv(set_gate, "SET gate"),
-                                 _mv(reset_v, "RESET voltage"), int(reset_width_ns), _mv(reset_gate, "RESET gate"),
-                                 mv_read, int(cells_per_event))  # fmt: skip
+        req = m.EnduranceRequest(
+            row0,
+            col0,
+            nrows,
+            ncols,
+            int(n_cycles),
+            int(read_every),
+            _mv(set_v, "SET voltage"),
+            int(set_width_ns),
+            _mv(set_gate, "SET gate"),
+            _mv(reset_v, "RESET voltage"),
+            int(reset_width_ns),
+            _mv(reset_gate, "RESET gate"),
+            mv_read,
+            int(cells_per_event),
+        )
         self._pending.events.clear()
         started = self.call(req)
         sid, n_events, n_cells = started.stream_id, started.n_events, started.n_cells

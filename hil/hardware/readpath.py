@@ -17,6 +17,7 @@ File format (version 1), chosen by suffix; both are written atomically (temporar
   ``voltages_v``; dataset ``reference_cells`` (row, col, ohms) and dataset ``points`` (cell index,
   v_read_v, i_board_a, i_smu_a): every pair of readings the fit used.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,15 @@ def fit_gain_offset(i_board: np.ndarray, i_true: np.ndarray) -> LineFit:
     r = stats.linregress(x, y)
     resid = y - (r.slope * x + r.intercept)
     cov = -float(np.mean(x)) * float(r.stderr) ** 2  # Cov(slope, intercept) = -mean(x) * Var(slope)
-    return LineFit(float(r.slope), float(r.intercept), float(r.stderr), float(r.intercept_stderr), cov,
-                   float(np.sqrt(np.mean(resid**2))), int(x.size))  # fmt: skip
+    return LineFit(
+        float(r.slope),
+        float(r.intercept),
+        float(r.stderr),
+        float(r.intercept_stderr),
+        cov,
+        float(np.sqrt(np.mean(resid**2))),
+        int(x.size),
+    )
 
 
 @dataclass(frozen=True)
@@ -126,13 +134,19 @@ class ReadPathCalibration:
         try:
             cells = [RefCell(int(r), int(c), float(o)) for r, c, o in d["reference_cells"]]
             return cls(
-                gain=float(d["gain"]), offset_a=float(d["offset_a"]), gain_se=float(d["gain_se"]),
-                offset_se_a=float(d["offset_se_a"]), cov_gain_offset_a=float(d["cov_gain_offset_a"]),
-                residual_rms_a=float(d["residual_rms_a"]), reference_cells=cells,
-                voltages_v=[float(v) for v in d["voltages_v"]], smu_idn=str(d["smu_idn"]),
-                date_utc=str(d["date_utc"]), board=dict(d["board"]),
+                gain=float(d["gain"]),
+                offset_a=float(d["offset_a"]),
+                gain_se=float(d["gain_se"]),
+                offset_se_a=float(d["offset_se_a"]),
+                cov_gain_offset_a=float(d["cov_gain_offset_a"]),
+                residual_rms_a=float(d["residual_rms_a"]),
+                reference_cells=cells,
+                voltages_v=[float(v) for v in d["voltages_v"]],
+                smu_idn=str(d["smu_idn"]),
+                date_utc=str(d["date_utc"]),
+                board=dict(d["board"]),
                 points={k: [float(x) for x in v] for k, v in dict(d.get("points", {})).items()},
-            )  # fmt: skip
+            )
         except KeyError as exc:
             raise CalibrationFileError(f"{source}: read-path calibration lacks {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -152,8 +166,18 @@ class ReadPathCalibration:
     def _write_h5(self, path: Path) -> None:
         d = self.to_dict()
         with h5py.File(path, "w") as f:
-            for key in ("format", "version", "gain", "offset_a", "gain_se", "offset_se_a", "cov_gain_offset_a",
-                        "residual_rms_a", "smu_idn", "date_utc"):  # fmt: skip
+            for key in (
+                "format",
+                "version",
+                "gain",
+                "offset_a",
+                "gain_se",
+                "offset_se_a",
+                "cov_gain_offset_a",
+                "residual_rms_a",
+                "smu_idn",
+                "date_utc",
+            ):
                 f.attrs[key] = d[key]
             f.attrs["board_json"] = json.dumps(self.board)
             f.attrs["voltages_v"] = np.asarray(self.voltages_v, dtype=float)
@@ -186,7 +210,9 @@ class ReadPathCalibration:
                 if d.get(READPATH_FILE.name_key) == READPATH_FILE.name:  # else from_dict names the format found
                     _read_h5_tables(f, path, d)
         except OSError as exc:
-            raise CalibrationFileError(f"{path}: not a readable HDF5 calibration file ({str(exc).splitlines()[0][:120]})") from None
+            raise CalibrationFileError(
+                f"{path}: not a readable HDF5 calibration file ({str(exc).splitlines()[0][:120]})"
+            ) from None
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             if isinstance(exc, CalibrationFileError):
                 raise
@@ -196,10 +222,16 @@ class ReadPathCalibration:
     def summary(self) -> dict[str, Any]:
         """The fitted numbers for printing."""
         return {
-            "gain": self.gain, "gain_se": self.gain_se, "offset_a": self.offset_a, "offset_se_a": self.offset_se_a,
-            "residual_rms_a": self.residual_rms_a, "n_points": len(self.points.get("i_board_a", [])),
-            "board_id": self.board.get("board_id"), "smu": self.smu_idn, "date_utc": self.date_utc,
-        }  # fmt: skip
+            "gain": self.gain,
+            "gain_se": self.gain_se,
+            "offset_a": self.offset_a,
+            "offset_se_a": self.offset_se_a,
+            "residual_rms_a": self.residual_rms_a,
+            "n_points": len(self.points.get("i_board_a", [])),
+            "board_id": self.board.get("board_id"),
+            "smu": self.smu_idn,
+            "date_utc": self.date_utc,
+        }
 
 
 _POINT_FIELDS = ("cell", "v_read_v", "i_board_a", "i_smu_a")
@@ -223,7 +255,9 @@ def _check_inputs(board: Any, cells: list[RefCell], voltages: Sequence[float]) -
     seen = set()
     for c in cells:
         if not (0 <= c.row < board.rows and 0 <= c.col < board.cols):
-            raise ValueError(f"reference cell ({c.row}, {c.col}) is outside the board's {board.rows}x{board.cols} array")
+            raise ValueError(
+                f"reference cell ({c.row}, {c.col}) is outside the board's {board.rows}x{board.cols} array"
+            )
         if (c.row, c.col) in seen:
             raise ValueError(f"reference cell ({c.row}, {c.col}) is given twice")
         seen.add((c.row, c.col))
@@ -241,10 +275,19 @@ def _check_inputs(board: Any, cells: list[RefCell], voltages: Sequence[float]) -
     return vs
 
 
-def calibrate(board: Any, smu: Any, ref_cells: Sequence[tuple[int, int]], resistors_ohm: Sequence[float],
-              voltages: Sequence[float], *, connect: Callable[[RefCell], None] | None = None,
-              compliance_a: float | None = None, nplc: float = 1.0, repeats: int = 1,
-              r_tolerance: float = 0.05) -> ReadPathCalibration:  # fmt: skip
+def calibrate(
+    board: Any,
+    smu: Any,
+    ref_cells: Sequence[tuple[int, int]],
+    resistors_ohm: Sequence[float],
+    voltages: Sequence[float],
+    *,
+    connect: Callable[[RefCell], None] | None = None,
+    compliance_a: float | None = None,
+    nplc: float = 1.0,
+    repeats: int = 1,
+    r_tolerance: float = 0.05,
+) -> ReadPathCalibration:
     """Read each reference resistor with the board and the SMU at each voltage; fit gain and offset.
 
     `connect(cell)` is called before each resistor is measured (switch a relay, or ask the operator).
@@ -252,7 +295,9 @@ def calibrate(board: Any, smu: Any, ref_cells: Sequence[tuple[int, int]], resist
     value by more than `r_tolerance` is refused, as that means the SMU is not across that resistor.
     """
     if len(ref_cells) != len(resistors_ohm):
-        raise ValueError(f"{len(ref_cells)} reference cell(s) but {len(resistors_ohm)} resistor value(s): give one per cell")
+        raise ValueError(
+            f"{len(ref_cells)} reference cell(s) but {len(resistors_ohm)} resistor value(s): give one per cell"
+        )
     if int(repeats) != repeats or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     cells = [RefCell(int(r), int(c), float(o)) for (r, c), o in zip(ref_cells, resistors_ohm)]
@@ -303,9 +348,16 @@ def calibrate(board: Any, smu: Any, ref_cells: Sequence[tuple[int, int]], resist
     fit = fit_gain_offset(np.array(pts["i_board_a"]), np.array(pts["i_smu_a"]))
     d = board.describe()
     return ReadPathCalibration(
-        gain=fit.gain, offset_a=fit.offset, gain_se=fit.gain_se, offset_se_a=fit.offset_se, cov_gain_offset_a=fit.cov,
-        residual_rms_a=fit.residual_rms, reference_cells=cells, voltages_v=vs, smu_idn=smu.idn(),
+        gain=fit.gain,
+        offset_a=fit.offset,
+        gain_se=fit.gain_se,
+        offset_se_a=fit.offset_se,
+        cov_gain_offset_a=fit.cov,
+        residual_rms_a=fit.residual_rms,
+        reference_cells=cells,
+        voltages_v=vs,
+        smu_idn=smu.idn(),
         date_utc=utc_now(),
         board={k: d[k] for k in ("board_id", "port", "firmware", "protocol", "session_id", "rows", "cols")},
         points=pts,
-    )  # fmt: skip
+    )

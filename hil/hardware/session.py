@@ -5,6 +5,7 @@ number, so the firmware answers it from its response cache and never pulses twic
 (EV_BOOT, HANDSHAKE_REQUIRED or a new session id) is never retried blindly: the session handshakes
 again and raises `BoardResetError` so the caller can re-read the state it depends on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -96,8 +97,15 @@ class _Pending:
 class BoardSession:
     """A link to a board (real or simulated) after a successful HELLO: typed request/response with retries."""
 
-    def __init__(self, link: ByteLink, *, port: str = "", timeout_s: float = 0.25, retries: int = 20,
-                 on_event: Callable[[Frame], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        link: ByteLink,
+        *,
+        port: str = "",
+        timeout_s: float = 0.25,
+        retries: int = 20,
+        on_event: Callable[[Frame], None] | None = None,
+    ) -> None:
         self.link = link
         self.port = port
         self.base_timeout_s = timeout_s

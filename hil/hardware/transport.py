@@ -1,4 +1,5 @@
 """Open a board's byte link by URL: a serial device, socket://host:port, or sim:// (simulated board)."""
+
 from __future__ import annotations
 
 from typing import Protocol

@@ -3,6 +3,7 @@
 Each stage writes its files into one output folder and adds a line to the summary, so a newcomer
 sees what every part of the stack produces.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,14 @@ def _characterize_plan(cfg: DemoConfig) -> list[tuple[str, dict]]:
     region = f"0:{n},0:{n}"
     return [
         ("form", dict(cells=f"0:{cfg.rows},0:{cfg.cols}")),  # the whole chip: its defect map matters for deployment
-        ("endurance", dict(cells=f"0:{n // 2},0:{n // 2}", cycles=2_000 if cfg.quick else 100_000, read_every=100 if cfg.quick else 1_000)),
+        (
+            "endurance",
+            dict(
+                cells=f"0:{n // 2},0:{n // 2}",
+                cycles=2_000 if cfg.quick else 100_000,
+                read_every=100 if cfg.quick else 1_000,
+            ),
+        ),
         ("retention", dict(cells=region, t_last=1e4 if cfg.quick else 1e5, times=6 if cfg.quick else 11)),
         ("levels", dict(cells=region, read_times="1,10,100" if cfg.quick else "1,10,100,1000,10000")),
         ("read-noise", dict(cells=f"0:{n // 2},0:{n}", reads=20 if cfg.quick else 100)),
@@ -96,7 +104,9 @@ def run_demo(cfg: DemoConfig, force: bool = False, echo: Callable[[str], None] =
         figures = _plot(runs, cfg.out / "figures")
         report.add("plot", time.perf_counter() - t0, {"figures": len(figures)})
         echo(f"  figures    -> {cfg.out / 'figures'} ({len(figures)} PNG)")
-    (cfg.out / "summary.json").write_text(json.dumps([{"stage": s, "seconds": t, **r} for s, t, r in report.stages], indent=1, default=str))
+    (cfg.out / "summary.json").write_text(
+        json.dumps([{"stage": s, "seconds": t, **r} for s, t, r in report.stages], indent=1, default=str)
+    )
     return report
 
 
@@ -118,8 +128,10 @@ def _profile_headline(path: Path) -> str:
     p = load_profile(path)
     mid = np.array([(p.g_min + p.g_max) / 2])
     best = min(p.families.items(), key=lambda kv: kv[1].aic)[0] if p.families else "-"
-    return (f"sigma at mid-window: open-loop {p.programming_sigma(mid)[0] * 1e6:.2f} uS, "
-            f"write-verify {p.programming_sigma(mid, verified=True)[0] * 1e6:.2f} uS; best family {best}")  # fmt: skip
+    return (
+        f"sigma at mid-window: open-loop {p.programming_sigma(mid)[0] * 1e6:.2f} uS, "
+        f"write-verify {p.programming_sigma(mid, verified=True)[0] * 1e6:.2f} uS; best family {best}"
+    )
 
 
 def train_stage(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, dict]:
@@ -133,8 +145,17 @@ def train_stage(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, 
     from models.training import train
 
     noise = {"family": "profile", "path": str(profile_path.resolve()), "t_s": cfg.read_delay, "mapping": "analog"}
-    tc = TrainConfig(model="mlp", model_kwargs={"hidden": [cfg.hidden]}, data="digits", method="noise", noise=noise,
-                     epochs=cfg.epochs, seed=cfg.seed, progress=False, checkpoint=None)  # fmt: skip
+    tc = TrainConfig(
+        model="mlp",
+        model_kwargs={"hidden": [cfg.hidden]},
+        data="digits",
+        method="noise",
+        noise=noise,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        progress=False,
+        checkpoint=None,
+    )
     result = train(tc, log=lambda _s: None)
     save_checkpoint(result.checkpoint, path)
     ds = load_dataset("digits")
@@ -160,10 +181,12 @@ def _train_headline(s: dict) -> str:
 
 
 def _deploy_headline(d: dict) -> str:
-    return (f"SWIM {100 * d['swim_fraction']:.0f}%: measured {100 * d['measured']:.1f}% vs predicted "
-            f"{100 * d['predicted_mean']:.1f}% (1% KPP {100 * d['predicted_kpp1']:.1f}%), "
-            f"{'inside' if d['within_spread'] else 'OUTSIDE'} the predicted spread; write cycles {d['write_cycles']:.0f} = "
-            f"{d['write_cycles'] / d['write_cycles_full_wv']:.2f}x full write-verify")  # fmt: skip
+    return (
+        f"SWIM {100 * d['swim_fraction']:.0f}%: measured {100 * d['measured']:.1f}% vs predicted "
+        f"{100 * d['predicted_mean']:.1f}% (1% KPP {100 * d['predicted_kpp1']:.1f}%), "
+        f"{'inside' if d['within_spread'] else 'OUTSIDE'} the predicted spread; write cycles {d['write_cycles']:.0f} = "
+        f"{d['write_cycles'] / d['write_cycles_full_wv']:.2f}x full write-verify"
+    )
 
 
 def _plot(runs: dict[str, Path], folder: Path) -> list[Path]:
@@ -185,8 +208,10 @@ def _headline(name: str, s: dict) -> str:
         return f"sigma {s['sigma_first_uS']:.2f} uS at {s['times_s'][0]:.0f} s -> {s['sigma_last_uS']:.2f} uS at {s['times_s'][-1]:.0f} s"
     if name == "levels":
         ol, wv = s["open_loop"], s["verified"]
-        return (f"open-loop sigma {ol['sigma_uS']:.2f} uS, write-verify {wv['sigma_uS']:.2f} uS "
-                f"({wv['pulses_mean']:.1f} pulses/cell, {100 * wv['within_tol']:.0f}% within tolerance)")  # fmt: skip
+        return (
+            f"open-loop sigma {ol['sigma_uS']:.2f} uS, write-verify {wv['sigma_uS']:.2f} uS "
+            f"({wv['pulses_mean']:.1f} pulses/cell, {100 * wv['within_tol']:.0f}% within tolerance)"
+        )
     if name == "read-noise":
         return f"read sigma {s['sigma_median_uS']:.2f} uS"
     return ""

@@ -11,6 +11,7 @@ within tolerance) or only nudged, and those keep relaxing on an older clock. Lev
 give relaxation from their open-loop reads, and retention runs (write-verify only) from the cells
 that received pulses. Several runs of one kind are pooled where their shapes allow it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -128,11 +129,17 @@ def _pool_programming(parts: list[_Programming], verified: bool) -> ProgrammingD
     delays = np.array([p.t_read_s for p in parts])
     if delays.max() > _MAX_DELAY_RATIO * delays.min():
         kind = "write-verify" if verified else "open-loop"
-        raise ValueError(f"{kind} programming was read at different delays in these runs "
-                         f"({', '.join(f'{d:g} s' for d in delays)}): fit them separately")  # fmt: skip
-    return ProgrammingDataset(np.concatenate([p.target for p in parts]), np.concatenate([p.g for p in parts]),
-                              np.concatenate([p.pulses for p in parts]), verified=verified,
-                              t_read_s=float(np.median(delays)))  # fmt: skip
+        raise ValueError(
+            f"{kind} programming was read at different delays in these runs "
+            f"({', '.join(f'{d:g} s' for d in delays)}): fit them separately"
+        )
+    return ProgrammingDataset(
+        np.concatenate([p.target for p in parts]),
+        np.concatenate([p.g for p in parts]),
+        np.concatenate([p.pulses for p in parts]),
+        verified=verified,
+        t_read_s=float(np.median(delays)),
+    )
 
 
 def _pool_read_noise(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> ReadNoiseDataset | None:
@@ -162,8 +169,9 @@ def _endurance(e: np.ndarray) -> EnduranceDataset:
     if cycles.size >= 2:
         # a window closed only at the very last read is one noisy read, not a failure: censor it there
         failed &= judge.cycles_to_failure < cycles[-1]
-    return EnduranceDataset(cycles, np.where(lrs > 0, lrs, np.nan), np.where(hrs > 0, hrs, np.nan),
-                            judge.cycles_to_failure, failed)  # fmt: skip
+    return EnduranceDataset(
+        cycles, np.where(lrs > 0, lrs, np.nan), np.where(hrs > 0, hrs, np.nan), judge.cycles_to_failure, failed
+    )
 
 
 def _pool_endurance(parts: list[tuple[EnduranceDataset, str]]) -> EnduranceDataset | None:
@@ -282,15 +290,23 @@ def collect_datasets(runs: Sequence[RunData]) -> Datasets:
     return ds
 
 
-def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: float | None = None,
-             n_levels: int | None = None, bits_per_device: int | None = None,
-             options: FitOptions | None = None) -> tuple[NoiseProfile, Datasets]:  # fmt: skip
+def fit_runs(
+    paths: Sequence[str | Path],
+    *,
+    g_min: float | None = None,
+    g_max: float | None = None,
+    n_levels: int | None = None,
+    bits_per_device: int | None = None,
+    options: FitOptions | None = None,
+) -> tuple[NoiseProfile, Datasets]:
     """Read the run files, build the datasets and fit one profile (with provenance)."""
     runs = [read_run(p) for p in paths]
     ds = collect_datasets(runs)
     if not set(ds.used) - {"defects"}:  # a form run alone has defects but no conductance window to fit
         kinds = ", ".join(sorted({r.procedure for r in runs}))
-        raise ValueError(f"nothing to fit in these runs ({kinds}): give levels, retention, read-noise or endurance runs with data")
+        raise ValueError(
+            f"nothing to fit in these runs ({kinds}): give levels, retention, read-noise or endurance runs with data"
+        )
     boards = sorted({r.board.get("board_id", "") for r in runs})
     prov = Provenance(
         run_files=[str(Path(p).resolve()) for p in paths],
@@ -298,9 +314,20 @@ def fit_runs(paths: Sequence[str | Path], *, g_min: float | None = None, g_max: 
         measured_dates=[str(r.attrs.get("created_utc", "")) for r in runs],
         notes="; ".join(f"{k}: {', '.join(Path(v).name for v in vs)}" for k, vs in ds.used.items()),
     )
-    prof = fit_profile(open_loop=ds.open_loop, verified=ds.verified, relaxation=ds.relaxation, read_noise=ds.read_noise,
-                       endurance=ds.endurance, error_map=ds.error_map, provenance=prov, g_min=g_min, g_max=g_max,
-                       n_levels=n_levels, bits_per_device=bits_per_device, options=options)  # fmt: skip
+    prof = fit_profile(
+        open_loop=ds.open_loop,
+        verified=ds.verified,
+        relaxation=ds.relaxation,
+        read_noise=ds.read_noise,
+        endurance=ds.endurance,
+        error_map=ds.error_map,
+        provenance=prov,
+        g_min=g_min,
+        g_max=g_max,
+        n_levels=n_levels,
+        bits_per_device=bits_per_device,
+        options=options,
+    )
     if ds.defects is not None:
         # Defects met while forming or programming the array are what a deployment sees; cycling wear-out
         # (the endurance model's own stuck fractions, kept in prof.endurance) only adds to them over life.

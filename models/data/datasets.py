@@ -1,4 +1,5 @@
 """Load a dataset by name into normalised in-memory tensors; nothing is ever downloaded."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,12 +47,17 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]          # (1797, 1, 8, 8)
+    x = (d.images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8)
     xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, random_state=0, stratify=d.target)
     return xtr, ytr, xte, yte, 10
 
 
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _find(root: Path, subdirs: tuple[str, ...], names: tuple[str, ...], what: str) -> list[Path]:
@@ -69,7 +75,9 @@ def _find(root: Path, subdirs: tuple[str, ...], names: tuple[str, ...], what: st
             found.append(p)
         else:
             return found
-    raise FileNotFoundError(f"{what} not found under {root}: expected {', '.join(names)} (or .gz) in one of {', '.join(tried)}")
+    raise FileNotFoundError(
+        f"{what} not found under {root}: expected {', '.join(names)} (or .gz) in one of {', '.join(tried)}"
+    )
 
 
 def _mnist(root: Path, folder: str, what: str):
@@ -120,5 +128,6 @@ def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
     if ytr.size and (ytr.min() < 0 or max(ytr.max(), yte.max()) >= k):
         raise ValueError(f"dataset {name!r}: labels outside 0..{k - 1}")
     x_train, x_test = _normalise(np.asarray(xtr), np.asarray(xte))
-    return Dataset(key, x_train, torch.as_tensor(ytr, dtype=torch.int64), x_test,
-                   torch.as_tensor(yte, dtype=torch.int64), k)
+    return Dataset(
+        key, x_train, torch.as_tensor(ytr, dtype=torch.int64), x_test, torch.as_tensor(yte, dtype=torch.int64), k
+    )

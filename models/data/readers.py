@@ -1,4 +1,5 @@
 """Readers for torchvision's on-disk dataset formats, in numpy only (MNIST idx files, CIFAR pickles)."""
+
 from __future__ import annotations
 
 import gzip

@@ -4,6 +4,7 @@ Built from the run's noise model: the profile's spatial model (cells of the arra
 devices of a layer in device order, as ``ProfileNoise`` samples it) gives B; the independent
 per-device / per-level part gives d. Families without correlations have B = None (diagonal).
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,9 @@ class LayerCovariance:
             eta = eta + self.B @ zr
         return eta
 
-    def top_eigen(self, k: int, generator: torch.Generator | None = None, iters: int = 4,
-                  oversample: int = 8) -> tuple[Tensor, Tensor]:
+    def top_eigen(
+        self, k: int, generator: torch.Generator | None = None, iters: int = 4, oversample: int = 8
+    ) -> tuple[Tensor, Tensor]:
         """Largest k eigenpairs (values (k,), vectors (n, k)) of Sigma.
 
         Diagonal Sigma: the coordinate vectors of the variances above the k-th largest, completed by a
@@ -98,7 +100,7 @@ def _diagonal_top(d: Tensor, k: int, generator: torch.Generator | None, rtol: fl
         span = torch.nonzero(tied).flatten()
         g = torch.randn(len(span), r, generator=generator, device=d.device, dtype=d.dtype)
         q, _ = torch.linalg.qr(g)
-        vecs[span, len(above):] = q
+        vecs[span, len(above) :] = q
     return out_vals.clamp(min=0), vecs
 
 

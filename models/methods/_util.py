@@ -1,4 +1,5 @@
 """Shared helpers of the robust training methods: the run's noise, its batches, BatchNorm buffer copies, re-init."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -1,4 +1,5 @@
 """Training-method plugin interface and the per-run context the training loop hands to methods."""
+
 from __future__ import annotations
 
 import abc
@@ -22,22 +23,22 @@ OptionsT = TypeVar("OptionsT", bound=MethodOptions)
 class TrainContext:
     """State of one training run, shared between the loop and the training method."""
 
-    model: nn.Module                          # the model being trained; DDP-wrapped under torchrun
-    noise: WeightNoise | None                 # training/validation noise (None = clean run)
+    model: nn.Module  # the model being trained; DDP-wrapped under torchrun
+    noise: WeightNoise | None  # training/validation noise (None = clean run)
     optimizer: torch.optim.Optimizer
     device: torch.device
-    generator: torch.Generator                # noise generator on ``device`` (seeded per rank)
+    generator: torch.Generator  # noise generator on ``device`` (seeded per rank)
     config: TrainConfig
     num_classes: int
     train_loader: Iterable | None = None
     val_loader: Iterable | None = None
-    scaler: Any = None                        # torch.amp.GradScaler when fp16 AMP is on, else None
-    amp_dtype: torch.dtype | None = None      # autocast dtype on CUDA, None when AMP is off
-    step: int = 0                             # optimizer steps done so far
-    epoch: int = 0                            # current epoch (0-based)
+    scaler: Any = None  # torch.amp.GradScaler when fp16 AMP is on, else None
+    amp_dtype: torch.dtype | None = None  # autocast dtype on CUDA, None when AMP is off
+    step: int = 0  # optimizer steps done so far
+    epoch: int = 0  # current epoch (0-based)
     rank: int = 0
     world_size: int = 1
-    resuming: bool = False                    # True when the run continues from a checkpoint
+    resuming: bool = False  # True when the run continues from a checkpoint
     extra: dict[str, Any] = field(default_factory=dict)  # free slot for methods
 
     @property
@@ -88,7 +89,7 @@ class TrainingMethod(abc.ABC, Generic[OptionsT]):
     """
 
     name: ClassVar[str]
-    Options: ClassVar[type[MethodOptions]] = MethodOptions   # no options unless a method declares some
+    Options: ClassVar[type[MethodOptions]] = MethodOptions  # no options unless a method declares some
 
     def __init__(self, **options: Any) -> None:
         self.options: OptionsT = self._parse_options(options)
@@ -125,4 +126,3 @@ class TrainingMethod(abc.ABC, Generic[OptionsT]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict`` output after ``prepare`` on resume; default: nothing to restore."""
-

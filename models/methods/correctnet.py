@@ -1,4 +1,5 @@
 """CorrectNet baseline as NeFT compares against it: noise injection plus a Lipschitz (orthogonality) regulariser."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ def lipschitz_regulariser(weights: dict[str, Tensor]) -> Tensor:
 class CorrectNetOptions(MethodOptions):
     """Options of the CorrectNet baseline."""
 
-    lam: float = option(1e-4, "weight of the Lipschitz penalty (the papers give none; 1e-4..1e-2 tied on digits, "
-                              "the mildest is kept)")
+    lam: float = option(
+        1e-4, "weight of the Lipschitz penalty (the papers give none; 1e-4..1e-2 tied on digits, the mildest is kept)"
+    )
     scale: float = option(1.0, "training noise relative to the run's noise")
 
 

@@ -1,4 +1,5 @@
 """DAT device-aware training (Park et al., Algorithm 1): sharpness-aware steps along device-noise directions."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,14 @@ class NoiseDirections:
     covariance exactly (DAT-Full).
     """
 
-    def __init__(self, covs: dict[str, LayerCovariance], shapes: dict[str, torch.Size], rank: int | None,
-                 generator: torch.Generator | None = None, scope: str = "layer") -> None:
+    def __init__(
+        self,
+        covs: dict[str, LayerCovariance],
+        shapes: dict[str, torch.Size],
+        rank: int | None,
+        generator: torch.Generator | None = None,
+        scope: str = "layer",
+    ) -> None:
         if scope not in ("layer", "global"):
             raise ValueError(f"scope must be 'layer' or 'global', not {scope!r}")
         self.covs, self.shapes, self.rank = covs, shapes, rank
@@ -48,7 +55,7 @@ class NoiseDirections:
         col = torch.cat([torch.arange(len(v), device=vals.device) for v, _ in per.values()])
         keep = torch.argsort(vals, descending=True)[:rank]
         for i, (name, (v, vecs)) in enumerate(per.items()):
-            sel = keep[owner[keep] == i]                         # positions (in z) of this layer's kept pairs
+            sel = keep[owner[keep] == i]  # positions (in z) of this layer's kept pairs
             self.slots[name] = torch.nonzero(owner[keep] == i).flatten()
             self.factors[name] = vecs[:, col[sel]] * v[col[sel]].sqrt()
         self.k = int(len(keep))
@@ -82,16 +89,23 @@ def parse_rank(value: Any) -> int | None:
 class DATOptions(MethodOptions):
     """Options of device-aware training (Algorithm 1)."""
 
-    rank: int | None = option(10, 'k noise directions ("DAT-Fast"); full = exact N(mu, Sigma) draws ("DAT-Full")',
-                              parse=parse_rank, kind="int|full")
-    scope: Literal["layer", "global"] = option("layer", "layer: top-k of every layer's covariance block; "
-                                                        "global: top-k of the whole matrix")
+    rank: int | None = option(
+        10,
+        'k noise directions ("DAT-Fast"); full = exact N(mu, Sigma) draws ("DAT-Full")',
+        parse=parse_rank,
+        kind="int|full",
+    )
+    scope: Literal["layer", "global"] = option(
+        "layer", "layer: top-k of every layer's covariance block; global: top-k of the whole matrix"
+    )
     alpha: float = option(10.0, "step along eps (the paper gives none; 10 picked on digits from 1, 10, 30, 100)")
     perturbations: int = option(1, "perturbations p per step (as in the paper's runs)", minimum=1)
-    refresh_every: int = option(1, "steps between covariance/eigen updates (the covariance depends on the weights)",
-                                minimum=1)
-    step: Literal["projection", "noise"] = option("projection", "projection: the paper's eps; noise: sign(g.eta)*eta, "
-                                                                "a full noise draw oriented uphill")
+    refresh_every: int = option(
+        1, "steps between covariance/eigen updates (the covariance depends on the weights)", minimum=1
+    )
+    step: Literal["projection", "noise"] = option(
+        "projection", "projection: the paper's eps; noise: sign(g.eta)*eta, a full noise draw oriented uphill"
+    )
 
 
 @METHODS.register("dat")
@@ -132,8 +146,9 @@ class DAT(TrainingMethod[DATOptions]):
         if self.directions is None or ctx.step - self._built_at >= self.refresh:
             noise = require_noise(ctx, self.name)
             covs = {n: layer_covariance(noise, n, t) for n, t in w.items()}
-            self.directions = NoiseDirections(covs, {n: t.shape for n, t in w.items()}, self.rank, ctx.generator,
-                                              self.scope)
+            self.directions = NoiseDirections(
+                covs, {n: t.shape for n, t in w.items()}, self.rank, ctx.generator, self.scope
+            )
             self._built_at = ctx.step
         return self.directions
 

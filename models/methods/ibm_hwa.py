@@ -1,4 +1,5 @@
 """IBM-style hardware-aware training (HWA supplement, A.1): scaled/ramped noise, clipping, remapping, drop-connect."""
+
 from __future__ import annotations
 
 import copy
@@ -33,23 +34,29 @@ def ramp_factor(step: int, ramp_batches: int) -> float:
 class IBMHWAOptions(MethodOptions):
     """Options of IBM-style hardware-aware training (HWA supplement, A.1)."""
 
-    noise_scale: float = option(3.0, "injected noise relative to the run's noise (A.1: 3 for the CNNs; ~1-2 when "
-                                     "the run's noise already is the deployment noise)")
-    ramp_batches: int | None = option(None, "batches of the linear noise ramp-up (none = one epoch, A.1.7)",
-                                      minimum=0)
-    remap_every: int | None = option(None, "batches between remappings of gamma to max|W| (none = one epoch)",
-                                     minimum=0)
+    noise_scale: float = option(
+        3.0,
+        "injected noise relative to the run's noise (A.1: 3 for the CNNs; ~1-2 when "
+        "the run's noise already is the deployment noise)",
+    )
+    ramp_batches: int | None = option(None, "batches of the linear noise ramp-up (none = one epoch, A.1.7)", minimum=0)
+    remap_every: int | None = option(
+        None, "batches between remappings of gamma to max|W| (none = one epoch)", minimum=0
+    )
     drop_connect: float = option(0.001, "probability of setting a weight to g_min = 0 (0.1 %, A.1.7)")
     clip: bool = option(True, "fixed-value clipping |W_hat| <= 1")
     learn_out_scales: bool = option(True, "train the per-column out-scales gamma too")
-    distill: bool = option(False, "add KL(teacher || noisy student) from a floating-point teacher "
-                                  "(off in A.1.7's final results)")
+    distill: bool = option(
+        False, "add KL(teacher || noisy student) from a floating-point teacher (off in A.1.7's final results)"
+    )
     distill_weight: float = option(1.0, "weight of the distillation term")
     temperature: float = option(1.0, "distillation temperature")
-    teacher: str | None = option(None, "model.pt of the floating-point teacher (none = the model after "
-                                       "pretrain_epochs)")
-    pretrain_epochs: int = option(0, "epochs of plain training before HWA training (the paper starts from an "
-                                     "FP model)", minimum=0)
+    teacher: str | None = option(
+        None, "model.pt of the floating-point teacher (none = the model after pretrain_epochs)"
+    )
+    pretrain_epochs: int = option(
+        0, "epochs of plain training before HWA training (the paper starts from an FP model)", minimum=0
+    )
 
 
 @METHODS.register("ibm_hwa")
@@ -101,7 +108,9 @@ class IBMHWA(TrainingMethod[IBMHWAOptions]):
             elif pre > 0:
                 self.teacher = copy.deepcopy(model).eval()
             else:
-                raise ValueError(f"method {n!r}: distill needs a floating-point teacher (teacher=model.pt or pretrain_epochs>0)")
+                raise ValueError(
+                    f"method {n!r}: distill needs a floating-point teacher (teacher=model.pt or pretrain_epochs>0)"
+                )
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         w = clean_weights(model)

@@ -1,4 +1,5 @@
 """MTRD multi-teacher robust distillation (MTRD supplement, Note 4): noisy student, noise-specialised teachers."""
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,14 @@ def kl_teacher_student(teacher_logits: Tensor, student_logits: Tensor, temperatu
     return (t.exp() * (t - s)).sum(-1) * temperature**2
 
 
-def mtrd_loss(student_logits: Tensor, teacher_logits: list[Tensor], y: Tensor, temperature: float = 1.0,
-              kd_weight: float = 1.0, eps: float = 1e-6) -> tuple[Tensor, dict[str, float]]:
+def mtrd_loss(
+    student_logits: Tensor,
+    teacher_logits: list[Tensor],
+    y: Tensor,
+    temperature: float = 1.0,
+    kd_weight: float = 1.0,
+    eps: float = 1e-6,
+) -> tuple[Tensor, dict[str, float]]:
     """CE(student, y) + kd_weight * sum_i mean_b[alpha_i,b * KL(teacher_i || student)_b]."""
     ce = F.cross_entropy(student_logits.float(), y)
     p_s = F.softmax(student_logits.detach().float(), -1).gather(1, y[:, None]).squeeze(1)
@@ -49,8 +56,7 @@ def mtrd_loss(student_logits: Tensor, teacher_logits: list[Tensor], y: Tensor, t
         alphas.append(float(a.mean()))
         kd = kd + (a * kl_teacher_student(tl, student_logits, temperature)).mean()
     loss = ce + kd_weight * kd
-    return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()),
-                  "alpha_mean": sum(alphas) / max(len(alphas), 1)}
+    return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "alpha_mean": sum(alphas) / max(len(alphas), 1)}
 
 
 def train_teacher(model: nn.Module, ctx: TrainContext, noise: WeightNoise | None, epochs: int, lr: float) -> nn.Module:
@@ -82,18 +88,27 @@ def parse_clean_teacher(value: Any) -> bool | str:
 class MTRDOptions(MethodOptions):
     """Options of multi-teacher robust distillation."""
 
-    teacher_levels: tuple[float, ...] = option((0.5, 1.0, 1.5), "noise levels of the trained teachers, as multiples "
-                                                                "of the run's noise")
-    clean_teacher: bool | str = option(True, "true: train a clean teacher; false: none; or a model.pt path",
-                                       parse=parse_clean_teacher, kind="bool|path")
-    teachers: tuple[str, ...] = option((), "comma-separated model.pt paths of trained teachers (any architecture "
-                                           "with the same classes; replaces teacher_levels)")
+    teacher_levels: tuple[float, ...] = option(
+        (0.5, 1.0, 1.5), "noise levels of the trained teachers, as multiples of the run's noise"
+    )
+    clean_teacher: bool | str = option(
+        True,
+        "true: train a clean teacher; false: none; or a model.pt path",
+        parse=parse_clean_teacher,
+        kind="bool|path",
+    )
+    teachers: tuple[str, ...] = option(
+        (),
+        "comma-separated model.pt paths of trained teachers (any architecture "
+        "with the same classes; replaces teacher_levels)",
+    )
     teacher_epochs: int | None = option(None, "epochs per trained teacher (none = the run's epochs)", minimum=1)
     teacher_lr: float | None = option(None, "learning rate of the teachers (none = the run's lr)")
     temperature: float = option(1.0, "distillation temperature (eq. 4 has none)")
     kd_weight: float = option(1.0, "weight of the distillation terms")
-    teacher_noise: bool = option(False, "query each teacher under its own noise level (false: clean weights, "
-                                        "as in software)")
+    teacher_noise: bool = option(
+        False, "query each teacher under its own noise level (false: clean weights, as in software)"
+    )
     eps: float = option(1e-6, "clamp of the true-class probabilities in alpha (eq. 4)")
 
 
@@ -139,11 +154,13 @@ class MTRD(TrainingMethod[MTRDOptions]):
         if not self.teachers:
             raise ValueError(f"method {self.name!r}: no teachers (set teacher_levels, teachers or clean_teacher)")
 
-    def _add_trained(self, ctx: TrainContext, noise: WeightNoise | None, epochs: int, lr: float, seed_offset: int) -> None:
+    def _add_trained(
+        self, ctx: TrainContext, noise: WeightNoise | None, epochs: int, lr: float, seed_offset: int
+    ) -> None:
         t = reinitialise(copy.deepcopy(ctx.raw_model), ctx.config.seed * 1009 + 17 * seed_offset + 1)
         for p in t.parameters():
             p.requires_grad_(True)
-        if not ctx.resuming:              # on resume the trained teachers come back via load_state_dict
+        if not ctx.resuming:  # on resume the trained teachers come back via load_state_dict
             train_teacher(t, ctx, noise, epochs, lr)
         self._freeze(t, noise)
 
@@ -166,8 +183,10 @@ class MTRD(TrainingMethod[MTRDOptions]):
     def training_step(self, ctx: TrainContext, x: Tensor, y: Tensor) -> dict[str, float]:
         student = ctx.noisy_forward(x)
         with torch.no_grad():
-            t_logits = [noisy_forward(t, x, n, ctx.generator) if (self.teacher_noise and n is not None) else t(x)
-                        for t, n in zip(self.teachers, self.teacher_noises)]
+            t_logits = [
+                noisy_forward(t, x, n, ctx.generator) if (self.teacher_noise and n is not None) else t(x)
+                for t, n in zip(self.teachers, self.teacher_noises)
+            ]
         loss, logs = mtrd_loss(student, t_logits, y, self.temperature, self.kd_weight, self.eps)
         ctx.backward(loss)
         return {"loss": float(loss.detach()), **logs}

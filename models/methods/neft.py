@@ -3,6 +3,7 @@
 Both build O_total = a_b * O_backbone - a_f * beta * sum_n gamma_n * Out_n (eq. 1-2) and train with
 cross-entropy on O_total (eq. 3); the feedback parts exist only during training.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -31,8 +32,14 @@ def irs_gammas(n: int) -> list[float]:
     return [10.0 ** (1 - k) for k in range(1, n + 1)]
 
 
-def negative_feedback_logits(backbone: Tensor, feedback: Sequence[Tensor], beta: float,
-                             gammas: Sequence[float], a_b: float | None = None, a_f: float | None = None) -> Tensor:
+def negative_feedback_logits(
+    backbone: Tensor,
+    feedback: Sequence[Tensor],
+    beta: float,
+    gammas: Sequence[float],
+    a_b: float | None = None,
+    a_f: float | None = None,
+) -> Tensor:
     """NeFT eq. 1-2: a_b * O_backbone - a_f * beta * sum_n gamma_n Out_n, with a_b = a_f = 1/(N+1) by default."""
     if len(feedback) != len(gammas):
         raise ValueError(f"{len(feedback)} feedback outputs but {len(gammas)} decay factors")
@@ -43,8 +50,9 @@ def negative_feedback_logits(backbone: Tensor, feedback: Sequence[Tensor], beta:
     return a_b * backbone - a_f * beta * fb
 
 
-def oriented_factors(noise: WeightNoise, n: int, delta_sigma: float, relative_delta: float,
-                     sigma: float | None = None) -> list[float]:
+def oriented_factors(
+    noise: WeightNoise, n: int, delta_sigma: float, relative_delta: float, sigma: float | None = None
+) -> list[float]:
     """Scale factors turning the device noise into the oriented noises sigma + n * delta_sigma, n = 1..N.
 
     With a paper family (scalar sigma_d, log-normal s or additive eta) the factor is
@@ -66,11 +74,15 @@ class NeFTOVFOptions(MethodOptions):
     """Options of NeFT-OVF (Algorithm 1)."""
 
     n_feedback: int = option(3, "number N of oriented forwards (paper: 3)", minimum=1)
-    delta_sigma: float = option(0.05, "oriented-noise step in the family's units: sigma_d (Gaussian), s (log-normal), "
-                                      "eta (additive)")
+    delta_sigma: float = option(
+        0.05, "oriented-noise step in the family's units: sigma_d (Gaussian), s (log-normal), eta (additive)"
+    )
     beta: float = option(0.1, "feedback weight (paper grid 1e-1..1e-4; 1e-1 is the paper's OVF choice)")
-    relative_delta: float = option(0.25, "step for profiles without a scalar sigma: factor 1 + n*relative_delta "
-                                         "(0.25 = the paper's 0.05 at sigma_d = 0.2)")
+    relative_delta: float = option(
+        0.25,
+        "step for profiles without a scalar sigma: factor 1 + n*relative_delta "
+        "(0.25 = the paper's 0.05 at sigma_d = 0.2)",
+    )
     sigma: float | None = option(None, "base sigma the factors are formed from (none = the noise's own magnitude)")
     a_b: float | None = option(None, _A_B_HELP)
     a_f: float | None = option(None, _A_F_HELP)
@@ -108,10 +120,13 @@ class NeFTOVF(TrainingMethod[NeFTOVFOptions]):
         model = ctx.raw_model
         w = clean_weights(model)
         out_b = forward_with_weights(model, x, require_noise(ctx, self.name).sample(w, ctx.generator))
-        outs = [forward_with_weights(model, x, {**nz.sample(w, ctx.generator), **norm_buffer_copies(model)})
-                for nz in self.oriented]
-        total = negative_feedback_logits(out_b.float(), [o.float() for o in outs], self.beta, self.gammas,
-                                         self.a_b, self.a_f)
+        outs = [
+            forward_with_weights(model, x, {**nz.sample(w, ctx.generator), **norm_buffer_copies(model)})
+            for nz in self.oriented
+        ]
+        total = negative_feedback_logits(
+            out_b.float(), [o.float() for o in outs], self.beta, self.gammas, self.a_b, self.a_f
+        )
         loss = F.cross_entropy(total, y)
         ctx.backward(loss)
         with torch.no_grad():
@@ -126,9 +141,15 @@ class SnapshotHeads(nn.Module):
         super().__init__()
         heads = []
         for c, sd in zip(channels, spatial_dims):
-            pool: nn.Module = {0: nn.Identity(), 1: nn.AdaptiveAvgPool1d(1), 2: nn.AdaptiveAvgPool2d(1),
-                               3: nn.AdaptiveAvgPool3d(1)}[sd]
-            heads.append(nn.Sequential(pool, nn.Flatten(), nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)))
+            pool: nn.Module = {
+                0: nn.Identity(),
+                1: nn.AdaptiveAvgPool1d(1),
+                2: nn.AdaptiveAvgPool2d(1),
+                3: nn.AdaptiveAvgPool3d(1),
+            }[sd]
+            heads.append(
+                nn.Sequential(pool, nn.Flatten(), nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+            )
         self.heads = nn.ModuleList(heads)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
@@ -158,6 +179,7 @@ def tap_outputs(model: nn.Module, modules: Sequence[nn.Module], forward) -> tupl
     def make(i: int):
         def hook(_m, _inp, out):
             taps[i] = out
+
         return hook
 
     handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
@@ -219,8 +241,9 @@ class NeFTIRSOptions(MethodOptions):
     """Options of NeFT-IRS (Algorithm 2)."""
 
     beta: float = option(1e-3, "feedback weight (the paper's IRS choice: 1e-3)")
-    blocks: tuple[str, ...] = option((), "comma-separated module names to tap (empty = automatic, the end of "
-                                         "each same-depth conv group)")
+    blocks: tuple[str, ...] = option(
+        (), "comma-separated module names to tap (empty = automatic, the end of each same-depth conv group)"
+    )
     hidden: int = option(512, "width of the snapshot classifiers", minimum=1)
     noisy_heads: bool = option(True, "noise on the snapshot weights too (Algorithm 2 line 4)")
     a_b: float | None = option(None, _A_B_HELP)
@@ -247,8 +270,9 @@ class NeFTIRS(TrainingMethod[NeFTIRSOptions]):
         self.noisy_heads = o.noisy_heads
         model = ctx.raw_model
         self.blocks = find_snapshot_blocks(model, first_batch(ctx), list(o.blocks))
-        self.heads = SnapshotHeads([c for _, c, _ in self.blocks], [s for _, _, s in self.blocks],
-                                   ctx.num_classes, o.hidden).to(ctx.device)
+        self.heads = SnapshotHeads(
+            [c for _, c, _ in self.blocks], [s for _, _, s in self.blocks], ctx.num_classes, o.hidden
+        ).to(ctx.device)
         ctx.add_parameters(self.heads.parameters())
         self.gammas = irs_gammas(len(self.blocks))
         self.a_b, self.a_f = o.a_b, o.a_f
@@ -259,13 +283,15 @@ class NeFTIRS(TrainingMethod[NeFTIRSOptions]):
         w = clean_weights(model)
         noise = require_noise(ctx, self.name)
         noisy = noise.sample(w, ctx.generator)
-        out_b, feats = tap_outputs(model, [mods[n] for n, _, _ in self.blocks],
-                                   lambda: forward_with_weights(model, x, noisy))
+        out_b, feats = tap_outputs(
+            model, [mods[n] for n, _, _ in self.blocks], lambda: forward_with_weights(model, x, noisy)
+        )
         hw = clean_weights(self.heads)
         hw_noisy = noise.sample(hw, ctx.generator) if self.noisy_heads else hw
         outs = functional_call(self.heads, hw_noisy, (feats,))
-        total = negative_feedback_logits(out_b.float(), [o.float() for o in outs], self.beta, self.gammas,
-                                         self.a_b, self.a_f)
+        total = negative_feedback_logits(
+            out_b.float(), [o.float() for o in outs], self.beta, self.gammas, self.a_b, self.a_f
+        )
         loss = F.cross_entropy(total, y)
         ctx.backward(loss)
         return {"loss": float(loss.detach())}

@@ -1,4 +1,5 @@
 """Noise-injection training ("W/ noise"): a fresh weight-noise draw per forward, gradient on clean weights."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ Every field is declared with `option(default, help)`. `parse_options` is the one
 strings, JSON values from a config, Python objects) become the field's type; an unknown key or a value
 that does not convert is refused in one line. `describe_options` lists the fields for `--list-methods`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,9 @@ class MethodOptions:
     """Base of every method's `Options`: frozen fields, each declared with `option(default, help)`."""
 
 
-def option(default: Any, help: str, *, minimum: int | None = None, parse: Converter | None = None,
-           kind: str | None = None) -> Any:
+def option(
+    default: Any, help: str, *, minimum: int | None = None, parse: Converter | None = None, kind: str | None = None
+) -> Any:
     """A documented option field: `minimum` bounds an int, `parse` replaces the type's converter, `kind` its label."""
     return field(default=default, metadata={"help": help, "minimum": minimum, "parse": parse, "kind": kind})
 
@@ -176,8 +178,11 @@ def describe_options(cls: type[MethodOptions]) -> list[OptionInfo]:
     for f in dataclasses.fields(cls):
         meta = f.metadata
         convert = meta.get("parse") or _type_converter(hints[f.name], meta.get("minimum"))
-        out.append(OptionInfo(f.name, meta.get("kind") or _type_label(hints[f.name]), f.default,
-                              str(meta.get("help", "")), convert))
+        out.append(
+            OptionInfo(
+                f.name, meta.get("kind") or _type_label(hints[f.name]), f.default, str(meta.get("help", "")), convert
+            )
+        )
     return out
 
 

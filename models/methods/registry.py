@@ -1,4 +1,5 @@
 """Registry of training methods: `@METHODS.register(name)` where a method is defined; `models.methods` imports them all."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,7 +28,14 @@ def get_method(name: str, **options: Any) -> TrainingMethod[Any]:
 
 def describe_methods() -> list[dict[str, Any]]:
     """Every registered method with its one-line description and options (name, type, default, help), JSON-able."""
-    return [{"name": name, "description": cls.description(),
-             "options": [{"name": o.name, "type": o.kind, "default": o.default, "help": o.help}
-                         for o in describe_options(cls.Options)]}
-            for name, cls in METHODS.items()]
+    return [
+        {
+            "name": name,
+            "description": cls.description(),
+            "options": [
+                {"name": o.name, "type": o.kind, "default": o.default, "help": o.help}
+                for o in describe_options(cls.Options)
+            ],
+        }
+        for name, cls in METHODS.items()
+    ]

@@ -1,4 +1,5 @@
 """TRICE (SWIM/TRICE overview, III-B): noise injection with right-censored Gaussian weight noise."""
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,9 @@ class TRICEOptions(MethodOptions):
     """Options of TRICE."""
 
     lam: float = option(1.0, "censoring point in units of the per-weight noise std (the overview gives none)")
-    recentre: bool = option(False, "subtract the censored mean so the training noise is zero-mean "
-                                   "(false: keep TRICE's negative mean)")
+    recentre: bool = option(
+        False, "subtract the censored mean so the training noise is zero-mean (false: keep TRICE's negative mean)"
+    )
     scale: float = option(1.0, "training noise relative to the run's noise")
 
 

@@ -1,4 +1,5 @@
 """Vanilla training (the "W/O noise" baseline): plain cross-entropy on the clean weights."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

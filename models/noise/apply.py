@@ -1,4 +1,5 @@
 """Applying weight noise to any nn.Module without touching its class (torch.func.functional_call)."""
+
 from __future__ import annotations
 
 import torch
@@ -25,9 +26,7 @@ def clean_weights(model: nn.Module) -> dict[str, Tensor]:
     return {n: params[n] for n in noisy_weight_names(model)}
 
 
-def noisy_forward(
-    model: nn.Module, x: Tensor, noise: WeightNoise, generator: torch.Generator | None = None
-) -> Tensor:
+def noisy_forward(model: nn.Module, x: Tensor, noise: WeightNoise, generator: torch.Generator | None = None) -> Tensor:
     """Forward ``x`` through ``model`` with one fresh draw of ``noise`` on its Conv/Linear weights."""
     noisy = noise.sample(clean_weights(model), generator)
     return functional_call(model, noisy, (x,))

@@ -1,4 +1,5 @@
 """The weight-noise interface: a distribution of device-induced perturbations of Conv/Linear weights."""
+
 from __future__ import annotations
 
 import abc
@@ -117,7 +118,7 @@ def _map_draws(fill: Callable[[int], None], n: int, numel_per_draw: int) -> None
             fill(i)
 
 
-_PARALLEL_FILL_MIN = 1 << 15   # below this many numbers per draw, thread hand-off costs more than it saves
+_PARALLEL_FILL_MIN = 1 << 15  # below this many numbers per draw, thread hand-off costs more than it saves
 
 
 @lru_cache(maxsize=4)

@@ -1,4 +1,5 @@
 """Build a WeightNoise from a JSON-able spec (one registered builder per noise family) or from a noise profile."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -37,8 +38,9 @@ def _device(spec: dict[str, Any], model: str | None) -> DeviceGaussianNoise:
         raise ValueError(f"noise family {spec['family']!r} needs 'sigma' (device sigma in level units)")
     mp = _mapping(spec)
     factors = level_factors(model, mp.n_levels) if model else None
-    return DeviceGaussianNoise(sigma=float(spec["sigma"]), mapping=mp, factors=factors,
-                               quantize=bool(spec.get("quantize", False)), model=model)
+    return DeviceGaussianNoise(
+        sigma=float(spec["sigma"]), mapping=mp, factors=factors, quantize=bool(spec.get("quantize", False)), model=model
+    )
 
 
 def _base(spec: dict[str, Any]) -> WeightNoise | None:
@@ -132,15 +134,33 @@ def noise_from_profile(profile: Any, t_s: float = 0.0, **options: Any) -> Weight
 __all__ = ["noise_from_spec", "noise_from_profile", "FAMILIES", "NOISE_FAMILIES", "AnalogMapping"]
 
 
-def spec_from_options(*, profile: str | None = None, t_s: float = 0.0, mapping: str = "bitsliced",
-                      sigma: float | None = None, device_model: str | None = None, lognormal: float | None = None,
-                      additive: float | None = None, censor: float | None = None, recentre: bool = False,
-                      noise_json: str | None = None) -> dict[str, Any] | None:
+def spec_from_options(
+    *,
+    profile: str | None = None,
+    t_s: float = 0.0,
+    mapping: str = "bitsliced",
+    sigma: float | None = None,
+    device_model: str | None = None,
+    lognormal: float | None = None,
+    additive: float | None = None,
+    censor: float | None = None,
+    recentre: bool = False,
+    noise_json: str | None = None,
+) -> dict[str, Any] | None:
     """Turn the CLI's mutually exclusive noise options into one spec (None when none is given)."""
     import json
 
-    given = [n for n, v in (("--profile", profile), ("--sigma", sigma), ("--lognormal", lognormal),
-                            ("--additive", additive), ("--noise-json", noise_json)) if v is not None]
+    given = [
+        n
+        for n, v in (
+            ("--profile", profile),
+            ("--sigma", sigma),
+            ("--lognormal", lognormal),
+            ("--additive", additive),
+            ("--noise-json", noise_json),
+        )
+        if v is not None
+    ]
     if len(given) > 1:
         raise ValueError(f"give one noise source, not {' and '.join(given)}")
     if device_model is not None and sigma is None:
@@ -151,8 +171,11 @@ def spec_from_options(*, profile: str | None = None, t_s: float = 0.0, mapping: 
 
         spec = {"family": "profile", "path": str(Path(profile).resolve()), "t_s": float(t_s), "mapping": mapping}
     elif sigma is not None:
-        spec = {"family": "state_dependent", "model": device_model, "sigma": sigma} if device_model else \
-            {"family": "gaussian", "sigma": sigma}
+        spec = (
+            {"family": "state_dependent", "model": device_model, "sigma": sigma}
+            if device_model
+            else {"family": "gaussian", "sigma": sigma}
+        )
     elif lognormal is not None:
         spec = {"family": "lognormal", "sigma": lognormal}
     elif additive is not None:

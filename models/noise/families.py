@@ -1,4 +1,5 @@
 """The paper noise families, parametrised directly (NeFT, MTRD, TRICE, write-verify-bounded)."""
+
 from __future__ import annotations
 
 import abc
@@ -61,8 +62,10 @@ class MomentNoise(WeightNoise):
             return AffineSampler(shifts, stds)
 
         def draws(generators):
-            return {n: torch.stack([self.standard(tuple(s.shape), s, g) for g in generators]) * stds[n] + s
-                    for n, s in shifts.items()}
+            return {
+                n: torch.stack([self.standard(tuple(s.shape), s, g) for g in generators]) * stds[n] + s
+                for n, s in shifts.items()
+            }
 
         return draws
 
@@ -84,7 +87,7 @@ class DeviceGaussianNoise(MomentNoise):
     mapping: BitSlicedMapping = field(default_factory=BitSlicedMapping)
     factors: tuple[float, ...] | None = None
     quantize: bool = False
-    model: str | None = None               # name of the state-dependent model, for describe()
+    model: str | None = None  # name of the state-dependent model, for describe()
 
     def __post_init__(self) -> None:
         if self.sigma < 0:
@@ -196,7 +199,7 @@ def censored_var(lam: float) -> float:
     phi = math.exp(-0.5 * lam * lam) / math.sqrt(2 * math.pi)
     cdf = 1 - 0.5 * math.erfc(lam / math.sqrt(2))
     tail = 1 - cdf
-    second = (cdf - lam * phi) + lam * lam * tail        # E[Z^2; Z<lam] + lam^2 P(Z>=lam)
+    second = (cdf - lam * phi) + lam * lam * tail  # E[Z^2; Z<lam] + lam^2 P(Z>=lam)
     return second - censored_mean(lam) ** 2
 
 
@@ -288,13 +291,13 @@ class WriteVerifyNoise(WeightNoise):
         for name, w in weights.items():
             wd = w.detach()
             st = mp.to_devices(wd)
-            sig = self.device.device_sigma(st.levels)                      # (P, *shape, D)
-            vmask = self._device_mask(name, wd).unsqueeze(0)              # (1, *shape, D)
+            sig = self.device.device_sigma(st.levels)  # (P, *shape, D)
+            vmask = self._device_mask(name, wd).unsqueeze(0)  # (1, *shape, D)
             shape = (n_draws, *st.levels.shape)
             g = randn(shape, wd, generator) * sig
             tn = truncated_normal(shape, wd, sig, self.threshold, generator)
             dg = torch.where(vmask, tn, g)
-            dw = (dg * mp.device_weights(wd)).sum(-1)                      # (n, P, *shape)
+            dw = (dg * mp.device_weights(wd)).sum(-1)  # (n, P, *shape)
             p_axis = 1
             if mp.sign == "separate":
                 assert st.sign is not None  # the separate sign mode always decodes signs

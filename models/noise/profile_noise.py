@@ -9,6 +9,7 @@ tiled over the array cells in device order; the independent part keeps the per-d
 (s_prog^2 minus the spatial variance of the cell, floored at 0). Weight errors are the linear decode of
 the device errors, so without stuck faults or spatial terms one Gaussian per weight is exact.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,9 +40,9 @@ def load_profile_any(profile: Any):
 class _Tables:
     """Device-law tables over a conductance grid (bit-sliced: the 2^K used levels; analog: a fine grid)."""
 
-    g: np.ndarray            # grid conductances (S)
-    mean: np.ndarray         # total mean error (S)
-    sigma: np.ndarray        # total independent sigma (S)
+    g: np.ndarray  # grid conductances (S)
+    mean: np.ndarray  # total mean error (S)
+    sigma: np.ndarray  # total independent sigma (S)
     mean_v: np.ndarray | None
     sigma_v: np.ndarray | None
 
@@ -73,15 +74,24 @@ class ProfileNoise(WeightNoise):
     stuck: bool = True
     spatial: bool = True
     quantize: bool = False
-    verified_mask: dict[str, Tensor] | None = None   # per-weight (or per-device) booleans; None = none verified
+    verified_mask: dict[str, Tensor] | None = None  # per-weight (or per-device) booleans; None = none verified
     all_verified: bool = False
     factor: float = 1.0
     lognormal_exact: bool = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_profile(cls, profile: Any, t_s: float = 0.0, *, mapping: str = "bitsliced", bits: int = 8,
-                     sign: str = "separate", scale: str = "layer", **options: Any) -> ProfileNoise:
+    def from_profile(
+        cls,
+        profile: Any,
+        t_s: float = 0.0,
+        *,
+        mapping: str = "bitsliced",
+        bits: int = 8,
+        sign: str = "separate",
+        scale: str = "layer",
+        **options: Any,
+    ) -> ProfileNoise:
         """Bit-sliced mapping with K = profile.bits_per_device (M = ``bits``), or the analog pair mapping."""
         if mapping == "bitsliced":
             mp: BitSlicedMapping | AnalogMapping = BitSlicedMapping(bits, int(profile.bits_per_device), sign, scale)  # type: ignore[arg-type]
@@ -156,7 +166,7 @@ class ProfileNoise(WeightNoise):
             lv = st.levels.long()
             used = torch.as_tensor(self._tables.g, dtype=w.dtype, device=w.device)
             dg_level = (used[-1] - used[0]) / (mp.n_levels - 1)
-            c = mp.device_weights(w) * st.step.unsqueeze(-1) / dg_level           # (*shape, D)
+            c = mp.device_weights(w) * st.step.unsqueeze(-1) / dg_level  # (*shape, D)
             if mp.sign == "separate":
                 assert st.sign is not None  # the separate sign mode always decodes signs
                 coef = (st.sign.unsqueeze(-1) * c).unsqueeze(0)
@@ -168,7 +178,7 @@ class ProfileNoise(WeightNoise):
         else:
             mp2 = self.mapping
             st2 = mp2.to_conductances(w)
-            g_t = st2.g.unsqueeze(-1)                                              # (2, *shape, 1)
+            g_t = st2.g.unsqueeze(-1)  # (2, *shape, 1)
             k = st2.scale / (mp2.g_max - mp2.g_min)
             coef = torch.stack([k.expand(w.shape), -k.expand(w.shape)]).unsqueeze(-1).to(w.dtype)
             pos = (g_t - mp2.g_min) / (mp2.g_max - mp2.g_min) * (_GRID - 1)
@@ -195,7 +205,11 @@ class ProfileNoise(WeightNoise):
 
     def quantization_shift(self, w: Tensor) -> Tensor:
         """Q(W) - W when the weights are deployed M-bit quantised (``quantize``), else 0."""
-        return (self.mapping.quantize(w) - w) if (self.quantize and isinstance(self.mapping, BitSlicedMapping)) else torch.zeros((), dtype=w.dtype, device=w.device)
+        return (
+            (self.mapping.quantize(w) - w)
+            if (self.quantize and isinstance(self.mapping, BitSlicedMapping))
+            else torch.zeros((), dtype=w.dtype, device=w.device)
+        )
 
     # ------------------------------------------------------------------ sampling
     def _fast(self) -> bool:
@@ -213,9 +227,12 @@ class ProfileNoise(WeightNoise):
 
     def draw_sampler(self, weights):
         if not self._fast():
+
             def draws(generators):
-                return {name: self._delta(name, w.detach(), generators, None).add_(w + self.quantization_shift(w.detach()))
-                        for name, w in weights.items()}
+                return {
+                    name: self._delta(name, w.detach(), generators, None).add_(w + self.quantization_shift(w.detach()))
+                    for name, w in weights.items()
+                }
 
             return draws
         shifts, stds = {}, {}
@@ -256,11 +273,11 @@ class ProfileNoise(WeightNoise):
         t = self._tables
         mean_t = torch.as_tensor(t.mean_v if verified else t.mean, dtype=like.dtype, device=like.device) * self.factor
         sig_t = torch.as_tensor(t.sigma_v if verified else t.sigma, dtype=like.dtype, device=like.device) * self.factor
-        c = mp.device_weights(like) / ((t.g[-1] - t.g[0]) / (mp.n_levels - 1))          # LSBs per siemens, (D,)
-        lv = mp.split(torch.arange(2**mp.bits, device=like.device))                      # (2^M, D)
+        c = mp.device_weights(like) / ((t.g[-1] - t.g[0]) / (mp.n_levels - 1))  # LSBs per siemens, (D,)
+        lv = mp.split(torch.arange(2**mp.bits, device=like.device))  # (2^M, D)
         mean = (c * mean_t[lv]).sum(-1)
         var = (c**2 * sig_t[lv] ** 2).sum(-1)
-        if mp.sign == "differential":                   # the other array of the pair sits at level 0
+        if mp.sign == "differential":  # the other array of the pair sits at level 0
             mean = mean - (c * mean_t[0]).sum()
             var = var + (c**2 * sig_t[0] ** 2).sum()
         return mean, var
@@ -283,19 +300,21 @@ class ProfileNoise(WeightNoise):
         mean, sig = self._device_moments(idx, vmask, w)
         spatial = None
         if self._spatial_A is not None:
-            A = torch.as_tensor(self._spatial_A, dtype=w.dtype, device=w.device) * self.factor   # (cells, k)
+            A = torch.as_tensor(self._spatial_A, dtype=w.dtype, device=w.device) * self.factor  # (cells, k)
             n_dev = g_t.numel()
             cell = torch.arange(n_dev, device=w.device) % A.shape[0]
             cell_var = (A**2).sum(1)[cell].view(g_t.shape)
             sig = torch.sqrt(torch.clamp(sig**2 - cell_var, min=0.0))
-            zk = self._randn((A.shape[1],), w, gens, n)                                         # (n, k)
+            zk = self._randn((A.shape[1],), w, gens, n)  # (n, k)
             spatial = (zk @ A.T)[:, cell].view(-1, *g_t.shape)
         z = self._randn(tuple(g_t.shape), w, gens, n)
         if self._is_lognormal:
             s = float(self.profile.family_params["s"]) * self.factor
             dg = g_t * torch.expm1(s * z)
             if self.read:
-                rs = torch.as_tensor(np.asarray(self.profile.read_sigma(self._tables.g)), dtype=w.dtype, device=w.device)[idx]
+                rs = torch.as_tensor(
+                    np.asarray(self.profile.read_sigma(self._tables.g)), dtype=w.dtype, device=w.device
+                )[idx]
                 dg = dg + rs * self.factor * self._randn(tuple(g_t.shape), w, gens, n)
         else:
             dg = mean + sig * z
@@ -304,7 +323,9 @@ class ProfileNoise(WeightNoise):
         lrs, hrs = self._stuck
         if lrs > 0 or hrs > 0:
             u = self._rand(tuple(g_t.shape), w, gens, n)
-            g_hi, g_lo = getattr(self.profile, "stuck_conductances", (float(self._tables.g[-1]), float(self._tables.g[0])))
+            g_hi, g_lo = getattr(
+                self.profile, "stuck_conductances", (float(self._tables.g[-1]), float(self._tables.g[0]))
+            )
             dg = torch.where(u < lrs, g_hi - g_t, dg)
             dg = torch.where((u >= lrs) & (u < lrs + hrs), g_lo - g_t, dg)
         return (coef * dg).sum(-1).sum(1)
@@ -319,7 +340,7 @@ class ProfileNoise(WeightNoise):
             sig = g_t * math.exp(0.5 * s2) * math.sqrt(math.expm1(s2))
         spatial = None
         if self._spatial_A is not None:
-            A = torch.as_tensor(self._spatial_A, dtype=w.dtype, device=w.device) * self.factor      # (cells, k)
+            A = torch.as_tensor(self._spatial_A, dtype=w.dtype, device=w.device) * self.factor  # (cells, k)
             cell = torch.arange(g_t.numel(), device=w.device) % A.shape[0]
             sig = torch.sqrt(torch.clamp(sig**2 - (A**2).sum(1)[cell].view(g_t.shape), min=0.0))
             spatial = A[cell].view(*g_t.shape, A.shape[1])
@@ -335,7 +356,9 @@ class ProfileNoise(WeightNoise):
             if e.spatial is not None:
                 sp_var = ((coef.unsqueeze(-1) * e.spatial).sum(-2).sum(0) ** 2).sum(-1)
             lrs, hrs = self._stuck
-            g_hi, g_lo = getattr(self.profile, "stuck_conductances", (float(self._tables.g[-1]), float(self._tables.g[0])))
+            g_hi, g_lo = getattr(
+                self.profile, "stuck_conductances", (float(self._tables.g[-1]), float(self._tables.g[0]))
+            )
             p0 = 1 - lrs - hrs
             e1 = p0 * mean + lrs * (g_hi - g_t) + hrs * (g_lo - g_t)
             e2 = p0 * (sig**2 + mean**2) + lrs * (g_hi - g_t) ** 2 + hrs * (g_lo - g_t) ** 2
@@ -354,8 +377,20 @@ class ProfileNoise(WeightNoise):
         raise TypeError("profile noise is described by its spec ({'family': 'profile', 'path': ...})")
 
 
-_PROFILE_KEYS = {"path", "t_s", "mapping", "bits", "sign", "scale", "read", "stuck", "spatial", "quantize",
-                 "all_verified", "scale_factor"}
+_PROFILE_KEYS = {
+    "path",
+    "t_s",
+    "mapping",
+    "bits",
+    "sign",
+    "scale",
+    "read",
+    "stuck",
+    "spatial",
+    "quantize",
+    "all_verified",
+    "scale_factor",
+}
 
 
 def noise_from_profile_spec(spec: dict[str, Any]) -> ProfileNoise:
@@ -366,7 +401,13 @@ def noise_from_profile_spec(spec: dict[str, Any]) -> ProfileNoise:
     if "path" not in spec:
         raise ValueError("noise family 'profile' needs 'path' (the noise-profile .h5 file)")
     opts = {k: spec[k] for k in ("read", "stuck", "spatial", "quantize", "all_verified") if k in spec}
-    noise = ProfileNoise.from_profile(load_profile_any(spec["path"]), float(spec.get("t_s", 0.0)),
-                                      mapping=spec.get("mapping", "bitsliced"), bits=int(spec.get("bits", 8)),
-                                      sign=spec.get("sign", "separate"), scale=spec.get("scale", "layer"), **opts)
+    noise = ProfileNoise.from_profile(
+        load_profile_any(spec["path"]),
+        float(spec.get("t_s", 0.0)),
+        mapping=spec.get("mapping", "bitsliced"),
+        bits=int(spec.get("bits", 8)),
+        sign=spec.get("sign", "separate"),
+        scale=spec.get("scale", "layer"),
+        **opts,
+    )
     return noise.scaled(float(spec["scale_factor"])) if "scale_factor" in spec else noise

@@ -5,6 +5,7 @@ Verified devices take the profile's post-write-verify error, the others its open
 (programming pulses), from the profile's measured pulses per device, and normalised to verifying
 every device.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,8 +61,9 @@ class SwimPlanner:
     def __post_init__(self) -> None:
         self.weights = {k: v.detach() for k, v in clean_weights(self.model).items()}
         self._open = self.noise(None)
-        self._all = ProfileNoise.from_profile(self.profile, self.t_s, mapping=self.mapping, all_verified=True,
-                                              factor=self.noise_scale)  # fmt: skip
+        self._all = ProfileNoise.from_profile(
+            self.profile, self.t_s, mapping=self.mapping, all_verified=True, factor=self.noise_scale
+        )
         self.sigma_open = self._open.noise_std(self.weights)
         self.sigma_verified = self._all.noise_std(self.weights)
         self.n_weights = int(sum(w.numel() for w in self.weights.values()))
@@ -72,8 +74,9 @@ class SwimPlanner:
         self._rankings: dict[str, Ranking] = {}
 
     def noise(self, mask: dict[str, Tensor] | None) -> ProfileNoise:
-        return ProfileNoise.from_profile(self.profile, self.t_s, mapping=self.mapping, verified_mask=mask,
-                                         factor=self.noise_scale)  # fmt: skip
+        return ProfileNoise.from_profile(
+            self.profile, self.t_s, mapping=self.mapping, verified_mask=mask, factor=self.noise_scale
+        )
 
     def sensitivity(self, batches: Any, max_samples: int | None = 2000) -> Sensitivity:
         """Gradient and Gauss-Newton diagonal over training data (computed once)."""
@@ -102,15 +105,27 @@ class SwimPlanner:
         return float(cycles), float(cycles / (dpw * self.n_weights * self.ppd_verified))
 
     def evaluate(self, mask: dict[str, Tensor] | None, draws: int | None = None) -> MCResult:
-        return evaluate_mc(self.model, self.x_val, self.y_val, self.noise(mask), draws or self.mc_draws, seed=self.seed, kpp=(1.0,))
+        return evaluate_mc(
+            self.model, self.x_val, self.y_val, self.noise(mask), draws or self.mc_draws, seed=self.seed, kpp=(1.0,)
+        )
 
     def point(self, method: str, fraction: float) -> PlanPoint:
         mask = self.mask(method, fraction)
         res = self.evaluate(mask)
         cyc, norm = self.cycles(mask)
         lo, hi = res.ci95
-        return PlanPoint(method, fraction, int(sum(int(m.sum()) for m in mask.values())), res.mean, res.std,
-                         (lo, hi), _kpp(res, 1.0), res.worst, cyc, norm)  # fmt: skip
+        return PlanPoint(
+            method,
+            fraction,
+            int(sum(int(m.sum()) for m in mask.values())),
+            res.mean,
+            res.std,
+            (lo, hi),
+            _kpp(res, 1.0),
+            res.worst,
+            cyc,
+            norm,
+        )
 
     def curve(self, fractions: list[float], methods: Sequence[str] = METHODS, progress: Any = None) -> list[PlanPoint]:
         """Accuracy and cost versus fraction verified for every method (the same draws for all)."""
@@ -125,8 +140,11 @@ class SwimPlanner:
                     progress()
         return out
 
-    def fraction_for_target(self, target: float, method: str = "swim", metric: str = "mean", tol: float = 0.005) -> float:
+    def fraction_for_target(
+        self, target: float, method: str = "swim", metric: str = "mean", tol: float = 0.005
+    ) -> float:
         """Smallest verified fraction whose predicted accuracy (mean or kpp1) reaches `target` (bisection)."""
+
         def acc(f: float) -> float:
             p = self.point(method, f)
             return p.mean if metric == "mean" else p.kpp1

@@ -4,6 +4,7 @@ Scores are per weight; a weight is one differential device pair, so verifying it
 its devices. Ranking is global across layers, at the granularity the board programs: single weights,
 crossbar rows (one input line of a layer) or crossbar columns (one output channel).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,14 @@ METHODS = ("swim", "magnitude", "random", "gradient")
 GRANULARITIES = ("weight", "row", "column")
 
 
-def weight_scores(method: str, weights: dict[str, Tensor], sens: Sensitivity | None, sigma_open: dict[str, Tensor],
-                  sigma_verified: dict[str, Tensor], seed: int = 0) -> dict[str, Tensor]:  # fmt: skip
+def weight_scores(
+    method: str,
+    weights: dict[str, Tensor],
+    sens: Sensitivity | None,
+    sigma_open: dict[str, Tensor],
+    sigma_verified: dict[str, Tensor],
+    seed: int = 0,
+) -> dict[str, Tensor]:
     """Priority of each weight for verification (higher first)."""
     if method == "swim":
         if sens is None:
@@ -102,5 +109,11 @@ def rank(scores: dict[str, Tensor], granularity: str = "weight") -> Ranking:
         size_of.append(counts)
     score = torch.cat(score_of)
     order = torch.argsort(score, descending=True, stable=True)
-    return Ranking(names, ids_of, torch.cat(layer_of)[order], torch.cat(group_of)[order], torch.cat(size_of)[order].double(),
-                   int(sum(s.numel() for s in scores.values())))  # fmt: skip
+    return Ranking(
+        names,
+        ids_of,
+        torch.cat(layer_of)[order],
+        torch.cat(group_of)[order],
+        torch.cat(size_of)[order].double(),
+        int(sum(s.numel() for s in scores.values())),
+    )

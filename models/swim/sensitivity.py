@@ -9,6 +9,7 @@ sum_c (J^T a_c)^2, where each J^T a_c is a vector-Jacobian product (torch.func.v
 the C columns and the samples). For ReLU networks the diagonal of the exact Hessian equals this
 Gauss-Newton diagonal almost everywhere (the network is piecewise linear in each single weight).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -58,8 +59,14 @@ def _per_sample_ggn(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> d
     return {n: (g**2).sum(0) for n, g in jt_a.items()}
 
 
-def compute_sensitivity(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, device: torch.device | str | None = None,
-                        chunk: int = 32, max_samples: int | None = None) -> Sensitivity:  # fmt: skip
+def compute_sensitivity(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    device: torch.device | str | None = None,
+    chunk: int = 32,
+    max_samples: int | None = None,
+) -> Sensitivity:
     """Mean loss gradient and Gauss-Newton Hessian diagonal of the Conv/Linear weights over `batches`."""
     was_training = model.training
     model.eval()

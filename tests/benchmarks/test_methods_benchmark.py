@@ -1,4 +1,5 @@
 """The methods benchmark on a local MNIST folder (small learnable files written here), end to end."""
+
 import importlib
 import json
 import sys
@@ -27,7 +28,7 @@ def _learnable_mnist(folder: Path, n_train: int, n_test: int) -> None:
         x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
         for i, k in enumerate(y):
             r, c = 2 + 8 * (k // 4), 2 + 6 * (k % 4)
-            x[i, r:r + 6, c:c + 6] = 255
+            x[i, r : r + 6, c : c + 6] = 255
         write_idx(folder / f"{prefix}-images-idx3-ubyte", x)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", y)
 
@@ -35,14 +36,35 @@ def _learnable_mnist(folder: Path, n_train: int, n_test: int) -> None:
 def test_methods_benchmark_on_local_mnist(tmp_path):
     _learnable_mnist(tmp_path / "MNIST" / "raw", 300, 100)
     out, raw = tmp_path / "table.md", tmp_path / "runs.json"
-    rc = _bench().main(["--data", "mnist", "--data-dir", str(tmp_path), "--methods", "vanilla,noise", "--seeds", "1",
-                        "--epochs", "4", "--draws", "8", "--sigmas", "0.3", "--jobs", "2", "--out", str(out),
-                        "--json", str(raw)])
+    rc = _bench().main(
+        [
+            "--data",
+            "mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--methods",
+            "vanilla,noise",
+            "--seeds",
+            "1",
+            "--epochs",
+            "4",
+            "--draws",
+            "8",
+            "--sigmas",
+            "0.3",
+            "--jobs",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+            str(raw),
+        ]
+    )
     assert rc == 0
     runs = json.loads(raw.read_text())["runs"]
     assert [r["label"] for r in runs] == ["vanilla", "noise"]
     for r in runs:
-        assert r["clean"] > 0.9                                   # the CNN really trained on the MNIST files
+        assert r["clean"] > 0.9  # the CNN really trained on the MNIST files
         assert set(r["evals"]) == {"sigma_d=0.3", "lognormal s=0.3"}
         for ev in r["evals"].values():
             assert 0.0 <= ev["kpp1"] <= ev["mean"] <= 1.0 and ev["ci_lo"] <= ev["mean"] <= ev["ci_hi"]

@@ -1,4 +1,5 @@
 """aihwkit export: the numbers match the profile (B.2 coefficients for ibm_reram)."""
+
 from __future__ import annotations
 
 import json
@@ -43,16 +44,25 @@ def test_paper_families_export() -> None:
     p = NoiseProfile.from_paper("state_dependent", sigma=0.02, t=3.0)
     c = export_aihwkit(p)["PCMLikeNoiseModel"]["prog_coeff"]
     assert len(c) == 4
-    np.testing.assert_allclose(np.polynomial.polynomial.polyval(p.levels_g / 40e-6, c),
-                               p.programming_sigma(p.levels_g) * 1e6, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.polynomial.polynomial.polyval(p.levels_g / 40e-6, c), p.programming_sigma(p.levels_g) * 1e6, rtol=1e-6
+    )
 
 
 def test_measured_profile_export_and_json(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     levels = np.linspace(2e-6, 40e-6, 16)
     ol = syn.programming(rng, levels, 500, mean_coeffs=np.array([0.3e-6]))
-    rl = syn.relaxation(rng, levels[::3], np.logspace(0, 5, 6), 200, np.zeros(6), np.full(6, -0.1e-6),
-                        np.full(6, 0.5e-6), np.full(6, 0.4e-6))
+    rl = syn.relaxation(
+        rng,
+        levels[::3],
+        np.logspace(0, 5, 6),
+        200,
+        np.zeros(6),
+        np.full(6, -0.1e-6),
+        np.full(6, 0.5e-6),
+        np.full(6, 0.4e-6),
+    )
     p = fit_profile(open_loop=ol, relaxation=rl, g_min=2e-6, g_max=40e-6)
     out = export_aihwkit(p)
     np.testing.assert_allclose(out["PCMLikeNoiseModel"]["prog_coeff"], p.open_loop.sigma_poly.coeffs * 1e6)

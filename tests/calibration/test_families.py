@@ -1,4 +1,5 @@
 """The paper families: AIC picks the family the data came from, and its parameters are recovered."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,7 @@ from calibration.families import best_family, fit_families
 
 G_MAX = 40e-6
 LEVELS = np.array([5e-6, 15e-6, 25e-6, 35e-6])
-_SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
-                     suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_SETTINGS
@@ -29,8 +29,9 @@ def test_lognormal_data_selects_lognormal(s: float, seed: int) -> None:
 @given(base=st.floats(0.005, 0.05), t=st.floats(2.5, 6.0), seed=st.integers(0, 2**31 - 1))
 def test_state_dependent_data_selects_state_dependent(base: float, t: float, seed: int) -> None:
     frac = np.array([base, t * base, t * base, base])
-    ds = syn.programming(np.random.default_rng(seed), LEVELS, 1000, "state_dependent", level_sigma_frac=frac,
-                         g_max=G_MAX)
+    ds = syn.programming(
+        np.random.default_rng(seed), LEVELS, 1000, "state_dependent", level_sigma_frac=frac, g_max=G_MAX
+    )
     fits = fit_families(ds, G_MAX)
     assert best_family(fits) == "state_dependent"
     f = fits["state_dependent"]

@@ -1,4 +1,5 @@
 """fit_profile wiring: mapping defaults, dataset flags, one spatial source, and no torch import."""
+
 from __future__ import annotations
 
 import subprocess
@@ -41,11 +42,14 @@ def test_error_map_spatial_and_exclusive_sources() -> None:
     p = fit_profile(error_map=emap, g_min=1e-6, g_max=40e-6, options=FitOptions(spatial_k=3, spatial_max_lag=2))
     assert p.spatial is not None and p.spatial.method == "stationary" and p.spatial.lag_cov.shape == (5, 5)
     with pytest.raises(ValueError, match="not both"):
-        fit_profile(error_map=emap, spatial=syn.spatial(rng, (10, 10), 3, np.zeros((100, 1)), 1e-6),
-                    g_min=1e-6, g_max=40e-6)
+        fit_profile(
+            error_map=emap, spatial=syn.spatial(rng, (10, 10), 3, np.zeros((100, 1)), 1e-6), g_min=1e-6, g_max=40e-6
+        )
 
 
 def test_calibration_never_imports_torch() -> None:
-    code = ("import sys, calibration.fit, hil.figures.profiles, calibration.aihwkit_export, calibration.summary, "
-            "calibration.synthetic, calibration.fit_spatial_map; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, calibration.fit, hil.figures.profiles, calibration.aihwkit_export, calibration.summary, "
+        "calibration.synthetic, calibration.fit_spatial_map; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
 """Endurance: censored Weibull, log-normal c2c/d2d spreads, window, stuck fractions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,13 +54,16 @@ def test_weibull_refuses_too_few_failures() -> None:
 
 def test_endurance_spreads_window_stuck_and_lifetime() -> None:
     rng = np.random.default_rng(1)
-    ds = syn.endurance(rng, 3000, CYCLES, shape=1.2, scale=3e5, c2c=0.1, d2d=0.25,
-                       stuck_lrs=0.03, stuck_hrs=0.05)
+    ds = syn.endurance(rng, 3000, CYCLES, shape=1.2, scale=3e5, c2c=0.1, d2d=0.25, stuck_lrs=0.03, stuck_hrs=0.05)
     m = fit_endurance(ds)
     assert abs(m.stuck_lrs_fraction - 0.03) < 0.01
     assert abs(m.stuck_hrs_fraction - 0.05) < 0.012
-    for est, true, se in ((m.lrs_sigma_c2c, 0.1, m.sigma_se[0]), (m.lrs_sigma_d2d, 0.25, m.sigma_se[1]),
-                          (m.hrs_sigma_c2c, 0.1, m.sigma_se[2]), (m.hrs_sigma_d2d, 0.25, m.sigma_se[3])):
+    for est, true, se in (
+        (m.lrs_sigma_c2c, 0.1, m.sigma_se[0]),
+        (m.lrs_sigma_d2d, 0.25, m.sigma_se[1]),
+        (m.hrs_sigma_c2c, 0.1, m.sigma_se[2]),
+        (m.hrs_sigma_d2d, 0.25, m.sigma_se[3]),
+    ):
         assert abs(est - true) / true < 0.10
         assert abs(est - true) < 4 * se
     assert m.lrs_median == pytest.approx(50e-6, rel=0.05)
@@ -76,7 +80,7 @@ def test_failures_derived_from_window_when_not_given() -> None:
     lrs = np.full((3, 4), 50e-6)
     hrs = np.full((3, 4), 5e-6)
     hrs[1, 2:] = 40e-6  # window collapses from cycle index 2 onward
-    hrs[2, 1] = 40e-6   # a single bad read, recovers -> not failed
+    hrs[2, 1] = 40e-6  # a single bad read, recovers -> not failed
     ds = EnduranceDataset(np.array([1, 10, 100, 1000]), lrs, hrs)
     np.testing.assert_array_equal(ds.failed, [False, True, False])
     np.testing.assert_array_equal(ds.cycles_to_failure, [1000, 100, 1000])

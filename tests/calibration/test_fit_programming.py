@@ -1,4 +1,5 @@
 """Programming-noise fits recover known polynomials, tables and pulse counts within their uncertainty."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Read noise versus conductance and random-telegraph detection on planted data."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,17 @@ def test_read_sigma_polynomial_recovered() -> None:
 
 def test_rtn_fraction_amplitude_and_switching_recovered() -> None:
     coeffs = np.array([0.2e-6])
-    ds, planted = syn.reads(np.random.default_rng(1), LEVELS, 250, 200, coeffs, G_MAX,
-                            rtn_fraction=0.2, rtn_amplitude_rel=0.1, rtn_switch=0.1)
+    ds, planted = syn.reads(
+        np.random.default_rng(1),
+        LEVELS,
+        250,
+        200,
+        coeffs,
+        G_MAX,
+        rtn_fraction=0.2,
+        rtn_amplitude_rel=0.1,
+        rtn_switch=0.1,
+    )
     det = detect_rtn(ds.g_reads)
     # cells whose telegraph amplitude exceeds 7.5 read sigmas must all be found; Gaussian ones almost never
     strong = planted & (0.1 * ds.target_g > 1.5e-6)

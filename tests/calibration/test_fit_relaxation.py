@@ -1,4 +1,5 @@
 """The log-time relaxation law recovers its parameters and predicts the spread at any time."""
+
 from __future__ import annotations
 
 import numpy as np

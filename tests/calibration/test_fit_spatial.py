@@ -1,4 +1,5 @@
 """Spatial covariance: top-k eigenpairs equal numpy's eigh of the sample covariance; planted structure found."""
+
 from __future__ import annotations
 
 import numpy as np

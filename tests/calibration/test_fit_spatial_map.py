@@ -1,4 +1,5 @@
 """Stationary spatial model from one error map: lag kernel, operator and eigenpairs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,8 +55,12 @@ def test_recovers_planted_top_eigenvalue() -> None:
     kern_true[1:6, 1:6] = signal.correlate2d(SMOOTH, SMOOTH, mode="full")
     op = covariance_operator(kern_true, shape)
     planted = np.sort(eigsh(op, k=2, which="LA", v0=np.ones(2500))[0])[::-1]
-    est = np.array([fit_spatial_map(ErrorMapDataset(_field(np.random.default_rng(s), shape)), k=2,
-                                    full_max_cells=0).eigvals for s in range(8)])
+    est = np.array(
+        [
+            fit_spatial_map(ErrorMapDataset(_field(np.random.default_rng(s), shape)), k=2, full_max_cells=0).eigvals
+            for s in range(8)
+        ]
+    )
     se = est.std(axis=0, ddof=1) / np.sqrt(est.shape[0])
     assert np.all(np.abs(est.mean(axis=0) - planted) < 3 * se), (est.mean(axis=0) / planted, se / planted)
     assert np.all(se / planted < 0.1)

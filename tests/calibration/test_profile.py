@@ -1,4 +1,5 @@
 """Profile file: round trip, the evaluation API, paper profiles, and refusal of bad files."""
+
 from __future__ import annotations
 
 import math
@@ -29,15 +30,25 @@ def measured() -> NoiseProfile:
     rng = np.random.default_rng(0)
     ol = syn.programming(rng, LEVELS, 400)
     vf = syn.programming(rng, LEVELS, 400, "additive", eta=0.01, verified=True, mean_pulses=5)
-    rl = syn.relaxation(rng, LEVELS[::2], np.logspace(0, 4, 5), 100, np.zeros(4), np.full(4, -0.2e-6),
-                        np.full(4, 0.5e-6), np.full(4, 0.3e-6))
+    rl = syn.relaxation(
+        rng,
+        LEVELS[::2],
+        np.logspace(0, 4, 5),
+        100,
+        np.zeros(4),
+        np.full(4, -0.2e-6),
+        np.full(4, 0.5e-6),
+        np.full(4, 0.3e-6),
+    )
     rd, _ = syn.reads(rng, LEVELS, 30, 40, np.array([0.2e-6]), rtn_fraction=0.1, rtn_amplitude_rel=0.2)
     en = syn.endurance(rng, 200, np.array([1, 10, 100, 1000, 10000]), 1.5, 3e3, stuck_lrs=0.05)
     sp = syn.spatial(rng, (4, 5), 50, rng.standard_normal((20, 2)) * 1e-6, 0.2e-6)
-    prov = Provenance(run_files=["run1.h5", "run2.h5"], board_id="B-7", measured_dates=["2026-11-20"],
-                      notes="synthetic")
-    return fit_profile(open_loop=ol, verified=vf, relaxation=rl, read_noise=rd, endurance=en, spatial=sp,
-                       provenance=prov)
+    prov = Provenance(
+        run_files=["run1.h5", "run2.h5"], board_id="B-7", measured_dates=["2026-11-20"], notes="synthetic"
+    )
+    return fit_profile(
+        open_loop=ol, verified=vf, relaxation=rl, read_noise=rd, endurance=en, spatial=sp, provenance=prov
+    )
 
 
 def test_round_trip_measured(measured: NoiseProfile, tmp_path: Path) -> None:
@@ -56,8 +67,10 @@ def test_round_trip_measured(measured: NoiseProfile, tmp_path: Path) -> None:
     assert back.read_sigma(g).shape == g.shape
     assert back.pulses_per_device(False) == 1.0
     assert abs(back.pulses_per_device(True) - 5.0) < 0.2
-    assert back.stuck_fractions[0] > 0 and back.stuck_fractions == (back.endurance.stuck_lrs_fraction,
-                                                                      back.endurance.stuck_hrs_fraction)
+    assert back.stuck_fractions[0] > 0 and back.stuck_fractions == (
+        back.endurance.stuck_lrs_fraction,
+        back.endurance.stuck_hrs_fraction,
+    )
     assert isinstance(back.spatial, SpatialModel)
     assert back.spatial.eigvecs.shape[0] == 20 and back.spatial.shape == (4, 5)
     assert back.family is None and set(back.families) == {"additive", "lognormal", "state_dependent"}
@@ -72,10 +85,17 @@ def test_refuses_overwrite(measured: NoiseProfile, tmp_path: Path) -> None:
     save_profile(measured, path, overwrite=True)
 
 
-@pytest.mark.parametrize("family, params", [
-    ("gaussian", {"sigma": 0.1}), ("additive", {"eta": 0.05}), ("lognormal", {"s": 0.3}),
-    ("state_dependent", {"sigma": 0.05, "t": 4.0}), ("ibm_reram", {"time": "1s"}), ("ibm_reram", {"time": "1d"}),
-])
+@pytest.mark.parametrize(
+    "family, params",
+    [
+        ("gaussian", {"sigma": 0.1}),
+        ("additive", {"eta": 0.05}),
+        ("lognormal", {"s": 0.3}),
+        ("state_dependent", {"sigma": 0.05, "t": 4.0}),
+        ("ibm_reram", {"time": "1s"}),
+        ("ibm_reram", {"time": "1d"}),
+    ],
+)
 def test_paper_profiles_round_trip(family: str, params: dict, tmp_path: Path) -> None:
     p = NoiseProfile.from_paper(family, **params)
     back = load_profile(save_profile(p, tmp_path / "p.h5"))
@@ -115,14 +135,17 @@ def test_paper_profile_values() -> None:
     np.testing.assert_allclose(p80.programming_sigma(2 * g), 2 * p.programming_sigma(g), rtol=1e-12)
 
 
-@pytest.mark.parametrize("family, params, message", [
-    ("uniform", {}, "unknown noise family"),
-    ("lognormal", {}, "needs parameter s"),
-    ("lognormal", {"s": -1}, ">= 0"),
-    ("additive", {"sigma": 0.1}, "unknown sigma"),
-    ("ibm_reram", {"time": "1y"}, "1s, 1d"),
-    ("state_dependent", {"level_sigma": [0.1, 0.2]}, "4 values"),
-])
+@pytest.mark.parametrize(
+    "family, params, message",
+    [
+        ("uniform", {}, "unknown noise family"),
+        ("lognormal", {}, "needs parameter s"),
+        ("lognormal", {"s": -1}, ">= 0"),
+        ("additive", {"sigma": 0.1}, "unknown sigma"),
+        ("ibm_reram", {"time": "1y"}, "1s, 1d"),
+        ("state_dependent", {"level_sigma": [0.1, 0.2]}, "4 values"),
+    ],
+)
 def test_bad_paper_parameters(family: str, params: dict, message: str) -> None:
     with pytest.raises(ProfileError, match=message):
         NoiseProfile.from_paper(family, **params)
@@ -179,12 +202,15 @@ def test_not_a_profile(tmp_path: Path) -> None:
         load_profile(other)
 
 
-@pytest.mark.parametrize("version, ok, message", [
-    ("2.0", False, "newer than this software"),
-    ("0.9", False, "older"),
-    ("one", False, "major.minor"),
-    ("1.7", True, ""),
-])
+@pytest.mark.parametrize(
+    "version, ok, message",
+    [
+        ("2.0", False, "newer than this software"),
+        ("0.9", False, "older"),
+        ("one", False, "major.minor"),
+        ("1.7", True, ""),
+    ],
+)
 def test_versions(good_file: Path, version: str, ok: bool, message: str) -> None:
     with h5py.File(good_file, "r+") as f:
         f.attrs["format_version"] = version
@@ -196,14 +222,17 @@ def test_versions(good_file: Path, version: str, ok: bool, message: str) -> None
         _one_line(exc)
 
 
-@pytest.mark.parametrize("victim, message", [
-    ("open_loop/sigma_poly/coeffs", "missing field /open_loop/sigma_poly/coeffs"),
-    ("provenance", "missing field /provenance"),
-    ("levels_g", "missing field /levels_g"),
-    ("family_params@time", "missing field /family_params/time"),
-    ("@g_max", "missing field /g_max"),
-    ("relaxation_model/s1sq_poly/@g_ref", "missing field /relaxation_model/s1sq_poly/g_ref"),
-])
+@pytest.mark.parametrize(
+    "victim, message",
+    [
+        ("open_loop/sigma_poly/coeffs", "missing field /open_loop/sigma_poly/coeffs"),
+        ("provenance", "missing field /provenance"),
+        ("levels_g", "missing field /levels_g"),
+        ("family_params@time", "missing field /family_params/time"),
+        ("@g_max", "missing field /g_max"),
+        ("relaxation_model/s1sq_poly/@g_ref", "missing field /relaxation_model/s1sq_poly/g_ref"),
+    ],
+)
 def test_missing_fields(good_file: Path, victim: str, message: str) -> None:
     with h5py.File(good_file, "r+") as f:
         if "@" in victim:
@@ -216,14 +245,22 @@ def test_missing_fields(good_file: Path, victim: str, message: str) -> None:
     _one_line(exc)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda f: f.attrs.__setitem__("g_max", "big"), "/g_max must be a number"),
-    (lambda f: f.attrs.__setitem__("g_min", 1.0), "g_min < g_max"),
-    (lambda f: f.attrs.__setitem__("n_levels", 2.5), "must be an integer"),
-    (lambda f: (f["open_loop/sigma_poly"].__delitem__("cov"),
-                f["open_loop/sigma_poly"].create_dataset("cov", data=np.zeros((2, 2)))), "cov must be 5x5"),
-    (lambda f: f.attrs.__setitem__("stuck_fractions", np.array([0.7, 0.6])), "stuck_fractions"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda f: f.attrs.__setitem__("g_max", "big"), "/g_max must be a number"),
+        (lambda f: f.attrs.__setitem__("g_min", 1.0), "g_min < g_max"),
+        (lambda f: f.attrs.__setitem__("n_levels", 2.5), "must be an integer"),
+        (
+            lambda f: (
+                f["open_loop/sigma_poly"].__delitem__("cov"),
+                f["open_loop/sigma_poly"].create_dataset("cov", data=np.zeros((2, 2))),
+            ),
+            "cov must be 5x5",
+        ),
+        (lambda f: f.attrs.__setitem__("stuck_fractions", np.array([0.7, 0.6])), "stuck_fractions"),
+    ],
+)
 def test_inconsistent_fields(good_file: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     with h5py.File(good_file, "r+") as f:
         edit(f)

@@ -1,4 +1,5 @@
 """The shared file-format helper: stamps, the one-line version checks, atomic writes, provenance stamps."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -43,38 +44,47 @@ def test_check_returns_the_files_version() -> None:
     assert IN_NAME.check({"format": "rram-hil-thing/1"}, "f.h5") == "1"
 
 
-@pytest.mark.parametrize("fmt, attrs", [
-    (DOTTED, {}),
-    (DOTTED, {"format": "something-else", "format_version": "1.0"}),
-    (WHOLE, {"format": "rram-hil/thing-else", "version": 1}),
-    (IN_NAME, {"format": "rram-hil-thing"}),
-    (IN_NAME, {"format": "rram-hil-things/1"}),
-])
+@pytest.mark.parametrize(
+    "fmt, attrs",
+    [
+        (DOTTED, {}),
+        (DOTTED, {"format": "something-else", "format_version": "1.0"}),
+        (WHOLE, {"format": "rram-hil/thing-else", "version": 1}),
+        (IN_NAME, {"format": "rram-hil-thing"}),
+        (IN_NAME, {"format": "rram-hil-things/1"}),
+    ],
+)
 def test_another_format_is_refused_in_one_line(fmt: FileFormat, attrs: dict) -> None:
     assert _refusal(fmt, attrs) == f"f.h5 is not {fmt.what}"
 
 
-@pytest.mark.parametrize("fmt, attrs, expected", [
-    (DOTTED, {"format": "rram-hil-thing"}, "major.minor"),
-    (DOTTED, {"format": "rram-hil-thing", "format_version": "1"}, "major.minor"),
-    (DOTTED, {"format": "rram-hil-thing", "format_version": "1.2.3"}, "major.minor"),
-    (DOTTED, {"format": "rram-hil-thing", "format_version": 1.2}, "major.minor"),
-    (WHOLE, {"format": "rram-hil/thing", "version": "two"}, "a whole number"),
-    (WHOLE, {"format": "rram-hil/thing", "version": True}, "a whole number"),
-    (WHOLE, {"format": "rram-hil/thing", "version": -1}, "a whole number"),
-    (IN_NAME, {"format": "rram-hil-thing/1.0"}, "a whole number"),
-])
+@pytest.mark.parametrize(
+    "fmt, attrs, expected",
+    [
+        (DOTTED, {"format": "rram-hil-thing"}, "major.minor"),
+        (DOTTED, {"format": "rram-hil-thing", "format_version": "1"}, "major.minor"),
+        (DOTTED, {"format": "rram-hil-thing", "format_version": "1.2.3"}, "major.minor"),
+        (DOTTED, {"format": "rram-hil-thing", "format_version": 1.2}, "major.minor"),
+        (WHOLE, {"format": "rram-hil/thing", "version": "two"}, "a whole number"),
+        (WHOLE, {"format": "rram-hil/thing", "version": True}, "a whole number"),
+        (WHOLE, {"format": "rram-hil/thing", "version": -1}, "a whole number"),
+        (IN_NAME, {"format": "rram-hil-thing/1.0"}, "a whole number"),
+    ],
+)
 def test_an_unreadable_version_is_refused_in_one_line(fmt: FileFormat, attrs: dict, expected: str) -> None:
     text = _refusal(fmt, attrs)
     assert text.startswith(f"f.h5 is {fmt.what} with an unreadable format version ")
     assert f"(expected {expected}, like " in text
 
 
-@pytest.mark.parametrize("fmt, attrs, got", [
-    (DOTTED, {"format": "rram-hil-thing", "format_version": "2.0"}, "2.0"),
-    (WHOLE, {"format": "rram-hil/thing", "version": 4}, "4"),
-    (IN_NAME, {"format": "rram-hil-thing/2"}, "2"),
-])
+@pytest.mark.parametrize(
+    "fmt, attrs, got",
+    [
+        (DOTTED, {"format": "rram-hil-thing", "format_version": "2.0"}, "2.0"),
+        (WHOLE, {"format": "rram-hil/thing", "version": 4}, "4"),
+        (IN_NAME, {"format": "rram-hil-thing/2"}, "2"),
+    ],
+)
 def test_a_newer_major_is_refused_in_one_line(fmt: FileFormat, attrs: dict, got: str) -> None:
     assert _refusal(fmt, attrs) == (
         f"f.h5 is {fmt.what} of format {got}, newer than this software reads ({fmt.version}); update rram-hil"

@@ -1,4 +1,5 @@
 """COBS, CRCs, frames and the streaming decoder: round trips, corruption detection, resynchronisation, fuzz."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """BoardLimits: built from HELLO, every request type checked against the declared envelope."""
+
 from __future__ import annotations
 
 import math
@@ -38,10 +39,37 @@ I16 = st.integers(-(2**15), 2**15 - 1)
 def _hello(**overrides: int) -> HelloInfo:
     """HelloInfo with the simulated board's default limits (PROTOCOL.md 6.1)."""
     info = HelloInfo(
-        1, 0, 1, 0, 0, "SIM-RRAM", 0xDEADBEEF, 0x0F, 64, 64, 12, 16,
-        0, 3000, -3000, 0, 0, 5000, 0, 300, 0, 3300,
-        10, 1_000_000, 10, 500_000, 8192, 2000, 8, 512,
-    )  # fmt: skip
+        1,
+        0,
+        1,
+        0,
+        0,
+        "SIM-RRAM",
+        0xDEADBEEF,
+        0x0F,
+        64,
+        64,
+        12,
+        16,
+        0,
+        3000,
+        -3000,
+        0,
+        0,
+        5000,
+        0,
+        300,
+        0,
+        3300,
+        10,
+        1_000_000,
+        10,
+        500_000,
+        8192,
+        2000,
+        8,
+        512,
+    )
     return replace(info, **overrides)
 
 
@@ -58,8 +86,21 @@ def _rejects(msg: object, *fragments: str, limits: BoardLimits = LIM) -> None:
 
 
 def _endurance(**kw: int) -> EnduranceRequest:
-    args = dict(row0=0, col0=0, nrows=4, ncols=4, n_cycles=1000, read_every=10, set_v_mv=1500, set_width_ns=100,
-                set_gate_mv=1200, reset_v_mv=-1800, reset_width_ns=100, reset_gate_mv=3300, v_read_mv=100)  # fmt: skip
+    args = dict(
+        row0=0,
+        col0=0,
+        nrows=4,
+        ncols=4,
+        n_cycles=1000,
+        read_every=10,
+        set_v_mv=1500,
+        set_width_ns=100,
+        set_gate_mv=1200,
+        reset_v_mv=-1800,
+        reset_width_ns=100,
+        reset_gate_mv=3300,
+        v_read_mv=100,
+    )
     args.update(kw)
     return EnduranceRequest(**args)
 
@@ -72,9 +113,20 @@ def _wv(n: int = 3, entries: np.ndarray | None = None, **kw: int) -> WriteVerify
         entries["target_s"] = 50e-6
         entries["tol_s"] = 2e-6
         entries["max_pulses"] = 20
-    args = dict(v_read_mv=100, width_ns=100, set_v_start_mv=800, set_v_stop_mv=2000, set_v_step_mv=50,
-                set_gate_start_mv=900, set_gate_stop_mv=1500, set_gate_step_mv=25, reset_v_start_mv=-800,
-                reset_v_stop_mv=-2500, reset_v_step_mv=-50, reset_gate_mv=3300)  # fmt: skip
+    args = dict(
+        v_read_mv=100,
+        width_ns=100,
+        set_v_start_mv=800,
+        set_v_stop_mv=2000,
+        set_v_step_mv=50,
+        set_gate_start_mv=900,
+        set_gate_stop_mv=1500,
+        set_gate_step_mv=25,
+        reset_v_start_mv=-800,
+        reset_v_stop_mv=-2500,
+        reset_v_step_mv=-50,
+        reset_gate_mv=3300,
+    )
     args.update(kw)
     return WriteVerifyRequest(**args, n=len(entries), entries=entries)
 
@@ -98,8 +150,16 @@ def test_from_hello_caps_the_batch_by_what_fits_one_frame() -> None:
 
 
 def test_requests_without_limits_always_pass() -> None:
-    for msg in (HelloRequest(1, 0), HeartbeatRequest(0), HeartbeatRequest(65535), CountersRequest(),
-                StreamAck(1, 5), StreamResend(1, 4), AbortRequest(), AdvanceClockRequest(2**63)):  # fmt: skip
+    for msg in (
+        HelloRequest(1, 0),
+        HeartbeatRequest(0),
+        HeartbeatRequest(65535),
+        CountersRequest(),
+        StreamAck(1, 5),
+        StreamResend(1, 4),
+        AbortRequest(),
+        AdvanceClockRequest(2**63),
+    ):
         LIM.check(msg)
 
 
@@ -158,13 +218,20 @@ def test_width_grid_is_anchored_at_zero_not_at_the_minimum() -> None:
 
 @pytest.mark.parametrize("gate", [3301, 5000, 65535])
 def test_gate_above_the_limit_fails(gate: int) -> None:
-    _rejects(SetRequest(0, 0, 1000, 100, gate), f"gate voltage {gate / 1000:.3f} V is outside the board's range [0.000, 3.300] V")
+    _rejects(
+        SetRequest(0, 0, 1000, 100, gate),
+        f"gate voltage {gate / 1000:.3f} V is outside the board's range [0.000, 3.300] V",
+    )
     _rejects(ResetRequest(0, 0, -1000, 100, gate), "gate voltage")
 
 
 def test_gate_below_a_nonzero_minimum_fails() -> None:
     lim = BoardLimits.from_hello(_hello(gate_v_min_mv=500))
-    _rejects(SetRequest(0, 0, 1000, 100, 499), "gate voltage 0.499 V is outside the board's range [0.500, 3.300] V", limits=lim)
+    _rejects(
+        SetRequest(0, 0, 1000, 100, 499),
+        "gate voltage 0.499 V is outside the board's range [0.500, 3.300] V",
+        limits=lim,
+    )
 
 
 @pytest.mark.parametrize(("row", "col"), [(64, 0), (0, 64), (64, 64), (65535, 3)])
@@ -186,8 +253,17 @@ def test_cell_check_follows_the_declared_geometry(rows: int, cols: int, row: int
 
 # ------------------------------------------------------------------------------- FORM
 def _form(**kw: int) -> FormRequest:
-    args = dict(row=5, col=6, v_start_mv=1000, v_stop_mv=4000, v_step_mv=100, width_ns=1000, gate_mv=1000,
-                v_read_mv=100, g_formed_ns=20_000)  # fmt: skip
+    args = dict(
+        row=5,
+        col=6,
+        v_start_mv=1000,
+        v_stop_mv=4000,
+        v_step_mv=100,
+        width_ns=1000,
+        gate_mv=1000,
+        v_read_mv=100,
+        g_formed_ns=20_000,
+    )
     args.update(kw)
     return FormRequest(**args)
 
@@ -250,8 +326,13 @@ def test_read_block_out_of_range_fails(req: ReadBlockRequest, fragment: str) -> 
 
 
 @settings(max_examples=200, deadline=None)
-@given(r0=st.integers(0, 80), c0=st.integers(0, 80), nr=st.integers(0, 80), nc=st.integers(0, 80),
-       payload=st.sampled_from([512, 2048, 8192]))  # fmt: skip
+@given(
+    r0=st.integers(0, 80),
+    c0=st.integers(0, 80),
+    nr=st.integers(0, 80),
+    nc=st.integers(0, 80),
+    payload=st.sampled_from([512, 2048, 8192]),
+)
 def test_read_block_passes_iff_inside_and_fits_one_frame(r0: int, c0: int, nr: int, nc: int, payload: int) -> None:
     lim = BoardLimits.from_hello(_hello(max_payload=payload))
     ok = nr >= 1 and nc >= 1 and r0 + nr <= 64 and c0 + nc <= 64 and nr * nc <= max_block_cells(payload)
@@ -385,9 +466,17 @@ def test_write_verify_entry_outside_the_array_is_named(field: str, value: int) -
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("target_s", 0.0), ("target_s", -1e-6), ("target_s", math.nan), ("target_s", math.inf),
-     ("tol_s", 0.0), ("tol_s", math.nan), ("tol_s", -math.inf), ("max_pulses", 0)],
-)  # fmt: skip
+    [
+        ("target_s", 0.0),
+        ("target_s", -1e-6),
+        ("target_s", math.nan),
+        ("target_s", math.inf),
+        ("tol_s", 0.0),
+        ("tol_s", math.nan),
+        ("tol_s", -math.inf),
+        ("max_pulses", 0),
+    ],
+)
 def test_write_verify_nonsensical_targets_fail(field: str, value: float) -> None:
     req = _wv(6)
     req.entries[2][field] = value

@@ -1,4 +1,5 @@
 """Every message type round-trips; golden frames agree with PROTOCOL.md."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -102,7 +103,9 @@ def test_size_helpers_fit_the_maximum_payload() -> None:
     assert len(ReadBlockResult(0, 100, 0, 0, 1, n + 1, 1.0, 0.0, np.zeros(n + 1, np.uint16)).encode()) > MAX_PAYLOAD
     assert max_event_cells(MAX_PAYLOAD) >= 1024  # one event can carry a 32x32 endurance block
     k = max_wv_entries(MAX_PAYLOAD)
-    req = WriteVerifyRequest(100, 100, 1000, 2000, 50, 1000, 2000, 50, -1000, -2000, -50, 3000, k, np.zeros(k, WV_ENTRY))
+    req = WriteVerifyRequest(
+        100, 100, 1000, 2000, 50, 1000, 2000, 50, -1000, -2000, -50, 3000, k, np.zeros(k, WV_ENTRY)
+    )
     assert len(req.encode()) <= MAX_PAYLOAD
 
 

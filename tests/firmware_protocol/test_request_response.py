@@ -1,4 +1,5 @@
 """Every request names the message its answer decodes to, and that name agrees with the opcode tables."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ def test_every_response_answers_exactly_one_request() -> None:
 @pytest.mark.parametrize("req_cls", REQUESTS, ids=lambda c: c.__name__)
 @settings(max_examples=20, deadline=None)
 @given(data=st.data())
-def test_an_answer_frame_for_the_opcode_decodes_to_the_declared_type(req_cls: type[Request], data: st.DataObject) -> None:
+def test_an_answer_frame_for_the_opcode_decodes_to_the_declared_type(
+    req_cls: type[Request], data: st.DataObject
+) -> None:
     req = data.draw(messages(req_cls))
     assert isinstance(req, Request)
     # the answer as a board builds it: the response class registered for the request's opcode, on the wire and back

@@ -1,4 +1,5 @@
 """Simulated boards for tests: in process (sim://) or on a pty served from a thread, and chip set-up shortcuts."""
+
 from __future__ import annotations
 
 import threading
@@ -37,15 +38,24 @@ class PtySim:
 
 
 @contextmanager
-def open_sim(transport: str, seed: int, rows: int = 16, cols: int = 16, faults: LinkFaults | None = None
-             ) -> Iterator[tuple[Board, FirmwareEngine]]:  # fmt: skip
+def open_sim(
+    transport: str, seed: int, rows: int = 16, cols: int = 16, faults: LinkFaults | None = None
+) -> Iterator[tuple[Board, FirmwareEngine]]:
     """A Board on a simulated board, in process (sim:// URL) or through a pty served from a thread."""
     faults = LinkFaults() if faults is None else faults
     if transport == "inproc":
         from sim_backend.sim_url import make_sim_url
 
-        fault_opts = {k: v for k, v in (("flip", faults.flip), ("delay", faults.delay), ("delay_max", faults.delay_max_s),
-                                        ("reset_after", faults.reset_after)) if v}  # fmt: skip
+        fault_opts = {
+            k: v
+            for k, v in (
+                ("flip", faults.flip),
+                ("delay", faults.delay),
+                ("delay_max", faults.delay_max_s),
+                ("reset_after", faults.reset_after),
+            )
+            if v
+        }
         with Board.open(make_sim_url(seed, rows, cols, **fault_opts)) as board:
             yield board, board.link.engine  # type: ignore[attr-defined]
         return

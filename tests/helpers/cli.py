@@ -1,4 +1,5 @@
 """Run the real `rram` entry point in-process and check its one-line errors."""
+
 from __future__ import annotations
 
 import dataclasses

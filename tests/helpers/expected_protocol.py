@@ -4,6 +4,7 @@ In the spirit of PyMeasure's `expected_protocol` (our own code): the test lists 
 pairs the driver must send, in order; reply None marks a write that gets no answer. Any unexpected,
 out-of-order or missing command fails the test with a message naming the step.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +40,9 @@ class ExpectedProtocolResource:
         if self.closed:
             raise self._fail(f"{command!r} written after close()")
         if self.pending is not None:
-            raise self._fail(f"{command!r} written while the reply {self.pending!r} of step {self.position - 1} was unread")
+            raise self._fail(
+                f"{command!r} written while the reply {self.pending!r} of step {self.position - 1} was unread"
+            )
         if self.position >= len(self.steps):
             raise self._fail(f"unexpected command {command!r}: all {len(self.steps)} expected steps were already sent")
         expected, reply = self.steps[self.position]
@@ -61,7 +64,9 @@ class ExpectedProtocolResource:
         """write + read, like pyvisa's query."""
         self.write(command)
         if self.pending is None:
-            raise self._fail(f"step {self.position - 1}: {command!r} was queried, but the expected step is a write with no reply")
+            raise self._fail(
+                f"step {self.position - 1}: {command!r} was queried, but the expected step is a write with no reply"
+            )
         return self.read()
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
 """Hypothesis strategies that build any protocol message from its struct layout."""
+
 from __future__ import annotations
 
 import struct
@@ -9,11 +10,15 @@ from hypothesis import strategies as st
 from firmware_protocol.messages import Message
 
 _INT_RANGES = {
-    "B": (0, 2**8 - 1), "b": (-(2**7), 2**7 - 1),
-    "H": (0, 2**16 - 1), "h": (-(2**15), 2**15 - 1),
-    "I": (0, 2**32 - 1), "i": (-(2**31), 2**31 - 1),
-    "Q": (0, 2**64 - 1), "q": (-(2**63), 2**63 - 1),
-}  # fmt: skip
+    "B": (0, 2**8 - 1),
+    "b": (-(2**7), 2**7 - 1),
+    "H": (0, 2**16 - 1),
+    "h": (-(2**15), 2**15 - 1),
+    "I": (0, 2**32 - 1),
+    "i": (-(2**31), 2**31 - 1),
+    "Q": (0, 2**64 - 1),
+    "q": (-(2**63), 2**63 - 1),
+}
 
 
 def _codes(fmt: str) -> list[str]:

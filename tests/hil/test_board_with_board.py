@@ -3,6 +3,7 @@ with what holds on a real chip too: limits refused without a pulse, reads that a
 
 Uses cells 4:6,0:4, apart from the region of test_procedures_with_board.py.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -72,8 +73,9 @@ def test_block_read_agrees_with_single_reads(board: Board, formed: list[tuple[in
     for r, c in formed:
         board.set_pulse(r, c, 1.5, 200, 1.1)  # conducting cells: reads well above the noise floor
     block = board.read_block(ROW0, COL0, NROWS, NCOLS).conductance_s
-    single = np.array([[board.read(r, c).conductance_s for c in range(COL0, COL0 + NCOLS)]
-                       for r in range(ROW0, ROW0 + NROWS)])
+    single = np.array(
+        [[board.read(r, c).conductance_s for c in range(COL0, COL0 + NCOLS)] for r in range(ROW0, ROW0 + NROWS)]
+    )
     on = np.array([[(r, c) in formed for c in range(COL0, COL0 + NCOLS)] for r in range(ROW0, ROW0 + NROWS)])
     assert block.shape == (NROWS, NCOLS)
     assert np.median(np.abs(block[on] / single[on] - 1)) < 0.1  # the same cells, within read noise

@@ -4,6 +4,7 @@ region with short settings, checked only with physics that holds on a real chip 
     pytest tests/hil/test_procedures_with_board.py                          # simulated board
     pytest tests/hil/test_procedures_with_board.py --board-port /dev/ttyUSB0  # a real board (forms cells 0:4,0:4)
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -114,13 +115,26 @@ def test_retention(board: Board, formed: np.ndarray, runs: Path) -> None:
     assert len(reads) == 3 and np.all(np.diff(reads["t"]) > 0) and reads["t"][0] > prog["t"].max()
     # a higher target level still reads higher after the wait (levels do not swap places)
     first = reads["g"][0]
-    means = [np.median(first[formed & (prog["level"] == lv)]) for lv in range(4) if np.any(formed & (prog["level"] == lv))]
+    means = [
+        np.median(first[formed & (prog["level"] == lv)]) for lv in range(4) if np.any(formed & (prog["level"] == lv))
+    ]
     assert np.all(np.diff(means) > 0), means
 
 
 def test_levels(board: Board, formed: np.ndarray, runs: Path) -> None:
-    out = run(board, "levels", runs / "lv.h5", cells=REGION, levels=4, tol=TOL, read_times="1,10", gate_points=5,
-              cal_cells=4, gate_lo=0.8, gate_hi=1.4)
+    out = run(
+        board,
+        "levels",
+        runs / "lv.h5",
+        cells=REGION,
+        levels=4,
+        tol=TOL,
+        read_times="1,10",
+        gate_points=5,
+        cal_cells=4,
+        gate_lo=0.8,
+        gate_hi=1.4,
+    )
     data = read_run(out.path).data
     assert _within_tolerance(data["verified"], formed) >= MOST
     cal = data["gate_cal"]

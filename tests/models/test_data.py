@@ -1,4 +1,5 @@
 """Dataset readers on small files written by the test (torchvision layout), and clear errors for missing ones."""
+
 import gzip
 import pickle
 
@@ -54,7 +55,10 @@ def test_mnist_and_fashion_layouts(tmp_path, gz):
 
 def _cifar_batch(path, n, label_key, classes, seed):
     rng = np.random.default_rng(seed)
-    d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), label_key.encode(): list(rng.integers(0, classes, n))}
+    d = {
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        label_key.encode(): list(rng.integers(0, classes, n)),
+    }
     with open(path, "wb") as f:
         pickle.dump(d, f)
     return d

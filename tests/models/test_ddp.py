@@ -1,4 +1,5 @@
 """Data-parallel training and Monte Carlo over 2 gloo processes on CPU give the single-process result."""
+
 import os
 import socket
 
@@ -9,7 +10,7 @@ import torch.multiprocessing as mp
 from models.config import TrainConfig
 
 torch.set_num_threads(1)
-N_TRAIN = 1400          # divisible by the batch size: every global batch splits evenly over 2 ranks
+N_TRAIN = 1400  # divisible by the batch size: every global batch splits evenly over 2 ranks
 
 
 def _free_port() -> int:
@@ -19,16 +20,27 @@ def _free_port() -> int:
 
 
 def _config() -> TrainConfig:
-    return TrainConfig(model="mlp", model_kwargs={"hidden": [64]}, method="vanilla", epochs=1, batch_size=100,
-                       lr=3e-3, seed=2, device="cpu", progress=False, val_noise_draws=0)
+    return TrainConfig(
+        model="mlp",
+        model_kwargs={"hidden": [64]},
+        method="vanilla",
+        epochs=1,
+        batch_size=100,
+        lr=3e-3,
+        seed=2,
+        device="cpu",
+        progress=False,
+        val_noise_draws=0,
+    )
 
 
 def _run(out_dir: str, rank: int, world: int, port: int) -> None:
     """Train, then Monte Carlo the result, in one process of a ``world``-sized gloo group (or alone)."""
     torch.set_num_threads(1)
     if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                          LOCAL_RANK=str(rank))
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+        )
     from models.data import load_dataset
     from models.montecarlo import evaluate_mc
     from models.noise.factory import noise_from_spec
@@ -37,11 +49,20 @@ def _run(out_dir: str, rank: int, world: int, port: int) -> None:
     ds = load_dataset("digits")
     ds.x_train, ds.y_train = ds.x_train[:N_TRAIN], ds.y_train[:N_TRAIN]
     res = train(_config(), dataset=ds, log=lambda s: None)
-    mc = evaluate_mc(res.model, ds.x_test, ds.y_test, noise_from_spec({"family": "gaussian", "sigma": 1.5}), 21,
-                     seed=5, draws_per_chunk=4)
+    mc = evaluate_mc(
+        res.model,
+        ds.x_test,
+        ds.y_test,
+        noise_from_spec({"family": "gaussian", "sigma": 1.5}),
+        21,
+        seed=5,
+        draws_per_chunk=4,
+    )
     if rank == 0:
-        torch.save({"state": res.model.state_dict(), "accs": mc.accuracies, "ekl": mc.ekl},
-                   os.path.join(out_dir, f"world{world}.pt"))
+        torch.save(
+            {"state": res.model.state_dict(), "accs": mc.accuracies, "ekl": mc.ekl},
+            os.path.join(out_dir, f"world{world}.pt"),
+        )
     if world > 1:
         torch.distributed.destroy_process_group()
 

@@ -1,4 +1,5 @@
 """Weight-to-device mappings against hand-computed values (NeFT eq. 12-15; analog conductance pairs)."""
+
 import pytest
 import torch
 
@@ -12,7 +13,7 @@ def test_bitsliced_codes_and_devices_by_hand():
     w = torch.tensor([1.0, -0.6, 0.2, 0.0])
     mag, sign, step = mp.codes(w)
     assert step.item() == pytest.approx(1 / 15)
-    assert mag.tolist() == [15, 9, 3, 0]                # 0.6*15 = 9, 0.2*15 = 3
+    assert mag.tolist() == [15, 9, 3, 0]  # 0.6*15 = 9, 0.2*15 = 3
     assert sign.tolist() == [1, -1, 1, 1]
     st = mp.to_devices(w)
     # LSB device first: 15 = 11|11, 9 = 10|01, 3 = 00|11
@@ -33,11 +34,11 @@ def test_bitsliced_eq15_device_error_adds_scaled_by_significance():
 
 
 def test_bitsliced_8bit_neft_default():
-    mp = BitSlicedMapping()                              # M = 8, K = 2 -> 4 devices
+    mp = BitSlicedMapping()  # M = 8, K = 2 -> 4 devices
     assert mp.devices_per_weight == 4
     w = torch.tensor([[1.0, 27 / 255], [-1.0, 0.0]])
     st = mp.to_devices(w)
-    assert st.levels[0, 0, 1].tolist() == [3, 2, 1, 0]   # 27 = 00 01 10 11
+    assert st.levels[0, 0, 1].tolist() == [3, 2, 1, 0]  # 27 = 00 01 10 11
     assert st.levels[0, 0, 0].tolist() == [3, 3, 3, 3]
     assert torch.allclose(mp.from_devices(st), w, atol=1e-7)
 

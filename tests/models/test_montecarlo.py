@@ -1,4 +1,5 @@
 """Monte Carlo evaluator: batched draws == one-draw loop, invariance to chunking, KPP/CI/EKL by hand."""
+
 import math
 
 import numpy as np
@@ -23,12 +24,15 @@ def setup():
     return model, x, y
 
 
-@pytest.mark.parametrize("spec", [
-    {"family": "gaussian", "sigma": 1.0},
-    {"family": "lognormal", "sigma": 0.3},
-    {"family": "censored", "sigma": 1.0, "lam": 1.0, "recentre": True},
-    {"family": "state_dependent", "model": "FeFET1", "sigma": 0.5},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"family": "gaussian", "sigma": 1.0},
+        {"family": "lognormal", "sigma": 0.3},
+        {"family": "censored", "sigma": 1.0, "lam": 1.0, "recentre": True},
+        {"family": "state_dependent", "model": "FeFET1", "sigma": 0.5},
+    ],
+)
 def test_batched_equals_loop_reference(setup, spec):
     model, x, y = setup
     noise = noise_from_spec(spec)
@@ -54,15 +58,15 @@ def test_summary_statistics_by_hand():
     r = summarize(accs, kl_sum=3.0, n_correct=6, n_samples=100, kpp=(1.0, 5.0))
     assert r.mean == pytest.approx(0.495)
     assert r.std == pytest.approx(np.std(accs, ddof=1))
-    half = 1.9842169515086827 * r.std / 10.0              # t_{0.975, 99}
+    half = 1.9842169515086827 * r.std / 10.0  # t_{0.975, 99}
     assert r.ci95[0] == pytest.approx(0.495 - half) and r.ci95[1] == pytest.approx(0.495 + half)
-    assert r.kpp == {1.0: 0.0, 5.0: 0.04}                   # lower quantile: an observed draw
+    assert r.kpp == {1.0: 0.0, 5.0: 0.04}  # lower quantile: an observed draw
     assert r.worst == 0.0 and r.best == 0.99 and r.ekl == 0.5
 
 
 def test_ekl_only_over_correct_predictions():
     logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.25, 0.25]]]))
-    y = torch.tensor([0, 1, 1])                               # third sample wrong
+    y = torch.tensor([0, 1, 1])  # third sample wrong
     c, k = _correct_and_kl(logits, y)
     assert c.item() == 2
     assert k.item() == pytest.approx(-math.log(0.7) - math.log(0.8))
@@ -100,7 +104,7 @@ def test_folded_engine_matches_vmap_and_falls_back():
     for name in ("resnet18", "vgg8"):
         model = build_model(name, in_channels=3, num_classes=10, image_size=16, width=8).eval()
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):               # non-trivial running statistics
+            if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial running statistics
                 m.running_mean.normal_()
                 m.running_var.uniform_(0.5, 2.0)
         stacked = noise.sample_batch({k: v.detach() for k, v in clean_weights(model).items()}, 3)
@@ -140,13 +144,13 @@ def test_parallel_normal_fill_matches_each_generator_and_survives_fork():
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert torch.equal(randn_draws((300, 200), like, gens()), ref)               # pool created here
+        assert torch.equal(randn_draws((300, 200), like, gens()), ref)  # pool created here
         ctx = mp.get_context("fork")
         q = ctx.Queue()
         p = ctx.Process(target=_child_fill, args=(q,), daemon=True)
         p.start()
         try:
-            got = q.get(timeout=60)                              # a hang in the child times out here
+            got = q.get(timeout=60)  # a hang in the child times out here
             p.join(timeout=10)
         finally:
             if p.is_alive():
@@ -186,8 +190,10 @@ def test_folded_linear_chain_matches_vmap():
 
     torch.manual_seed(2)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.5})
-    for model, x in ((build_model("mlp", in_channels=1, num_classes=10, image_size=8), torch.randn(7, 1, 8, 8)),
-                     (_SequenceMLP(), torch.randn(5, 3, 8))):
+    for model, x in (
+        (build_model("mlp", in_channels=1, num_classes=10, image_size=8), torch.randn(7, 1, 8, 8)),
+        (_SequenceMLP(), torch.randn(5, 3, 8)),
+    ):
         model.eval()
         for n in (1, 4):
             stacked = noise.sample_batch({k: v.detach() for k, v in clean_weights(model).items()}, n)
@@ -210,14 +216,14 @@ def test_affine_sampler_reuses_buffers_and_keeps_each_draw_exact():
     sampler = noise.draw_sampler(weights)
     assert isinstance(sampler, AffineSampler)
     old = torch.get_num_threads()
-    torch.set_num_threads(2)                                      # the parallel per-draw fill
+    torch.set_num_threads(2)  # the parallel per-draw fill
     try:
         first = sampler([draw_generator(5, i, "cpu") for i in range(4)])
         ptr = {k: v.data_ptr() for k, v in first.items()}
         second = sampler([draw_generator(5, i, "cpu") for i in range(4, 7)])
     finally:
         torch.set_num_threads(old)
-    assert {k: v.data_ptr() for k, v in second.items()} == ptr   # same buffers, no fresh allocation
+    assert {k: v.data_ptr() for k, v in second.items()} == ptr  # same buffers, no fresh allocation
     for j, i in enumerate(range(4, 7)):
         ref = noise.sample(weights, draw_generator(5, i, "cpu"))
         for k in weights:
@@ -228,7 +234,7 @@ def test_auto_chunk_counts_the_stacked_weights():
     """Big weights with tiny activations: a chunk's stacked weights stay within the memory budget."""
     from models.montecarlo import _auto_chunk
 
-    model = torch.nn.Linear(2000, 1000)                            # 8 MB of weights, 1,000 outputs per sample
+    model = torch.nn.Linear(2000, 1000)  # 8 MB of weights, 1,000 outputs per sample
     weights = {"weight": model.weight.detach()}
     x = torch.randn(4, 2000)
     per_draw = 2_000_000 * 4 + 1000 * 4 * 4 * 2

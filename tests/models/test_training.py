@@ -1,4 +1,5 @@
 """Training loop: noise injection beats vanilla under noise, resume == uninterrupted, registry, checkpoints."""
+
 import dataclasses
 
 import pytest
@@ -34,14 +35,22 @@ def test_noise_injection_beats_vanilla_under_noise(digits):
         res[method] = evaluate_mc(model, digits.x_test, digits.y_test, noise, 200, seed=1)
     van, inj = res["vanilla"], res["noise"]
     assert van.clean_accuracy > 0.95
-    assert van.clean_accuracy - van.mean >= 0.10            # vanilla loses >= 10 points under this noise
-    assert inj.mean > van.mean + 0.03                        # noise injection recovers part of it
+    assert van.clean_accuracy - van.mean >= 0.10  # vanilla loses >= 10 points under this noise
+    assert inj.mean > van.mean + 0.03  # noise injection recovers part of it
     assert inj.ci95[0] > van.ci95[1]
 
 
 def test_deterministic_and_resume_equals_uninterrupted(digits, tmp_path):
-    base = dict(model="cnn", method="noise", noise={"family": "additive", "eta": 0.1}, lr=3e-3, seed=4,
-                batch_size=128, progress=False, val_noise_draws=2)
+    base = dict(
+        model="cnn",
+        method="noise",
+        noise={"family": "additive", "eta": 0.1},
+        lr=3e-3,
+        seed=4,
+        batch_size=128,
+        progress=False,
+        val_noise_draws=2,
+    )
     full = train(TrainConfig(epochs=2, **base), dataset=digits, log=lambda s: None)
     again = train(TrainConfig(epochs=2, **base), dataset=digits, log=lambda s: None)
     ck = tmp_path / "m.pt"
@@ -61,11 +70,24 @@ def test_deterministic_and_resume_equals_uninterrupted(digits, tmp_path):
 
 def test_checkpoint_is_self_describing(digits, tmp_path):
     ck = tmp_path / "m.pt"
-    cfg = TrainConfig(model="mlp", model_kwargs={"hidden": [32]}, method="vanilla", epochs=1, checkpoint=str(ck),
-                      noise={"family": "lognormal", "sigma": 0.2}, **QUIET)
+    cfg = TrainConfig(
+        model="mlp",
+        model_kwargs={"hidden": [32]},
+        method="vanilla",
+        epochs=1,
+        checkpoint=str(ck),
+        noise={"family": "lognormal", "sigma": 0.2},
+        **QUIET,
+    )
     out = train(cfg, dataset=digits, log=lambda s: None)
     rec = load_checkpoint(ck)
-    assert rec["arch"] == {"name": "mlp", "kwargs": {"hidden": [32]}, "in_channels": 1, "image_size": 8, "num_classes": 10}
+    assert rec["arch"] == {
+        "name": "mlp",
+        "kwargs": {"hidden": [32]},
+        "in_channels": 1,
+        "image_size": 8,
+        "num_classes": 10,
+    }
     assert rec["data"]["name"] == "digits" and rec["noise"] == {"family": "lognormal", "sigma": 0.2}
     assert rec["config"]["method"] == "vanilla" and rec["train_state"]["epoch"] == 1
     model, _ = load_model(ck)
@@ -110,9 +132,19 @@ def test_registry_discovers_and_plugins_run_in_the_loop(digits):
             seen["steps"] = ctx.step + 1
             return {"loss": float(l1.detach() + l2.detach()), "aux": float(l2.detach())}
 
-    res = train(TrainConfig(model="mlp", method="_test_two_backward", noise={"family": "additive", "eta": 0.05},
-                            epochs=1, batch_size=256, **QUIET), dataset=digits, log=lambda s: None)
-    assert seen["groups"] == 2 and seen["steps"] == 6          # ceil(1437 / 256) = 6 steps
+    res = train(
+        TrainConfig(
+            model="mlp",
+            method="_test_two_backward",
+            noise={"family": "additive", "eta": 0.05},
+            epochs=1,
+            batch_size=256,
+            **QUIET,
+        ),
+        dataset=digits,
+        log=lambda s: None,
+    )
+    assert seen["groups"] == 2 and seen["steps"] == 6  # ceil(1437 / 256) = 6 steps
     assert "aux" in res.history[0] and res.history[0]["val_acc"] > 0.3
 
 

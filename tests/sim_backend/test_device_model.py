@@ -1,4 +1,5 @@
 """Statistical tests of the simulated 1T1R HfO2 array physics (fixed seeds)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -270,7 +271,10 @@ def test_cycle_statistics_match_explicit_pulse_loop():
         a.reset_pulse(r, c, -1.0, 50.0, 3.0)
         hrs.append(a.conductance(r, c))
     res = b.cycle(r, c, 60, 1, 1.0, 50.0, 1.2, -1.0, 50.0, 3.0, 0.1)
-    for explicit, closed in ((np.array(lrs[20:]), res.lrs_current[20:] / 0.1), (np.array(hrs[20:]), res.hrs_current[20:] / 0.1)):
+    for explicit, closed in (
+        (np.array(lrs[20:]), res.lrs_current[20:] / 0.1),
+        (np.array(hrs[20:]), res.hrs_current[20:] / 0.1),
+    ):
         m_e, m_c = np.median(np.log(explicit[:, ok])), np.median(np.log(np.maximum(closed[:, ok], 1e-9)))
         assert m_c == pytest.approx(m_e, abs=0.05)
     assert np.median(b.cycles_used[ok] / a.cycles_used[ok]) == pytest.approx(1.0, abs=0.05)

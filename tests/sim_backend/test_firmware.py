@@ -1,4 +1,5 @@
 """Protocol conformance of the simulated board's firmware, driven with raw frames through FirmwareEngine."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,14 +32,25 @@ ALL_ROWS, ALL_COLS = np.divmod(np.arange(ROWS * COLS), COLS)
 
 # Pulse settings that suit the default device model (sim_backend/device_params.py):
 # forming threshold ~3.0 V at 1 us, SET threshold ~0.9 V, RESET threshold ~0.8 V, NMOS V_th 0.6 V.
-FORM_KW = dict(v_start_mv=2400, v_stop_mv=4500, v_step_mv=100, width_ns=1000, gate_mv=1000, v_read_mv=100, g_formed_ns=5000)
+FORM_KW = dict(
+    v_start_mv=2400, v_stop_mv=4500, v_step_mv=100, width_ns=1000, gate_mv=1000, v_read_mv=100, g_formed_ns=5000
+)
 # Write-verify: SET at 1.2 V with the gate ramped 0.70 -> 1.30 V (G_LRS ~ 1 -> 90 uS),
 # RESET ramped -0.70 -> -1.50 V (G_HRS ~ 50 -> 2 uS).
 WV_KW = dict(
-    v_read_mv=100, width_ns=100, set_v_start_mv=1200, set_v_stop_mv=1200, set_v_step_mv=0,
-    set_gate_start_mv=700, set_gate_stop_mv=1300, set_gate_step_mv=10,
-    reset_v_start_mv=-700, reset_v_stop_mv=-1500, reset_v_step_mv=-10, reset_gate_mv=3300,
-)  # fmt: skip
+    v_read_mv=100,
+    width_ns=100,
+    set_v_start_mv=1200,
+    set_v_stop_mv=1200,
+    set_v_step_mv=0,
+    set_gate_start_mv=700,
+    set_gate_stop_mv=1300,
+    set_gate_step_mv=10,
+    reset_v_start_mv=-700,
+    reset_v_stop_mv=-1500,
+    reset_v_step_mv=-10,
+    reset_gate_mv=3300,
+)
 READ_NOISE_S = 0.01 * 40e-6  # white read noise of the default device: 1 % of g_max
 
 
@@ -147,13 +159,17 @@ def healthy_mask(engine: FirmwareEngine) -> np.ndarray:
     return f["formed"] & ~f["stuck_lrs"] & ~f["stuck_hrs"]
 
 
-def wv_request(rows: np.ndarray, cols: np.ndarray, target: np.ndarray, tol: float, max_pulses: int = 100, **kw: int) -> m.WriteVerifyRequest:
+def wv_request(
+    rows: np.ndarray, cols: np.ndarray, target: np.ndarray, tol: float, max_pulses: int = 100, **kw: int
+) -> m.WriteVerifyRequest:
     e = np.zeros(rows.size, m.WV_ENTRY)
     e["row"], e["col"], e["target_s"], e["tol_s"], e["max_pulses"] = rows, cols, target, tol, max_pulses
     return m.WriteVerifyRequest(**{**WV_KW, **kw}, n=rows.size, entries=e)  # type: ignore[arg-type]
 
 
-def endurance_request(n_cycles: int, read_every: int, row0: int = 0, col0: int = 0, nrows: int = 4, ncols: int = 4) -> m.EnduranceRequest:
+def endurance_request(
+    n_cycles: int, read_every: int, row0: int = 0, col0: int = 0, nrows: int = 4, ncols: int = 4
+) -> m.EnduranceRequest:
     return m.EnduranceRequest(row0, col0, nrows, ncols, n_cycles, read_every, 1200, 100, 1200, -1500, 100, 3300, 100)
 
 
@@ -188,7 +204,8 @@ def test_hello_exchange_is_golden() -> None:
 GOLDEN_NAK_HEX = "051003ffff03010c0f435243206d69736d61746368767700"
 GOLDEN_REFUSAL_HEX = (
     "08100103011105414453455420766f6c7461676520332e3530302056206973"
-    "206f757473696465207468652062" "6f61726427732072616e6765205b302e3030302c20332e3030305d2056df0700"
+    "206f757473696465207468652062"
+    "6f61726427732072616e6765205b302e3030302c20332e3030305d2056df0700"
 )
 
 
@@ -285,7 +302,9 @@ def _retry_cases() -> list[tuple[str, m.Message]]:
 
 
 @pytest.mark.parametrize("name,msg", _retry_cases(), ids=[c[0] for c in _retry_cases()])
-def test_retried_sequence_number_is_answered_from_cache_without_a_second_pulse(formed: Host, name: str, msg: m.Message) -> None:
+def test_retried_sequence_number_is_answered_from_cache_without_a_second_pulse(
+    formed: Host, name: str, msg: m.Message
+) -> None:
     h = formed
     if name == "FORM":
         h = Host(make_engine())
@@ -299,7 +318,10 @@ def test_retried_sequence_number_is_answered_from_cache_without_a_second_pulse(f
         assert h.engine.feed(wire) == first  # byte-identical answer
     after = h.counters()
     assert (after.form_pulses, after.set_pulses, after.reset_pulses, after.reads) == (
-        counts.form_pulses, counts.set_pulses, counts.reset_pulses, counts.reads
+        counts.form_pulses,
+        counts.set_pulses,
+        counts.reset_pulses,
+        counts.reads,
     )
     np.testing.assert_array_equal(conductances(h.engine), g)
 
@@ -335,14 +357,20 @@ OUT_OF_RANGE = [
     ("endurance-gate", replace(endurance_request(100, 10), reset_gate_mv=3500), "gate voltage 3.500 V"),
     ("wv-cell", wv_request(np.array([1, 9]), np.array([1, 1]), np.full(2, 10e-6), 1e-6), "cell (9, 1) is outside"),
     ("wv-ramp", wv_request(ALL_ROWS[:2], ALL_COLS[:2], np.full(2, 10e-6), 1e-6, reset_v_step_mv=10), "ramps must grow"),
-    ("wv-set-stop", wv_request(ALL_ROWS[:2], ALL_COLS[:2], np.full(2, 10e-6), 1e-6, set_v_stop_mv=3200), "SET ramp stop"),
+    (
+        "wv-set-stop",
+        wv_request(ALL_ROWS[:2], ALL_COLS[:2], np.full(2, 10e-6), 1e-6, set_v_stop_mv=3200),
+        "SET ramp stop",
+    ),
     ("wv-tolerance", wv_request(ALL_ROWS[:2], ALL_COLS[:2], np.full(2, 10e-6), 0.0), "tolerance > 0"),
     ("wv-batch", wv_request(np.zeros(513, int), np.zeros(513, int), np.full(513, 10e-6), 1e-6), "batch of 513 cells"),
 ]
 
 
 @pytest.mark.parametrize("name,msg,reason", OUT_OF_RANGE, ids=[c[0] for c in OUT_OF_RANGE])
-def test_out_of_range_request_is_refused_and_applies_nothing(formed: Host, name: str, msg: m.Message, reason: str) -> None:
+def test_out_of_range_request_is_refused_and_applies_nothing(
+    formed: Host, name: str, msg: m.Message, reason: str
+) -> None:
     h = formed
     before, g = h.counters(), conductances(h.engine)
     t_before = h.engine.array.time_s
@@ -351,7 +379,10 @@ def test_out_of_range_request_is_refused_and_applies_nothing(formed: Host, name:
     assert reason in text
     after = h.counters()
     assert (after.form_pulses, after.set_pulses, after.reset_pulses, after.reads) == (
-        before.form_pulses, before.set_pulses, before.reset_pulses, before.reads
+        before.form_pulses,
+        before.set_pulses,
+        before.reset_pulses,
+        before.reads,
     )
     assert h.engine.array.time_s == t_before  # not even a read was taken
     np.testing.assert_array_equal(conductances(h.engine), g)
@@ -378,7 +409,12 @@ def test_unknown_opcode_bad_length_and_version_mismatch(formed: Host) -> None:
         wire = Frame(FrameType.REQUEST, 300, opcode).encode()
         answer = h.engine.feed(wire)
         frame = Frame.decode(answer)
-        assert (frame.type, frame.seq, frame.opcode, frame.status) == (FrameType.RESPONSE, 300, opcode, Status.UNKNOWN_OPCODE)
+        assert (frame.type, frame.seq, frame.opcode, frame.status) == (
+            FrameType.RESPONSE,
+            300,
+            opcode,
+            Status.UNKNOWN_OPCODE,
+        )
         assert f"0x{opcode:02x}" in error_text(frame)
         assert h.engine.feed(wire) == answer  # refusals are cached like any response
     short = Frame(FrameType.REQUEST, 301, Opcode.READ, payload=m.ReadRequest(0, 0, 100).encode()[:4])
@@ -434,9 +470,10 @@ def test_board_ignores_frames_that_are_not_requests(formed: Host) -> None:
 # ------------------------------------------------------------------------------------- endurance stream
 def stream_items(items: list[Frame | DecodeError]) -> list[m.Message]:
     return [
-        decode_payload(f) for f in items
+        decode_payload(f)
+        for f in items
         if isinstance(f, Frame) and f.opcode in (Opcode.EV_ENDURANCE_DATA, Opcode.EV_ENDURANCE_END)
-    ]  # fmt: skip
+    ]
 
 
 def test_endurance_stream_numbering_window_acks_and_data(formed: Host) -> None:
@@ -713,13 +750,20 @@ def test_write_verify_reaches_targets_on_formed_cells(formed: Host) -> None:
     assert np.median(np.abs(g_true - target)[converged]) < tol
     # final_code is the raw code of the last read, consistent with final_s via the nominal calibration.
     rd = h.engine.chain.read
-    np.testing.assert_allclose(g_from_code(r["final_code"], rd.amps_per_code, rd.offset_code, 100), r["final_s"], rtol=1e-5)
+    np.testing.assert_allclose(
+        g_from_code(r["final_code"], rd.amps_per_code, rd.offset_code, 100), r["final_s"], rtol=1e-5
+    )
     # Pulse bookkeeping: every pulse reported is a counted SET or RESET.
     after = h.counters()
     assert (after.set_pulses - before.set_pulses) + (after.reset_pulses - before.reset_pulses) == int(r["pulses"].sum())
     assert (r["pulses"] <= 100).all()
     # Unformed or stuck cells do not converge but are reported as such.
-    assert set(status[~healthy]) <= {CellResult.NOT_FORMED, CellResult.STUCK, CellResult.MAX_PULSES, CellResult.CONVERGED}
+    assert set(status[~healthy]) <= {
+        CellResult.NOT_FORMED,
+        CellResult.STUCK,
+        CellResult.MAX_PULSES,
+        CellResult.CONVERGED,
+    }
 
 
 def test_write_verify_on_unformed_cells_reports_not_formed(host: Host) -> None:
@@ -740,7 +784,10 @@ def test_abort_queued_behind_write_verify_aborts_it(formed: Host) -> None:
     h = formed
     before = h.counters()
     target = np.full(16, 3e-6)  # formed cells sit near 20 uS: far from target, nothing converges at once
-    wire = wv_request(ALL_ROWS[:16], ALL_COLS[:16], target, 0.5e-6).to_frame(900).encode() + m.AbortRequest().to_frame(901).encode()
+    wire = (
+        wv_request(ALL_ROWS[:16], ALL_COLS[:16], target, 0.5e-6).to_frame(900).encode()
+        + m.AbortRequest().to_frame(901).encode()
+    )
     items = h.send_raw(wire)
     assert [(f.seq, f.opcode) for f in items] == [(900, Opcode.WRITE_VERIFY), (901, Opcode.ABORT)]
     wv, ab = items

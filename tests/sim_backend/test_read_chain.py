@@ -1,4 +1,5 @@
 """Tests of the simulated board read chain: quantization, saturation, calibration round trip, per-board errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,9 @@ def test_codes_are_uint16_and_quantize_to_one_lsb():
 def test_saturation_at_both_rails():
     rc = ReadChain(seed=2)
     for rng in (rc.read, rc.pulse):
-        i = np.array([rng.min_current * 1.5 - 1e-9, rng.min_current * 0.5, rng.max_current * 0.5, rng.max_current * 1.5])
+        i = np.array(
+            [rng.min_current * 1.5 - 1e-9, rng.min_current * 0.5, rng.max_current * 0.5, rng.max_current * 1.5]
+        )
         conv = rng.convert(i)
         np.testing.assert_array_equal(conv.saturated, [True, False, False, True])
         assert conv.codes[0] == 0 and conv.codes[-1] == rng.max_code

@@ -1,4 +1,5 @@
 """The simulated board over its transports: in-process SimLink, pyserial's sim:// URL, a real pty, `rram sim serve`."""
+
 from __future__ import annotations
 
 import signal
@@ -110,7 +111,9 @@ def test_simlink_bit_flips_corrupt_frames_but_valid_frames_still_get_answers() -
     errors = [f for f in items if isinstance(f, DecodeError)]
     assert link._inj.bytes_flipped > 100
     assert errors and all(e.status in (Status.BAD_CRC, Status.BAD_LENGTH) for e in errors)
-    blocks = [f for f in frames if f.type == FrameType.RESPONSE and f.opcode == Opcode.READ_BLOCK and f.status == Status.OK]
+    blocks = [
+        f for f in frames if f.type == FrameType.RESPONSE and f.opcode == Opcode.READ_BLOCK and f.status == Status.OK
+    ]
     naks = [f for f in frames if f.type == FrameType.NAK]
     assert len(blocks) > 50  # most frames of ~50 bytes survive a 1 % byte error rate in both directions
     assert naks  # requests corrupted on the way in were NAKed
@@ -139,7 +142,9 @@ def test_simlink_reset_after_reboots_the_board_once() -> None:
 
 
 def test_simlink_delay_holds_answers_back_without_reordering() -> None:
-    link = SimLink(FirmwareEngine(BoardConfig(rows=8, cols=8, seed=1)), LinkFaults(delay=1.0, delay_max_s=0.1, seed=2), timeout=1.0)
+    link = SimLink(
+        FirmwareEngine(BoardConfig(rows=8, cols=8, seed=1)), LinkFaults(delay=1.0, delay_max_s=0.1, seed=2), timeout=1.0
+    )
     host = SerialHost(link)
     host.pump(0.12)
     host.ok(m.HelloRequest(1, 0))
@@ -235,7 +240,9 @@ def test_pty_board_talks_through_pyserial(pty_board: PtyBoard) -> None:
 
 def test_pty_board_reset_after_and_reconnect() -> None:
     hello, read = (msg.to_frame(1).encode() for msg in (m.HelloRequest(1, 0), m.ReadRequest(0, 0, 100)))
-    board = PtyBoard(FirmwareEngine(BoardConfig(rows=8, cols=8, seed=1)), LinkFaults(reset_after=len(hello) + len(read)))
+    board = PtyBoard(
+        FirmwareEngine(BoardConfig(rows=8, cols=8, seed=1)), LinkFaults(reset_after=len(hello) + len(read))
+    )
     thread = threading.Thread(target=board.serve, kwargs={"poll_s": 0.005}, daemon=True)
     thread.start()
     try:
@@ -263,8 +270,23 @@ def test_pty_board_reset_after_and_reconnect() -> None:
 # ------------------------------------------------------------------------------------- rram sim serve
 def test_rram_sim_serve_subprocess(tmp_path: Path) -> None:
     gt = tmp_path / "truth.h5"
-    cmd = [sys.executable, "-c", "from hil.cli import main; main()", "sim", "serve", "--seed", "1",
-           "--rows", "8", "--cols", "16", "--board-id", "BENCH-7", "--ground-truth", str(gt)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        "from hil.cli import main; main()",
+        "sim",
+        "serve",
+        "--seed",
+        "1",
+        "--rows",
+        "8",
+        "--cols",
+        "16",
+        "--board-id",
+        "BENCH-7",
+        "--ground-truth",
+        str(gt),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]

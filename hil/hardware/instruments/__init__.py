@@ -3,6 +3,7 @@
 The simulated SMU (`hil.hardware.instruments.simulated`) and the packaged pyvisa-sim files it runs on
 (`hil.hardware.instruments.backends`, folder sim/) are kept apart from the driver.
 """
+
 from hil.hardware.instruments.backends import packaged_sim_files, resolve_backend
 from hil.hardware.instruments.smu import (
     DIALECTS,

@@ -4,6 +4,7 @@ The pyvisa-sim instrument files ship inside the package (hil/hardware/instrument
 and are found through importlib.resources, so the short form works after `pip install`, not only in a
 checkout.
 """
+
 from __future__ import annotations
 
 from importlib import resources

@@ -5,6 +5,7 @@ bench instruments. The simulated instrument's :READ? returns whatever was loaded
 simulator-only SIM:READ / SIM:TRIP commands (see sim/smu_*.yaml); this class loads what a real SMU
 would read.
 """
+
 from __future__ import annotations
 
 import math

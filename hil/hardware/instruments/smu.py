@@ -6,6 +6,7 @@ is checked against a user-given safety limit before anything is written to the i
 every reading is checked for compliance (current limit reached), because a clamped current is not
 the current the resistor would draw.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,13 @@ DIALECTS: dict[str, Dialect] = {
     "2400": Dialect(
         name="2400",
         configure=(
-            ":SOUR:FUNC VOLT", ":SOUR:VOLT:MODE FIX", ":SOUR:VOLT:RANG:AUTO ON", ':SENS:FUNC "CURR"',
-            ":SENS:CURR:PROT {compliance}", ":SENS:CURR:RANG:AUTO ON", ":SENS:CURR:NPLC {nplc}",
+            ":SOUR:FUNC VOLT",
+            ":SOUR:VOLT:MODE FIX",
+            ":SOUR:VOLT:RANG:AUTO ON",
+            ':SENS:FUNC "CURR"',
+            ":SENS:CURR:PROT {compliance}",
+            ":SENS:CURR:RANG:AUTO ON",
+            ":SENS:CURR:NPLC {nplc}",
             ":FORM:ELEM VOLT,CURR,STAT",
         ),
         set_voltage=":SOUR:VOLT:LEV {v}",
@@ -72,8 +78,12 @@ DIALECTS: dict[str, Dialect] = {
     "2450": Dialect(
         name="2450",
         configure=(
-            ":SOUR:FUNC VOLT", ":SOUR:VOLT:RANG:AUTO ON", ":SOUR:VOLT:ILIM {compliance}", ':SENS:FUNC "CURR"',
-            ":SENS:CURR:RANG:AUTO ON", ":SENS:CURR:NPLC {nplc}",
+            ":SOUR:FUNC VOLT",
+            ":SOUR:VOLT:RANG:AUTO ON",
+            ":SOUR:VOLT:ILIM {compliance}",
+            ':SENS:FUNC "CURR"',
+            ":SENS:CURR:RANG:AUTO ON",
+            ":SENS:CURR:NPLC {nplc}",
         ),
         set_voltage=":SOUR:VOLT {v}",
         read=":READ?",
@@ -105,8 +115,14 @@ def dialect_from_idn(idn: str) -> str:
 class Smu:
     """A source-measure unit sourcing voltage and measuring current, with a voltage safety limit."""
 
-    def __init__(self, resource: pyvisa.resources.MessageBasedResource, *, max_voltage_v: float,
-                 dialect: str = "auto", name: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        resource: pyvisa.resources.MessageBasedResource,
+        *,
+        max_voltage_v: float,
+        dialect: str = "auto",
+        name: str = "",
+    ) -> None:
         if not (math.isfinite(max_voltage_v) and max_voltage_v > 0):
             raise ValueError(f"SMU safety limit must be a positive voltage, got {max_voltage_v!r}")
         self.resource = resource
@@ -123,8 +139,16 @@ class Smu:
         self.output_on = False
 
     @classmethod
-    def open(cls: type[_S], resource_name: str, backend: str = "", *, max_voltage_v: float, dialect: str = "auto",
-             timeout_ms: int = 5000, **kwargs: object) -> _S:  # fmt: skip
+    def open(
+        cls: type[_S],
+        resource_name: str,
+        backend: str = "",
+        *,
+        max_voltage_v: float,
+        dialect: str = "auto",
+        timeout_ms: int = 5000,
+        **kwargs: object,
+    ) -> _S:
         """Open a VISA resource ('GPIB0::24::INSTR'); backend '' (system VISA), '@py', 'file.yaml@sim' or '2400@sim'."""
         try:
             backend = resolve_backend(backend)
@@ -135,7 +159,9 @@ class Smu:
             res = rm.open_resource(resource_name, read_termination="\n", write_termination="\n", timeout=timeout_ms)
         except (pyvisa.errors.Error, OSError, ValueError, LookupError) as exc:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-            raise SmuConnectionError(f"cannot open SMU {resource_name!r} (VISA backend {backend or 'default'!r}): {reason}") from None
+            raise SmuConnectionError(
+                f"cannot open SMU {resource_name!r} (VISA backend {backend or 'default'!r}): {reason}"
+            ) from None
         try:
             smu = cls(res, max_voltage_v=max_voltage_v, dialect=dialect, name=resource_name, **kwargs)  # type: ignore[arg-type]
             smu.idn()  # a resource that does not answer fails here, not in the middle of a measurement

@@ -1,5 +1,6 @@
 """Crash safety: `rram characterize` killed with SIGKILL mid-run leaves a readable run file holding what was
 flushed, and `--resume` completes it to exactly the records of an uninterrupted run."""
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,18 @@ from tests.helpers.cli import assert_one_line_error, rram
 
 PORT = "sim://?seed=2&rows=32&cols=32"
 READS = 2500
-ARGS = ["characterize", "read-noise", "--port", PORT, "--cells", "0:32,0:32", "--reads", str(READS), "--no-program", "-q"]
+ARGS = [
+    "characterize",
+    "read-noise",
+    "--port",
+    PORT,
+    "--cells",
+    "0:32,0:32",
+    "--reads",
+    str(READS),
+    "--no-program",
+    "-q",
+]
 
 
 def _records(path: Path) -> int | None:
@@ -75,7 +87,8 @@ def test_killed_run_keeps_its_flushed_data_and_resume_completes_it(killed_run: t
 
 
 def test_wrong_resume_of_a_killed_run_is_refused_and_leaves_the_file_alone(
-        capsys, monkeypatch, killed_run: tuple[Path, dict]) -> None:  # fmt: skip
+    capsys, monkeypatch, killed_run: tuple[Path, dict]
+) -> None:
     out, _ = killed_run
     raw = out.read_bytes()
     args = [a if a != str(READS) else "100" for a in ARGS]

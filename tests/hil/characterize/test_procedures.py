@@ -1,5 +1,6 @@
 """Every characterization procedure on the simulated board, in process and over a real pty, checked against
 the simulated chip's ground truth (per-cell device draws, noiseless conductance, pulse counters)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,6 @@ SIGMA_READ = P.read_noise_frac * P.g_max  # white read noise in conductance at t
 TRANSPORTS = ["inproc", "pty"]
 
 
-
 # ------------------------------------------------------------------------------------------- form
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_form_matches_each_cells_forming_threshold(transport: str, tmp_path: Path) -> None:
@@ -28,7 +28,9 @@ def test_form_matches_each_cells_forming_threshold(transport: str, tmp_path: Pat
         # the row of a cell that can never form, so the failure path is exercised too
         row = int(np.flatnonzero(~a.can_form & ~a.stuck_start_lrs & ~a.stuck_start_hrs)[0] // 16)
         before = pulses(eng)
-        out = run(board, "form", tmp_path / "form.h5", cells=f"{row}:{row + 1},0:16", v_start=2.0, v_stop=4.0, v_step=0.1)
+        out = run(
+            board, "form", tmp_path / "form.h5", cells=f"{row}:{row + 1},0:16", v_start=2.0, v_stop=4.0, v_step=0.1
+        )
         d = read_run(out.path).data["form"]
         idx = row * 16 + np.arange(16)
         start_lrs, dead = a.stuck_start_lrs[idx], a.stuck_start_hrs[idx] | ~a.can_form[idx]
@@ -55,10 +57,18 @@ def test_iv_sweeps_show_the_compliance_of_the_gate(transport: str, tmp_path: Pat
         idx, rows, cols, ok = form_region(eng, "0:1,0:3")
         before = pulses(eng)
         n = 21
-        out = run(board, "iv", tmp_path / "iv.h5", cells="0:1,0:3", points=n, cycles=2, v_gate=1.0, v_max=1.5, v_min=-1.6)
+        out = run(
+            board, "iv", tmp_path / "iv.h5", cells="0:1,0:3", points=n, cycles=2, v_gate=1.0, v_max=1.5, v_min=-1.6
+        )
         d = read_run(out.path).data["iv"]
-        assert len(d) == 6 and np.array_equal(d["cell"][:, 1], [0, 0, 1, 1, 2, 2]) and np.array_equal(d["cycle"], [0, 1] * 3)
-        branches = np.concatenate([np.linspace(0, 1.5, n), np.linspace(1.5, 0, n), np.linspace(0, -1.6, n), np.linspace(-1.6, 0, n)])
+        assert (
+            len(d) == 6
+            and np.array_equal(d["cell"][:, 1], [0, 0, 1, 1, 2, 2])
+            and np.array_equal(d["cycle"], [0, 1] * 3)
+        )
+        branches = np.concatenate(
+            [np.linspace(0, 1.5, n), np.linspace(1.5, 0, n), np.linspace(0, -1.6, n), np.linspace(-1.6, 0, n)]
+        )
         assert np.allclose(d["v"], branches[None, :], atol=1e-3)
         i_cc = float(P.i_cc(1.0))
         up = d["i"][:, :n]
@@ -80,8 +90,17 @@ def test_endurance_lrs_and_hrs_agree_with_the_device_law(transport: str, tmp_pat
         used0 = eng.array.cycles_used[idx].copy()
         before = pulses(eng)
         cycles, every, set_gate, reset_v = 200, 20, 1.1, -1.5
-        out = run(board, "endurance", tmp_path / "end.h5", cells="0:4,0:4", cycles=cycles, read_every=every,
-                  set_gate=set_gate, reset_v=reset_v, cells_per_event=5)  # fmt: skip
+        out = run(
+            board,
+            "endurance",
+            tmp_path / "end.h5",
+            cells="0:4,0:4",
+            cycles=cycles,
+            read_every=every,
+            set_gate=set_gate,
+            reset_v=reset_v,
+            cells_per_event=5,
+        )
         d = read_run(out.path).data["endurance"]
         assert np.array_equal(d["cycle"], np.arange(every, cycles + 1, every))
         assert np.array_equal(pulses(eng) - before, [0, cycles * 16, cycles * 16])
@@ -106,7 +125,9 @@ def test_retention_programs_within_tolerance_and_reads_the_true_state(transport:
     with open_sim(transport, seed=6) as (board, eng):
         idx, rows, cols, ok = form_region(eng, "0:4,0:8")
         tol = 0.8e-6
-        out = run(board, "retention", tmp_path / "ret.h5", cells="0:4,0:8", tol=tol, times=4, t_first=1.0, t_last=1000.0)
+        out = run(
+            board, "retention", tmp_path / "ret.h5", cells="0:4,0:8", tol=tol, times=4, t_first=1.0, t_last=1000.0
+        )
         data = read_run(out.path).data
         prog, reads = data["program"], data["reads"]
         targets = level_targets(4, 5e-6, 35e-6)
@@ -129,8 +150,19 @@ def test_levels_gate_calibration_follows_the_compliance_law(transport: str, tmp_
         idx, rows, cols, ok = form_region(eng, "0:4,0:8")
         before = pulses(eng)
         gate_points, cal_cells, tol = 6, 8, 0.8e-6
-        out = run(board, "levels", tmp_path / "lv.h5", cells="0:4,0:8", levels=4, read_times="1,10",
-                  gate_points=gate_points, cal_cells=cal_cells, gate_lo=0.9, gate_hi=1.4, tol=tol)  # fmt: skip
+        out = run(
+            board,
+            "levels",
+            tmp_path / "lv.h5",
+            cells="0:4,0:8",
+            levels=4,
+            read_times="1,10",
+            gate_points=gate_points,
+            cal_cells=cal_cells,
+            gate_lo=0.9,
+            gate_hi=1.4,
+            tol=tol,
+        )
         data = read_run(out.path).data
         cal = data["gate_cal"]
         law = as_measured(eng, P.g_lrs(cal["gate"])[:, None] * np.exp(eng.array.lrs_d2d[idx[:cal_cells]])[None, :])

@@ -1,5 +1,6 @@
 """Bad input to `rram characterize`: every case is a one-line error (exit code != 0, no traceback) that
 changes nothing: no run file appears, an existing one keeps its bytes, the board gets no pulse."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,25 +67,29 @@ def test_board_with_another_protocol_version_is_refused(capsys, monkeypatch, tmp
 
 
 # ------------------------------------------------------------------------------------------- parameters
-@pytest.mark.parametrize("args, fragments", [
-    (["form", "--cells", "0:20,0:4"], ["rows 0:20 are outside the array (0:16)"]),
-    (["form", "--cells", "3,16"], ["columns 16:17 are outside the array"]),
-    (["form", "--cells", "a:b,0:4"], ["row part 'a:b' is not N or N:M"]),
-    (["form", "--v-stop", "6.0"], ["FORM stop voltage 6.000 V is outside the board's range"]),
-    (["form", "--v-gate", "3.6"], ["gate voltage 3.600 V"]),
-    (["form", "--width-ns", "1005"], ["not a multiple of the 10 ns step"]),
-    (["endurance", "--set-v", "3.5"], ["SET voltage 3.500 V is outside"]),
-    (["endurance", "--reset-v", "-3.3"], ["RESET voltage -3.300 V is outside"]),
-    (["endurance", "--read-every", "0"], ["1 <= read_every <= cycles"]),
-    (["iv", "--v-max", "3.2"], ["sweep maximum 3.200 V"]),
-    (["levels", "--gate-hi", "3.5"], ["gate voltage 3.500 V"]),
-    (["levels", "--read-times", "10,1"], ["times must be positive and increasing"]),
-    (["retention", "--v-read", "0.5"], ["read voltage 0.500 V is outside"]),
-    (["read-noise", "--tol", "0"], ["--tol > 0"]),
-    (["read-noise", "--reads", "2"], ["--reads >= 3"]),
-])  # fmt: skip
-def test_bad_parameters_are_refused_before_any_pulse_or_file(capsys, monkeypatch, tmp_path: Path, pty_sim: PtySim,
-                                                             args: list[str], fragments: list[str]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["form", "--cells", "0:20,0:4"], ["rows 0:20 are outside the array (0:16)"]),
+        (["form", "--cells", "3,16"], ["columns 16:17 are outside the array"]),
+        (["form", "--cells", "a:b,0:4"], ["row part 'a:b' is not N or N:M"]),
+        (["form", "--v-stop", "6.0"], ["FORM stop voltage 6.000 V is outside the board's range"]),
+        (["form", "--v-gate", "3.6"], ["gate voltage 3.600 V"]),
+        (["form", "--width-ns", "1005"], ["not a multiple of the 10 ns step"]),
+        (["endurance", "--set-v", "3.5"], ["SET voltage 3.500 V is outside"]),
+        (["endurance", "--reset-v", "-3.3"], ["RESET voltage -3.300 V is outside"]),
+        (["endurance", "--read-every", "0"], ["1 <= read_every <= cycles"]),
+        (["iv", "--v-max", "3.2"], ["sweep maximum 3.200 V"]),
+        (["levels", "--gate-hi", "3.5"], ["gate voltage 3.500 V"]),
+        (["levels", "--read-times", "10,1"], ["times must be positive and increasing"]),
+        (["retention", "--v-read", "0.5"], ["read voltage 0.500 V is outside"]),
+        (["read-noise", "--tol", "0"], ["--tol > 0"]),
+        (["read-noise", "--reads", "2"], ["--reads >= 3"]),
+    ],
+)
+def test_bad_parameters_are_refused_before_any_pulse_or_file(
+    capsys, monkeypatch, tmp_path: Path, pty_sim: PtySim, args: list[str], fragments: list[str]
+) -> None:
     out = tmp_path / "run.h5"
     cmd = ["characterize", args[0], "--port", pty_sim.path, "-o", str(out), "-q", *args[1:]]
     if "--cells" not in args:
@@ -114,7 +119,19 @@ def test_existing_output_file_is_not_overwritten(capsys, monkeypatch, finished_r
     r = rram(capsys, monkeypatch, "characterize", "form", "--port", SIM, "-o", str(finished_run), "--cells", "0:1,0:2")
     assert_one_line_error(r, "already exists", "--force", "--resume")
     assert finished_run.read_bytes() == raw
-    r = rram(capsys, monkeypatch, "characterize", "form", "--port", SIM, "-o", str(finished_run), "--cells", "0:1,0:2", "--resume")
+    r = rram(
+        capsys,
+        monkeypatch,
+        "characterize",
+        "form",
+        "--port",
+        SIM,
+        "-o",
+        str(finished_run),
+        "--cells",
+        "0:1,0:2",
+        "--resume",
+    )
     assert_one_line_error(r, "already complete")
     assert finished_run.read_bytes() == raw
     r = rram(capsys, monkeypatch, "characterize", "iv", "--port", SIM, "-o", str(finished_run), "--resume")
@@ -139,15 +156,23 @@ def interrupted_run(tmp_path: Path) -> Path:
         with run as w:
             for c in range(2):
                 o = board.form(0, c)
-                w.append("form", cell=[0, c], formed=o.formed, pulses=o.pulses, v_form=o.v_final, g_after=o.conductance_s,
-                         t=o.timestamp_s)  # fmt: skip
+                w.append(
+                    "form",
+                    cell=[0, c],
+                    formed=o.formed,
+                    pulses=o.pulses,
+                    v_form=o.v_final,
+                    g_after=o.conductance_s,
+                    t=o.timestamp_s,
+                )
     assert read_run(out).status == "running" and len(read_run(out).data["form"]) == 2
     return out
 
 
 @pytest.mark.parametrize("damage", ["truncated", "truncated-end", "garbage", "not-hdf5", "other-hdf5", "empty"])
-def test_corrupt_run_file_cannot_be_resumed_and_is_left_alone(capsys, monkeypatch, tmp_path: Path, interrupted_run: Path,
-                                                              damage: str) -> None:  # fmt: skip
+def test_corrupt_run_file_cannot_be_resumed_and_is_left_alone(
+    capsys, monkeypatch, tmp_path: Path, interrupted_run: Path, damage: str
+) -> None:
     bad = tmp_path / "bad.h5"
     good = interrupted_run.read_bytes()
     if damage == "truncated":
@@ -164,15 +189,29 @@ def test_corrupt_run_file_cannot_be_resumed_and_is_left_alone(capsys, monkeypatc
     else:
         bad.write_bytes(b"")
     raw = bad.read_bytes()
-    r = rram(capsys, monkeypatch, "characterize", "form", "--port", SIM, "-o", str(bad), "--cells", "0:1,0:4", "--resume")
+    r = rram(
+        capsys, monkeypatch, "characterize", "form", "--port", SIM, "-o", str(bad), "--cells", "0:1,0:4", "--resume"
+    )
     assert_one_line_error(r, str(bad))
     assert bad.read_bytes() == raw
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bad.h5", "done.h5"])  # no temporary left behind
 
 
 def test_interrupted_run_resumes_to_the_full_region(capsys, monkeypatch, interrupted_run: Path) -> None:
-    r = rram(capsys, monkeypatch, "characterize", "form", "--port", SIM, "-o", str(interrupted_run), "--cells", "0:1,0:4",
-             "--resume", "-q")  # fmt: skip
+    r = rram(
+        capsys,
+        monkeypatch,
+        "characterize",
+        "form",
+        "--port",
+        SIM,
+        "-o",
+        str(interrupted_run),
+        "--cells",
+        "0:1,0:4",
+        "--resume",
+        "-q",
+    )
     assert r.code == 0, r.text
     rd = read_run(interrupted_run)
     assert rd.complete and np.array_equal(rd.data["form"]["cell"][:, 1], [0, 1, 2, 3])
@@ -187,7 +226,9 @@ def test_resume_of_a_missing_file_is_a_one_line_error(capsys, monkeypatch, tmp_p
 
 def test_good_run_through_the_entry_point_prints_the_summary(capsys, monkeypatch, tmp_path: Path) -> None:
     out = tmp_path / "ok.h5"
-    r = rram(capsys, monkeypatch, "characterize", "form", "--port", SIM, "-o", str(out), "--cells", "0:1,0:3", "-q", "--json")
+    r = rram(
+        capsys, monkeypatch, "characterize", "form", "--port", SIM, "-o", str(out), "--cells", "0:1,0:3", "-q", "--json"
+    )
     assert r.code == 0, r.text
     import json
 
@@ -200,8 +241,22 @@ def test_run_through_a_board_reset_completes_and_reports_it(capsys, monkeypatch,
 
     out = tmp_path / "rn.h5"
     port = SIM + "&reset_after=500"  # the firmware reboots once, after 500 bytes from the host
-    r = rram(capsys, monkeypatch, "characterize", "read-noise", "--port", port, "-o", str(out), "--cells", "0:4,0:4",
-             "--reads", "40", "-q", "--json")  # fmt: skip
+    r = rram(
+        capsys,
+        monkeypatch,
+        "characterize",
+        "read-noise",
+        "--port",
+        port,
+        "-o",
+        str(out),
+        "--cells",
+        "0:4,0:4",
+        "--reads",
+        "40",
+        "-q",
+        "--json",
+    )
     assert r.code == 0, r.text
     summary = json.loads(r.out)
     assert summary["board_resets"] == 1 and summary["reads"] == 40 and summary["cells"] == 16

@@ -1,4 +1,5 @@
 """The command registry: the `rram` group is built from it, and its decorator keeps a group a group."""
+
 from __future__ import annotations
 
 import click
@@ -10,8 +11,19 @@ from hil.cli.commands import COMMANDS, CommandRegistry
 
 def test_the_rram_group_is_the_registry() -> None:
     assert sorted(cli.commands) == COMMANDS.names()
-    assert {"board", "characterize", "demo", "evaluate", "fit", "plot", "profile", "program", "sim", "swim",
-            "train"} <= set(COMMANDS.names())
+    assert {
+        "board",
+        "characterize",
+        "demo",
+        "evaluate",
+        "fit",
+        "plot",
+        "profile",
+        "program",
+        "sim",
+        "swim",
+        "train",
+    } <= set(COMMANDS.names())
     for name, command in COMMANDS.items():
         assert cli.commands[name] is command
 

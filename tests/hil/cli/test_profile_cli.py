@@ -1,4 +1,5 @@
 """`rram profile` new/show/plot/export-aihwkit through click's CliRunner."""
+
 from __future__ import annotations
 
 import json
@@ -19,16 +20,21 @@ def _run(*args: str):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
-@pytest.mark.parametrize("args, family, key, value", [
-    (["--lognormal", "0.3"], "lognormal", "s", 0.3),
-    (["--additive", "0.05"], "additive", "eta", 0.05),
-    (["--sigma", "0.1"], "gaussian", "sigma", 0.1),
-    (["--state-dependent", "0.05", "--t", "6"], "state_dependent", "t", 6.0),
-    (["--ibm-reram", "1d"], "ibm_reram", "time", "1d"),
-])
+@pytest.mark.parametrize(
+    "args, family, key, value",
+    [
+        (["--lognormal", "0.3"], "lognormal", "s", 0.3),
+        (["--additive", "0.05"], "additive", "eta", 0.05),
+        (["--sigma", "0.1"], "gaussian", "sigma", 0.1),
+        (["--state-dependent", "0.05", "--t", "6"], "state_dependent", "t", 6.0),
+        (["--ibm-reram", "1d"], "ibm_reram", "time", "1d"),
+    ],
+)
 def test_new_writes_each_family(tmp_path: Path, args: list[str], family: str, key: str, value: object) -> None:
     out = tmp_path / "p.h5"
-    r = _run("profile", "new", *args, "--g-min", "2u", "--g-max", "50uS", "--levels", "8", "--board-id", "B1", "-o", str(out))
+    r = _run(
+        "profile", "new", *args, "--g-min", "2u", "--g-max", "50uS", "--levels", "8", "--board-id", "B1", "-o", str(out)
+    )
     assert r.exit_code == 0, r.output
     p = load_profile(out)
     assert p.family == family and p.family_params[key] == value
@@ -66,8 +72,16 @@ def measured_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = fit_profile(
         open_loop=syn.programming(rng, levels, 300),
         verified=syn.programming(rng, levels, 300, "additive", eta=0.01, verified=True, mean_pulses=4),
-        relaxation=syn.relaxation(rng, levels[::2], np.logspace(0, 4, 5), 100, np.zeros(4), np.full(4, -0.2e-6),
-                                  np.full(4, 0.5e-6), np.full(4, 0.3e-6)),
+        relaxation=syn.relaxation(
+            rng,
+            levels[::2],
+            np.logspace(0, 4, 5),
+            100,
+            np.zeros(4),
+            np.full(4, -0.2e-6),
+            np.full(4, 0.5e-6),
+            np.full(4, 0.3e-6),
+        ),
         read_noise=syn.reads(rng, levels, 20, 40, np.array([0.2e-6]), rtn_fraction=0.1, rtn_amplitude_rel=0.2)[0],
         endurance=syn.endurance(rng, 200, np.array([1, 10, 100, 1000, 10000]), 1.5, 3e3, stuck_hrs=0.05),
         spatial=syn.spatial(rng, (4, 4), 40, rng.standard_normal((16, 2)) * 1e-6, 0.2e-6),
@@ -126,8 +140,11 @@ def test_export_aihwkit(tmp_path: Path) -> None:
 def test_bad_file_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 50)
-    for cmd in (["show", str(bad)], ["plot", str(bad), "-o", str(tmp_path / "x")],
-                ["export-aihwkit", str(bad), "-o", str(tmp_path / "c.json")]):
+    for cmd in (
+        ["show", str(bad)],
+        ["plot", str(bad), "-o", str(tmp_path / "x")],
+        ["export-aihwkit", str(bad), "-o", str(tmp_path / "c.json")],
+    ):
         r = _run("profile", *cmd)
         assert r.exit_code == 1
         assert r.output.startswith("Error: ") and len(r.output.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
 """Fast start: `import hil.cli`, `rram --help`, `rram board info` and `rram characterize form --help` never import
 the heavy libraries (torch, matplotlib, scipy.stats, sklearn); the commands that need them import them inside."""
+
 from __future__ import annotations
 
 import json
@@ -37,12 +38,15 @@ def _probe(argv: list[str] | None, heavy: tuple[str, ...] = HEAVY) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("argv, shows", [
-    (None, ""),
-    (["--help"], "characterize"),
-    (["board", "info"], "SIM-RRAM"),
-    (["characterize", "form", "--help"], "--v-start"),
-])
+@pytest.mark.parametrize(
+    "argv, shows",
+    [
+        (None, ""),
+        (["--help"], "characterize"),
+        (["board", "info"], "SIM-RRAM"),
+        (["characterize", "form", "--help"], "--v-start"),
+    ],
+)
 def test_light_commands_import_no_heavy_library(argv: list[str] | None, shows: str) -> None:
     got = _probe(argv)
     assert got["code"] == 0, got["out"]

@@ -1,4 +1,5 @@
 """`rram train` / `rram evaluate` through click's CliRunner, JSON output checked."""
+
 import json
 
 import pytest
@@ -13,16 +14,40 @@ torch.set_num_threads(1)
 
 def make_net(num_classes: int = 10, width: int = 16) -> torch.nn.Module:
     """A user model factory, loaded as "tests.hil.cli.test_train_evaluate_cli:make_net"."""
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, width), torch.nn.ReLU(),
-                               torch.nn.Linear(width, num_classes))
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, width), torch.nn.ReLU(), torch.nn.Linear(width, num_classes)
+    )
 
 
 def test_train_then_evaluate_json(tmp_path):
     r = CliRunner()
     out = tmp_path / "m.pt"
-    res = r.invoke(cli, ["train", "--model", "mlp", "--data", "digits", "--method", "noise", "--sigma", "1.0",
-                         "--epochs", "2", "--seed", "3", "--lr", "0.003", "--val-draws", "3", "--no-progress",
-                         "--json", "-o", str(out)])
+    res = r.invoke(
+        cli,
+        [
+            "train",
+            "--model",
+            "mlp",
+            "--data",
+            "digits",
+            "--method",
+            "noise",
+            "--sigma",
+            "1.0",
+            "--epochs",
+            "2",
+            "--seed",
+            "3",
+            "--lr",
+            "0.003",
+            "--val-draws",
+            "3",
+            "--no-progress",
+            "--json",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     hist = json.loads(res.output)["history"]
     assert [h["epoch"] for h in hist] == [1, 2] and 0.5 < hist[-1]["val_acc"] <= 1.0
@@ -45,13 +70,48 @@ def test_evaluate_with_a_profile_and_resume(tmp_path):
     save_profile(NoiseProfile.from_paper("ibm_reram", time="1s"), prof)
     r = CliRunner()
     out = tmp_path / "m.pt"
-    res = r.invoke(cli, ["train", "--model", "tests.hil.cli.test_train_evaluate_cli:make_net", "--model-arg", "width=24",
-                         "--profile", str(prof), "--t-s", "3600", "--epochs", "1", "--no-progress", "-o", str(out)])
+    res = r.invoke(
+        cli,
+        [
+            "train",
+            "--model",
+            "tests.hil.cli.test_train_evaluate_cli:make_net",
+            "--model-arg",
+            "width=24",
+            "--profile",
+            str(prof),
+            "--t-s",
+            "3600",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert f"wrote {out}" in res.output
-    res = r.invoke(cli, ["train", "--model", "tests.hil.cli.test_train_evaluate_cli:make_net", "--model-arg", "width=24",
-                         "--profile", str(prof), "--t-s", "3600", "--epochs", "2", "--no-progress", "--resume",
-                         str(out), "-o", str(out)])
+    res = r.invoke(
+        cli,
+        [
+            "train",
+            "--model",
+            "tests.hil.cli.test_train_evaluate_cli:make_net",
+            "--model-arg",
+            "width=24",
+            "--profile",
+            str(prof),
+            "--t-s",
+            "3600",
+            "--epochs",
+            "2",
+            "--no-progress",
+            "--resume",
+            str(out),
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "resumed" in res.output and "epoch 2/2" in res.output
     ev = r.invoke(cli, ["evaluate", str(out), "--mc", "20", "--json"])
@@ -72,8 +132,9 @@ def test_cli_errors_are_one_line(tmp_path):
     assert res.exit_code != 0 and "unknown training method" in res.output
     res = r.invoke(cli, ["train", "--list-methods"])
     assert res.exit_code == 0 and {"vanilla", "noise"} <= set(res.output.split())
-    res = r.invoke(cli, ["train", "--data", "mnist", "--data-root", str(tmp_path), "-o", str(tmp_path / "x.pt"),
-                         "--no-progress"])
+    res = r.invoke(
+        cli, ["train", "--data", "mnist", "--data-root", str(tmp_path), "-o", str(tmp_path / "x.pt"), "--no-progress"]
+    )
     assert res.exit_code != 0 and "train-images-idx3-ubyte" in str(res.exception)
 
 
@@ -89,13 +150,13 @@ def test_list_methods_shows_every_option_aligned():
     for name, cls in METHODS.items():
         head = next(h for h in heads if h.split()[0] == name)
         assert head.split(None, 1)[1] == cls.description()
-    assert len({h.index(h.split(None, 1)[1]) for h in heads}) == 1          # descriptions start in one column
+    assert len({h.index(h.split(None, 1)[1]) for h in heads}) == 1  # descriptions start in one column
     dat = lines.index(next(h for h in heads if h.startswith("dat ")))
-    rows = lines[dat + 1:dat + 1 + len(describe_options(METHODS.get("dat").Options))]
+    rows = lines[dat + 1 : dat + 1 + len(describe_options(METHODS.get("dat").Options))]
     for row, info in zip(rows, describe_options(METHODS.get("dat").Options)):
         assert row.split()[:3] == [info.name, info.kind, format_value(info.default)] and row.endswith(info.help)
     option_rows = [ln for ln in lines if ln.startswith("    ") and ln.strip() != "(no options)"]
-    for col in range(1, 4):                                                   # type, default and help columns
+    for col in range(1, 4):  # type, default and help columns
         starts = {len(ln) - len(ln.lstrip()) + _column_start(ln.lstrip(), col) for ln in option_rows}
         assert len(starts) == 1, col
     assert "    (no options)" in lines[lines.index(next(h for h in heads if h.startswith("vanilla"))) + 1]
@@ -121,12 +182,15 @@ def test_list_methods_json_is_the_typed_defaults():
         assert {o["name"]: o["default"] for o in m["options"]} == json.loads(json.dumps(fresh.__dict__))
 
 
-@pytest.mark.parametrize("opt, fragments", [
-    ("alpah=3", ["method 'dat': unknown option(s) alpah (known: rank, scope, alpha,"]),
-    ("alpha=fast", ["method 'dat': option alpha must be a number, got 'fast'"]),
-    ("alpha", ["--opt expects KEY=VALUE, got 'alpha'"]),
-    ("rank=0.5", ["option rank must be an integer, got 0.5"]),
-])
+@pytest.mark.parametrize(
+    "opt, fragments",
+    [
+        ("alpah=3", ["method 'dat': unknown option(s) alpah (known: rank, scope, alpha,"]),
+        ("alpha=fast", ["method 'dat': option alpha must be a number, got 'fast'"]),
+        ("alpha", ["--opt expects KEY=VALUE, got 'alpha'"]),
+        ("rank=0.5", ["option rank must be an integer, got 0.5"]),
+    ],
+)
 def test_bad_opt_is_a_one_line_error_before_training(capsys, monkeypatch, tmp_path, opt, fragments):
     out = tmp_path / "x.pt"
     r = rram(capsys, monkeypatch, "train", "--method", "dat", "--sigma", "0.3", "--opt", opt, "-o", str(out))
@@ -136,13 +200,32 @@ def test_bad_opt_is_a_one_line_error_before_training(capsys, monkeypatch, tmp_pa
 
 def test_opt_reaches_the_method_and_the_model_file(tmp_path):
     out = tmp_path / "m.pt"
-    res = CliRunner().invoke(cli, ["train", "--model", "mlp", "--method", "trice", "--sigma", "0.5", "--opt", "lam=2",
-                                   "--opt", "recentre=yes", "--epochs", "1", "--no-progress", "-o", str(out)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--model",
+            "mlp",
+            "--method",
+            "trice",
+            "--sigma",
+            "0.5",
+            "--opt",
+            "lam=2",
+            "--opt",
+            "recentre=yes",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     from models.checkpoint import load_checkpoint
     from models.methods import get_method
 
     rec = load_checkpoint(out)
-    assert rec["config"]["method_options"] == {"lam": 2, "recentre": "yes"}          # recorded as given
+    assert rec["config"]["method_options"] == {"lam": 2, "recentre": "yes"}  # recorded as given
     o = get_method("trice", **rec["config"]["method_options"]).options
     assert (o.lam, o.recentre, o.scale) == (2.0, True, 1.0)

@@ -1,4 +1,5 @@
 """Deployment: programming plans, tiled programming on the simulated board, resume, read-back accuracy."""
+
 from __future__ import annotations
 
 import h5py
@@ -82,7 +83,13 @@ def test_bad_plan_files_are_refused_with_one_line_errors(tmp_path) -> None:
     good = save_plan(build_plan(_net(), G_MIN, G_MAX, {}, 3, 4), tmp_path / "good.h5")
     for edit, msg in [
         (lambda f: f.attrs.__setitem__("format_version", "9.0"), "newer than this software"),
-        (lambda f: (f["layers/000"].__delitem__("targets"), f["layers/000"].create_dataset("targets", data=np.zeros((2, 2)))), "corrupt"),
+        (
+            lambda f: (
+                f["layers/000"].__delitem__("targets"),
+                f["layers/000"].create_dataset("targets", data=np.zeros((2, 2))),
+            ),
+            "corrupt",
+        ),
         (lambda f: f["tiles"].__setitem__(0, (0, 0, 0, 99, 1)), "does not fit"),
         (lambda f: f.__delitem__("tiles"), "corrupt"),
     ]:
@@ -128,7 +135,9 @@ def test_program_network_larger_than_the_array(tmp_path) -> None:
 def test_board_reset_mid_programming_is_survived(tmp_path) -> None:
     model = nn.Linear(6, 4)
     plan_path = save_plan(build_plan(model, G_MIN, G_MAX, _mask(model, 0.5), rows=4, cols=4), tmp_path / "plan.h5")
-    summary = _program("sim://?seed=6&rows=4&cols=4&reset_after=6000", plan_path, tmp_path / "deploy.h5", read_delay=0.0)
+    summary = _program(
+        "sim://?seed=6&rows=4&cols=4&reset_after=6000", plan_path, tmp_path / "deploy.h5", read_delay=0.0
+    )
     assert summary["board_resets"] == 1
     t = read_run(tmp_path / "deploy.h5").data["tiles"]
     assert sorted(t["tile"].tolist()) == list(range(len(load_plan(plan_path).tiles)))

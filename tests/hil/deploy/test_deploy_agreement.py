@@ -1,5 +1,6 @@
 """On the simulated board, read-back accuracy agrees with the Monte Carlo prediction from the profile
 fitted on the same chip (the demo pipeline, end to end)."""
+
 from __future__ import annotations
 
 import json

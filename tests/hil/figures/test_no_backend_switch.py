@@ -1,4 +1,5 @@
 """Importing hil.figures and drawing with it leave pyplot unimported and matplotlib's backend as the program set it."""
+
 from __future__ import annotations
 
 import os

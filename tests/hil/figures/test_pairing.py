@@ -1,4 +1,5 @@
 """Each procedure is paired with its figure: every characterization procedure has a registered run plotter."""
+
 from __future__ import annotations
 
 from pathlib import Path

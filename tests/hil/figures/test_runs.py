@@ -1,4 +1,5 @@
 """`rram plot` and hil.figures.runs on real (small, simulated) run files of every procedure."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,12 @@ FIGURES = {
     "iv": {"iv": (528, 1320), "iv_cells": (336, 816)},
     "endurance": {"endurance": (528, 1320)},
     "retention": {"retention": (528, 1320)},
-    "levels": {"levels_gate": (504, 720), "levels_cdf": (528, 1320), "levels_error": (504, 1320),
-               "levels_relaxation": (528, 1320)},  # fmt: skip
+    "levels": {
+        "levels_gate": (504, 720),
+        "levels_cdf": (528, 1320),
+        "levels_error": (504, 1320),
+        "levels_relaxation": (528, 1320),
+    },
     "read-noise": {"read_noise": (528, 1320), "read_noise_traces": (912, 1080)},
 }
 
@@ -111,8 +116,9 @@ def _partial_copy(src: Path, dst: Path, keep: dict[str, int]) -> None:
     assert read_run(dst).status == "running"
 
 
-def test_incomplete_run_with_data_is_plotted_and_marked(runs: dict[str, Path], tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_incomplete_run_with_data_is_plotted_and_marked(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     part = tmp_path / "endurance_part.h5"
     _partial_copy(runs["endurance"], part, {"endurance": 5})
     titles = _titles(monkeypatch)
@@ -121,8 +127,9 @@ def test_incomplete_run_with_data_is_plotted_and_marked(runs: dict[str, Path], t
     assert titles == ["endurance: endurance to 100 cycles - endurance_part.h5 (incomplete)"]
 
 
-def test_levels_interrupted_after_gate_calibration_plots_what_exists(runs: dict[str, Path], tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_levels_interrupted_after_gate_calibration_plots_what_exists(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     part = tmp_path / "levels_part.h5"
     _partial_copy(runs["levels"], part, {"gate_cal": 5, "open_loop": 10})
     titles = _titles(monkeypatch)
@@ -131,8 +138,9 @@ def test_levels_interrupted_after_gate_calibration_plots_what_exists(runs: dict[
     assert all(t.endswith("(incomplete)") for t in titles)
 
 
-def test_complete_titles_carry_no_incomplete_mark(runs: dict[str, Path], tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_complete_titles_carry_no_incomplete_mark(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     titles = _titles(monkeypatch)
     plotting.plot_run(runs["endurance"], tmp_path)
     assert titles == ["endurance: endurance to 400 cycles - endurance.h5"]
@@ -267,5 +275,13 @@ def test_runfile_md_documents_every_table_and_field(runs: dict[str, Path]) -> No
             for field in data.dtype.names or ():
                 base, shape = data.dtype[field].base.name, data.dtype[field].shape
                 # scalars are documented as (), [row, col] as (2,), per-cell / per-point arrays as (n,), (k,), (m,)
-                tokens = ["()"] if not shape else ["(2,)"] if shape == (2,) and field == "cell" else ["(n,)", "(k,)", "(m,)"]
-                assert any(f"| `{field}` | {base} | {tok} |" in doc for tok in tokens), (name, table, field, base, shape)
+                tokens = (
+                    ["()"] if not shape else ["(2,)"] if shape == (2,) and field == "cell" else ["(n,)", "(k,)", "(m,)"]
+                )
+                assert any(f"| `{field}` | {base} | {tok} |" in doc for tok in tokens), (
+                    name,
+                    table,
+                    field,
+                    base,
+                    shape,
+                )

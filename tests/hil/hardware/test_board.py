@@ -1,4 +1,5 @@
 """Board client against the in-process simulator: same-seq retries, NAKs, timeouts, chunking, stream recovery."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,12 @@ class TapLink:
     lost). `drop_frame(raw) -> bool` drops board frames; `delay(request) -> s` holds answers back.
     """
 
-    def __init__(self, inner: SimLink, drop_frame: Callable[[bytes], bool] | None = None,
-                 delay: Callable[[bytes], float] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        inner: SimLink,
+        drop_frame: Callable[[bytes], bool] | None = None,
+        delay: Callable[[bytes], float] | None = None,
+    ) -> None:
         self.inner = inner
         self.timeout: float | None = 0.05
         self.written: list[bytes] = []
@@ -116,8 +121,14 @@ class TapLink:
         return [f for f in frames if opcode is None or f.opcode == opcode]
 
 
-def make_board(rows: int = 16, cols: int = 16, seed: int = 5, faults: LinkFaults | None = None,
-               timeout_s: float = 0.05, **kw: object) -> tuple[Board, TapLink]:  # fmt: skip
+def make_board(
+    rows: int = 16,
+    cols: int = 16,
+    seed: int = 5,
+    faults: LinkFaults | None = None,
+    timeout_s: float = 0.05,
+    **kw: object,
+) -> tuple[Board, TapLink]:
     link = TapLink(SimLink(FirmwareEngine(BoardConfig(rows=rows, cols=cols, seed=seed)), faults or LinkFaults()), **kw)  # type: ignore[arg-type]
     return Board(link, port="tap://test", timeout_s=timeout_s), link
 
@@ -215,15 +226,21 @@ def test_a_link_that_only_returns_damaged_answers_is_given_up_after_a_bounded_nu
 
 
 # ------------------------------------------------------------------------------------------- limits
-@pytest.mark.parametrize("call, match", [
-    (lambda b: b.read(16, 0), r"cell \(16, 0\) is outside the 16x16 array"),
-    (lambda b: b.set_pulse(0, 0, 3.5, 200, 1.1), r"SET voltage 3.500 V is outside"),
-    (lambda b: b.reset_pulse(0, 0, -3.2, 200, 3.0), r"RESET voltage -3.200 V is outside"),
-    (lambda b: b.form(0, 0, 2.0, 5.5), r"FORM stop voltage 5.500 V"),
-    (lambda b: b.read_block(10, 10, 8, 8), r"outside the 16x16 array"),
-    (lambda b: b.write_verify(np.array([0]), np.array([0]), 10e-6, 1e-6, ramp=PulseRamp(set_v_stop=3.3)), r"SET ramp stop"),
-    (lambda b: list(b.endurance(0, 0, 2, 2, 10, 5, set_gate=4.0)), r"gate voltage 4.000 V"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda b: b.read(16, 0), r"cell \(16, 0\) is outside the 16x16 array"),
+        (lambda b: b.set_pulse(0, 0, 3.5, 200, 1.1), r"SET voltage 3.500 V is outside"),
+        (lambda b: b.reset_pulse(0, 0, -3.2, 200, 3.0), r"RESET voltage -3.200 V is outside"),
+        (lambda b: b.form(0, 0, 2.0, 5.5), r"FORM stop voltage 5.500 V"),
+        (lambda b: b.read_block(10, 10, 8, 8), r"outside the 16x16 array"),
+        (
+            lambda b: b.write_verify(np.array([0]), np.array([0]), 10e-6, 1e-6, ramp=PulseRamp(set_v_stop=3.3)),
+            r"SET ramp stop",
+        ),
+        (lambda b: list(b.endurance(0, 0, 2, 2, 10, 5, set_gate=4.0)), r"gate voltage 4.000 V"),
+    ],
+)
 def test_out_of_limit_requests_are_refused_before_anything_is_sent(call: Callable, match: str) -> None:
     board, link = make_board()
     before, n_written, seq = counts(link.engine), len(link.written), board._seq
@@ -252,7 +269,9 @@ def test_read_block_larger_than_one_frame_is_split_and_reassembled() -> None:
     frames = link.requests(n, Opcode.READ_BLOCK)
     limit = m.max_block_cells(board.info.max_payload)
     assert 64 * 64 > limit and len(frames) >= 2
-    assert all(m.ReadBlockRequest.decode(f.payload).nrows * m.ReadBlockRequest.decode(f.payload).ncols <= limit for f in frames)
+    assert all(
+        m.ReadBlockRequest.decode(f.payload).nrows * m.ReadBlockRequest.decode(f.payload).ncols <= limit for f in frames
+    )
     assert np.all(_coverage(frames, 64, 64) == 1)
     # every cell lands where it belongs: formed cells read ~20 uS, pristine ones ~10 nS
     g = blk.conductance_s.ravel()
@@ -319,7 +338,9 @@ def _event_no(raw: bytes) -> tuple[int, int] | None:
     return None
 
 
-@pytest.mark.parametrize("lost", [(Opcode.EV_ENDURANCE_DATA, 2), (Opcode.EV_ENDURANCE_DATA, 7), (Opcode.EV_ENDURANCE_END, 12)])
+@pytest.mark.parametrize(
+    "lost", [(Opcode.EV_ENDURANCE_DATA, 2), (Opcode.EV_ENDURANCE_DATA, 7), (Opcode.EV_ENDURANCE_END, 12)]
+)
 def test_endurance_stream_recovers_a_dropped_event(lost: tuple[int, int]) -> None:
     dropped = []
 
@@ -334,7 +355,9 @@ def test_endurance_stream_recovers_a_dropped_event(lost: tuple[int, int]) -> Non
     rows, cols = np.repeat(np.arange(2), 4), np.tile(np.arange(4), 2)
     ok = form_cells(eng, rows, cols)
     before = counts(eng)
-    chunks = list(board.endurance(0, 0, 2, 4, n_cycles=60, read_every=10, set_gate=1.1, reset_v=-1.5, cells_per_event=4))
+    chunks = list(
+        board.endurance(0, 0, 2, 4, n_cycles=60, read_every=10, set_gate=1.1, reset_v=-1.5, cells_per_event=4)
+    )
     assert dropped, "the test link never saw the event it was to drop"
     assert [c.cycle for c in chunks] == [10, 20, 30, 40, 50, 60]
     assert board.stats.resends >= 1
@@ -399,5 +422,7 @@ class _FutureFirmware(FirmwareEngine):
 
 def test_board_with_another_protocol_major_is_refused() -> None:
     link = SimLink(_FutureFirmware(BoardConfig(rows=8, cols=8)))
-    with pytest.raises(VersionError, match=r"speaks protocol 2\.1; this host speaks 1\.\d+ \(major versions must match\)"):
+    with pytest.raises(
+        VersionError, match=r"speaks protocol 2\.1; this host speaks 1\.\d+ \(major versions must match\)"
+    ):
         Board(link, port="sim-v2")

@@ -1,5 +1,6 @@
 """Procedures over a faulty link (1 % corrupted bytes, random delays) and through a board reset mid-run:
 they complete, and the board's own pulse counters show not one duplicated or lost pulse."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,9 @@ def test_endurance_over_a_noisy_link_applies_every_cycle_exactly_once(transport:
         _, _, _, ok = form_region(eng, "0:2,0:4")
         before = board_counters(board)
         cycles, every = 100, 10
-        out = run(board, "endurance", tmp_path / "end.h5", cells="0:2,0:4", cycles=cycles, read_every=every, cells_per_event=2)
+        out = run(
+            board, "endurance", tmp_path / "end.h5", cells="0:2,0:4", cycles=cycles, read_every=every, cells_per_event=2
+        )
         d = read_run(out.path).data["endurance"]
         assert np.array_equal(d["cycle"], np.arange(every, cycles + 1, every))
         assert np.all(d["lrs"][:, ok] > 4 * d["hrs"][:, ok])  # no garbled or misplaced values slipped through
@@ -43,8 +46,16 @@ def test_levels_over_a_noisy_link_records_every_pulse_it_spends(transport: str, 
         _, _, _, ok = form_region(eng, "0:4,0:8")
         before = pulses(eng)
         gate_points, cal_cells = 4, 4
-        out = run(board, "levels", tmp_path / "lv.h5", cells="0:4,0:8", levels=4, read_times="1,10",
-                  gate_points=gate_points, cal_cells=cal_cells)  # fmt: skip
+        out = run(
+            board,
+            "levels",
+            tmp_path / "lv.h5",
+            cells="0:4,0:8",
+            levels=4,
+            read_times="1,10",
+            gate_points=gate_points,
+            cal_cells=cal_cells,
+        )
         data = read_run(out.path).data
         v = data["verified"]
         expected = 2 * gate_points * cal_cells + 2 * 32 + int(v["pulses"].sum())
@@ -52,20 +63,29 @@ def test_levels_over_a_noisy_link_records_every_pulse_it_spends(transport: str, 
         assert spent[0] == 0 and spent[1] + spent[2] == expected
         within = np.abs(v["g"] - v["target"]) <= 0.8e-6
         assert within[ok].mean() > 0.95
-        assert [len(data[t]) for t in ("gate_cal", "open_loop", "open_loop_reads", "verified", "verified_reads")] == [4, 32, 2, 32, 2]
+        assert [len(data[t]) for t in ("gate_cal", "open_loop", "open_loop_reads", "verified", "verified_reads")] == [
+            4,
+            32,
+            2,
+            32,
+            2,
+        ]
         # the board shrank its bulk transfers to what the link lets through
         assert board._wv.size < 32 and board._block.size < 32
         assert board.stats.retries > 20
 
 
 # ------------------------------------------------------------------------------------------- board reset
-@pytest.mark.parametrize("name, params, reset_after", [
-    ("endurance", dict(cells="0:4,0:4", cycles=400, read_every=20, cells_per_event=4), 150),
-    ("levels", dict(cells="0:4,0:4", levels=4, read_times="1,10", gate_points=4, cal_cells=4), 1300),
-    ("read-noise", dict(cells="0:4,0:4", reads=30, levels=4), 700),
-    ("retention", dict(cells="0:4,0:4", times=5, t_last=100.0), 300),
-    ("form", dict(cells="4:5,0:16", v_start=2.4), 300),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, params, reset_after",
+    [
+        ("endurance", dict(cells="0:4,0:4", cycles=400, read_every=20, cells_per_event=4), 150),
+        ("levels", dict(cells="0:4,0:4", levels=4, read_times="1,10", gate_points=4, cal_cells=4), 1300),
+        ("read-noise", dict(cells="0:4,0:4", reads=30, levels=4), 700),
+        ("retention", dict(cells="0:4,0:4", times=5, t_last=100.0), 300),
+        ("form", dict(cells="4:5,0:16", v_start=2.4), 300),
+    ],
+)
 def test_procedure_survives_a_board_reset_mid_run(name: str, params: dict, reset_after: int, tmp_path: Path) -> None:
     with open_sim("inproc", seed=13, faults=LinkFaults(reset_after=reset_after)) as (board, eng):
         form_region(eng, "0:4,0:16")
@@ -80,7 +100,13 @@ def test_procedure_survives_a_board_reset_mid_run(name: str, params: dict, reset
             assert np.array_equal(d["endurance"]["cycle"], np.arange(20, 401, 20))
             assert pulses(eng)[1] >= 400 * 16  # cycles of the interrupted stream are spent, never skipped
         elif name == "levels":
-            assert [len(d[t]) for t in ("gate_cal", "open_loop", "open_loop_reads", "verified", "verified_reads")] == [4, 16, 2, 16, 2]
+            assert [len(d[t]) for t in ("gate_cal", "open_loop", "open_loop_reads", "verified", "verified_reads")] == [
+                4,
+                16,
+                2,
+                16,
+                2,
+            ]
         elif name == "read-noise":
             assert len(d["program"]) == 16 and len(d["reads"]) == 30
         elif name == "retention":

@@ -1,4 +1,5 @@
 """Read-path calibration: the fit, the simulated reference-resistor fixture, the calibration file, `rram board`."""
+
 from __future__ import annotations
 
 import json
@@ -111,9 +112,13 @@ def test_reference_cells_read_v_over_r_through_true_chain() -> None:
 def test_reference_cells_config_and_url_validation() -> None:
     cfg, _ = parse_sim_url("sim://?rows=8&cols=8&ref=0:7:50k,7:0:1.5M,3:3:2e5")
     assert cfg.reference_cells == ((0, 7, 5e4), (7, 0, 1.5e6), (3, 3, 2e5))
-    for bad, msg in [("sim://?ref=0:7", "ROW:COL:OHMS"), ("sim://?ref=0:7:5q", "ROW:COL:OHMS"),
-                     ("sim://?rows=8&ref=9:0:5k", "outside"), ("sim://?ref=0:1:0", "positive"),
-                     ("sim://?ref=0:1:5k,0:1:6k", "twice")]:  # fmt: skip
+    for bad, msg in [
+        ("sim://?ref=0:7", "ROW:COL:OHMS"),
+        ("sim://?ref=0:7:5q", "ROW:COL:OHMS"),
+        ("sim://?rows=8&ref=9:0:5k", "outside"),
+        ("sim://?ref=0:1:0", "positive"),
+        ("sim://?ref=0:1:5k,0:1:6k", "twice"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             parse_sim_url(bad)
     with pytest.raises(ValueError, match="positive"):
@@ -223,15 +228,21 @@ def test_load_errors_are_one_line(cal: ReadPathCalibration, tmp_path: Path) -> N
     (tmp_path / "bad.json").write_text("{not json")
     cases.append((tmp_path / "bad.json", CalibrationFileError, "not a JSON"))
     d = cal.to_dict()
-    changes: list[tuple[str, dict[str, object]]] = [("newer.json", {"version": 99}), ("nogain.json", {"gain": None}),
-                                                     ("absurd.json", {"gain": 40.0})]  # fmt: skip
+    changes: list[tuple[str, dict[str, object]]] = [
+        ("newer.json", {"version": 99}),
+        ("nogain.json", {"gain": None}),
+        ("absurd.json", {"gain": 40.0}),
+    ]
     for name, change in changes:
         dd = {**d, **change}
         if change.get("gain", 0) is None:
             del dd["gain"]
         (tmp_path / name).write_text(json.dumps(dd))
-    cases += [(tmp_path / "newer.json", CalibrationFileError, "newer"), (tmp_path / "nogain.json", CalibrationFileError, "lacks 'gain'"),
-              (tmp_path / "absurd.json", CalibrationFileError, "implausible")]  # fmt: skip
+    cases += [
+        (tmp_path / "newer.json", CalibrationFileError, "newer"),
+        (tmp_path / "nogain.json", CalibrationFileError, "lacks 'gain'"),
+        (tmp_path / "absurd.json", CalibrationFileError, "implausible"),
+    ]
     for path, exc, msg in cases:
         with pytest.raises(exc, match=msg) as info:
             ReadPathCalibration.load(path)
@@ -250,11 +261,14 @@ def test_cli_board_info_json_and_table() -> None:
     assert r.exit_code == 0 and "SIM-RRAM" in r.output and "64 x 64" in r.output and "0 .. 0.3 V" in r.output
 
 
-@pytest.mark.parametrize("port, msg", [
-    ("/dev/does-not-exist", "cannot open port"),
-    ("sim://?seed=x", "not a valid int"),
-    ("nope://x", "cannot open port"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "port, msg",
+    [
+        ("/dev/does-not-exist", "cannot open port"),
+        ("sim://?seed=x", "not a valid int"),
+        ("nope://x", "cannot open port"),
+    ],
+)
 def test_cli_board_info_bad_port_one_line(port: str, msg: str) -> None:
     r = CliRunner().invoke(cli, ["board", "info", "--port", port])
     assert r.exit_code == 1
@@ -271,8 +285,22 @@ def test_cli_board_info_wrong_protocol_version(monkeypatch: pytest.MonkeyPatch) 
 
 
 def _calibrate_args(out: Path, dialect: str = "2450", backend: str = "") -> list[str]:
-    args = ["board", "calibrate", "--port", URL, "--smu", SMU[dialect][0], "--visa-backend", backend or SMU[dialect][1],
-            "--resistors", "50k,100k,200k,500k,1M", "--voltages", "0.05,0.15,0.3", "--out", str(out)]  # fmt: skip
+    args = [
+        "board",
+        "calibrate",
+        "--port",
+        URL,
+        "--smu",
+        SMU[dialect][0],
+        "--visa-backend",
+        backend or SMU[dialect][1],
+        "--resistors",
+        "50k,100k,200k,500k,1M",
+        "--voltages",
+        "0.05,0.15,0.3",
+        "--out",
+        str(out),
+    ]
     for r, c in CELLS:
         args += ["--ref-cell", f"{r},{c}"]
     return args

@@ -1,4 +1,5 @@
 """The session layer on its own (handshake, typed calls, refusals) and Board.open's keyword options."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,7 +51,9 @@ class _Doubling:
 def test_board_open_passes_its_keyword_options_on() -> None:
     events: list[Frame] = []
     cal = _Doubling()
-    with Board.open("sim://?seed=2&rows=8&cols=8", timeout_s=0.3, retries=4, on_event=events.append, calibration=cal) as b:
+    with Board.open(
+        "sim://?seed=2&rows=8&cols=8", timeout_s=0.3, retries=4, on_event=events.append, calibration=cal
+    ) as b:
         assert isinstance(b, BoardSession)
         assert (b.base_timeout_s, b.retries, b.calibration) == (0.3, 4, cal)
         assert [e.opcode for e in events] == [Opcode.EV_BOOT]

@@ -1,5 +1,6 @@
 """SMU driver (hil.hardware.instruments): its exact SCPI pinned with an expected-protocol fake, and the driver
 against the packaged pyvisa-sim models of a Keithley 2400 and a 2450 (hil/hardware/instruments/sim/*.yaml)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -89,21 +90,38 @@ IDN = {
 }
 SETUP: dict[str, list[Step]] = {  # *IDN?, reset(), configure_voltage_source(1e-4, nplc=1)
     "2400": [
-        ("*IDN?", IDN["2400"]), ("*RST", None), ("*CLS", None),
-        (":SOUR:FUNC VOLT", None), (":SOUR:VOLT:MODE FIX", None), (":SOUR:VOLT:RANG:AUTO ON", None),
-        (':SENS:FUNC "CURR"', None), (":SENS:CURR:PROT 1.000000E-04", None), (":SENS:CURR:RANG:AUTO ON", None),
-        (":SENS:CURR:NPLC 1.000000E+00", None), (":FORM:ELEM VOLT,CURR,STAT", None),
-        (":SOUR:VOLT:LEV 0.000000E+00", None), (":SYST:ERR?", '0,"No error"'),
+        ("*IDN?", IDN["2400"]),
+        ("*RST", None),
+        ("*CLS", None),
+        (":SOUR:FUNC VOLT", None),
+        (":SOUR:VOLT:MODE FIX", None),
+        (":SOUR:VOLT:RANG:AUTO ON", None),
+        (':SENS:FUNC "CURR"', None),
+        (":SENS:CURR:PROT 1.000000E-04", None),
+        (":SENS:CURR:RANG:AUTO ON", None),
+        (":SENS:CURR:NPLC 1.000000E+00", None),
+        (":FORM:ELEM VOLT,CURR,STAT", None),
+        (":SOUR:VOLT:LEV 0.000000E+00", None),
+        (":SYST:ERR?", '0,"No error"'),
     ],
     "2450": [
-        ("*IDN?", IDN["2450"]), ("*RST", None), ("*CLS", None),
-        (":SOUR:FUNC VOLT", None), (":SOUR:VOLT:RANG:AUTO ON", None), (":SOUR:VOLT:ILIM 1.000000E-04", None),
-        (':SENS:FUNC "CURR"', None), (":SENS:CURR:RANG:AUTO ON", None), (":SENS:CURR:NPLC 1.000000E+00", None),
-        (":SOUR:VOLT 0.000000E+00", None), (":SYST:ERR?", '0,"No error;0;0 0"'),
+        ("*IDN?", IDN["2450"]),
+        ("*RST", None),
+        ("*CLS", None),
+        (":SOUR:FUNC VOLT", None),
+        (":SOUR:VOLT:RANG:AUTO ON", None),
+        (":SOUR:VOLT:ILIM 1.000000E-04", None),
+        (':SENS:FUNC "CURR"', None),
+        (":SENS:CURR:RANG:AUTO ON", None),
+        (":SENS:CURR:NPLC 1.000000E+00", None),
+        (":SOUR:VOLT 0.000000E+00", None),
+        (":SYST:ERR?", '0,"No error;0;0 0"'),
     ],
 }
-SOURCE_0V1_ON = {"2400": [(":SOUR:VOLT:LEV 1.000000E-01", None), (":OUTP 1", None)],
-                 "2450": [(":SOUR:VOLT 1.000000E-01", None), (":OUTP 1", None)]}
+SOURCE_0V1_ON = {
+    "2400": [(":SOUR:VOLT:LEV 1.000000E-01", None), (":OUTP 1", None)],
+    "2450": [(":SOUR:VOLT 1.000000E-01", None), (":OUTP 1", None)],
+}
 STATUS_OK, STATUS_TRIPPED = "+2.048000E+04", "+2.048800E+04"  # 2400 status word: V-source, I-meas (+ bit 3)
 
 
@@ -120,10 +138,13 @@ def test_setup_sequence(dialect: str) -> None:
         assert smu.dialect.name == dialect and smu.compliance_a == 1e-4 and smu.voltage_v == 0.0
 
 
-@pytest.mark.parametrize("dialect, reading", [
-    ("2400", [(":READ?", f"+1.000000E-01,+2.000000E-06,{STATUS_OK}")]),
-    ("2450", [(":READ?", "+2.000000E-06"), (":SOUR:VOLT:ILIM:TRIP?", "0")]),
-])
+@pytest.mark.parametrize(
+    "dialect, reading",
+    [
+        ("2400", [(":READ?", f"+1.000000E-01,+2.000000E-06,{STATUS_OK}")]),
+        ("2450", [(":READ?", "+2.000000E-06"), (":SOUR:VOLT:ILIM:TRIP?", "0")]),
+    ],
+)
 def test_source_and_measure(dialect: str, reading: list[Step]) -> None:
     steps = [*SETUP[dialect], *SOURCE_0V1_ON[dialect], *reading, (":OUTP 0", None)]
     with expected_protocol(Smu, steps, max_voltage_v=1.0) as smu:
@@ -134,10 +155,13 @@ def test_source_and_measure(dialect: str, reading: list[Step]) -> None:
         assert isinstance(smu.resource, ExpectedProtocolResource) and smu.resource.closed
 
 
-@pytest.mark.parametrize("dialect, reading", [
-    ("2400", [(":READ?", f"+1.000000E-01,+1.000000E-04,{STATUS_TRIPPED}")]),
-    ("2450", [(":READ?", "+1.000000E-04"), (":SOUR:VOLT:ILIM:TRIP?", "1")]),
-])
+@pytest.mark.parametrize(
+    "dialect, reading",
+    [
+        ("2400", [(":READ?", f"+1.000000E-01,+1.000000E-04,{STATUS_TRIPPED}")]),
+        ("2450", [(":READ?", "+1.000000E-04"), (":SOUR:VOLT:ILIM:TRIP?", "1")]),
+    ],
+)
 def test_compliance_detection(dialect: str, reading: list[Step]) -> None:
     with expected_protocol(Smu, [*SETUP[dialect], *SOURCE_0V1_ON[dialect], *reading], max_voltage_v=1.0) as smu:
         _configured(smu).set_voltage(0.1)
@@ -161,8 +185,11 @@ def test_refusals_send_nothing() -> None:
 
 
 def test_error_queue_is_drained_and_the_first_error_named() -> None:
-    errors: list[Step] = [(":SYST:ERR?", '-113,"Undefined header"'), (":SYST:ERR?", '-222,"Data out of range"'),
-                          (":SYST:ERR?", '0,"No error"')]
+    errors: list[Step] = [
+        (":SYST:ERR?", '-113,"Undefined header"'),
+        (":SYST:ERR?", '-222,"Data out of range"'),
+        (":SYST:ERR?", '0,"No error"'),
+    ]
     with expected_protocol(Smu, errors, max_voltage_v=1.0, dialect="2400") as smu:
         with pytest.raises(SmuError, match=r'2 error\(s\) after probing: -113,"Undefined header"'):
             smu.check_errors("probing")

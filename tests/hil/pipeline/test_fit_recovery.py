@@ -9,6 +9,7 @@ and parameters imply (sim_backend/device_params.py), in the board's measured uni
 chain has a true gain error k (its nominal calibration is used), so conductances read k*G.
 Tolerances are 3 reported standard errors unless a test's docstring states and justifies another.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,9 +78,22 @@ def chip(tmp_path_factory: pytest.TempPathFactory) -> Chip:
         runs["read-noise"] = _run(board, "read-noise", d / "read_noise.h5", reads=100, program=False)
         runs["spreads"] = _run(board, "endurance", d / "spreads.h5", **SPREAD_RUN)
         runs["life"] = _run(board, "endurance", d / "life.h5", **LIFE_RUN)
-        truth = {k: np.asarray(getattr(a, k)).copy() for k in (
-            "stuck_start_lrs", "stuck_start_hrs", "can_form", "cycles_to_failure", "fail_mode_lrs", "rtn_present",
-            "rtn_amp", "rtn_tau_empty", "rtn_tau_full", "lrs_d2d", "hrs_d2d")}  # fmt: skip
+        truth = {
+            k: np.asarray(getattr(a, k)).copy()
+            for k in (
+                "stuck_start_lrs",
+                "stuck_start_hrs",
+                "can_form",
+                "cycles_to_failure",
+                "fail_mode_lrs",
+                "rtn_present",
+                "rtn_amp",
+                "rtn_tau_empty",
+                "rtn_tau_full",
+                "lrs_d2d",
+                "hrs_d2d",
+            )
+        }
         k = float(eng.chain.read.true_gain)
     profile, datasets = fit_runs([runs["levels"], runs["read-noise"], runs["spreads"]])
     life, _ = fit_runs([runs["life"]], g_min=P.g_min, g_max=P.g_max)
@@ -158,7 +172,9 @@ def _open_loop_sigma_law(chip: Chip) -> np.ndarray:
     m = (mean_meas / chip.k - P.relax_mu(mean_meas / chip.k) * L1) / math.exp(0.5 * S_LRS**2)
     var_g0 = m**2 * math.exp(S_LRS**2) * math.expm1(S_LRS**2)
     var_relax = _lognormal_expect(lambda g: P.relax_sigma(g) ** 2, m, S_LRS) * L1
-    var_drift = (_lognormal_expect(lambda g: P.relax_mu(g) ** 2, m, S_LRS) - _lognormal_expect(P.relax_mu, m, S_LRS) ** 2) * L1**2
+    var_drift = (
+        _lognormal_expect(lambda g: P.relax_mu(g) ** 2, m, S_LRS) - _lognormal_expect(P.relax_mu, m, S_LRS) ** 2
+    ) * L1**2
     return chip.k * np.sqrt(var_g0 + var_relax + var_drift + SIGMA_READ**2)
 
 
@@ -215,7 +231,9 @@ def test_families_by_aic(chip: Chip) -> None:
     rel = _open_loop_sigma_law(chip) / _levels(chip)[0]
     assert rel[0] > 2 * rel[-1]
     sd = fam["state_dependent"]
-    assert np.allclose(sd.level_sigma_frac * chip.profile.g_max, chip.profile.open_loop.table.sigma, rtol=0.1, atol=0.2e-6)
+    assert np.allclose(
+        sd.level_sigma_frac * chip.profile.g_max, chip.profile.open_loop.table.sigma, rtol=0.1, atol=0.2e-6
+    )
     assert rel.min() < fam["lognormal"].params["s"] < rel.max()
     d = read_run(chip.runs["levels"]).data
     ok = d["verified"]["status"] == 0

@@ -1,4 +1,5 @@
 """Run files -> calibration datasets (hil.pipeline.run_datasets) and the `rram fit` command, on small real runs of the simulator."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         rr, cc = np.meshgrid(np.arange(6), np.arange(COLS), indexing="ij")
         a.form(rr.ravel(), cc.ravel(), 4.0, 1000, 1.0)
         out = {
-            "form": _run(board, "form", d / "form.h5", cells="6:8,0:2", v_stop=2.0),  # never reaches forming: no data to fit
+            "form": _run(
+                board, "form", d / "form.h5", cells="6:8,0:2", v_stop=2.0
+            ),  # never reaches forming: no data to fit
             "levels": _run(board, "levels", d / "levels.h5", cells="0:4,0:8", **LEVELS),
             "levels2": _run(board, "levels", d / "levels2.h5", cells="4:6,0:8", **LEVELS),
             "read-noise": _run(board, "read-noise", d / "rn.h5", cells="0:4,0:8", reads=12, program=False),
@@ -199,8 +202,9 @@ def test_rram_fit_writes_a_profile_that_profile_show_reads(runs: dict[str, Path]
 
 
 @pytest.mark.parametrize("kind", ["missing", "not-a-run", "no-data", "profile-as-run"])
-def test_rram_fit_one_line_errors(kind: str, runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_rram_fit_one_line_errors(
+    kind: str, runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "p.h5"
     if kind == "missing":
         arg, fragment = str(tmp_path / "nope.h5"), "does not exist"

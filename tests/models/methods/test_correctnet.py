@@ -1,4 +1,5 @@
 """CorrectNet baseline: the Lipschitz regulariser by hand, its loss, and a short training run."""
+
 from __future__ import annotations
 
 import pytest
@@ -48,10 +49,16 @@ def test_orthogonal_matrix_has_zero_penalty():
 def test_loss_is_ce_plus_lambda_times_regulariser():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
-    noise = noise_from_spec({"family": "gaussian", "sigma": 0.0})          # zero noise: deterministic forward
-    ctx = TrainContext(model=model, noise=noise, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                       device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
-                       config=TrainConfig(), num_classes=3)
+    noise = noise_from_spec({"family": "gaussian", "sigma": 0.0})  # zero noise: deterministic forward
+    ctx = TrainContext(
+        model=model,
+        noise=noise,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        config=TrainConfig(),
+        num_classes=3,
+    )
     m = get_method("correctnet", lam=0.01)
     m.prepare(ctx)
     x, y = torch.randn(7, 4), torch.randint(0, 3, (7,))
@@ -68,8 +75,15 @@ def test_loss_is_ce_plus_lambda_times_regulariser():
 def test_trains_on_digits_and_reduces_the_regulariser():
     d = load_dataset("digits")
     ds = Dataset("digits", d.x_train[:384], d.y_train[:384], d.x_test[:120], d.y_test[:120], 10)
-    cfg = TrainConfig(method="correctnet", method_options={"lam": 1e-2}, noise={"family": "gaussian", "sigma": 0.2},
-                      epochs=3, lr=3e-3, progress=False, val_noise_draws=2)
+    cfg = TrainConfig(
+        method="correctnet",
+        method_options={"lam": 1e-2},
+        noise={"family": "gaussian", "sigma": 0.2},
+        epochs=3,
+        lr=3e-3,
+        progress=False,
+        val_noise_draws=2,
+    )
     h = train(cfg, dataset=ds, log=lambda _s: None).history
     assert h[-1]["lipschitz"] < h[0]["lipschitz"]
     assert h[-1]["val_acc"] > 0.5

@@ -1,4 +1,5 @@
 """DAT: factored covariances (diagonal and spatial profile), Fast = Full at full rank, the projection step, training."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,12 +23,13 @@ torch.set_num_threads(1)
 def _spatial_profile() -> NoiseProfile:
     prof = NoiseProfile.from_paper("gaussian", sigma=0.05)
     rng = np.random.default_rng(0)
-    a = rng.normal(size=(4, 2)) * 0.6e-6                          # 2x2 cell grid, rank-2 correlated part (S)
+    a = rng.normal(size=(4, 2)) * 0.6e-6  # 2x2 cell grid, rank-2 correlated part (S)
     cov = a @ a.T
     vals, vecs = np.linalg.eigh(cov)
     order = np.argsort(vals)[::-1][:2]
-    prof.spatial = SpatialModel(shape=(2, 2), eigvals=vals[order], eigvecs=vecs[:, order], n_repeats=1,
-                                total_variance=float(np.trace(cov)))
+    prof.spatial = SpatialModel(
+        shape=(2, 2), eigvals=vals[order], eigvecs=vecs[:, order], n_repeats=1, total_variance=float(np.trace(cov))
+    )
     return prof
 
 
@@ -105,18 +107,24 @@ def test_projection_step_matches_algorithm_line_9():
     coef = (0.5 - 2.0 + 6.0) / (0.25 + 1.0 + 4.0)
     assert torch.allclose(eps["a"], coef * eta["a"]) and torch.allclose(eps["b"], coef * eta["b"])
     resid = sum(float(((g[k] - eps[k]) * eta[k]).sum()) for k in g)
-    assert resid == pytest.approx(0.0, abs=1e-6)               # g - eps is orthogonal to eta
+    assert resid == pytest.approx(0.0, abs=1e-6)  # g - eps is orthogonal to eta
     noisy = dat_perturbation(g, eta, "noise")
-    assert torch.equal(noisy["a"], eta["a"])                      # g . eta > 0 -> eta itself
+    assert torch.equal(noisy["a"], eta["a"])  # g . eta > 0 -> eta itself
 
 
 def test_step_uses_the_gradient_at_the_perturbed_weights():
     torch.manual_seed(0)
     model = nn.Linear(3, 2, bias=False)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
-    ctx = TrainContext(model=model, noise=noise, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                       device=torch.device("cpu"), generator=torch.Generator().manual_seed(3), config=TrainConfig(),
-                       num_classes=2)
+    ctx = TrainContext(
+        model=model,
+        noise=noise,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(3),
+        config=TrainConfig(),
+        num_classes=2,
+    )
     m = get_method("dat", rank="full", alpha=5.0)
     m.prepare(ctx)
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
@@ -136,13 +144,22 @@ def test_step_uses_the_gradient_at_the_perturbed_weights():
 def test_trains_on_digits(rank):
     d = load_dataset("digits")
     ds = Dataset("digits", d.x_train[:384], d.y_train[:384], d.x_test[:120], d.y_test[:120], 10)
-    cfg = TrainConfig(method="dat", method_options={"rank": rank}, noise={"family": "gaussian", "sigma": 0.3},
-                      epochs=3, lr=1e-2, progress=False, val_noise_draws=2)
+    cfg = TrainConfig(
+        method="dat",
+        method_options={"rank": rank},
+        noise={"family": "gaussian", "sigma": 0.3},
+        epochs=3,
+        lr=1e-2,
+        progress=False,
+        val_noise_draws=2,
+    )
     h = train(cfg, dataset=ds, log=lambda _s: None).history
     assert h[-1]["loss"] < h[0]["loss"] and h[-1]["val_acc"] > 0.5
 
 
-@pytest.mark.parametrize("opts, message", [({"step": "sideways"}, "step must be"), ({"scope": "lobal"}, "scope must be")])
+@pytest.mark.parametrize(
+    "opts, message", [({"step": "sideways"}, "step must be"), ({"scope": "lobal"}, "scope must be")]
+)
 def test_bad_step_and_scope_options(opts, message):
     # the method's Options refuse the value when the method is built, before any data is touched
     with pytest.raises(ValueError, match=message):
@@ -156,9 +173,9 @@ def test_diagonal_top_eigen_spreads_over_tied_variances():
     vals, vecs = cov.top_eigen(6, torch.Generator().manual_seed(0))
     assert torch.allclose(vals, torch.tensor([5.0, 3.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
     assert torch.allclose(vecs.T @ vecs, torch.eye(6, dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(cov.matvec(vecs), vecs * vals, atol=1e-12)              # true eigenvectors
+    assert torch.allclose(cov.matvec(vecs), vecs * vals, atol=1e-12)  # true eigenvectors
     assert vecs[0, 0] == 1.0 and vecs[1, 1] == 1.0
-    share = (vecs[:, 2:] ** 2).sum(1)                                               # projector diagonal
+    share = (vecs[:, 2:] ** 2).sum(1)  # projector diagonal
     assert float(share[:2].abs().max()) == 0.0 and float(share[-1]) == 0.0
     assert bool((share[2:42] > 0).all()) and float(share.sum()) == pytest.approx(4.0)
     # a different generator gives a different (equally exact) basis of the same span

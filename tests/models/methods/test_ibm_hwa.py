@@ -1,4 +1,5 @@
 """IBM-style HWA training: ramp, clipping to the out-scales, remapping, folding of learned scales, drop-connect."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,9 +19,16 @@ torch.set_num_threads(1)
 
 def _ctx(model, noise, n_batches=10):
     batches = [(torch.randn(4, 6), torch.randint(0, 3, (4,))) for _ in range(n_batches)]
-    return TrainContext(model=model, noise=noise, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                        device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
-                        config=TrainConfig(), num_classes=3, train_loader=batches)
+    return TrainContext(
+        model=model,
+        noise=noise,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        config=TrainConfig(),
+        num_classes=3,
+        train_loader=batches,
+    )
 
 
 def test_ramp_is_linear_then_flat():
@@ -47,7 +55,7 @@ def test_effective_weights_without_noise_equal_w_and_gamma_gets_a_gradient():
     m2.prepare(ctx2)
     m2.training_step(ctx2, torch.randn(4, 6), torch.tensor([0, 1, 2, 0]))
     assert m2.gamma["weight"].grad is not None and float(m2.gamma["weight"].grad.abs().sum()) > 0
-    assert len(ctx2.optimizer.param_groups) == 2                       # out-scales are trained
+    assert len(ctx2.optimizer.param_groups) == 2  # out-scales are trained
 
 
 def test_clipping_remapping_and_folding():
@@ -59,17 +67,17 @@ def test_clipping_remapping_and_folding():
     g = m.gamma["weight"]
     assert torch.equal(g.detach(), column_scales(model.weight))
     with torch.no_grad():
-        model.weight.mul_(2.0)                                          # optimizer pushed |W| past gamma
+        model.weight.mul_(2.0)  # optimizer pushed |W| past gamma
     m._sync(model, step=1)
-    assert bool((model.weight.abs() <= g + 1e-7).all())                 # fixed-value clipping |W_hat| <= 1
+    assert bool((model.weight.abs() <= g + 1e-7).all())  # fixed-value clipping |W_hat| <= 1
     with torch.no_grad():
         before = model.weight.clone()
-        g.mul_(0.5)                                                     # a learned change of the out-scales
+        g.mul_(0.5)  # a learned change of the out-scales
     m._sync(model, step=2)
-    assert torch.allclose(model.weight, 0.5 * before)                   # folded: W_hat unchanged
+    assert torch.allclose(model.weight, 0.5 * before)  # folded: W_hat unchanged
     with torch.no_grad():
         model.weight[0].mul_(0.1)
-    m._sync(model, step=3)                                              # remap step
+    m._sync(model, step=3)  # remap step
     assert torch.allclose(g.detach(), column_scales(model.weight))
 
 
@@ -108,8 +116,15 @@ def test_distill_needs_a_teacher():
 def test_trains_on_digits_and_exports_clipped_weights(opts):
     d = load_dataset("digits")
     ds = Dataset("digits", d.x_train[:384], d.y_train[:384], d.x_test[:120], d.y_test[:120], 10)
-    cfg = TrainConfig(method="ibm_hwa", method_options=opts, noise={"family": "gaussian", "sigma": 0.3},
-                      epochs=3, lr=1e-2, progress=False, val_noise_draws=2)
+    cfg = TrainConfig(
+        method="ibm_hwa",
+        method_options=opts,
+        noise={"family": "gaussian", "sigma": 0.3},
+        epochs=3,
+        lr=1e-2,
+        progress=False,
+        val_noise_draws=2,
+    )
     res = train(cfg, dataset=ds, log=lambda _s: None)
     assert res.history[-1]["val_acc"] > 0.5
     gam = res.checkpoint["train_state"]["method"]["gamma"]

@@ -1,4 +1,5 @@
 """MTRD: the per-sample alpha of Note 4 eq. 4, the distillation loss by hand, teachers trained or loaded."""
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,7 @@ def test_alpha_matches_the_formula():
     expected = [1 - math.exp(-math.log(a) / math.log(b)) for a, b in zip(ps.tolist(), pt.tolist())]
     assert mtrd_alpha(ps, pt).tolist() == pytest.approx(expected, rel=1e-5)
     a = mtrd_alpha(ps, pt)
-    assert a[0] > a[2] > a[1]                         # confident teacher + unsure student weighs most
+    assert a[0] > a[2] > a[1]  # confident teacher + unsure student weighs most
     assert float(a[2]) == pytest.approx(1 - math.exp(-1))
 
 
@@ -37,8 +38,8 @@ def test_alpha_is_finite_and_bounded_at_the_extremes():
     pt = torch.tensor([1.0, 1.0, 0.0, 0.0])
     a = mtrd_alpha(ps, pt, eps=1e-6)
     assert torch.isfinite(a).all() and bool(((a >= 0) & (a <= 1)).all())
-    assert float(a[1]) == pytest.approx(1.0, abs=1e-6)   # teacher sure, student wrong -> ~1
-    assert float(a[2]) < 1e-3                             # teacher wrong, student sure -> ~0
+    assert float(a[1]) == pytest.approx(1.0, abs=1e-6)  # teacher sure, student wrong -> ~1
+    assert float(a[2]) < 1e-3  # teacher wrong, student sure -> ~0
 
 
 def test_alpha_is_detached():
@@ -73,31 +74,61 @@ def test_loss_matches_hand_computation():
 
 
 def test_trains_teachers_then_student(small_digits, tmp_path):
-    cfg = TrainConfig(method="mtrd", method_options={"teacher_levels": "0.5,1.5", "teacher_epochs": 2},
-                      noise={"family": "gaussian", "sigma": 0.3}, epochs=3, lr=1e-2, progress=False, val_noise_draws=2)
+    cfg = TrainConfig(
+        method="mtrd",
+        method_options={"teacher_levels": "0.5,1.5", "teacher_epochs": 2},
+        noise={"family": "gaussian", "sigma": 0.3},
+        epochs=3,
+        lr=1e-2,
+        progress=False,
+        val_noise_draws=2,
+    )
     res = train(cfg, dataset=small_digits, log=lambda _s: None)
     h = res.history
     assert h[-1]["val_acc"] > 0.5 and 0.0 <= h[-1]["alpha_mean"] < 1.0 and h[-1]["kd"] >= 0.0
     teachers = res.checkpoint["train_state"]["method"]["teachers"]
-    assert len(teachers) == 3                                    # clean + two noise levels
-    assert set(teachers[0]) == set(res.model.state_dict())      # same architecture as the student
+    assert len(teachers) == 3  # clean + two noise levels
+    assert set(teachers[0]) == set(res.model.state_dict())  # same architecture as the student
     assert not torch.equal(teachers[0]["features.0.weight"], teachers[1]["features.0.weight"])
     # a saved model file can serve as a teacher
     path = tmp_path / "teacher.pt"
     save_checkpoint(res.checkpoint, path)
-    cfg2 = TrainConfig(method="mtrd", method_options={"teachers": str(path), "clean_teacher": False},
-                       noise={"family": "gaussian", "sigma": 0.3}, epochs=1, lr=3e-3, progress=False, val_noise_draws=1)
+    cfg2 = TrainConfig(
+        method="mtrd",
+        method_options={"teachers": str(path), "clean_teacher": False},
+        noise={"family": "gaussian", "sigma": 0.3},
+        epochs=1,
+        lr=3e-3,
+        progress=False,
+        val_noise_draws=1,
+    )
     res2 = train(cfg2, dataset=small_digits, log=lambda _s: None)
     assert len(res2.checkpoint["train_state"]["method"]["teachers"]) == 1
-    assert torch.equal(res2.checkpoint["train_state"]["method"]["teachers"][0]["features.0.weight"],
-                       res.model.state_dict()["features.0.weight"].cpu())
+    assert torch.equal(
+        res2.checkpoint["train_state"]["method"]["teachers"][0]["features.0.weight"],
+        res.model.state_dict()["features.0.weight"].cpu(),
+    )
 
 
 def test_bad_options_are_rejected(small_digits):
-    cfg = TrainConfig(method="mtrd", method_options={"teacher_levels": "-1"}, noise={"family": "gaussian", "sigma": 0.3},
-                      epochs=1, progress=False)
+    cfg = TrainConfig(
+        method="mtrd",
+        method_options={"teacher_levels": "-1"},
+        noise={"family": "gaussian", "sigma": 0.3},
+        epochs=1,
+        progress=False,
+    )
     with pytest.raises(ValueError, match="teacher levels"):
         train(cfg, dataset=small_digits, log=lambda _s: None)
     with pytest.raises(ValueError, match="unknown option"):
-        train(TrainConfig(method="mtrd", method_options={"nope": 1}, noise={"family": "gaussian", "sigma": 0.3},
-                          epochs=1, progress=False), dataset=small_digits, log=lambda _s: None)
+        train(
+            TrainConfig(
+                method="mtrd",
+                method_options={"nope": 1},
+                noise={"family": "gaussian", "sigma": 0.3},
+                epochs=1,
+                progress=False,
+            ),
+            dataset=small_digits,
+            log=lambda _s: None,
+        )

@@ -1,4 +1,5 @@
 """NeFT OVF / IRS: feedback combination, oriented noise levels, snapshot taps, exported backbone, training."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,9 +52,16 @@ class FixedNoise(WeightNoise):
 
 def _ctx(model, noise, batches=None, num_classes=3):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return TrainContext(model=model, noise=noise, optimizer=opt, device=torch.device("cpu"),
-                        generator=torch.Generator().manual_seed(0), config=TrainConfig(epochs=1),
-                        num_classes=num_classes, train_loader=batches)
+    return TrainContext(
+        model=model,
+        noise=noise,
+        optimizer=opt,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        config=TrainConfig(epochs=1),
+        num_classes=num_classes,
+        train_loader=batches,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +180,14 @@ def test_irs_loss_matches_manual_snapshot_combination():
 
 
 def test_irs_export_is_exactly_the_backbone(small_digits):
-    cfg = TrainConfig(method="neft_irs", noise={"family": "gaussian", "sigma": 0.2}, epochs=1, progress=False,
-                      val_noise_draws=1, lr=3e-3)
+    cfg = TrainConfig(
+        method="neft_irs",
+        noise={"family": "gaussian", "sigma": 0.2},
+        epochs=1,
+        progress=False,
+        val_noise_draws=1,
+        lr=3e-3,
+    )
     res = train(cfg, dataset=small_digits, log=lambda _s: None)
     fresh = build_model("cnn", in_channels=1, num_classes=10, image_size=8)
     exported = res.model.state_dict()
@@ -188,13 +202,14 @@ def test_irs_export_is_exactly_the_backbone(small_digits):
 
 @pytest.mark.parametrize("method", ["neft_ovf", "neft_irs"])
 def test_methods_train_on_digits(method, small_digits):
-    cfg = TrainConfig(method=method, noise={"family": "gaussian", "sigma": 0.2}, epochs=4, progress=False,
-                      val_noise_draws=2, lr=1e-2)
+    cfg = TrainConfig(
+        method=method, noise={"family": "gaussian", "sigma": 0.2}, epochs=4, progress=False, val_noise_draws=2, lr=1e-2
+    )
     res = train(cfg, dataset=small_digits, log=lambda _s: None)
     h = res.history
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in h)
     assert h[-1]["loss"] < h[0]["loss"]
-    assert h[-1]["val_acc"] > 0.5                      # far above the 10 % chance level after 4 short epochs
+    assert h[-1]["val_acc"] > 0.5  # far above the 10 % chance level after 4 short epochs
 
 
 def test_ovf_needs_noise():

@@ -1,4 +1,5 @@
 """Typed method options: every method documents its options, the defaults are the old ones, `--opt` parses in one line."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,17 +19,43 @@ from models.noise.factory import noise_from_spec
 OLD_DEFAULTS: dict[str, dict] = {
     "vanilla": {},
     "noise": {"scale": 1.0},
-    "neft_ovf": {"n_feedback": 3, "delta_sigma": 0.05, "beta": 0.1, "relative_delta": 0.25, "sigma": None,
-                 "a_b": None, "a_f": None},
+    "neft_ovf": {
+        "n_feedback": 3,
+        "delta_sigma": 0.05,
+        "beta": 0.1,
+        "relative_delta": 0.25,
+        "sigma": None,
+        "a_b": None,
+        "a_f": None,
+    },
     "neft_irs": {"beta": 1e-3, "blocks": None, "hidden": 512, "noisy_heads": True, "a_b": None, "a_f": None},
     "dat": {"rank": 10, "scope": "layer", "alpha": 10.0, "perturbations": 1, "refresh_every": 1, "step": "projection"},
     "trice": {"lam": 1.0, "recentre": False, "scale": 1.0},
-    "mtrd": {"teacher_levels": "0.5,1.0,1.5", "clean_teacher": True, "teachers": None, "teacher_epochs": None,
-             "teacher_lr": None, "temperature": 1.0, "kd_weight": 1.0, "teacher_noise": False, "eps": 1e-6},
+    "mtrd": {
+        "teacher_levels": "0.5,1.0,1.5",
+        "clean_teacher": True,
+        "teachers": None,
+        "teacher_epochs": None,
+        "teacher_lr": None,
+        "temperature": 1.0,
+        "kd_weight": 1.0,
+        "teacher_noise": False,
+        "eps": 1e-6,
+    },
     "correctnet": {"lam": 1e-4, "scale": 1.0},
-    "ibm_hwa": {"noise_scale": 3.0, "ramp_batches": None, "remap_every": None, "drop_connect": 0.001, "clip": True,
-                "learn_out_scales": True, "distill": False, "distill_weight": 1.0, "temperature": 1.0,
-                "teacher": None, "pretrain_epochs": 0},
+    "ibm_hwa": {
+        "noise_scale": 3.0,
+        "ramp_batches": None,
+        "remap_every": None,
+        "drop_connect": 0.001,
+        "clip": True,
+        "learn_out_scales": True,
+        "distill": False,
+        "distill_weight": 1.0,
+        "temperature": 1.0,
+        "teacher": None,
+        "pretrain_epochs": 0,
+    },
 }
 # The old defaults after the conversion each method applied to them in prepare() (comma lists -> tuples, None -> ()).
 CONVERTED = {("neft_irs", "blocks"): (), ("mtrd", "teacher_levels"): (0.5, 1.0, 1.5), ("mtrd", "teachers"): ()}
@@ -42,13 +69,13 @@ def test_the_package_registers_exactly_the_known_methods() -> None:
 @pytest.mark.parametrize("name", sorted(OLD_DEFAULTS))
 def test_every_method_has_documented_frozen_options(name: str) -> None:
     cls = METHODS.get(name)
-    assert cls.name == name                               # the class's name is the name it is registered under
+    assert cls.name == name  # the class's name is the name it is registered under
     assert cls.description() and "\n" not in cls.description()
     opts = cls.Options
     assert dataclasses.is_dataclass(opts) and issubclass(opts, MethodOptions) and opts is not MethodOptions
     for f in dataclasses.fields(opts):
         assert isinstance(f.metadata.get("help"), str) and len(f.metadata["help"]) > 10, f"{name}.{f.name}"
-    for info in describe_options(opts):                    # every field has a type that --opt can parse
+    for info in describe_options(opts):  # every field has a type that --opt can parse
         assert info.kind and info.help
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts().x = 1
@@ -62,7 +89,7 @@ def test_defaults_are_the_old_defaults(name: str) -> None:
     fresh = opts()
     for key, value in old.items():
         assert getattr(fresh, key) == CONVERTED.get((name, key), value), f"{name}.{key}"
-    assert parse_options(opts, name, old) == fresh        # the old raw defaults parse to exactly the new ones
+    assert parse_options(opts, name, old) == fresh  # the old raw defaults parse to exactly the new ones
     assert get_method(name).options == fresh
 
 
@@ -89,21 +116,28 @@ def test_special_converters() -> None:
             call(bad)
 
 
-@pytest.mark.parametrize("method, options, message", [
-    ("dat", {"alpah": 1}, r"method 'dat': unknown option\(s\) alpah \(known: rank, scope, alpha, perturbations, "
-                          r"refresh_every, step\)"),
-    ("vanilla", {"scale": 2}, r"unknown option\(s\) scale \(known: none\)"),
-    ("dat", {"alpha": "fast"}, "method 'dat': option alpha must be a number, got 'fast'"),
-    ("dat", {"rank": "-2"}, "option rank must be >= 1, got -2"),
-    ("dat", {"step": "sideways"}, "option step must be 'projection' or 'noise', got 'sideways'"),
-    ("neft_ovf", {"n_feedback": 1.5}, "option n_feedback must be an integer, got 1.5"),
-    ("neft_irs", {"hidden": 0}, "option hidden must be >= 1, got 0"),
-    ("trice", {"recentre": "perhaps"}, "option recentre must be true or false, got 'perhaps'"),
-    ("mtrd", {"teacher_levels": ","}, "option teacher_levels needs at least one number"),
-    ("mtrd", {"teacher_levels": {"a": 1}}, "option teacher_levels must be comma-separated numbers"),
-    ("ibm_hwa", {"teacher": ["a.pt"]}, "option teacher must be a string"),
-    ("ibm_hwa", {"pretrain_epochs": -1}, "option pretrain_epochs must be >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        (
+            "dat",
+            {"alpah": 1},
+            r"method 'dat': unknown option\(s\) alpah \(known: rank, scope, alpha, perturbations, "
+            r"refresh_every, step\)",
+        ),
+        ("vanilla", {"scale": 2}, r"unknown option\(s\) scale \(known: none\)"),
+        ("dat", {"alpha": "fast"}, "method 'dat': option alpha must be a number, got 'fast'"),
+        ("dat", {"rank": "-2"}, "option rank must be >= 1, got -2"),
+        ("dat", {"step": "sideways"}, "option step must be 'projection' or 'noise', got 'sideways'"),
+        ("neft_ovf", {"n_feedback": 1.5}, "option n_feedback must be an integer, got 1.5"),
+        ("neft_irs", {"hidden": 0}, "option hidden must be >= 1, got 0"),
+        ("trice", {"recentre": "perhaps"}, "option recentre must be true or false, got 'perhaps'"),
+        ("mtrd", {"teacher_levels": ","}, "option teacher_levels needs at least one number"),
+        ("mtrd", {"teacher_levels": {"a": 1}}, "option teacher_levels must be comma-separated numbers"),
+        ("ibm_hwa", {"teacher": ["a.pt"]}, "option teacher must be a string"),
+        ("ibm_hwa", {"pretrain_epochs": -1}, "option pretrain_epochs must be >= 0, got -1"),
+    ],
+)
 def test_bad_options_are_refused_in_one_line(method: str, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         get_method(method, **options)
@@ -111,10 +145,16 @@ def test_bad_options_are_refused_in_one_line(method: str, options: dict, message
 
 
 def _ctx(model: nn.Module) -> TrainContext:
-    return TrainContext(model=model, noise=noise_from_spec({"family": "gaussian", "sigma": 0.2}),
-                        optimizer=torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"),
-                        generator=torch.Generator().manual_seed(0), config=TrainConfig(epochs=2, lr=0.01),
-                        num_classes=3, train_loader=[(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))])
+    return TrainContext(
+        model=model,
+        noise=noise_from_spec({"family": "gaussian", "sigma": 0.2}),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        config=TrainConfig(epochs=2, lr=0.01),
+        num_classes=3,
+        train_loader=[(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))],
+    )
 
 
 def test_a_planted_option_reaches_the_method() -> None:
@@ -124,7 +164,7 @@ def test_a_planted_option_reaches_the_method() -> None:
     assert ovf.factors == pytest.approx([(0.2 + 0.1) / 0.2, (0.2 + 0.2) / 0.2])
     hwa = get_method("ibm_hwa", ramp_batches="5", drop_connect="0.25", clip="false")
     hwa.prepare(_ctx(nn.Linear(5, 3)))
-    assert (hwa.ramp, hwa.remap, hwa.p_drop, hwa.clip) == (5, 1, 0.25, False)   # remap_every unset: one epoch
+    assert (hwa.ramp, hwa.remap, hwa.p_drop, hwa.clip) == (5, 1, 0.25, False)  # remap_every unset: one epoch
     dat = get_method("dat", rank="3", scope="Global", step="noise")
     dat.prepare(_ctx(nn.Linear(5, 3)))
     assert (dat.rank, dat.scope, dat.mode) == (3, "global", "noise")

@@ -1,4 +1,5 @@
 """TRICE: censored training noise never exceeds lam*sigma, re-centring, and a short training run."""
+
 from __future__ import annotations
 
 import pytest
@@ -62,9 +63,15 @@ def test_non_gaussian_base_is_censored_too():
 
 def test_training_noise_of_the_method_is_censored_and_gradients_reach_the_weights():
     model = torch.nn.Linear(8, 3)
-    ctx = TrainContext(model=model, noise=noise_from_spec({"family": "gaussian", "sigma": 0.3}),
-                       optimizer=torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(0), config=TrainConfig(), num_classes=3)
+    ctx = TrainContext(
+        model=model,
+        noise=noise_from_spec({"family": "gaussian", "sigma": 0.3}),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        config=TrainConfig(),
+        num_classes=3,
+    )
     m = get_method("trice", lam=1.5, recentre=True)
     m.prepare(ctx)
     assert isinstance(m.noise, CensoredNoise) and m.noise.lam == 1.5 and m.noise.recentre
@@ -75,7 +82,8 @@ def test_training_noise_of_the_method_is_censored_and_gradients_reach_the_weight
 def test_trains_on_digits():
     d = load_dataset("digits")
     ds = Dataset("digits", d.x_train[:384], d.y_train[:384], d.x_test[:120], d.y_test[:120], 10)
-    cfg = TrainConfig(method="trice", noise={"family": "gaussian", "sigma": 0.3}, epochs=3, lr=3e-3,
-                      progress=False, val_noise_draws=2)
+    cfg = TrainConfig(
+        method="trice", noise={"family": "gaussian", "sigma": 0.3}, epochs=3, lr=3e-3, progress=False, val_noise_draws=2
+    )
     h = train(cfg, dataset=ds, log=lambda _s: None).history
     assert h[-1]["loss"] < h[0]["loss"] and h[-1]["val_acc"] > 0.5

@@ -1,4 +1,5 @@
 """Noise families register by name in `NOISE_FAMILIES`; `noise_from_spec` dispatches through it."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,20 +9,24 @@ from models.noise.families import AdditiveNoise, CensoredNoise, DeviceGaussianNo
 
 
 def test_every_family_is_registered_once_and_listed():
-    assert NOISE_FAMILIES.names() == sorted(["gaussian", "state_dependent", "lognormal", "additive", "censored",
-                                             "write_verify", "profile"])
+    assert NOISE_FAMILIES.names() == sorted(
+        ["gaussian", "state_dependent", "lognormal", "additive", "censored", "write_verify", "profile"]
+    )
     assert FAMILIES == tuple(NOISE_FAMILIES.names())
     assert NOISE_FAMILIES.kind == "noise family"
 
 
-@pytest.mark.parametrize("spec, kind", [
-    ({"family": "gaussian", "sigma": 0.1}, DeviceGaussianNoise),
-    ({"family": "state_dependent", "model": "RRAM1", "sigma": 0.1}, DeviceGaussianNoise),
-    ({"family": "lognormal", "sigma": 0.2}, LogNormalNoise),
-    ({"family": "additive", "eta": 0.05}, AdditiveNoise),
-    ({"family": "censored", "lam": 1.0, "base": {"family": "additive", "eta": 0.05}}, CensoredNoise),
-    ({"family": "write_verify", "threshold": 0.1, "sigma": 0.1}, WriteVerifyNoise),
-])
+@pytest.mark.parametrize(
+    "spec, kind",
+    [
+        ({"family": "gaussian", "sigma": 0.1}, DeviceGaussianNoise),
+        ({"family": "state_dependent", "model": "RRAM1", "sigma": 0.1}, DeviceGaussianNoise),
+        ({"family": "lognormal", "sigma": 0.2}, LogNormalNoise),
+        ({"family": "additive", "eta": 0.05}, AdditiveNoise),
+        ({"family": "censored", "lam": 1.0, "base": {"family": "additive", "eta": 0.05}}, CensoredNoise),
+        ({"family": "write_verify", "threshold": 0.1, "sigma": 0.1}, WriteVerifyNoise),
+    ],
+)
 def test_the_registered_builder_makes_the_family(spec, kind):
     noise = noise_from_spec(spec)
     assert type(noise) is kind

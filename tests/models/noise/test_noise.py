@@ -1,4 +1,5 @@
 """Noise families: statistics on 10^6 samples against closed forms, gradients, specs, profile noise."""
+
 import math
 
 import pytest
@@ -18,7 +19,7 @@ from models.noise.families import (
 )
 
 torch.set_num_threads(1)
-N = 1000                                   # draws x 1000 weights = 10^6 samples
+N = 1000  # draws x 1000 weights = 10^6 samples
 
 
 def gen(seed=0):
@@ -33,7 +34,7 @@ def weights_with_max_one(value):
 
 
 def test_neft_uniform_gaussian_weight_sigma():
-    n = DeviceGaussianNoise(sigma=0.1)                   # M=8, K=2: sqrt(1+16+256+4096) = 66.098...
+    n = DeviceGaussianNoise(sigma=0.1)  # M=8, K=2: sqrt(1+16+256+4096) = 66.098...
     w = weights_with_max_one(0.3)
     d = (n.sample_batch(w, N, gen())["w"] - w["w"])[:, 1:]
     expect = 0.1 * math.sqrt(1 + 16 + 256 + 4096) / 255
@@ -46,7 +47,7 @@ def test_state_dependent_rram2_by_level():
     assert level_factors("RRAM2", 4) == (1.0, 4.0, 4.0, 1.0)
     assert level_factors("fefet2", 4) == (1.0, 6.0, 6.0, 1.0)
     n = noise_from_spec({"family": "state_dependent", "model": "RRAM2", "sigma": 0.1})
-    w = weights_with_max_one(27 / 255)                   # devices (3, 2, 1, 0) -> factors (1, 4, 4, 1)
+    w = weights_with_max_one(27 / 255)  # devices (3, 2, 1, 0) -> factors (1, 4, 4, 1)
     d = (n.sample_batch(w, N, gen(1))["w"] - w["w"])[:, 1:]
     expect = 0.1 * math.sqrt(1 * 1 + 16 * 16 + 16 * 256 + 1 * 4096) / 255
     assert d.std().item() == pytest.approx(expect, rel=0.005)
@@ -105,12 +106,12 @@ def test_censored_mean_closed_form():
 
 
 def test_write_verify_bounds_verified_devices_only():
-    dev = DeviceGaussianNoise(0.3, BitSlicedMapping(bits=2, bits_per_device=2))   # one device per weight
-    w = weights_with_max_one(2 / 3)                          # level 2; step = 1/3
+    dev = DeviceGaussianNoise(0.3, BitSlicedMapping(bits=2, bits_per_device=2))  # one device per weight
+    w = weights_with_max_one(2 / 3)  # level 2; step = 1/3
     mask = torch.zeros(1000, dtype=torch.bool)
     mask[:500] = True
     wv = WriteVerifyNoise(dev, threshold=0.1, mask={"w": mask})
-    d = (wv.sample_batch(w, N, gen(8))["w"] - w["w"]) * 3   # back to level units
+    d = (wv.sample_batch(w, N, gen(8))["w"] - w["w"]) * 3  # back to level units
     assert d[:, :500].abs().max().item() <= 0.1 + 1e-9
     assert d[:, 500:].abs().max().item() > 0.5
     assert d[:, 500:].std().item() == pytest.approx(0.3, rel=0.01)
@@ -133,16 +134,18 @@ def test_scaled_and_gradient_to_clean_weights():
         assert torch.allclose(s2, 2.5 * s1)
         w.grad = None
         noise.sample({"w": w}, gen(9))["w"].sum().backward()
-        assert torch.allclose(w.grad, torch.ones_like(w))      # additive noise: identity Jacobian
+        assert torch.allclose(w.grad, torch.ones_like(w))  # additive noise: identity Jacobian
     w.grad = None
     g = gen(10)
     noisy = LogNormalNoise(0.2).sample({"w": w}, g)["w"]
     noisy.sum().backward()
-    assert torch.allclose(w.grad, noisy.detach() / w.detach())   # d(W e^v)/dW = e^v
+    assert torch.allclose(w.grad, noisy.detach() / w.detach())  # d(W e^v)/dW = e^v
 
 
 def test_noisy_forward_leaves_model_untouched():
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3), torch.nn.BatchNorm1d(3))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3), torch.nn.BatchNorm1d(3)
+    )
     assert noisy_weight_names(model) == ["0.weight", "2.weight"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(4, 1, 4, 4)
@@ -155,8 +158,12 @@ def test_noisy_forward_leaves_model_untouched():
 
 
 def test_specs_roundtrip_and_errors():
-    for spec in ({"family": "gaussian", "sigma": 0.2}, {"family": "lognormal", "sigma": 0.3},
-                 {"family": "additive", "eta": 0.05}, {"family": "state_dependent", "model": "FeFET1", "sigma": 0.1}):
+    for spec in (
+        {"family": "gaussian", "sigma": 0.2},
+        {"family": "lognormal", "sigma": 0.3},
+        {"family": "additive", "eta": 0.05},
+        {"family": "state_dependent", "model": "FeFET1", "sigma": 0.1},
+    ):
         n = noise_from_spec(spec)
         again = noise_from_spec(n.describe())
         w = {"w": torch.randn(8, 8)}
@@ -175,7 +182,7 @@ def test_specs_roundtrip_and_errors():
 def test_profile_noise_matches_profile_laws():
     from calibration.profile import NoiseProfile
 
-    prof = NoiseProfile.from_paper("ibm_reram", time="1s")          # sigma(g) polynomial of IBM B.2, read 1 %
+    prof = NoiseProfile.from_paper("ibm_reram", time="1s")  # sigma(g) polynomial of IBM B.2, read 1 %
     noise = noise_from_profile(prof, t_s=0.0, mapping="analog")
     w = weights_with_max_one(0.5)
     d = (noise.sample_batch(w, N, gen(12))["w"] - w["w"])[:, 1:]
@@ -196,7 +203,7 @@ def test_profile_stuck_faults_and_spatial():
 
     prof = NoiseProfile.from_paper("gaussian", sigma=0.0, stuck_lrs=0.02, stuck_hrs=0.03)
     noise = noise_from_profile(prof, mapping="analog")
-    w = {"w": torch.zeros(1000, dtype=torch.float64)}                # both devices at g_min
+    w = {"w": torch.zeros(1000, dtype=torch.float64)}  # both devices at g_min
     d = noise.sample_batch(w, N, gen(13))["w"]
     # a weight moves only if a device sticks at LRS: G+ stuck -> +1, G- stuck -> -1 (x max|W| = 1 after guard)
     frac_pos = (d > 0.5).double().mean().item()
@@ -207,14 +214,14 @@ def test_profile_stuck_faults_and_spatial():
     v = np.array([[1.0], [1.0]]) / math.sqrt(2)
     var = (0.01 * prof2.g_max) ** 2
     prof2.spatial = SpatialModel(shape=(1, 2), eigvals=np.array([var]), eigvecs=v, n_repeats=1, total_variance=2 * var)
-    n2 = noise_from_profile(prof2, mapping="bitsliced", bits=2, read=False)   # one 2-bit device per weight
-    w2 = {"w": torch.tensor([1 / 3, 1.0], dtype=torch.float64)}              # devices on cells 0 and 1
+    n2 = noise_from_profile(prof2, mapping="bitsliced", bits=2, read=False)  # one 2-bit device per weight
+    w2 = {"w": torch.tensor([1 / 3, 1.0], dtype=torch.float64)}  # devices on cells 0 and 1
     s = n2.sample_batch(w2, 40000, gen(14))["w"] - w2["w"]
     assert torch.corrcoef(s.T)[0, 1].item() == pytest.approx(0.5, abs=0.02)
     sd = n2.noise_std(w2)["w"]
     assert torch.allclose(s.std(0), sd, rtol=0.02)
     dg_level = (prof2.g_max - prof2.g_min) / 3
-    assert sd[0].item() == pytest.approx(0.01 * prof2.g_max / dg_level / 3, rel=1e-6)   # step = 1/3
+    assert sd[0].item() == pytest.approx(0.01 * prof2.g_max / dg_level / 3, rel=1e-6)  # step = 1/3
 
 
 @pytest.mark.parametrize("sign", ["separate", "differential"])
@@ -229,13 +236,16 @@ def test_profile_code_tables_equal_the_per_device_sum(sign, scale):
 
     rng = np.random.default_rng(3)
     levels = np.linspace(2e-6, 40e-6, 4)
-    prof = fit_profile(open_loop=syn.programming(rng, levels, 300),
-                       verified=syn.programming(rng, levels, 300, "additive", eta=0.01, verified=True, mean_pulses=5))
+    prof = fit_profile(
+        open_loop=syn.programming(rng, levels, 300),
+        verified=syn.programming(rng, levels, 300, "additive", eta=0.01, verified=True, mean_pulses=5),
+    )
     w = torch.randn(33, 17, generator=gen(5), dtype=torch.float64)
     mask = torch.rand(33, 17, generator=gen(6)) < 0.3
     for opts in ({}, {"all_verified": True}, {"verified_mask": {"w": mask}}):
-        noise = ProfileNoise.from_profile(prof, 0.0, sign=sign, scale=scale, stuck=False, spatial=False,
-                                          **opts).scaled(1.7)
+        noise = ProfileNoise.from_profile(prof, 0.0, sign=sign, scale=scale, stuck=False, spatial=False, **opts).scaled(
+            1.7
+        )
         fast_mean, fast_std = noise._weight_moments("w", w)
         _, coef, idx, vmask = noise._layout("w", w)
         mean, sig = noise._device_moments(idx, vmask, w)
@@ -245,12 +255,14 @@ def test_profile_code_tables_equal_the_per_device_sum(sign, scale):
         torch.testing.assert_close(fast_mean, slow_mean, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(fast_std, slow_std, rtol=1e-9, atol=1e-12)
     # a verified weight really uses the tighter law
-    masked = ProfileNoise.from_profile(prof, sign=sign, scale=scale, stuck=False, spatial=False,
-                                       verified_mask={"w": mask})
+    masked = ProfileNoise.from_profile(
+        prof, sign=sign, scale=scale, stuck=False, spatial=False, verified_mask={"w": mask}
+    )
     std = masked.noise_std({"w": w})["w"]
     assert std[mask].mean() < 0.5 * std[~mask].mean()
-    bad = ProfileNoise.from_profile(prof, sign=sign, scale=scale, stuck=False, spatial=False,
-                                    verified_mask={"w": mask[:, :5]})
+    bad = ProfileNoise.from_profile(
+        prof, sign=sign, scale=scale, stuck=False, spatial=False, verified_mask={"w": mask[:, :5]}
+    )
     with pytest.raises(ValueError, match=r"verified mask for 'w' has shape \(33, 5\)"):
         bad.noise_std({"w": w})
 
@@ -259,10 +271,13 @@ def test_magnitude_is_the_family_parameter():
     """NeFT's oriented noises scale the family's own parameter; a profile has none."""
     from calibration.profile import NoiseProfile
 
-    cases = [({"family": "gaussian", "sigma": 0.2}, 0.2), ({"family": "lognormal", "sigma": 0.3}, 0.3),
-             ({"family": "additive", "eta": 0.05}, 0.05),
-             ({"family": "censored", "lam": 1.0, "base": {"family": "gaussian", "sigma": 0.1}}, 0.1),
-             ({"family": "write_verify", "threshold": 0.5, "base": {"family": "gaussian", "sigma": 0.15}}, 0.15)]
+    cases = [
+        ({"family": "gaussian", "sigma": 0.2}, 0.2),
+        ({"family": "lognormal", "sigma": 0.3}, 0.3),
+        ({"family": "additive", "eta": 0.05}, 0.05),
+        ({"family": "censored", "lam": 1.0, "base": {"family": "gaussian", "sigma": 0.1}}, 0.1),
+        ({"family": "write_verify", "threshold": 0.5, "base": {"family": "gaussian", "sigma": 0.15}}, 0.15),
+    ]
     for spec, expect in cases:
         noise = noise_from_spec(spec)
         assert noise.magnitude == pytest.approx(expect)

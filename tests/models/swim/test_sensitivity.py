@@ -1,4 +1,5 @@
 """SWIM sensitivities: the Gauss-Newton pass against autograd's exact Hessian, and budgeted selection."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,7 +46,9 @@ def test_gradient_term_is_the_mean_loss_gradient() -> None:
     torch.testing.assert_close(sens.grad["0.weight"], grads[0], rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(sens.grad["3.weight"], grads[1], rtol=1e-4, atol=1e-7)
     # conv: the exact Hessian diagonal still matches (conv is linear in each weight, ReLU piecewise linear)
-    torch.testing.assert_close(sens.hess_diag["0.weight"], _exact_hessian_diag(model, "0.weight", x, y), rtol=1e-3, atol=1e-7)
+    torch.testing.assert_close(
+        sens.hess_diag["0.weight"], _exact_hessian_diag(model, "0.weight", x, y), rtol=1e-3, atol=1e-7
+    )
 
 
 def test_planted_sensitive_weight_ranks_first_for_swim_not_for_magnitude() -> None:

@@ -1,4 +1,5 @@
 """SWIM planning on digits: at equal budget SWIM is at least as good as magnitude and random selection."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,10 @@ def chip_profile(tmp_path_factory):
     targets = np.repeat(np.linspace(4e-6, 36e-6, 8), 300)
     open_g = targets + rng.normal(0, 0.12 * targets + 0.5e-6)
     ver_g = targets + rng.normal(0, 0.3e-6, targets.size)
-    prof = fit_profile(open_loop=ProgrammingDataset(targets, open_g, np.full(targets.size, 2.0), verified=False),
-                       verified=ProgrammingDataset(targets, ver_g, np.full(targets.size, 15.0), verified=True))  # fmt: skip
+    prof = fit_profile(
+        open_loop=ProgrammingDataset(targets, open_g, np.full(targets.size, 2.0), verified=False),
+        verified=ProgrammingDataset(targets, ver_g, np.full(targets.size, 15.0), verified=True),
+    )
     path = tmp_path_factory.mktemp("p") / "profile.h5"
     save_profile(prof, path)
     return prof, path
@@ -48,7 +51,9 @@ def test_swim_beats_baselines_at_equal_budget(chip_profile, mlp) -> None:
     ds = load_dataset("digits")
     planner = SwimPlanner(model, prof, ds.x_test, ds.y_test, mc_draws=100, seed=0, noise_scale=2.0)
     planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=1000)
-    pts = {(p.method, p.fraction): p for p in planner.curve([0.0, 0.05, 0.1, 0.2, 1.0], ["swim", "magnitude", "random"])}
+    pts = {
+        (p.method, p.fraction): p for p in planner.curve([0.0, 0.05, 0.1, 0.2, 1.0], ["swim", "magnitude", "random"])
+    }
     none, full = pts[("swim", 0.0)], pts[("swim", 1.0)]
     assert full.mean > none.mean + 0.02  # verification matters at this noise level
     for f in (0.05, 0.1, 0.2):
@@ -81,8 +86,25 @@ def test_swim_curve_cli(chip_profile, mlp, tmp_path) -> None:
 
     _, prof_path = chip_profile
     png = tmp_path / "curve.png"
-    r = CliRunner().invoke(cli, ["swim", "curve", str(mlp), "--profile", str(prof_path), "--fractions", "0,0.1,1",
-                                 "--methods", "swim,random", "--mc", "20", "-o", str(png), "--json"])  # fmt: skip
+    r = CliRunner().invoke(
+        cli,
+        [
+            "swim",
+            "curve",
+            str(mlp),
+            "--profile",
+            str(prof_path),
+            "--fractions",
+            "0,0.1,1",
+            "--methods",
+            "swim,random",
+            "--mc",
+            "20",
+            "-o",
+            str(png),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output.strip().splitlines()[-1])
     assert len(out["points"]) == 6 and png.stat().st_size > 10_000
