@@ -12,11 +12,9 @@ import datetime as _dt
 import operator
 import os
 import re
-import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import SupportsIndex
 
@@ -136,7 +134,7 @@ def atomic_write(
 
 def temporary_path(target: Path) -> Path:
     """A name beside `target` that no other writer uses: target name + pid + random token + ".tmp"."""
-    return target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    return target.with_name(f"{target.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
 
 
 def _commit(tmp: Path, target: Path, force: bool, refusal: str) -> None:
@@ -158,6 +156,8 @@ def utc_now() -> str:
 
 def software_version() -> str:
     """The installed rram-hil version (for provenance); "unknown" when running from an uninstalled source tree."""
+    from importlib import metadata  # here, not at the top: only writers need it, and it costs ~20 ms at start-up
+
     try:
         return metadata.version("rram-hil")
     except metadata.PackageNotFoundError:
