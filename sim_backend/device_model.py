@@ -120,6 +120,43 @@ class RRAMArray:
         self._rtn_state = self.rtn_present & (g.random(n) < pi_full)
         self._rtn_t = np.zeros(n)
 
+    # ------------------------------------------------------------------ persistent state
+    # Everything that changes after construction; the device-to-device draws are rebuilt from the seed.
+    _STATE_ARRAYS = (
+        "formed",
+        "stuck_lrs",
+        "stuck_hrs",
+        "cycles_used",
+        "_g0",
+        "_t_prog",
+        "_relax_on",
+        "_relax_z",
+        "_rtn_state",
+        "_rtn_t",
+    )
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """Copies of every mutable per-cell array and the virtual clock (`time_s`), to persist the chip."""
+        state = {name: np.array(getattr(self, name), copy=True) for name in self._STATE_ARRAYS}
+        state["time_s"] = np.array(self.time_s)
+        return state
+
+    def import_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what `export_state` gave (same seed, size and params); ValueError names a mismatch."""
+        missing = [name for name in (*self._STATE_ARRAYS, "time_s") if name not in state]
+        if missing:
+            raise ValueError(f"chip state lacks {', '.join(missing)}")
+        for name in self._STATE_ARRAYS:
+            ours = getattr(self, name)
+            value = np.asarray(state[name])
+            if value.shape != ours.shape:
+                raise ValueError(f"chip state {name} has shape {value.shape}, this chip needs {ours.shape}")
+            setattr(self, name, value.astype(ours.dtype, copy=True))
+        time_s = float(np.asarray(state["time_s"]))
+        if not np.isfinite(time_s) or time_s < 0:
+            raise ValueError(f"chip state time_s {time_s!r} is not a valid clock reading")
+        self.time_s = time_s
+
     # ------------------------------------------------------------------ addressing / clock
     def all_cells(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, cols) index arrays of every cell, row-major."""

@@ -136,6 +136,23 @@ class FirmwareEngine:
         self._event_seq = 0  # the event counter restarts at every boot: EV_BOOT is seq 0
         self._emit_event(m.BootEvent(self.session_id, *FIRMWARE_VERSION, self._now_us()))
 
+    # ------------------------------------------------------------------------- persistent state
+    def export_state(self) -> dict[str, np.ndarray]:
+        """The chip (array state, clock) and the board's lifetime pulse counters and boot count, to persist."""
+        state = {f"array/{k}": v for k, v in self.array.export_state().items()}
+        c = self.counters
+        state["counters"] = np.array([c.form, c.set, c.reset, c.reads], dtype=np.int64)
+        state["boots"] = np.array(self._boots, dtype=np.int64)
+        return state
+
+    def import_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore a persisted chip, then boot as a board that was powered off in between (new session id)."""
+        self.array.import_state({k[len("array/") :]: v for k, v in state.items() if k.startswith("array/")})
+        form, set_, reset, reads = (int(x) for x in np.asarray(state["counters"]).ravel()[:4])
+        self.counters.form, self.counters.set, self.counters.reset, self.counters.reads = form, set_, reset, reads
+        self._boots = int(np.asarray(state["boots"]))
+        self.boot()
+
     @property
     def hello_info(self) -> m.HelloInfo:
         c = self.config
