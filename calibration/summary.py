@@ -14,7 +14,7 @@ _US = 1e6
 
 
 def _f(x: float, unit: float = 1.0, digits: int = 4) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x * unit + 0.0:.{digits}g}"
+    return "none" if x is None or not math.isfinite(x) else f"{x * unit + 0.0:.{digits}g}"
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -113,107 +113,164 @@ def _summary(p: NoiseProfile) -> dict[str, Any]:
     return out
 
 
-def format_summary(p: NoiseProfile) -> str:
-    """Readable multi-line table of a profile (conductances in uS)."""
-    lines = [
-        f"noise profile (format {p.format_version})",
-        f"  mapping     g_min {_f(p.g_min, _US)} uS, g_max {_f(p.g_max, _US)} uS, {p.n_levels} levels, "
-        f"{p.bits_per_device} bit(s)/device",
+def _rows(rows: list[tuple[str, str, str]], indent: int = 4) -> list[str]:
+    """Aligned `name  value unit` lines (the layout of hil/cli/report.py; calibration imports nothing of hil)."""
+    if not rows:
+        return []
+    rows = [(n, v, "" if v == "none" else u) for n, v, u in rows]
+    name_w = max(len(n) for n, _, _ in rows)
+    num = [v for _, v, _ in rows if _numeric(v)]
+    value_w = max((len(v) for v in num), default=0)
+    return [
+        (" " * indent + f"{n:<{name_w}}  {v.rjust(value_w) if _numeric(v) else v} {u}").rstrip() for n, v, u in rows
     ]
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _pm(x: float, se: float, unit: float = 1.0) -> str:
+    """'1.23 ± 0.04' (or 'none' without a value)."""
+    if x is None or not math.isfinite(x):
+        return "none"
+    return f"{_f(x, unit)} ± {_f(se, unit, 2)}"
+
+
+def _pct(x: float) -> str:
+    return "none" if x is None or not math.isfinite(x) else f"{100 * x:.2g}"
+
+
+def format_summary(p: NoiseProfile) -> str:
+    """Readable summary of a profile: aligned `name  value unit` lines per model (conductances in µS)."""
     pv = p.provenance
-    lines.append(
-        f"  provenance  board {pv.board_id or '-'}, created {pv.created_utc or '-'}, "
-        f"software {pv.software_version or '-'}, runs: {', '.join(pv.run_files) or '-'}"
+    lines = [f"noise profile (format {p.format_version})", "  mapping"]
+    lines += _rows(
+        [
+            ("g_min", _f(p.g_min, _US), "µS"),
+            ("g_max", _f(p.g_max, _US), "µS"),
+            ("levels", str(p.n_levels), ""),
+            ("bits per device", str(p.bits_per_device), ""),
+        ]
     )
+    lines.append("  provenance")
+    prov = [
+        ("board", pv.board_id or "none", ""),
+        ("created", pv.created_utc or "none", ""),
+        ("software", pv.software_version or "none", ""),
+        ("runs", ", ".join(pv.run_files) or "none", ""),
+    ]
     if pv.notes:
-        lines.append(f"              {pv.notes}")
+        prov.append(("notes", pv.notes, ""))
+    lines += _rows(prov)
+    lines.append("  stuck")
+    lines += _rows([("at LRS", _pct(p.stuck_fractions[0]), "%"), ("at HRS", _pct(p.stuck_fractions[1]), "%")])
     if p.family:
-        params = ", ".join(
-            f"{k}={_f(v) if isinstance(v, float) else v}"
-            for k, v in p.family_params.items()
-            if not isinstance(v, np.ndarray)
+        lines.append(f"  family {p.family}")
+        lines += _rows(
+            [
+                (k, _f(v), "")
+                for k, v in p.family_params.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
+            + [(k, str(v), "") for k, v in p.family_params.items() if isinstance(v, str)]
         )
-        lines.append(f"  family      {p.family} ({params})")
         if "level_sigma_frac" in p.family_params:
-            lines.append(
-                "              level sigma / g_max: " + " ".join(_f(x) for x in p.family_params["level_sigma_frac"])
-            )
-    lines.append(f"  stuck       at LRS {_f(p.stuck_fractions[0])}, at HRS {_f(p.stuck_fractions[1])}")
+            lines += _rows([("level sigma / g_max", " ".join(_f(x) for x in p.family_params["level_sigma_frac"]), "")])
     for name in ("open_loop", "verified"):
         m = getattr(p, name)
         if m is None:
             continue
-        c = " ".join(f"{_f(x, _US)}+-{_f(e, _US, 2)}" for x, e in zip(m.sigma_poly.coeffs, m.sigma_poly.stderr))
-        lines.append(f"  {name:<11} sigma(gn) coeffs c0..c{m.sigma_poly.coeffs.size - 1} (uS): {c}")
-        lines.append(
-            f"              pulses/device {_f(m.pulses_mean)} +- {_f(m.pulses_se, 1, 2)}, read at {_f(m.t_read_s)} s"
+        lines.append(f"  {name}")
+        coeffs = ", ".join(_pm(x, e, _US) for x, e in zip(m.sigma_poly.coeffs, m.sigma_poly.stderr))
+        lines += _rows(
+            [
+                ("pulses per device", _pm(m.pulses_mean, m.pulses_se), ""),
+                ("read at", _f(m.t_read_s), "s"),
+                (f"sigma(gn) coeffs c0..c{m.sigma_poly.coeffs.size - 1}", coeffs, "µS"),
+            ]
         )
         t = m.table
         if t.levels_g.size:
-            lines.append("              level(uS)   n      mean err(uS)  sigma(uS)")
+            lines.append("    level (µS)       n  mean error (µS)  sigma (µS)")
             for i in range(t.levels_g.size):
                 lines.append(
-                    f"              {_f(t.levels_g[i], _US):>9} {int(t.count[i]):>6} "
-                    f"{_f(t.mean[i], _US):>12}  {_f(t.sigma[i], _US):>9} +- {_f(t.sigma_se[i], _US, 2)}"
+                    f"    {_f(t.levels_g[i], _US):>10} {int(t.count[i]):>7} {_f(t.mean[i], _US):>16}  "
+                    f"{_f(t.sigma[i], _US):>10} ± {_f(t.sigma_se[i], _US, 2)}"
                 )
     if p.families:
-        lines.append("  families    name             AIC            KS       params")
+        lines.append("  families")
+        lines.append("    name                        AIC        KS  params")
         best = p.best_family()
         for k, f in p.families.items():
-            par = ", ".join(f"{a}={_f(v)}" for a, v in f.params.items())
-            mark = " *" if k == best else ""
-            lines.append(f"              {k:<16} {_f(f.aic, 1, 10):>14} {_f(f.ks, 1, 3):>8}  {par}{mark}")
+            par = ", ".join(f"{a} {_f(v)}" for a, v in f.params.items())
+            mark = "  (best)" if k == best else ""
+            lines.append(f"    {k:<16} {_f(f.aic, 1, 10):>14} {_f(f.ks, 1, 3):>9}  {par}{mark}")
     rm = p.relaxation_model
     if rm is not None:
         lines.append(
-            f"  relaxation  mu = a + b L, var = s0^2 + s1^2 L, L = log10(t/{_f(rm.t0_s)} s), "
+            f"  relaxation  mu = a + b L, var = s0^2 + s1^2 L, L = log10(t / {_f(rm.t0_s)} s), "
             f"data up to {_f(rm.t_max_s)} s"
         )
+        lines.append("    level (µS)  b (µS/decade)         s1^2 (µS^2/decade)")
         for i in range(rm.levels_g.size):
             lines.append(
-                f"              {_f(rm.levels_g[i], _US):>9} uS: b {_f(rm.b[i], _US)} +- {_f(rm.b_se[i], _US, 2)} uS/dec,"
-                f" s1^2 {_f(rm.s1sq[i], _US**2)} +- {_f(rm.s1sq_se[i], _US**2, 2)} uS^2/dec"
+                f"    {_f(rm.levels_g[i], _US):>10}  {_pm(rm.b[i], rm.b_se[i], _US):<20}  "
+                f"{_pm(rm.s1sq[i], rm.s1sq_se[i], _US**2)}"
             )
-        for t_s, name in ((1.0, "1 s"), (3600.0, "1 h"), (86400.0, "1 day"), (3.15576e7, "1 year")):
-            g = np.array([p.g_min, 0.5 * (p.g_min + p.g_max), p.g_max])
+        lines.append("    after    shift at g_min, mid, g_max (µS)   extra sigma (µS)")
+        g = np.array([p.g_min, 0.5 * (p.g_min + p.g_max), p.g_max])
+        for t_s, when in ((1.0, "1 s"), (3600.0, "1 h"), (86400.0, "1 day"), (3.15576e7, "1 year")):
             sh, ex = p.relaxation(g, t_s)
-            lines.append(
-                f"              at {name:<6}: shift {' '.join(_f(x, _US) for x in sh)} uS, "
-                f"extra sigma {' '.join(_f(x, _US) for x in ex)} uS  (g_min, mid, g_max)"
-            )
+            lines.append(f"    {when:<7}  {', '.join(_f(x, _US) for x in sh):<32}  {', '.join(_f(x, _US) for x in ex)}")
     if p.read_noise is not None:
         r = p.read_noise
-        c = " ".join(f"{_f(x, _US)}" for x in r.sigma_poly.coeffs)
-        lines.append(f"  read noise  sigma(gn) coeffs (uS): {c}")
+        lines.append("  read noise")
+        rows = [("sigma(gn) coeffs", ", ".join(_f(x, _US) for x in r.sigma_poly.coeffs), "µS")]
         if r.rtn is not None:
             q = r.rtn
-            lines.append(
-                f"              RTN: {_f(100 * q.fraction_bimodal, 1, 3)}% of {q.n_cells} cells bimodal "
-                f"(+-{_f(100 * q.fraction_se, 1, 2)}%), amplitude {_f(q.amplitude_median, _US)} uS "
-                f"({_f(100 * q.amplitude_rel_median, 1, 3)}%), switch prob {_f(q.switch_prob_median, 1, 3)}"
-            )
+            rows += [
+                ("RTN cells bimodal", f"{_pm(100 * q.fraction_bimodal, 100 * q.fraction_se)} % of {q.n_cells}", ""),
+                ("RTN amplitude", f"{_f(q.amplitude_median, _US)} µS ({_f(100 * q.amplitude_rel_median, 1, 3)} %)", ""),
+                ("RTN switch probability", _f(q.switch_prob_median, 1, 3), ""),
+            ]
+        lines += _rows(rows)
     e = p.endurance
     if e is not None:
-        lines.append(
-            f"  endurance   LRS median {_f(e.lrs_median, _US)} uS (ln-sigma c2c {_f(e.lrs_sigma_c2c, 1, 3)}, "
-            f"d2d {_f(e.lrs_sigma_d2d, 1, 3)}); HRS median {_f(e.hrs_median, _US)} uS "
-            f"(c2c {_f(e.hrs_sigma_c2c, 1, 3)}, d2d {_f(e.hrs_sigma_d2d, 1, 3)})"
-        )
-        lines.append(
-            f"              Weibull shape {_f(e.weibull_shape)} +- {_f(e.weibull_shape_se, 1, 2)}, scale "
-            f"{_f(e.weibull_scale)} +- {_f(e.weibull_scale_se, 1, 2)} cycles ({e.n_failed} failed, "
-            f"{e.n_censored} censored)"
-        )
+        lines.append("  endurance")
+        rows = [
+            ("LRS median", _f(e.lrs_median, _US), "µS"),
+            ("LRS ln-sigma c2c, d2d", f"{_f(e.lrs_sigma_c2c, 1, 3)}, {_f(e.lrs_sigma_d2d, 1, 3)}", ""),
+            ("HRS median", _f(e.hrs_median, _US), "µS"),
+            ("HRS ln-sigma c2c, d2d", f"{_f(e.hrs_sigma_c2c, 1, 3)}, {_f(e.hrs_sigma_d2d, 1, 3)}", ""),
+            ("Weibull shape", _pm(e.weibull_shape, e.weibull_shape_se), ""),
+            ("Weibull scale", _pm(e.weibull_scale, e.weibull_scale_se), "cycles"),
+            ("cells failed, censored", f"{e.n_failed}, {e.n_censored}", ""),
+        ]
         if e.cycles.size:
-            lines.append(
-                f"              window {_f(e.window_median[0], 1, 3)} at cycle {_f(e.cycles[0])} -> "
-                f"{_f(e.window_median[-1], 1, 3)} at cycle {_f(e.cycles[-1])}"
+            rows.append(
+                (
+                    "window (LRS/HRS)",
+                    f"{_f(e.window_median[0], 1, 3)} at cycle {_f(e.cycles[0])} -> "
+                    f"{_f(e.window_median[-1], 1, 3)} at cycle {_f(e.cycles[-1])}",
+                    "",
+                )
             )
+        lines += _rows(rows)
     s = p.spatial
     if s is not None:
-        lines.append(
-            f"  spatial     {s.shape[0]}x{s.shape[1]} cells, {s.n_repeats} repeats, top {s.eigvals.size} "
-            f"eigenpairs hold {_f(100 * s.explained_fraction, 1, 3)}% of the variance"
-            f"{', full covariance stored' if s.full_cov is not None else ''}"
+        lines.append("  spatial")
+        lines += _rows(
+            [
+                ("cells", f"{s.shape[0]} x {s.shape[1]}", ""),
+                ("repeats", str(s.n_repeats), ""),
+                ("eigenpairs", str(s.eigvals.size), ""),
+                ("variance held", _f(100 * s.explained_fraction, 1, 3), "%"),
+                ("full covariance", "stored" if s.full_cov is not None else "not stored", ""),
+            ]
         )
     return "\n".join(lines)

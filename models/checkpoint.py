@@ -1,9 +1,13 @@
-"""The self-describing model file: architecture + kwargs, data, classes, weights, config, noise spec."""
+"""The self-describing model file: architecture + kwargs, data, classes, weights, config, noise spec.
+
+The noise spec of a model trained on a profile holds its mapping ("mapping", and "bits" when bit-sliced),
+so the tools that use the model map its weights the way training did (`model_mapping`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -11,6 +15,9 @@ from torch import nn
 from firmware_protocol.fileformat import FileFormat, atomic_write
 from models.architectures import build_model
 from models.config import TrainConfig
+
+if TYPE_CHECKING:
+    from models.noise.factory import MappingChoice
 
 MODEL_FILE = FileFormat("rram-hil/model", "1", "an rram-hil model file", version_key="version")
 FORMAT = MODEL_FILE.name
@@ -38,6 +45,17 @@ def model_record(cfg: TrainConfig, ds: Any, model: nn.Module) -> dict[str, Any]:
         "noise": cfg.noise,
         "method": {"name": cfg.method, "options": dict(cfg.method_options)},
     }
+
+
+def model_mapping(ckpt: dict[str, Any]) -> MappingChoice | None:
+    """How the model's weights sit on a profile's devices, as trained (its noise spec records it); None if not trained on a profile.
+
+    Files written before the mapping was chosen per profile were trained bit-sliced with 8-bit weights
+    unless their spec says "analog", and read as such.
+    """
+    from models.noise.factory import mapping_of_spec
+
+    return mapping_of_spec(ckpt.get("noise"))
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:

@@ -20,6 +20,9 @@ class TrainConfig:
     noise: dict[str, Any] | None = None  # noise spec (models.noise.factory.noise_from_spec); None = clean
     epochs: int = 10
     batch_size: int = 64  # global batch size (split over data-parallel processes)
+    # each process's share of a batch runs as this many equal sub-batches whose gradients are summed, then
+    # averaged (less memory; and a run with accumulate=k reduces exactly as k processes would)
+    accumulate: int = 1
     lr: float = 1e-3
     optimizer: str = "adam"  # adam | sgd | adamw
     momentum: float = 0.9
@@ -30,7 +33,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA only (ignored on CPU)
     val_noise_draws: int = 5  # noise draws for the per-epoch noisy validation accuracy
     checkpoint: str | None = None  # path of the last-epoch checkpoint (written every epoch)
-    progress: bool = True  # tqdm progress bars (rank 0 only)
+    progress: bool = True  # rank 0: bars with ETA on a terminal, else periodic plain lines (models.progress)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for checkpoints and JSON."""

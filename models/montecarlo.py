@@ -7,7 +7,6 @@ the chunking, the batching, or the number of processes the draws are split acros
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch.func import functional_call
 from models.batched import check_folded, folded_forward, vmap_forward
 from models.noise.apply import clean_weights
 from models.noise.base import WeightNoise
+from models.progress import Progress
 
 
 def draw_generator(seed: int, index: int, device: torch.device | str) -> torch.Generator:
@@ -181,12 +181,9 @@ def evaluate_mc(
         sample_draws = noise.draw_sampler(weights)
 
         batched = None if engine == "auto" else (folded_forward if engine == "fold" else vmap_forward)
-        it: Iterable[int] = range(0, len(mine), chunk)
-        if progress and rank == 0:
-            from tqdm.auto import tqdm
-
-            it = tqdm(it, desc="MC draws", unit="chunk")
-        for start in it:
+        # a bar with ETA on a terminal, one line when done elsewhere (draws of this process)
+        bar = Progress(len(mine), "Monte Carlo", "draws", enabled=progress and rank == 0)
+        for start in range(0, len(mine), chunk):
             idx = mine[start : start + chunk]
             gens = [draw_generator(seed, i, device) for i in idx]
             stacked = sample_draws(gens)
@@ -200,6 +197,8 @@ def evaluate_mc(
                 c, k = _correct_and_kl(logits, yb)
                 correct.index_add_(0, ids, c)
                 kl_sum.index_add_(0, ids, k)
+            bar.update(len(idx))
+        bar.close()
         if world > 1:
             dist.all_reduce(correct)
             dist.all_reduce(kl_sum)

@@ -31,6 +31,7 @@ from models.methods.base import TrainContext, TrainingMethod
 from models.methods.registry import get_method
 from models.montecarlo import evaluate_mc
 from models.noise.factory import noise_from_spec
+from models.progress import Progress
 
 __all__ = ["TrainConfig", "TrainContext", "TrainResult", "train", "resolve_device", "init_distributed"]
 
@@ -139,6 +140,37 @@ def _allreduce_grads(params: list[nn.Parameter], world: int) -> None:
         n = g.numel()
         p.grad = flat[off : off + n].view_as(p).clone()
         off += n
+
+
+def _accumulated_step(
+    method: TrainingMethod[Any],
+    ctx: TrainContext,
+    x: Tensor,
+    y: Tensor,
+    parts: int,
+    sync_off: Callable[[], contextlib.AbstractContextManager[Any]],
+    params: list[nn.Parameter],
+) -> dict[str, float]:
+    """One optimizer step's gradients from `parts` equal contiguous sub-batches, summed then averaged.
+
+    The sum-then-divide order is the one `_allreduce_grads` uses across processes, so one process with
+    accumulate=k and k processes with accumulate=1 compute bit-identical gradients.
+    """
+    if parts <= 1:
+        with sync_off(), ctx.autocast():
+            return method.training_step(ctx, x, y)
+    if len(x) % parts:
+        raise ValueError(f"a batch of {len(x)} samples does not split into {parts} equal sub-batches (accumulate)")
+    sums: dict[str, float] = {}
+    for xs, ys in zip(x.chunk(parts), y.chunk(parts)):
+        with sync_off(), ctx.autocast():
+            logs = method.training_step(ctx, xs, ys)
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    for p in params:
+        if p.grad is not None:
+            p.grad /= parts
+    return {k: v / parts for k, v in sums.items()}
 
 
 def _average_buffers(model: nn.Module, world: int) -> None:
@@ -257,8 +289,7 @@ def train(
         nb = 0
         for x, y in ctx.train_loader.epoch(epoch):
             optimizer.zero_grad(set_to_none=True)
-            with sync_off(), ctx.autocast():
-                logs = method.training_step(ctx, x, y)
+            logs = _accumulated_step(method, ctx, x, y, config.accumulate, sync_off, params)
             _allreduce_grads(params, world)
             if scaler is not None:
                 scaler.step(optimizer)
@@ -291,6 +322,8 @@ class _Loader:
 
     def __init__(self, x: Tensor, y: Tensor, cfg: TrainConfig, ctx: TrainContext) -> None:
         self.x, self.y, self.cfg, self.ctx = x, y, cfg, ctx
+        if cfg.accumulate < 1:
+            raise ValueError(f"accumulate must be a positive number of sub-batches, got {cfg.accumulate}")
         if cfg.batch_size < ctx.world_size:
             raise ValueError(f"batch size {cfg.batch_size} is smaller than the number of processes {ctx.world_size}")
 
@@ -306,10 +339,9 @@ class _Loader:
             self.ctx.device,
         )
         if self.cfg.progress and self.ctx.rank == 0:
-            from tqdm.auto import tqdm
-
+            # a bar with ETA on a terminal; in a pipe or log the caller's line per epoch is the only output
             total = _n_batches(len(self.x), self.cfg.batch_size, self.ctx.world_size)
-            it = tqdm(it, total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, unit="batch")
+            it = Progress(total, f"epoch {epoch + 1}/{self.cfg.epochs}", "batch", final_line=False).wrap(it)
         return it
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -331,10 +363,17 @@ def _validate(model: nn.Module, ds: Dataset, noise, cfg: TrainConfig, device: to
 
 
 def _format_entry(e: dict[str, Any], epochs: int) -> str:
+    """One plain line per epoch: the method's losses, accuracies in %, the epoch's time in s."""
     parts = [f"epoch {e['epoch']}/{epochs}"]
     for k, v in e.items():
-        if k != "epoch" and isinstance(v, float) and math.isfinite(v):
-            parts.append(f"{k}={v:.4f}" if k != "time_s" else f"{k}={v:.1f}")
+        if k == "epoch" or not isinstance(v, float) or not math.isfinite(v):
+            continue
+        if k == "time_s":
+            parts.append(f"time {v:.1f} s")
+        elif k.startswith("val_"):
+            parts.append(f"{k} {100 * v:.2f} %")
+        else:
+            parts.append(f"{k} {v:.4f}")
     return "  ".join(parts)
 
 

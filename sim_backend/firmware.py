@@ -4,6 +4,14 @@
 sends back (responses, NAKs, events). `poll()` lets time pass on the link side (watchdog, queued
 stream events) without new input. Behind the protocol sits the device physics of `RRAMArray` and
 the read chain that turns currents into raw ADC codes.
+
+Determinism: a request's numbers depend only on the chip's state and the request, never on link
+timing, retries (answered from the response cache, never executed twice) or how the host split a
+batch. Requests add no time of their own: the virtual clock moves only by the array's pulses and
+reads (served one after the other, so a row-major block read in several READ_BLOCKs gets the same
+time stamps), ADVANCE_CLOCK, and WRITE_VERIFY's fixed time slots (see `_write_verify`). An
+ENDURANCE stream generates its read points in groups fixed by the request and the stream window,
+not by when the host acknowledges.
 """
 
 from __future__ import annotations
@@ -213,7 +221,7 @@ class FirmwareEngine:
         return out
 
     def _now_us(self) -> int:
-        return int(round(self.array.time_s * 1e6))
+        return (self.array.clock_ns + 500) // 1000
 
     def _emit_event(self, msg: m.Message) -> bytes:
         frame = msg.to_frame(self._event_seq).encode()
@@ -322,9 +330,12 @@ class FirmwareEngine:
         return h
 
     # ------------------------------------------------------------------------- measurement helpers
-    def _read_g(self, rows: np.ndarray, cols: np.ndarray, v_read: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Read cells; return (codes, saturated mask, conductance from the board's nominal calibration)."""
-        current = self._reference_override(rows, cols, v_read, self.array.read_current(rows, cols, v_read))
+    def _read_g(
+        self, rows: np.ndarray, cols: np.ndarray, v_read: float, at_ns: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Read cells (at explicit times at_ns, or one after the other now); return (codes, saturated mask,
+        conductance from the board's nominal calibration)."""
+        current = self._reference_override(rows, cols, v_read, self.array.read_current(rows, cols, v_read, at_ns))
         self.counters.reads += rows.size
         conv = self.chain.read.convert(current)
         g = self.chain.read.to_current(conv.codes) / v_read
@@ -457,7 +468,7 @@ class FirmwareEngine:
         return m.IvSweepResult(self._now_us(), req.n_points, p.amps_per_code, p.offset_code, volts_mv, codes)
 
     def _advance_clock(self, req: m.AdvanceClockRequest) -> m.AdvanceClockReply:
-        self.array.advance(req.microseconds / 1e6)
+        self.array.advance_ns(1000 * int(req.microseconds))
         return m.AdvanceClockReply(self._now_us())
 
     def _abort(self, req: m.AbortRequest) -> m.AbortReply:
@@ -475,6 +486,17 @@ class FirmwareEngine:
         )
 
     def _write_verify(self, req: m.WriteVerifyRequest) -> m.WriteVerifyResult | tuple[m.WriteVerifyResult, Status]:
+        """Closed-loop programming of a batch in lockstep: read, then pulse + verify read until in tolerance.
+
+        Timing model (a modelling choice that makes the numbers independent of batch sizes): every
+        formed cell owns a fixed time slot, in batch order, of one read plus max_pulses x (pulse +
+        verify read); cells that are not formed get none. Slot starts are cumulative from the clock
+        at arrival, so a batch split over two requests gives the same starts. Inside its slot a cell's
+        first read completes at start + read, its k-th pulse (k = 0, 1, ...) at start + read +
+        k x step + pulse and the verify read after it at start + read + (k + 1) x step, with step =
+        pulse + read, however many cells are still converging. The clock then moves to the end of the
+        last slot (also after an ABORT), so a batch costs its full pulse budget on the clock.
+        """
         e = req.entries
         v_read = self._check_read_v(req.v_read_mv)
         rows, cols = e["row"].astype(np.int64), e["col"].astype(np.int64)
@@ -492,8 +514,15 @@ class FirmwareEngine:
         codes = np.zeros(n, dtype=np.uint16)
         g = np.zeros(n)
         act = np.flatnonzero(formed)
+        read_ns = self.array.read_ns
+        pulse_ns = int(self.array.pulse_ns(req.width_ns))
+        step_ns = pulse_ns + read_ns
+        slot_ns = np.where(formed, read_ns + max_p * step_ns, 0).astype(np.int64)
+        t0 = self.array.clock_ns
+        slot_end = t0 + np.cumsum(slot_ns)
+        first_read = slot_end - slot_ns + read_ns  # completion of each cell's first read
         if act.size:
-            codes[act], _, g[act] = self._read_g(rows[act], cols[act], v_read)
+            codes[act], _, g[act] = self._read_g(rows[act], cols[act], v_read, first_read[act])
         g_start = g.copy()
         moved = np.zeros(n)
         aborted = False
@@ -513,19 +542,23 @@ class FirmwareEngine:
             if up.size:
                 v = np.minimum(req.set_v_start_mv + s_idx[up] * req.set_v_step_mv, req.set_v_stop_mv) / 1000
                 gate = np.minimum(req.set_gate_start_mv + s_idx[up] * req.set_gate_step_mv, req.set_gate_stop_mv) / 1000
-                self.array.set_pulse(rows[up], cols[up], v, req.width_ns, gate)
+                at = first_read[up] + pulses[up] * step_ns + pulse_ns
+                self.array.set_pulse(rows[up], cols[up], v, req.width_ns, gate, at_ns=at)
                 self.counters.set += up.size
                 s_idx[up] += 1
                 r_idx[up] = 0
             if down.size:
                 v = np.maximum(req.reset_v_start_mv + r_idx[down] * req.reset_v_step_mv, req.reset_v_stop_mv) / 1000
-                self.array.reset_pulse(rows[down], cols[down], v, req.width_ns, req.reset_gate_mv / 1000)
+                at = first_read[down] + pulses[down] * step_ns + pulse_ns
+                self.array.reset_pulse(rows[down], cols[down], v, req.width_ns, req.reset_gate_mv / 1000, at_ns=at)
                 self.counters.reset += down.size
                 r_idx[down] += 1
                 s_idx[down] = 0
             pulses[act] += 1
-            codes[act], _, g[act] = self._read_g(rows[act], cols[act], v_read)
+            codes[act], _, g[act] = self._read_g(rows[act], cols[act], v_read, first_read[act] + pulses[act] * step_ns)
             moved[act] = np.maximum(moved[act], np.abs(g[act] - g_start[act]))
+        if n:
+            self.array.advance_to_ns(int(slot_end[-1]))
         stuck = (status == CellResult.MAX_PULSES) & (pulses >= _STUCK_MIN_PULSES) & (moved <= tol)
         status[stuck] = CellResult.STUCK
         results = np.zeros(n, dtype=m.WV_RESULT)
@@ -665,8 +698,9 @@ class FirmwareEngine:
         while s.next_event - s.acked < window:
             if not s.ready:
                 if s.next_point < s.n_points:
-                    points_in_window = max(1, (window - (s.next_event - s.acked)) // s.events_per_point)
-                    self._generate_points(s, min(points_in_window, s.n_points - s.next_point))
+                    # a fixed group size: when the host acknowledges never changes how the points are cycled
+                    points_per_group = max(1, window // s.events_per_point)
+                    self._generate_points(s, min(points_per_group, s.n_points - s.next_point))
                     continue
                 rest = s.req.n_cycles - s.cycles_done  # cycles after the last read point
                 if rest > 0:

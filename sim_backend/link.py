@@ -5,10 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 from sim_backend.board_config import BoardConfig
 from sim_backend.faults import NO_FAULTS, FaultInjector, LinkFaults
 from sim_backend.firmware import FirmwareEngine
+
+if TYPE_CHECKING:
+    from sim_backend.chip_store import PersistentChip
 
 
 class SimLink:
@@ -16,19 +20,28 @@ class SimLink:
 
     `write()` hands bytes to the firmware at once; what the firmware answers becomes readable,
     possibly held back (delay faults) or corrupted. `read()` blocks up to `timeout` like pyserial.
+    With a `chip` (its engine must be `engine`), the chip's saves see whole requests only and `close()`
+    saves it and releases its lock.
     """
 
     def __init__(
-        self, engine: FirmwareEngine | None = None, faults: LinkFaults = NO_FAULTS, timeout: float | None = 1.0
+        self,
+        engine: FirmwareEngine | None = None,
+        faults: LinkFaults = NO_FAULTS,
+        timeout: float | None = 1.0,
+        chip: PersistentChip | None = None,
     ):
         self.engine = engine if engine is not None else FirmwareEngine(BoardConfig())
+        if chip is not None and chip.engine is not self.engine:
+            raise ValueError("the persistent chip belongs to another firmware engine")
+        self.chip = chip
         self.faults = faults
         self._inj = FaultInjector(faults)
         self._pending: deque[tuple[float, bytes]] = deque()  # (release time, bytes) board -> host
         self._rx = bytearray()
         self._host_bytes = 0
         self._reset_done = False
-        self._lock = threading.RLock()
+        self._lock = chip.guard if chip is not None else threading.RLock()  # one lock: requests and saves
         self.timeout = timeout
         self.is_open = True
         self._deliver(self.engine.poll())  # the EV_BOOT of power-up
@@ -64,6 +77,8 @@ class SimLink:
                 data = data[cut:]
             self._host_bytes += n
             self._deliver(self.engine.feed(self._inj.corrupt(bytes(data))))
+            if self.chip is not None:
+                self.chip.maybe_save()
             return n
 
     def read(self, size: int = 1) -> bytes:
@@ -72,6 +87,8 @@ class SimLink:
             with self._lock:
                 self._check_open()
                 self._collect()
+                if self.chip is not None:
+                    self.chip.maybe_save()  # stream events (endurance) change the chip between requests
                 if len(self._rx) >= size or (deadline is not None and time.monotonic() >= deadline):
                     out = bytes(self._rx[:size])
                     del self._rx[:size]
@@ -95,7 +112,10 @@ class SimLink:
         """Writes are delivered synchronously; nothing to flush."""
 
     def close(self) -> None:
-        self.is_open = False
+        with self._lock:
+            self.is_open = False
+        if self.chip is not None:
+            self.chip.close()
 
     def _check_open(self) -> None:
         if not self.is_open:

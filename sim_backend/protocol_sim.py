@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
+from sim_backend.chip_store import ChipStore, ChipStoreError, PersistentChip
 from sim_backend.firmware import FirmwareEngine
 from sim_backend.link import SimLink
-from sim_backend.sim_url import parse_sim_url
+from sim_backend.sim_url import parse_sim_options
 
 
 class Serial(SerialBase):
-    """A pyserial port whose other end is the simulated board's firmware."""
+    """A pyserial port whose other end is the simulated board's firmware.
+
+    Opening loads the chip's stored state and locks it (unless the URL says persist=0); closing saves it.
+    """
 
     is_open: bool  # set by SerialBase.__init__ (pyserial is untyped here)
 
@@ -33,10 +37,12 @@ class Serial(SerialBase):
         if self._port is None:
             raise SerialException("Port must be configured before it can be used.")
         try:
-            config, faults = parse_sim_url(self._port)
-        except ValueError as exc:
+            opts = parse_sim_options(self._port)
+            engine = FirmwareEngine(opts.config)
+            chip = PersistentChip.open(engine, ChipStore(opts.state_dir)) if opts.persist else None
+        except (ValueError, ChipStoreError) as exc:
             raise SerialException(str(exc)) from None
-        self.link = SimLink(FirmwareEngine(config), faults, timeout=self._timeout)
+        self.link = SimLink(engine, opts.faults, timeout=self._timeout, chip=chip)
         self.is_open = True
 
     def close(self) -> None:

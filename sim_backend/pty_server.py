@@ -9,16 +9,28 @@ import threading
 import time
 import tty
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sim_backend.faults import NO_FAULTS, FaultInjector, LinkFaults
 from sim_backend.firmware import FirmwareEngine
 
+if TYPE_CHECKING:
+    from sim_backend.chip_store import PersistentChip
+
 
 class PtyBoard:
-    """A pty whose master end is driven by a FirmwareEngine; `path` is the slave device to open."""
+    """A pty whose master end is driven by a FirmwareEngine; `path` is the slave device to open.
 
-    def __init__(self, engine: FirmwareEngine, faults: LinkFaults = NO_FAULTS):
+    With a `chip` (a PersistentChip of `engine`), saves see whole requests only and the chip is saved
+    and released when the board closes.
+    """
+
+    def __init__(self, engine: FirmwareEngine, faults: LinkFaults = NO_FAULTS, chip: PersistentChip | None = None):
+        if chip is not None and chip.engine is not engine:
+            raise ValueError("the persistent chip belongs to another firmware engine")
         self.engine = engine
+        self.chip = chip
+        self._guard = chip.guard if chip is not None else threading.RLock()  # held around each engine call
         self.faults = faults
         self._inj = FaultInjector(faults)
         self.master_fd, self.slave_fd = os.openpty()
@@ -33,6 +45,18 @@ class PtyBoard:
 
     def _receive(self, data: bytes) -> None:
         """Hand host bytes to the firmware (rebooting it once after `reset_after` bytes) and send the answer."""
+        with self._guard:
+            self._receive_locked(data)
+            if self.chip is not None:
+                self.chip.maybe_save()
+
+    def _poll(self) -> None:
+        with self._guard:
+            self._send(self.engine.poll())
+            if self.chip is not None:
+                self.chip.maybe_save()
+
+    def _receive_locked(self, data: bytes) -> None:
         f = self.faults
         if f.reset_after and not self._reset_done and self._host_bytes + len(data) >= f.reset_after:
             cut = f.reset_after - self._host_bytes
@@ -62,7 +86,7 @@ class PtyBoard:
                 raise OSError(f"simulated board on {self.path} is closed")
             self._serving = True
         try:
-            self._send(self.engine.poll())  # EV_BOOT
+            self._poll()  # EV_BOOT
             while not self._stop and not (stop and stop()):
                 ready, _, _ = select.select([self.master_fd], [], [], poll_s)
                 if ready:
@@ -73,7 +97,7 @@ class PtyBoard:
                     if data:
                         self._receive(data)
                         continue
-                self._send(self.engine.poll())
+                self._poll()
         finally:
             with self._lock:
                 self._serving = False
@@ -96,3 +120,5 @@ class PtyBoard:
                 os.close(fd)
             except OSError:
                 pass
+        if self.chip is not None:
+            self.chip.close()  # after the last request was answered: the saved chip is the final one

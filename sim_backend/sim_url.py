@@ -1,13 +1,16 @@
 """`sim://` URLs: a simulated board's configuration and link faults in one string.
 
 Example: ``sim://?seed=1&rows=64&cols=64&flip=0.01&delay=0.2``; ``ref=0:63:50k,1:63:1M`` wires
-precision resistors (calibration fixture) in place of cells.
+precision resistors (calibration fixture) in place of cells. The chip persists between processes
+(sim_backend/SIM.md): ``persist=0`` gives a throwaway chip (pristine, never saved), ``state_dir=PATH``
+keeps it in another folder than the per-user default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import urllib.parse
+from dataclasses import dataclass
 from typing import Any
 
 from sim_backend.board_config import DEFAULT_BOARD, BoardConfig
@@ -24,16 +27,45 @@ _FAULT_KEYS = {
 }
 
 
+_STORE_KEYS = ("persist", "state_dir")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Everything a sim:// URL says: the board, the link faults and where (whether) the chip persists."""
+
+    config: BoardConfig
+    faults: LinkFaults
+    persist: bool = True
+    state_dir: str | None = None  # None: $RRAM_SIM_STATE_DIR or the per-user default
+
+
 def parse_sim_url(url: str, base: BoardConfig = DEFAULT_BOARD) -> tuple[BoardConfig, LinkFaults]:
     """Board configuration and link faults encoded in a sim:// URL; ValueError names a bad option."""
+    opts = parse_sim_options(url, base)
+    return opts.config, opts.faults
+
+
+def parse_sim_options(url: str, base: BoardConfig = DEFAULT_BOARD) -> SimOptions:
+    """All options of a sim:// URL (board, faults, persistence); ValueError names a bad option in one line."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "sim":
         raise ValueError(f"not a simulated-board URL (expected sim://...): {url!r}")
     # keyword arguments whose value types follow the option tables above (one type per key)
     board: dict[str, Any] = {}
     faults: dict[str, Any] = {}
+    persist, state_dir = True, None
     for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
         value = values[-1]
+        if key == "persist":
+            persist = _parse_persist(value)
+            continue
+        if key == "state_dir":
+            if not value.strip():
+                raise ValueError("sim:// option state_dir is empty (give a folder, e.g. state_dir=/tmp/chips)")
+            state_dir = value
+            continue
         if key == "ref":
             board["reference_cells"] = parse_reference_cells(value)
             continue
@@ -42,13 +74,20 @@ def parse_sim_url(url: str, base: BoardConfig = DEFAULT_BOARD) -> tuple[BoardCon
         elif key in _FAULT_KEYS:
             target, (name, conv) = faults, _FAULT_KEYS[key]
         else:
-            known = ", ".join(sorted([*_BOARD_KEYS, *_FAULT_KEYS, "ref"]))
+            known = ", ".join(sorted([*_BOARD_KEYS, *_FAULT_KEYS, *_STORE_KEYS, "ref"]))
             raise ValueError(f"unknown sim:// option {key!r} (known: {known})")
         try:
             target[name] = conv(value)
         except ValueError:
             raise ValueError(f"sim:// option {key}={value!r} is not a valid {conv.__name__}") from None
-    return dataclasses.replace(base, **board), LinkFaults(**faults)
+    return SimOptions(dataclasses.replace(base, **board), LinkFaults(**faults), persist, state_dir)
+
+
+def _parse_persist(value: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"sim:// option persist={value!r} is not 0 or 1 (persist=0 gives a throwaway chip)")
 
 
 _SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}

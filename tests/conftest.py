@@ -1,10 +1,36 @@
-"""Test-wide options and fixtures: `--board-port` runs the board and procedure tests against a real board."""
+"""Test-wide options and fixtures: `--board-port` runs the board and procedure tests against a real board.
+
+Simulated chips persist between opens (sim_backend/SIM.md); every test gets its own empty chip folder
+(`RRAM_SIM_STATE_DIR`, inherited by the subprocesses it starts), so each `sim://` URL opens a pristine
+chip in a new test and the user's own stored chips are never touched. Within one test a chip persists:
+a test that needs a fresh copy of a chip it already used opens it with `persist=0`.
+"""
 
 from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 DEFAULT_BOARD_PORT = "sim://?seed=1&rows=16&cols=16"
+SIM_STATE_ENV = "RRAM_SIM_STATE_DIR"  # sim_backend.chip_store.STATE_DIR_ENV (not imported: conftest stays light)
+_SESSION_STATE = tempfile.TemporaryDirectory(prefix="rram-sim-state-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Module- and session-scoped fixtures that open sim:// chips (before any test's folder exists) store them here."""
+    os.environ[SIM_STATE_ENV] = _SESSION_STATE.name
+
+
+@pytest.fixture(autouse=True)
+def sim_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh, empty folder of stored simulated chips for every test."""
+    folder = tmp_path_factory.mktemp("sim-state")
+    monkeypatch.setenv(SIM_STATE_ENV, str(folder))
+    yield folder
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

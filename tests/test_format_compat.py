@@ -209,5 +209,12 @@ def test_ground_truth_loads_and_a_new_one_has_its_layout(tmp_path: Path) -> None
     arr.write_ground_truth(new, read_chain=ReadChain(seed=5))
     assert_same_layout(old, new)
     again = load_ground_truth(new)
+    # The device-to-device draws depend only on the seed and are the old release's; the state after forming
+    # comes from the cycle-to-cycle streams, which became counter-based (per cell and event) in issue 14, so
+    # those cells keep their dtype and shape, and their values follow the same laws but are new draws.
+    after_forming = {"g_programmed", "conductance_now", "t_programmed"}
     for name, values in gt["cells"].items():
-        np.testing.assert_array_equal(again["cells"][name], values, err_msg=name)
+        if name in after_forming:
+            assert again["cells"][name].dtype == values.dtype and again["cells"][name].shape == values.shape, name
+        else:
+            np.testing.assert_array_equal(again["cells"][name], values, err_msg=name)

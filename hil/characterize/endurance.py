@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
+from hil.characterize import stats
+from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
+from hil.characterize.procedure import PROCEDURES, Progress, param
 from hil.characterize.runfile import RunWriter, Table
 
 
 @dataclass
-class EnduranceParams(ProcedureParams):
+class EnduranceParams(FormedCellsParams):
     cycles: int = param(10_000, unit="cycles", help="SET/RESET cycles per cell", min=1)
     read_every: int = param(100, unit="cycles", help="cycles between two reads of LRS and HRS (1 to --cycles)")
     set_v: float = param(
@@ -44,9 +46,21 @@ class EnduranceParams(ProcedureParams):
 
 
 @PROCEDURES.register("endurance")
-class Endurance(Procedure[EnduranceParams]):
+class Endurance(FormedCellsProcedure[EnduranceParams]):
+    """The board cycles the whole rectangle (its command takes a rectangle); cells the formed check left out
+    are cycled too, harmlessly (SET and RESET pulses cannot form a cell), and left out of the summary."""
+
     name = "endurance"
     Params = EnduranceParams
+    summary_units = {
+        "skipped_unformed": "of cells",
+        "cycles": "cycles",
+        "lrs_median_first_s": "S",
+        "hrs_median_first_s": "S",
+        "window_first": "x",
+        "window_last": "x",
+        "cells_closed_last": "of cells",
+    }
 
     def validate(self) -> None:
         p = self.p
@@ -58,6 +72,7 @@ class Endurance(Procedure[EnduranceParams]):
     def tables(self) -> dict[str, Table]:
         n = self.region.n_cells
         return {
+            **self.check_tables(),
             "endurance": Table(
                 {
                     "cycle": ("i8", ()),
@@ -68,7 +83,7 @@ class Endurance(Procedure[EnduranceParams]):
                     "hrs_code": ("u2", (n,)),
                 },
                 "one record per read point: conductance (S) after SET (lrs) and after RESET (hrs) of every cell, row-major",
-            )
+            ),
         }
 
     def total_units(self) -> int:
@@ -76,6 +91,8 @@ class Endurance(Procedure[EnduranceParams]):
 
     def run(self, w: RunWriter, bar: Progress) -> None:
         p = self.p
+        if not self.formed.any():
+            return  # every cell left out: nothing to cycle
         done_points = w.count("endurance")
         bar.set(done_points)
         remaining = p.cycles - done_points * p.read_every
@@ -112,16 +129,23 @@ class Endurance(Procedure[EnduranceParams]):
 
     def summary(self, data: dict) -> dict:
         d = data["endurance"]
-        if not len(d):
-            return {"read_points": 0}
-        floor = 1e-8
-        window = np.median(np.maximum(d["lrs"], floor) / np.maximum(d["hrs"], floor), axis=1)
-        return {
+        use = self.summary_check(data).formed
+        out: dict = {
+            "cells": self.region.n_cells,
+            "skipped_unformed": self.skipped(data),
             "read_points": int(len(d)),
-            "cycles": int(d["cycle"][-1]),
-            "lrs_median_first": float(np.median(d["lrs"][0])),
-            "hrs_median_first": float(np.median(d["hrs"][0])),
-            "window_first": float(window[0]),
-            "window_last": float(window[-1]),
-            "cells_closed_last": int(np.sum(d["lrs"][-1] < 2 * np.maximum(d["hrs"][-1], floor))),
         }
+        if not len(d) or not use.any():
+            return out
+        lrs, hrs = d["lrs"][:, use], d["hrs"][:, use]
+        floor = 1e-8  # reads of an open or HRS cell scatter around 0 S: the window is floored there
+        window = np.median(np.maximum(lrs, floor) / np.maximum(hrs, floor), axis=1)
+        out.update(
+            cycles=int(d["cycle"][-1]),
+            lrs_median_first_s=stats.median(lrs[0]),
+            hrs_median_first_s=stats.median(hrs[0]),
+            window_first=float(window[0]),
+            window_last=float(window[-1]),
+            cells_closed_last=int(np.sum(lrs[-1] < 2 * np.maximum(hrs[-1], floor))),
+        )
+        return out

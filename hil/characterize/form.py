@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
+from hil.characterize import stats
 from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
 from hil.characterize.runfile import RunWriter, Table
 
@@ -49,6 +48,14 @@ class FormParams(ProcedureParams):
 class Form(Procedure[FormParams]):
     name = "form"
     Params = FormParams
+    summary_units = {
+        "formed": "of cells",
+        "failed": "of cells",
+        "conducting_before_forming": "of cells",
+        "v_form_median_v": "V",
+        "g_after_median_s": "S",
+        "failed_cells": "cells",
+    }
 
     def validate(self) -> None:
         p = self.p
@@ -102,7 +109,7 @@ class Form(Procedure[FormParams]):
             "formed": int(formed.sum()),
             "failed": int((~formed).sum()),
             "conducting_before_forming": int((formed & (d["pulses"] == 0)).sum()),
-            "v_form_median": float(np.median(d["v_form"][pulsed])) if pulsed.any() else None,
-            "g_after_median": float(np.median(d["g_after"][formed])) if formed.any() else None,
+            "v_form_median_v": stats.median(d["v_form"][pulsed]),
+            "g_after_median_s": stats.median(d["g_after"][formed]),
             "failed_cells": d["cell"][~formed].tolist()[:50],
         }

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hil.characterize.procedure import CELLS_HELP, PROCEDURES, ParamSpec, Procedure, ProcedureParams, Progress, param
+from hil.characterize import stats
+from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
+from hil.characterize.procedure import CELLS_HELP, PROCEDURES, ParamSpec, Progress, param
 from hil.characterize.runfile import RunWriter, Table
 
 
 @dataclass
-class IvParams(ProcedureParams):
+class IvParams(FormedCellsParams):
     cells: str = param("0:1,0:2", help=CELLS_HELP)
     v_max: float = param(
         1.5,
@@ -43,9 +45,10 @@ class IvParams(ProcedureParams):
 
 
 @PROCEDURES.register("iv")
-class Iv(Procedure[IvParams]):
+class Iv(FormedCellsProcedure[IvParams]):
     name = "iv"
     Params = IvParams
+    summary_units = {"skipped_unformed": "of cells", "v_set_median_v": "V", "g_on_median_s": "S"}
 
     def board_limited(self) -> dict[str, ParamSpec]:
         limited = super().board_limited()
@@ -56,18 +59,24 @@ class Iv(Procedure[IvParams]):
     def tables(self) -> dict[str, Table]:
         n = 4 * self.p.points
         return {
+            **self.check_tables(),
             "iv": Table(
                 {"cell": ("i4", (2,)), "cycle": ("i4", ()), "v": ("f4", (n,)), "i": ("f8", (n,)), "t": ("f8", ())},
-                "one record per sweep: applied voltage (V) and current (A) of the 4 branches",
-            )
+                "one record per sweep of a formed cell: applied voltage (V) and current (A) of the 4 branches",
+            ),
         }
 
+    def _cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cells swept: the formed ones, row-major."""
+        rows, cols = self.region.cells()
+        return rows[self.formed], cols[self.formed]
+
     def total_units(self) -> int:
-        return self.region.n_cells * self.p.cycles
+        return self._cells()[0].size * self.p.cycles
 
     def run(self, w: RunWriter, bar: Progress) -> None:
         p = self.p
-        rows, cols = self.region.cells()
+        rows, cols = self._cells()
         done = w.count("iv")
         bar.set(done)
         branches = [(0.0, p.v_max), (p.v_max, 0.0), (0.0, p.v_min), (p.v_min, 0.0)]
@@ -87,13 +96,18 @@ class Iv(Procedure[IvParams]):
     def summary(self, data: dict) -> dict:
         d = data["iv"]
         n = self.p.points
+        out: dict = {
+            "cells": self.region.n_cells,
+            "skipped_unformed": self.skipped(data),
+            "sweeps": int(len(d)),
+        }
+        if not len(d):
+            return out
         up = d["i"][:, :n]
         set_idx = np.argmax(up > 0.5 * up.max(axis=1, keepdims=True), axis=1)
         back = d["i"][:, n : 2 * n]  # SET branch coming down: the cell is ON
         mid = n // 2
         g_on = np.abs(back[:, mid]) / np.maximum(np.abs(d["v"][:, n + mid]), 1e-3)
-        return {
-            "sweeps": int(len(d)),
-            "v_set_median": float(np.median(d["v"][np.arange(len(d)), set_idx])),
-            "g_on_median": float(np.median(g_on)),
-        }
+        out["v_set_median_v"] = stats.median(d["v"][np.arange(len(d)), set_idx])
+        out["g_on_median_s"] = stats.median(g_on)
+        return out

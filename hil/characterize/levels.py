@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from firmware_protocol import CellResult
+from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
 from hil.characterize.multilevel import (
     SET_WIDTH_NS,
     assign_levels,
@@ -26,12 +28,13 @@ from hil.characterize.multilevel import (
     reads_table,
     timed_reads,
 )
-from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
+from hil.characterize.procedure import PROCEDURES, Progress, param
 from hil.characterize.runfile import RunWriter, Table
+from hil.characterize.stats import phase_stats
 
 
 @dataclass
-class LevelsParams(ProcedureParams):
+class LevelsParams(FormedCellsParams):
     levels: int = param(8, help="conductance levels, evenly spaced from --g-lo to --g-hi", min=1)
     g_lo: float = param(4e-6, unit="S", help="lowest target conductance", min=0, min_open=True)
     g_hi: float = param(36e-6, unit="S", help="highest target conductance", min=0, min_open=True)
@@ -57,14 +60,23 @@ class LevelsParams(ProcedureParams):
         label="gate voltage",
     )
     gate_points: int = param(15, help="gate voltages in the gate calibration", min=2)
-    cal_cells: int = param(16, help="cells the gate calibration is measured on (the region's first ones)", min=1)
+    cal_cells: int = param(16, help="cells the gate calibration is measured on (the region's first formed ones)", min=1)
     seed: int = param(0, help="seed of the shuffled level assignment (a resume assigns the same levels)", min=0)
 
 
 @PROCEDURES.register("levels")
-class Levels(Procedure[LevelsParams]):
+class Levels(FormedCellsProcedure[LevelsParams]):
     name = "levels"
     Params = LevelsParams
+    summary_units = {
+        "healthy": "of cells",
+        "skipped_unformed": "of cells",
+        "stuck": "of cells",
+        "sigma_s": "S",
+        "mean_error_s": "S",
+        "pulses_mean": "pulses",
+        "within_tol": "%",
+    }
 
     def validate(self) -> None:
         p = self.p
@@ -83,11 +95,18 @@ class Levels(Procedure[LevelsParams]):
             raise ValueError(f"--read-times {self.p.read_times!r}: times must be positive and increasing")
         return t
 
+    def _cal_cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """The gate calibration's cells: the region's first `cal_cells` formed ones."""
+        rows, cols = self.region.cells()
+        formed = self._check.formed if self._check is not None else np.ones(rows.size, dtype=bool)  # before the check
+        use = np.flatnonzero(formed)[: self.p.cal_cells]
+        return rows[use], cols[use]
+
     def tables(self) -> dict[str, Table]:
         n = self.region.n_cells
-        k = min(self.p.cal_cells, n)
         return {
-            "gate_cal": gate_table(k),
+            **self.check_tables(),
+            "gate_cal": gate_table(max(1, self._cal_cells()[0].size)),
             "open_loop": program_table("one RESET + one SET at the calibrated gate per cell (status 0; pulses 2)"),
             "open_loop_reads": reads_table(n, "block reads at read_times after open-loop programming"),
             "verified": program_table("on-board write-verify to the same targets"),
@@ -99,34 +118,29 @@ class Levels(Procedure[LevelsParams]):
 
     def _calibrate_gate(self, w: RunWriter, bar: Progress) -> None:
         p = self.p
-        rows, cols = self.region.cells()
-        k = min(p.cal_cells, rows.size)
-        calibrate_gate(
-            self.board, w, rows[:k], cols[:k], np.linspace(p.gate_lo, p.gate_hi, p.gate_points), p.v_read, bar
-        )
+        rows, cols = self._cal_cells()
+        calibrate_gate(self.board, w, rows, cols, np.linspace(p.gate_lo, p.gate_hi, p.gate_points), p.v_read, bar)
 
     def _program_open_loop(self, w: RunWriter, bar: Progress, levels: np.ndarray, targets: np.ndarray) -> None:
         p = self.p
         cal = w.read("gate_cal")
         gates = gate_for(targets, cal["gate"], cal["g"])
         rows, cols = self.region.cells()
+        check = self.check
         for i in range(w.count("open_loop"), rows.size):
             r, c, lv = int(rows[i]), int(cols[i]), int(levels[i])
-            m = one_shot(self.board, r, c, float(gates[lv]), p.v_read)
-            w.append(
-                "open_loop",
-                cell=[r, c],
-                level=lv,
-                target=targets[lv],
-                g=m.conductance_s,
-                pulses=2,
-                status=0,
-                t=m.timestamp_s,
-            )
+            if check.formed[i]:
+                m = one_shot(self.board, r, c, float(gates[lv]), p.v_read)
+                g, pulses, status, t = m.conductance_s, 2, CellResult.CONVERGED, m.timestamp_s
+            else:  # left out by the formed check: no pulse
+                g, pulses, status, t = float(check.g[i]), 0, CellResult.NOT_FORMED, check.t
+            w.append("open_loop", cell=[r, c], level=lv, target=targets[lv], g=g, pulses=pulses, status=status, t=t)
             bar.advance()
 
     def run(self, w: RunWriter, bar: Progress) -> None:
         p = self.p
+        if not self.formed.any():
+            return  # every cell left out: nothing to program
         targets = level_targets(p.levels, p.g_lo, p.g_hi)
         levels = assign_levels(self.region.n_cells, p.levels, p.seed)
         bar.set(
@@ -134,8 +148,11 @@ class Levels(Procedure[LevelsParams]):
             + w.count("open_loop_reads")
             + w.count("verified_reads")
         )
+        bar.stage("gate calibration")
         self._calibrate_gate(w, bar)
+        bar.stage("open-loop programming")
         self._program_open_loop(w, bar, levels, targets)
+        bar.stage("reads after open loop")
         timed_reads(
             self.board,
             w,
@@ -146,7 +163,21 @@ class Levels(Procedure[LevelsParams]):
             p.v_read,
             bar,
         )
-        program_verified(self.board, w, "verified", self.region, levels, targets, p.tol, p.max_pulses, p.v_read, bar)
+        bar.stage("write-verify")
+        program_verified(
+            self.board,
+            w,
+            "verified",
+            self.region,
+            levels,
+            targets,
+            p.tol,
+            p.max_pulses,
+            p.v_read,
+            bar,
+            check=self.check,
+        )
+        bar.stage("reads after write-verify")
         timed_reads(
             self.board,
             w,
@@ -159,15 +190,16 @@ class Levels(Procedure[LevelsParams]):
         )
 
     def summary(self, data: dict) -> dict:
-        healthy = data["verified"]["status"] == 0  # cells write-verify could program: formed, not stuck
-        out: dict = {"cells": int(len(data["verified"])), "healthy": int(healthy.sum()), "levels": self.p.levels}
+        verified = data["verified"]
+        healthy = verified["status"] == CellResult.CONVERGED  # cells write-verify could program: formed, not stuck
+        out: dict = {
+            "cells": self.region.n_cells,
+            "skipped_unformed": self.skipped(data),
+            "healthy": int(healthy.sum()),
+            "stuck": int((verified["status"] == CellResult.STUCK).sum()),
+            "levels": self.p.levels,
+        }
         for phase in ("open_loop", "verified"):
-            d = data[phase][healthy]
-            err = d["g"] - d["target"]
-            out[phase] = {
-                "sigma_uS": float(np.std(err) * 1e6),
-                "mean_error_uS": float(np.mean(err) * 1e6),
-                "pulses_mean": float(np.mean(d["pulses"])),
-                "within_tol": float(np.mean(np.abs(err) <= self.p.tol)),
-            }
+            d = data[phase]
+            out[phase] = phase_stats(d[healthy[: len(d)]] if len(d) else d, self.p.tol)
         return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from firmware_protocol import CellResult
+from hil.characterize.formed import FormedCheck
 from hil.characterize.procedure import Progress
 from hil.characterize.region import Region
 from hil.characterize.runfile import RunWriter, Table
@@ -58,17 +60,28 @@ def program_verified(
     bar: Progress,
     batch: int = 256,
     ramp: PulseRamp = DEFAULT_RAMP,
+    check: FormedCheck | None = None,
 ) -> None:
-    """Write-verify every cell of the region to its target, in batches, resuming after the cells recorded."""
+    """Write-verify every cell of the region to its target, in batches, resuming after the cells recorded.
+
+    Cells the formed `check` left out get no pulse: their record (kept, so the table stays one record per
+    cell, row-major) has status NOT_FORMED, 0 pulses, and the check's mean read as `g`.
+    """
     rows, cols = region.cells()
+    use = np.ones(rows.size, dtype=bool) if check is None else check.formed
     done = w.count(table)
     for i in range(done, rows.size, batch):
         sl = slice(i, min(i + batch, rows.size))
-        o = board.write_verify(rows[sl], cols[sl], targets[levels[sl]], tol, max_pulses, ramp, v_read)
         rec = np.zeros(sl.stop - sl.start, dtype=program_table("").dtype)
         rec["cell"] = np.stack([rows[sl], cols[sl]], axis=1)
         rec["level"], rec["target"] = levels[sl], targets[levels[sl]]
-        rec["g"], rec["pulses"], rec["status"], rec["t"] = o.final_s, o.pulses, o.status, o.timestamp_s
+        on = use[sl]
+        if check is not None:
+            rec["g"][~on], rec["status"][~on], rec["t"] = check.g[sl][~on], CellResult.NOT_FORMED, check.t
+        if on.any():
+            r, c = rows[sl][on], cols[sl][on]
+            o = board.write_verify(r, c, targets[levels[sl][on]], tol, max_pulses, ramp, v_read)
+            rec["g"][on], rec["pulses"][on], rec["status"][on], rec["t"] = o.final_s, o.pulses, o.status, o.timestamp_s
         w.append(table, rec)
         bar.advance(sl.stop - sl.start)
 

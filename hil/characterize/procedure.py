@@ -6,9 +6,11 @@ import abc
 import dataclasses
 import logging
 import math
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TextIO, TypeVar
 
 from firmware_protocol.limits import BoardLimits
 from firmware_protocol.registry import Registry
@@ -166,6 +168,10 @@ class Procedure(abc.ABC, Generic[P]):
     Params: ClassVar[type[ProcedureParams]]
     state_keys: ClassVar[tuple[str, ...]] = ()
     characterization: ClassVar[bool] = True  # listed under `rram characterize` (deployment is not)
+    # Unit of each summary value, by key (nested groups use the keys inside them): "S" conductance, "V",
+    # "s" seconds, "ns", "%" a fraction shown in percent, "x" a ratio, "cycles", "of cells" a count of the
+    # summary's `cells`, "cells" a list of [row, col]; see hil/cli/report.py. Keys not listed are plain numbers.
+    summary_units: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: P, board: Board):
         self.p: P = params
@@ -206,6 +212,14 @@ class Procedure(abc.ABC, Generic[P]):
             else:
                 BoardLimits.check_voltage(spec.what, _mv(value, spec.what), (lo, hi))
 
+    def before_run(self) -> None:
+        """Checks on the board before the run file exists (reads only, never a pulse); raise a one-line
+        ValueError to refuse the run. Not called on a resume: `begin` sees the file then."""
+
+    def begin(self, w: RunWriter) -> None:
+        """First step inside the run file, before any pulse and before the progress bar: record what
+        `before_run` found (or, on a resume, restore it from the file)."""
+
     @abc.abstractmethod
     def tables(self) -> dict[str, Table]:
         """Every dataset this procedure writes (declared up front for crash safety)."""
@@ -227,25 +241,103 @@ PROCEDURES: Registry[type[Procedure[Any]]] = Registry("procedure")
 
 
 class Progress:
-    """Progress bar with rate and ETA (tqdm on stderr), silent in quiet mode."""
+    """Progress of a long procedure on stderr: on a terminal a tqdm bar with rate and ETA; on a pipe or a log
+    file plain lines instead (no carriage returns): one at the start, one per stage, one each ~10 % with the
+    elapsed time and an estimate of what is left, and one at the end with the elapsed time. Quiet: nothing.
+    """
 
-    def __init__(self, total: int, desc: str, quiet: bool, unit: str = "op"):
-        from tqdm import tqdm
+    STEPS = 10  # plain-line mode: a line each time another tenth of the work is done ...
+    MIN_INTERVAL_S = 1.0  # ... and at least this long after the previous line (a short run: start and end only)
 
-        # disable=None: no bar when stderr is not a terminal (logs, CI), so output lines stay clean
-        self._bar = tqdm(
-            total=total, desc=desc, unit=unit, disable=True if quiet else None, dynamic_ncols=True, leave=False
-        )
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        quiet: bool,
+        unit: str = "op",
+        stream: TextIO | None = None,
+        min_interval_s: float = MIN_INTERVAL_S,
+    ):
+        self.total, self.desc, self.unit = max(0, int(total)), desc, unit
+        self.min_interval_s = min_interval_s
+        self.n = self._n0 = 0
+        self._out = sys.stderr if stream is None else stream
+        self._t0 = self._last = time.monotonic()
+        self._bar: Any = None
+        self._lines = not quiet and not is_terminal(self._out)
+        self._next = 1  # the next tenth to announce
+        self._closed = False
+        if not quiet and not self._lines:
+            from tqdm import tqdm  # lazily: only a terminal shows a bar
+
+            self._bar = tqdm(total=self.total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, file=self._out)
+        elif self._lines:
+            self._line(f"start, {self.total} {unit}")
 
     def advance(self, n: int = 1) -> None:
-        self._bar.update(n)
+        self._move(self.n + n)
 
     def set(self, n: int) -> None:
-        self._bar.n = n
-        self._bar.refresh()
+        """Work already done (a resume): counted without a line of its own, so the next tenth is the next line."""
+        self.n = self._n0 = n
+        if self._bar is not None:
+            self._bar.n = n
+            self._bar.refresh()
+        while self.total and self.STEPS * n >= self._next * self.total:
+            self._next += 1
+
+    def stage(self, text: str) -> None:
+        """A named step of the procedure: on a terminal in the bar's description, elsewhere as a line."""
+        if self._bar is not None:
+            self._bar.set_description_str(f"{self.desc}: {text}")
+        elif self._lines:
+            self._line(text)
 
     def close(self) -> None:
-        self._bar.close()
+        if self._closed:
+            return
+        self._closed = True
+        if self._bar is not None:
+            self._bar.close()
+        elif self._lines:
+            done = "done" if self.n >= self.total else "stopped"
+            self._line(f"{done}, {self._count()} in {_seconds(time.monotonic() - self._t0)}")
+
+    def _move(self, n: int) -> None:
+        self.n = n
+        if self._bar is not None:
+            self._bar.n = n
+            self._bar.refresh()
+            return
+        if not self._lines or not self.total or n >= self.total or self.STEPS * n < self._next * self.total:
+            return
+        while self.STEPS * n >= self._next * self.total:
+            self._next += 1
+        now = time.monotonic()
+        if now - self._last < self.min_interval_s:
+            return
+        elapsed = now - self._t0
+        left = elapsed * (self.total - n) / max(1, n - self._n0)
+        self._line(f"{100 * n // self.total}% ({self._count()}), {_seconds(elapsed)}, about {_seconds(left)} left")
+
+    def _count(self) -> str:
+        return f"{self.n}/{self.total} {self.unit}"
+
+    def _line(self, text: str) -> None:
+        self._last = time.monotonic()
+        print(f"{self.desc}: {text}", file=self._out, flush=True)
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """True when `stream` is an interactive terminal (a closed or foreign stream is not)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _seconds(t: float) -> str:
+    return f"{t:.1f} s" if t < 100 else f"{t / 60:.1f} min"
 
 
 def get_procedure(name: str) -> type[Procedure[Any]]:
@@ -276,9 +368,24 @@ def run_procedure(
 ) -> RunOutcome:
     """Create (or resume) the run file and execute the procedure into it, surviving board resets."""
     params = params_dict(proc.p)
+    resets = 0
+
+    def reset_survived(exc: BoardResetError) -> None:
+        nonlocal resets
+        resets += 1
+        log.warning("%s; re-reading state and continuing (%d/%d)", exc, resets, MAX_RESETS)
+        if resets > MAX_RESETS:
+            raise exc
+
     if resume:
         run = resume_run(out, proc.name, params, flush_s=flush_s)
     else:
+        while True:
+            try:
+                proc.before_run()  # reads only: after a reset they are simply taken again
+                break
+            except BoardResetError as exc:
+                reset_survived(exc)
         run = create_run(
             out,
             proc.name,
@@ -290,22 +397,26 @@ def run_procedure(
             force=force,
             flush_s=flush_s,
         )
-    resets = 0
-    bar = Progress(proc.total_units(), proc.name, quiet)
+    bar: Progress | None = None
     try:
         with run as w:
+            while True:
+                try:
+                    proc.begin(w)
+                    break
+                except BoardResetError as exc:
+                    reset_survived(exc)
+            bar = Progress(proc.total_units(), proc.name, quiet)
             while True:
                 try:
                     proc.run(w, bar)
                     break
                 except BoardResetError as exc:
-                    resets += 1
-                    log.warning("%s; re-reading state and continuing (%d/%d)", exc, resets, MAX_RESETS)
-                    if resets > MAX_RESETS:
-                        raise
+                    reset_survived(exc)
                     w.flush()
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     data = read_run(out).data
     summary = proc.summary(data)
     summary["board_resets"] = resets

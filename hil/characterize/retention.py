@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
+from firmware_protocol import CellResult
+from hil.characterize import stats
+from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
 from hil.characterize.multilevel import (
     assign_levels,
     level_targets,
@@ -15,12 +16,12 @@ from hil.characterize.multilevel import (
     reads_table,
     timed_reads,
 )
-from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
+from hil.characterize.procedure import PROCEDURES, Progress, param
 from hil.characterize.runfile import RunWriter, Table
 
 
 @dataclass
-class RetentionParams(ProcedureParams):
+class RetentionParams(FormedCellsParams):
     levels: int = param(4, help="conductance levels, evenly spaced from --g-lo to --g-hi", min=1)
     g_lo: float = param(5e-6, unit="S", help="lowest target conductance", min=0, min_open=True)
     g_hi: float = param(35e-6, unit="S", help="highest target conductance", min=0, min_open=True)
@@ -33,9 +34,17 @@ class RetentionParams(ProcedureParams):
 
 
 @PROCEDURES.register("retention")
-class Retention(Procedure[RetentionParams]):
+class Retention(FormedCellsProcedure[RetentionParams]):
     name = "retention"
     Params = RetentionParams
+    summary_units = {
+        "skipped_unformed": "of cells",
+        "converged": "of cells",
+        "stuck": "of cells",
+        "times_s": "s",
+        "sigma_first_s": "S",
+        "sigma_last_s": "S",
+    }
 
     def validate(self) -> None:
         level_targets(self.p.levels, self.p.g_lo, self.p.g_hi)
@@ -43,6 +52,7 @@ class Retention(Procedure[RetentionParams]):
 
     def tables(self) -> dict[str, Table]:
         return {
+            **self.check_tables(),
             "program": program_table("write-verify programming, one record per cell"),
             "reads": reads_table(self.region.n_cells, "block reads at log-spaced times after programming"),
         }
@@ -52,22 +62,31 @@ class Retention(Procedure[RetentionParams]):
 
     def run(self, w: RunWriter, bar: Progress) -> None:
         p = self.p
+        if not self.formed.any():
+            return  # every cell left out: nothing to program
         targets = level_targets(p.levels, p.g_lo, p.g_hi)
         levels = assign_levels(self.region.n_cells, p.levels, p.seed)
         bar.set(w.count("program") + w.count("reads"))
-        program_verified(self.board, w, "program", self.region, levels, targets, p.tol, p.max_pulses, p.v_read, bar)
+        bar.stage("write-verify")
+        program_verified(
+            self.board, w, "program", self.region, levels, targets, p.tol, p.max_pulses, p.v_read, bar, check=self.check
+        )
         t_ref = float(w.read("program")["t"].max())
+        bar.stage("timed reads")
         timed_reads(self.board, w, "reads", self.region, t_ref, log_times(p.t_first, p.t_last, p.times), p.v_read, bar)
 
     def summary(self, data: dict) -> dict:
         prog, reads = data["program"], data["reads"]
-        t_since = reads["t"] - prog["t"].max()
-        ok = prog["status"] == 0  # healthy cells: write-verify converged
-        err = reads["g"][:, ok] - prog["target"][None, ok]
-        return {
-            "cells": int(len(prog)),
+        ok = prog["status"] == CellResult.CONVERGED  # healthy cells: write-verify converged
+        out: dict = {
+            "cells": self.region.n_cells,
+            "skipped_unformed": self.skipped(data),
             "converged": int(ok.sum()),
-            "times_s": [float(x) for x in t_since],
-            "sigma_first_uS": float(np.std(err[0]) * 1e6) if len(reads) else None,
-            "sigma_last_uS": float(np.std(err[-1]) * 1e6) if len(reads) else None,
+            "stuck": int((prog["status"] == CellResult.STUCK).sum()),
         }
+        if len(prog) and len(reads):
+            err = reads["g"][:, : len(prog)][:, ok] - prog["target"][None, ok]
+            out["times_s"] = [float(x) for x in reads["t"] - prog["t"].max()]
+            out["sigma_first_s"] = stats.std(err[0])
+            out["sigma_last_s"] = stats.std(err[-1])
+        return out

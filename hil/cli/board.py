@@ -14,6 +14,7 @@ import click
 from firmware_protocol import BoardError, LimitError, VersionError
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
+from hil.cli.report import aligned, quantity
 from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
 from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError
 
@@ -100,30 +101,37 @@ def board() -> None:
     """The test board: identity and limits, read-path calibration."""
 
 
+def _span(bounds: list[float], unit: str) -> tuple[str, str]:
+    """'-3.3 .. 3.3' and its unit, from [low, high]."""
+    lo, hi = bounds
+    (a, shown), (b, _) = quantity(float(lo), unit), quantity(float(hi), unit)
+    return f"{a} .. {b}", shown
+
+
 def _format_info(d: dict[str, Any]) -> str:
-    rows = [
-        ("board id", d["board_id"]),
-        ("port", d["port"]),
-        ("protocol", d["protocol"]),
-        ("firmware", d["firmware"]),
-        ("session", f"{d['session_id']:08x}"),
-        ("array", f"{d['rows']} x {d['cols']}"),
-        ("capabilities", ", ".join(d["capabilities"]) or "-"),
-        ("DAC / ADC bits", f"{d['dac_bits']} / {d['adc_bits']}"),
-        ("SET voltage", "{:g} .. {:g} V".format(*d["set_v"])),
-        ("RESET voltage", "{:g} .. {:g} V".format(*d["reset_v"])),
-        ("FORM voltage", "{:g} .. {:g} V".format(*d["form_v"])),
-        ("read voltage", "{:g} .. {:g} V".format(*d["read_v"])),
-        ("gate voltage", "{:g} .. {:g} V".format(*d["gate_v"])),
-        ("pulse width", "{} .. {} ns, step {} ns".format(*d["pulse_width_ns"])),
-        ("max compliance", f"{d['max_compliance_a'] * 1e6:g} uA"),
-        ("max payload", f"{d['max_payload']} bytes"),
-        ("watchdog", f"{d['watchdog_ms']} ms"),
-        ("stream window", str(d["stream_window"])),
-        ("write-verify batch", str(d["max_wv_batch"])),
+    w_lo, w_hi, w_step = d["pulse_width_ns"]
+    items: list[tuple[str, str, str]] = [
+        ("board id", d["board_id"], ""),
+        ("port", d["port"], ""),
+        ("protocol", d["protocol"], ""),
+        ("firmware", d["firmware"], ""),
+        ("session", f"{d['session_id']:08x}", ""),
+        ("array", f"{d['rows']} x {d['cols']}", "cells"),
+        ("capabilities", ", ".join(d["capabilities"]) or "none", ""),
+        ("DAC / ADC bits", f"{d['dac_bits']} / {d['adc_bits']}", ""),
+        ("SET voltage", *_span(d["set_v"], "V")),
+        ("RESET voltage", *_span(d["reset_v"], "V")),
+        ("FORM voltage", *_span(d["form_v"], "V")),
+        ("read voltage", *_span(d["read_v"], "V")),
+        ("gate voltage", *_span(d["gate_v"], "V")),
+        ("pulse width", f"{w_lo} .. {w_hi}, step {w_step}", "ns"),
+        ("max compliance", *quantity(d["max_compliance_a"], "A")),
+        ("max payload", str(d["max_payload"]), "bytes"),
+        ("watchdog", str(d["watchdog_ms"]), "ms"),
+        ("stream window", str(d["stream_window"]), "events"),
+        ("write-verify batch", str(d["max_wv_batch"]), "cells"),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return "\n".join(aligned([(0, name, value, unit) for name, value, unit in items], indent=0, right=False))
 
 
 @board.command("info")

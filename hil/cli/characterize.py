@@ -18,10 +18,12 @@ from hil.characterize.procedure import ParamSpec, Procedure, ProcedureParams, op
 from hil.characterize.runfile import RunFileError
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
+from hil.cli.report import summary_lines
 from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
 from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError
 
 FC = TypeVar("FC", bound=Callable[..., Any])
+COMMON_UNITS = {"board_resets": ""}  # summary keys every procedure has (run_procedure adds them)
 expected_error(
     BoardConnectionError, BoardTimeoutError, VersionError, LimitError, RunFileError, BoardError, BoardResetError
 )
@@ -147,11 +149,11 @@ def execute(
             raise UserError(f"{exc}; data up to the last flush are in {out}; continue with --resume") from None
     summary = {"procedure": proc_cls.name, "out": str(out), **outcome.summary}
     if as_json:
-        click.echo(json.dumps(summary, default=float))
+        click.echo(json.dumps(summary, default=float, allow_nan=False))
     else:
         click.echo(f"{proc_cls.name}: wrote {out}")
-        for k, v in outcome.summary.items():
-            click.echo(f"  {k}: {v}")
+        for line in summary_lines(outcome.summary, {**COMMON_UNITS, **proc_cls.summary_units}):
+            click.echo(line)
     return summary
 
 
@@ -188,7 +190,11 @@ def _make_command(name: str, proc_cls: type[Procedure[Any]]) -> click.Command:
         click.Option(["--force"], is_flag=True, help="overwrite an existing run file"),
         click.Option(["--resume"], is_flag=True, help="continue an interrupted run file"),
         click.Option(["--json", "as_json"], is_flag=True, help="print the summary as JSON"),
-        click.Option(["--quiet", "-q"], is_flag=True, help="no progress bar"),
+        click.Option(
+            ["--quiet", "-q"],
+            is_flag=True,
+            help="no progress: neither the bar (on a terminal) nor the plain progress lines (elsewhere)",
+        ),
         click.Option(
             ["--flush-s", "flush_s"],
             type=click.FloatRange(min=0.0),

@@ -20,7 +20,7 @@ from hil.cli.commands import COMMANDS
     help="output folder for run files, figures and the summary",
 )
 @click.option("--seed", default=1, show_default=True, help="seed of the simulated chip")
-@click.option("--quick", is_flag=True, help="smaller regions and budgets (a few seconds)")
+@click.option("--quick", is_flag=True, help="smaller regions and budgets (about 35 s on 2 cores)")
 @click.option("--no-plots", is_flag=True, help="skip the PNG figures")
 @click.option("--force", is_flag=True, help="write into a non-empty folder not made by the demo")
 def demo(out: Path, seed: int, quick: bool, no_plots: bool, force: bool) -> None:
@@ -30,6 +30,8 @@ def demo(out: Path, seed: int, quick: bool, no_plots: bool, force: bool) -> None
     cfg = DemoConfig(out=out, seed=seed, quick=quick, plots=not no_plots)
     if quick:
         cfg.epochs, cfg.mc_draws = 8, 50
-    report = run_demo(cfg, force=force, echo=click.echo)
+    from hil.cli.report import quantity_text
+
+    report = run_demo(cfg, force=force, echo=click.echo, show=quantity_text)
     total = sum(t for _, t, _ in report.stages)
     click.echo(f"done in {total:.1f} s; summary in {out / 'summary.json'}")

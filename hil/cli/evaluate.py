@@ -9,7 +9,7 @@ import click
 
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
-from hil.cli.train import noise_options, spec_from_kwargs
+from hil.cli.train import aligned, noise_options, pct, spec_from_kwargs
 
 
 @COMMANDS.register("evaluate")
@@ -57,10 +57,10 @@ def evaluate(
         return
     if model_file is None:
         raise UserError("give a MODEL_FILE to evaluate (or --deployed DEPLOY.h5)")
-    from models.checkpoint import load_model
+    from models.checkpoint import load_model, model_mapping
     from models.data import load_dataset
     from models.montecarlo import evaluate_mc
-    from models.noise.factory import noise_from_spec
+    from models.noise.factory import mapping_of_spec, noise_from_spec
     from models.training import init_distributed, resolve_device
 
     if n_draws < 1:
@@ -71,7 +71,8 @@ def evaluate(
     rank, _world, local_rank = init_distributed(device)
     dev = resolve_device(device, local_rank)
     model, ckpt = load_model(model_file, dev)
-    spec = spec_from_kwargs(noise_kw)
+    recorded = model_mapping(ckpt)
+    spec = spec_from_kwargs(noise_kw, recorded, model_file)
     if spec is None:
         spec = ckpt.get("noise")
     if spec is None:
@@ -104,35 +105,42 @@ def evaluate(
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
-    click.echo(f"{model_file}: {ds.name} test set ({res.n_samples} samples), {res.n_draws} noise draws")
+    choice = mapping_of_spec(spec)
+    on = f", {choice.describe()}" if choice is not None else ""
+    click.echo(f"{model_file}: {ds.name} test set ({res.n_samples} samples), {res.n_draws} noise draws{on}")
+    rows: list[tuple[str, ...]] = []
     if res.clean_accuracy is not None:
-        click.echo(f"  clean accuracy   {100 * res.clean_accuracy:.2f} %")
-    click.echo(
-        f"  noisy mean (std) {100 * res.mean:.2f} % ({100 * res.std:.2f})  95% CI "
-        f"[{100 * res.ci95[0]:.2f}, {100 * res.ci95[1]:.2f}]"
-    )
-    for k, v in res.kpp.items():
-        click.echo(f"  KPP k={k:g}%       {100 * v:.2f} %")
-    click.echo(f"  worst draw       {100 * res.worst:.2f} %")
-    click.echo(f"  EKL (correct)    {res.ekl:.4f}")
+        rows.append(("clean accuracy", pct(res.clean_accuracy), "%"))
+    lo, hi = res.ci95
+    rows.append(("noisy accuracy", pct(res.mean), "%", f"mean, 95% CI [{pct(lo)}, {pct(hi)}] %"))
+    rows.append(("noisy std", pct(res.std), "%", "over the draws"))
+    rows += [(f"KPP {k:g}%", pct(v), "%", f"the draw at the {k:g} % percentile") for k, v in res.kpp.items()]
+    rows.append(("worst draw", pct(res.worst), "%"))
+    rows.append(("EKL", f"{res.ekl:.4f}", "nat", "mean KL over correct predictions"))
+    click.echo(aligned(rows))
 
 
 def _evaluate_deployed(path: str, n_draws: int, seed: int, as_json: bool) -> None:
     from hil.deploy.readback import evaluate_deployed
 
-    res = evaluate_deployed(path, mc=n_draws, seed=seed)
+    res = evaluate_deployed(path, mc=n_draws, seed=seed, progress=not as_json)
     if as_json:
         click.echo(json.dumps({"deployed": path, **res.to_dict()}, indent=2))
         return
     lo, hi = res.predicted_ci95
     click.echo(f"{path}: network read back from the chip")
-    click.echo(f"  measured accuracy   {100 * res.measured:.2f} %   (floating point {100 * res.clean:.2f} %)")
-    click.echo(
-        f"  predicted (profile) {100 * res.predicted_mean:.2f} % +- {100 * res.predicted_std:.2f}, 1% KPP "
-        f"{100 * res.predicted_kpp1:.2f} %  ({res.mc_draws} draws, mean CI [{100 * lo:.2f}, {100 * hi:.2f}])"
-    )
     verdict = "inside" if res.within_spread else "OUTSIDE"
-    click.echo(f"  measured is {verdict} the predicted spread [1% KPP, mean + 3 std]")
-    click.echo(
-        f"  write cycles        {res.write_cycles:.0f} ({res.write_cycles / res.write_cycles_full_wv:.2f}x full write-verify)"
-    )
+    rows: list[tuple[str, ...]] = [
+        ("measured accuracy", pct(res.measured), "%", f"{verdict} the predicted spread [1% KPP, mean + 3 std]"),
+        ("floating point", pct(res.clean), "%", "the trained network"),
+        ("predicted mean", pct(res.predicted_mean), "%", f"95% CI [{pct(lo)}, {pct(hi)}] %, {res.mc_draws} draws"),
+        ("predicted std", pct(res.predicted_std), "%"),
+        ("predicted KPP 1%", pct(res.predicted_kpp1), "%"),
+        (
+            "write cycles",
+            f"{res.write_cycles:.0f}",
+            "cycles",
+            f"{res.write_cycles / res.write_cycles_full_wv:.2f}x full write-verify",
+        ),
+    ]
+    click.echo(aligned(rows))

@@ -12,6 +12,7 @@ from hil.characterize.runfile import RunFileError
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
 from hil.cli.profile import CONDUCTANCE
+from hil.cli.report import aligned
 
 expected_error(RunFileError, ProfileError)
 
@@ -67,10 +68,15 @@ def fit(
     save_profile(profile, output, overwrite=force)
     if as_json:
         click.echo(
-            json.dumps({"profile": str(output), "datasets": datasets.used, **profile_summary(profile)}, default=str)
+            json.dumps(
+                {"profile": str(output), "datasets": datasets.used, **profile_summary(profile)},
+                default=str,
+                allow_nan=False,
+            )
         )
         return
-    click.echo(f"wrote {output} from {len(runs)} run file(s)")
-    for name, files in datasets.used.items():
-        click.echo(f"  {name:<11} <- {', '.join(Path(f).name for f in files)}")
+    click.echo(f"wrote {output} from {len(runs)} run file(s); datasets fitted, from:")
+    rows = [(0, name, ", ".join(Path(f).name for f in files), "") for name, files in datasets.used.items()]
+    for line in aligned(rows):
+        click.echo(line)
     click.echo(format_summary(profile))

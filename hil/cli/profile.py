@@ -98,7 +98,13 @@ def profile() -> None:
 @click.option(
     "--stuck-hrs", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="fraction stuck at g_min"
 )
-@click.option("--pulses-verified", type=float, default=float("nan"), help="mean pulses per device under write-verify")
+@click.option(
+    "--pulses-verified",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    metavar="N",
+    help="mean pulses per device under write-verify (write-cycle counts of `rram program` and `rram swim curve`)",
+)
 @click.option("--board-id", default="", help="provenance: board id")
 @click.option("--notes", default="", help="provenance: free text")
 @click.option("--force", is_flag=True, help="replace an existing file")
@@ -117,7 +123,7 @@ def new(
     read_noise: float | None,
     stuck_lrs: float,
     stuck_hrs: float,
-    pulses_verified: float,
+    pulses_verified: float | None,
     board_id: str,
     notes: str,
     force: bool,
@@ -163,7 +169,7 @@ def new(
             read_noise=read_noise,
             stuck_lrs=stuck_lrs,
             stuck_hrs=stuck_hrs,
-            pulses_verified=pulses_verified,
+            pulses_verified=float("nan") if pulses_verified is None else pulses_verified,
             provenance=prov,
             **params,
         )
@@ -171,6 +177,10 @@ def new(
     except (ProfileError, FileExistsError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {family} profile to {path}")
+    if pulses_verified is None:
+        click.echo(
+            "note: no --pulses-verified N given, so `rram program` and `rram swim curve` cannot count write cycles"
+        )
 
 
 @profile.command("show")
@@ -215,13 +225,17 @@ def plot(path: str, out_dir: str) -> None:
 @click.option("--verified", is_flag=True, help="export the write-verify programming model instead of open-loop")
 @click.option("--force", is_flag=True, help="replace an existing file")
 def export_aihwkit_cmd(path: str, output: str, verified: bool, force: bool) -> None:
-    """Write the profile as IBM aihwkit inference noise-model arguments (JSON, uS)."""
+    """Write the profile as IBM aihwkit inference noise-model arguments (JSON, uS); list what aihwkit drops."""
     from calibration.aihwkit_export import write_aihwkit_json
     from calibration.profile import ProfileError
 
     p = _load(path)
     try:
-        out = write_aihwkit_json(p, output, verified=verified, overwrite=force)
+        out, data = write_aihwkit_json(p, output, verified=verified, overwrite=force)
     except (ProfileError, FileExistsError, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    click.echo(f"wrote aihwkit coefficients to {Path(out)}")
+    click.echo(f"wrote aihwkit coefficients to {Path(out)} (usage: calibration/PROFILE.md, Export to IBM aihwkit)")
+    for line in data["dropped"]:
+        click.echo(f"dropped: {line}")
+    if not data["dropped"]:
+        click.echo("dropped: nothing (aihwkit carries every part of this profile)")

@@ -64,7 +64,7 @@ expected_error(PlanError)
 @click.option("--force", is_flag=True, help="overwrite existing output and plan")
 @click.option("--resume", is_flag=True, help="continue an interrupted deployment (same plan)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-@click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bars or stage lines")
 def program(
     model_file: Path,
     port: str,
@@ -82,7 +82,12 @@ def program(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Program MODEL_FILE onto the array: one-shot pulses, WRITE_VERIFY for the SWIM-selected weights, read-back."""
+    """Program MODEL_FILE onto the array: one-shot pulses, WRITE_VERIFY for the SWIM-selected weights, read-back.
+
+    Each weight becomes one analog conductance pair, as the model file's mapping must say (`rram train
+    --mapping analog`, the automatic choice for a measured profile); write-cycle counts need the profile's
+    pulses per write-verified device.
+    """
     from hil.deploy import DeploySettings, default_plan_path, plan_model, program_params
     from hil.hardware.board import Board
 
@@ -97,5 +102,5 @@ def program(
             raise UserError(f"{plan_path} already exists (use --force to overwrite it)")
         with Board.open(port) as board:
             rows, cols = board.rows, board.cols
-        plan_model(model_file, profile_file, plan_path, rows, cols, settings, force=force)
+        plan_model(model_file, profile_file, plan_path, rows, cols, settings, force=force, quiet=quiet or as_json)
     execute(DeployRun, port, out, force, resume, as_json, quiet, None, program_params(plan_path, settings))

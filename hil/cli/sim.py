@@ -1,15 +1,26 @@
-"""`rram sim`: run the simulated board where any serial program can reach it (a pseudo-terminal)."""
+"""`rram sim`: serve the simulated board on a pseudo-terminal, and show or reset the stored simulated chips.
+
+A simulated chip persists between processes like a real one (sim_backend/SIM.md); `status`, `list`
+and `reset` manage the stored chips. Every import of sim_backend happens inside the commands (fast start).
+"""
 
 from __future__ import annotations
 
+import json
+import signal
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
+
+if TYPE_CHECKING:
+    from sim_backend.chip_store import ChipId, ChipReport, ChipStore
+
+DEFAULT_SEED, DEFAULT_ROWS, DEFAULT_COLS = 0, 64, 64  # the chip of the default port sim://?seed=0
 
 
 @COMMANDS.register("sim")
@@ -54,6 +65,15 @@ def _probability(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
     help="reboot the firmware once after this many host bytes (0 = never)",
 )
 @click.option(
+    "--persist/--no-persist",
+    default=True,
+    show_default=True,
+    help="keep the chip between runs in the state folder (--no-persist: a throwaway chip, pristine, never saved)",
+)
+@click.option(
+    "--state-dir", default=None, help="folder of the stored chips (default: $RRAM_SIM_STATE_DIR or ~/.local/state)"
+)
+@click.option(
     "--ground-truth",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
@@ -69,14 +89,18 @@ def serve(
     delay: float,
     delay_max: float,
     reset_after: int,
+    persist: bool,
+    state_dir: str | None,
     ground_truth: str | None,
 ) -> None:
-    """Serve a simulated board on a pseudo-terminal until Ctrl-C.
+    """Serve a simulated board on a pseudo-terminal until Ctrl-C or SIGTERM.
 
     The first line on stdout is "serving simulated board on /dev/pts/N"; open that path with any
-    serial program (baud rate is ignored).
+    serial program (baud rate is ignored). The chip is the stored one (`rram sim status`), locked
+    while serving and saved as it changes and when the server stops.
     """
     from sim_backend.board_config import BoardConfig
+    from sim_backend.chip_store import ChipStore, ChipStoreError, PersistentChip
     from sim_backend.faults import LinkFaults
     from sim_backend.firmware import FirmwareEngine
     from sim_backend.pty_server import PtyBoard
@@ -91,12 +115,22 @@ def serve(
     if not board_id.isascii():
         raise UserError(f"board id {board_id!r} must be ASCII")
     engine = FirmwareEngine(config)
-    if ground_truth:
-        try:
-            engine.array.write_ground_truth(ground_truth, read_chain=engine.chain)
-        except OSError as exc:
-            raise UserError(f"cannot write ground truth to {ground_truth}: {exc}") from None
-    board = PtyBoard(engine, faults)
+    try:
+        chip = PersistentChip.open(engine, ChipStore(state_dir)) if persist else None
+    except ChipStoreError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        if ground_truth:
+            try:
+                engine.array.write_ground_truth(ground_truth, read_chain=engine.chain)
+            except OSError as exc:
+                raise UserError(f"cannot write ground truth to {ground_truth}: {exc}") from None
+        board = PtyBoard(engine, faults, chip=chip)
+    except BaseException:
+        if chip is not None:
+            chip.close()
+        raise
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C: the chip is saved
     click.echo(f"serving simulated board on {board.path}")
     sys.stdout.flush()  # the path line must reach a pipe before serving blocks
     try:
@@ -104,5 +138,216 @@ def serve(
     except KeyboardInterrupt:
         pass
     finally:
-        board.close()
-    click.echo("stopped", err=True)
+        board.close()  # saves and releases the chip
+        signal.signal(signal.SIGTERM, previous)
+    saved = f" (chip {chip.chip.name} saved in {chip.path})" if chip is not None and chip.path.exists() else ""
+    click.echo(f"stopped{saved}", err=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------------------------------ stored chips
+def _chip_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """CHIP (a name like seed0_64x64 or a sim:// URL) or --seed/--rows/--cols, and --state-dir, --json."""
+    func = click.option("--json", "as_json", is_flag=True, help="print JSON (SI units)")(func)
+    func = click.option(
+        "--state-dir", default=None, help="folder of the stored chips (default: $RRAM_SIM_STATE_DIR or ~/.local/state)"
+    )(func)
+    func = click.option("--cols", type=click.IntRange(1, 4096), default=None, help=f"array columns [{DEFAULT_COLS}]")(
+        func
+    )
+    func = click.option("--rows", type=click.IntRange(1, 4096), default=None, help=f"array rows [{DEFAULT_ROWS}]")(func)
+    func = click.option("--seed", type=int, default=None, help=f"chip seed [{DEFAULT_SEED}]")(func)
+    return click.argument("chip", required=False)(func)
+
+
+def _resolve(
+    chip: str | None, seed: int | None, rows: int | None, cols: int | None, state_dir: str | None
+) -> tuple[ChipId, ChipStore]:
+    """The chip named on the command line (default: the default port's chip) and its store."""
+    from sim_backend.board_config import BoardConfig
+    from sim_backend.chip_store import ChipId, ChipStore, parse_chip_name
+    from sim_backend.sim_url import parse_sim_options
+
+    url_dir: str | None = None
+    if chip is not None:
+        if (seed, rows, cols) != (None, None, None):
+            raise UserError("give the chip either as CHIP or with --seed/--rows/--cols, not both")
+        if chip.startswith("sim://"):
+            try:
+                opts = parse_sim_options(chip)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            seed, rows, cols, url_dir = opts.config.seed, opts.config.rows, opts.config.cols, opts.state_dir
+        else:
+            named = parse_chip_name(chip)
+            if named is None:
+                raise UserError(f"{chip!r} is not a chip: give a name like seed0_64x64 or a URL like sim://?seed=0")
+            seed, rows, cols = named
+    if state_dir is not None and url_dir is not None and state_dir != url_dir:
+        raise UserError("the URL's state_dir and --state-dir differ: give the folder once")
+    try:
+        config = BoardConfig(
+            rows=DEFAULT_ROWS if rows is None else rows,
+            cols=DEFAULT_COLS if cols is None else cols,
+            seed=DEFAULT_SEED if seed is None else seed,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return ChipId.of(config), ChipStore(state_dir or url_dir)
+
+
+def _rows(table: Sequence[tuple[str, str]]) -> str:
+    """Aligned `name  value` lines."""
+    width = max(len(name) for name, _ in table)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in table)
+
+
+def _lock_text(r: ChipReport) -> str:
+    if not r.lock.held:
+        return "free"
+    return f"held by process {r.lock.pid}" if r.lock.pid else "held by another process"
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f} %" if whole else "n/a"
+
+
+@sim.command("status")
+@_chip_options
+def status(
+    chip: str | None, seed: int | None, rows: int | None, cols: int | None, state_dir: str | None, as_json: bool
+) -> None:
+    """Show one stored simulated chip: formed and stuck cells, virtual clock, pulse counters, file, lock.
+
+    CHIP is a name like seed0_64x64 or a sim:// URL; without it, --seed/--rows/--cols (default: the
+    chip of the default port, sim://?seed=0, 64x64).
+    """
+    from sim_backend.chip_store import ChipStoreError, report
+
+    chip_id, store = _resolve(chip, seed, rows, cols, state_dir)
+    try:
+        r = report(store, chip_id)
+    except ChipStoreError as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=2))
+        return
+    c = r.counters
+    saved = f"{r.saved_at} (by process {r.saved_by_pid}, save {r.generation})" if r.stored else "never"
+    table = [
+        ("chip", chip_id.name),
+        ("state", "stored" if r.stored else "pristine (nothing stored yet)"),
+        ("file", str(r.path)),
+        ("last saved", saved),
+        ("formed", f"{r.formed} of {r.cells} cells ({_percent(r.formed, r.cells)})"),
+        ("stuck", f"{_cells(r.stuck_lrs + r.stuck_hrs)} ({r.stuck_lrs} at LRS, {r.stuck_hrs} at HRS)"),
+        ("virtual clock", f"{r.clock_s:.6f} s"),
+        ("form pulses", f"{c.get('form', 0)}"),
+        ("set pulses", f"{c.get('set', 0)}"),
+        ("reset pulses", f"{c.get('reset', 0)}"),
+        ("cell reads", f"{c.get('reads', 0)}"),
+        ("firmware boots", f"{r.boots}"),
+        ("lock", _lock_text(r)),
+    ]
+    click.echo(_rows(table))
+
+
+@sim.command("list")
+@click.option(
+    "--state-dir", default=None, help="folder of the stored chips (default: $RRAM_SIM_STATE_DIR or ~/.local/state)"
+)
+@click.option("--json", "as_json", is_flag=True, help="print JSON (SI units)")
+def list_chips(state_dir: str | None, as_json: bool) -> None:
+    """List every stored simulated chip, one line each."""
+    from sim_backend.chip_store import ChipStore, ChipStoreError, report
+
+    store = ChipStore(state_dir)
+    reports: list[ChipReport] = []
+    unreadable: list[str] = []
+    for path in store.files():
+        try:
+            stored = store.read(path)
+        except ChipStoreError as exc:
+            unreadable.append(str(exc))
+            continue
+        reports.append(report(store, stored.chip, stored))
+    if as_json:
+        payload = {"folder": str(store.folder), "chips": [r.to_dict() for r in reports], "unreadable": unreadable}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    if not reports and not unreadable:
+        click.echo(f"no stored chips in {store.folder}")
+        return
+    click.echo(f"stored chips in {store.folder}")
+    header = ("chip", "formed", "stuck", "clock (s)", "form", "set", "reset", "reads", "saved", "lock", "physics")
+    lines = [header] + [
+        (
+            r.chip.name,
+            f"{r.formed}/{r.cells}",
+            str(r.stuck_lrs + r.stuck_hrs),
+            f"{r.clock_s:.3f}",
+            str(r.counters.get("form", 0)),
+            str(r.counters.get("set", 0)),
+            str(r.counters.get("reset", 0)),
+            str(r.counters.get("reads", 0)),
+            r.saved_at or "",
+            _lock_text(r),
+            "current" if r.current_physics else f"other ({r.chip.physics}, never loaded)",
+        )
+        for r in reports
+    ]
+    right = {1, 2, 3, 4, 5, 6, 7}  # numbers align right
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    for row in lines:
+        cells = [f"{v:>{w}}" if i in right else f"{v:<{w}}" for i, (v, w) in enumerate(zip(row, widths, strict=True))]
+        click.echo("  ".join(cells).rstrip())
+    for line in unreadable:
+        click.echo(f"unreadable: {line}")
+
+
+@sim.command("reset")
+@_chip_options
+@click.option("--all", "everything", is_flag=True, help="reset every stored chip")
+def reset(
+    chip: str | None,
+    seed: int | None,
+    rows: int | None,
+    cols: int | None,
+    state_dir: str | None,
+    as_json: bool,
+    everything: bool,
+) -> None:
+    """Delete a simulated chip's stored state: the next open gives the pristine chip of its seed.
+
+    CHIP is a name like seed0_64x64 or a sim:// URL (default: the chip of the default port); --all
+    resets every stored chip. Refused while a program has the chip open.
+    """
+    from sim_backend.chip_store import ChipStore, ChipStoreError
+
+    if everything:
+        if chip is not None or (seed, rows, cols) != (None, None, None):
+            raise UserError("give either a chip or --all, not both")
+        store = ChipStore(state_dir)
+        paths, what = store.known(), "every stored chip"
+    else:
+        chip_id, store = _resolve(chip, seed, rows, cols, state_dir)
+        paths, what = store.variants(chip_id.seed, chip_id.rows, chip_id.cols), chip_id.name
+    try:
+        deleted = store.delete(paths)
+    except ChipStoreError as exc:
+        raise UserError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"folder": str(store.folder), "deleted": [str(p) for p in deleted]}, indent=2))
+    elif deleted:
+        for path in deleted:
+            click.echo(f"deleted {path}")
+        click.echo(f"reset {what}: the next open gives a pristine chip")
+    else:
+        click.echo(f"nothing stored for {what} in {store.folder} (already pristine)")

@@ -62,36 +62,56 @@ def curve(
     out: Path | None,
     as_json: bool,
 ) -> None:
-    """Accuracy (mean, 1% KPP) and write cycles versus fraction verified, for SWIM and baselines."""
-    from tqdm import tqdm
+    """Accuracy (mean, 1% KPP) and write cycles versus fraction verified, for SWIM and baselines.
 
+    The weights are mapped as the model file records (analog pairs, or bit-sliced on the profile's devices).
+    """
     from calibration.profile import load_profile
     from hil.deploy.swim_report import curve_table
     from hil.figures.swim import plot_curve
-    from models.checkpoint import load_model
+    from models.checkpoint import load_model, model_mapping
     from models.data.datasets import load_dataset
-    from models.swim.planning import SwimPlanner
+    from models.noise.factory import MappingChoice, mapping_for_model
+    from models.progress import Progress
+    from models.swim.planning import METHODS, MissingPulses, SwimPlanner
 
     fr = _floats(fractions, "fractions")
     if any(not 0 <= f <= 1 for f in fr):
         raise UserError("--fractions must lie in [0, 1]")
     meths = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in meths if m not in METHODS]
+    if unknown:
+        raise UserError(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})")
     model, ckpt = load_model(model_file)
+    profile = load_profile(profile_path)
+    recorded = model_mapping(ckpt) or MappingChoice("analog")  # not trained on a profile: deployed as analog pairs
+    choice = mapping_for_model(recorded, profile, model_name=str(model_file), profile_name=str(profile_path))
     ds = load_dataset(ckpt["data"]["name"], ckpt["data"].get("root"))
-    planner = SwimPlanner(
-        model,
-        load_profile(profile_path),
-        ds.x_test,
-        ds.y_test,
-        t_s=t_s,
-        granularity=granularity,
-        mc_draws=mc,
-        seed=seed,
-        noise_scale=noise_scale,
-    )
-    planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=sens_samples)
-    with tqdm(total=len(fr) * len(meths), desc="swim curve", unit="point", leave=False, disable=None) as bar:
-        points = planner.curve(fr, meths, progress=lambda: bar.update(1))
+    quiet = as_json
+    with Progress(None, "swim curve", "stages", enabled=not quiet, final_line=False) as stages:
+        try:
+            planner = SwimPlanner(
+                model,
+                profile,
+                ds.x_test,
+                ds.y_test,
+                mapping=choice.name,
+                bits=choice.bits or 8,
+                t_s=t_s,
+                granularity=granularity,
+                mc_draws=mc,
+                seed=seed,
+                noise_scale=noise_scale,
+            )
+        except MissingPulses as exc:
+            raise UserError(f"{profile_path}: {exc}") from None
+        stages.stage(f"{choice.describe(int(profile.bits_per_device))}; sensitivity over {sens_samples} samples")
+        planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=sens_samples)
+    points = []
+    with Progress(len(fr) * len(meths), "swim curve", "points", enabled=not quiet) as bar:
+        for m in meths:
+            bar.stage(f"{m}: {len(fr)} fractions x {mc} draws")
+            points += planner.curve(fr, [m], progress=bar.update)
     if out is not None:
         plot_curve(points, out, f"{model_file.name} on {profile_path.name}")
     if as_json:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
+
+if TYPE_CHECKING:  # torch-free at start-up: the noise factory is imported inside the commands
+    from models.noise.factory import MappingChoice
 
 
 def noise_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,10 +30,17 @@ def noise_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--mapping",
-            type=click.Choice(["bitsliced", "analog"]),
-            default="bitsliced",
-            show_default=True,
-            help="Weight-to-device mapping for a profile.",
+            type=click.Choice(["auto", "bitsliced", "analog"]),
+            default=None,
+            help="How a profile's devices hold the weights [default: the model file's; for training: auto = "
+            "analog pairs for a continuous profile, bit-sliced on its devices for a per-level one].",
+        ),
+        click.option(
+            "--bits",
+            type=click.IntRange(1, 32),
+            default=None,
+            help="Bit-sliced weight resolution, a multiple of the profile's bits per device "
+            "[default: the smallest multiple >= 8].",
         ),
         click.option("--sigma", type=float, help="NeFT device sigma_d (level units; 8-bit weights on 2-bit devices)."),
         click.option(
@@ -48,14 +59,17 @@ def noise_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def spec_from_kwargs(kw: dict[str, Any]) -> dict[str, Any] | None:
-    """Pop the noise options from a command's kwargs and build the spec."""
+def spec_from_kwargs(
+    kw: dict[str, Any], recorded: MappingChoice | None = None, recorded_from: str = "the model file"
+) -> dict[str, Any] | None:
+    """Pop the noise options from a command's kwargs and build the spec (a model file's mapping in ``recorded``)."""
     from models.noise.factory import spec_from_options
 
     keys = (
         "profile",
         "t_s",
         "mapping",
+        "bits",
         "sigma",
         "device_model",
         "lognormal",
@@ -64,7 +78,10 @@ def spec_from_kwargs(kw: dict[str, Any]) -> dict[str, Any] | None:
         "recentre",
         "noise_json",
     )
-    return spec_from_options(**{k: kw.pop(k) for k in keys})
+    try:
+        return spec_from_options(**{k: kw.pop(k) for k in keys}, recorded=recorded, recorded_from=recorded_from)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _parse_opts(items: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -135,7 +152,13 @@ def _check_method(method: str, options: dict[str, Any]) -> None:
 @click.option("--val-draws", type=int, default=5, show_default=True, help="Noise draws for per-epoch noisy accuracy.")
 @click.option("--resume", type=click.Path(dir_okay=False, exists=True), help="Continue from this model file.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Model file to write (every epoch).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
+@click.option("--force", is_flag=True, help="Replace an existing model file.")
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Progress bars with ETA on a terminal (a plain line per epoch otherwise).",
+)
 @click.option(
     "--list-methods", is_flag=True, help="Print the training methods with their options (type, default, help) and exit."
 )
@@ -159,6 +182,7 @@ def train(
     val_draws: int,
     resume: str | None,
     output: str | None,
+    force: bool,
     progress: bool,
     list_methods: bool,
     as_json: bool,
@@ -173,12 +197,15 @@ def train(
         return
     if output is None:
         raise UserError("give the model file to write with -o/--output")
+    _check_output(output, resume, force)
     from models.checkpoint import save_checkpoint
     from models.config import TrainConfig
+    from models.noise.factory import mapping_of_spec
     from models.training import train as run_training
 
     method_options = _parse_opts(method_opt, "--opt")
     _check_method(method, method_options)
+    noise_kw_profile = noise_kw.get("profile")
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
     cfg = TrainConfig(
@@ -188,7 +215,7 @@ def train(
         data_root=data_root,
         method=method,
         method_options=method_options,
-        noise=spec_from_kwargs(noise_kw),
+        noise=spec_from_kwargs(noise_kw, _resumed_mapping(resume), resume or "the model file"),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -202,15 +229,83 @@ def train(
         checkpoint=output,
         progress=progress,
     )
-    result = run_training(cfg, resume=resume, log=(lambda s: None) if as_json else click.echo)
+    log = (lambda s: None) if as_json else click.echo
+    choice = mapping_of_spec(cfg.noise)
+    if choice is not None:
+        log(f"noise: profile {noise_kw_profile}, {choice.describe(_bits_per_device(cfg.noise))}")
+    result = run_training(cfg, resume=resume, log=log)
     import torch.distributed as dist
 
     rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     if rank0:
         save_checkpoint(result.checkpoint, output)
         if as_json:
-            click.echo(json.dumps({"output": output, "history": result.history}, indent=2))
+            mapping = choice.spec() if choice is not None else None
+            click.echo(json.dumps({"output": output, "mapping": mapping, "history": result.history}, indent=2))
         else:
             click.echo(f"wrote {output}")
+            click.echo(aligned(train_rows(result.history)))
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _check_output(output: str, resume: str | None, force: bool) -> None:
+    """Refuse to replace an existing model file unless --force (or it is the run being resumed)."""
+    out = Path(output)
+    if out.is_dir():
+        raise UserError(f"{output} is a folder: give a model file name with -o")
+    if not out.exists() or force:
+        return
+    if resume is not None and Path(resume).resolve() == out.resolve():
+        return  # continuing a run writes on into its own file
+    raise UserError(f"{output} already exists (use --force to replace it, or --resume {output} to continue it)")
+
+
+def _resumed_mapping(resume: str | None) -> MappingChoice | None:
+    """The mapping of the run being resumed: it continues as it started (contradicting options are refused)."""
+    if resume is None:
+        return None
+    from models.checkpoint import load_checkpoint, model_mapping
+
+    return model_mapping(load_checkpoint(resume))
+
+
+def _bits_per_device(spec: dict[str, Any] | None) -> int | None:
+    """Bits per device of the profile a spec names (for messages), None if it cannot be read."""
+    from calibration.profile import ProfileError, load_profile
+
+    try:
+        return int(load_profile(spec["path"]).bits_per_device) if spec else None
+    except (ProfileError, KeyError):
+        return None
+
+
+def aligned(rows: list[tuple[str, ...]]) -> str:
+    """`name  value unit  note` lines (hil.cli.report's columns); a row is (name, value, unit[, note])."""
+    from hil.cli.report import aligned as report_aligned
+
+    cells = [tuple(r) + ("",) * (4 - len(r)) for r in rows]
+    uw = max((len(c[2]) for c in cells), default=0)
+    return "\n".join(
+        report_aligned([(0, n, v, f"{u:<{uw}}  {note}".rstrip() if note else u) for n, v, u, note in cells])
+    )
+
+
+def pct(x: float) -> str:
+    """An accuracy in [0, 1] as percent with two decimals."""
+    return f"{100 * x:.2f}"
+
+
+def train_rows(history: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The end-of-training summary of the last epoch: accuracies in %, time in s."""
+    if not history:
+        return [("epochs", "0", "", "(nothing left to train)")]
+    last = history[-1]
+    rows: list[tuple[str, ...]] = [("epochs", str(last["epoch"]), "")]
+    if "val_acc" in last:
+        rows.append(("clean accuracy", pct(last["val_acc"]), "%", "test set"))
+    if "val_noisy_acc" in last:
+        std = last.get("val_noisy_std", float("nan"))
+        rows.append(("noisy accuracy", pct(last["val_noisy_acc"]), "%", f"std {pct(std)} % over the validation draws"))
+    rows.append(("training time", f"{sum(h.get('time_s', 0.0) for h in history):.1f}", "s"))
+    return rows

@@ -37,8 +37,9 @@ def plan_model(
     settings: DeploySettings = DeploySettings(),
     *,
     force: bool = False,
+    quiet: bool = False,
 ) -> Path:
-    """Plan MODEL_FILE for a rows x cols array with the chip's profile and write the plan file."""
+    """Plan MODEL_FILE for a rows x cols array with the chip's profile and write the plan file (stages unless quiet)."""
     from hil.deploy.placement import plan_deployment
     from hil.deploy.plan import save_plan
 
@@ -51,6 +52,7 @@ def plan_model(
         rows,
         cols,
         settings.read_delay_s,
+        quiet=quiet,
     )
     return save_plan(plan, plan_path, force=force)
 
@@ -83,6 +85,6 @@ def deploy_model(
 
     plan_path = plan_path or default_plan_path(out)
     with Board.open(port) as board:
-        plan_model(model_file, profile_file, plan_path, board.rows, board.cols, settings, force=force)
+        plan_model(model_file, profile_file, plan_path, board.rows, board.cols, settings, force=force, quiet=quiet)
         proc = DeployRun(DeployRun.Params(**program_params(plan_path, settings)), board)
         return run_procedure(proc, out, force=force, quiet=quiet).summary

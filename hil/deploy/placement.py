@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hil.deploy.plan import TILE_DTYPE, LayerPlan, Plan, file_sha256
+from hil.deploy.plan import TILE_DTYPE, LayerPlan, Plan, PlanError, file_sha256
 from models.mapping import AnalogMapping, AnalogState
 from models.noise.apply import clean_weights
 
@@ -83,21 +83,42 @@ def plan_deployment(
     read_delay: float,
     sens_samples: int = 2000,
     seed: int = 0,
+    quiet: bool = False,
 ) -> Plan:
-    """SWIM (or baseline) verify marks for `fraction` of the weights, mapped and tiled for a rows x cols array."""
+    """SWIM (or baseline) verify marks for `fraction` of the weights, mapped and tiled for a rows x cols array.
+
+    The array holds one analog conductance pair per weight, so a model trained bit-sliced is refused
+    (PlanError naming the retraining); a model not trained on a profile is mapped as analog pairs.
+    The stages go to a progress bar on a terminal, or one plain line each elsewhere (unless quiet).
+    """
     from calibration.profile import load_profile
-    from models.checkpoint import load_model
+    from models.checkpoint import load_model, model_mapping
     from models.data.datasets import load_dataset
-    from models.swim.planning import SwimPlanner
+    from models.progress import Progress
+    from models.swim.planning import MissingPulses, SwimPlanner
 
     model, ckpt = load_model(model_file)
+    recorded = model_mapping(ckpt)
+    if recorded is not None and recorded.name != "analog":
+        raise PlanError(
+            f"{model_file} was trained with {recorded.describe()}, but `rram program` writes one analog conductance "
+            f"pair per weight: retrain it with --mapping analog"
+        )
     ds = load_dataset(ckpt["data"]["name"], ckpt["data"].get("root"))
     profile = load_profile(profile_file)
-    planner = SwimPlanner(model, profile, ds.x_test, ds.y_test, t_s=read_delay, granularity=granularity, seed=seed)
-    if method in ("swim", "gradient"):
-        planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=sens_samples)
-    mask = planner.mask(method, fraction)
-    cycles, norm = planner.cycles(mask)
+    with Progress(None, "planning", "stages", enabled=not quiet, final_line=False) as stages:
+        try:
+            planner = SwimPlanner(
+                model, profile, ds.x_test, ds.y_test, t_s=read_delay, granularity=granularity, seed=seed
+            )
+        except MissingPulses as exc:
+            raise PlanError(f"{profile_file}: {exc}") from None
+        if method in ("swim", "gradient"):
+            stages.stage(f"sensitivity of {planner.n_weights} weights over {sens_samples} training samples")
+            planner.sensitivity([(ds.x_train, ds.y_train)], max_samples=sens_samples)
+        stages.stage(f"{method}: marking {fraction:.1%} of the weights for write-verify")
+        mask = planner.mask(method, fraction)
+        cycles, norm = planner.cycles(mask)
     meta = {
         "model_file": str(model_file.resolve()),
         "model_sha256": file_sha256(model_file),

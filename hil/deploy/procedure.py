@@ -53,6 +53,12 @@ class DeployRun(Procedure[DeployParams]):
     name = "program"
     Params = DeployParams
     characterization = False
+    summary_units = {
+        "write_cycles": "cycles",
+        "pulses_verified_mean": "pulses",
+        "readback_sigma_s": "S",
+        "readback_sigma_verified_s": "S",
+    }
 
     def validate(self) -> None:
         p = self.p
@@ -169,6 +175,6 @@ class DeployRun(Procedure[DeployParams]):
             "form_failed": int(np.sum(data["form"]["formed"] == 0)),
             "write_cycles": float(pulses.sum()),
             "pulses_verified_mean": float(t["pulses"][ver].mean()) if ver.any() else 0.0,
-            "readback_sigma_uS": float(np.std(err) * 1e6),
-            "readback_sigma_verified_uS": float(np.std((t["g_read"] - t["target"])[ver]) * 1e6) if ver.any() else None,
+            "readback_sigma_s": float(np.std(err)),
+            "readback_sigma_verified_s": float(np.std((t["g_read"] - t["target"])[ver])) if ver.any() else None,
         }

@@ -71,13 +71,16 @@ def _accuracy(model: torch.nn.Module, weights: dict, x: torch.Tensor, y: torch.T
     return correct / len(y)
 
 
-def evaluate_deployed(deploy_path: str | Path, mc: int = 200, seed: int = 0) -> DeployedAccuracy:
-    """Measured accuracy of a deployment and its Monte Carlo prediction."""
+def evaluate_deployed(
+    deploy_path: str | Path, mc: int = 200, seed: int = 0, progress: bool = False
+) -> DeployedAccuracy:
+    """Measured accuracy of a deployment and its Monte Carlo prediction (progress: bar or line for the draws)."""
     from calibration.profile import load_profile
     from models.checkpoint import load_model
     from models.data.datasets import load_dataset
     from models.montecarlo import evaluate_mc
     from models.noise.profile_noise import ProfileNoise
+    from models.swim.planning import MissingPulses, pulses_per_device
 
     run = read_run(deploy_path)
     if run.procedure != "program":
@@ -93,12 +96,15 @@ def evaluate_deployed(deploy_path: str | Path, mc: int = 200, seed: int = 0) -> 
     noise = ProfileNoise.from_profile(
         profile, float(run.params["read_delay"]), mapping="analog", verified_mask=verify_masks(plan)
     )
-    pred = evaluate_mc(model, ds.x_test, ds.y_test, noise, mc, seed=seed, kpp=(1.0,))
+    pred = evaluate_mc(model, ds.x_test, ds.y_test, noise, mc, seed=seed, kpp=(1.0,), progress=progress)
     kpp1 = float(pred.kpp[1.0])
     ci_low, ci_high = pred.ci95
     pulses = run.data["tiles"]["pulses"]
     cycles = float(pulses[~np.isnan(run.data["tiles"]["target"])].sum())
-    full = plan.n_devices * float(profile.pulses_per_device(True))
+    try:
+        full = plan.n_devices * pulses_per_device(profile, True)
+    except MissingPulses as exc:
+        raise RunFileError(f"{plan.meta['profile_file']}: {exc}") from None
     return DeployedAccuracy(
         measured,
         clean,

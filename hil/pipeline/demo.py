@@ -55,6 +55,7 @@ def prepare_folder(out: Path, force: bool) -> None:
 def _characterize_plan(cfg: DemoConfig) -> list[tuple[str, dict]]:
     n = 8 if cfg.quick else 16
     region = f"0:{n},0:{n}"
+    dead = dict(skip_unformed=True)  # after forming the whole chip, a cell still not formed is dead: left out
     return [
         ("form", dict(cells=f"0:{cfg.rows},0:{cfg.cols}")),  # the whole chip: its defect map matters for deployment
         (
@@ -63,19 +64,39 @@ def _characterize_plan(cfg: DemoConfig) -> list[tuple[str, dict]]:
                 cells=f"0:{n // 2},0:{n // 2}",
                 cycles=2_000 if cfg.quick else 100_000,
                 read_every=100 if cfg.quick else 1_000,
+                **dead,
             ),
         ),
-        ("retention", dict(cells=region, t_last=1e4 if cfg.quick else 1e5, times=6 if cfg.quick else 11)),
-        ("levels", dict(cells=region, read_times="1,10,100" if cfg.quick else "1,10,100,1000,10000")),
-        ("read-noise", dict(cells=f"0:{n // 2},0:{n}", reads=20 if cfg.quick else 100)),
+        ("retention", dict(cells=region, t_last=1e4 if cfg.quick else 1e5, times=6 if cfg.quick else 11, **dead)),
+        ("levels", dict(cells=region, read_times="1,10,100" if cfg.quick else "1,10,100,1000,10000", **dead)),
+        ("read-noise", dict(cells=f"0:{n // 2},0:{n}", reads=20 if cfg.quick else 100, **dead)),
     ]
 
 
-def run_demo(cfg: DemoConfig, force: bool = False, echo: Callable[[str], None] = print) -> DemoReport:
-    """Characterize the simulated chip, fit its profile, train on it, deploy with SWIM, read back, report."""
+Show = Callable[[object, str], str]  # (SI value, unit) -> text, e.g. (1.93e-05, "S") -> "19.3 µS"
+
+
+def _plain(value: object, unit: str) -> str:
+    """The headline values without the CLI's formatter (hil/cli/report.py): SI with their units."""
+    if value is None:
+        return "none"
+    if unit == "%" and isinstance(value, (int, float)):
+        return f"{100 * value:.1f} %"
+    if isinstance(value, float):
+        return f"{value:.3g} {unit}".rstrip()
+    return f"{value} {unit}".rstrip()
+
+
+def run_demo(
+    cfg: DemoConfig, force: bool = False, echo: Callable[[str], None] = print, show: Show = _plain
+) -> DemoReport:
+    """Characterize the simulated chip, fit its profile, train on it, deploy with SWIM, read back, report.
+
+    `show` formats the headline values (the CLI passes hil/cli/report.py's `quantity_text`)."""
     prepare_folder(cfg.out, force)
     report = DemoReport()
-    url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}"
+    # a throwaway chip (persist=0): the demo always starts pristine and never wears the user's stored chip
+    url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}&persist=0"
     runs: dict[str, Path] = {}
     with Board.open(url) as board:
         echo(f"board: {board.info.board_id} {board.rows}x{board.cols}, session {board.session_id:08x} ({url})")
@@ -86,19 +107,19 @@ def run_demo(cfg: DemoConfig, force: bool = False, echo: Callable[[str], None] =
             outcome = run_procedure(cls(cls.Params(**kwargs), board), path, force=True, quiet=not cfg.plots)
             runs[name] = path
             report.add(f"characterize {name}", time.perf_counter() - t0, outcome.summary)
-            echo(f"  {name:<11} -> {path}  {_headline(name, outcome.summary)}")
+            echo(f"  {name:<11} -> {path}  {_headline(name, outcome.summary, show)}")
     t0 = time.perf_counter()
     profile_path = fit_stage(runs, cfg.out / "profile.h5")
     report.add("fit", time.perf_counter() - t0, {"profile": str(profile_path)})
-    echo(f"  profile    -> {profile_path}  {_profile_headline(profile_path)}")
+    echo(f"  profile    -> {profile_path}  {_profile_headline(profile_path, show)}")
     t0 = time.perf_counter()
     model_path, train_summary = train_stage(cfg, profile_path, cfg.out / "model.pt")
     report.add("train", time.perf_counter() - t0, train_summary)
-    echo(f"  model      -> {model_path}  {_train_headline(train_summary)}")
+    echo(f"  model      -> {model_path}  {_train_headline(train_summary, show)}")
     t0 = time.perf_counter()
     deploy = deploy_stage(cfg, model_path, profile_path, cfg.out / "deploy.h5", quiet=not cfg.plots)
     report.add("deploy", time.perf_counter() - t0, deploy)
-    echo(f"  deploy     -> {cfg.out / 'deploy.h5'}  {_deploy_headline(deploy)}")
+    echo(f"  deploy     -> {cfg.out / 'deploy.h5'}  {_deploy_headline(deploy, show)}")
     if cfg.plots:
         t0 = time.perf_counter()
         figures = _plot(runs, cfg.out / "figures")
@@ -120,17 +141,17 @@ def fit_stage(runs: dict[str, Path], path: Path) -> Path:
     return path
 
 
-def _profile_headline(path: Path) -> str:
+def _profile_headline(path: Path, show: Show) -> str:
     import numpy as np
 
     from calibration.profile import load_profile
 
     p = load_profile(path)
     mid = np.array([(p.g_min + p.g_max) / 2])
-    best = min(p.families.items(), key=lambda kv: kv[1].aic)[0] if p.families else "-"
+    best = min(p.families.items(), key=lambda kv: kv[1].aic)[0] if p.families else "none"
     return (
-        f"sigma at mid-window: open-loop {p.programming_sigma(mid)[0] * 1e6:.2f} uS, "
-        f"write-verify {p.programming_sigma(mid, verified=True)[0] * 1e6:.2f} uS; best family {best}"
+        f"sigma at mid-window: open-loop {show(float(p.programming_sigma(mid)[0]), 'S')}, "
+        f"write-verify {show(float(p.programming_sigma(mid, verified=True)[0]), 'S')}; best family {best}"
     )
 
 
@@ -169,21 +190,24 @@ def deploy_stage(cfg: DemoConfig, model_path: Path, profile_path: Path, out: Pat
     from hil.deploy import DeploySettings, deploy_model
     from hil.deploy.readback import evaluate_deployed
 
-    url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}"
+    url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}&persist=0"
     settings = DeploySettings(fraction=cfg.swim, read_delay_s=cfg.read_delay)
     summary = deploy_model(model_path, profile_path, url, out, settings, force=True, quiet=quiet)
     acc = evaluate_deployed(out, mc=cfg.mc_draws, seed=cfg.seed)
     return {**acc.to_dict(), "swim_fraction": cfg.swim, "program": summary}
 
 
-def _train_headline(s: dict) -> str:
-    return f"clean {100 * s['clean']:.1f}%, noisy mean {100 * s['noisy_mean']:.1f}%, 1% KPP {100 * s['kpp1']:.1f}% ({s['draws']} draws)"
-
-
-def _deploy_headline(d: dict) -> str:
+def _train_headline(s: dict, show: Show) -> str:
     return (
-        f"SWIM {100 * d['swim_fraction']:.0f}%: measured {100 * d['measured']:.1f}% vs predicted "
-        f"{100 * d['predicted_mean']:.1f}% (1% KPP {100 * d['predicted_kpp1']:.1f}%), "
+        f"clean {show(s['clean'], '%')}, noisy mean {show(s['noisy_mean'], '%')}, "
+        f"1% KPP {show(s['kpp1'], '%')} ({s['draws']} draws)"
+    )
+
+
+def _deploy_headline(d: dict, show: Show) -> str:
+    return (
+        f"SWIM {show(d['swim_fraction'], '%')}: measured {show(d['measured'], '%')} vs predicted "
+        f"{show(d['predicted_mean'], '%')} (1% KPP {show(d['predicted_kpp1'], '%')}), "
         f"{'inside' if d['within_spread'] else 'OUTSIDE'} the predicted spread; write cycles {d['write_cycles']:.0f} = "
         f"{d['write_cycles'] / d['write_cycles_full_wv']:.2f}x full write-verify"
     )
@@ -199,19 +223,29 @@ def _plot(runs: dict[str, Path], folder: Path) -> list[Path]:
     return paths
 
 
-def _headline(name: str, s: dict) -> str:
+def _headline(name: str, s: dict, show: Show) -> str:
+    skipped = f", {s['skipped_unformed']} not formed (left out)" if s.get("skipped_unformed") else ""
     if name == "form":
-        return f"formed {s['formed']}/{s['cells']}, median V_form {s['v_form_median']:.2f} V"
+        return f"formed {s['formed']}/{s['cells']}, median V_form {show(s['v_form_median_v'], 'V')}"
     if name == "endurance":
-        return f"{s['cycles']} cycles, window {s['window_first']:.1f}x -> {s['window_last']:.1f}x"
+        if "cycles" not in s:
+            return f"no formed cell to cycle{skipped}"
+        return f"{s['cycles']} cycles, window {show(s['window_first'], 'x')} -> {show(s['window_last'], 'x')}{skipped}"
     if name == "retention":
-        return f"sigma {s['sigma_first_uS']:.2f} uS at {s['times_s'][0]:.0f} s -> {s['sigma_last_uS']:.2f} uS at {s['times_s'][-1]:.0f} s"
+        if "times_s" not in s:
+            return f"nothing programmed{skipped}"
+        t = s["times_s"]
+        return (
+            f"sigma {show(s['sigma_first_s'], 'S')} at {show(t[0], 's')} -> "
+            f"{show(s['sigma_last_s'], 'S')} at {show(t[-1], 's')}{skipped}"
+        )
     if name == "levels":
         ol, wv = s["open_loop"], s["verified"]
         return (
-            f"open-loop sigma {ol['sigma_uS']:.2f} uS, write-verify {wv['sigma_uS']:.2f} uS "
-            f"({wv['pulses_mean']:.1f} pulses/cell, {100 * wv['within_tol']:.0f}% within tolerance)"
+            f"open-loop sigma {show(ol['sigma_s'], 'S')}, write-verify {show(wv['sigma_s'], 'S')} "
+            f"({show(wv['pulses_mean'], 'pulses')}/cell, {show(wv['within_tol'], '%')} within tolerance), "
+            f"healthy {s['healthy']}/{s['cells']}"
         )
     if name == "read-noise":
-        return f"read sigma {s['sigma_median_uS']:.2f} uS"
+        return f"read sigma {show(s.get('sigma_median_s'), 'S')}{skipped}"
     return ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from firmware_protocol.registry import Registry
@@ -131,14 +132,139 @@ def noise_from_profile(profile: Any, t_s: float = 0.0, **options: Any) -> Weight
     return ProfileNoise.from_profile(load_profile_any(profile), t_s=t_s, **options)
 
 
-__all__ = ["noise_from_spec", "noise_from_profile", "FAMILIES", "NOISE_FAMILIES", "AnalogMapping"]
+__all__ = [
+    "noise_from_spec",
+    "noise_from_profile",
+    "FAMILIES",
+    "NOISE_FAMILIES",
+    "AnalogMapping",
+    "MappingChoice",
+    "choose_mapping",
+    "mapping_of_spec",
+    "spec_from_options",
+]
+
+DEFAULT_BITS = 8  # weight resolution of the bit-sliced mapping when nothing else decides it (NeFT)
+MAPPINGS = ("bitsliced", "analog")
+
+
+@dataclass(frozen=True)
+class MappingChoice:
+    """How a profile's devices hold the weights: bit-sliced M-bit weights on the profile's K-bit devices, or analog pairs.
+
+    This is what a model file trained on a profile records (in its noise spec: "mapping", "bits"), so that
+    evaluation, SWIM planning and deployment map the weights the way training did.
+    """
+
+    name: str  # "bitsliced" | "analog"
+    bits: int | None = None  # M, bit-sliced only
+
+    def spec(self) -> dict[str, Any]:
+        """The keys of a profile noise spec that fix the mapping."""
+        return {"mapping": self.name, "bits": self.bits} if self.name == "bitsliced" else {"mapping": self.name}
+
+    def describe(self, bits_per_device: int | None = None) -> str:
+        if self.name == "analog":
+            return "analog conductance pairs (one pair per weight)"
+        on = f" on {bits_per_device}-bit devices" if bits_per_device else ""
+        return f"bit-sliced {self.bits}-bit weights{on}"
+
+
+def profile_is_continuous(profile: Any) -> bool:
+    """True when the profile's noise laws hold at every conductance (fitted polynomials, closed-form families).
+
+    Only the state-dependent family is defined per level; its devices are used as discrete levels.
+    """
+    return getattr(profile, "family", None) != "state_dependent"
+
+
+def _fitting_bits(bits: int, k: int) -> str:
+    lo = (bits // k) * k
+    near = [b for b in (lo, lo + k) if b >= k]
+    return " or ".join(str(b) for b in near)
+
+
+def choose_mapping(
+    profile: Any, mapping: str | None = None, bits: int | None = None, *, name: str = "the profile"
+) -> MappingChoice:
+    """The mapping a profile's devices support: the one asked for when it fits, else a one-line ValueError naming what would.
+
+    ``mapping`` None or "auto": analog pairs for a continuous profile (`profile_is_continuous`), else (or when
+    ``bits`` is given) bit-sliced with M = ``bits`` or the smallest multiple of the profile's K bits per
+    device that is >= 8.
+    """
+    k = int(profile.bits_per_device)
+    if mapping not in (None, "auto", *MAPPINGS):
+        raise ValueError(f"unknown mapping {mapping!r} (auto, bitsliced or analog)")
+    if mapping == "analog":
+        if bits is not None:
+            raise ValueError(
+                "--bits sets the resolution of the bit-sliced mapping, the analog mapping has none: "
+                "drop --bits or give --mapping bitsliced"
+            )
+        return MappingChoice("analog")
+    if mapping in (None, "auto") and bits is None and profile_is_continuous(profile):
+        return MappingChoice("analog")
+    if bits is None:
+        return MappingChoice("bitsliced", -(-DEFAULT_BITS // k) * k)
+    if bits < 1 or bits % k:
+        raise ValueError(
+            f"--bits {bits} does not fit {name}: its devices hold {k} bits each, so bit-sliced weights need "
+            f"a multiple of {k} (e.g. {_fitting_bits(max(bits, 1), k)}); or use --mapping analog"
+        )
+    return MappingChoice("bitsliced", int(bits))
+
+
+def mapping_of_spec(spec: dict[str, Any] | None) -> MappingChoice | None:
+    """The profile mapping a (stored) noise spec uses; None for noise not drawn from a profile.
+
+    Specs written before the mapping was chosen per profile lack "bits" (and maybe "mapping"): they
+    were trained bit-sliced with 8-bit weights, which is what this returns for them.
+    """
+    if not isinstance(spec, dict) or spec.get("family") != "profile":
+        return None
+    name = str(spec.get("mapping", "bitsliced"))
+    return MappingChoice(name, int(spec.get("bits", DEFAULT_BITS))) if name == "bitsliced" else MappingChoice(name)
+
+
+def mapping_for_model(
+    recorded: MappingChoice,
+    profile: Any,
+    mapping: str | None = None,
+    bits: int | None = None,
+    *,
+    model_name: str = "the model file",
+    profile_name: str = "the profile",
+) -> MappingChoice:
+    """The model file's mapping, checked against explicit options (agree or a one-line error) and the profile's devices."""
+    k = int(profile.bits_per_device)
+    if mapping not in (None, "auto") and mapping != recorded.name:
+        raise ValueError(
+            f"{model_name} was trained with {recorded.describe()}; --mapping {mapping} contradicts it "
+            "(leave --mapping out to use the model file's)"
+        )
+    if bits is not None and bits != recorded.bits:
+        raise ValueError(
+            f"{model_name} was trained with {recorded.describe()}; --bits {bits} contradicts it "
+            "(leave --bits out to use the model file's)"
+        )
+    if recorded.bits is not None and recorded.bits % k:
+        raise ValueError(
+            f"{model_name} holds {recorded.describe()}, which {profile_name}'s {k}-bit devices cannot hold "
+            f"({recorded.bits} is not a multiple of {k}): use the profile it was trained on, or retrain with "
+            f"--profile {profile_name}"
+        )
+    return recorded
 
 
 def spec_from_options(
     *,
     profile: str | None = None,
     t_s: float = 0.0,
-    mapping: str = "bitsliced",
+    mapping: str | None = None,
+    bits: int | None = None,
+    recorded: MappingChoice | None = None,
+    recorded_from: str = "the model file",
     sigma: float | None = None,
     device_model: str | None = None,
     lognormal: float | None = None,
@@ -147,7 +273,12 @@ def spec_from_options(
     recentre: bool = False,
     noise_json: str | None = None,
 ) -> dict[str, Any] | None:
-    """Turn the CLI's mutually exclusive noise options into one spec (None when none is given)."""
+    """Turn the CLI's mutually exclusive noise options into one spec (None when none is given).
+
+    With ``profile`` the spec fixes the mapping: ``recorded`` (a model file's, checked against ``mapping``
+    and ``bits``) or else `choose_mapping` of the options. ``mapping``/``bits`` without a profile only
+    make sense against a ``recorded`` mapping they must agree with.
+    """
     import json
 
     given = [
@@ -165,11 +296,23 @@ def spec_from_options(
         raise ValueError(f"give one noise source, not {' and '.join(given)}")
     if device_model is not None and sigma is None:
         raise ValueError("--device-model needs --sigma (the device sigma_d in level units)")
+    asked = mapping not in (None, "auto") or bits is not None
+    if profile is None and asked:
+        if recorded is None:
+            raise ValueError("--mapping and --bits choose how a --profile holds the weights: give --profile too")
+        mapping_for_model(recorded, _NoDevices(), mapping, bits, model_name=recorded_from)
     spec: dict[str, Any] | None
     if profile is not None:
         from pathlib import Path
 
-        spec = {"family": "profile", "path": str(Path(profile).resolve()), "t_s": float(t_s), "mapping": mapping}
+        from calibration.profile import load_profile
+
+        prof = load_profile(profile)
+        if recorded is not None:
+            choice = mapping_for_model(recorded, prof, mapping, bits, model_name=recorded_from, profile_name=profile)
+        else:
+            choice = choose_mapping(prof, mapping, bits, name=profile)
+        spec = {"family": "profile", "path": str(Path(profile).resolve()), "t_s": float(t_s), **choice.spec()}
     elif sigma is not None:
         spec = (
             {"family": "state_dependent", "model": device_model, "sigma": sigma}
@@ -194,3 +337,9 @@ def spec_from_options(
     if spec is not None:
         noise_from_spec(spec)  # validate now: a bad spec fails before any training starts
     return spec
+
+
+class _NoDevices:
+    """A stand-in profile whose devices hold any resolution (checks of options against a model file alone)."""
+
+    bits_per_device = 1

@@ -50,7 +50,8 @@ class SwimPlanner:
     profile: Any
     x_val: Tensor
     y_val: Tensor
-    mapping: str = "analog"
+    mapping: str = "analog"  # the model file's mapping (models.checkpoint.model_mapping)
+    bits: int = 8  # weight resolution of the bit-sliced mapping
     t_s: float = 0.0
     granularity: str = "weight"
     mc_draws: int = 200
@@ -62,20 +63,20 @@ class SwimPlanner:
         self.weights = {k: v.detach() for k, v in clean_weights(self.model).items()}
         self._open = self.noise(None)
         self._all = ProfileNoise.from_profile(
-            self.profile, self.t_s, mapping=self.mapping, all_verified=True, factor=self.noise_scale
+            self.profile, self.t_s, mapping=self.mapping, bits=self.bits, all_verified=True, factor=self.noise_scale
         )
         self.sigma_open = self._open.noise_std(self.weights)
         self.sigma_verified = self._all.noise_std(self.weights)
         self.n_weights = int(sum(w.numel() for w in self.weights.values()))
         mp = self._open.mapping
         self.devices_per_weight = int(mp.devices_per_weight) * 2 if isinstance(mp, BitSlicedMapping) else 2
-        self.ppd_open = _finite_or(self.profile.pulses_per_device(False), 2.0)
-        self.ppd_verified = _finite_or(self.profile.pulses_per_device(True), 10.0)
+        self.ppd_open = _finite_or(pulses_per_device(self.profile, False), 2.0)
+        self.ppd_verified = _finite_or(pulses_per_device(self.profile, True), 10.0)
         self._rankings: dict[str, Ranking] = {}
 
     def noise(self, mask: dict[str, Tensor] | None) -> ProfileNoise:
         return ProfileNoise.from_profile(
-            self.profile, self.t_s, mapping=self.mapping, verified_mask=mask, factor=self.noise_scale
+            self.profile, self.t_s, mapping=self.mapping, bits=self.bits, verified_mask=mask, factor=self.noise_scale
         )
 
     def sensitivity(self, batches: Any, max_samples: int | None = 2000) -> Sensitivity:
@@ -161,6 +162,28 @@ class SwimPlanner:
             else:
                 lo = mid
         return hi
+
+
+class MissingPulses(ValueError):
+    """The profile lacks the mean pulses per device that write-cycle counts need; says how to supply them."""
+
+
+PULSES_HINT = {
+    True: "add --pulses-verified N to `rram profile new`, or fit the profile from a `rram characterize levels` run",
+    False: "fit the profile from a `rram characterize levels` run",
+}
+
+
+def pulses_per_device(profile: Any, verified: bool) -> float:
+    """The profile's mean programming pulses per device; `MissingPulses` naming the option or run that supplies it."""
+    try:
+        return float(profile.pulses_per_device(verified))
+    except ValueError:
+        kind = "write-verified" if verified else "open-loop"
+        raise MissingPulses(
+            f"the profile has no mean pulse count for {kind} devices, which write-cycle counts need: "
+            f"{PULSES_HINT[verified]}"
+        ) from None
 
 
 def _kpp(res: MCResult, k: float) -> float:

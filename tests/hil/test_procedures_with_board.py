@@ -89,7 +89,7 @@ def test_iv(board: Board, formed: np.ndarray, runs: Path) -> None:
     assert np.mean(np.sign(i[clear]) == np.sign(v[clear])) > 0.9  # current flows with the applied voltage
     assert i[:, :n].max() <= 1.1 * board.describe()["max_compliance_a"]  # the SET branch stays under the limit
     assert i[:, 2 * n : 3 * n].min() < 0  # the RESET branch drives current the other way
-    assert out.summary["g_on_median"] > G_FORMED / 2
+    assert out.summary["g_on_median_s"] > G_FORMED / 2
 
 
 def test_endurance(board: Board, formed: np.ndarray, runs: Path) -> None:
@@ -151,4 +151,4 @@ def test_read_noise(board: Board, formed: np.ndarray, runs: Path) -> None:
     assert np.all(sd > 0)  # a real read chain always has some noise; zero means a stuck or cached reading
     assert np.median(sd / mean) < 0.1  # read noise is small against the programmed level
     assert np.median(sd) < TOL  # and below the write-verify tolerance, or verifying could not converge
-    assert out.summary["sigma_median_uS"] < 0.1 * out.summary["g_mean_median_uS"]
+    assert out.summary["sigma_median_s"] < 0.1 * out.summary["g_mean_median_s"]

@@ -1,4 +1,11 @@
-"""Data-parallel training and Monte Carlo over 2 gloo processes on CPU give the single-process result."""
+"""Data-parallel training and Monte Carlo over 2 gloo processes on CPU give the single-process result, bit for bit.
+
+Floating-point sums depend on their grouping: the mean gradient of a 100-sample batch is not bit-equal to
+the average of two 50-sample means, and Adam amplifies such last-bit differences in near-zero gradients
+(its step is ~lr*sign(g) once |g| >> eps), so no small tolerance is justified between the two groupings.
+The single process therefore runs with accumulate=2: the same two 50-sample sub-batches, summed then
+halved, exactly as the 2-process all-reduce does, and everything must then agree exactly.
+"""
 
 import os
 import socket
@@ -19,8 +26,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config() -> TrainConfig:
+def _config(accumulate: int) -> TrainConfig:
     return TrainConfig(
+        accumulate=accumulate,
         model="mlp",
         model_kwargs={"hidden": [64]},
         method="vanilla",
@@ -48,7 +56,7 @@ def _run(out_dir: str, rank: int, world: int, port: int) -> None:
 
     ds = load_dataset("digits")
     ds.x_train, ds.y_train = ds.x_train[:N_TRAIN], ds.y_train[:N_TRAIN]
-    res = train(_config(), dataset=ds, log=lambda s: None)
+    res = train(_config(accumulate=3 - world), dataset=ds, log=lambda s: None)
     mc = evaluate_mc(
         res.model,
         ds.x_test,
@@ -78,7 +86,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     one = torch.load(tmp_path / "world1.pt", weights_only=False)
     two = torch.load(tmp_path / "world2.pt", weights_only=False)
     for k, v in one["state"].items():
-        assert torch.allclose(v, two["state"][k], atol=1e-5), k
+        assert torch.equal(v, two["state"][k]), (k, float((v - two["state"][k]).abs().max()))
     # draws are seeded per index, so splitting them over processes gives identical per-draw accuracies
     assert np.array_equal(one["accs"], two["accs"])
-    assert abs(one["ekl"] - two["ekl"]) < 1e-6
+    assert one["ekl"] == two["ekl"]

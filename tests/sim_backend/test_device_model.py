@@ -130,7 +130,11 @@ def test_stuck_at_start_fractions_match_measurement():
     assert _binomial_ok(int(stuck_lrs.sum()), n, P.stuck_lrs_frac)
     p_low = P.stuck_hrs_frac + P.form_fail_frac * (1 - P.stuck_lrs_frac - P.stuck_hrs_frac)
     assert _binomial_ok(int(stuck_low.sum()), n, p_low)
-    assert np.array_equal(stuck_lrs, a.stuck_start_lrs)
+    # A stuck cell's two reads differ by read noise and, for a cell with a trap, possibly one RTN step:
+    # only cells whose RTN step can reach the 0.5 uA threshold (within 6 noise sigmas) may be missed.
+    white = P.read_noise_frac * P.g_max * 0.1
+    can_flicker = a.rtn_present & (a.rtn_amp * np.maximum(i_lrs, i_hrs) > 0.5e-6 - 6 * np.sqrt(2) * white)
+    assert np.array_equal(stuck_lrs[~can_flicker], a.stuck_start_lrs[~can_flicker])
 
 
 def test_retention_spread_grows_with_log_time_and_matches_ibm_fit():

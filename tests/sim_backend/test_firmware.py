@@ -737,6 +737,8 @@ def test_write_verify_reaches_targets_on_formed_cells(formed: Host) -> None:
     target = rng.uniform(4e-6, 36e-6, ROWS * COLS)
     tol = 1e-6
     before = h.counters()
+    a = h.engine.array
+    t0_ns, formed = a.clock_ns, a.formed.copy()
     res = h.ok(wv_request(ALL_ROWS, ALL_COLS, target, tol))
     r = res.results
     assert res.n == 64
@@ -744,8 +746,13 @@ def test_write_verify_reaches_targets_on_formed_cells(formed: Host) -> None:
     converged = status == CellResult.CONVERGED
     assert converged[healthy].mean() > 0.95
     assert (np.abs(r["final_s"] - target)[converged] <= tol * (1 + 1e-6)).all()
-    # The cell's true conductance is within tolerance plus the read noise of the last verify read.
-    g_true = conductances(h.engine)
+    # Time slots (firmware docstring): each formed cell owns read + 100 x (pulse + read), in batch order.
+    step_ns = a.pulse_ns(WV_KW["width_ns"]) + a.read_ns
+    slot_ns = np.where(formed, a.read_ns + 100 * step_ns, 0)
+    last_read_ns = t0_ns + np.cumsum(slot_ns) - slot_ns + a.read_ns + r["pulses"].astype(np.int64) * step_ns
+    assert a.clock_ns == t0_ns + int(slot_ns.sum())
+    # The cell's true conductance at its last verify read is within tolerance plus that read's noise.
+    g_true = a.conductance(ALL_ROWS, ALL_COLS, at_ns=last_read_ns)
     assert (np.abs(g_true - target)[converged] <= tol + 4 * READ_NOISE_S).all()
     assert np.median(np.abs(g_true - target)[converged]) < tol
     # final_code is the raw code of the last read, consistent with final_s via the nominal calibration.

@@ -30,6 +30,7 @@ ARGS = [
     "--reads",
     str(READS),
     "--no-program",
+    "--skip-unformed",  # a pristine chip: the reads go on, the summary uses no cell
     "-q",
 ]
 

@@ -196,4 +196,4 @@ def test_read_noise_sigma_matches_the_device_read_noise(transport: str, tmp_path
         assert np.median(np.abs(g[:, quiet].mean(axis=0) - now[quiet])) < 3 * SIGMA_READ / np.sqrt(40)
         p = data["program"]
         assert ((p["status"] == CellResult.CONVERGED) & (np.abs(p["g"] - p["target"]) <= 0.8e-6))[ok].mean() > 0.95
-        assert out.summary["sigma_median_uS"] == pytest.approx(SIGMA_READ * 1e6, rel=0.25)
+        assert out.summary["sigma_median_s"] == pytest.approx(SIGMA_READ, rel=0.25)

@@ -239,6 +239,20 @@ def test_good_run_through_the_entry_point_prints_the_summary(capsys, monkeypatch
 def test_run_through_a_board_reset_completes_and_reports_it(capsys, monkeypatch, tmp_path: Path) -> None:
     import json
 
+    formed = rram(
+        capsys,
+        monkeypatch,
+        "characterize",
+        "form",
+        "--port",
+        SIM,
+        "-o",
+        str(tmp_path / "f.h5"),
+        "--cells",
+        "0:4,0:4",
+        "-q",
+    )
+    assert formed.code == 0, formed.text  # the chip keeps its formed cells for the next command
     out = tmp_path / "rn.h5"
     port = SIM + "&reset_after=500"  # the firmware reboots once, after 500 bytes from the host
     r = rram(

@@ -149,3 +149,17 @@ def test_bad_file_one_line_error(tmp_path: Path) -> None:
         assert r.exit_code == 1
         assert r.output.startswith("Error: ") and len(r.output.strip().splitlines()) == 1
         assert "corrupt or truncated" in r.output
+
+
+def test_new_states_the_pulses_deployment_needs(tmp_path: Path) -> None:
+    out = tmp_path / "p.h5"
+    r = _run("profile", "new", "--lognormal", "0.2", "--pulses-verified", "12.5", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    p = load_profile(out)
+    assert p.pulses_per_device(True) == 12.5 and p.pulses_per_device(False) == 1.0
+    assert "note:" not in r.output
+    bare = tmp_path / "bare.h5"
+    r = _run("profile", "new", "--lognormal", "0.2", "-o", str(bare))
+    assert r.exit_code == 0 and "no --pulses-verified N given" in r.output
+    r = _run("profile", "new", "--lognormal", "0.2", "--pulses-verified", "0", "-o", str(tmp_path / "zero.h5"))
+    assert r.exit_code == 2 and "--pulses-verified" in r.output and not (tmp_path / "zero.h5").exists()

@@ -119,7 +119,9 @@ def test_evaluate_with_a_profile_and_resume(tmp_path):
     assert d["noise"]["family"] == "profile" and d["noise"]["t_s"] == 3600.0 and "accuracies" not in d
     ev2 = r.invoke(cli, ["evaluate", str(out), "--mc", "20", "--additive", "0.0"])
     assert ev2.exit_code == 0 and "worst draw" in ev2.output
-    assert "noisy mean (std) " in ev2.output
+    rows = {ln.split("  ")[1]: ln for ln in ev2.output.splitlines() if ln.startswith("  ")}
+    assert {"clean accuracy", "noisy accuracy", "noisy std", "KPP 1%", "worst draw", "EKL"} <= set(rows)
+    assert "95% CI [" in rows["noisy accuracy"] and rows["noisy accuracy"].split()[3] == "%"
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -127,7 +129,7 @@ def test_cli_errors_are_one_line(tmp_path):
     res = r.invoke(cli, ["evaluate", str(tmp_path / "none.pt")])
     assert res.exit_code != 0 and "does not exist" in str(res.exception or res.output)
     res = r.invoke(cli, ["train", "--sigma", "1", "--lognormal", "0.2", "-o", str(tmp_path / "x.pt")])
-    assert res.exit_code != 0 and "one noise source" in str(res.exception)
+    assert res.exit_code != 0 and "one noise source" in res.output
     res = r.invoke(cli, ["train", "--method", "nope", "-o", str(tmp_path / "x.pt")])
     assert res.exit_code != 0 and "unknown training method" in res.output
     res = r.invoke(cli, ["train", "--list-methods"])
@@ -229,3 +231,202 @@ def test_opt_reaches_the_method_and_the_model_file(tmp_path):
     assert rec["config"]["method_options"] == {"lam": 2, "recentre": "yes"}  # recorded as given
     o = get_method("trice", **rec["config"]["method_options"]).options
     assert (o.lam, o.recentre, o.scale) == (2.0, True, 1.0)
+
+
+# ------------------------------------------------------------------------------ profiles fit the tools that use them
+
+TINY = ["--model", "tests.hil.cli.test_train_evaluate_cli:make_net", "--model-arg", "width=8", "--epochs", "1"]
+QUICK = [*TINY, "--val-draws", "1", "--no-progress"]
+
+
+def measured_3bit_profile(path):
+    """A profile fitted like one from a chip: 8 programmed levels, so 3 bits per device, polynomial laws."""
+    import numpy as np
+
+    from calibration import synthetic as syn
+    from calibration.fit import fit_profile
+    from calibration.profile import save_profile
+
+    rng = np.random.default_rng(0)
+    levels = np.linspace(5e-6, 40e-6, 8)
+    p = fit_profile(
+        open_loop=syn.programming(rng, levels, 60),
+        verified=syn.programming(rng, levels, 60, "additive", eta=0.01, verified=True, mean_pulses=6),
+    )
+    assert (p.n_levels, p.bits_per_device, p.family) == (8, 3, None)
+    save_profile(p, path)
+    return path
+
+
+def per_level_3bit_profile(path):
+    """A hand-made state-dependent profile of 8 levels: its laws hold per level only."""
+    from calibration.profile import NoiseProfile, save_profile
+
+    save_profile(NoiseProfile.from_paper("state_dependent", sigma=0.02, n_levels=8), path)
+    return path
+
+
+def test_a_3bit_chip_profile_trains_with_an_automatic_mapping(tmp_path, capsys, monkeypatch):
+    from models.checkpoint import load_checkpoint, model_mapping
+    from models.noise.factory import MappingChoice
+
+    prof = measured_3bit_profile(tmp_path / "chip.h5")
+    out = tmp_path / "m.pt"
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--profile", str(prof), "-o", str(out))
+    assert r.code == 0, r.text
+    assert "analog conductance pairs" in r.out  # continuous (fitted) laws: one analog pair per weight
+    assert model_mapping(load_checkpoint(out)) == MappingChoice("analog")
+    # asked for bit-sliced: 9 bits, the smallest multiple of the 3-bit devices that is >= 8
+    again = ["--mapping", "bitsliced", "-o", str(out), "--force"]
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--profile", str(prof), *again)
+    assert r.code == 0, r.text
+    assert "bit-sliced 9-bit weights on 3-bit devices" in r.out
+    assert load_checkpoint(out)["noise"]["bits"] == 9
+    # a resumed run continues with its own mapping (the automatic choice would be analog) ...
+    resume = ["--profile", str(prof), "--resume", str(out), "-o", str(out)]
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--epochs", "2", *resume)
+    assert r.code == 0, r.text
+    assert "resumed" in r.out and model_mapping(load_checkpoint(out)) == MappingChoice("bitsliced", 9)
+    # ... and refuses one that contradicts it
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--epochs", "3", *resume, "--mapping", "analog")
+    assert_one_line_error(r, "was trained with bit-sliced 9-bit weights; --mapping analog contradicts it")
+
+
+def test_a_per_level_profile_is_bit_sliced_and_an_impossible_bits_is_refused(tmp_path, capsys, monkeypatch):
+    from models.checkpoint import load_checkpoint, model_mapping
+    from models.noise.factory import MappingChoice
+
+    prof = per_level_3bit_profile(tmp_path / "p3.h5")
+    out = tmp_path / "m.pt"
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--profile", str(prof), "-o", str(out))
+    assert r.code == 0, r.text
+    assert model_mapping(load_checkpoint(out)) == MappingChoice("bitsliced", 9)
+    bad = tmp_path / "bad.pt"
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--profile", str(prof), "--bits", "8", "-o", str(bad))
+    assert_one_line_error(r, "--bits 8 does not fit", "3 bits each", "multiple of 3 (e.g. 6 or 9)", "--mapping analog")
+    assert not bad.exists()
+    r = rram(
+        capsys,
+        monkeypatch,
+        "train",
+        *QUICK,
+        "--profile",
+        str(prof),
+        "--mapping",
+        "analog",
+        "--bits",
+        "6",
+        "-o",
+        str(bad),
+    )
+    assert_one_line_error(r, "--bits sets the resolution of the bit-sliced mapping")
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--sigma", "0.1", "--bits", "6", "-o", str(bad))
+    assert_one_line_error(r, "give --profile too")
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--profile", str(prof), "--bits", "6", "-o", str(bad))
+    assert r.code == 0, r.text
+    assert model_mapping(load_checkpoint(bad)) == MappingChoice("bitsliced", 6)
+
+
+def test_evaluate_takes_the_mapping_from_the_model_file(tmp_path, capsys, monkeypatch):
+    prof = per_level_3bit_profile(tmp_path / "p3.h5")
+    out = tmp_path / "m.pt"
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--profile", str(prof), "--bits", "6", "-o", str(out))
+    assert r.code == 0, r.text
+    ev = ["evaluate", str(out), "--mc", "4", "--profile", str(prof), "--t-s", "60"]
+    r = rram(capsys, monkeypatch, *ev, "--json")
+    assert r.code == 0, r.text
+    noise = json.loads(r.out)["noise"]
+    assert (noise["mapping"], noise["bits"], noise["t_s"]) == ("bitsliced", 6, 60.0)  # the profile given once
+    r = rram(capsys, monkeypatch, *ev, "--mapping", "analog")
+    assert_one_line_error(r, "trained with bit-sliced 6-bit weights", "--mapping analog contradicts it")
+    r = rram(capsys, monkeypatch, *ev, "--bits", "9")
+    assert_one_line_error(r, "--bits 9 contradicts it", "leave --bits out")
+    r = rram(capsys, monkeypatch, "evaluate", str(out), "--mc", "4", "--bits", "9")
+    assert_one_line_error(r, "--bits 9 contradicts it")
+    r = rram(capsys, monkeypatch, "evaluate", str(out), "--mc", "4", "--mapping", "bitsliced", "--json")
+    assert r.code == 0 and json.loads(r.out)["noise"]["bits"] == 6  # agreeing with the model file is fine
+    four_bit = tmp_path / "p4.h5"
+    from calibration.profile import NoiseProfile, save_profile
+
+    save_profile(NoiseProfile.from_paper("state_dependent", sigma=0.02, n_levels=16), four_bit)
+    r = rram(capsys, monkeypatch, "evaluate", str(out), "--mc", "4", "--profile", str(four_bit))
+    assert_one_line_error(r, "6-bit weights", "4-bit devices", "retrain with --profile")
+
+
+def test_a_model_file_from_before_the_mapping_record_evaluates_as_trained(tmp_path, capsys, monkeypatch):
+    """Old files' profile specs carry no "bits" (and maybe no "mapping"): they were trained bit-sliced, 8 bits."""
+    from calibration.profile import NoiseProfile, save_profile
+    from models.checkpoint import load_checkpoint
+
+    prof = tmp_path / "p2.h5"
+    save_profile(NoiseProfile.from_paper("gaussian", sigma=0.02), prof)  # 4 levels, 2 bits per device
+    out = tmp_path / "m.pt"
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--profile", str(prof), "--mapping", "bitsliced", "-o", str(out))
+    assert r.code == 0, r.text
+    ckpt = load_checkpoint(out)
+    for rec in (ckpt["noise"], ckpt["config"]["noise"]):
+        del rec["bits"], rec["mapping"]
+    torch.save(ckpt, out)
+    r = rram(capsys, monkeypatch, "evaluate", str(out), "--mc", "4", "--profile", str(prof), "--json")
+    assert r.code == 0, r.text
+    noise = json.loads(r.out)["noise"]
+    assert (noise["mapping"], noise["bits"]) == ("bitsliced", 8)
+    r = rram(capsys, monkeypatch, "evaluate", str(out), "--mc", "4", "--profile", str(prof), "--mapping", "analog")
+    assert_one_line_error(r, "trained with bit-sliced 8-bit weights", "contradicts")
+
+
+# ------------------------------------------------------------------------------ output people read
+
+
+def test_train_refuses_to_replace_a_model_file_without_force(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"an earlier model")
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--sigma", "0.1", "-o", str(out))
+    assert_one_line_error(r, f"{out} already exists", "--force")
+    assert out.read_bytes() == b"an earlier model"
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--sigma", "0.1", "-o", str(out), "--force")
+    assert r.code == 0, r.text
+    from models.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out)["noise"] == {"family": "gaussian", "sigma": 0.1}
+
+
+def test_train_summary_is_aligned_name_value_unit(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "m.pt"
+    r = rram(capsys, monkeypatch, "train", *QUICK, "--sigma", "0.1", "-o", str(out))
+    assert r.code == 0, r.text
+    lines = r.out.splitlines()
+    rows = lines[lines.index(f"wrote {out}") + 1 :]
+    assert [ln.split("  ")[1] for ln in rows] == ["epochs", "clean accuracy", "noisy accuracy", "training time"]
+    ends = {len(ln.split(" %")[0]) for ln in rows if " %" in ln}
+    assert len(ends) == 1  # the accuracies end in one column, each in %
+    j = rram(capsys, monkeypatch, "train", *QUICK, "--sigma", "0.1", "-o", str(out), "--force", "--json")
+    hist = json.loads(j.out)["history"]
+    assert f"{100 * hist[-1]['val_acc']:.2f} %" in rows[1]  # the JSON keeps the full-precision fraction
+
+
+def _subprocess(*args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80"}
+    return subprocess.run(
+        [sys.executable, "-m", "hil.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_piped_output_has_no_progress_bars(tmp_path):
+    """Into a pipe (a log file, CI) training and Monte Carlo print plain lines, never '\\r' bars."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    out = tmp_path / "m.pt"
+    r = _subprocess("train", *TINY, "--epochs", "2", "--sigma", "0.1", "-o", str(out), cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stdout + r.stderr
+    assert [ln.split("  ")[0] for ln in r.stdout.splitlines() if ln.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
+    r = _subprocess("evaluate", str(out), "--mc", "8", cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stdout + r.stderr
+    assert r.stderr.splitlines()[-1].startswith("Monte Carlo: 8/8 draws in ")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -167,3 +169,94 @@ def test_interrupted_deployment_resumes_to_the_same_records(tmp_path, monkeypatc
         run_procedure(proc, out, resume=True, quiet=True)
     t = read_run(out).data["tiles"]
     assert read_run(out).complete and t["tile"].tolist() == list(range(len(plan.tiles)))
+
+
+# ------------------------------------------------------------------------------ `rram program` and `rram swim curve`
+
+SMALL_BOARD = "sim://?seed=3&rows=8&cols=8"
+N_WEIGHTS = 64 * 4 + 4 * 10  # the weights of _model_file's network (biases stay off the array)
+
+
+def _model_file(path, noise=None):
+    """A digits MLP (64 -> 4 -> 10, untrained) in a model file whose noise spec is `noise`."""
+    from models.architectures import build_model
+    from models.checkpoint import model_record, save_checkpoint
+    from models.config import TrainConfig
+    from models.data import load_dataset
+
+    ds = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_model("mlp", in_channels=1, num_classes=10, image_size=8, hidden=[4])
+    save_checkpoint(model_record(TrainConfig(model="mlp", model_kwargs={"hidden": [4]}, noise=noise), ds, model), path)
+    return path
+
+
+def _lognormal_profile(tmp_path, capsys, monkeypatch, *extra):
+    from tests.helpers.cli import rram
+
+    path = tmp_path / ("p10.h5" if extra else "p.h5")
+    r = rram(capsys, monkeypatch, "profile", "new", "--lognormal", "0.2", "-o", str(path), *extra)
+    assert r.code == 0, r.text
+    return path
+
+
+def test_program_names_what_supplies_the_missing_pulse_count(tmp_path, capsys, monkeypatch) -> None:
+    from tests.helpers.cli import assert_one_line_error, rram
+
+    model = _model_file(tmp_path / "m.pt")
+    prof = _lognormal_profile(tmp_path, capsys, monkeypatch)
+    out = tmp_path / "d.h5"
+    r = rram(capsys, monkeypatch, "program", str(model), "--profile", str(prof), "--port", SMALL_BOARD, "-o", str(out))
+    assert_one_line_error(
+        r,
+        f"{prof}: the profile has no mean pulse count for write-verified devices",
+        "add --pulses-verified N to `rram profile new`",
+        "fit the profile from a `rram characterize levels` run",
+    )
+    assert not out.exists() and not (tmp_path / "d.plan.h5").exists()
+    prof10 = _lognormal_profile(tmp_path, capsys, monkeypatch, "--pulses-verified", "10")
+    r = rram(
+        capsys, monkeypatch, "program", str(model), "--profile", str(prof10), "--port", SMALL_BOARD, "-o", str(out)
+    )
+    assert r.code == 0, r.text
+    stages = [ln for ln in r.err.splitlines() if ln.startswith("planning: ")]
+    assert stages[0].startswith(f"planning: sensitivity of {N_WEIGHTS} weights") and "swim: marking 10.0%" in stages[1]
+    assert "\r" not in r.text
+    assert read_run(out).complete and load_plan(tmp_path / "d.plan.h5").n_verified == 2 * round(0.1 * N_WEIGHTS)
+
+
+def test_program_refuses_a_bit_sliced_model(tmp_path, capsys, monkeypatch) -> None:
+    from tests.helpers.cli import assert_one_line_error, rram
+
+    prof10 = _lognormal_profile(tmp_path, capsys, monkeypatch, "--pulses-verified", "10")
+    spec = {"family": "profile", "path": str(prof10), "t_s": 0.0, "mapping": "bitsliced", "bits": 8}
+    model = _model_file(tmp_path / "m.pt", spec)
+    r = rram(capsys, monkeypatch, "program", str(model), "--profile", str(prof10), "--port", SMALL_BOARD, "-o", "d.h5")
+    assert_one_line_error(r, "trained with bit-sliced 8-bit weights", "one analog conductance pair", "--mapping analog")
+
+
+def test_swim_curve_maps_as_the_model_file_says(tmp_path, capsys, monkeypatch) -> None:
+    """Write cycles count 2 devices per weight for analog pairs, 2 x (bits / bits per device) bit-sliced."""
+    from tests.helpers.cli import assert_one_line_error, rram
+
+    prof = _lognormal_profile(tmp_path, capsys, monkeypatch)  # 4 levels: 2 bits per device
+    prof10 = _lognormal_profile(tmp_path, capsys, monkeypatch, "--pulses-verified", "10")
+    args = ["--fractions", "0,1", "--methods", "magnitude", "--mc", "2", "--sens-samples", "20"]
+    analog = _model_file(tmp_path / "a.pt")
+    r = rram(capsys, monkeypatch, "swim", "curve", str(analog), "--profile", str(prof), *args)
+    assert_one_line_error(r, "add --pulses-verified N to `rram profile new`")
+    for name, spec, devices in (
+        ("a.pt", None, 2),
+        ("b.pt", {"family": "profile", "path": str(prof10), "mapping": "bitsliced", "bits": 8}, 2 * 4),
+    ):
+        model = _model_file(tmp_path / name, spec)
+        r = rram(capsys, monkeypatch, "swim", "curve", str(model), "--profile", str(prof10), *args, "--json")
+        assert r.code == 0, r.text
+        full = next(p for p in json.loads(r.out)["points"] if p["fraction"] == 1)
+        assert full["cycles"] == devices * N_WEIGHTS * 10.0 and full["cycles_norm"] == 1.0
+    r = rram(capsys, monkeypatch, "swim", "curve", str(tmp_path / "b.pt"), "--profile", str(prof10), *args)
+    assert r.code == 0, r.text
+    assert [ln.split(": ", 1)[1] for ln in r.err.splitlines() if ln.startswith("swim curve: ")][:2] == [
+        "bit-sliced 8-bit weights on 2-bit devices; sensitivity over 20 samples",
+        "magnitude: 2 fractions x 2 draws",
+    ]

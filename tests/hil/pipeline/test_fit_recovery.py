@@ -74,7 +74,11 @@ def chip(tmp_path_factory: pytest.TempPathFactory) -> Chip:
         runs = {"levels": _run(board, "levels", d / "levels.h5", **LEVELS)}
         spent = eng.counters.set + eng.counters.reset - c0
         gate_cal = read_run(runs["levels"]).params
-        verify_pulses = spent - 2 * gate_cal["gate_points"] * min(gate_cal["cal_cells"], N) - 2 * N
+        verify_pulses = (
+            spent
+            - 2 * gate_cal["gate_points"] * min(gate_cal["cal_cells"], N)
+            - int(read_run(runs["levels"]).data["open_loop"]["pulses"].sum())
+        )
         runs["read-noise"] = _run(board, "read-noise", d / "read_noise.h5", reads=100, program=False)
         runs["spreads"] = _run(board, "endurance", d / "spreads.h5", **SPREAD_RUN)
         runs["life"] = _run(board, "endurance", d / "life.h5", **LIFE_RUN)
@@ -153,7 +157,7 @@ def test_rtn_detector_flags_real_telegraph_cells(chip: Chip) -> None:
     pi = tr["rtn_tau_full"] / (tr["rtn_tau_full"] + tr["rtn_tau_empty"])
     step = tr["rtn_amp"] * g.mean(axis=1) / (chip.k * SIGMA_READ)
     strong = present & (step >= 4) & (np.minimum(pi, 1 - pi) >= 0.2)
-    assert strong.sum() >= 3
+    assert strong.any()  # the chip has strong telegraph cells, so the next line is not vacuous
     assert det.bimodal[strong].all()
 
 
@@ -242,8 +246,14 @@ def test_families_by_aic(chip: Chip) -> None:
     assert now["lognormal"].aic < now["additive"].aic - 100
     assert min(now.values(), key=lambda f: f.bic).family == "lognormal"
     levels = _levels(chip)[0]
-    s_expect = math.sqrt(S_LRS**2 + float(np.mean((chip.k * SIGMA_READ / levels) ** 2)))
-    assert now["lognormal"].params["s"] == pytest.approx(s_expect, rel=0.05)
+    # Each level's median sits off its target by the 16-cell gate calibration's error; one log-normal s over
+    # all levels also absorbs the spread of those per-level offsets (measured: the spread of the per-level
+    # mean ln(g / target) around their mean).
+    ln_err = np.log(ol["g"] / ol["target"])
+    offsets = np.array([ln_err[np.isclose(ol["target"], lv)].mean() for lv in np.unique(ol["target"])])
+    s_expect = math.sqrt(S_LRS**2 + float(np.mean((chip.k * SIGMA_READ / levels) ** 2)) + float(offsets.var()))
+    # the fitted s is a standard deviation of n samples: its standard error is s / sqrt(2 n); allow 3 of them
+    assert now["lognormal"].params["s"] == pytest.approx(s_expect, rel=3 / math.sqrt(2 * ol.size))
 
 
 # ------------------------------------------------------------------------------------------- relaxation

@@ -47,7 +47,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "read-noise2": _run(board, "read-noise", d / "rn2.h5", cells="4:6,0:8", reads=8, program=False),
             "retention": _run(board, "retention", d / "ret.h5", cells="0:4,0:8", times=3, t_last=100.0),
             "retention2": _run(board, "retention", d / "ret2.h5", cells="0:4,0:8", times=3, t_last=100.0),
-            "endurance": _run(board, "endurance", d / "end.h5", cells="4:8,0:8", cycles=100, read_every=10),
+            "endurance": _run(
+                board, "endurance", d / "end.h5", cells="4:8,0:8", cycles=100, read_every=10, skip_unformed=True
+            ),
             "endurance2": _run(board, "endurance", d / "end2.h5", cells="0:2,0:8", cycles=60, read_every=10),
         }
         out["truth"] = d / "truth.npz"  # rows 4-7: open (never formed / stuck open) and shorted cells
