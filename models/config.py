@@ -33,7 +33,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA only (ignored on CPU)
     val_noise_draws: int = 5  # noise draws for the per-epoch noisy validation accuracy
     checkpoint: str | None = None  # path of the last-epoch checkpoint (written every epoch)
-    progress: bool = True  # rank 0: bars with ETA on a terminal, else periodic plain lines (models.progress)
+    progress: bool = True  # rank 0: bars with ETA on a terminal, else periodic plain lines (firmware_protocol.progress)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for checkpoints and JSON."""

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from firmware_protocol.progress import Progress
 from models.batched import check_folded, folded_forward, vmap_forward
 from models.noise.apply import clean_weights
 from models.noise.base import WeightNoise
-from models.progress import Progress
 
 
 def draw_generator(seed: int, index: int, device: torch.device | str) -> torch.Generator:
@@ -197,7 +197,7 @@ def evaluate_mc(
                 c, k = _correct_and_kl(logits, yb)
                 correct.index_add_(0, ids, c)
                 kl_sum.index_add_(0, ids, k)
-            bar.update(len(idx))
+            bar.advance(len(idx))
         bar.close()
         if world > 1:
             dist.all_reduce(correct)

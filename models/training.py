@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from firmware_protocol.progress import Progress
 from models.architectures import build_model
 from models.checkpoint import load_checkpoint, model_record, save_checkpoint
 from models.config import TrainConfig
@@ -31,7 +32,6 @@ from models.methods.base import TrainContext, TrainingMethod
 from models.methods.registry import get_method
 from models.montecarlo import evaluate_mc
 from models.noise.factory import noise_from_spec
-from models.progress import Progress
 
 __all__ = ["TrainConfig", "TrainContext", "TrainResult", "train", "resolve_device", "init_distributed"]
 

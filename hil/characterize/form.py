@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from firmware_protocol.progress import Progress
 from hil.characterize import stats
-from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
+from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, param
 from hil.characterize.runfile import RunWriter, Table
 
 

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from firmware_protocol.progress import Progress
 from hil.characterize import stats
 from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
-from hil.characterize.procedure import CELLS_HELP, PROCEDURES, ParamSpec, Progress, param
+from hil.characterize.procedure import CELLS_HELP, PROCEDURES, ParamSpec, param
 from hil.characterize.runfile import RunWriter, Table
 
 

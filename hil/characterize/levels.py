@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from firmware_protocol import CellResult
+from firmware_protocol.progress import Progress
 from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
 from hil.characterize.multilevel import (
     SET_WIDTH_NS,
@@ -28,7 +29,7 @@ from hil.characterize.multilevel import (
     reads_table,
     timed_reads,
 )
-from hil.characterize.procedure import PROCEDURES, Progress, param
+from hil.characterize.procedure import PROCEDURES, param
 from hil.characterize.runfile import RunWriter, Table
 from hil.characterize.stats import phase_stats
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from firmware_protocol import CellResult
+from firmware_protocol.progress import Progress
 from hil.characterize.formed import FormedCheck
-from hil.characterize.procedure import Progress
 from hil.characterize.region import Region
 from hil.characterize.runfile import RunWriter, Table
 from hil.hardware.board import Board, PulseRamp

@@ -6,13 +6,12 @@ import abc
 import dataclasses
 import logging
 import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TextIO, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from firmware_protocol.limits import BoardLimits
+from firmware_protocol.progress import Progress
 from firmware_protocol.registry import Registry
 from hil.characterize.region import Region, parse_region
 from hil.characterize.runfile import RunWriter, Table, create_run, read_run, resume_run
@@ -240,106 +239,6 @@ class Procedure(abc.ABC, Generic[P]):
 PROCEDURES: Registry[type[Procedure[Any]]] = Registry("procedure")
 
 
-class Progress:
-    """Progress of a long procedure on stderr: on a terminal a tqdm bar with rate and ETA; on a pipe or a log
-    file plain lines instead (no carriage returns): one at the start, one per stage, one each ~10 % with the
-    elapsed time and an estimate of what is left, and one at the end with the elapsed time. Quiet: nothing.
-    """
-
-    STEPS = 10  # plain-line mode: a line each time another tenth of the work is done ...
-    MIN_INTERVAL_S = 1.0  # ... and at least this long after the previous line (a short run: start and end only)
-
-    def __init__(
-        self,
-        total: int,
-        desc: str,
-        quiet: bool,
-        unit: str = "op",
-        stream: TextIO | None = None,
-        min_interval_s: float = MIN_INTERVAL_S,
-    ):
-        self.total, self.desc, self.unit = max(0, int(total)), desc, unit
-        self.min_interval_s = min_interval_s
-        self.n = self._n0 = 0
-        self._out = sys.stderr if stream is None else stream
-        self._t0 = self._last = time.monotonic()
-        self._bar: Any = None
-        self._lines = not quiet and not is_terminal(self._out)
-        self._next = 1  # the next tenth to announce
-        self._closed = False
-        if not quiet and not self._lines:
-            from tqdm import tqdm  # lazily: only a terminal shows a bar
-
-            self._bar = tqdm(total=self.total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, file=self._out)
-        elif self._lines:
-            self._line(f"start, {self.total} {unit}")
-
-    def advance(self, n: int = 1) -> None:
-        self._move(self.n + n)
-
-    def set(self, n: int) -> None:
-        """Work already done (a resume): counted without a line of its own, so the next tenth is the next line."""
-        self.n = self._n0 = n
-        if self._bar is not None:
-            self._bar.n = n
-            self._bar.refresh()
-        while self.total and self.STEPS * n >= self._next * self.total:
-            self._next += 1
-
-    def stage(self, text: str) -> None:
-        """A named step of the procedure: on a terminal in the bar's description, elsewhere as a line."""
-        if self._bar is not None:
-            self._bar.set_description_str(f"{self.desc}: {text}")
-        elif self._lines:
-            self._line(text)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._bar is not None:
-            self._bar.close()
-        elif self._lines:
-            done = "done" if self.n >= self.total else "stopped"
-            self._line(f"{done}, {self._count()} in {_seconds(time.monotonic() - self._t0)}")
-
-    def _move(self, n: int) -> None:
-        self.n = n
-        if self._bar is not None:
-            self._bar.n = n
-            self._bar.refresh()
-            return
-        if not self._lines or not self.total or n >= self.total or self.STEPS * n < self._next * self.total:
-            return
-        while self.STEPS * n >= self._next * self.total:
-            self._next += 1
-        now = time.monotonic()
-        if now - self._last < self.min_interval_s:
-            return
-        elapsed = now - self._t0
-        left = elapsed * (self.total - n) / max(1, n - self._n0)
-        self._line(f"{100 * n // self.total}% ({self._count()}), {_seconds(elapsed)}, about {_seconds(left)} left")
-
-    def _count(self) -> str:
-        return f"{self.n}/{self.total} {self.unit}"
-
-    def _line(self, text: str) -> None:
-        self._last = time.monotonic()
-        print(f"{self.desc}: {text}", file=self._out, flush=True)
-
-
-def is_terminal(stream: TextIO) -> bool:
-    """True when `stream` is an interactive terminal (a closed or foreign stream is not)."""
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def _seconds(t: float) -> str:
-    return f"{t:.1f} s" if t < 100 else f"{t / 60:.1f} min"
-
-
 def get_procedure(name: str) -> type[Procedure[Any]]:
     """The procedure class registered as `name`, or a one-line ValueError listing the known ones."""
     return PROCEDURES.get(name)
@@ -406,7 +305,7 @@ def run_procedure(
                     break
                 except BoardResetError as exc:
                     reset_survived(exc)
-            bar = Progress(proc.total_units(), proc.name, quiet)
+            bar = Progress(proc.total_units(), proc.name, "op", enabled=not quiet, tenths=True)
             while True:
                 try:
                     proc.run(w, bar)

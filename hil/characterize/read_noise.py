@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from firmware_protocol import CellResult
+from firmware_protocol.progress import Progress
 from hil.characterize import stats
 from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
 from hil.characterize.multilevel import assign_levels, level_targets, program_table, program_verified
-from hil.characterize.procedure import PROCEDURES, Progress, param
+from hil.characterize.procedure import PROCEDURES, param
 from hil.characterize.runfile import RunWriter, Table
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from firmware_protocol import CellResult
+from firmware_protocol.progress import Progress
 from hil.characterize import stats
 from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
 from hil.characterize.multilevel import (
@@ -16,7 +17,7 @@ from hil.characterize.multilevel import (
     reads_table,
     timed_reads,
 )
-from hil.characterize.procedure import PROCEDURES, Progress, param
+from hil.characterize.procedure import PROCEDURES, param
 from hil.characterize.runfile import RunWriter, Table
 
 

@@ -67,12 +67,12 @@ def curve(
     The weights are mapped as the model file records (analog pairs, or bit-sliced on the profile's devices).
     """
     from calibration.profile import load_profile
+    from firmware_protocol.progress import Progress
     from hil.deploy.swim_report import curve_table
     from hil.figures.swim import plot_curve
     from models.checkpoint import load_model, model_mapping
     from models.data.datasets import load_dataset
     from models.noise.factory import MappingChoice, mapping_for_model
-    from models.progress import Progress
     from models.swim.planning import METHODS, MissingPulses, SwimPlanner
 
     fr = _floats(fractions, "fractions")
@@ -111,7 +111,7 @@ def curve(
     with Progress(len(fr) * len(meths), "swim curve", "points", enabled=not quiet) as bar:
         for m in meths:
             bar.stage(f"{m}: {len(fr)} fractions x {mc} draws")
-            points += planner.curve(fr, [m], progress=bar.update)
+            points += planner.curve(fr, [m], progress=bar.advance)
     if out is not None:
         plot_curve(points, out, f"{model_file.name} on {profile_path.name}")
     if as_json:

@@ -92,9 +92,9 @@ def plan_deployment(
     The stages go to a progress bar on a terminal, or one plain line each elsewhere (unless quiet).
     """
     from calibration.profile import load_profile
+    from firmware_protocol.progress import Progress
     from models.checkpoint import load_model, model_mapping
     from models.data.datasets import load_dataset
-    from models.progress import Progress
     from models.swim.planning import MissingPulses, SwimPlanner
 
     model, ckpt = load_model(model_file)

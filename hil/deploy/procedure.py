@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from firmware_protocol.progress import Progress
 from hil.characterize.multilevel import SET_WIDTH_NS, calibrate_gate, gate_for, gate_table, one_shot
-from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, Progress, param
+from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, param
 from hil.characterize.runfile import RunWriter, Table
 from hil.deploy.plan import Plan, load_plan
 from hil.hardware.board import PulseRamp

@@ -191,7 +191,7 @@ def tap_outputs(model: nn.Module, modules: Sequence[nn.Module], forward) -> tupl
     missing = [i for i, t in enumerate(taps) if not isinstance(t, Tensor)]
     if missing:
         raise ValueError(f"snapshot block(s) {missing} produced no tensor output during the forward pass")
-    return result, taps  # type: ignore[return-value]
+    return result, [t for t in taps if isinstance(t, Tensor)]  # every tap is a tensor: checked above
 
 
 def find_snapshot_blocks(model: nn.Module, x: Tensor, names: list[str]) -> list[tuple[str, int, int]]:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from models.mapping import AnalogMapping, BitSlicedMapping
+from models.mapping import AnalogMapping, BitSlicedMapping, Scale, Sign
 from models.noise.base import AffineSampler, WeightNoise, per_device_mask, rand, randn, randn_draws
 
 _GRID = 1025  # tabulation points of the conductance-dependent laws for the analog mapping
@@ -93,10 +93,13 @@ class ProfileNoise(WeightNoise):
         **options: Any,
     ) -> ProfileNoise:
         """Bit-sliced mapping with K = profile.bits_per_device (M = ``bits``), or the analog pair mapping."""
+        # sign and scale arrive as plain strings (CLI, noise specs); the mappings refuse bad ones in one line
         if mapping == "bitsliced":
-            mp: BitSlicedMapping | AnalogMapping = BitSlicedMapping(bits, int(profile.bits_per_device), sign, scale)  # type: ignore[arg-type]
+            mp: BitSlicedMapping | AnalogMapping = BitSlicedMapping(
+                bits, int(profile.bits_per_device), cast(Sign, sign), cast(Scale, scale)
+            )
         elif mapping == "analog":
-            mp = AnalogMapping(float(profile.g_min), float(profile.g_max), scale)  # type: ignore[arg-type]
+            mp = AnalogMapping(float(profile.g_min), float(profile.g_max), cast(Scale, scale))
         else:
             raise ValueError(f"unknown mapping {mapping!r} (bitsliced or analog)")
         if t_s < 0:
@@ -110,10 +113,16 @@ class ProfileNoise(WeightNoise):
         if self.spatial and sp is not None:
             self._spatial_A = np.asarray(sp.eigvecs) * np.sqrt(np.clip(np.asarray(sp.eigvals), 0, None))
 
+    def _bitsliced(self) -> BitSlicedMapping:
+        """The bit-sliced mapping (the level and code tables exist only for it)."""
+        if not isinstance(self.mapping, BitSlicedMapping):
+            raise TypeError(f"this needs the bit-sliced mapping, not {type(self.mapping).__name__}")
+        return self.mapping
+
     def used_levels(self) -> np.ndarray:
         """Conductances of the 2^K levels the bit-sliced mapping uses (evenly picked from levels_g)."""
         lv = np.asarray(self.profile.levels_g, dtype=np.float64)
-        n = 2 ** int(self.mapping.bits_per_device)  # type: ignore[union-attr]
+        n = 2 ** int(self._bitsliced().bits_per_device)
         if lv.size == 0:
             lv = np.linspace(self.profile.g_min, self.profile.g_max, int(self.profile.n_levels))
         if lv.size < n:
@@ -283,7 +292,7 @@ class ProfileNoise(WeightNoise):
         return mean, var
 
     def _code_weight_moments(self, w: Tensor, verified: Tensor | None) -> tuple[Tensor, Tensor]:
-        mag, sign, step = self.mapping.codes(w)  # type: ignore[union-attr]
+        mag, sign, step = self._bitsliced().codes(w)
         mean, var = self._code_moments(self.all_verified, w)
         wm, wv = mean[mag], var[mag]
         if verified is not None:

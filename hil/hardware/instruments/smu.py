@@ -163,6 +163,8 @@ class Smu:
                 f"cannot open SMU {resource_name!r} (VISA backend {backend or 'default'!r}): {reason}"
             ) from None
         try:
+            # **kwargs are the subclass's own constructor keywords (SimulatedResistorSmu's load), which this
+            # base-class signature cannot name
             smu = cls(res, max_voltage_v=max_voltage_v, dialect=dialect, name=resource_name, **kwargs)  # type: ignore[arg-type]
             smu.idn()  # a resource that does not answer fails here, not in the middle of a measurement
             return smu

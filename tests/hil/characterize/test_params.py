@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import hil.deploy.procedure  # noqa: F401  (registers the deployment run "program")
 from firmware_protocol import LimitError
 from firmware_protocol.limits import BoardLimits
+from firmware_protocol.progress import Progress
 from hil.characterize import PROCEDURES, get_procedure
 from hil.characterize.iv import Iv, IvParams
 from hil.characterize.procedure import (
@@ -22,7 +23,6 @@ from hil.characterize.procedure import (
     ParamSpec,
     Procedure,
     ProcedureParams,
-    Progress,
     param,
     param_specs,
 )
