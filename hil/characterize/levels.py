@@ -21,13 +21,17 @@ from hil.characterize.multilevel import (
     assign_levels,
     calibrate_gate,
     gate_for,
+    gate_param,
+    gate_points_param,
     gate_table,
     level_targets,
+    max_pulses_param,
     one_shot,
     program_table,
     program_verified,
     reads_table,
     timed_reads,
+    tol_param,
 )
 from hil.characterize.procedure import PROCEDURES, param
 from hil.characterize.runfile import RunWriter, Table
@@ -39,28 +43,14 @@ class LevelsParams(FormedCellsParams):
     levels: int = param(8, help="conductance levels, evenly spaced from --g-lo to --g-hi", min=1)
     g_lo: float = param(4e-6, unit="S", help="lowest target conductance", min=0, min_open=True)
     g_hi: float = param(36e-6, unit="S", help="highest target conductance", min=0, min_open=True)
-    tol: float = param(0.8e-6, unit="S", help="write-verify tolerance (2% of g_max)", min=0, min_open=True)
-    max_pulses: int = param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
+    tol: float = tol_param("write-verify tolerance (2% of g_max)")
+    max_pulses: int = max_pulses_param()
     read_times: str = param(
         "1,10,100,1000", unit="s", help="block reads after programming: comma-separated, increasing"
     )
-    gate_lo: float = param(
-        0.7,
-        unit="V",
-        help="lowest SET gate voltage of the gate calibration",
-        min=0,
-        limit="gate_v",
-        label="gate voltage",
-    )
-    gate_hi: float = param(
-        1.4,
-        unit="V",
-        help="highest SET gate voltage of the gate calibration",
-        min=0,
-        limit="gate_v",
-        label="gate voltage",
-    )
-    gate_points: int = param(15, help="gate voltages in the gate calibration", min=2)
+    gate_lo: float = gate_param(0.7, "lowest")
+    gate_hi: float = gate_param(1.4, "highest")
+    gate_points: int = gate_points_param()
     cal_cells: int = param(16, help="cells the gate calibration is measured on (the region's first formed ones)", min=1)
     seed: int = param(0, help="seed of the shuffled level assignment (a resume assigns the same levels)", min=0)
 

@@ -7,9 +7,39 @@ import numpy as np
 from firmware_protocol import CellResult
 from firmware_protocol.progress import Progress
 from hil.characterize.formed import FormedCheck
+from hil.characterize.procedure import param
 from hil.characterize.region import Region
 from hil.characterize.runfile import RunWriter, Table
 from hil.hardware.board import Board, PulseRamp
+
+
+# Parameters several multi-level procedures declare alike (one definition, so help and ranges agree).
+def tol_param(help: str = "write-verify tolerance") -> float:
+    """`tol`: the write-verify tolerance (S) of a procedure that programs levels."""
+    return param(0.8e-6, unit="S", help=help, min=0, min_open=True)
+
+
+def max_pulses_param() -> int:
+    """`max_pulses`: the write-verify pulse budget per cell."""
+    return param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
+
+
+def gate_param(default: float, which: str) -> float:
+    """`gate_lo` / `gate_hi`: an end of the SET gate voltages the gate calibration sweeps."""
+    return param(
+        default,
+        unit="V",
+        help=f"{which} SET gate voltage of the gate calibration",
+        min=0,
+        limit="gate_v",
+        label="gate voltage",
+    )
+
+
+def gate_points_param() -> int:
+    """`gate_points`: how many gate voltages the gate calibration measures."""
+    return param(15, help="gate voltages in the gate calibration", min=2)
+
 
 PROGRAM_FIELDS = {
     "cell": ("i4", (2,)),

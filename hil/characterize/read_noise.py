@@ -8,7 +8,14 @@ from firmware_protocol import CellResult
 from firmware_protocol.progress import Progress
 from hil.characterize import stats
 from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
-from hil.characterize.multilevel import assign_levels, level_targets, program_table, program_verified
+from hil.characterize.multilevel import (
+    assign_levels,
+    level_targets,
+    max_pulses_param,
+    program_table,
+    program_verified,
+    tol_param,
+)
 from hil.characterize.procedure import PROCEDURES, param
 from hil.characterize.runfile import RunWriter, Table
 
@@ -20,8 +27,8 @@ class ReadNoiseParams(FormedCellsParams):
     levels: int = param(4, help="conductance levels, evenly spaced from --g-lo to --g-hi", min=1)
     g_lo: float = param(5e-6, unit="S", help="lowest target conductance", min=0, min_open=True)
     g_hi: float = param(35e-6, unit="S", help="highest target conductance", min=0, min_open=True)
-    tol: float = param(0.8e-6, unit="S", help="write-verify tolerance", min=0, min_open=True)
-    max_pulses: int = param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
+    tol: float = tol_param()
+    max_pulses: int = max_pulses_param()
     seed: int = param(0, help="seed of the shuffled level assignment (a resume assigns the same levels)", min=0)
     settle: float = param(
         100.0, unit="s", help="wait after programming, so relaxation does not pass for read noise", min=0

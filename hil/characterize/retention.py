@@ -12,10 +12,12 @@ from hil.characterize.multilevel import (
     assign_levels,
     level_targets,
     log_times,
+    max_pulses_param,
     program_table,
     program_verified,
     reads_table,
     timed_reads,
+    tol_param,
 )
 from hil.characterize.procedure import PROCEDURES, param
 from hil.characterize.runfile import RunWriter, Table
@@ -26,8 +28,8 @@ class RetentionParams(FormedCellsParams):
     levels: int = param(4, help="conductance levels, evenly spaced from --g-lo to --g-hi", min=1)
     g_lo: float = param(5e-6, unit="S", help="lowest target conductance", min=0, min_open=True)
     g_hi: float = param(35e-6, unit="S", help="highest target conductance", min=0, min_open=True)
-    tol: float = param(0.8e-6, unit="S", help="write-verify tolerance", min=0, min_open=True)
-    max_pulses: int = param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
+    tol: float = tol_param()
+    max_pulses: int = max_pulses_param()
     t_first: float = param(1.0, unit="s", help="first read, after programming", min=0, min_open=True)
     t_last: float = param(1e5, unit="s", help="last read, after programming", min=0, min_open=True)
     times: int = param(11, help="block reads, log-spaced from --t-first to --t-last", min=1)

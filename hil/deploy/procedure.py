@@ -14,7 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from firmware_protocol.progress import Progress
-from hil.characterize.multilevel import SET_WIDTH_NS, calibrate_gate, gate_for, gate_table, one_shot
+from hil.characterize.multilevel import (
+    SET_WIDTH_NS,
+    calibrate_gate,
+    gate_for,
+    gate_param,
+    gate_points_param,
+    gate_table,
+    max_pulses_param,
+    one_shot,
+    tol_param,
+)
 from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, param
 from hil.characterize.runfile import RunWriter, Table
 from hil.deploy.plan import Plan, load_plan
@@ -25,26 +35,12 @@ from hil.hardware.board import PulseRamp
 class DeployParams(ProcedureParams):
     cells: str = param(":,:", help="not used to place weights: the plan decides which cells each tile uses")
     plan: str = param("", help="plan file (.h5) written by `rram program` (hil.deploy.plan)")
-    tol: float = param(0.8e-6, unit="S", help="write-verify tolerance", min=0, min_open=True)
-    max_pulses: int = param(100, help="write-verify pulse budget per cell", min=1, max=0xFFFF)
+    tol: float = tol_param()
+    max_pulses: int = max_pulses_param()
     read_delay: float = param(1.0, unit="s", help="wait between programming a tile and reading it back", min=0)
-    gate_lo: float = param(
-        0.7,
-        unit="V",
-        help="lowest SET gate voltage of the gate calibration",
-        min=0,
-        limit="gate_v",
-        label="gate voltage",
-    )
-    gate_hi: float = param(
-        1.4,
-        unit="V",
-        help="highest SET gate voltage of the gate calibration",
-        min=0,
-        limit="gate_v",
-        label="gate voltage",
-    )
-    gate_points: int = param(15, help="gate voltages in the gate calibration", min=2)
+    gate_lo: float = gate_param(0.7, "lowest")
+    gate_hi: float = gate_param(1.4, "highest")
+    gate_points: int = gate_points_param()
     cal_cells: int = param(8, help="cells of the used area the gate calibration is measured on", min=1)
     form: bool = param(True, help="form the still pristine cells of the used area first")
 
