@@ -1,6 +1,9 @@
-"""Wire protocol between the host and the RRAM test board: framing, CRCs, messages. Pure Python, no I/O.
+"""Wire protocol between the host and the RRAM test board: framing, CRCs, messages. Pure Python, no link I/O.
 
-The written specification is PROTOCOL.md beside this file.
+The written specification is PROTOCOL.md beside this file. Being the layer every other package may
+import, it also holds the few base helpers they share, imported by module path and not re-exported
+here: `registry` (named registries), `fileformat` (versioned files, atomic writes: the one module that
+touches the file system), `progress` (bars on a terminal, plain lines elsewhere) and `device_presets`.
 """
 
 from firmware_protocol.constants import (
