@@ -1,4 +1,9 @@
-"""Network architectures by name (small CNN/MLP, CIFAR-style VGG-8 and ResNet-18) or "pkg.mod:factory"."""
+"""Network architectures by name (small CNN/MLP, CIFAR-style VGG-8 and ResNet-18) or "pkg.mod:factory".
+
+The named ones live in the `ARCHITECTURES` registry; a model file may name only those. A user factory
+"pkg.mod:factory" imports and runs code, so it is accepted only where the user gives it (the command line,
+or `factory=` to `models.checkpoint.load_model`), never from a file alone.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+
+from firmware_protocol.registry import Registry
 
 
 class SmallCNN(nn.Module):
@@ -121,20 +128,32 @@ class ResNet18(nn.Module):
         return self.head(self.layers(self.stem(x)))
 
 
+ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("model architecture")
+
+
+@ARCHITECTURES.register("cnn")
 def _cnn(in_channels: int, num_classes: int, image_size: int, **kw: Any) -> nn.Module:
     return SmallCNN(in_channels, num_classes, image_size, **kw)
 
 
+@ARCHITECTURES.register("mlp")
 def _mlp(in_channels: int, num_classes: int, image_size: int, **kw: Any) -> nn.Module:
     return MLP(in_channels * image_size * image_size, num_classes, **kw)
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "cnn": _cnn,
-    "mlp": _mlp,
-    "vgg8": lambda in_channels, num_classes, image_size, **kw: VGG8(in_channels, num_classes, image_size, **kw),
-    "resnet18": lambda in_channels, num_classes, image_size, **kw: ResNet18(in_channels, num_classes, image_size, **kw),
-}
+@ARCHITECTURES.register("vgg8")
+def _vgg8(in_channels: int, num_classes: int, image_size: int, **kw: Any) -> nn.Module:
+    return VGG8(in_channels, num_classes, image_size, **kw)
+
+
+@ARCHITECTURES.register("resnet18")
+def _resnet18(in_channels: int, num_classes: int, image_size: int, **kw: Any) -> nn.Module:
+    return ResNet18(in_channels, num_classes, image_size, **kw)
+
+
+def is_user_factory(name: str) -> bool:
+    """True for a "pkg.mod:factory" name (code the user names), False for a registered architecture name."""
+    return ":" in name
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
@@ -142,7 +161,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
 
     A user factory receives only ``kwargs`` plus ``num_classes`` when it accepts it; it must return an nn.Module.
     """
-    if ":" in name:
+    if is_user_factory(name):
         mod_name, _, attr = name.partition(":")
         try:
             factory = getattr(importlib.import_module(mod_name), attr)
@@ -157,5 +176,5 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
             raise ValueError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
         return model
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r} (known: {', '.join(ARCHITECTURES)}, or 'pkg.mod:factory')")
-    return ARCHITECTURES[name](in_channels, num_classes, image_size, **kwargs)
+        raise ValueError(f"unknown model {name!r} (known: {', '.join(ARCHITECTURES.names())}, or 'pkg.mod:factory')")
+    return ARCHITECTURES.get(name)(in_channels, num_classes, image_size, **kwargs)

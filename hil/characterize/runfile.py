@@ -217,6 +217,7 @@ def _open_swmr(p: Path, flush_s: float) -> Run:
 def _open_readonly(p: Path) -> h5py.File:
     if not p.exists():
         raise FileNotFoundError(f"run file {p} does not exist")
+    _check_superblock(p)
     try:
         return h5py.File(p, "r", locking=False, swmr=True)
     except (OSError, RuntimeError):  # h5py raises RuntimeError for some damaged superblocks
@@ -226,12 +227,96 @@ def _open_readonly(p: Path) -> h5py.File:
             raise RunFileError(f"{p} is not a readable HDF5 run file ({str(exc).splitlines()[0]})") from None
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_SUPERBLOCK_PREFIX = 24  # enough of every superblock version to reach its size-of-offsets field
+
+
+_LIVE_WRITER_GRACE_S = 1.0  # a live writer can be caught between its superblock and its data reaching the disk
+
+
+def _check_superblock(p: Path) -> None:
+    """Compare the end of file the HDF5 superblock records with the file's real size, from its first bytes.
+
+    Checked before libhdf5 sees the file: a SWMR reader retries metadata whose checksum fails (as it
+    does past the end of a cut file) with back-off for up to an hour, so a truncated file must never
+    reach it. A file still being written can be short for a moment, so a short file is looked at again
+    for up to `_LIVE_WRITER_GRACE_S` before it is called truncated.
+    """
+    deadline = time.monotonic() + _LIVE_WRITER_GRACE_S
+    while True:
+        size, stored = _sizes(p)
+        if stored is not None and size >= stored:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if stored is None:
+        raise RunFileError(f"{p} is truncated: its {size} bytes end inside the HDF5 superblock")
+    raise RunFileError(
+        f"{p} is truncated ({size} of {stored} bytes, {stored - size} missing): copy it again from the source"
+    )
+
+
+def _sizes(p: Path) -> tuple[int, int | None]:
+    """The file's size and the size its superblock records (None: the file ends inside the superblock).
+
+    The signature sits at 0, 512, 1024, 2048, ... (after an optional user block).
+    """
+    size = p.stat().st_size
+    if size == 0:
+        raise RunFileError(f"{p} is empty (0 bytes): not a run file; write it again")
+    with p.open("rb") as fh:
+        offset = 0
+        while offset + len(_HDF5_SIGNATURE) <= size:
+            fh.seek(offset)
+            if fh.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                break
+            offset = 512 if offset == 0 else offset * 2
+        else:
+            raise RunFileError(f"{p} is not a readable HDF5 run file (no HDF5 signature in its {size} bytes)")
+        fh.seek(offset)
+        head = fh.read(_SUPERBLOCK_PREFIX + 4 * 8)
+    return size, _superblock_eof(head)
+
+
+def _superblock_eof(head: bytes) -> int | None:
+    """End-of-file address the superblock starting at `head` records: None if `head` is cut
+    short, 0 (nothing to check; libhdf5 judges the file) for a layout this does not know."""
+    if len(head) < _SUPERBLOCK_PREFIX:
+        return None
+    version = head[8]
+    if version in (0, 1):
+        n = head[13]  # size of offsets; v1 adds indexed-storage K and a reserved field before the addresses
+        base_at = 24 + (4 if version == 1 else 0)
+    elif version in (2, 3):
+        n = head[9]
+        base_at = 12
+    else:
+        return 0
+    if n not in (2, 4, 8):
+        return 0
+    eof_at = base_at + 2 * n  # base address, free-space (v0/v1) or extension (v2/v3) address, end of file
+    if eof_at + n > len(head):
+        return None
+    eof = int.from_bytes(head[eof_at : eof_at + n], "little")
+    return 0 if eof == (1 << (8 * n)) - 1 else eof  # libhdf5 writes the whole file's size, user block included
+
+
 def _check_not_truncated(f: h5py.File, p: Path) -> None:
     """A SWMR open does not check the end of file; a writer's flush sets the file's size to the end its
     superblock records and a killed writer only leaves more bytes behind, so a shorter file was cut short."""
     stored, actual = f.id.get_filesize(), p.stat().st_size
     if actual < stored:
         raise RunFileError(f"{p} is truncated ({actual} of {stored} bytes)")
+
+
+def _check_sizes(f: h5py.File, p: Path) -> None:
+    """Refuse tables whose recorded shapes hold more bytes than the whole file (run files are not compressed
+    and every row is written), so a damaged shape never makes the reader allocate beyond the file's size."""
+    size = p.stat().st_size
+    claimed = sum(int(ds.size) * ds.dtype.itemsize for ds in f["data"].values())
+    if claimed > size:
+        raise RunFileError(f"{p} is corrupt: its tables claim {claimed} bytes, more than the file's {size}")
 
 
 def _check_format(f: h5py.File, p: Path) -> None:
@@ -253,6 +338,7 @@ def read_run(path: str | os.PathLike) -> RunData:
         except (OSError, RuntimeError) as exc:  # damaged metadata (e.g. a truncated file)
             raise RunFileError(f"{p} is corrupt: {str(exc).splitlines()[0]}") from None
         try:
+            _check_sizes(f, p)
             data = {name: ds[...] for name, ds in f["data"].items()}
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
             return RunData(

@@ -9,7 +9,7 @@ import click
 
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
-from hil.cli.train import aligned, noise_options, pct, spec_from_kwargs
+from hil.cli.train import aligned, factory_option, noise_options, pct, spec_from_kwargs
 
 
 @COMMANDS.register("evaluate")
@@ -21,6 +21,7 @@ from hil.cli.train import aligned, noise_options, pct, spec_from_kwargs
     default=None,
     help="Deployment run file from `rram program`: accuracy with the read-back weights vs the prediction.",
 )
+@factory_option
 @noise_options
 @click.option("--mc", "n_draws", type=int, default=1000, show_default=True, help="Number of noise draws.")
 @click.option("--kpp", type=float, multiple=True, help="k (percent) of the k-th percentile performance; repeatable.")
@@ -34,6 +35,7 @@ from hil.cli.train import aligned, noise_options, pct, spec_from_kwargs
 def evaluate(
     model_file: str | None,
     deployed: str | None,
+    factory: str | None,
     n_draws: int,
     kpp: tuple[float, ...],
     seed: int,
@@ -53,7 +55,7 @@ def evaluate(
     if deployed is not None:
         if model_file is not None:
             raise UserError("give either MODEL_FILE or --deployed, not both")
-        _evaluate_deployed(deployed, 200 if n_draws == 1000 else n_draws, seed, as_json)
+        _evaluate_deployed(deployed, 200 if n_draws == 1000 else n_draws, seed, as_json, factory)
         return
     if model_file is None:
         raise UserError("give a MODEL_FILE to evaluate (or --deployed DEPLOY.h5)")
@@ -70,7 +72,7 @@ def evaluate(
     kpp = kpp or (1.0, 5.0)
     rank, _world, local_rank = init_distributed(device)
     dev = resolve_device(device, local_rank)
-    model, ckpt = load_model(model_file, dev)
+    model, ckpt = load_model(model_file, dev, factory=factory)
     recorded = model_mapping(ckpt)
     spec = spec_from_kwargs(noise_kw, recorded, model_file)
     if spec is None:
@@ -120,10 +122,10 @@ def evaluate(
     click.echo(aligned(rows))
 
 
-def _evaluate_deployed(path: str, n_draws: int, seed: int, as_json: bool) -> None:
+def _evaluate_deployed(path: str, n_draws: int, seed: int, as_json: bool, factory: str | None) -> None:
     from hil.deploy.readback import evaluate_deployed
 
-    res = evaluate_deployed(path, mc=n_draws, seed=seed, progress=not as_json)
+    res = evaluate_deployed(path, mc=n_draws, seed=seed, progress=not as_json, factory=factory)
     if as_json:
         click.echo(json.dumps({"deployed": path, **res.to_dict()}, indent=2))
         return

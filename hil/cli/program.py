@@ -9,6 +9,7 @@ import click
 from hil.cli.characterize import execute, params_option
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
+from hil.cli.train import factory_option
 from hil.deploy.plan import PlanError
 from hil.deploy.procedure import DeployParams, DeployRun
 from hil.hardware.transport import DEFAULT_PORT
@@ -65,6 +66,7 @@ expected_error(PlanError)
 @click.option("--resume", is_flag=True, help="continue an interrupted deployment (same plan)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars or stage lines")
+@factory_option
 def program(
     model_file: Path,
     port: str,
@@ -81,6 +83,7 @@ def program(
     resume: bool,
     as_json: bool,
     quiet: bool,
+    factory: str | None,
 ) -> None:
     """Program MODEL_FILE onto the array: one-shot pulses, WRITE_VERIFY for the SWIM-selected weights, read-back.
 
@@ -102,5 +105,15 @@ def program(
             raise UserError(f"{plan_path} already exists (use --force to overwrite it)")
         with Board.open(port) as board:
             rows, cols = board.rows, board.cols
-        plan_model(model_file, profile_file, plan_path, rows, cols, settings, force=force, quiet=quiet or as_json)
+        plan_model(
+            model_file,
+            profile_file,
+            plan_path,
+            rows,
+            cols,
+            settings,
+            force=force,
+            quiet=quiet or as_json,
+            factory=factory,
+        )
     execute(DeployRun, port, out, force, resume, as_json, quiet, None, program_params(plan_path, settings))

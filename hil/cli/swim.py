@@ -9,6 +9,7 @@ import click
 
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
+from hil.cli.train import factory_option
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -48,6 +49,7 @@ def swim() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="PNG of the curve")
 @click.option("--json", "as_json", is_flag=True)
+@factory_option
 def curve(
     model_file: Path,
     profile_path: Path,
@@ -61,6 +63,7 @@ def curve(
     seed: int,
     out: Path | None,
     as_json: bool,
+    factory: str | None,
 ) -> None:
     """Accuracy (mean, 1% KPP) and write cycles versus fraction verified, for SWIM and baselines.
 
@@ -82,7 +85,7 @@ def curve(
     unknown = [m for m in meths if m not in METHODS]
     if unknown:
         raise UserError(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})")
-    model, ckpt = load_model(model_file)
+    model, ckpt = load_model(model_file, factory=factory)
     profile = load_profile(profile_path)
     recorded = model_mapping(ckpt) or MappingChoice("analog")  # not trained on a profile: deployed as analog pairs
     choice = mapping_for_model(recorded, profile, model_name=str(model_file), profile_name=str(profile_path))

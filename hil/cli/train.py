@@ -16,6 +16,15 @@ if TYPE_CHECKING:  # torch-free at start-up: the noise factory is imported insid
     from models.noise.factory import MappingChoice
 
 
+factory_option = click.option(
+    "--model",
+    "factory",
+    metavar="PKG.MOD:FACTORY",
+    default=None,
+    help="The model file's own architecture factory, when it names one (imported and run: only code you trust).",
+)
+
+
 def noise_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a command with the mutually exclusive noise sources and their modifiers."""
     opts = [

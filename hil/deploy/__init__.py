@@ -38,8 +38,12 @@ def plan_model(
     *,
     force: bool = False,
     quiet: bool = False,
+    factory: str | None = None,
 ) -> Path:
-    """Plan MODEL_FILE for a rows x cols array with the chip's profile and write the plan file (stages unless quiet)."""
+    """Plan MODEL_FILE for a rows x cols array with the chip's profile and write the plan file (stages unless quiet).
+
+    ``factory``: the model file's own "pkg.mod:factory" architecture, when it names one.
+    """
     from hil.deploy.placement import plan_deployment
     from hil.deploy.plan import save_plan
 
@@ -53,6 +57,7 @@ def plan_model(
         cols,
         settings.read_delay_s,
         quiet=quiet,
+        factory=factory,
     )
     return save_plan(plan, plan_path, force=force)
 

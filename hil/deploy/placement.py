@@ -84,6 +84,7 @@ def plan_deployment(
     sens_samples: int = 2000,
     seed: int = 0,
     quiet: bool = False,
+    factory: str | None = None,
 ) -> Plan:
     """SWIM (or baseline) verify marks for `fraction` of the weights, mapped and tiled for a rows x cols array.
 
@@ -97,7 +98,7 @@ def plan_deployment(
     from models.data.datasets import load_dataset
     from models.swim.planning import MissingPulses, SwimPlanner
 
-    model, ckpt = load_model(model_file)
+    model, ckpt = load_model(model_file, factory=factory)  # factory: the file's own pkg.mod:factory, if it names one
     recorded = model_mapping(ckpt)
     if recorded is not None and recorded.name != "analog":
         raise PlanError(

@@ -72,9 +72,12 @@ def _accuracy(model: torch.nn.Module, weights: dict, x: torch.Tensor, y: torch.T
 
 
 def evaluate_deployed(
-    deploy_path: str | Path, mc: int = 200, seed: int = 0, progress: bool = False
+    deploy_path: str | Path, mc: int = 200, seed: int = 0, progress: bool = False, factory: str | None = None
 ) -> DeployedAccuracy:
-    """Measured accuracy of a deployment and its Monte Carlo prediction (progress: bar or line for the draws)."""
+    """Measured accuracy of a deployment and its Monte Carlo prediction (progress: bar or line for the draws).
+
+    ``factory``: the model file's own "pkg.mod:factory" architecture, when it names one.
+    """
     from calibration.profile import load_profile
     from models.checkpoint import load_model
     from models.data.datasets import load_dataset
@@ -86,7 +89,7 @@ def evaluate_deployed(
     if run.procedure != "program":
         raise RunFileError(f"{deploy_path} is a {run.procedure!r} run, not a deployment (rram program)")
     plan = load_plan(run.params["plan"])
-    model, ckpt = load_model(plan.meta["model_file"])
+    model, ckpt = load_model(plan.meta["model_file"], factory=factory)
     model.eval()
     ds = load_dataset(ckpt["data"]["name"], ckpt["data"].get("root"))
     weights = weights_from_conductances(plan, measured_matrices(plan, run))

@@ -19,6 +19,9 @@ def make_net(num_classes: int = 10, width: int = 16) -> torch.nn.Module:
     )
 
 
+USER = ["--model", "tests.hil.cli.test_train_evaluate_cli:make_net"]  # a file naming it loads only when given
+
+
 def test_train_then_evaluate_json(tmp_path):
     r = CliRunner()
     out = tmp_path / "m.pt"
@@ -114,10 +117,10 @@ def test_evaluate_with_a_profile_and_resume(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "resumed" in res.output and "epoch 2/2" in res.output
-    ev = r.invoke(cli, ["evaluate", str(out), "--mc", "20", "--json"])
+    ev = r.invoke(cli, ["evaluate", str(out), *USER, "--mc", "20", "--json"])
     d = json.loads(ev.output)
     assert d["noise"]["family"] == "profile" and d["noise"]["t_s"] == 3600.0 and "accuracies" not in d
-    ev2 = r.invoke(cli, ["evaluate", str(out), "--mc", "20", "--additive", "0.0"])
+    ev2 = r.invoke(cli, ["evaluate", str(out), *USER, "--mc", "20", "--additive", "0.0"])
     assert ev2.exit_code == 0 and "worst draw" in ev2.output
     rows = {ln.split("  ")[1]: ln for ln in ev2.output.splitlines() if ln.startswith("  ")}
     assert {"clean accuracy", "noisy accuracy", "noisy std", "KPP 1%", "worst draw", "EKL"} <= set(rows)
@@ -332,7 +335,7 @@ def test_evaluate_takes_the_mapping_from_the_model_file(tmp_path, capsys, monkey
     out = tmp_path / "m.pt"
     r = rram(capsys, monkeypatch, "train", *QUICK, "--profile", str(prof), "--bits", "6", "-o", str(out))
     assert r.code == 0, r.text
-    ev = ["evaluate", str(out), "--mc", "4", "--profile", str(prof), "--t-s", "60"]
+    ev = ["evaluate", str(out), *USER, "--mc", "4", "--profile", str(prof), "--t-s", "60"]
     r = rram(capsys, monkeypatch, *ev, "--json")
     assert r.code == 0, r.text
     noise = json.loads(r.out)["noise"]
@@ -341,15 +344,15 @@ def test_evaluate_takes_the_mapping_from_the_model_file(tmp_path, capsys, monkey
     assert_one_line_error(r, "trained with bit-sliced 6-bit weights", "--mapping analog contradicts it")
     r = rram(capsys, monkeypatch, *ev, "--bits", "9")
     assert_one_line_error(r, "--bits 9 contradicts it", "leave --bits out")
-    r = rram(capsys, monkeypatch, "evaluate", str(out), "--mc", "4", "--bits", "9")
+    r = rram(capsys, monkeypatch, "evaluate", str(out), *USER, "--mc", "4", "--bits", "9")
     assert_one_line_error(r, "--bits 9 contradicts it")
-    r = rram(capsys, monkeypatch, "evaluate", str(out), "--mc", "4", "--mapping", "bitsliced", "--json")
+    r = rram(capsys, monkeypatch, "evaluate", str(out), *USER, "--mc", "4", "--mapping", "bitsliced", "--json")
     assert r.code == 0 and json.loads(r.out)["noise"]["bits"] == 6  # agreeing with the model file is fine
     four_bit = tmp_path / "p4.h5"
     from calibration.profile import NoiseProfile, save_profile
 
     save_profile(NoiseProfile.from_paper("state_dependent", sigma=0.02, n_levels=16), four_bit)
-    r = rram(capsys, monkeypatch, "evaluate", str(out), "--mc", "4", "--profile", str(four_bit))
+    r = rram(capsys, monkeypatch, "evaluate", str(out), *USER, "--mc", "4", "--profile", str(four_bit))
     assert_one_line_error(r, "6-bit weights", "4-bit devices", "retrain with --profile")
 
 
@@ -367,11 +370,13 @@ def test_a_model_file_from_before_the_mapping_record_evaluates_as_trained(tmp_pa
     for rec in (ckpt["noise"], ckpt["config"]["noise"]):
         del rec["bits"], rec["mapping"]
     torch.save(ckpt, out)
-    r = rram(capsys, monkeypatch, "evaluate", str(out), "--mc", "4", "--profile", str(prof), "--json")
+    r = rram(capsys, monkeypatch, "evaluate", str(out), *USER, "--mc", "4", "--profile", str(prof), "--json")
     assert r.code == 0, r.text
     noise = json.loads(r.out)["noise"]
     assert (noise["mapping"], noise["bits"]) == ("bitsliced", 8)
-    r = rram(capsys, monkeypatch, "evaluate", str(out), "--mc", "4", "--profile", str(prof), "--mapping", "analog")
+    r = rram(
+        capsys, monkeypatch, "evaluate", str(out), *USER, "--mc", "4", "--profile", str(prof), "--mapping", "analog"
+    )
     assert_one_line_error(r, "trained with bit-sliced 8-bit weights", "contradicts")
 
 
@@ -426,7 +431,7 @@ def test_piped_output_has_no_progress_bars(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stdout + r.stderr
     assert [ln.split("  ")[0] for ln in r.stdout.splitlines() if ln.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
-    r = _subprocess("evaluate", str(out), "--mc", "8", cwd=root)
+    r = _subprocess("evaluate", str(out), *USER, "--mc", "8", cwd=root)
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stdout + r.stderr
     assert r.stderr.splitlines()[-1].startswith("Monte Carlo: 8/8 draws in ")
