@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -47,10 +48,35 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
         f.write(header + big.tobytes())
 
 
+# What a CIFAR batch may contain besides plain dicts, lists, bytes and numbers: numpy arrays (and their
+# dtypes and scalars, as numpy 1.x and 2.x pickle them). Anything else in the file is refused unread.
+_CIFAR_GLOBALS = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds only data (containers, numbers, bytes, numpy arrays): no other callable runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"holds a {module}.{name} object")
+
+
 def read_cifar_pickle(path: str | Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR python pickle: images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+    """Read one CIFAR python pickle: images (N, 3, 32, 32) uint8 and labels (N,) int64 (data only, no code)."""
     with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+        try:
+            d = _DataUnpickler(f, encoding="bytes").load()
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"{path}: not a CIFAR batch ({exc}; it is not read because unpickling it could run code)"
+            ) from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: not a CIFAR batch (a {type(d).__name__}, not a dict)")
     key = label_key.encode()
     if b"data" not in d or key not in d:
         raise ValueError(f"{path}: not a CIFAR batch (needs keys 'data' and {label_key!r})")

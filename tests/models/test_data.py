@@ -101,3 +101,31 @@ def test_digits_embedded():
     ds = load_dataset("digits")
     assert ds.x_train.shape == (1437, 1, 8, 8) and ds.x_test.shape == (360, 1, 8, 8)
     assert abs(float(ds.x_train.mean())) < 1e-5 and sorted(set(ds.y_test.tolist())) == list(range(10))
+
+
+class _Payload:
+    """Pickles as a call of os.mkdir: what a hostile 'CIFAR batch' could carry."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+
+        return (os.mkdir, (self.target,))
+
+
+def test_a_cifar_pickle_that_would_run_code_is_refused_unread(tmp_path):
+    c10 = tmp_path / "cifar-10-batches-py"
+    c10.mkdir()
+    for i in range(1, 6):
+        _cifar_batch(c10 / f"data_batch_{i}", 3, "labels", 10, i)
+    _cifar_batch(c10 / "test_batch", 2, "labels", 10, 9)
+    pwned = tmp_path / "pwned"
+    with open(c10 / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": _Payload(str(pwned)), b"labels": [1]}, f)
+    with pytest.raises(ValueError) as e:
+        load_dataset("cifar10", tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and "data_batch_3" in msg and "could run code" in msg and "mkdir" in msg
+    assert not pwned.exists()

@@ -68,7 +68,7 @@ def _run(out_dir: str, rank: int, world: int, port: int) -> None:
     )
     if rank == 0:
         torch.save(
-            {"state": res.model.state_dict(), "accs": mc.accuracies, "ekl": mc.ekl},
+            {"state": res.model.state_dict(), "accs": torch.as_tensor(mc.accuracies), "ekl": float(mc.ekl)},
             os.path.join(out_dir, f"world{world}.pt"),
         )
     if world > 1:
@@ -83,10 +83,13 @@ def test_two_gloo_processes_match_one(tmp_path):
     _run(str(tmp_path), 0, 1, 0)
     # fork: the children reuse the parent's imported torch instead of importing it again (seconds each)
     mp.start_processes(_worker, args=(str(tmp_path), 2, _free_port()), nprocs=2, join=True, start_method="fork")
-    one = torch.load(tmp_path / "world1.pt", weights_only=False)
-    two = torch.load(tmp_path / "world2.pt", weights_only=False)
+    one = torch.load(tmp_path / "world1.pt", weights_only=True)
+    two = torch.load(tmp_path / "world2.pt", weights_only=True)
     for k, v in one["state"].items():
         assert torch.equal(v, two["state"][k]), (k, float((v - two["state"][k]).abs().max()))
     # draws are seeded per index, so splitting them over processes gives identical per-draw accuracies
-    assert np.array_equal(one["accs"], two["accs"])
-    assert one["ekl"] == two["ekl"]
+    assert torch.equal(one["accs"], two["accs"])
+    # The weights above are bit-equal (same machine, one thread, same sub-batch shapes). EKL is not held to
+    # that: each process stacks other draws into a chunk, and a stacked float32 GEMM may sum in another order,
+    # so each -log p (float32, eps 6e-8) may move by ~1e-7 relative; EKL (~0.5) is held to 1e-6.
+    assert abs(one["ekl"] - two["ekl"]) < 1e-6
