@@ -10,7 +10,6 @@ halved, exactly as the 2-process all-reduce does, and everything must then agree
 import os
 import socket
 
-import numpy as np
 import torch
 import torch.multiprocessing as mp
 
