@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import types
 import typing
 from typing import Any
@@ -19,6 +21,38 @@ import h5py
 import numpy as np
 
 from calibration.errors import ProfileError
+
+
+def check_stored_sizes(f: h5py.File, source: str, error_cls: type[Exception]) -> None:
+    """Refuse (``error_cls``, one line) a file whose datasets claim more bytes than the file holds, or live elsewhere.
+
+    rram-hil writes its HDF5 datasets uncompressed and in the file itself, so a dataset whose shape claims
+    more bytes than the whole file (a damaged or forged shape, e.g. 2^40 entries) is refused before anything
+    reads it: a reader then never allocates more than the file's own size. Virtual datasets and external
+    storage (data in other files) are refused too.
+    """
+    size = os.path.getsize(f.filename)
+    claimed = 0
+    seen: set[int] = set()
+    groups: list[h5py.Group] = [f]
+    while groups:
+        group = groups.pop()
+        for key in group:
+            if not isinstance(group.get(key, getlink=True), h5py.HardLink):
+                raise error_cls(f"{source} is corrupt: {group.name.rstrip('/')}/{key} links to elsewhere")
+            obj = group[key]
+            address = h5py.h5o.get_info(obj.id).addr
+            if address in seen:
+                continue
+            seen.add(address)
+            if isinstance(obj, h5py.Group):
+                groups.append(obj)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.is_virtual or obj.external:
+                    raise error_cls(f"{source} is corrupt: dataset {obj.name} keeps its data in another file")
+                claimed += int(obj.size) * int(obj.dtype.itemsize)
+    if claimed > size:
+        raise error_cls(f"{source} is corrupt: its datasets claim {claimed} bytes, more than the file's {size}")
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -105,8 +139,8 @@ def _read_value(group: h5py.Group, name: str, tp: Any, f: dataclasses.Field) -> 
         return read_dataclass(node, inner)
     if inner is np.ndarray:
         node = group.get(name)
-        if not isinstance(node, h5py.Dataset) or not np.issubdtype(node.dtype, np.number):
-            raise ProfileError(f"{path} must be a numeric dataset")
+        if not isinstance(node, h5py.Dataset) or node.dtype.kind not in "iuf":
+            raise ProfileError(f"{path} must be a numeric dataset (integers or floats), got {_kind(node)}")
         return np.asarray(node[()], dtype=np.float64)
     if inner in (float, int, bool, str):
         if name not in group.attrs:
@@ -134,13 +168,19 @@ def _read_value(group: h5py.Group, name: str, tp: Any, f: dataclasses.Field) -> 
         out: dict[str, Any] = {}
         if isinstance(val_tp, type) and dataclasses.is_dataclass(val_tp):
             for key in node:
-                out[key] = read_dataclass(node[key], val_tp)
+                item = node.get(key)
+                if not isinstance(item, h5py.Group):
+                    raise ProfileError(f"{path}/{key} must be a group, got {_kind(item)}")
+                out[key] = read_dataclass(item, val_tp)
             return out
         for key, v in node.attrs.items():
             kind = str if isinstance(v, (str, bytes)) else bool if isinstance(v, (bool, np.bool_)) else float
             out[key] = _scalar(f"{path}/{key}", v, kind)
         for key in node:
-            out[key] = np.asarray(node[key][()], dtype=np.float64)
+            item = node.get(key)
+            if not isinstance(item, h5py.Dataset) or item.dtype.kind not in "iuf":
+                raise ProfileError(f"{path}/{key} must be a numeric dataset (integers or floats), got {_kind(item)}")
+            out[key] = np.asarray(item[()], dtype=np.float64)
         return out
     raise ProfileError(f"{path}: unsupported field type {inner!r}")
 
@@ -162,7 +202,14 @@ def _scalar(path: str, raw: Any, tp: type) -> Any:
     if isinstance(raw, (str, bool, np.bool_)) or not isinstance(raw, (int, float, np.integer, np.floating)):
         raise ProfileError(f"{path} must be a number")
     if tp is int:
-        if float(raw) != int(raw):
-            raise ProfileError(f"{path} must be an integer")
+        if not math.isfinite(float(raw)) or float(raw) != int(raw):
+            raise ProfileError(f"{path} must be an integer, got {raw}")
         return int(raw)
     return float(raw)
+
+
+def _kind(node: Any) -> str:
+    """What an HDF5 node is, for messages: 'a group', 'a dataset of dtype |S5'."""
+    if isinstance(node, h5py.Dataset):
+        return f"a dataset of dtype {node.dtype}"
+    return "a group" if isinstance(node, h5py.Group) else "nothing"

@@ -52,9 +52,11 @@ class PolyFit:
             raise ProfileError(f"{where}/cov must be {d[0]}x{d[0]}, got {self.cov.shape}")
         if not np.all(np.isfinite(self.coeffs)):
             raise ProfileError(f"{where}/coeffs contains NaN or inf")
-        if not self.g_ref > 0:
-            raise ProfileError(f"{where}: g_ref must be > 0")
-        if not (self.g_lo >= 0 and (np.isnan(self.g_hi) or self.g_hi >= self.g_lo)):
+        if not (np.isfinite(self.g_ref) and self.g_ref > 0):
+            raise ProfileError(f"{where}: g_ref must be a finite conductance > 0, got {self.g_ref}")
+        if not (np.isfinite(self.g_lo) and self.g_lo >= 0 and (np.isnan(self.g_hi) or np.isfinite(self.g_hi))):
+            raise ProfileError(f"{where}: need finite 0 <= g_lo <= g_hi (g_hi NaN: up to g_ref)")
+        if not (np.isnan(self.g_hi) or self.g_hi >= self.g_lo):
             raise ProfileError(f"{where}: need 0 <= g_lo <= g_hi")
 
     @staticmethod
@@ -108,8 +110,12 @@ class ProgrammingModel:
         self.table.validate(f"{where}/table")
         self.mean_poly.validate(f"{where}/mean_poly")
         self.sigma_poly.validate(f"{where}/sigma_poly")
-        if not self.t_read_s > 0:
-            raise ProfileError(f"{where}: t_read_s must be > 0")
+        if not (np.isfinite(self.t_read_s) and self.t_read_s > 0):
+            raise ProfileError(f"{where}: t_read_s must be a finite time > 0 s, got {self.t_read_s}")
+        for k in ("pulses_mean", "pulses_se"):  # NaN: the run recorded no pulse counts
+            v = getattr(self, k)
+            if not (np.isnan(v) or (np.isfinite(v) and v >= 0)):
+                raise ProfileError(f"{where}: {k} must be NaN (not recorded) or a finite number >= 0, got {v}")
 
 
 @dataclass
@@ -156,8 +162,10 @@ class RelaxationModel:
                 raise ProfileError(f"{where}/{k} has shape {getattr(self, k).shape}, expected {n}")
         self.b_poly.validate(f"{where}/b_poly")
         self.s1sq_poly.validate(f"{where}/s1sq_poly")
-        if not self.t0_s > 0:
-            raise ProfileError(f"{where}: t0_s must be > 0")
+        if not (np.isfinite(self.t0_s) and self.t0_s > 0):
+            raise ProfileError(f"{where}: t0_s must be a finite time > 0 s, got {self.t0_s}")
+        if not (np.isnan(self.t_max_s) or (np.isfinite(self.t_max_s) and self.t_max_s > 0)):
+            raise ProfileError(f"{where}: t_max_s must be NaN (unknown) or a finite time > 0 s, got {self.t_max_s}")
 
 
 @dataclass
@@ -260,12 +268,20 @@ class SpatialModel:
         return float(np.sum(self.eigvals) / self.total_variance) if self.total_variance > 0 else float("nan")
 
     def validate(self, where: str) -> None:
+        if self.shape[0] < 1 or self.shape[1] < 1:
+            raise ProfileError(f"{where}: shape must be [rows >= 1, cols >= 1], got {list(self.shape)}")
         n = int(self.shape[0]) * int(self.shape[1])
         k = self.eigvals.shape[0] if self.eigvals.ndim == 1 else -1
         if k < 1 or self.eigvecs.shape != (n, k):
             raise ProfileError(f"{where}: eigvecs must be (rows*cols={n}, k={k}), got {self.eigvecs.shape}")
+        for name in ("eigvals", "eigvecs", "full_cov", "lag_cov"):  # the sampler draws from these
+            value = getattr(self, name)
+            if value is not None and not np.all(np.isfinite(value)):
+                raise ProfileError(f"{where}/{name} contains NaN or inf")
         if np.any(self.eigvals < -1e-12 * max(1.0, float(np.max(np.abs(self.eigvals))))):
             raise ProfileError(f"{where}: eigvals must be >= 0")
+        if not (np.isfinite(self.total_variance) and self.total_variance >= 0):
+            raise ProfileError(f"{where}: total_variance must be a finite variance >= 0 S^2, got {self.total_variance}")
         if self.full_cov is not None and self.full_cov.shape != (n, n):
             raise ProfileError(f"{where}: full_cov must be {n}x{n}, got {self.full_cov.shape}")
         if self.method not in ("repeats", "stationary"):

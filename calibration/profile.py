@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from calibration.errors import ProfileError
-from calibration.h5io import read_dataclass, write_dataclass
+from calibration.h5io import check_stored_sizes, read_dataclass, write_dataclass
 from calibration.noise_terms import (
     EnduranceModel,
     FamilyFit,
@@ -57,6 +57,10 @@ __all__ = [
 PROFILE_FILE = FileFormat("rram-hil-noise-profile", "1.1", "an rram-hil noise profile")
 FORMAT_NAME = PROFILE_FILE.name
 FORMAT_VERSION = PROFILE_FILE.version
+# Bounds of a chip's level table: 2^20 levels (8 MiB of float64 per table) is far beyond any RRAM device,
+# and bit-sliced weights use at most 20 bits per device under it (--bits is at most 32 in all).
+MAX_LEVELS = 2**20
+MAX_BITS_PER_DEVICE = 20
 PAPER_FAMILIES = ("gaussian", "additive", "lognormal", "state_dependent", "ibm_reram")
 # Families whose programming noise is a closed-form law in family_params (the others use the stored models).
 _FORMULA_FAMILIES = ("gaussian", "additive", "lognormal", "state_dependent")
@@ -160,11 +164,11 @@ class NoiseProfile:
     def pulses_per_device(self, verified: bool) -> float:
         """Mean programming pulses per device (open loop ~1); ProfileError if the profile does not know."""
         model = self.verified if verified else self.open_loop
-        if model is not None and math.isfinite(model.pulses_mean):
+        if model is not None and math.isfinite(model.pulses_mean) and model.pulses_mean > 0:
             return float(model.pulses_mean)
         key = "pulses_verified" if verified else "pulses_open_loop"
         value = self.family_params.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
             return float(value)
         kind = "verified" if verified else "open-loop"
         raise ProfileError(f"this profile has no pulse count for {kind} programming")
@@ -203,9 +207,15 @@ class NoiseProfile:
         """
         if family not in PAPER_FAMILIES:
             raise ProfileError(f"unknown noise family {family!r}; choose one of {', '.join(PAPER_FAMILIES)}")
+        if not 2 <= int(n_levels) <= MAX_LEVELS:
+            raise ProfileError(f"n_levels must be in [2, 2^{MAX_LEVELS.bit_length() - 1}], got {n_levels}")
         if bits_per_device is None:
             bits_per_device = max(1, int(math.floor(math.log2(max(n_levels, 2)))))
         levels = np.linspace(g_min, g_max, int(n_levels)) if n_levels >= 2 else np.zeros(0)
+        if not _pulse_count(float(pulses_verified), positive=True):
+            raise ProfileError(
+                f"pulses_verified must be a finite number > 0 (or NaN: not measured), got {pulses_verified!r}"
+            )
         fp: dict[str, Any] = {"pulses_open_loop": 1.0, "pulses_verified": float(pulses_verified)}
         expected = {
             "gaussian": {"sigma"},
@@ -272,12 +282,16 @@ class NoiseProfile:
         """Check every field for consistency; raise ProfileError naming the first problem."""
         if not (math.isfinite(self.g_min) and math.isfinite(self.g_max) and 0 <= self.g_min < self.g_max):
             raise ProfileError(f"need 0 <= g_min < g_max, got g_min={self.g_min}, g_max={self.g_max}")
-        if self.n_levels < 2:
-            raise ProfileError(f"n_levels must be >= 2, got {self.n_levels}")
-        if self.bits_per_device < 1 or 2**self.bits_per_device > self.n_levels:
+        if not 2 <= self.n_levels <= MAX_LEVELS:
+            raise ProfileError(f"n_levels must be in [2, 2^{MAX_LEVELS.bit_length() - 1}], got {self.n_levels}")
+        if not 1 <= self.bits_per_device <= MAX_BITS_PER_DEVICE or 2**self.bits_per_device > self.n_levels:
             raise ProfileError(f"bits_per_device={self.bits_per_device} needs 1 <= 2^bits <= n_levels={self.n_levels}")
         if self.levels_g.ndim != 1 or not np.all(np.isfinite(self.levels_g)):
             raise ProfileError("levels_g must be a finite 1-D array")
+        if self.levels_g.size not in (0, self.n_levels):
+            raise ProfileError(
+                f"levels_g must be empty or hold n_levels={self.n_levels} values, got {self.levels_g.size}"
+            )
         if self.levels_g.size and np.any(np.diff(self.levels_g) <= 0):
             raise ProfileError("levels_g must be strictly increasing")
         lrs, hrs = self.stuck_fractions
@@ -285,12 +299,12 @@ class NoiseProfile:
             raise ProfileError(f"stuck_fractions must be in [0, 1] and sum to <= 1, got {self.stuck_fractions}")
         if self.stuck_g is not None and not all(math.isfinite(v) and v >= 0 for v in self.stuck_g):
             raise ProfileError(f"stuck_g must be two finite conductances >= 0 S, got {self.stuck_g}")
-        if self.family is not None:
-            self._validate_family()
         for name in ("open_loop", "verified", "relaxation_model", "read_noise", "endurance", "spatial"):
             model = getattr(self, name)
             if model is not None:
                 model.validate(f"/{name}")
+        if self.family is not None:
+            self._validate_family()
         if self.open_loop is not None and self.open_loop.verified:
             raise ProfileError("/open_loop is marked verified")
         if self.verified is not None and not self.verified.verified:
@@ -314,22 +328,50 @@ class NoiseProfile:
         for key in need:
             if key not in fp:
                 raise ProfileError(f"missing field /family_params/{key} for family {fam}")
-        if fam in ("gaussian", "additive", "lognormal"):
-            v = fp[need[0]]
-            if not isinstance(v, float) or not v >= 0:
-                raise ProfileError(f"/family_params/{need[0]} must be a number >= 0")
+        for key in ("sigma", "eta", "s", "t", "read_noise_frac"):
+            if key in fp and not (isinstance(fp[key], float) and math.isfinite(fp[key]) and fp[key] >= 0):
+                raise ProfileError(f"/family_params/{key} must be a finite number >= 0, got {fp[key]!r}")
+        for key in ("pulses_open_loop", "pulses_verified"):  # NaN: not measured (PROFILE.md)
+            if key in fp and not _pulse_count(fp[key], positive=True):
+                raise ProfileError(
+                    f"/family_params/{key} must be NaN (not measured) or a finite number > 0, got {fp[key]!r}"
+                )
         if fam == "state_dependent":
             frac = fp["level_sigma_frac"]
-            if not isinstance(frac, np.ndarray) or frac.shape != self.levels_g.shape or np.any(frac < 0):
-                raise ProfileError("/family_params/level_sigma_frac must hold one sigma >= 0 per level of levels_g")
-        if fam == "ibm_reram" and self.open_loop is None:
-            raise ProfileError("ibm_reram profile lacks its /open_loop programming model")
+            if (
+                not isinstance(frac, np.ndarray)
+                or frac.shape != self.levels_g.shape
+                or not np.all(np.isfinite(frac) & (frac >= 0))
+            ):
+                raise ProfileError(
+                    "/family_params/level_sigma_frac must hold one finite sigma >= 0 per level of levels_g"
+                )
+        if fam == "ibm_reram":
+            if fp["time"] not in IBM_RERAM_COEFFS_US:
+                raise ProfileError(
+                    f"/family_params/time must be one of {', '.join(IBM_RERAM_COEFFS_US)}, got {fp['time']!r}"
+                )
+            if self.open_loop is None:
+                raise ProfileError("ibm_reram profile lacks its /open_loop programming model")
+            if self.verified is not None and "pulses_verified" in fp:
+                a, b = float(fp["pulses_verified"]), self.verified.pulses_mean
+                if not (a == b or (math.isnan(a) and math.isnan(b))):
+                    raise ProfileError(
+                        f"/family_params/pulses_verified ({a}) differs from /verified/pulses_mean ({b}): the file was altered"
+                    )
 
     # ------------------------------------------------------------------ comparison
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NoiseProfile):
             return NotImplemented
         return _deep_equal(self, other)
+
+
+def _pulse_count(value: Any, positive: bool) -> bool:
+    """True for NaN (not measured) or a finite count > 0 (>= 0 unless ``positive``)."""
+    if not isinstance(value, float):
+        return False
+    return math.isnan(value) or (math.isfinite(value) and (value > 0 if positive else value >= 0))
 
 
 def _nonneg(name: str, value: Any) -> float:
@@ -426,12 +468,13 @@ def load_profile(path: str | os.PathLike) -> NoiseProfile:
                 raise ProfileError(
                     f"{path}: format {version} is older than {PROFILE_FILE.major}.x and no longer readable"
                 )
+            check_stored_sizes(f, str(path), ProfileError)
             profile = read_dataclass(f, NoiseProfile)
             profile.format_version = version
     except ProfileError as exc:
         msg = str(exc)
         raise ProfileError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-    except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError, ArithmeticError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ProfileError(f"{path}: corrupt or truncated profile ({first})") from None
     try:

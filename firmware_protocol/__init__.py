@@ -7,7 +7,6 @@ touches the file system), `progress` (bars on a terminal, plain lines elsewhere)
 """
 
 from firmware_protocol.constants import (
-    BULK_THRESHOLD,
     HEADER_SIZE,
     MAX_PAYLOAD,
     PROTOCOL_MAJOR,
@@ -38,7 +37,6 @@ from firmware_protocol.messages import *  # noqa: F403  (the typed messages are 
 from firmware_protocol.messages import ALL_MESSAGES, MESSAGE_TYPES, Request, decode_payload, error_text
 
 __all__ = [
-    "BULK_THRESHOLD",
     "HEADER_SIZE",
     "MAX_PAYLOAD",
     "PROTOCOL_MAJOR",

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import enum
 
-PROTOCOL_MAJOR = 1
+PROTOCOL_MAJOR = 2
 PROTOCOL_MINOR = 0
 
 HEADER_SIZE = 8
 MAX_PAYLOAD = 8192
-# Payloads longer than this are "bulk" frames: they carry a CRC-32 instead of a CRC-16.
-BULK_THRESHOLD = 256
+# Every frame ends with a CRC-32 (protocol 2.0; 1.x used a CRC-16 on payloads up to 256 bytes).
+CRC_SIZE = 4
 # Sequence number reserved for "unknown" (a NAK for a frame whose header could not be trusted).
 SEQ_UNKNOWN = 0xFFFF
 SEQ_MAX = 0xFFFE
 DELIMITER = 0x00
-# Largest un-encoded frame and its COBS-encoded size (one overhead byte per 254 bytes, plus one).
-MAX_FRAME_SIZE = HEADER_SIZE + MAX_PAYLOAD + 4
+# Smallest and largest un-encoded frame, and the largest COBS-encoded one (one byte per 254, plus one).
+MIN_FRAME_SIZE = HEADER_SIZE + CRC_SIZE
+MAX_FRAME_SIZE = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE
 MAX_ENCODED_SIZE = MAX_FRAME_SIZE + MAX_FRAME_SIZE // 254 + 2
 
 
@@ -30,8 +31,8 @@ class FrameType(enum.IntEnum):
 
 
 TYPE_MASK = 0x03
-BULK_FLAG = 0x80
-RESERVED_TYPE_BITS = 0x7C
+# Bits 2-7 of the type byte must be 0; bit 7 was the 1.x BULK flag (CRC-32 instead of CRC-16).
+RESERVED_TYPE_BITS = 0xFC
 
 
 class Opcode(enum.IntEnum):
@@ -40,6 +41,7 @@ class Opcode(enum.IntEnum):
     HELLO = 0x01
     HEARTBEAT = 0x02
     GET_COUNTERS = 0x03
+    RELEASE = 0x04  # the host ends its session (PROTOCOL.md 3.5, 6.16)
     FORM = 0x10
     SET = 0x11
     RESET = 0x12
@@ -75,6 +77,7 @@ class Status(enum.IntEnum):
     INTERNAL = 10
     HANDSHAKE_REQUIRED = 11
     VERSION_MISMATCH = 12
+    SESSION_ACTIVE = 13  # HELLO refused: another host's session is alive (PROTOCOL.md 3.5)
 
 
 class Capability(enum.IntFlag):
@@ -84,6 +87,9 @@ class Capability(enum.IntFlag):
     STREAMING = 0x02
     VIRTUAL_CLOCK = 0x04
     IV_SWEEP = 0x08
+    # GET_COUNTERS reports lifetime counts kept across resets (retained memory): after a reboot the host
+    # learns from them what the request in flight applied (PROTOCOL.md 6.3).
+    LIFETIME_COUNTERS = 0x10
 
 
 class BoardState(enum.IntEnum):
@@ -110,3 +116,18 @@ class StreamEnd(enum.IntEnum):
     COMPLETE = 0
     ABORTED = 1
     WATCHDOG = 2
+
+
+class HelloFlag(enum.IntFlag):
+    """HelloRequest `flags`: how the host asks for the board's session (PROTOCOL.md 3.5)."""
+
+    TAKE_OVER = 0x01  # end a live session of another host as its watchdog would, then open this one
+
+
+class SessionEnd(enum.IntEnum):
+    """How the session before this one ended (HelloInfo `prev_session_end`), so a new host learns it."""
+
+    NONE = 0  # no session since boot
+    RELEASED = 1  # its host sent RELEASE
+    WATCHDOG = 2  # its host went silent: the watchdog grounded the outputs
+    TAKEN_OVER = 3  # a HELLO with TAKE_OVER ended it

@@ -1,14 +1,8 @@
-"""Frame checksums: CRC-16/CCITT-FALSE for ordinary frames, CRC-32 (IEEE 802.3) for bulk frames."""
+"""Frame checksum: CRC-32 (IEEE 802.3, as in zlib) on every frame since protocol 2.0."""
 
 from __future__ import annotations
 
-import binascii
 import zlib
-
-
-def crc16_ccitt(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, no final xor ('123456789' -> 0x29B1)."""
-    return binascii.crc_hqx(data, 0xFFFF)
 
 
 def crc32_ieee(data: bytes) -> int:

@@ -69,6 +69,9 @@ HandshakeRequiredError = _status_error(
 VersionMismatchError = _status_error(
     "VersionMismatchError", Status.VERSION_MISMATCH, "The request's protocol major version differs from the board's."
 )
+SessionActiveError = _status_error(
+    "SessionActiveError", Status.SESSION_ACTIVE, "Another host's session is alive on the board: HELLO was refused."
+)
 
 STATUS_ERRORS: dict[Status, type[BoardError]] = {
     cls.status: cls
@@ -85,6 +88,7 @@ STATUS_ERRORS: dict[Status, type[BoardError]] = {
         InternalError,
         HandshakeRequiredError,
         VersionMismatchError,
+        SessionActiveError,
     )
 }
 

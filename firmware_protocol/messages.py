@@ -177,7 +177,7 @@ class HelloInfo(Message):
 
     OPCODE = Opcode.HELLO
     KIND = FrameType.RESPONSE
-    FORMAT = "<BBBBB16sIIHHBBhhhhhhhhHHIIIIHHBH"
+    FORMAT = "<BBBBB16sIIHHBBhhhhhhhhHHIIIIHHBHIIIBH"
     _TEXT_FIELDS = ("board_id",)
     proto_major: int
     proto_minor: int
@@ -209,16 +209,29 @@ class HelloInfo(Message):
     watchdog_ms: int
     stream_window: int
     max_wv_batch: int
+    # Duration limits (PROTOCOL.md 7.5): the per-operation cost of the duration rule, its bound, the DC hold bound.
+    op_overhead_ns: int
+    max_request_ms: int
+    max_hold_ns: int
+    # How the session before this one ended (SessionEnd) and the stream it stopped (0xFFFF: none), PROTOCOL.md 3.5.
+    prev_session_end: int = 0
+    prev_stream_id: int = 0xFFFF
 
 
 @dataclass
 class HelloRequest(Request[HelloInfo]):
-    """Host's protocol version; the board answers with HelloInfo whatever the version."""
+    """Host's protocol version and session request; the board answers with HelloInfo (PROTOCOL.md 3.5, 6.1).
+
+    `host_nonce` is random per host connection: it tells the session's owner from another host, and makes two
+    hosts' HELLOs differ even at the same seq, so one is never answered from the cache with the other's.
+    """
 
     OPCODE = Opcode.HELLO
-    FORMAT = "<BB"
+    FORMAT = "<BBBI"
     host_major: int
     host_minor: int
+    flags: int = 0  # HelloFlag
+    host_nonce: int = 0
 
 
 @dataclass
@@ -590,6 +603,25 @@ class AbortRequest(Request[AbortReply]):
 
 
 @dataclass
+class ReleaseReply(Message):
+    """The session is over; stream_id of the stream RELEASE stopped, 0xFFFF if none was running."""
+
+    OPCODE = Opcode.RELEASE
+    KIND = FrameType.RESPONSE
+    FORMAT = "<HQ"
+    stream_id: int
+    timestamp_us: int
+
+
+@dataclass
+class ReleaseRequest(Request[ReleaseReply]):
+    """Ends the host's session (PROTOCOL.md 6.16): the next host's HELLO is accepted at once."""
+
+    OPCODE = Opcode.RELEASE
+    FORMAT = "<"
+
+
+@dataclass
 class AdvanceClockReply(Message):
     OPCODE = Opcode.ADVANCE_CLOCK
     KIND = FrameType.RESPONSE
@@ -662,6 +694,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     WriteVerifyResult,
     AbortRequest,
     AbortReply,
+    ReleaseRequest,
+    ReleaseReply,
     AdvanceClockRequest,
     AdvanceClockReply,
     BootEvent,

@@ -8,6 +8,9 @@ or `factory=` to `models.checkpoint.load_model`), never from a file alone.
 from __future__ import annotations
 
 import importlib
+import inspect
+import json
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -129,6 +132,9 @@ class ResNet18(nn.Module):
 
 
 ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("model architecture")
+# The class each registered name builds: its typed keyword arguments are what --model-arg and a file may set.
+_CLASSES: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "mlp": MLP, "vgg8": VGG8, "resnet18": ResNet18}
+_DIMENSIONS = ("self", "in_channels", "in_features", "num_classes", "image_size")  # set from the data set
 
 
 @ARCHITECTURES.register("cnn")
@@ -156,6 +162,46 @@ def is_user_factory(name: str) -> bool:
     return ":" in name
 
 
+def model_arguments(name: str) -> dict[str, tuple[Any, Any]]:
+    """The keyword arguments a registered architecture takes: name -> (type hint, default)."""
+    init = _CLASSES[name].__init__
+    hints = typing.get_type_hints(init)
+    return {k: (hints[k], p.default) for k, p in inspect.signature(init).parameters.items() if k not in _DIMENSIONS}
+
+
+def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse (one-line ValueError) keyword arguments a registered architecture does not take, or of the wrong type.
+
+    Widths and channel counts are whole numbers >= 1; ``tuple[int, ...]`` takes a list of them (``hidden=[64,32]``
+    for the MLP; a single number is refused, not guessed), ``tuple[int, int]`` exactly two.
+    """
+    args = model_arguments(name)
+    for key, value in kwargs.items():
+        if key not in args:
+            raise ValueError(f"model {name} takes {', '.join(args) or 'no arguments'}; got unknown {key}={value!r}")
+        tp, default = args[key]
+        like = (
+            f"like {key}={json.dumps(list(default) if isinstance(default, tuple) else default, separators=(',', ':'))}"
+        )
+        if tp is int:
+            if not _width(value):
+                raise ValueError(f"model {name}: {key} must be a whole number >= 1, {like}; got {value!r}")
+            continue
+        items = typing.get_args(tp)
+        fixed = len(items) if Ellipsis not in items else None
+        what = "a list of layer widths" if fixed is None else f"a list of {fixed} whole numbers"
+        if (
+            not isinstance(value, (list, tuple))
+            or not all(_width(v) for v in value)
+            or (fixed is not None and len(value) != fixed)
+        ):
+            raise ValueError(f"model {name}: {key} must be {what} >= 1, {like}; got {value!r}")
+
+
+def _width(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
     """Instantiate a named architecture, or call the user factory "pkg.mod:factory"(**kwargs).
 
@@ -167,8 +213,6 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"cannot import model factory {name!r}: {exc}") from None
-        import inspect
-
         params = inspect.signature(factory).parameters
         extra = {"num_classes": num_classes} if "num_classes" in params and "num_classes" not in kwargs else {}
         model = factory(**kwargs, **extra)
@@ -177,4 +221,5 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
         return model
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r} (known: {', '.join(ARCHITECTURES.names())}, or 'pkg.mod:factory')")
+    check_model_kwargs(name, kwargs)
     return ARCHITECTURES.get(name)(in_channels, num_classes, image_size, **kwargs)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from firmware_protocol.progress import Progress
 from models.architectures import build_model
-from models.checkpoint import load_checkpoint, model_record, save_checkpoint
+from models.checkpoint import check_state_dict, load_checkpoint, model_record, save_checkpoint
 from models.config import TrainConfig
 from models.data import Dataset, load_dataset
 from models.methods.base import TrainContext, TrainingMethod
@@ -212,6 +212,7 @@ def train(
     seed_everything(config.seed)
 
     ds = dataset if dataset is not None else load_dataset(config.data, config.data_root)
+    _check_model_size(config, ds, device)
     model = build_model(
         config.model,
         in_channels=ds.in_channels,
@@ -224,6 +225,7 @@ def train(
     ckpt_in = load_checkpoint(resume) if resume is not None else None
     if ckpt_in is not None:
         _check_resume(config, ckpt_in)
+        check_state_dict(model, ckpt_in["train_state"].get("model") or {}, f"{resume}: {config.model}")
         model.load_state_dict(ckpt_in["train_state"]["model"])
 
     wrapped: nn.Module = model
@@ -317,6 +319,38 @@ def train(
     return TrainResult(model=exported, history=history, checkpoint=ckpt)
 
 
+def _memory_bytes(device: torch.device) -> int:
+    """The memory of the device the model trains on (the GPU's, or this machine's RAM)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _check_model_size(config: TrainConfig, ds: Dataset, device: torch.device) -> None:
+    """Refuse (one-line ValueError) a network whose weights, gradients and two optimizer moments cannot fit memory.
+
+    Counted on the meta device, so nothing is allocated; a user factory that cannot build there is not checked.
+    """
+    dims = {"in_channels": ds.in_channels, "num_classes": ds.num_classes, "image_size": ds.image_size}
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(config.model, **dims, **config.model_kwargs)
+    except ValueError:
+        raise
+    except Exception:  # a user factory that needs real tensors: built for real below, as the user asked
+        return
+    tensors = skeleton.state_dict().values()
+    n_values = sum(t.numel() for t in tensors)
+    n_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    memory = _memory_bytes(device)
+    if 4 * n_bytes > memory:
+        raise ValueError(
+            f"model {config.model} with {config.model_kwargs or 'its default arguments'} has "
+            f"{n_values:.3g} weights ({n_bytes / 2**30:.3g} GiB; training needs about 4x that), more than "
+            f"the {memory / 2**30:.0f} GiB of memory on {device}: choose smaller --model-arg values"
+        )
+
+
 class _Loader:
     """Iterates the rank's shard of shuffled global batches (deterministic in seed and epoch)."""
 
@@ -404,3 +438,6 @@ def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any]) -> None:
         raise ValueError(f"cannot resume: the checkpoint was trained with different {', '.join(diff)}")
     if "train_state" not in ckpt:
         raise ValueError("cannot resume: the checkpoint holds no training state")
+    missing = sorted({"epoch", "step", "model", "optimizer", "rng"} - set(ckpt["train_state"]))
+    if missing:
+        raise ValueError(f"cannot resume: the checkpoint's training state lacks {', '.join(missing)}")

@@ -25,7 +25,11 @@ class BoardConfig:
     seed: int = 0
     board_id: str = "SIM-RRAM"
     capabilities: Capability = (
-        Capability.WRITE_VERIFY | Capability.STREAMING | Capability.VIRTUAL_CLOCK | Capability.IV_SWEEP
+        Capability.WRITE_VERIFY
+        | Capability.STREAMING
+        | Capability.VIRTUAL_CLOCK
+        | Capability.IV_SWEEP
+        | Capability.LIFETIME_COUNTERS
     )
     dac_bits: int = 12
     adc_bits: int = 16
@@ -42,6 +46,10 @@ class BoardConfig:
     watchdog_ms: int = 2000
     stream_window: int = 8
     max_wv_batch: int = 512
+    # Duration limits (PROTOCOL.md 7.5): the longest worst-case on-array time of one request, the longest DC
+    # I-V hold per point. The per-operation cost of the duration rule comes from the device's timing.
+    max_request_ms: int = 60_000
+    max_hold_ns: int = 10_000_000
     response_cache: int = 16
     device: DeviceParams = field(default_factory=DeviceParams)
     read_chain: ReadChainConfig = field(default_factory=ReadChainConfig)

@@ -20,7 +20,8 @@ consecutive calls gets exactly the time stamps of the whole block.  A caller tha
 itself (the firmware's WRITE_VERIFY gives every cell a fixed time slot) passes explicit completion
 times ``at_ns`` to `set_pulse`, `reset_pulse` and `read_current`, which then leave the clock alone,
 and moves the clock with `advance_to_ns`.  `cycle` cycles each cell in turn: all its cycles and
-reads, then the next cell.
+reads, then the next cell.  The clock is a signed 64-bit count: a move past 2^63 - 1 ns (about 292
+years) is refused with a ValueError before anything changes, never wrapped.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from sim_backend.random_streams import CellStreams, Tag
 _RELAX_NODES = np.array([0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
 _RELAX_WIDTHS = np.append(np.diff(_RELAX_NODES), np.inf)
 _RELAX_SQRT_WIDTHS = np.sqrt(np.diff(_RELAX_NODES))  # of the full segments (the last one is open-ended)
+CLOCK_LIMIT_NS = 2**63 - 1  # the clock is a signed 64-bit count of nanoseconds: it is refused beyond, never wraps
 _RELAX_DRAWS = np.arange(_RELAX_NODES.size, dtype=np.uint64)[None, :]
 _MAX_CHUNK_ELEMENTS = 1 << 19
 # Probabilists' Gauss-Hermite rule, 16 nodes, weights normalised to sum 1 (numpy hermegauss(16)),
@@ -252,6 +254,26 @@ class RRAMArray:
         return self._clock_ns
 
     @property
+    def pulse_overhead_ns(self) -> int:
+        """What a pulse costs on the clock beyond its width."""
+        return self._pulse_overhead_ns
+
+    @property
+    def op_overhead_ns(self) -> int:
+        """The board's per-operation cost of the duration rule (PROTOCOL.md 7.5): a read, or a pulse's overhead."""
+        return max(self.read_ns, self._pulse_overhead_ns)
+
+    def _check_clock(self, later_ns: int) -> int:
+        """The clock `later_ns` from now, refused (nothing changed) if it would leave the signed 64-bit range."""
+        t = self._clock_ns + int(later_ns)
+        if t > CLOCK_LIMIT_NS:
+            raise ValueError(
+                f"the virtual clock ({self._clock_ns} ns) cannot advance by {int(later_ns)} ns: "
+                f"its range ends at {CLOCK_LIMIT_NS} ns (about 292 years)"
+            )
+        return t
+
+    @property
     def time_s(self) -> float:
         """The virtual clock in seconds."""
         return self._clock_ns * 1e-9
@@ -260,19 +282,19 @@ class RRAMArray:
         """Advance the virtual clock (e.g. for retention bakes) without touching the cells; rounds to the ns."""
         if not np.isfinite(seconds) or seconds < 0:
             raise ValueError(f"advance() needs a non-negative finite number of seconds, got {seconds!r}")
-        self._clock_ns += int(round(float(seconds) * 1e9))
+        self._clock_ns = self._check_clock(int(round(float(seconds) * 1e9)))
 
     def advance_ns(self, nanoseconds: int) -> None:
         """Advance the virtual clock by a whole number of nanoseconds."""
         if int(nanoseconds) != nanoseconds or nanoseconds < 0:
             raise ValueError(f"advance_ns() needs a non-negative integer, got {nanoseconds!r}")
-        self._clock_ns += int(nanoseconds)
+        self._clock_ns = self._check_clock(int(nanoseconds))
 
     def advance_to_ns(self, t_ns: int) -> None:
         """Move the clock forward to t_ns (after operations run at explicit times); never backwards."""
         if int(t_ns) != t_ns or t_ns < self._clock_ns:
             raise ValueError(f"advance_to_ns({t_ns!r}): the clock is at {self._clock_ns} ns and never goes back")
-        self._clock_ns = int(t_ns)
+        self._clock_ns = self._check_clock(int(t_ns) - self._clock_ns)
 
     def pulse_ns(self, width_ns: float | np.ndarray) -> np.ndarray:
         """Duration (int ns) of pulses of these widths: the width rounded to the ns plus the pulse overhead."""
@@ -280,7 +302,10 @@ class RRAMArray:
 
     def _op_times(self, per_cell_ns: np.ndarray) -> np.ndarray:
         """Completion times (s) of each cell's operation when cells are served one after the other; advances the clock."""
-        t = self._clock_ns + np.cumsum(np.asarray(per_cell_ns, dtype=np.int64))
+        per = np.asarray(per_cell_ns, dtype=np.int64)
+        if per.size and self._clock_ns + int(per.max()) * per.size > CLOCK_LIMIT_NS:  # the exact sum, only if near
+            self._check_clock(sum(int(x) for x in per.ravel()))
+        t = self._clock_ns + np.cumsum(per)
         if t.size:
             self._clock_ns = int(t[-1])
         return t.astype(np.float64) * 1e-9
@@ -632,6 +657,9 @@ class RRAMArray:
             raise ValueError("cycle: pulse widths must be positive")
         m = idx.size
         t_start_ns = self._clock_ns
+        per_cell_ns = n_cycles * (int(self.pulse_ns(set_width_ns)) + int(self.pulse_ns(reset_width_ns)))
+        per_cell_ns += 2 * (n_cycles // read_every) * self.read_ns
+        self._check_clock(m * per_cell_ns)  # before anything changes
         keys = self._event_keys(idx, unique=True)  # the whole call is one event per cell; draws by read point
 
         # A SET pulse at forming strength forms pristine cells on the first cycle.
@@ -746,8 +774,6 @@ class RRAMArray:
                 final_hrs = g_h[-1]
 
         # Bookkeeping: clock (cells cycled one after the other), wear, failure flags, final state.
-        per_cell_ns = n_cycles * (int(self.pulse_ns(set_width_ns)) + int(self.pulse_ns(reset_width_ns)))
-        per_cell_ns += 2 * n_reads * self.read_ns
         t_end = self._op_times(np.full(m, per_cell_ns, dtype=np.int64))
         g_end = np.where(healthy & ~fails, final_hrs, g_frozen)
         self.cycles_used[idx] = n0 + n_cycles * wear_per_cycle

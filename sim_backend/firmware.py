@@ -16,11 +16,12 @@ not by when the host acknowledges.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -44,6 +45,7 @@ from firmware_protocol import (
     StreamEnd,
 )
 from firmware_protocol import messages as m
+from firmware_protocol.constants import HelloFlag, SessionEnd
 from firmware_protocol.errors import (
     AbortedError,
     BadArgumentError,
@@ -56,9 +58,12 @@ from firmware_protocol.errors import (
     VersionMismatchError,
 )
 from firmware_protocol.frame import VERSION_BYTE
+from firmware_protocol.limits import SemanticLimitError
 from sim_backend.board_config import DEFAULT_BOARD, FIRMWARE_VERSION, BoardConfig
 from sim_backend.device_model import RRAMArray
 from sim_backend.read_chain import ReadChain
+
+log = logging.getLogger(__name__)
 
 # Requests that a running ENDURANCE stream does not block.
 _ALLOWED_WHILE_STREAMING = {
@@ -68,10 +73,13 @@ _ALLOWED_WHILE_STREAMING = {
     Opcode.STREAM_ACK,
     Opcode.STREAM_RESEND,
     Opcode.ABORT,
+    Opcode.RELEASE,
 }
 # WRITE_VERIFY looks for a queued ABORT after every this many pulses per cell (an MCU polls its UART).
 _WV_ABORT_POLL = 1
 _STUCK_MIN_PULSES = 4
+_U64_MAX = 2**64 - 1
+_I64_MAX = 2**63 - 1
 
 
 @dataclass
@@ -108,11 +116,27 @@ class _Stream:
         return self.n_points * self.events_per_point
 
 
+@dataclass(frozen=True)
+class _HeardEarly:
+    """A request that arrived while another request ran (3.7): it fed the watchdog then and is answered after it."""
+
+    frame: Frame
+
+
 class FirmwareEngine:
     """The board's firmware: decodes frames, enforces limits, drives the array, answers."""
 
-    def __init__(self, config: BoardConfig = DEFAULT_BOARD, wall_clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        config: BoardConfig = DEFAULT_BOARD,
+        wall_clock: Callable[[], float] = time.monotonic,
+        poll_input: Callable[[], bytes] | None = None,
+    ):
         self.config = config
+        # Bytes the host sent while a long request runs (PROTOCOL.md 3.7): the MCU polls its UART between pulses.
+        # Without it the engine cannot hear keepalives mid-request, so it never stops one for silence.
+        self.poll_input = poll_input
+        self._op_expired = False  # the watchdog expired during the request being executed
         self.array = RRAMArray(config.rows, config.cols, config.device, seed=config.seed)
         self.chain = ReadChain(config.read_chain, seed=config.seed)
         self.counters = PulseCounters()
@@ -123,6 +147,7 @@ class FirmwareEngine:
         self._stream_ids = 0
         self._resend_frame: bytes | None = None  # an event frame STREAM_RESEND asked for, sent after the reply
         self._pending_abort_end = False  # an aborted stream's end event is due after the reply
+        self._answered_only = False  # the last frame was only answered (reserved seq, a HELLO opening no session)
         self.boot()
 
     # ------------------------------------------------------------------------- lifecycle
@@ -135,11 +160,16 @@ class FirmwareEngine:
         self._cache: OrderedDict[int, tuple[int, bytes, bytes]] = OrderedDict()
         self._stream: _Stream | None = None
         self._handshaken = False
+        # One host per board (PROTOCOL.md 3.5): the live session's owner, and how the session before it ended.
+        self._session_alive = False
+        self._owner_nonce = 0
+        self._prev_end = SessionEnd.NONE
+        self._prev_stream = 0xFFFF
         self.state = BoardState.IDLE
         self._state_on_arrival = BoardState.IDLE
         self.watchdog_ms = self.config.watchdog_ms
         self._deadline: float | None = None
-        self._queue: deque[Frame | DecodeError] = deque()
+        self._queue: deque[Frame | DecodeError | _HeardEarly] = deque()
         self._out.clear()
         self._event_seq = 0  # the event counter restarts at every boot: EV_BOOT is seq 0
         self._emit_event(m.BootEvent(self.session_id, *FIRMWARE_VERSION, self._now_us()))
@@ -149,7 +179,7 @@ class FirmwareEngine:
         """The chip (array state, clock) and the board's lifetime pulse counters and boot count, to persist."""
         state = {f"array/{k}": v for k, v in self.array.export_state().items()}
         c = self.counters
-        state["counters"] = np.array([c.form, c.set, c.reset, c.reads], dtype=np.int64)
+        state["counters"] = np.array([min(x, _I64_MAX) for x in (c.form, c.set, c.reset, c.reads)], dtype=np.int64)
         state["boots"] = np.array(self._boots, dtype=np.int64)
         return state
 
@@ -164,7 +194,7 @@ class FirmwareEngine:
     @property
     def hello_info(self) -> m.HelloInfo:
         c = self.config
-        return m.HelloInfo(
+        info = m.HelloInfo(
             PROTOCOL_MAJOR,
             PROTOCOL_MINOR,
             *FIRMWARE_VERSION,
@@ -188,7 +218,11 @@ class FirmwareEngine:
             self.watchdog_ms,
             c.stream_window,
             c.max_wv_batch,
+            op_overhead_ns=self.array.op_overhead_ns,
+            max_request_ms=c.max_request_ms,
+            max_hold_ns=c.max_hold_ns,
         )
+        return replace(info, prev_session_end=int(self._prev_end), prev_stream_id=self._prev_stream)
 
     @property
     def limits(self) -> BoardLimits:
@@ -202,17 +236,18 @@ class FirmwareEngine:
         fed = False
         while self._queue:
             item = self._queue.popleft()
-            fed |= isinstance(item, Frame) and item.type == FrameType.REQUEST
+            self._answered_only = False  # set by _handle when it only answered (3.9 steps 1-2): no watchdog feed
             self._handle(item)
-        self._pump_stream()
-        if fed:
+            fed |= isinstance(item, Frame) and item.type == FrameType.REQUEST and not self._answered_only
+        self._pump_stream_safely()
+        if fed and self.state != BoardState.SAFE_IDLE:  # (SAFE_IDLE: it expired during the last request)
             self._feed_watchdog()  # the stream events it released went out with the answer
         return self._take()
 
     def poll(self) -> bytes:
         """Let the link-side clock run: fire the watchdog if due, flush pending stream events."""
         self._check_watchdog()
-        self._pump_stream()
+        self._pump_stream_safely()
         return self._take()
 
     def _take(self) -> bytes:
@@ -236,30 +271,79 @@ class FirmwareEngine:
         if self.state == BoardState.SAFE_IDLE:
             self.state = BoardState.IDLE
 
+    def _keep_going(self) -> bool:
+        """Between two pulses of a long request (3.7): hear the host, feed the watchdog from each request frame
+        that arrived (keepalive HEARTBEATs, an ABORT), and say whether the host is still there.
+
+        What arrives is queued and answered after the running request; nothing here moves the virtual clock.
+        """
+        if self.poll_input is None:
+            return True
+        data = self.poll_input()
+        if data:
+            for item in self.decoder.iter_feed(data):
+                if isinstance(item, Frame) and item.type == FrameType.REQUEST and item.seq != SEQ_UNKNOWN:
+                    if item.opcode != Opcode.HELLO:  # another host's HELLO never feeds the session's watchdog (3.5)
+                        self._feed_watchdog()
+                    self._queue.append(_HeardEarly(item))
+                else:
+                    self._queue.append(item)
+        if self._deadline is not None and self._clock() >= self._deadline:
+            self._op_expired = True
+        return not self._op_expired
+
     def _check_watchdog(self) -> None:
         if self._deadline is None or self.state == BoardState.SAFE_IDLE or self._clock() < self._deadline:
             return
+        self._end_session(SessionEnd.WATCHDOG)
+
+    def _end_session(self, how: SessionEnd) -> None:
+        """What the watchdog does (3.7), also for a take-over: ground the outputs, stop a stream, EV_WATCHDOG."""
         stream_id = 0xFFFF
         if self._stream is not None:
             stream_id = self._stream.stream_id
             self._end_stream(StreamEnd.WATCHDOG, numbered=False)
         self.state = BoardState.SAFE_IDLE  # outputs grounded: nothing is driven until the next request
         self._emit_event(m.WatchdogEvent(self._now_us(), stream_id))
+        self._session_alive = False
+        self._prev_end, self._prev_stream = how, stream_id
 
     # ------------------------------------------------------------------------- dispatch
-    def _handle(self, item: Frame | DecodeError) -> None:
+    def _handle(self, item: Frame | DecodeError | _HeardEarly) -> None:
+        early = isinstance(item, _HeardEarly)  # arrived during the last request: its arrival was handled then (3.7)
+        if isinstance(item, _HeardEarly):
+            item = item.frame
         if isinstance(item, DecodeError):
             self._out += Frame(FrameType.NAK, SEQ_UNKNOWN, 0, item.status, item.reason.encode()[:120]).encode()
             return
         frame = item
         if frame.type != FrameType.REQUEST:
             return  # the board ignores anything but requests
-        # PROTOCOL.md 3.9 step 2: every valid request feeds the watchdog (cache hits and refusals too).
-        self._state_on_arrival = self.state  # HEARTBEAT reports SAFE_IDLE once, then the request re-arms
-        self._feed_watchdog()
+        if frame.seq == SEQ_UNKNOWN:  # PROTOCOL.md 3.1: reserved, never a request's; refused, never executed or cached
+            reason = f"sequence number 0x{SEQ_UNKNOWN:04X} is reserved for NAKs: request not executed"
+            self._out += Frame(
+                FrameType.RESPONSE, SEQ_UNKNOWN, frame.opcode, Status.BAD_ARGUMENT, reason.encode()
+            ).encode()
+            self._answered_only = True  # not even the watchdog is fed (feed() reads this)
+            return
         raw = frame.to_bytes()
         cached = self._cache.get(frame.seq)
-        if cached is not None and cached[0] == frame.opcode and cached[1] == raw:
+        hit = cached is not None and cached[0] == frame.opcode and cached[1] == raw
+        if not hit and frame.opcode == Opcode.HELLO:
+            answer = self._hello_without_session(frame)
+            if answer is not None:  # PROTOCOL.md 3.9 step 2: answered, and nothing else changes
+                self._out += answer.encode()
+                self._answered_only = True
+                return
+        if early:  # fed the watchdog when it arrived; an expiry since then must not be undone by it
+            self._state_on_arrival = BoardState.IDLE
+        else:
+            # PROTOCOL.md 3.9 step 3: every other valid request feeds the watchdog (cache hits and refusals too).
+            self._state_on_arrival = self.state  # HEARTBEAT reports SAFE_IDLE once, then the request re-arms
+            self._feed_watchdog()
+            if self._handshaken and not self._session_alive and frame.opcode != Opcode.HELLO:
+                self._session_alive = True  # 3.7: the host whose watchdog expired is back, its session goes on
+        if cached is not None and hit:
             self._out += cached[2]  # a retry: answer from the cache, never execute twice
         else:
             response = self._execute(frame).encode()
@@ -269,7 +353,11 @@ class FirmwareEngine:
                 self._cache.popitem(last=False)
             self._out += response
             self._flush_after_response()
-        self._feed_watchdog()  # execution time never counts: the timer restarts once the answer is out
+        if self._op_expired:  # 3.7: the host fell silent during a long request: stopped, answered, now the watchdog
+            self._op_expired = False
+            self._check_watchdog()
+        elif not early:
+            self._feed_watchdog()  # the timer restarts once the answer is out
 
     def _execute(self, frame: Frame) -> Frame:
         try:
@@ -279,7 +367,8 @@ class FirmwareEngine:
             if handler is None:
                 raise UnknownOpcodeError(f"unknown opcode 0x{frame.opcode:02x}")
             if not self._handshaken and frame.opcode != Opcode.HELLO:
-                raise HandshakeRequiredError("board was reset: send HELLO first")
+                why = "the session was released" if self._prev_end == SessionEnd.RELEASED else "board was reset"
+                raise HandshakeRequiredError(f"{why}: send HELLO first")
             if self._stream is not None and frame.opcode not in _ALLOWED_WHILE_STREAMING:
                 raise BusyError(f"endurance stream {self._stream.stream_id} is running")
             cls = m.MESSAGE_TYPES[(FrameType.REQUEST, frame.opcode)]
@@ -287,8 +376,10 @@ class FirmwareEngine:
                 req = cls.decode(frame.payload)
             except PayloadError as exc:
                 raise BadLengthError(str(exc)) from None
-            try:
-                self.limits.check(req)
+            try:  # PROTOCOL.md 3.9 steps 9-10: everything is validated before the first pulse
+                self.limits.check(req, clock_ns=self.array.clock_ns)
+            except SemanticLimitError as exc:
+                raise BadArgumentError(str(exc)) from None
             except LimitError as exc:
                 raise OutOfRangeError(str(exc)) from None
             result = handler(req)
@@ -315,6 +406,7 @@ class FirmwareEngine:
             Opcode.READ: self._read,
             Opcode.READ_BLOCK: self._read_block,
             Opcode.ABORT: self._abort,
+            Opcode.RELEASE: self._release,
         }
         caps = self.config.capabilities
         if caps & Capability.IV_SWEEP:
@@ -363,11 +455,36 @@ class FirmwareEngine:
         return self.chain.pulse.codes(current)
 
     # ------------------------------------------------------------------------- handlers
+    def _hello_without_session(self, frame: Frame) -> Frame | None:
+        """The answer to a HELLO that opens no session (PROTOCOL.md 3.9 step 2), or None if it does."""
+        if frame.major != PROTOCOL_MAJOR:  # a version probe (3.6): the host learns the board's versions
+            return self.hello_info.to_frame(frame.seq)
+        try:
+            req = m.HelloRequest.decode(frame.payload)
+        except PayloadError as exc:
+            return Frame(FrameType.RESPONSE, frame.seq, frame.opcode, Status.BAD_LENGTH, str(exc).encode()[:200])
+        if not self._session_alive or req.host_nonce == self._owner_nonce or req.flags & HelloFlag.TAKE_OVER:
+            return None
+        return self.hello_info.to_frame(frame.seq, Status.SESSION_ACTIVE)  # another host's session is alive
+
     def _hello(self, req: m.HelloRequest) -> m.HelloInfo:
+        if self._session_alive and req.host_nonce != self._owner_nonce:  # TAKE_OVER (refused in _handle otherwise)
+            self._end_session(SessionEnd.TAKEN_OVER)
         self._cache.clear()  # a handshake starts a new conversation (PROTOCOL.md 3.3)
         self._handshaken = True
+        self._session_alive, self._owner_nonce = True, req.host_nonce
         self._feed_watchdog()
         return self.hello_info
+
+    def _release(self, req: m.ReleaseRequest) -> m.ReleaseReply:
+        """End the session (PROTOCOL.md 6.16): a stream stops as with ABORT, the watchdog is disarmed."""
+        stream_id = 0xFFFF
+        if self._stream is not None:
+            stream_id = self._stream.stream_id
+            self._pending_abort_end = True  # its end event (reason ABORTED) follows the reply
+        self._handshaken = self._session_alive = False
+        self._prev_end, self._prev_stream = SessionEnd.RELEASED, stream_id
+        return m.ReleaseReply(stream_id, self._now_us())
 
     def _heartbeat(self, req: m.HeartbeatRequest) -> m.HeartbeatReply:
         if req.watchdog_ms:
@@ -378,31 +495,37 @@ class FirmwareEngine:
 
     def _get_counters(self, req: m.CountersRequest) -> m.Counters:
         c = self.counters
-        return m.Counters(self._now_us(), c.form, c.set, c.reset, c.reads)
+        sat = [min(x, _U64_MAX) for x in (c.form, c.set, c.reset, c.reads)]  # u64 fields saturate, never wrap
+        return m.Counters(self._now_us(), *sat)
 
-    def _form(self, req: m.FormRequest) -> m.FormResult:
+    def _form(self, req: m.FormRequest) -> m.FormResult | tuple[m.FormResult, Status]:
+        """Ramped forming; stopped between two pulses (ABORTED, with what was done) if the host falls silent."""
         r, c = np.array([req.row]), np.array([req.col])
         v_read = req.v_read_mv / 1000
         if v_read <= 0:
             raise BadArgumentError("FORM needs a positive read voltage")
         threshold = req.g_formed_ns * 1e-9
         codes, _, g = self._read_g(r, c, v_read)
-        pulses, v_mv = 0, req.v_start_mv
+        pulses, v_mv, v_last = 0, req.v_start_mv, 0
+        stopped = False
         while g[0] < threshold and v_mv <= req.v_stop_mv:
+            if not self._keep_going():
+                stopped = True
+                break
             current = self.array.form(r, c, v_mv / 1000, req.width_ns, req.gate_mv / 1000)
             self.counters.form += 1
-            pulses += 1
+            pulses, v_last = pulses + 1, v_mv
             self._pulse_codes(current, "FORM")
             codes, _, g = self._read_g(r, c, v_read)
             if g[0] >= threshold:
                 break
             v_mv += req.v_step_mv
         formed = int(g[0] >= threshold)
-        v_final = min(v_mv, req.v_stop_mv) if pulses else 0
         rd = self.chain.read
-        return m.FormResult(
-            self._now_us(), formed, pulses, v_final, int(codes[0]), req.v_read_mv, rd.amps_per_code, rd.offset_code
+        res = m.FormResult(
+            self._now_us(), formed, pulses, v_last, int(codes[0]), req.v_read_mv, rd.amps_per_code, rd.offset_code
         )
+        return (res, Status.ABORTED) if stopped else res
 
     def _pulse(self, req: m.PulseRequest, reset: bool) -> m.PulseResult:
         r, c = np.array([req.row]), np.array([req.col])
@@ -454,18 +577,24 @@ class FirmwareEngine:
             codes,
         )
 
-    def _iv_sweep(self, req: m.IvSweepRequest) -> m.IvSweepResult:
+    def _iv_sweep(self, req: m.IvSweepRequest) -> m.IvSweepResult | tuple[m.IvSweepResult, Status]:
+        """Point by point: stops at a compliance hit (COMPLIANCE_HIT), or between two points when the host falls
+        silent (ABORTED, with the points done)."""
         volts_mv = np.rint(np.linspace(req.v_start_mv, req.v_stop_mv, req.n_points)).astype(np.int16)
-        width = req.width_ns if req.mode == 0 else max(req.width_ns, self.config.width_min_ns)
-        currents = self.array.iv_sweep(
-            np.array([req.row]), np.array([req.col]), volts_mv / 1000, width, req.gate_mv / 1000
-        )[:, 0]
-        pos = volts_mv > 0
-        self.counters.set += int(pos.sum())
-        self.counters.reset += int((volts_mv < 0).sum())
-        codes = self._pulse_codes(currents, "I-V sweep")
+        width = self.limits.iv_point_ns(req)
+        row, col = np.array([req.row]), np.array([req.col])
+        codes = np.zeros(req.n_points, dtype=np.uint16)
+        done = 0
+        while done < req.n_points and self._keep_going():
+            v = volts_mv[done : done + 1]
+            current = self.array.iv_sweep(row, col, v / 1000, width, req.gate_mv / 1000)[:, 0]
+            self.counters.set += int(v[0] > 0)
+            self.counters.reset += int(v[0] < 0)
+            codes[done] = self._pulse_codes(current, "I-V sweep")[0]  # a compliance hit stops the sweep here
+            done += 1
         p = self.chain.pulse
-        return m.IvSweepResult(self._now_us(), req.n_points, p.amps_per_code, p.offset_code, volts_mv, codes)
+        res = m.IvSweepResult(self._now_us(), done, p.amps_per_code, p.offset_code, volts_mv[:done], codes[:done])
+        return (res, Status.ABORTED) if done < req.n_points else res
 
     def _advance_clock(self, req: m.AdvanceClockRequest) -> m.AdvanceClockReply:
         self.array.advance_ns(1000 * int(req.microseconds))
@@ -481,9 +610,8 @@ class FirmwareEngine:
     # ------------------------------------------------------------------------- write-verify
     def _abort_queued(self) -> bool:
         """True if an ABORT request is waiting in the input (the MCU polls its UART between pulses)."""
-        return any(
-            isinstance(f, Frame) and f.type == FrameType.REQUEST and f.opcode == Opcode.ABORT for f in self._queue
-        )
+        frames = (q.frame if isinstance(q, _HeardEarly) else q for q in self._queue)
+        return any(isinstance(f, Frame) and f.type == FrameType.REQUEST and f.opcode == Opcode.ABORT for f in frames)
 
     def _write_verify(self, req: m.WriteVerifyRequest) -> m.WriteVerifyResult | tuple[m.WriteVerifyResult, Status]:
         """Closed-loop programming of a batch in lockstep: read, then pulse + verify read until in tolerance.
@@ -533,7 +661,7 @@ class FirmwareEngine:
             act = act[pulses[act] < max_p[act]]
             if not act.size:
                 break
-            if self._abort_queued():
+            if not self._keep_going() or self._abort_queued():  # the host fell silent, or sent ABORT
                 status[act] = CellResult.ABORTED
                 aborted = True
                 break
@@ -579,7 +707,7 @@ class FirmwareEngine:
         per_event = min(n_cells, m.max_event_cells(self.config.max_payload))
         if req.cells_per_event:
             per_event = min(per_event, req.cells_per_event)
-        self._stream_ids = (self._stream_ids + 1) & 0xFFFF
+        self._stream_ids = self._stream_ids % 0xFFFE + 1  # 1 .. 0xFFFE: 0xFFFF means "no stream" (6.13)
         self._stream = _Stream(
             stream_id=self._stream_ids,
             req=req,
@@ -688,6 +816,15 @@ class FirmwareEngine:
                     )
                 )
         s.next_point += k
+
+    def _pump_stream_safely(self) -> None:
+        """A firmware never crashes: a fault while cycling ends the stream (reason ABORTED) and the board stays up."""
+        try:
+            self._pump_stream()
+        except Exception:
+            log.exception("endurance stream stopped by an internal fault")
+            if self._stream is not None:
+                self._end_stream(StreamEnd.ABORTED, numbered=False)
 
     def _pump_stream(self) -> None:
         """Send stream events while the window has room; finish the stream after its last read point."""

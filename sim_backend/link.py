@@ -21,7 +21,8 @@ class SimLink:
     `write()` hands bytes to the firmware at once; what the firmware answers becomes readable,
     possibly held back (delay faults) or corrupted. `read()` blocks up to `timeout` like pyserial.
     With a `chip` (its engine must be `engine`), the chip's saves see whole requests only and `close()`
-    saves it and releases its lock.
+    saves it and releases its lock. The engine gets no `poll_input`: `write()` runs a request in the host's own
+    thread, so nothing can arrive while it runs and the host cannot fall silent; the watchdog counts from the answer.
     """
 
     def __init__(
@@ -45,6 +46,16 @@ class SimLink:
         self.timeout = timeout
         self.is_open = True
         self._deliver(self.engine.poll())  # the EV_BOOT of power-up
+
+    def another_host(self, faults: LinkFaults = NO_FAULTS) -> SimLink:
+        """A second link into this link's board, as if a second host shared the line (session-ownership tests).
+
+        Both links drive the one firmware under one lock; each gets what the board answers to its own writes,
+        and events go to whichever link polls first, as on a shared line.
+        """
+        other = SimLink(self.engine, faults, self.timeout)
+        other._lock = self._lock
+        return other
 
     # --- board side ------------------------------------------------------------------------
     def _deliver(self, data: bytes) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import termios
@@ -16,6 +17,10 @@ from sim_backend.firmware import FirmwareEngine
 
 if TYPE_CHECKING:
     from sim_backend.chip_store import PersistentChip
+
+# A host that reads nothing for this long is gone: like a UART nobody listens to, the board drops what it
+# sends until the pty drains again, rather than block (its watchdog must still fire).
+STALL_S = 1.0
 
 
 class PtyBoard:
@@ -35,6 +40,10 @@ class PtyBoard:
         self._inj = FaultInjector(faults)
         self.master_fd, self.slave_fd = os.openpty()
         tty.setraw(self.slave_fd, termios.TCSANOW)  # no echo, no line editing, 8-bit clean
+        fcntl.fcntl(self.master_fd, fcntl.F_SETFL, fcntl.fcntl(self.master_fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        self.dropped_bytes = 0  # sent while no host read the pty (STALL_S)
+        self._stalled = False
+        self._unplugged = False  # the pty's descriptors are closed (unplug, close)
         self.path = os.ttyname(self.slave_fd)
         self._stop = False
         self._serving = False
@@ -42,6 +51,26 @@ class PtyBoard:
         self._lock = threading.Lock()
         self._host_bytes = 0
         self._reset_done = False
+        self._carry = b""  # host bytes read during a request past a pending reset point: the serve loop feeds them
+        if engine.poll_input is None:
+            engine.poll_input = self._poll_input  # the firmware hears the host during long requests (3.7)
+
+    def _poll_input(self) -> bytes:
+        """What the host sent while a request runs (an MCU polls its UART between pulses), with the link faults."""
+        if self._carry or self._unplugged:
+            return b""
+        try:
+            if not select.select([self.master_fd], [], [], 0)[0]:
+                return b""
+            data = os.read(self.master_fd, 65536)
+        except OSError:
+            return b""
+        f = self.faults
+        if f.reset_after and not self._reset_done and self._host_bytes + len(data) >= f.reset_after:
+            cut = f.reset_after - self._host_bytes  # the reboot happens in the serve loop, at this byte
+            data, self._carry = data[:cut], data[cut:]
+        self._host_bytes += len(data)
+        return self._inj.corrupt(data)
 
     def _receive(self, data: bytes) -> None:
         """Hand host bytes to the firmware (rebooting it once after `reset_after` bytes) and send the answer."""
@@ -70,14 +99,24 @@ class PtyBoard:
         self._send(self.engine.feed(self._inj.corrupt(data)))
 
     def _send(self, data: bytes) -> None:
+        if self._unplugged:
+            return
         data = self._inj.corrupt(data)
         delay = self._inj.hold_back_s()
         if delay:
             time.sleep(delay)
         view = memoryview(data)
         while view:
-            n = os.write(self.master_fd, view)
-            view = view[n:]
+            try:
+                view = view[os.write(self.master_fd, view) :]
+                self._stalled = False
+                continue
+            except BlockingIOError:
+                pass
+            if self._stalled or not select.select([], [self.master_fd], [], STALL_S)[1]:
+                self._stalled = True  # nobody reads: drop at once until a write goes through again
+                self.dropped_bytes += len(view)
+                return
 
     def serve(self, poll_s: float = 0.01, stop: Callable[[], bool] | None = None) -> None:
         """Answer the host until `stop()` is true or `close()` is called (Ctrl-C from the CLI)."""
@@ -88,7 +127,14 @@ class PtyBoard:
         try:
             self._poll()  # EV_BOOT
             while not self._stop and not (stop and stop()):
-                ready, _, _ = select.select([self.master_fd], [], [], poll_s)
+                if self._carry:
+                    carry, self._carry = self._carry, b""
+                    self._receive(carry)
+                    continue
+                try:
+                    ready, _, _ = select.select([self.master_fd], [], [], poll_s)
+                except (OSError, ValueError):  # unplugged from another thread
+                    break
                 if ready:
                     try:
                         data = os.read(self.master_fd, 65536)
@@ -111,14 +157,29 @@ class PtyBoard:
             if not self._serving:
                 self._close_fds()
 
-    def _close_fds(self) -> None:
-        if self._closed:
+    def unplug(self) -> None:
+        """Pull the cable (fault injection): the pty goes away at once, even in the middle of a request, and
+        nothing more is sent; serving stops. The host sees what a vanished USB board gives it."""
+        with self._lock:
+            self._stop = True
+            self._close_pty()
+            if not self._serving:
+                self._close_fds()
+
+    def _close_pty(self) -> None:
+        if self._unplugged:
             return
-        self._closed = True
+        self._unplugged = True
         for fd in (self.master_fd, self.slave_fd):
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+    def _close_fds(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._close_pty()
         if self.chip is not None:
             self.chip.close()  # after the last request was answered: the saved chip is the final one

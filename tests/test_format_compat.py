@@ -108,8 +108,47 @@ def test_run_file_loads_and_a_new_run_has_its_layout(tmp_path: Path) -> None:
     with Board.open("sim://?seed=1&rows=4&cols=4") as board:
         proc = Form(FormParams(cells="0:2,0:4", v_start=2.5, v_stop=3.5, v_step=0.2), board)
         run_procedure(proc, new, calibration=cal.to_dict(), quiet=True)
-    assert_same_layout(old, new)
+        added_tables = {f"data/{t}" for t in proc.run_tables()} - {"data/form"}
+    assert_run_layout_grew_by_1_1(old, new, added_tables)
     assert read_run(new).data["form"].shape == form.shape
+
+
+def assert_run_layout_grew_by_1_1(old: Path, new: Path, added_tables: set[str]) -> None:
+    """Format 1.1 only adds to 1.0 (RUNFILE.md section 8): `tables_json`, `chip`, checksummed chunked tables, a
+    chunked `state` that ends with the committed counts, and tables a procedure gained; nothing else changes."""
+    a, b = layout(old), layout(new)
+    added = {"@tables_json", "@chip", *added_tables, *(f"{t}@doc" for t in added_tables)}
+    assert b.keys() - a.keys() == added and a.keys() <= b.keys()
+    changed = {k: (v, b[k]) for k, v in a.items() if v != b[k]}
+    assert changed == {
+        "state": (("dataset", "float64", 1, (False,), False, None), ("dataset", "float64", 1, (False,), True, None))
+    }
+    with h5py.File(old, "r") as f, h5py.File(new, "r") as g:
+        assert (f.attrs["format_version"], g.attrs["format_version"]) == ("1.0", "1.1")
+        assert not f["data/form"].fletcher32 and all(ds.fletcher32 for ds in g["data"].values())
+        n_state = max(1, len(json.loads(g.attrs["state_keys"])))
+        assert g["state"].fletcher32 and g["state"].shape == (n_state + len(g["data"]),)  # the state, then counts
+
+
+def test_interrupted_1_0_run_resumes_into_a_1_1_file(tmp_path: Path) -> None:
+    """An interrupted run written by the old release (the fixture with its last records cut, status running)
+    resumes with today's software: the old records are kept and the file is rewritten in today's format."""
+    run = tmp_path / "run.h5"
+    run.write_bytes((COMPAT / "run_form_1.0.h5").read_bytes())
+    with h5py.File(run, "r+") as f:
+        f["data/form"].resize(3, axis=0)
+        f.attrs["status"] = "running"
+        for key in ("completed_utc", "summary_json"):
+            del f.attrs[key]
+    kept = read_run(run).data["form"].copy()
+    params = read_run(run).params
+    with Board.open("sim://?seed=1&rows=4&cols=4") as board:
+        proc = Form(FormParams(**params), board)
+        run_procedure(proc, run, resume=True, quiet=True)
+    done = read_run(run)
+    assert done.complete and done.attrs["format_version"] == "1.1" and done.attrs["resumed"] == 1
+    assert done.attrs["chip"] == done.identity.chip != ""  # the chip its 1.0 port names
+    assert np.array_equal(done.data["form"][:3], kept) and done.data["form"]["cell"][:, 1].tolist() == [0, 1, 2, 3] * 2
 
 
 # ------------------------------------------------------------------------------------------- noise profile
@@ -189,6 +228,25 @@ def test_plan_loads_matches_its_model_and_rewrites_with_its_layout(tmp_path: Pat
     for a, b in zip(plan.layers, back.layers):
         np.testing.assert_array_equal(a.targets, b.targets)
         np.testing.assert_array_equal(a.verify, b.verify)
+
+
+def test_old_profile_plan_and_model_files_pass_todays_validators(tmp_path: Path) -> None:
+    """Issue 15's validators (finite values, sizes bounded by the file, shapes on the meta device) accept every
+    file the old release wrote; the old model file records no training state, so it loads without a warning."""
+    import warnings
+
+    from hil.deploy.plan import validate_plan
+    from models.checkpoint import UnfinishedTraining, epochs_trained, validate_checkpoint
+
+    for name in ("profile_ibm_1.1.h5", "profile_measured_1.1.h5"):
+        load_profile(COMPAT / name).validate()
+    validate_plan(load_plan(COMPAT / "plan_1.0.h5"), "plan_1.0.h5")
+    ckpt = load_checkpoint(COMPAT / "model_1.pt")
+    validate_checkpoint(ckpt, "model_1.pt")
+    assert epochs_trained(ckpt) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnfinishedTraining)
+        load_model(COMPAT / "model_1.pt")
 
 
 # ------------------------------------------------------------------------------------------- simulator ground truth

@@ -9,6 +9,7 @@ import numpy as np
 from firmware_protocol.progress import Progress
 from hil.characterize import stats
 from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
+from hil.characterize.ledger import LEDGER_TABLE, Counts, unrecorded
 from hil.characterize.procedure import PROCEDURES, param
 from hil.characterize.runfile import RunWriter, Table
 
@@ -94,39 +95,53 @@ class Endurance(FormedCellsProcedure[EnduranceParams]):
         p = self.p
         if not self.formed.any():
             return  # every cell left out: nothing to cycle
-        done_points = w.count("endurance")
-        bar.set(done_points)
-        remaining = p.cycles - done_points * p.read_every
-        if remaining < p.read_every:
+        n = self.region.n_cells
+        bar.set(w.count("endurance"))
+        # The cycles the cells already got: those of the last record plus any the run file's pulse ledger booked
+        # after it (a stream cut by a reset or a kill ran ahead of its last read point; a complete one ran a tail).
+        offset = self.cycles_applied(w.count("endurance"), self._last_cycle(w), self.ledger.rows())
+        remaining = p.cycles - offset
+        if remaining < 1:
             return
-        offset = done_points * p.read_every
+        read_every = min(p.read_every, remaining)  # a stream cut short is finished with one last read point
+        tail = remaining % read_every
         reg = self.region
-        for chunk in self.board.endurance(
-            reg.row0,
-            reg.col0,
-            reg.nrows,
-            reg.ncols,
-            remaining,
-            p.read_every,
-            p.set_v,
-            p.set_width_ns,
-            p.set_gate,
-            p.reset_v,
-            p.reset_width_ns,
-            p.reset_gate,
-            p.v_read,
-            p.cells_per_event,
-        ):
-            w.append(
-                "endurance",
-                cycle=offset + chunk.cycle,
-                t=chunk.timestamp_s,
-                lrs=chunk.lrs_s,
-                hrs=chunk.hrs_s,
-                lrs_code=chunk.lrs_codes,
-                hrs_code=chunk.hrs_codes,
-            )
-            bar.advance()
+        per_record = Counts(set=read_every * n, reset=read_every * n, reads=2 * n)
+        with self.ledger.stream("endurance", per_record, Counts(set=tail * n, reset=tail * n)):
+            for chunk in self.board.endurance(
+                reg.row0,
+                reg.col0,
+                reg.nrows,
+                reg.ncols,
+                remaining,
+                read_every,
+                p.set_v,
+                p.set_width_ns,
+                p.set_gate,
+                p.reset_v,
+                p.reset_width_ns,
+                p.reset_gate,
+                p.v_read,
+                p.cells_per_event,
+            ):
+                w.append(
+                    "endurance",
+                    cycle=offset + chunk.cycle,
+                    t=chunk.timestamp_s,
+                    lrs=chunk.lrs_s,
+                    hrs=chunk.hrs_s,
+                    lrs_code=chunk.lrs_codes,
+                    hrs_code=chunk.hrs_codes,
+                )
+                bar.advance()
+
+    def _last_cycle(self, w: RunWriter) -> int:
+        k = w.count("endurance")
+        return int(w.read_record("endurance", k - 1)["cycle"]) if k else 0
+
+    def cycles_applied(self, records: int, last_cycle: int, ledger: np.ndarray | None) -> int:
+        """Cycles every cell of the region got: the last record's cycle and the ledger's gaps after it."""
+        return last_cycle + unrecorded(ledger, "endurance", after=records).set // self.region.n_cells
 
     def summary(self, data: dict) -> dict:
         d = data["endurance"]
@@ -142,7 +157,7 @@ class Endurance(FormedCellsProcedure[EnduranceParams]):
         floor = 1e-8  # reads of an open or HRS cell scatter around 0 S: the window is floored there
         window = np.median(np.maximum(lrs, floor) / np.maximum(hrs, floor), axis=1)
         out.update(
-            cycles=int(d["cycle"][-1]),
+            cycles=self.cycles_applied(len(d), int(d["cycle"][-1]), data.get(LEDGER_TABLE)),
             lrs_median_first_s=stats.median(lrs[0]),
             hrs_median_first_s=stats.median(hrs[0]),
             window_first=float(window[0]),

@@ -6,6 +6,7 @@ import abc
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -13,8 +14,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 from firmware_protocol.limits import BoardLimits
 from firmware_protocol.progress import Progress
 from firmware_protocol.registry import Registry
+from hil.characterize.ledger import LEDGER, LEDGER_STATE, LEDGER_TABLE, Cause, PulseLedger
 from hil.characterize.region import Region, parse_region
-from hil.characterize.runfile import RunWriter, Table, create_run, read_run, resume_run
+from hil.characterize.runfile import RunWriter, Table, create_run, read_run, refuse_if_written, resume_run
 from hil.hardware.board import Board, BoardResetError, _mv
 
 log = logging.getLogger(__name__)
@@ -175,6 +177,7 @@ class Procedure(abc.ABC, Generic[P]):
     def __init__(self, params: P, board: Board):
         self.p: P = params
         self.board = board
+        self.ledger: PulseLedger  # set by `run_procedure` once the run file is open
         self.region: Region = parse_region(params.cells, board.rows, board.cols)
         self.check_declared_ranges()
         self.check_board_limits()
@@ -223,6 +226,14 @@ class Procedure(abc.ABC, Generic[P]):
     def tables(self) -> dict[str, Table]:
         """Every dataset this procedure writes (declared up front for crash safety)."""
 
+    def run_tables(self) -> dict[str, Table]:
+        """What a new run file declares: the procedure's tables and the pulse ledger's."""
+        return {**self.tables(), LEDGER_TABLE: LEDGER}
+
+    def run_state_keys(self) -> list[str]:
+        """What a new run file's `state` holds: the procedure's keys and the pulse ledger's."""
+        return [*self.state_keys, *LEDGER_STATE]
+
     @abc.abstractmethod
     def run(self, w: RunWriter, bar: Progress) -> None:
         """Do the work not yet recorded in `w`; append results as they come."""
@@ -264,8 +275,13 @@ def run_procedure(
     calibration: dict | None = None,
     quiet: bool = False,
     flush_s: float = 2.0,
+    stop: Callable[[], bool] | None = None,
 ) -> RunOutcome:
-    """Create (or resume) the run file and execute the procedure into it, surviving board resets."""
+    """Create (or resume) the run file and execute the procedure into it, surviving board resets.
+
+    `stop` is asked after every record: when it says True the run stops there with KeyboardInterrupt, as if
+    Ctrl-C had arrived between two records (the CLI's signal handlers set it).
+    """
     params = params_dict(proc.p)
     resets = 0
 
@@ -276,8 +292,17 @@ def run_procedure(
         if resets > MAX_RESETS:
             raise exc
 
+    refuse_if_written(Path(out))  # another live writer of `out`: refused before the board is read
     if resume:
-        run = resume_run(out, proc.name, params, flush_s=flush_s)
+        run = resume_run(
+            out,
+            proc.name,
+            params,
+            flush_s=flush_s,
+            board=proc.board.describe(),
+            tables=proc.run_tables(),
+            state_keys=proc.run_state_keys(),
+        )
     else:
         while True:
             try:
@@ -290,8 +315,8 @@ def run_procedure(
             proc.name,
             params,
             proc.board.describe(),
-            proc.tables(),
-            list(proc.state_keys),
+            proc.run_tables(),
+            proc.run_state_keys(),
             calibration=calibration,
             force=force,
             flush_s=flush_s,
@@ -299,20 +324,31 @@ def run_procedure(
     bar: Progress | None = None
     try:
         with run as w:
+            proc.ledger = ledger = PulseLedger(proc.board, w, w.tables())
+
+            def after_record(table: str) -> None:
+                ledger.after_append(table)
+                if stop is not None and stop():
+                    raise KeyboardInterrupt
+
+            w.on_append = after_record
+            cause = Cause.INTERRUPTED if resume else None
             while True:
                 try:
-                    proc.begin(w)
-                    break
-                except BoardResetError as exc:
-                    reset_survived(exc)
-            bar = Progress(proc.total_units(), proc.name, "op", enabled=not quiet, tenths=True)
-            while True:
-                try:
+                    if cause is None:
+                        ledger.start()
+                    else:
+                        ledger.reconcile(cause)  # book what the interruption left without a record
+                    cause = None
+                    if bar is None:
+                        proc.begin(w)
+                        bar = Progress(proc.total_units(), proc.name, "op", enabled=not quiet, tenths=True)
                     proc.run(w, bar)
                     break
                 except BoardResetError as exc:
                     reset_survived(exc)
                     w.flush()
+                    cause = Cause.BOARD_RESET
     finally:
         if bar is not None:
             bar.close()

@@ -2,8 +2,10 @@
 
 Every table a procedure writes is declared when the run is created; the file is then switched to
 HDF5 single-writer/multiple-reader (SWMR) mode, in which appended data reach the disk in an order
-that keeps the file readable if the process dies. Data are flushed at least every `flush_s` seconds.
-A run that was interrupted keeps status "running"; `resume_run` copies what was flushed into a clean
+that keeps the file readable if the process dies. A record counts once it is committed: every flush
+(at least every `flush_s` seconds) writes the records, then the committed counts with the resume state.
+One process at a time writes a run file (`runlock`); every reader goes through the checks of `runcheck`.
+A run that was interrupted keeps status "running"; `resume_run` copies what was committed into a clean
 file and carries on appending, so the finished file has the same content as an uninterrupted run.
 """
 
@@ -13,7 +15,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +23,30 @@ import h5py
 import numpy as np
 
 from firmware_protocol.fileformat import FileFormat, atomic_write, software_version, utc_now
+from hil.characterize.identity import RunIdentity
+from hil.characterize.runcheck import RECOPY, CheckedRun, RunFileError, check_run, declared_dtypes, read_tables
+from hil.characterize.runlock import RunBusyError, RunLock, refuse_if_written, remove_leftovers, writer_pid
 
-RUN_FILE = FileFormat("rram-hil-run", "1.0", "an rram-hil run file")
+RUN_FILE = FileFormat("rram-hil-run", "1.1", "an rram-hil run file")
 FORMAT_NAME = RUN_FILE.name
 FORMAT_VERSION = RUN_FILE.version
 
-
-class RunFileError(ValueError):
-    """A run file is missing, not a run file, corrupt, from a newer format, or not resumable."""
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "RUN_FILE",
+    "Run",
+    "RunBusyError",
+    "RunData",
+    "RunFileError",
+    "RunWriter",
+    "Table",
+    "Tables",
+    "create_run",
+    "read_run",
+    "refuse_if_written",
+    "resume_run",
+]
 
 
 @dataclass(frozen=True)
@@ -47,9 +65,20 @@ class Table:
         return np.dtype([(name, np.dtype(dt), tuple(shape)) for name, (dt, shape) in self.fields.items()])
 
 
+class Tables(dict[str, np.ndarray]):
+    """A run's tables by name; a table the file lacks is a one-line RunFileError naming the file, not a KeyError."""
+
+    def __init__(self, path: Path = Path("run.h5"), procedure: str = "", tables: dict[str, np.ndarray] | None = None):
+        super().__init__(tables or {})
+        self.path, self.procedure = path, procedure
+
+    def __missing__(self, name: str) -> np.ndarray:
+        raise RunFileError(f"{self.path}: this {self.procedure} run file has no table {name!r}; {RECOPY}")
+
+
 @dataclass
 class RunData:
-    """Everything a run file holds, loaded into memory."""
+    """Everything a run file holds, loaded into memory (the committed records of each table)."""
 
     path: Path
     procedure: str
@@ -60,27 +89,49 @@ class RunData:
     data: dict[str, np.ndarray]
     attrs: dict
     summary: dict = field(default_factory=dict)
+    state: dict[str, float] = field(default_factory=dict)  # the committed resume state, by key
 
     @property
     def complete(self) -> bool:
         return self.status == "complete"
 
+    @property
+    def identity(self) -> RunIdentity:
+        """The board and chip the run was measured on."""
+        return _identity(self.board, self.attrs.get("chip"))
+
 
 class RunWriter:
-    """Appends rows to the declared datasets of an open run; flushes on a timer."""
+    """Appends records to the declared tables of an open run; commits them, with the state, at each flush.
 
-    def __init__(self, f: h5py.File, path: Path, flush_s: float):
+    A record counts (in `count`, `read`, for readers and for a resume) once it is written whole. `flush`
+    writes the records, then the committed counts and the state in one chunk, and flushes again, so a
+    kill at any instant leaves on disk either the old counts or the new ones with every record they count.
+    """
+
+    def __init__(self, f: h5py.File, path: Path, flush_s: float, checked: CheckedRun):
         self._f = f
         self.path = path
         self.flush_s = flush_s
         self._last_flush = time.monotonic()
+        self.on_append: Callable[[str], None] | None = None  # called with the table's name after each append
+        self._counts = dict(checked.counts)  # declaration order
+        self._keys = list(checked.state_keys)
+        self._state = checked.state.copy()
+
+    def tables(self) -> list[str]:
+        """Names of the tables the run file declares."""
+        return list(self._counts)
 
     def count(self, name: str) -> int:
         """Records written so far to table `name`."""
-        return int(self._f["data"][name].shape[0])
+        return self._counts[name]
 
-    def append(self, name: str, records: np.ndarray | None = None, **values: object) -> None:
-        """Append one record given as keyword fields, or a structured array of records."""
+    def append(self, name: str, records: np.ndarray | None = None, /, **values: object) -> None:
+        """Append one record given as keyword fields (any names, `name` and `records` too), or a structured array.
+
+        The `on_append` hook runs before a timed flush, so a record and the state the hook sets commit together.
+        """
         ds = self._f["data"][name]
         if records is None:
             missing = set(ds.dtype.names) - set(values)
@@ -94,68 +145,97 @@ class RunWriter:
         records = np.asarray(records)
         if records.dtype != ds.dtype:
             raise ValueError(f"table {name!r} takes records of dtype {ds.dtype}, got {records.dtype}")
-        n = ds.shape[0]
-        ds.resize(n + records.shape[0], axis=0)
-        ds[n:] = records
+        n, k = self._counts[name], records.shape[0]
+        if ds.shape[0] < n + k:  # larger already when an append was cut short: its rows are written over
+            ds.resize(n + k, axis=0)
+        ds[n : n + k] = records
+        self._counts[name] = n + k
+        if self.on_append is not None:
+            self.on_append(name)
         if time.monotonic() - self._last_flush >= self.flush_s:
             self.flush()
 
     def read(self, name: str) -> np.ndarray:
-        return self._f["data"][name][...]
+        return self._f["data"][name][: self._counts[name]]
+
+    def read_record(self, name: str, index: int) -> np.void:
+        """One record of table `name` (negative `index` counts from the end), without reading the table."""
+        n = self._counts[name]
+        i = index + n if index < 0 else index
+        if not 0 <= i < n:
+            raise IndexError(f"table {name!r} has {n} records, no record {index}")
+        return self._f["data"][name][i]
 
     def set_state(self, **values: float) -> None:
-        """Small numeric resume state (e.g. the board time at which programming ended)."""
-        keys = json.loads(self._f.attrs["state_keys"])
-        ds = self._f["state"]
+        """Small numeric resume state (e.g. the board time at which programming ended); committed at the next flush."""
         for k, v in values.items():
-            if k not in keys:
+            if k not in self._keys:
                 raise KeyError(f"state key {k!r} was not declared")
-            ds[keys.index(k)] = v
+            self._state[self._keys.index(k)] = v
 
     def state(self, key: str) -> float:
-        keys = json.loads(self._f.attrs["state_keys"])
-        return float(self._f["state"][keys.index(key)])
+        return float(self._state[self._keys.index(key)])
 
     def flush(self) -> None:
+        """Commit: the records reach the file, then the counts and state (one chunk), then the file again."""
+        self._f.flush()
+        counts = np.array([float(n) for n in self._counts.values()])
+        self._f["state"][...] = np.concatenate([self._state, counts])
         self._f.flush()
         self._last_flush = time.monotonic()
 
 
 class Run:
-    """Context manager around one run file being written (created anew or resumed)."""
+    """Context manager around one run file being written (created anew or resumed), holding its writer's lock.
 
-    def __init__(self, path: Path, f: h5py.File, flush_s: float):
+    Leaving the `with` block closes the file; the lock is kept until `complete` (or released at once when
+    the block ended with an exception, or by `close`).
+    """
+
+    def __init__(self, path: Path, f: h5py.File, flush_s: float, lock: RunLock, checked: CheckedRun):
         self.path = path
         self._f = f
-        self.writer = RunWriter(f, path, flush_s)
+        self._lock = lock
+        self.writer = RunWriter(f, path, flush_s, checked)
         self._finished = False
 
     def __enter__(self) -> RunWriter:
         return self.writer
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.close(complete=False)
+        self._close_file()
+        if exc_type is not None:
+            self.close()
+
+    def _close_file(self) -> None:
+        if self._f.id.valid:
+            try:
+                self.writer.flush()
+            finally:
+                self._f.close()
 
     def complete(self, summary: dict) -> None:
         """Mark the run complete with a summary (reopens the file outside SWMR to write attributes)."""
-        if self._f.id.valid:
-            self._f.flush()
-            self._f.close()
-        with h5py.File(self.path, "r+") as f:
-            f.attrs["status"] = "complete"
-            f.attrs["completed_utc"] = utc_now()
-            f.attrs["summary_json"] = json.dumps(summary, default=_jsonable)
-        self._finished = True
+        self._close_file()
+        try:
+            with h5py.File(self.path, "r+") as f:
+                for name, n in self.writer._counts.items():  # drop the rows of an append cut short
+                    if f["data"][name].shape[0] != n:
+                        f["data"][name].resize(n, axis=0)
+                f.attrs["status"] = "complete"
+                f.attrs["completed_utc"] = utc_now()
+                f.attrs["summary_json"] = json.dumps(summary, default=_jsonable)
+        finally:
+            self.close()
 
     def close(self, complete: bool = False) -> None:
-        if self._finished:
-            return
+        """Close the file and let go of the lock (the run stays as it is: complete, or running to resume)."""
         try:
-            if self._f.id.valid:
-                self._f.flush()
-                self._f.close()
+            if not self._finished:
+                self._close_file()
         finally:
             self._finished = True
+            self._lock.release()
 
 
 def _jsonable(x: object) -> object:
@@ -168,14 +248,45 @@ def _jsonable(x: object) -> object:
     raise TypeError(f"cannot store {type(x).__name__} in a run file")
 
 
-def _declare(f: h5py.File, tables: dict[str, Table], state_keys: list[str]) -> None:
+def _identity(board: dict, chip: object) -> RunIdentity:
+    """The run's identity from its board description and `chip` attribute (a 1.0 file: from its port)."""
+    return RunIdentity.of(board, None if chip is None else str(chip))
+
+
+def _declaration(dtype: np.dtype) -> list[list]:
+    """A record type as `tables_json` stores it: [[field, numpy type string, shape], ...]."""
+    out = []
+    for name in dtype.names or ():
+        sub = dtype.fields[name][0]  # type: ignore[index]
+        out.append([name, sub.base.str, list(sub.shape)])
+    return out
+
+
+def _chunk_rows(dtype: np.dtype) -> int:
+    return max(1, min(4096, (1 << 16) // max(1, dtype.itemsize)))
+
+
+def _declare(
+    f: h5py.File,
+    tables: dict[str, np.dtype],
+    docs: dict[str, str],
+    state_keys: list[str],
+    data: dict[str, np.ndarray] | None = None,
+    state: np.ndarray | None = None,
+) -> None:
+    """The tables (chunked, with fletcher32 checksums), their declaration and the state with committed counts."""
     g = f.create_group("data")
-    for name, table in tables.items():
-        dt = table.dtype
-        chunk_rows = max(1, min(4096, (1 << 16) // max(1, dt.itemsize)))
-        ds = g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(chunk_rows,))
-        ds.attrs["doc"] = table.doc
-    f.create_dataset("state", data=np.zeros(max(1, len(state_keys))))
+    counts = []
+    for name, dt in tables.items():
+        rows = data[name] if data is not None and name in data else np.zeros(0, dtype=dt)
+        ds = g.create_dataset(name, data=rows, maxshape=(None,), chunks=(_chunk_rows(dt),), fletcher32=True)
+        ds.attrs["doc"] = docs.get(name, "")
+        counts.append(float(rows.shape[0]))
+    f.attrs["tables_json"] = json.dumps({name: _declaration(dt) for name, dt in tables.items()})
+    n_state = max(1, len(state_keys))
+    values = np.zeros(n_state) if state is None else np.asarray(state, dtype=np.float64)
+    full = np.concatenate([values, np.array(counts)])
+    f.create_dataset("state", data=full, chunks=(full.size,), fletcher32=True)
     f.attrs["state_keys"] = json.dumps(state_keys)
 
 
@@ -189,35 +300,56 @@ def create_run(
     calibration: dict | None = None,
     force: bool = False,
     flush_s: float = 2.0,
+    chip: str | None = None,
 ) -> Run:
-    """Create a new run file; refuses to overwrite an existing file unless `force`."""
+    """Create a new run file and lock it; refuses an existing file unless `force`, and a file another process writes.
+
+    `chip` names the chip (None: the simulated chip of a sim:// port in `board`, else not known).
+    """
     p = Path(path)
     refusal = "use --force to overwrite or --resume to continue it"
-    with atomic_write(p, force=force, refusal=refusal) as tmp, h5py.File(tmp, "w", libver="latest") as f:
-        f.attrs.update(RUN_FILE.stamp())
-        f.attrs["procedure"] = procedure
-        f.attrs["status"] = "running"
-        f.attrs["created_utc"] = utc_now()
-        f.attrs["software_version"] = software_version()
-        f.attrs["host"] = socket.gethostname()
-        f.attrs["params_json"] = json.dumps(params, default=_jsonable)
-        f.attrs["board_json"] = json.dumps(board, default=_jsonable)
-        f.attrs["calibration_json"] = json.dumps(calibration or {}, default=_jsonable)
-        f.attrs["resumed"] = 0
-        _declare(f, tables, list(state_keys))
-    return _open_swmr(p, flush_s)
+    if p.exists() and not force:
+        raise FileExistsError(f"{p} already exists ({refusal})")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"folder {p.parent} does not exist")
+    lock = RunLock.acquire(p)
+    try:
+        remove_leftovers(p)
+        with atomic_write(p, force=force, refusal=refusal) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs.update(RUN_FILE.stamp())
+            f.attrs["procedure"] = procedure
+            f.attrs["status"] = "running"
+            f.attrs["created_utc"] = utc_now()
+            f.attrs["software_version"] = software_version()
+            f.attrs["host"] = socket.gethostname()
+            f.attrs["params_json"] = json.dumps(params, default=_jsonable)
+            f.attrs["board_json"] = json.dumps(board, default=_jsonable)
+            f.attrs["calibration_json"] = json.dumps(calibration or {}, default=_jsonable)
+            f.attrs["chip"] = RunIdentity.of(board, chip).chip
+            f.attrs["resumed"] = 0
+            dtypes = {name: t.dtype for name, t in tables.items()}
+            _declare(f, dtypes, {name: t.doc for name, t in tables.items()}, list(state_keys))
+        return _open_swmr(p, flush_s, lock)
+    except BaseException:
+        lock.release()
+        raise
 
 
-def _open_swmr(p: Path, flush_s: float) -> Run:
+def _open_swmr(p: Path, flush_s: float, lock: RunLock) -> Run:
     f = h5py.File(p, "r+", libver="latest")
-    f.swmr_mode = True
-    return Run(p, f, flush_s)
+    try:
+        checked = check_run(f, p, required=False)  # the declaration this process has just written
+        f.swmr_mode = True
+    except BaseException:
+        f.close()
+        raise
+    return Run(p, f, flush_s, lock, checked)
 
 
-def _open_readonly(p: Path) -> h5py.File:
+def _open_readonly(p: Path, live_writer: bool = True) -> h5py.File:
     if not p.exists():
         raise FileNotFoundError(f"run file {p} does not exist")
-    _check_superblock(p)
+    _check_superblock(p, _LIVE_WRITER_GRACE_S if live_writer else 0.0)
     try:
         return h5py.File(p, "r", locking=False, swmr=True)
     except (OSError, RuntimeError):  # h5py raises RuntimeError for some damaged superblocks
@@ -234,15 +366,15 @@ _SUPERBLOCK_PREFIX = 24  # enough of every superblock version to reach its size-
 _LIVE_WRITER_GRACE_S = 1.0  # a live writer can be caught between its superblock and its data reaching the disk
 
 
-def _check_superblock(p: Path) -> None:
+def _check_superblock(p: Path, grace_s: float = _LIVE_WRITER_GRACE_S) -> None:
     """Compare the end of file the HDF5 superblock records with the file's real size, from its first bytes.
 
     Checked before libhdf5 sees the file: a SWMR reader retries metadata whose checksum fails (as it
     does past the end of a cut file) with back-off for up to an hour, so a truncated file must never
     reach it. A file still being written can be short for a moment, so a short file is looked at again
-    for up to `_LIVE_WRITER_GRACE_S` before it is called truncated.
+    for up to `grace_s` before it is called truncated (no wait when the caller holds the writer's lock).
     """
-    deadline = time.monotonic() + _LIVE_WRITER_GRACE_S
+    deadline = time.monotonic() + grace_s
     while True:
         size, stored = _sizes(p)
         if stored is not None and size >= stored:
@@ -310,47 +442,50 @@ def _check_not_truncated(f: h5py.File, p: Path) -> None:
         raise RunFileError(f"{p} is truncated ({actual} of {stored} bytes)")
 
 
-def _check_sizes(f: h5py.File, p: Path) -> None:
-    """Refuse tables whose recorded shapes hold more bytes than the whole file (run files are not compressed
-    and every row is written), so a damaged shape never makes the reader allocate beyond the file's size."""
-    size = p.stat().st_size
-    claimed = sum(int(ds.size) * ds.dtype.itemsize for ds in f["data"].values())
-    if claimed > size:
-        raise RunFileError(f"{p} is corrupt: its tables claim {claimed} bytes, more than the file's {size}")
-
-
 def _check_format(f: h5py.File, p: Path) -> None:
-    RUN_FILE.check(f.attrs, str(p), RunFileError)
+    version = RUN_FILE.check(f.attrs, str(p), RunFileError)
     for key in ("procedure", "status", "params_json", "board_json"):
         if key not in f.attrs:
             raise RunFileError(f"{p} is corrupt: attribute {key!r} is missing")
-    if "data" not in f:
+    if version != "1.0" and "tables_json" not in f.attrs:
+        raise RunFileError(f"{p} is corrupt: attribute 'tables_json' is missing; {RECOPY}")
+    if not isinstance(f.get("data"), h5py.Group):
         raise RunFileError(f"{p} is corrupt: group 'data' is missing")
 
 
+def _checked(f: h5py.File, p: Path) -> tuple[CheckedRun, dict[str, np.ndarray]]:
+    """Format, structure, sizes and committed counts, then the committed records (one-line errors)."""
+    try:
+        _check_format(f, p)
+        live = writer_pid(p) is not None  # another process writes it: a torn chunk read is read again
+        checked = check_run(f, p, live=live)
+        return checked, read_tables(f, p, checked.counts, live)
+    except RunFileError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # damaged metadata
+        raise RunFileError(f"{p} is corrupt: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
 def read_run(path: str | os.PathLike) -> RunData:
-    """Load a run file (complete or interrupted) with validation and one-line errors."""
+    """Load a run file (complete, interrupted or still being written) with validation and one-line errors."""
     p = Path(path)
     f = _open_readonly(p)
     try:
+        checked, data = _checked(f, p)
         try:
-            _check_format(f, p)
-        except (OSError, RuntimeError) as exc:  # damaged metadata (e.g. a truncated file)
-            raise RunFileError(f"{p} is corrupt: {str(exc).splitlines()[0]}") from None
-        try:
-            _check_sizes(f, p)
-            data = {name: ds[...] for name, ds in f["data"].items()}
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            procedure = str(attrs["procedure"])
             return RunData(
                 path=p,
-                procedure=str(attrs["procedure"]),
+                procedure=procedure,
                 status=str(attrs["status"]),
                 params=json.loads(attrs["params_json"]),
                 board=json.loads(attrs["board_json"]),
                 calibration=json.loads(attrs.get("calibration_json", "{}")),
-                data=data,
+                data=Tables(p, procedure, data),
                 attrs=attrs,
                 summary=json.loads(attrs.get("summary_json", "{}")),
+                state={k: float(v) for k, v in zip(checked.state_keys, checked.state)},
             )
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise RunFileError(f"{p} is corrupt: {str(exc).splitlines()[0]}") from None
@@ -358,25 +493,52 @@ def read_run(path: str | os.PathLike) -> RunData:
         f.close()
 
 
-def resume_run(path: str | os.PathLike, procedure: str, params: dict, flush_s: float = 2.0) -> Run:
-    """Continue an interrupted run: same procedure and parameters, everything flushed so far kept."""
+def resume_run(
+    path: str | os.PathLike,
+    procedure: str,
+    params: dict,
+    flush_s: float = 2.0,
+    *,
+    board: dict | None = None,
+    chip: str | None = None,
+    tables: dict[str, Table] | None = None,
+    state_keys: Sequence[str] | None = None,
+) -> Run:
+    """Continue an interrupted run: same procedure, parameters, board and chip; everything committed so far kept.
+
+    `board` (the connected board's description) is checked against the board and chip the file records;
+    `tables` and `state_keys` (the procedure's) against the file's, and those the file lacks are added empty.
+    """
     p = Path(path)
-    f = _open_readonly(p)
-    # The copy replaces the file only once it is complete (and after the original is closed);
-    # on any error the original is left as it is.
-    with atomic_write(p, force=True) as tmp:
-        try:
-            _check_not_truncated(f, p)
-            _check_format(f, p)
-            _check_resumable(f, p, procedure, params)
-            _copy_for_resume(f, tmp)
-        except RunFileError:
-            raise
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:  # damaged metadata or data
-            raise RunFileError(f"{p} is corrupt and cannot be resumed: {str(exc).splitlines()[0]}") from None
-        finally:
-            f.close()
-    return _open_swmr(p, flush_s)
+    if not p.exists():
+        raise FileNotFoundError(f"run file {p} does not exist")
+    lock = RunLock.acquire(p)
+    try:
+        remove_leftovers(p)
+        f = _open_readonly(p, live_writer=False)
+        # The copy replaces the file only once it is complete (and after the original is closed);
+        # on any error the original is left as it is.
+        with atomic_write(p, force=True) as tmp:
+            try:
+                _check_not_truncated(f, p)
+                _check_format(f, p)
+                _check_resumable(f, p, procedure, params)
+                if board is not None:
+                    _check_identity(f, p, RunIdentity.of(board, chip))
+                checked = check_run(f, p)
+                dtypes = _resumed_tables(f, p, tables)
+                data = read_tables(f, p, checked.counts)
+                _copy_for_resume(f, tmp, checked, data, dtypes, tables or {}, state_keys)
+            except RunFileError:
+                raise
+            except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # damaged metadata or data
+                raise RunFileError(f"{p} is corrupt and cannot be resumed: {str(exc).splitlines()[0]}") from None
+            finally:
+                f.close()
+        return _open_swmr(p, flush_s, lock)
+    except BaseException:
+        lock.release()
+        raise
 
 
 def _check_resumable(f: h5py.File, p: Path, procedure: str, params: dict) -> None:
@@ -391,15 +553,73 @@ def _check_resumable(f: h5py.File, p: Path, procedure: str, params: dict) -> Non
         raise RunFileError(f"{p} was started with other parameters ({', '.join(diff)}); resume with the same ones")
 
 
-def _copy_for_resume(f: h5py.File, tmp: Path) -> None:
-    """Write everything flushed to `f` into a clean file at `tmp`, counting one more resume."""
+def _check_identity(f: h5py.File, p: Path, now: RunIdentity) -> None:
+    """Refuse a board or chip other than the one the run was recorded on (before any pulse)."""
+    try:
+        recorded = _identity(json.loads(f.attrs["board_json"]), f.attrs.get("chip"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise RunFileError(f"{p} is corrupt: attribute 'board_json' is unreadable ({exc}); {RECOPY}") from None
+    if recorded.differs(now):
+        raise RunFileError(
+            f"{p} was recorded on {recorded}; this is {now}: resume on the board and chip that started it, "
+            "or start a new run (--force replaces it)"
+        )
+
+
+def _resumed_tables(f: h5py.File, p: Path, tables: dict[str, Table] | None) -> dict[str, np.dtype]:
+    """The tables of the resumed file: the file's own, plus the procedure's that it lacks (added empty).
+
+    A table both have must have the same fields of the same types (array lengths come from the parameters
+    and the board, both checked already, or from what the run found before its first pulse).
+    """
+    own = declared_dtypes(f, p) or {name: ds.dtype for name, ds in f["data"].items()}
+    if tables is None:
+        return own
+    out = dict(own)
+    for name, table in tables.items():
+        want = table.dtype
+        if name not in own:
+            out[name] = want
+            continue
+        have = own[name]
+        same = have.names == want.names and all(
+            have.fields[k][0].base == want.fields[k][0].base  # type: ignore[index]
+            and len(have.fields[k][0].shape) == len(want.fields[k][0].shape)  # type: ignore[index]
+            for k in want.names or ()
+        )
+        if not same:
+            raise RunFileError(
+                f"{p}: table {name!r} was written with other fields than this software's {f.attrs['procedure']} "
+                "writes; resume it with the rram-hil version that started it, or start a new run"
+            )
+    return out
+
+
+def _copy_for_resume(
+    f: h5py.File,
+    tmp: Path,
+    checked: CheckedRun,
+    data: dict[str, np.ndarray],
+    dtypes: dict[str, np.dtype],
+    tables: dict[str, Table],
+    state_keys: Sequence[str] | None,
+) -> None:
+    """Write the committed records of `f` into a clean file at `tmp` (format of today), counting one more resume."""
+    keys = list(checked.state_keys)
+    values = dict(zip(keys, (float(v) for v in checked.state)))
+    for key in state_keys or ():  # keys of this software's procedure that the file lacks start at 0
+        if key not in values:
+            keys.append(key)
+            values[key] = 0.0
+    state = [values[k] for k in keys] or [0.0]
+    docs = {name: str(f["data"][name].attrs.get("doc", "")) for name in f["data"]}
+    docs.update({name: t.doc for name, t in tables.items() if name not in docs})
     with h5py.File(tmp, "w", libver="latest") as g:
         for k, v in f.attrs.items():
-            g.attrs[k] = v
+            if k not in ("tables_json", "state_keys"):
+                g.attrs[k] = v
+        g.attrs.update(RUN_FILE.stamp())
+        if "chip" not in f.attrs:  # a 1.0 file: the chip its port names
+            g.attrs["chip"] = _identity(json.loads(f.attrs["board_json"]), None).chip
         g.attrs["resumed"] = int(f.attrs.get("resumed", 0)) + 1
-        data = g.create_group("data")
-        for name, ds in f["data"].items():
-            new = data.create_dataset(name, data=ds[...], maxshape=(None,), chunks=ds.chunks)
-            for k, v in ds.attrs.items():
-                new.attrs[k] = v
-        g.create_dataset("state", data=f["state"][...])
+        _declare(g, dtypes, docs, keys, data, np.array(state, dtype=np.float64))

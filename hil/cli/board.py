@@ -1,8 +1,8 @@
-"""`rram board info|calibrate`: a board's identity and limits, and its read-path calibration against an SMU."""
+"""`rram board info|calibrate|release`: a board's identity and limits, its read-path calibration against an SMU,
+and freeing a board whose session a vanished host still holds."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from firmware_protocol import BoardError, LimitError, VersionError
+from firmware_protocol.constants import SessionEnd
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
-from hil.cli.report import aligned, quantity
+from hil.cli.report import aligned, json_text, quantity
 from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
-from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError
+from hil.hardware.session import BoardSession
+from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError, open_link
 
 if TYPE_CHECKING:
     from hil.hardware.readpath import RefCell
@@ -98,7 +100,7 @@ def _callback(fn: Callable[[str], Any]) -> Callable[[click.Context, click.Parame
 @COMMANDS.register("board")
 @click.group("board")
 def board() -> None:
-    """The test board: identity and limits, read-path calibration."""
+    """The test board: identity and limits, read-path calibration, releasing a held session."""
 
 
 def _span(bounds: list[float], unit: str) -> tuple[str, str]:
@@ -141,7 +143,32 @@ def info(port: str, as_json: bool) -> None:
     """Connect (HELLO) and print the board's identity, capabilities and limits."""
     with _one_line_errors(), Board.open(port) as b:
         d = b.describe()
-    click.echo(json.dumps(d) if as_json else _format_info(d))
+    click.echo(json_text(d) if as_json else _format_info(d))
+
+
+@board.command("release")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, help=_PORT_HELP)
+def release(port: str) -> None:
+    """Take over the board's session and release it, so the next command gets in at once.
+
+    For a host that is gone but still holds the board: one whose watchdog is disabled or long (a crashed host
+    with the default 2 s watchdog frees the board by itself). WARNING: a host that is still running loses the
+    board: its stream is stopped, its outputs are grounded and its next request fails.
+    """
+    with _one_line_errors():
+        link = open_link(port)
+        try:
+            session = BoardSession(link, port=port, take_over=True)
+        except BaseException:
+            link.close()
+            raise
+        with session:
+            info = session.info
+    stream = f", its stream {info.prev_stream_id} stopped" if info.prev_stream_id != 0xFFFF else ""
+    if info.prev_session_end == SessionEnd.TAKEN_OVER:
+        click.echo(f"board {info.board_id} on {port}: took over another host's session{stream}; released")
+    else:
+        click.echo(f"board {info.board_id} on {port}: no other host held it; released")
 
 
 @board.command("calibrate")
@@ -277,7 +304,7 @@ def calibrate_cmd(
         cal.save(out, force=force)
     s = cal.summary()
     if as_json:
-        click.echo(json.dumps({"out": str(out), **s}))
+        click.echo(json_text({"out": str(out), **s}))
         return
     click.echo(f"read-path calibration of {s['board_id']}: wrote {out}")
     click.echo(f"  gain    {cal.gain:.6f} +- {cal.gain_se:.2g}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from typing import TextIO
 
 import click
 
@@ -23,7 +25,32 @@ def expected_error(*types: type[BaseException]) -> None:
             _EXPECTED.append(t)
 
 
+_OURS = ("firmware_protocol", "sim_backend", "hil", "calibration", "models")
+
+
 def run_cli(group: click.Group) -> None:
+    """Run the group; expected errors become one `Error: ...` line, our warnings one `warning: ...` line."""
+    with warnings.catch_warnings():
+        others = warnings.showwarning
+
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            if category.__module__.split(".")[0] in _OURS:  # e.g. models.checkpoint.UnfinishedTraining
+                click.echo(f"warning: {message}", err=True)
+            else:
+                others(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        _run(group)
+
+
+def _run(group: click.Group) -> None:
     try:
         group.main(standalone_mode=False)
     except click.exceptions.Abort:

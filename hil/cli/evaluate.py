@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
+from hil.cli.report import json_text
 from hil.cli.train import aligned, factory_option, noise_options, pct, spec_from_kwargs
 
 
@@ -105,7 +105,7 @@ def evaluate(
         out.pop("accuracies")
     out.update({"model_file": model_file, "noise": spec, "data": ds.name, "seed": seed})
     if as_json:
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json_text(out, indent=2))
         return
     choice = mapping_of_spec(spec)
     on = f", {choice.describe()}" if choice is not None else ""
@@ -127,7 +127,7 @@ def _evaluate_deployed(path: str, n_draws: int, seed: int, as_json: bool, factor
 
     res = evaluate_deployed(path, mc=n_draws, seed=seed, progress=not as_json, factory=factory)
     if as_json:
-        click.echo(json.dumps({"deployed": path, **res.to_dict()}, indent=2))
+        click.echo(json_text({"deployed": path, **res.to_dict()}, indent=2))
         return
     lo, hi = res.predicted_ci95
     click.echo(f"{path}: network read back from the chip")

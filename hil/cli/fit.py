@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -12,7 +11,7 @@ from hil.characterize.runfile import RunFileError
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
 from hil.cli.profile import CONDUCTANCE
-from hil.cli.report import aligned
+from hil.cli.report import aligned, json_text
 
 expected_error(RunFileError, ProfileError)
 
@@ -67,13 +66,7 @@ def fit(
     profile, datasets = fit_runs(runs, g_min=g_min, g_max=g_max, n_levels=n_levels, bits_per_device=bits)
     save_profile(profile, output, overwrite=force)
     if as_json:
-        click.echo(
-            json.dumps(
-                {"profile": str(output), "datasets": datasets.used, **profile_summary(profile)},
-                default=str,
-                allow_nan=False,
-            )
-        )
+        click.echo(json_text({"profile": str(output), "datasets": datasets.used, **profile_summary(profile)}))
         return
     click.echo(f"wrote {output} from {len(runs)} run file(s); datasets fitted, from:")
     rows = [(0, name, ", ".join(Path(f).name for f in files), "") for name, files in datasets.used.items()]

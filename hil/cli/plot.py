@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -10,6 +9,7 @@ import click
 from hil.characterize.runfile import RunFileError, read_run
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
+from hil.cli.report import json_text
 
 expected_error(RunFileError)
 
@@ -40,7 +40,7 @@ def plot(runs: tuple[Path, ...], outdir: Path | None, as_json: bool) -> None:
     except (RunFileError, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(written))
+        click.echo(json_text(written))
     else:
         for path in written:
             click.echo(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ import click
 
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
+from hil.cli.report import json_text
 
 if TYPE_CHECKING:  # the profile module loads h5py; `rram --help` should not
     from calibration.profile import NoiseProfile
@@ -192,13 +192,9 @@ def show(path: str, as_json: bool) -> None:
 
     p = _load(path)
     if as_json:
-        click.echo(json.dumps(profile_summary(p), indent=2, allow_nan=False, default=_json_default))
+        click.echo(json_text(profile_summary(p), indent=2))
     else:
         click.echo(format_summary(p))
-
-
-def _json_default(value: object) -> object:
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 @profile.command("plot")

@@ -10,7 +10,7 @@ from hil.cli.characterize import execute, params_option
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
 from hil.cli.train import factory_option
-from hil.deploy.plan import PlanError
+from hil.deploy.plan import PlanError, load_plan
 from hil.deploy.procedure import DeployParams, DeployRun
 from hil.hardware.transport import DEFAULT_PORT
 
@@ -116,4 +116,5 @@ def program(
             quiet=quiet or as_json,
             factory=factory,
         )
+    load_plan(plan_path)  # a damaged plan is refused here, before the board is opened (validate_plan)
     execute(DeployRun, port, out, force, resume, as_json, quiet, None, program_params(plan_path, settings))

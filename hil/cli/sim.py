@@ -6,7 +6,6 @@ and `reset` manage the stored chips. Every import of sim_backend happens inside 
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ import click
 
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
+from hil.cli.report import json_text
 
 if TYPE_CHECKING:
     from sim_backend.chip_store import ChipId, ChipReport, ChipStore
@@ -237,7 +237,7 @@ def status(
     except ChipStoreError as exc:
         raise UserError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(r.to_dict(), indent=2))
+        click.echo(json_text(r.to_dict(), indent=2))
         return
     c = r.counters
     saved = f"{r.saved_at} (by process {r.saved_by_pid}, save {r.generation})" if r.stored else "never"
@@ -280,7 +280,7 @@ def list_chips(state_dir: str | None, as_json: bool) -> None:
         reports.append(report(store, stored.chip, stored))
     if as_json:
         payload = {"folder": str(store.folder), "chips": [r.to_dict() for r in reports], "unreadable": unreadable}
-        click.echo(json.dumps(payload, indent=2))
+        click.echo(json_text(payload, indent=2))
         return
     if not reports and not unreadable:
         click.echo(f"no stored chips in {store.folder}")
@@ -344,7 +344,7 @@ def reset(
     except ChipStoreError as exc:
         raise UserError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({"folder": str(store.folder), "deleted": [str(p) for p in deleted]}, indent=2))
+        click.echo(json_text({"folder": str(store.folder), "deleted": [str(p) for p in deleted]}, indent=2))
     elif deleted:
         for path in deleted:
             click.echo(f"deleted {path}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
+from hil.cli.report import json_text
 from hil.cli.train import factory_option
 
 
@@ -118,7 +118,7 @@ def curve(
     if out is not None:
         plot_curve(points, out, f"{model_file.name} on {profile_path.name}")
     if as_json:
-        click.echo(json.dumps({"points": [p.to_dict() for p in points], "figure": str(out) if out else None}))
+        click.echo(json_text({"points": [p.to_dict() for p in points], "figure": str(out) if out else None}))
         return
     click.echo(curve_table(points))
     if out is not None:

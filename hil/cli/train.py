@@ -11,6 +11,7 @@ import click
 
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
+from hil.cli.report import json_text
 
 if TYPE_CHECKING:  # torch-free at start-up: the noise factory is imported inside the commands
     from models.noise.factory import MappingChoice
@@ -138,6 +139,20 @@ def _check_method(method: str, options: dict[str, Any]) -> None:
         raise UserError(str(exc)) from None
 
 
+def _check_model(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse an unknown architecture or a `--model-arg` it does not take, or of the wrong type, before any data is loaded."""
+    from models.architectures import ARCHITECTURES, check_model_kwargs, is_user_factory
+
+    if is_user_factory(name):
+        return  # the user's own code takes what it takes
+    if name not in ARCHITECTURES:
+        raise UserError(f"unknown --model {name!r} (known: {', '.join(ARCHITECTURES.names())}, or pkg.mod:factory)")
+    try:
+        check_model_kwargs(name, kwargs)
+    except ValueError as exc:
+        raise UserError(f"--model-arg: {exc}") from None
+
+
 @COMMANDS.register("train")
 @click.command("train")
 @click.option(
@@ -202,7 +217,7 @@ def train(
         from models.methods.registry import describe_methods
 
         methods = describe_methods()
-        click.echo(json.dumps(methods, indent=2) if as_json else method_listing(methods))
+        click.echo(json_text(methods, indent=2) if as_json else method_listing(methods))
         return
     if output is None:
         raise UserError("give the model file to write with -o/--output")
@@ -214,12 +229,14 @@ def train(
 
     method_options = _parse_opts(method_opt, "--opt")
     _check_method(method, method_options)
+    model_kwargs = _parse_opts(model_arg, "--model-arg")
+    _check_model(model_name, model_kwargs)
     noise_kw_profile = noise_kw.get("profile")
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
     cfg = TrainConfig(
         model=model_name,
-        model_kwargs=_parse_opts(model_arg, "--model-arg"),
+        model_kwargs=model_kwargs,
         data=data,
         data_root=data_root,
         method=method,
@@ -250,7 +267,7 @@ def train(
         save_checkpoint(result.checkpoint, output)
         if as_json:
             mapping = choice.spec() if choice is not None else None
-            click.echo(json.dumps({"output": output, "mapping": mapping, "history": result.history}, indent=2))
+            click.echo(json_text({"output": output, "mapping": mapping, "history": result.history}, indent=2))
         else:
             click.echo(f"wrote {output}")
             click.echo(aligned(train_rows(result.history)))

@@ -2,18 +2,30 @@
 
 Torch-free, so the board-side programming run can read a plan without importing PyTorch; how a
 network becomes a plan is in `hil.deploy.placement`.
+
+Layout (format "rram-hil-plan" 1.0, HDF5, uncompressed): root attributes `rows`, `cols` (the array the
+tiles fit, 1..65535 each), `g_min` < `g_max` (S, finite), `meta_json` (a JSON object), `created_utc`;
+group `layers/NNN` per layer with attributes `name` (unique), `shape` (JSON list of the weight's sizes,
+(out, in, ...), each >= 1), `scale` (finite > 0) and datasets `targets` (float32, (fan_in, 2*out), S,
+finite, inside [g_min, g_max] up to float32 rounding) and `verify` (uint8 0/1, same shape); dataset
+`tiles` of (layer, r0, c0, nr, nc) int32 records, each inside the array and inside its layer, together
+covering every device of every layer exactly once. `load_plan` checks all of it (`validate_plan`)
+before returning, so a damaged plan is refused in one line before the board is touched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from calibration.h5io import check_stored_sizes
 from firmware_protocol.fileformat import FileFormat, atomic_write, utc_now
 
 PLAN_FILE = FileFormat("rram-hil-plan", "1.0", "an rram-hil programming plan")
@@ -92,7 +104,7 @@ def save_plan(plan: Plan, path: str | Path, force: bool = False) -> Path:
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Read and validate a plan file; one-line PlanError for anything wrong."""
+    """Read and validate a plan file (`validate_plan`); one-line PlanError for anything wrong, before any use."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"plan file {p} does not exist")
@@ -103,41 +115,132 @@ def load_plan(path: str | Path) -> Plan:
     try:
         with f:
             PLAN_FILE.check(f.attrs, str(p), PlanError)
-            layers = []
-            for key in sorted(f["layers"]):
-                d = f["layers"][key]
-                lp = LayerPlan(
-                    str(d.attrs["name"]),
-                    tuple(json.loads(d.attrs["shape"])),
-                    float(d.attrs["scale"]),
-                    d["targets"][...].astype(np.float64),
-                    d["verify"][...].astype(bool),
-                )
-                fan_in = int(np.prod(lp.shape[1:]))
-                if lp.targets.shape != (fan_in, 2 * lp.shape[0]) or lp.verify.shape != lp.targets.shape:
-                    raise PlanError(f"{p} is corrupt: layer {lp.name} arrays do not match its shape {lp.shape}")
-                layers.append(lp)
-            tiles = f["tiles"][...]
-            plan = Plan(
-                layers,
-                tiles.astype(TILE_DTYPE),
-                int(f.attrs["rows"]),
-                int(f.attrs["cols"]),
-                float(f.attrs["g_min"]),
-                float(f.attrs["g_max"]),
-                json.loads(f.attrs.get("meta_json", "{}")),
-            )
+            check_stored_sizes(f, str(p), PlanError)  # nothing read below can exceed the file's own size
+            plan = _read(f, p)
     except PlanError:
         raise
-    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError, ArithmeticError) as exc:
         raise PlanError(f"{p} is corrupt: {str(exc).splitlines()[0]}") from None
-    for t in plan.tiles:
-        if (
-            not (0 <= t["layer"] < len(plan.layers))
-            or t["nr"] < 1
-            or t["nc"] < 1
-            or t["nr"] > plan.rows
-            or t["nc"] > plan.cols
-        ):
-            raise PlanError(f"{p} is corrupt: tile {t} does not fit the {plan.rows}x{plan.cols} array")
+    validate_plan(plan, str(p))
     return plan
+
+
+def _read(f: h5py.File, p: Path) -> Plan:
+    """The plan's fields as stored, with their dtypes and shapes checked; values are `validate_plan`'s."""
+    layers = []
+    for key in sorted(f["layers"]):
+        d = f["layers"][key]
+        shape = json.loads(d.attrs["shape"])
+        if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in shape)):
+            raise PlanError(f"{p} is corrupt: layer {key} has shape {shape!r}, not a list of whole numbers")
+        targets, verify = d["targets"], d["verify"]
+        if targets.dtype.kind != "f" or verify.dtype.kind not in "ub":
+            raise PlanError(
+                f"{p} is corrupt: layer {key} holds targets of dtype {targets.dtype} and verify marks of dtype "
+                f"{verify.dtype} (expected float32 and uint8)"
+            )
+        marks = verify[...]
+        if marks.dtype.kind == "u" and np.any(marks > 1):  # e.g. a 2 would silently read as "verify"
+            raise PlanError(f"{p} is corrupt: layer {key} has verify marks other than 0 and 1")
+        layers.append(
+            LayerPlan(
+                str(d.attrs["name"]),
+                tuple(shape),
+                float(d.attrs["scale"]),
+                targets[...].astype(np.float64),
+                marks.astype(bool),
+            )
+        )
+    tiles = f["tiles"]
+    if tiles.dtype.names is None or set(TILE_DTYPE.names or ()) - set(tiles.dtype.names) or tiles.ndim != 1:
+        raise PlanError(f"{p} is corrupt: its tiles table is not a list of (layer, r0, c0, nr, nc) records")
+    if any(tiles.dtype[n].kind not in "iu" for n in TILE_DTYPE.names or ()):
+        raise PlanError(f"{p} is corrupt: its tiles table holds non-integer fields")
+    meta = json.loads(f.attrs.get("meta_json", "{}"))
+    if not isinstance(meta, dict):
+        raise PlanError(f"{p} is corrupt: its meta_json is not a JSON object")
+    return Plan(
+        layers,
+        tiles[...].astype(TILE_DTYPE),
+        _whole(f.attrs["rows"], "rows", p),
+        _whole(f.attrs["cols"], "cols", p),
+        float(f.attrs["g_min"]),
+        float(f.attrs["g_max"]),
+        meta,
+    )
+
+
+def _whole(value: object, name: str, p: Path) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise PlanError(f"{p} is corrupt: {name} is {value!r}, not a whole number")
+    return int(value)
+
+
+# Array sides are 16-bit fields on the wire (PROTOCOL.md), so no plan tile can be larger.
+MAX_SIDE = 0xFFFF
+# Targets are stored as float32: rounding moves a conductance by at most 2^-24 of itself, so a target may sit
+# that far outside [g_min, g_max]; twice that margin is allowed.
+_F32_MARGIN = 2.0**-23
+
+
+def validate_plan(plan: Plan, source: str) -> None:
+    """Check a plan against its spec (module docstring of `hil.deploy.placement`); PlanError (one line) otherwise.
+
+    Sizes, the conductance window, every layer's shapes, finite targets inside the window, 0/1 verify marks,
+    and tiles that fit the array and cover every device of their layer exactly once: a plan that passes
+    programs exactly its devices, so nothing fails after the first pulse because of the file.
+    """
+
+    def bad(why: str) -> PlanError:
+        return PlanError(f"{source} is corrupt: {why}; write it again (rram program --force)")
+
+    if not (1 <= plan.rows <= MAX_SIDE and 1 <= plan.cols <= MAX_SIDE):
+        raise bad(f"its array is {plan.rows}x{plan.cols}, outside 1..{MAX_SIDE} per side")
+    if not (np.isfinite(plan.g_min) and np.isfinite(plan.g_max) and 0 <= plan.g_min < plan.g_max):
+        raise bad(f"its window needs 0 <= g_min < g_max, got g_min={plan.g_min}, g_max={plan.g_max}")
+    if not plan.layers or len(plan.tiles) == 0:
+        raise bad("it holds no layers or no tiles")
+    names = [lp.name for lp in plan.layers]
+    if len(set(names)) != len(names):
+        raise bad("two layers share a name")
+    margin = _F32_MARGIN * plan.g_max
+    for lp in plan.layers:
+        if len(lp.shape) < 2 or any(n < 1 for n in lp.shape):
+            raise bad(f"layer {lp.name} has weight shape {lp.shape}, not (out, in, ...) of sizes >= 1")
+        expected = (math.prod(lp.shape[1:]), 2 * lp.shape[0])
+        if lp.targets.shape != expected or lp.verify.shape != expected:
+            raise bad(f"layer {lp.name} arrays are {lp.targets.shape}, not {expected} for its shape {lp.shape}")
+        if not (math.isfinite(lp.scale) and lp.scale > 0):
+            raise bad(f"layer {lp.name} has weight scale {lp.scale}, not a finite number > 0")
+        if not np.all(np.isfinite(lp.targets)):
+            raise bad(f"layer {lp.name} has {int(np.sum(~np.isfinite(lp.targets)))} NaN or infinite targets")
+        lo, hi = float(lp.targets.min()), float(lp.targets.max())
+        if lo < plan.g_min - margin or hi > plan.g_max + margin:
+            raise bad(
+                f"layer {lp.name} has targets from {lo:.4g} to {hi:.4g} S, outside [{plan.g_min}, {plan.g_max}] S"
+            )
+        if lp.verify.dtype != np.bool_:
+            raise bad(f"layer {lp.name} has verify marks of dtype {lp.verify.dtype}, not bool")
+    _check_tiles(plan, bad)
+
+
+def _check_tiles(plan: Plan, bad: Callable[[str], PlanError]) -> None:
+    """Every tile inside the array and inside its layer; every device of every layer in exactly one tile."""
+    cover = [np.zeros(lp.targets.shape, dtype=np.uint8) for lp in plan.layers]
+    for i, t in enumerate(plan.tiles):
+        li, r0, c0, nr, nc = (int(t[k]) for k in ("layer", "r0", "c0", "nr", "nc"))
+        where = f"tile {i} (layer {li}, rows {r0}+{nr}, cols {c0}+{nc})"
+        if not 0 <= li < len(plan.layers):
+            raise bad(f"{where} names a layer the plan does not have ({len(plan.layers)} layers)")
+        if not (1 <= nr <= plan.rows and 1 <= nc <= plan.cols):
+            raise bad(f"{where} does not fit the {plan.rows}x{plan.cols} array")
+        n_rows, n_cols = plan.layers[li].targets.shape
+        if not (0 <= r0 and 0 <= c0 and r0 + nr <= n_rows and c0 + nc <= n_cols):
+            raise bad(f"{where} lies outside layer {plan.layers[li].name}'s {n_rows}x{n_cols} devices")
+        block = cover[li][r0 : r0 + nr, c0 : c0 + nc]
+        if block.any():
+            raise bad(f"{where} overlaps an earlier tile")
+        block[...] = 1
+    for lp, c in zip(plan.layers, cover):
+        if not c.all():
+            raise bad(f"{int(c.size - c.sum())} devices of layer {lp.name} are in no tile")

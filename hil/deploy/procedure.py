@@ -74,7 +74,8 @@ class DeployRun(Procedure[DeployParams]):
         n = self.plan.rows * self.plan.cols
         return {
             "form": Table(
-                {"cell": ("i4", (2,)), "formed": ("u1", ()), "g": ("f8", ())}, "cells formed before programming"
+                {"cell": ("i4", (2,)), "formed": ("u1", ()), "g": ("f8", ()), "pulses": ("i4", ())},
+                "cells formed before programming (FORM ramp pulses each got)",
             ),
             "gate_cal": gate_table(min(self.p.cal_cells, self.used_rows * self.used_cols)),
             "tiles": Table(
@@ -105,7 +106,7 @@ class DeployRun(Procedure[DeployParams]):
         )
         for r, c in zip(rows, cols):
             o = self.board.form(int(r), int(c), v_read=self.p.v_read)
-            w.append("form", cell=[r, c], formed=o.formed, g=o.conductance_s)
+            w.append("form", cell=[r, c], formed=o.formed, g=o.conductance_s, pulses=o.pulses)
 
     def run(self, w: RunWriter, bar: Progress) -> None:
         p, plan = self.p, self.plan

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
-from firmware_protocol import BoardError, Capability, Frame, Status, StreamEnd, decode_payload
+from firmware_protocol import BoardError, Capability, Frame, LimitError, Status, StreamEnd, decode_payload
 from firmware_protocol import messages as m
+from firmware_protocol.limits import CLOCK_MAX_US
 from hil.hardware.session import (
     NOISY_TRIES_FACTOR,
     BoardResetError,
@@ -184,7 +186,11 @@ class Board(BoardSession):
 
     # ------------------------------------------------------------------------------ operations
     def heartbeat(self, watchdog_ms: int = 0) -> m.HeartbeatReply:
-        return self.call(m.HeartbeatRequest(watchdog_ms))
+        """Feed the watchdog; a non-zero `watchdog_ms` sets its timeout (the keepalives follow it)."""
+        reply = self.call(m.HeartbeatRequest(watchdog_ms))
+        if watchdog_ms:
+            self._watchdog_set = (reply.session_id, reply.watchdog_ms)
+        return reply
 
     def counters(self) -> m.Counters:
         return self.call(m.CountersRequest())
@@ -193,8 +199,10 @@ class Board(BoardSession):
         """Simulator only: let `seconds` of device time pass at once; returns the board time (s)."""
         if not self.capabilities & Capability.VIRTUAL_CLOCK:
             raise ValueError("this board has no virtual clock (ADVANCE_CLOCK is for simulated boards)")
-        if not seconds >= 0:
-            raise ValueError(f"cannot advance the clock by {seconds} s")
+        if not 0 <= seconds <= CLOCK_MAX_US / 1e6:
+            raise LimitError(
+                f"cannot advance the clock by {seconds} s: use 0 to {CLOCK_MAX_US / 1e6:.6g} s (the board clock's range)"
+            )
         reply = self.call(m.AdvanceClockRequest(int(round(seconds * 1e6))))
         return reply.timestamp_us / 1e6
 
@@ -319,25 +327,30 @@ class Board(BoardSession):
 
     def write_verify(
         self,
-        rows: np.ndarray,
-        cols: np.ndarray,
-        targets_s: np.ndarray,
-        tol_s: float | np.ndarray,
+        rows: npt.ArrayLike,
+        cols: npt.ArrayLike,
+        targets_s: npt.ArrayLike,
+        tol_s: npt.ArrayLike,
         max_pulses: int = 100,
         ramp: PulseRamp = PulseRamp(),
         v_read: float = 0.1,
     ) -> WriteVerifyOutcome:
-        """On-board closed-loop programming of many cells, in batches the board and the link accept."""
-        rows = np.asarray(rows, dtype=np.int64)
-        cols = np.asarray(cols, dtype=np.int64)
+        """On-board closed-loop programming of many cells, in batches the board, the link and the board's duration
+        bound (PROTOCOL.md 7.5) accept. Bad cells or budgets are refused in one line before anything is sent."""
+        rows, cols = self._cell_indices(rows, cols)
         n = rows.size
-        targets = np.broadcast_to(np.asarray(targets_s, dtype=float), (n,))
-        tols = np.broadcast_to(np.asarray(tol_s, dtype=float), (n,))
+        if isinstance(max_pulses, bool) or int(max_pulses) != max_pulses or not 1 <= max_pulses <= 0xFFFF:
+            raise LimitError(f"write-verify max_pulses {max_pulses!r}: use an integer from 1 to 65535")
+        targets, tols = (self._per_cell(v, n, what) for v, what in ((targets_s, "targets_s"), (tol_s, "tol_s")))
         final, pulses, status = np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.uint8)
+        # cells per batch within the duration bound: each costs o + max_pulses x (width + 2 o) at worst (7.5)
+        lim = self.limits
+        per_cell_ns = lim.op_overhead_ns + int(max_pulses) * (int(ramp.width_ns) + 2 * lim.op_overhead_ns)
+        by_duration = max(1, lim.max_request_ms * 1_000_000 // max(1, per_cell_ns))
         ts = 0.0
         i = 0
         while i < n:
-            k = min(self._wv.size, n - i)
+            k = min(self._wv.size, n - i, by_duration)
             e = np.zeros(k, dtype=m.WV_ENTRY)
             e["row"], e["col"], e["target_s"], e["tol_s"], e["max_pulses"] = (
                 rows[i : i + k],
@@ -373,6 +386,28 @@ class Board(BoardSession):
             ts = res.timestamp_us / 1e6
             i += k
         return WriteVerifyOutcome(ts, final, pulses, status)
+
+    def _cell_indices(self, rows: npt.ArrayLike, cols: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """Integer cell indices, each inside the array (LimitError naming the first outside: never wrapped to u16)."""
+        r, c = np.asarray(rows), np.asarray(cols)
+        if r.ndim != 1 or c.shape != r.shape:
+            raise ValueError(f"rows and cols must be 1-D and of one length, got shapes {r.shape} and {c.shape}")
+        for a in (r, c):
+            whole = a.dtype.kind in "iu" or (a.dtype.kind == "f" and np.isfinite(a).all() and np.all(a == np.round(a)))
+            if a.size and not whole:
+                raise ValueError(f"cell indices must be integers, got {a.dtype} values such as {a.ravel()[0]!r}")
+        bad = np.flatnonzero((r < 0) | (r >= self.rows) | (c < 0) | (c >= self.cols))
+        if bad.size:
+            self.limits.check_cell(int(r[bad[0]]), int(c[bad[0]]))
+        return r.astype(np.int64), c.astype(np.int64)
+
+    @staticmethod
+    def _per_cell(value: npt.ArrayLike, n: int, what: str) -> np.ndarray:
+        """One float per cell from a scalar or an array of n (one line if the count is wrong)."""
+        a = np.asarray(value, dtype=float)
+        if a.ndim and a.shape != (n,):
+            raise ValueError(f"{what} has {a.size} values for {n} cells (give one, or one per cell)")
+        return np.broadcast_to(a, (n,))
 
     # ------------------------------------------------------------------------------ endurance stream
     def endurance(

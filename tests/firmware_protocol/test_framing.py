@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import binascii
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_protocol import (
-    BULK_THRESHOLD,
     MAX_PAYLOAD,
     DecodeError,
     Frame,
@@ -18,26 +19,40 @@ from firmware_protocol import (
     Status,
 )
 from firmware_protocol.cobs import CobsError, cobs_decode, cobs_encode
-from firmware_protocol.crc import crc16_ccitt, crc32_ieee
+from firmware_protocol.constants import MAX_ENCODED_SIZE, MAX_FRAME_SIZE, MIN_FRAME_SIZE
+from firmware_protocol.crc import crc32_ieee
+from firmware_protocol.frame import HEADER
+from firmware_protocol.messages import HelloRequest, SetRequest
 
 
-def _crc16_bitwise(data: bytes) -> int:
-    crc = 0xFFFF
+def _crc32_bitwise(data: bytes) -> int:
+    """The C reference of PROTOCOL.md 2.4, bit by bit."""
+    crc = 0xFFFFFFFF
     for byte in data:
-        crc ^= byte << 8
+        crc ^= byte
         for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
+            crc = (crc >> 1) ^ 0xEDB88320 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
 
 
-def test_crc_check_values() -> None:
-    assert crc16_ccitt(b"123456789") == 0x29B1
+def _v1_frame(frame: Frame) -> bytes:
+    """A protocol 1.x frame (un-stuffed): version 0x10, CRC-16/CCITT-FALSE up to 256 payload bytes, else BULK + CRC-32."""
+    n = len(frame.payload)
+    bulk = n > 256
+    body = HEADER.pack(0x10, int(frame.type) | (0x80 if bulk else 0), frame.seq, frame.opcode, frame.status, n)
+    body += frame.payload
+    if bulk:
+        return body + crc32_ieee(body).to_bytes(4, "little")
+    return body + binascii.crc_hqx(body, 0xFFFF).to_bytes(2, "little")
+
+
+def test_crc_check_value() -> None:
     assert crc32_ieee(b"123456789") == 0xCBF43926
 
 
 @given(st.binary(max_size=300))
-def test_crc16_matches_bitwise_reference(data: bytes) -> None:
-    assert crc16_ccitt(data) == _crc16_bitwise(data)
+def test_crc32_matches_the_documented_bitwise_code(data: bytes) -> None:
+    assert crc32_ieee(data) == _crc32_bitwise(data)
 
 
 @given(st.binary(max_size=2000))
@@ -60,7 +75,7 @@ frames = st.builds(
     seq=st.integers(0, 0xFFFF),
     opcode=st.integers(0, 255),
     status=st.integers(0, 255),
-    payload=st.one_of(st.binary(max_size=BULK_THRESHOLD + 40), st.binary(min_size=1000, max_size=1200)),
+    payload=st.one_of(st.binary(max_size=300), st.binary(min_size=1000, max_size=1200)),
 )
 
 
@@ -79,11 +94,68 @@ def test_decoder_with_arbitrary_chunking(fs: list[Frame], data: st.DataObject) -
     assert dec.pending == 0
 
 
-def test_bulk_frames_use_crc32_and_small_frames_crc16() -> None:
-    small = Frame(FrameType.RESPONSE, 1, 0x20, payload=bytes(BULK_THRESHOLD)).to_bytes()
-    big = Frame(FrameType.RESPONSE, 1, 0x21, payload=bytes(BULK_THRESHOLD + 1)).to_bytes()
-    assert len(small) == 8 + BULK_THRESHOLD + 2 and small[1] & 0x80 == 0
-    assert len(big) == 8 + BULK_THRESHOLD + 1 + 4 and big[1] & 0x80
+@pytest.mark.parametrize("n", [0, 6, 256, 257, MAX_PAYLOAD])
+def test_every_frame_ends_with_a_crc32_of_header_and_payload(n: int) -> None:
+    raw = Frame(FrameType.RESPONSE, 1, 0x21, payload=bytes(range(256)) * (n // 256) + bytes(n % 256)).to_bytes()
+    assert len(raw) == 8 + n + 4
+    assert raw[1] == FrameType.RESPONSE  # no flag bits: bit 7 (the 1.x BULK flag) is never set
+    assert raw[-4:] == crc32_ieee(raw[:-4]).to_bytes(4, "little")
+
+
+def test_frame_sizes() -> None:
+    assert (MIN_FRAME_SIZE, MAX_FRAME_SIZE, MAX_ENCODED_SIZE) == (12, 8204, 8238)
+    empty = Frame(FrameType.REQUEST, 7, 0x03)
+    assert len(empty.to_bytes()) == 12 and len(empty.encode()) == 14  # COBS adds one byte, then the delimiter
+    with pytest.raises(FrameError, match="shorter than a header and CRC-32") as exc:
+        Frame.from_bytes(empty.to_bytes()[:-1])
+    assert exc.value.status == Status.BAD_LENGTH
+    assert len(Frame(FrameType.RESPONSE, 1, 0x21, payload=bytes([1]) * MAX_PAYLOAD).encode()) == MAX_ENCODED_SIZE
+
+
+@pytest.mark.parametrize("bit", range(2, 8))
+def test_reserved_type_bits_are_refused_after_the_crc(bit: int) -> None:
+    raw = bytearray(Frame(FrameType.REQUEST, 0x0203, 0x20, payload=b"\x01\x02").to_bytes()[:-4])
+    raw[1] |= 1 << bit
+    raw += crc32_ieee(bytes(raw)).to_bytes(4, "little")
+    with pytest.raises(FrameError, match="reserved type bits") as exc:
+        Frame.from_bytes(bytes(raw))
+    assert exc.value.status == Status.BAD_LENGTH and exc.value.seq_hint == 0x0203
+    assert ("1.x bulk flag" in str(exc.value)) == (bit == 7)
+
+
+def test_protocol_1_frames_are_refused_with_bad_length() -> None:
+    short = _v1_frame(HelloRequest(1, 0).to_frame(1))  # CRC-16: two bytes shorter than 2.0 wants
+    bulk = _v1_frame(Frame(FrameType.RESPONSE, 2, 0x21, payload=bytes(range(1, 256)) * 2))  # BULK flag + CRC-32
+    out = FrameDecoder().feed(cobs_encode(short) + b"\x00" + cobs_encode(bulk) + b"\x00")
+    assert [type(x) for x in out] == [DecodeError, DecodeError]
+    assert [x.status for x in out] == [Status.BAD_LENGTH, Status.BAD_LENGTH]
+    assert "protocol 1.x frame with a CRC-16" in out[0].reason and "1.x bulk flag" in out[1].reason
+
+
+def test_protocol_1_host_gets_naks_from_the_board() -> None:
+    from sim_backend.board_config import BoardConfig
+    from sim_backend.firmware import FirmwareEngine
+
+    engine = FirmwareEngine(BoardConfig(rows=8, cols=8, seed=1))
+    engine.poll()
+    answer = FrameDecoder().feed(engine.feed(cobs_encode(_v1_frame(HelloRequest(1, 0).to_frame(1))) + b"\x00"))
+    assert len(answer) == 1 and isinstance(answer[0], Frame)
+    assert (answer[0].type, answer[0].seq, answer[0].status) == (FrameType.NAK, 0xFFFF, Status.BAD_LENGTH)
+
+
+def test_a_splice_that_crc16_let_through_is_refused() -> None:
+    """Issue 15 item 10: two polled SETs lose a frame's worth of bytes across their boundary. Under 1.x the run left
+    was a valid SET nobody sent (A's seq, cell, voltage and width, B's gate; inside the limits); CRC-32 refuses it."""
+    a = Frame(FrameType.REQUEST, 9588, 0x11, payload=SetRequest(2, 2, 691, 7990, 2727).encode())
+    b = Frame(FrameType.REQUEST, 9589, 0x11, payload=SetRequest(1, 2, 1864, 5220, 2907).encode())
+    cut = 17
+    forged = cobs_decode(cobs_encode(_v1_frame(a))[:cut] + cobs_encode(_v1_frame(b))[cut:])
+    assert binascii.crc_hqx(forged[:-2], 0xFFFF) == int.from_bytes(forged[-2:], "little")  # 1.x accepted it
+    assert forged[2:4] == a.to_bytes()[2:4] and SetRequest.decode(forged[8:-2]) == SetRequest(2, 2, 691, 7990, 2907)
+    spliced = a.encode()[:cut] + b.encode()[cut:]
+    assert len(cobs_decode(spliced[:-1])) == len(b.to_bytes())  # same length: only the CRC can tell
+    out = FrameDecoder().feed(spliced)
+    assert len(out) == 1 and isinstance(out[0], DecodeError) and out[0].status == Status.BAD_CRC
 
 
 def test_oversized_payload_refused() -> None:

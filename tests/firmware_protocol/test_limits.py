@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_protocol import BoardLimits, LimitError
+from firmware_protocol.limits import CLOCK_MAX_NS, CLOCK_MAX_US, SemanticLimitError
 from firmware_protocol.messages import (
     WV_ENTRY,
     AbortRequest,
@@ -69,8 +70,11 @@ def _hello(**overrides: int) -> HelloInfo:
         2000,
         8,
         512,
+        10_000,
+        60_000,
+        10_000_000,
     )
-    return replace(info, **overrides)
+    return replace(info, **overrides)  # type: ignore[arg-type]  # only int fields are overridden
 
 
 LIM = BoardLimits.from_hello(_hello())
@@ -158,7 +162,7 @@ def test_requests_without_limits_always_pass() -> None:
         StreamAck(1, 5),
         StreamResend(1, 4),
         AbortRequest(),
-        AdvanceClockRequest(2**63),
+        AdvanceClockRequest(CLOCK_MAX_US),  # the whole clock range at once: the board checks where its clock is
     ):
         LIM.check(msg)
 
@@ -401,8 +405,8 @@ def test_endurance_in_range_passes() -> None:
 @pytest.mark.parametrize(
     ("kw", "fragment"),
     [
-        ({"n_cycles": 0}, "endurance needs n_cycles >= 1 and 1 <= read_every <= n_cycles"),
-        ({"read_every": 0}, "endurance needs n_cycles >= 1 and 1 <= read_every <= n_cycles"),
+        ({"n_cycles": 0}, "endurance needs n_cycles >= 1 and read_every >= 1"),
+        ({"read_every": 0}, "endurance needs n_cycles >= 1 and read_every >= 1"),
         ({"set_v_mv": -100}, "SET voltage -0.100 V is outside"),
         ({"set_v_mv": 3001}, "SET voltage 3.001 V is outside"),
         ({"reset_v_mv": 200}, "RESET voltage 0.200 V is outside the board's range [-3.000, 0.000] V"),
@@ -504,3 +508,68 @@ def test_checked_requests_still_encode_within_the_payload_limit() -> None:
         req = _wv(lim.max_wv_batch)
         lim.check(req)
         assert len(req.encode()) <= payload
+
+
+# ------------------------------------------------------------------------------------------- wire ranges
+@pytest.mark.parametrize(
+    ("msg", "fragment"),
+    [
+        (AdvanceClockRequest(-1), "AdvanceClockRequest.microseconds = -1 does not fit its wire field"),
+        (HeartbeatRequest(70_000), "HeartbeatRequest.watchdog_ms = 70000 does not fit its wire field [0, 65535]"),
+        (StreamAck(1, 2**32), "StreamAck.next_event = 4294967296 does not fit"),
+        (ReadRequest(0, 0, 1.5), "ReadRequest.v_read_mv must be an integer"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_field_outside_its_wire_type_is_named_before_anything_is_encoded(msg: object, fragment: str) -> None:
+    _rejects(msg, fragment)
+
+
+def test_range_checks_name_a_problem_before_the_wire_check_does() -> None:
+    _rejects(SetRequest(70_000, 0, 1500, 100, 1200), "cell (70000, 0) is outside the 64x64 array")
+
+
+# ------------------------------------------------------------------------------------------- 7.4 and 7.5
+def test_semantic_failures_are_their_own_kind_and_come_after_the_range_checks() -> None:
+    with pytest.raises(SemanticLimitError, match="read voltage 0.000 V must be positive"):
+        LIM.check(ReadRequest(0, 0, 0))
+    with pytest.raises(SemanticLimitError, match="read_every 11 exceeds n_cycles 10"):
+        LIM.check(_endurance(n_cycles=10, read_every=11))
+    with pytest.raises(LimitError) as exc:  # also outside the read range: a range failure, reported first
+        LIM.check(_endurance(n_cycles=10, read_every=11, v_read_mv=-5))
+    assert type(exc.value) is LimitError
+
+
+def test_worst_case_durations_follow_the_documented_rule() -> None:
+    """PROTOCOL.md 7.5 with o = 10 us (the simulated board's op_overhead_ns)."""
+    o = 10_000
+    assert LIM.worst_case_ns(SetRequest(0, 0, 1500, 100, 1200)) == 100 + o
+    assert LIM.worst_case_ns(ReadBlockRequest(0, 0, 8, 8, 100)) == 64 * o
+    assert LIM.worst_case_ns(_form(v_start_mv=2000, v_stop_mv=2500, v_step_mv=100)) == 6 * (1000 + o) + 7 * o
+    assert LIM.worst_case_ns(_iv(n_points=10, width_ns=3, mode=1)) == 10 * (10 + o)  # a DC hold is >= width_min
+    assert LIM.worst_case_ns(_wv(3)) == 3 * o + 60 * (100 + 2 * o)
+    assert LIM.worst_case_ns(_endurance()) == 16 * (1000 * (100 + 100 + 2 * o) + 2 * 100 * o)
+    assert LIM.worst_case_ns(AdvanceClockRequest(7)) == 7000
+
+
+def test_the_clock_check_allows_exactly_the_end_of_the_range() -> None:
+    LIM.check(AdvanceClockRequest(1), clock_ns=CLOCK_MAX_NS - 1000)
+    with pytest.raises(LimitError, match="would pass its range"):
+        LIM.check(AdvanceClockRequest(1), clock_ns=CLOCK_MAX_NS - 999)
+
+
+def test_a_dc_hold_is_bounded_per_point_and_a_sweep_by_the_request_bound() -> None:
+    LIM.check(_iv(mode=1, width_ns=10_000_000, n_points=1024))  # 1024 x 10.01 ms = 10.25 s < 60 s
+    _rejects(_iv(mode=1, width_ns=10_000_001), "DC hold 10000001 ns per point exceeds the board's 10000000 ns")
+    _rejects(
+        _iv(mode=1, width_ns=10_000_000, n_points=1024),
+        "more than the board's 5 s",
+        limits=replace(LIM, max_request_ms=5000),
+    )
+
+
+def test_a_form_ramp_never_needs_more_pulses_than_its_answer_can_count() -> None:
+    wide = replace(LIM, form_v=(-32768, 32767))
+    _rejects(
+        _form(v_start_mv=-32768, v_stop_mv=32767, v_step_mv=1), "FORM ramp of 65536 steps exceeds 65535", limits=wide
+    )
+    wide.check(_form(v_start_mv=-32767, v_stop_mv=32767, v_step_mv=1, width_ns=10))  # 65535 steps: 1.3 s at most

@@ -22,6 +22,7 @@ from firmware_protocol import (
 )
 from firmware_protocol.messages import (
     WV_ENTRY,
+    HeartbeatRequest,
     HelloRequest,
     WriteVerifyRequest,
     max_block_cells,
@@ -68,13 +69,40 @@ def test_field_outside_wire_range_is_a_clear_error() -> None:
         ReadRequest(70000, 0, 100).encode()
 
 
-# Golden frames: the same hex strings appear in firmware_protocol/PROTOCOL.md (section "Worked examples").
+# Golden frames: every example of firmware_protocol/PROTOCOL.md section 12 (the same hex strings appear there).
 GOLDEN = {
-    "hello_request": (HelloRequest(1, 0).to_frame(1), "021002010201020202010385a900"),
-    "read_request": (ReadRequest(3, 5, 100).to_frame(0x0102), "021004020120020602030205026403b3bd00"),
+    "hello_request": (HelloRequest(2, 0).to_frame(1), "02200201020102070202010101010105dc47f0b000"),
+    "read_request": (ReadRequest(3, 5, 100).to_frame(0x0102), "0220040201200206020302050264052866830800"),
     "read_response": (
         ReadResult(1_000_000, 100, 0x2A5C, 6.25e-10, 2048.0).to_frame(0x0102),
-        "06100102012002140440420f010101010264075c2a77cc2b30010104455cd000",
+        "06200102012002140440420f010101010264075c2a77cc2b300101064563714e6100",
+    ),
+    "heartbeat_request": (HeartbeatRequest(0).to_frame(7), "02200207020202020101053f0bd34100"),
+    "nak": (
+        Frame(FrameType.NAK, 0xFFFF, 0, Status.BAD_CRC, b"CRC mismatch"),
+        "052003ffff03010c11435243206d69736d61746368cb29eb5800",
+    ),
+    "error_response": (
+        Frame(
+            FrameType.RESPONSE,
+            0x0103,
+            Opcode.SET,
+            Status.OUT_OF_RANGE,
+            b"SET voltage 3.500 V is outside the board's range [0.000, 3.000] V",
+        ),
+        "08200103011105414653455420766f6c7461676520332e3530302056206973206f757473696465207468652062"
+        "6f61726427732072616e6765205b302e3030302c20332e3030305d20562769eb6800",
+    ),
+    "read_block_response": (
+        ReadBlockResult(
+            2_500_000, 200, 0, 0, 1, 120, 6.25e-10, 2048.0, np.arange(1000, 1120, dtype=np.uint16)
+        ).to_frame(0x0010),
+        "042001100221060a01a025260101010102c801010101020102780577cc2b3001013245e803e903ea03eb03ec03ed03ee"
+        "03ef03f003f103f203f303f403f503f603f703f803f903fa03fb03fc03fd03fe03ff03c4040104020403040404050406"
+        "040704080409040a040b040c040d040e040f0410041104120413041404150416041704180419041a041b041c041d041e"
+        "041f0420042104220423042404250426042704280429042a042b042c042d042e042f0430043104320433043404350436"
+        "043704380439043a043b043c043d043e043f0440044104420443044404450446044704480449044a044b044c044d044e"
+        "044f0450045104520453045404550456045704580459045a045b045c045d045e045f044c5b139700",
     ),
 }
 
@@ -91,7 +119,7 @@ def test_golden_frames_are_in_protocol_md() -> None:
 
     import firmware_protocol
 
-    text = (Path(firmware_protocol.__file__).parent / "PROTOCOL.md").read_text().replace(" ", "").lower()
+    text = "".join((Path(firmware_protocol.__file__).parent / "PROTOCOL.md").read_text().split()).lower()
     for _, hex_wire in GOLDEN.values():
         assert hex_wire in text
 

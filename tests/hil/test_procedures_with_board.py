@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_protocol import CellResult
+from firmware_protocol import PROTOCOL_MAJOR, CellResult
 from hil.characterize.runfile import read_run
 from hil.hardware.board import Board
 from tests.helpers.boards import run
@@ -55,7 +55,7 @@ def _range(d: dict, key: str) -> tuple[float, float]:
 
 def test_identity_and_limits_are_sane(board: Board) -> None:
     d = board.describe()
-    assert d["board_id"].strip() and d["protocol"].startswith("1.")
+    assert d["board_id"].strip() and d["protocol"].startswith(f"{PROTOCOL_MAJOR}.")
     assert d["rows"] >= ROWS[1] and d["cols"] >= COLS[1]
     read_lo, read_hi = _range(d, "read_v")
     assert 0 <= read_lo < read_hi <= 1.0  # a read must stay far below the switching voltages

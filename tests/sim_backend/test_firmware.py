@@ -24,6 +24,8 @@ from firmware_protocol import (
     error_text,
 )
 from firmware_protocol import messages as m
+from firmware_protocol.constants import HelloFlag, SessionEnd
+from firmware_protocol.frame import VERSION_BYTE
 from sim_backend.board_config import BoardConfig
 from sim_backend.firmware import FirmwareEngine
 
@@ -179,11 +181,11 @@ def g_from_code(code: np.ndarray, amps_per_code: float, offset_code: float, v_re
 
 # ------------------------------------------------------------------------------------- golden bytes
 # EV_BOOT and the HELLO answer of an 8x8 board with seed 1 (the session id is derived from the seed).
-GOLDEN_BOOT_HEX = "031002010280020f060aed3c8101010101010101010101036ce800"
-GOLDEN_HELLO_REQ_HEX = "021002010201020202010385a900"
+GOLDEN_BOOT_HEX = "032002010280020f060aed3c810101010101010101010105c4cff27a00"
+GOLDEN_HELLO_REQ_HEX = "02200201020102070201010101010105415d188100"
 GOLDEN_HELLO_RSP_HEX = (
-    "041001010201024e02010201010953494d2d5252414d01010101010101060aed3c810f010102080208030c100105b80b48f401010103"
-    "881301032c010104e40c0a01010440420f020a01010420a107010520d0070804028f5d00"
+    "042001010201025d02020201010953494d2d5252414d01010101010101060aed3c811f010102080208030c100105b80b48f401010103"
+    "881301032c010104e40c0a01010440420f020a01010420a107010520d0070804021027010360ea01048096980107ffff985b803f00"
 )
 
 
@@ -196,16 +198,16 @@ def test_hello_exchange_is_golden() -> None:
     assert request.hex() == GOLDEN_HELLO_REQ_HEX
     assert response.hex() == GOLDEN_HELLO_RSP_HEX
     info = decode_payload(Frame.decode(response))
-    assert (info.rows, info.cols, info.board_id, info.proto_major) == (8, 8, "SIM-RRAM", 1)
+    assert (info.rows, info.cols, info.board_id, info.proto_major) == (8, 8, "SIM-RRAM", 2)
     assert info.session_id == decode_payload(Frame.decode(boot)).session_id
 
 
 # PROTOCOL.md 12.5 and 12.6: the board's NAK for a bad CRC and its refusal of a 3.5 V SET.
-GOLDEN_NAK_HEX = "051003ffff03010c0f435243206d69736d61746368767700"
+GOLDEN_NAK_HEX = "052003ffff03010c11435243206d69736d61746368cb29eb5800"
 GOLDEN_REFUSAL_HEX = (
-    "08100103011105414453455420766f6c7461676520332e3530302056206973"
+    "08200103011105414653455420766f6c7461676520332e3530302056206973"
     "206f757473696465207468652062"
-    "6f61726427732072616e6765205b302e3030302c20332e3030305d2056df0700"
+    "6f61726427732072616e6765205b302e3030302c20332e3030305d20562769eb6800"
 )
 
 
@@ -422,14 +424,14 @@ def test_unknown_opcode_bad_length_and_version_mismatch(formed: Host) -> None:
     assert frame.status == Status.BAD_LENGTH and "ReadRequest" in error_text(frame)
     long = Frame(FrameType.REQUEST, 302, Opcode.SET, payload=m.SetRequest(0, 0, 1200, 100, 1000).encode() + b"\x01")
     assert Frame.decode(h.engine.feed(long.encode())).status == Status.BAD_LENGTH
-    v2 = replace(m.ReadRequest(0, 0, 100).to_frame(303), version=0x20)
-    frame = Frame.decode(h.engine.feed(v2.encode()))
-    assert frame.status == Status.VERSION_MISMATCH and "major 2" in error_text(frame)
+    v3 = replace(m.ReadRequest(0, 0, 100).to_frame(303), version=0x30)
+    frame = Frame.decode(h.engine.feed(v3.encode()))
+    assert frame.status == Status.VERSION_MISMATCH and "major 3" in error_text(frame)
     assert h.counters().reads == reads  # none of these requests read a cell
     # HELLO is answered whatever the host's version, so a newer host learns the board's.
-    hello_v2 = replace(m.HelloRequest(2, 0).to_frame(304), version=0x20)
-    frame = Frame.decode(h.engine.feed(hello_v2.encode()))
-    assert frame.status == Status.OK and decode_payload(frame).proto_major == 1
+    hello_v3 = replace(m.HelloRequest(3, 0).to_frame(304), version=0x30)
+    frame = Frame.decode(h.engine.feed(hello_v3.encode()))
+    assert frame.status == Status.OK and decode_payload(frame).proto_major == 2
 
 
 def test_every_single_bit_flip_of_a_request_is_nakked_and_not_executed(formed: Host) -> None:
@@ -447,7 +449,7 @@ def test_every_single_bit_flip_of_a_request_is_nakked_and_not_executed(formed: H
             for item in items:
                 assert isinstance(item, Frame) and item.type == FrameType.NAK
                 assert item.seq == SEQ_UNKNOWN and item.status in (Status.BAD_CRC, Status.BAD_LENGTH)
-                assert (item.opcode, item.version) == (0, 0x10) and 0 < len(item.payload) <= 120
+                assert (item.opcode, item.version) == (0, VERSION_BYTE) and 0 < len(item.payload) <= 120
                 naks += 1
     assert naks >= 8 * (len(wire) - 1)
     after = h.counters()
@@ -728,6 +730,126 @@ def test_watchdog_stops_a_running_stream(formed: Host) -> None:
     assert h.status(m.SetRequest(0, 0, 1200, 100, 1000))[0] == Status.OK
 
 
+# ------------------------------------------------------------------------------------- one host per board
+HOST_B = 0xB0B  # host nonce of a second host (the Host helper's HELLO has nonce 0)
+
+
+def hello_b(flags: int = 0) -> m.HelloRequest:
+    return m.HelloRequest(2, 0, flags, HOST_B)
+
+
+def test_a_second_host_hello_is_refused_and_never_clears_the_first_hosts_cache(formed: Host) -> None:
+    a, b = formed, Host(formed.engine)
+    set_wire = m.SetRequest(2, 3, 1200, 100, 1300).to_frame(700).encode()
+    first = a.engine.feed(set_wire)
+    sets = a.counters().set_pulses
+    for seq in (700, 701, 702):  # 700 is the seq of A's cached SET: a refused HELLO must not replace that entry
+        frame, items = b.exchange(hello_b(), seq=seq)
+        assert frame.status == Status.SESSION_ACTIVE and len(items) == 1  # nothing but the refusal
+        busy = m.HelloInfo.decode(frame.payload)  # the payload tells the new host whose board it is, how long to wait
+        assert (busy.board_id, busy.watchdog_ms, busy.session_id) == ("SIM-RRAM", 2000, a.engine.session_id)
+    assert a.engine.feed(set_wire) == first  # A's retry is still answered from the cache: no second pulse
+    assert a.counters().set_pulses == sets
+    assert a.ok(m.HelloRequest(2, 0)).session_id == a.engine.session_id  # the owner (same nonce) may HELLO again
+
+
+def test_a_refused_hello_neither_feeds_the_watchdog_nor_stops_a_stream(formed: Host) -> None:
+    clock = FakeClock()
+    a, b = formed, Host(formed.engine)
+    a.engine._clock = clock
+    started = a.ok(endurance_request(100_000, 100))
+    for _ in range(4):  # B keeps knocking 0.45 .. 1.8 s after A's last request
+        clock.t += 0.45
+        assert b.status(hello_b())[0] == Status.SESSION_ACTIVE
+        assert a.engine.state == BoardState.STREAMING
+    assert b.poll() == []
+    clock.t += 0.21  # 2.01 s after A's last request: its watchdog fires although B sent four HELLOs meanwhile
+    assert [f.opcode for f in b.poll()] == [Opcode.EV_ENDURANCE_END, Opcode.EV_WATCHDOG]
+    info = b.ok(hello_b())
+    assert (info.prev_session_end, info.prev_stream_id) == (SessionEnd.WATCHDOG, started.stream_id)
+    assert b.status(m.SetRequest(0, 0, 1200, 100, 1000))[0] == Status.OK  # no "stream 1 is running"
+    assert a.status(m.HelloRequest(2, 0))[0] == Status.SESSION_ACTIVE  # now A is the other host
+
+
+def test_a_request_with_the_reserved_seq_is_only_answered_and_does_not_feed_the_watchdog() -> None:
+    clock = FakeClock()
+    h = Host(make_engine(clock=clock))
+    h.poll()
+    h.hello()
+    clock.t += 1.5
+    items = h.send_raw(m.ReadRequest(0, 0, 100).to_frame(SEQ_UNKNOWN).encode())
+    assert [(f.seq, f.status) for f in items] == [(SEQ_UNKNOWN, Status.BAD_ARGUMENT)]  # type: ignore[union-attr]
+    clock.t += 0.51  # 2.01 s after HELLO
+    assert [f.opcode for f in h.poll()] == [Opcode.EV_WATCHDOG]
+
+
+def test_a_host_whose_watchdog_fired_resumes_its_session_with_its_next_request(formed: Host) -> None:
+    clock = FakeClock()
+    a, b = formed, Host(formed.engine)
+    a.engine._clock = clock
+    a.ok(m.HeartbeatRequest())
+    clock.t += 2.01
+    assert [f.opcode for f in a.poll()] == [Opcode.EV_WATCHDOG]
+    assert a.ok(m.HeartbeatRequest()).state == BoardState.SAFE_IDLE  # 3.7: back to IDLE, and its session goes on
+    assert b.status(hello_b())[0] == Status.SESSION_ACTIVE
+
+
+def test_release_ends_the_session_stops_the_stream_and_lets_the_next_host_in(formed: Host) -> None:
+    clock = FakeClock()
+    a, b = formed, Host(formed.engine)
+    a.engine._clock = clock
+    started = a.ok(endurance_request(100_000, 100))
+    release = m.ReleaseRequest().to_frame(800).encode()
+    items = a.send_raw(release)
+    reply = decode_payload(items[-2])
+    assert isinstance(reply, m.ReleaseReply) and reply.stream_id == started.stream_id
+    end = decode_payload(items[-1])  # the stream stops as with ABORT: its end event follows the reply
+    assert isinstance(end, m.EnduranceEnd) and end.reason == StreamEnd.ABORTED
+    assert a.engine.feed(release) == items[-2].encode()  # a retry is answered from the cache
+    status, text = a.status(m.ReadRequest(0, 0, 100))
+    assert status == Status.HANDSHAKE_REQUIRED and "released" in text
+    clock.t += 60.0  # released: the watchdog is disarmed
+    assert a.poll() == []
+    info = b.ok(hello_b())
+    assert (info.prev_session_end, info.prev_stream_id) == (SessionEnd.RELEASED, started.stream_id)
+    assert b.ok(m.ReleaseRequest()).stream_id == 0xFFFF
+
+
+def test_take_over_ends_a_session_whose_watchdog_is_disabled() -> None:
+    clock = FakeClock()
+    a = Host(make_engine(clock=clock, watchdog_ms=0))
+    b = Host(a.engine)
+    a.poll()
+    a.hello()
+    started = a.ok(endurance_request(100_000, 100))
+    clock.t += 3600.0  # no watchdog: the session never ends on its own
+    assert a.poll() == [] and b.status(hello_b())[0] == Status.SESSION_ACTIVE
+    frame, items = b.exchange(hello_b(HelloFlag.TAKE_OVER))
+    events = [decode_payload(f) for f in items if isinstance(f, Frame) and f.type == FrameType.EVENT]
+    assert [type(e) for e in events] == [m.EnduranceEnd, m.WatchdogEvent]  # as the watchdog would, before the answer
+    assert events[0].reason == StreamEnd.WATCHDOG and events[1].stream_id == started.stream_id
+    info = decode_payload(frame)
+    assert frame.status == Status.OK and info.prev_session_end == SessionEnd.TAKEN_OVER
+    assert info.prev_stream_id == started.stream_id
+    assert a.status(m.StreamAck(started.stream_id, 2))[0] == Status.BAD_ARGUMENT  # A's stream is gone
+    assert b.status(m.SetRequest(0, 0, 1200, 100, 1000))[0] == Status.OK
+
+
+def test_a_hello_that_opens_no_session_changes_nothing(formed: Host) -> None:
+    a = formed
+    set_wire = m.SetRequest(2, 3, 1200, 100, 1300).to_frame(900).encode()
+    first = a.engine.feed(set_wire)
+    # A 1.x host's HELLO (its 2-byte layout) and a 3.x one are version probes: answered, nothing else (3.6).
+    for version in (0x10, 0x30):
+        probe = Frame(FrameType.REQUEST, 900, Opcode.HELLO, payload=b"\x01\x00", version=version)
+        frame = Frame.decode(a.engine.feed(probe.encode()))
+        assert frame.status == Status.OK and decode_payload(frame).proto_major == 2
+    short = Frame(FrameType.REQUEST, 900, Opcode.HELLO, payload=b"\x02\x00")  # a 2.0 HELLO has 7 bytes
+    assert Frame.decode(a.engine.feed(short.encode())).status == Status.BAD_LENGTH
+    assert a.engine.feed(set_wire) == first  # still the cached answer: none of them cleared the cache
+    assert Host(a.engine).status(hello_b())[0] == Status.SESSION_ACTIVE  # nor ended A's session
+
+
 # ------------------------------------------------------------------------------------- write-verify
 def test_write_verify_reaches_targets_on_formed_cells(formed: Host) -> None:
     h = formed
@@ -784,7 +906,7 @@ def test_write_verify_on_unformed_cells_reports_not_formed(host: Host) -> None:
     assert (after.set_pulses, after.reset_pulses) == (before.set_pulses, before.reset_pulses)
     # A batch that lists a cell twice is malformed.
     status, text = h.status(wv_request(np.array([1, 1]), np.array([2, 2]), np.full(2, 20e-6), 1e-6))
-    assert status == Status.OUT_OF_RANGE and "more than once" in text  # host-side limits check it too
+    assert status == Status.BAD_ARGUMENT and "more than once" in text  # PROTOCOL.md 7.4 (the host checks it too)
 
 
 def test_abort_queued_behind_write_verify_aborts_it(formed: Host) -> None:

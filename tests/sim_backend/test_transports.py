@@ -15,9 +15,12 @@ import pytest
 import serial
 from click.testing import CliRunner
 
-from firmware_protocol import DecodeError, Frame, FrameDecoder, FrameType, Opcode, Status, decode_payload
+from firmware_protocol import BoardState, DecodeError, Frame, FrameDecoder, FrameType, Opcode, Status, decode_payload
 from firmware_protocol import messages as m
+from firmware_protocol.constants import SessionEnd
 from hil.cli import cli
+from hil.hardware.board import Board, BoardConnectionError
+from hil.hardware.transport import open_link
 from sim_backend.board_config import BoardConfig
 from sim_backend.faults import LinkFaults
 from sim_backend.firmware import FirmwareEngine
@@ -267,6 +270,32 @@ def test_pty_board_reset_after_and_reconnect() -> None:
         board.serve()
 
 
+def test_pty_board_drops_what_nobody_reads_so_its_watchdog_still_fires() -> None:
+    engine = FirmwareEngine(BoardConfig(rows=64, cols=64, seed=1))
+    board = PtyBoard(engine)
+    thread = threading.Thread(target=board.serve, kwargs={"poll_s": 0.005}, daemon=True)
+    thread.start()
+    try:
+        with serial.Serial(board.path, 921600, timeout=0.5) as port:
+            host = SerialHost(port)
+            host.ok(m.HelloRequest(2, 0))
+            # a 64x64 stream fills its window with 8 events of ~8 kB, more than a pty holds (~20 kB) ...
+            host.ok(m.EnduranceRequest(0, 0, 64, 64, 10_000, 100, 1200, 100, 1200, -1500, 100, 3300, 100))
+            t0 = time.monotonic()  # ... and the host hangs: it neither reads nor closes the port
+            while engine.state != BoardState.SAFE_IDLE and time.monotonic() - t0 < 10:
+                time.sleep(0.05)
+            waited = time.monotonic() - t0
+            assert engine.state == BoardState.SAFE_IDLE and board.dropped_bytes > 0
+            assert waited < 2.0 + 1.0 + 1.0  # the 2 s watchdog after at most one STALL_S (1 s) of waiting
+        with serial.Serial(board.path, 921600, timeout=0.5) as port:  # the next host is served normally
+            info = SerialHost(port).ok(m.HelloRequest(2, 0, 0, 7))
+            assert info.prev_session_end == SessionEnd.WATCHDOG
+    finally:
+        board.close()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
 # ------------------------------------------------------------------------------------- rram sim serve
 def test_rram_sim_serve_subprocess(tmp_path: Path) -> None:
     gt = tmp_path / "truth.h5"
@@ -296,6 +325,11 @@ def test_rram_sim_serve_subprocess(tmp_path: Path) -> None:
             host = SerialHost(port)
             talk_to_board(host, 8, 16, 1)
             assert host.ok(m.HelloRequest(1, 0)).board_id == "BENCH-7"
+            host.ok(m.ReleaseRequest())
+        with Board.open(path) as board:  # a host opens the served pty exclusively
+            with pytest.raises(BoardConnectionError, match=f"port {path} is in use by another program"):
+                open_link(path)
+            assert board.info.board_id == "BENCH-7"
         with h5py.File(gt) as f:
             assert (f.attrs["rows"], f.attrs["cols"], f.attrs["seed"]) == (8, 16, 1)
             assert "read_chain" in f

@@ -74,6 +74,8 @@ def test_killed_run_keeps_its_flushed_data_and_resume_completes_it(killed_run: t
     k = len(before["reads"])
     assert 100 <= k < READS
     assert np.all(np.isfinite(before["reads"]["g"])) and np.all(np.diff(before["reads"]["t"]) > 0)
+    assert np.all(before["reads"]["t"] > 0)  # whole records only: none left all-zero by the kill
+    assert (out.parent / "run.h5.lock").exists()  # left by the killed writer: stale, it must not block
 
     result = CliRunner().invoke(cli, [*ARGS, "-o", str(out), "--resume", "--json"])
     assert result.exit_code == 0, result.output
@@ -85,6 +87,7 @@ def test_killed_run_keeps_its_flushed_data_and_resume_completes_it(killed_run: t
     assert np.all(np.isfinite(reads["g"]))
     # the resumed part comes from a fresh simulated board with the same seed: the same chip
     assert np.median(reads["g"][k:]) == pytest.approx(np.median(before["reads"]["g"]), abs=0.05e-6)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run.h5"]  # stale lock and temporaries cleaned up
 
 
 def test_wrong_resume_of_a_killed_run_is_refused_and_leaves_the_file_alone(

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from firmware_protocol import PROTOCOL_MAJOR
 from firmware_protocol import messages as m
 from hil.characterize import get_procedure
 from hil.characterize.procedure import run_procedure
@@ -46,20 +47,20 @@ def test_unknown_port_is_a_one_line_error(capsys, monkeypatch, tmp_path: Path) -
     assert not out.exists()
 
 
-class _V2Firmware(FirmwareEngine):
-    """Firmware of a future board speaking protocol 2.0."""
+class _FutureFirmware(FirmwareEngine):
+    """Firmware of a future board speaking the next protocol major version."""
 
     @property
     def hello_info(self) -> m.HelloInfo:
-        return dataclasses.replace(super().hello_info, proto_major=2, proto_minor=0)
+        return dataclasses.replace(super().hello_info, proto_major=PROTOCOL_MAJOR + 1, proto_minor=0)
 
 
 def test_board_with_another_protocol_version_is_refused(capsys, monkeypatch, tmp_path: Path) -> None:
-    sim = PtySim(_V2Firmware(BoardConfig(rows=16, cols=16, seed=1)))
+    sim = PtySim(_FutureFirmware(BoardConfig(rows=16, cols=16, seed=1)))
     try:
         out = tmp_path / "run.h5"
         r = rram(capsys, monkeypatch, "characterize", "form", "--port", sim.path, "-o", str(out), "--cells", "0:2,0:2")
-        assert_one_line_error(r, "speaks protocol 2.0", "major versions must match")
+        assert_one_line_error(r, f"speaks protocol {PROTOCOL_MAJOR + 1}.0", "major versions must match")
         assert not out.exists()
         assert _counts(sim.engine) == (0, 0, 0, 0)
     finally:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hil.characterize import get_procedure
-from hil.cli.report import aligned, label, number, quantity, quantity_text, summary_lines
+from hil.cli.report import aligned, json_text, label, number, quantity, quantity_text, summary_lines
 from tests.helpers.boards import form_region, open_sim, run
 from tests.helpers.cli import rram
 
@@ -245,3 +245,41 @@ def test_demo_headlines_show_units_not_raw_floats(summaries: dict[str, dict], na
         assert "µS" in line
     if name == "form":
         assert line.endswith(" V")
+
+
+def test_json_text_is_strict_json_with_nan_and_inf_as_null() -> None:
+    value = {
+        "nan": float("nan"),
+        "inf": [1.5, float("inf"), -float("inf")],
+        "numpy": np.array([0.25, np.nan]),
+        "scalar": np.float32(2.0),
+        "pair": (np.int64(3), None),
+        "path": Path("/tmp/x.h5"),
+        "flag": np.bool_(True),
+        7: "key as text",
+    }
+    text = json_text(value)
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == {
+        "nan": None,
+        "inf": [1.5, None, None],
+        "numpy": [0.25, None],
+        "scalar": 2.0,
+        "pair": [3, None],
+        "path": "/tmp/x.h5",
+        "flag": True,
+        "7": "key as text",
+    }
+    assert json_text({"a": [1]}, indent=2) == '{\n  "a": [\n    1\n  ]\n}'
+
+
+def test_every_json_output_of_the_cli_goes_through_json_text() -> None:
+    """json.dumps writes NaN (not JSON) unless told otherwise; the CLI's --json outputs use the one strict writer."""
+    cli = Path(__file__).resolve().parents[3] / "hil" / "cli"
+    offenders = [
+        f"{p.name}:{i}"
+        for p in sorted(cli.glob("*.py"))
+        if p.name != "report.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if "json.dump" in line
+    ]
+    assert offenders == []

@@ -436,3 +436,61 @@ def test_piped_output_has_no_progress_bars(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stdout + r.stderr
     assert r.stderr.splitlines()[-1].startswith("Monte Carlo: 8/8 draws in ")
+
+
+# ------------------------------------------------------------------------------ issue 15 item 12
+
+
+def test_a_scalar_hidden_for_the_mlp_is_one_line_before_training(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "m.pt"
+    r = rram(capsys, monkeypatch, "train", "--model", "mlp", "--model-arg", "hidden=16", "-o", str(out))
+    assert_one_line_error(
+        r, "--model-arg: model mlp: hidden must be a list of layer widths >= 1, like hidden=[256,128]"
+    )
+    r = rram(capsys, monkeypatch, "train", "--model", "cnn", "--model-arg", "width=3", "-o", str(out))
+    assert_one_line_error(r, "model cnn takes channels, hidden; got unknown width=3")
+    assert not out.exists()
+
+
+def _all_wrong_model(path):
+    """An MLP whose 11th class (absent from digits) always wins: no prediction is right, so EKL is undefined."""
+    from models.architectures import build_model
+    from models.checkpoint import model_record, save_checkpoint
+    from models.config import TrainConfig
+
+    class Eleven:
+        in_channels, image_size, num_classes = 1, 8, 11
+
+    net = build_model("mlp", in_channels=1, num_classes=11, image_size=8, hidden=[4])
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.state_dict()["net.3.bias"][10] = 100.0  # the last Linear's bias (state_dict tensors share storage)
+    save_checkpoint(model_record(TrainConfig(model="mlp", model_kwargs={"hidden": [4]}), Eleven(), net), path)
+    return path
+
+
+def test_json_output_is_strict_json_with_null_for_nan(tmp_path, capsys, monkeypatch):
+    """EKL (mean KL over correct predictions) of a network that gets nothing right is NaN: JSON gets null."""
+    path = _all_wrong_model(tmp_path / "wrong.pt")
+    r = rram(capsys, monkeypatch, "evaluate", str(path), "--lognormal", "0.1", "--mc", "2", "--json")
+    assert r.code == 0, r.text
+    d = json.loads(r.out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert d["ekl"] is None and d["mean"] == 0.0
+
+
+def test_a_model_from_a_run_stopped_early_warns_in_one_line(tmp_path, capsys, monkeypatch):
+    from models.config import TrainConfig
+    from models.training import train
+
+    ck = tmp_path / "run.pt"
+    cfg = TrainConfig(model="mlp", model_kwargs={"hidden": [8]}, epochs=4, batch_size=512, checkpoint=str(ck))
+    train(cfg, log=lambda s: None, stop_after=1)  # what a run killed after its first epoch leaves
+    r = rram(capsys, monkeypatch, "evaluate", str(ck), "--lognormal", "0.1", "--mc", "2", "--json")
+    assert r.code == 0, r.text
+    assert json.loads(r.out)["n_draws"] == 2  # stdout stays JSON; the warning is on stderr
+    warning = [ln for ln in r.err.splitlines() if ln.startswith("warning: ")]
+    assert warning == [
+        f"warning: {ck} was trained for 1 of its 4 planned epochs (the run stopped early); "
+        f"finish it with `rram train --resume {ck} -o {ck}` and the same options"
+    ]

@@ -10,7 +10,16 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from firmware_protocol import CellResult, Frame, FrameType, LimitError, Opcode, VersionError, decode_payload
+from firmware_protocol import (
+    PROTOCOL_MAJOR,
+    CellResult,
+    Frame,
+    FrameType,
+    LimitError,
+    Opcode,
+    VersionError,
+    decode_payload,
+)
 from firmware_protocol import messages as m
 from hil.hardware.board import Board, BoardResetError, BoardTimeoutError, PulseRamp, _Adaptive
 from sim_backend.board_config import BoardConfig
@@ -239,6 +248,18 @@ def test_a_link_that_only_returns_damaged_answers_is_given_up_after_a_bounded_nu
             r"SET ramp stop",
         ),
         (lambda b: list(b.endurance(0, 0, 2, 2, 10, 5, set_gate=4.0)), r"gate voltage 4.000 V"),
+        # issue 15 item 12: indices were wrapped into u16 (row 65539 programmed row 3)
+        (
+            lambda b: b.write_verify(np.array([0, 65539]), np.array([0, 0]), 10e-6, 1e-6),
+            r"cell \(65539, 0\) is outside",
+        ),
+        (lambda b: b.write_verify(np.array([-1]), np.array([0]), 10e-6, 1e-6), r"cell \(-1, 0\) is outside"),
+        (lambda b: b.write_verify(np.array([0]), np.array([2**16]), 10e-6, 1e-6), r"cell \(0, 65536\) is outside"),
+        (lambda b: b.write_verify(np.array([0]), np.array([0]), 10e-6, 1e-6, max_pulses=65537), r"use an integer from"),
+        (lambda b: b.advance_clock(1.5e13), r"use 0 to 9.22337e\+09 s"),
+        (lambda b: b.advance_clock(float("inf")), r"cannot advance the clock by inf s"),
+        (lambda b: b.iv_sweep(0, 0, -3.0, 3.0, 101, 2**32 - 1, dc=True), r"DC hold 4294967295 ns per point exceeds"),
+        (lambda b: b.read(0, 0, v_read=0.0), r"read voltage 0.000 V must be positive"),
     ],
 )
 def test_out_of_limit_requests_are_refused_before_anything_is_sent(call: Callable, match: str) -> None:
@@ -318,6 +339,48 @@ def test_write_verify_is_sent_in_batches_and_results_stay_with_their_cells() -> 
     assert (after[1] - before[1]) + (after[2] - before[2]) == int(out.pulses.sum())
 
 
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda b: b.write_verify(np.array([0.5]), np.array([0]), 10e-6, 1e-6), r"cell indices must be integers"),
+        (lambda b: b.write_verify(np.array([np.inf]), np.array([0]), 10e-6, 1e-6), r"cell indices must be integers"),
+        (lambda b: b.write_verify(np.array([0, 1]), np.array([0]), 10e-6, 1e-6), r"1-D and of one length"),
+        (lambda b: b.write_verify(np.array([0, 1]), np.array([0, 1]), [1e-5] * 3, 1e-6), r"3 values for 2 cells"),
+    ],
+)
+def test_malformed_write_verify_arguments_are_refused_in_one_line_before_anything_is_sent(
+    call: Callable, match: str
+) -> None:
+    board, link = make_board()
+    n_written = len(link.written)
+    with pytest.raises(ValueError, match=match) as exc:
+        call(board)
+    assert "\n" not in str(exc.value) and len(link.written) == n_written
+
+
+def test_write_verify_batches_stay_within_the_declared_duration_bound() -> None:
+    """PROTOCOL.md 7.5: a batch's worst case is n x (o + max_pulses x (width + 2 o)); the host sends no batch above
+    max_request_ms (60 s): 65535 pulses of 100 ns cost 1.317 s per cell at worst, so 45 cells per batch."""
+    board, link = make_board(rows=16, cols=16)
+    rows, cols = np.divmod(np.arange(100), 16)
+    ok = form_cells(link.engine, rows, cols)
+    n = len(link.written)
+    out = board.write_verify(rows, cols, 20e-6, 1.0, max_pulses=65535)  # tolerance 1 S: converged on the first read
+    reqs = [m.WriteVerifyRequest.decode(f.payload) for f in link.requests(n, Opcode.WRITE_VERIFY)]
+    per_cell = 10_000 + 65535 * (100 + 2 * 10_000)
+    assert 60_000 * 10**6 // per_cell == 45 and [r.n for r in reqs] == [45, 45, 10]
+    assert all(board.limits.worst_case_ns(r) <= 60_000 * 10**6 for r in reqs)
+    assert (out.status[ok] == CellResult.CONVERGED).all() and out.pulses.sum() == 0
+
+
+def test_one_cell_longer_than_the_bound_is_refused_before_anything_is_sent() -> None:
+    board, link = make_board()
+    n = len(link.written)
+    with pytest.raises(LimitError, match=r"could take up to 66.8457 s on the array, more than the board's 60 s"):
+        board.write_verify(np.array([0]), np.array([0]), 20e-6, 1e-6, 65535, PulseRamp(width_ns=1_000_000))
+    assert len(link.written) == n
+
+
 def test_adaptive_chunk_halves_on_trouble_and_grows_back() -> None:
     a = _Adaptive(limit=64, floor=2)
     for _ in range(10):
@@ -342,7 +405,7 @@ def _event_no(raw: bytes) -> tuple[int, int] | None:
     "lost", [(Opcode.EV_ENDURANCE_DATA, 2), (Opcode.EV_ENDURANCE_DATA, 7), (Opcode.EV_ENDURANCE_END, 12)]
 )
 def test_endurance_stream_recovers_a_dropped_event(lost: tuple[int, int]) -> None:
-    dropped = []
+    dropped: list[bytes] = []
 
     def drop(raw: bytes) -> bool:
         if not dropped and _event_no(raw) == lost:
@@ -372,16 +435,19 @@ def test_endurance_stream_recovers_a_dropped_event(lost: tuple[int, int]) -> Non
 
 # ------------------------------------------------------------------------------------------- timeouts
 def test_timeout_scales_with_the_work_a_request_asks_for() -> None:
+    """The wait is the declared worst case (PROTOCOL.md 7.5), o = op_overhead_ns = 10 us on the simulated board."""
     board = make_board()[0]
+    assert board.limits.op_overhead_ns == 10_000
     read = m.ReadBlockRequest(0, 0, 4, 4, 100)
     big = m.ReadBlockRequest(0, 0, 16, 16, 100)
     assert board.expected_duration_s(big) == pytest.approx(16 * board.expected_duration_s(read))
     e = np.zeros(10, dtype=m.WV_ENTRY)
     e["max_pulses"] = 50
     wv = m.WriteVerifyRequest(100, 100, 700, 1600, 20, 1300, 1300, 0, -600, -1800, -20, 3000, 10, e)
-    assert board.expected_duration_s(wv) == pytest.approx(500 * (100e-9 + 30e-6))
-    form = m.FormRequest(0, 0, 2000, 4500, 100, 1000, 1000, 100, 5000)
-    assert board.expected_duration_s(form) == pytest.approx(26 * (1e-6 + 50e-6))
+    assert board.expected_duration_s(wv) == pytest.approx(10 * 10e-6 + 500 * (100e-9 + 2 * 10e-6))
+    form = m.FormRequest(0, 0, 2000, 4500, 100, 1000, 1000, 100, 5000)  # 26 pulses, 27 reads
+    assert board.expected_duration_s(form) == pytest.approx(26 * (1e-6 + 10e-6) + 27 * 10e-6)
+    assert board.expected_duration_s(m.AdvanceClockRequest(10**12)) == 0.0  # virtual time: nothing to wait for
 
 
 def test_a_slow_long_request_is_waited_for_while_a_slow_short_one_times_out() -> None:
@@ -413,16 +479,17 @@ def test_board_reset_raises_board_reset_error_then_the_board_works_again() -> No
 
 
 class _FutureFirmware(FirmwareEngine):
-    """A board that speaks protocol 2.x."""
+    """A board that speaks the next protocol major version."""
 
     @property
     def hello_info(self) -> m.HelloInfo:
-        return dataclasses.replace(super().hello_info, proto_major=2, proto_minor=1)
+        return dataclasses.replace(super().hello_info, proto_major=PROTOCOL_MAJOR + 1, proto_minor=1)
 
 
 def test_board_with_another_protocol_major_is_refused() -> None:
     link = SimLink(_FutureFirmware(BoardConfig(rows=8, cols=8)))
     with pytest.raises(
-        VersionError, match=r"speaks protocol 2\.1; this host speaks 1\.\d+ \(major versions must match\)"
+        VersionError,
+        match=rf"speaks protocol {PROTOCOL_MAJOR + 1}\.1; this host speaks {PROTOCOL_MAJOR}\.\d+ \(major versions must match\)",
     ):
         Board(link, port="sim-v2")

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_protocol import VersionError
+from firmware_protocol import PROTOCOL_MAJOR, VersionError
 from hil.cli import cli
 from hil.hardware.board import Board
 from hil.hardware.instruments import ComplianceError, packaged_sim_files
@@ -255,7 +255,11 @@ def test_cli_board_info_json_and_table() -> None:
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["board_id"] == "BENCH-7" and (d["rows"], d["cols"]) == (32, 16)
-    assert d["protocol"].startswith("1.") and d["read_v"] == [0.0, 0.3] and d["max_compliance_a"] == pytest.approx(5e-4)
+    assert (
+        d["protocol"].startswith(f"{PROTOCOL_MAJOR}.")
+        and d["read_v"] == [0.0, 0.3]
+        and d["max_compliance_a"] == pytest.approx(5e-4)
+    )
     assert "WRITE_VERIFY" in d["capabilities"] and d["session_id"] > 0
     r = _run("board", "info")
     assert r.exit_code == 0 and "SIM-RRAM" in r.output and "64 x 64" in r.output and "0 .. 0.3 V" in r.output
