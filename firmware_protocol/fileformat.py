@@ -9,6 +9,8 @@ It lives in the base layer (standard library only) because sim_backend, calibrat
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import math
 import operator
 import os
 import re
@@ -16,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import SupportsIndex
+from typing import Any, SupportsIndex
 
 _DOTTED = re.compile(r"(\d+)\.(\d+)")
 _WHOLE = re.compile(r"\d+")
@@ -162,3 +164,27 @@ def software_version() -> str:
         return metadata.version("rram-hil")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as strict JSON: NaN and +-inf become null, numpy/torch values plain numbers or lists, paths text.
+
+    Mappings keep their order (keys as text); tuples and sets become lists; anything else is written as its str().
+    """
+    return json.dumps(_plain(value), indent=indent, allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays, torch tensors
+        return _plain(value.tolist())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)

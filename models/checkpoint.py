@@ -264,6 +264,15 @@ def load_model(
     return model.to(device).eval(), ckpt
 
 
+def load_teacher(path: str | Path, device: str | torch.device, student_model: str) -> tuple[nn.Module, dict[str, Any]]:
+    """`load_model` for a teacher file: the student's own architecture (``student_model``, a registered name or the
+    user factory given with --model) is trusted for it too, any other user factory is refused as usual."""
+    a = load_checkpoint(path).get("arch")
+    name = a.get("name") if isinstance(a, dict) else None
+    trusted = student_model if is_user_factory(student_model) and name == student_model else None
+    return load_model(path, device, factory=trusted)
+
+
 def _meta_model(name: str, dims: dict[str, int], kwargs: dict[str, Any], path: str | Path) -> nn.Module | None:
     """The architecture built on the meta device (shapes only, no memory); None for a user factory it fails on."""
     try:

@@ -3,7 +3,8 @@
 The board is what it announces in HELLO: its id (a real board's serial), array size and firmware. The
 chip is known only for a simulated board opened by a `sim://` URL (seed, size and physics name one
 simulated chip); a real board cannot tell the host which chip sits in its socket, and neither can a
-simulated board served on a pty, so their chip is recorded as unknown ("") and only the board is compared.
+simulated board served on a pty, so their chip is recorded as unknown ("") and only the board is compared
+(`rram sim serve` announces the board id SIM-S<seed> for that reason).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ import click
 
 from firmware_protocol import BoardError, LimitError, VersionError
 from firmware_protocol.constants import SessionEnd
+from firmware_protocol.fileformat import json_text
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
-from hil.cli.report import aligned, json_text, quantity
+from hil.cli.report import aligned, quantity
 from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
 from hil.hardware.session import BoardSession
 from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError, open_link
@@ -132,6 +133,8 @@ def _format_info(d: dict[str, Any]) -> str:
         ("watchdog", str(d["watchdog_ms"]), "ms"),
         ("stream window", str(d["stream_window"]), "events"),
         ("write-verify batch", str(d["max_wv_batch"]), "cells"),
+        ("longest request", f"{d['max_request_s']:g}", "s"),
+        ("longest DC hold", f"{d['max_hold_ns'] / 1e6:g}", "ms"),
     ]
     return "\n".join(aligned([(0, name, value, unit) for name, value, unit in items], indent=0, right=False))
 

@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 import click
 
 from firmware_protocol import BoardError, LimitError, VersionError
+from firmware_protocol.fileformat import json_text
 from hil.characterize import PROCEDURES
 from hil.characterize.procedure import ParamSpec, Procedure, ProcedureParams, option_name, param_spec, run_procedure
 from hil.characterize.runfile import RunFileError
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
-from hil.cli.report import json_text, summary_lines
+from hil.cli.report import summary_lines
 from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
 from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError
 

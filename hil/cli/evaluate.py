@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
+from firmware_protocol.fileformat import json_text
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
-from hil.cli.report import json_text
 from hil.cli.train import aligned, factory_option, noise_options, pct, spec_from_kwargs
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from calibration.errors import ProfileError
+from firmware_protocol.fileformat import json_text
 from hil.characterize.runfile import RunFileError
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
 from hil.cli.profile import CONDUCTANCE
-from hil.cli.report import aligned, json_text
+from hil.cli.report import aligned
 
 expected_error(RunFileError, ProfileError)
 

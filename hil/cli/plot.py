@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
+from firmware_protocol.fileformat import json_text
 from hil.characterize.runfile import RunFileError, read_run
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
-from hil.cli.report import json_text
 
 expected_error(RunFileError)
 

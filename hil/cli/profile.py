@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from firmware_protocol.fileformat import json_text
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
-from hil.cli.report import json_text
 
 if TYPE_CHECKING:  # the profile module loads h5py; `rram --help` should not
     from calibration.profile import NoiseProfile

@@ -15,9 +15,7 @@ Standard library only: every command (and the demo, through the CLI) uses it wit
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -176,27 +174,3 @@ def quantity_text(value: Any, unit: str = "") -> str:
     """'19.3 µS', '3.05 V', '1.2 ms', 'none': one value with its unit."""
     text, shown = quantity(value, unit)
     return f"{text} {shown}".rstrip()
-
-
-def json_text(value: Any, indent: int | None = None) -> str:
-    """``value`` as strict JSON: NaN and +-inf become null, numpy/torch values plain numbers or lists, paths text.
-
-    Mappings keep their order (keys as text); tuples and sets become lists; anything else is written as its str().
-    """
-    return json.dumps(_plain(value), indent=indent, allow_nan=False)
-
-
-def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy scalars and arrays, torch tensors
-        return _plain(value.tolist())
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return str(value)

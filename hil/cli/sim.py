@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from firmware_protocol.fileformat import json_text
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
-from hil.cli.report import json_text
 
 if TYPE_CHECKING:
     from sim_backend.chip_store import ChipId, ChipReport, ChipStore
@@ -49,7 +49,10 @@ def _probability(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
 @click.option("--rows", type=click.IntRange(1, 4096), default=64, show_default=True, help="array rows")
 @click.option("--cols", type=click.IntRange(1, 4096), default=64, show_default=True, help="array columns")
 @click.option(
-    "--board-id", default="SIM-RRAM", show_default=True, help="identity announced in HELLO (<= 16 ASCII characters)"
+    "--board-id",
+    default=None,
+    help="identity announced in HELLO (<= 16 ASCII characters); default SIM-S<seed>, so that a run "
+    "file's --resume can tell the served chips apart",
 )
 @_probability("flip")
 @_probability("drop")
@@ -83,7 +86,7 @@ def serve(
     seed: int,
     rows: int,
     cols: int,
-    board_id: str,
+    board_id: str | None,
     flip: float,
     drop: float,
     delay: float,
@@ -105,6 +108,8 @@ def serve(
     from sim_backend.firmware import FirmwareEngine
     from sim_backend.pty_server import PtyBoard
 
+    if board_id is None:
+        board_id = f"SIM-S{seed}"[:16]  # the array size is compared on its own
     try:
         config = BoardConfig(rows=rows, cols=cols, seed=seed, board_id=board_id)
         faults = LinkFaults(

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from firmware_protocol.fileformat import json_text
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
-from hil.cli.report import json_text
 from hil.cli.train import factory_option
 
 

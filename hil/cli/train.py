@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from firmware_protocol.fileformat import json_text
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
-from hil.cli.report import json_text
 
 if TYPE_CHECKING:  # torch-free at start-up: the noise factory is imported inside the commands
     from models.noise.factory import MappingChoice

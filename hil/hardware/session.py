@@ -210,6 +210,8 @@ class BoardSession:
             "watchdog_ms": i.watchdog_ms,
             "stream_window": i.stream_window,
             "max_wv_batch": i.max_wv_batch,
+            "max_request_s": i.max_request_ms / 1000,
+            "max_hold_ns": i.max_hold_ns,
         }
 
     def handshake(self) -> m.HelloInfo:

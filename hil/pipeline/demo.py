@@ -6,12 +6,12 @@ sees what every part of the stack produces.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from firmware_protocol.fileformat import json_text
 from hil.characterize import get_procedure
 from hil.characterize.procedure import run_procedure
 from hil.hardware.board import Board
@@ -126,7 +126,7 @@ def run_demo(
         report.add("plot", time.perf_counter() - t0, {"figures": len(figures)})
         echo(f"  figures    -> {cfg.out / 'figures'} ({len(figures)} PNG)")
     (cfg.out / "summary.json").write_text(
-        json.dumps([{"stage": s, "seconds": t, **r} for s, t, r in report.stages], indent=1, default=str)
+        json_text([{"stage": s, "seconds": t, **r} for s, t, r in report.stages], indent=1)
     )
     return report
 

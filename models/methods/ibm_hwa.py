@@ -102,9 +102,9 @@ class IBMHWA(TrainingMethod[IBMHWAOptions]):
         self.teacher: nn.Module | None = None
         if self.distill:
             if o.teacher:
-                from models.checkpoint import load_model
+                from models.checkpoint import load_teacher
 
-                self.teacher, _ = load_model(o.teacher, ctx.device)
+                self.teacher, _ = load_teacher(o.teacher, ctx.device, ctx.config.model)
             elif pre > 0:
                 self.teacher = copy.deepcopy(model).eval()
             else:

@@ -165,9 +165,9 @@ class MTRD(TrainingMethod[MTRDOptions]):
         self._freeze(t, noise)
 
     def _add_loaded(self, path: str, noise: WeightNoise | None, ctx: TrainContext) -> None:
-        from models.checkpoint import load_model
+        from models.checkpoint import load_teacher
 
-        t, ck = load_model(path, ctx.device)
+        t, ck = load_teacher(path, ctx.device, ctx.config.model)
         n_cls = ck.get("arch", {}).get("num_classes")
         if n_cls is not None and int(n_cls) != ctx.num_classes:
             raise ValueError(f"teacher {path} has {n_cls} classes, the student {ctx.num_classes}")

@@ -169,3 +169,13 @@ def test_the_cli_passes_an_explicit_factory(tmp_path: Path, capsys, monkeypatch)
     r = rram(capsys, monkeypatch, *args, "--model", FACTORY)
     assert r.code == 0, r.text
     assert json.loads(r.out)["n_draws"] == 2
+
+
+def test_a_teacher_may_use_the_students_own_factory_and_no_other(tmp_path: Path) -> None:
+    from models.checkpoint import load_teacher
+
+    path = factory_file(tmp_path)
+    teacher, _ = load_teacher(path, "cpu", FACTORY)  # MTRD / IBM-HWA distillation from a teacher of the same kind
+    assert sum(p.numel() for p in teacher.parameters()) > 0
+    with pytest.raises(ModelFileError, match="user factory"):
+        load_teacher(path, "cpu", "mlp")  # a registered student does not vouch for the file's factory

@@ -277,3 +277,43 @@ def test_run_through_a_board_reset_completes_and_reports_it(capsys, monkeypatch,
     assert summary["board_resets"] == 1 and summary["reads"] == 40 and summary["cells"] == 16
     rd = read_run(out)
     assert rd.complete and len(rd.data["program"]) == 16 and len(rd.data["reads"]) == 40
+
+
+def test_a_board_that_vanishes_mid_run_is_one_line_and_the_run_resumes(capsys, monkeypatch, tmp_path: Path) -> None:
+    """Issue 15 item 7: the cable is pulled during a run; one line says the data are kept and how to go on."""
+    from tests.helpers.boards import form_region
+
+    engine = FirmwareEngine(BoardConfig(rows=8, cols=8, seed=2))
+    form_region(engine, "0:4,0:4")
+    read_current, calls = engine.array.read_current, {"n": 0}
+    sim = PtySim(engine)
+
+    def unplugged_later(*a, **kw):  # the 40th block read after the formed check's 128
+        calls["n"] += 1
+        if calls["n"] == 128 + 40:
+            sim.server.unplug()
+        return read_current(*a, **kw)
+
+    engine.array.read_current = unplugged_later  # type: ignore[method-assign]
+    out = tmp_path / "run.h5"
+    args = ["characterize", "read-noise", "--cells", "0:4,0:4", "--reads", "200", "--no-program", "-q", "-o", str(out)]
+    try:
+        r = rram(capsys, monkeypatch, *args, "--port", sim.path, "--flush-s", "0")
+    finally:
+        sim.close()
+    assert_one_line_error(
+        r,
+        f"board on {sim.path} stopped answering: the link was closed",
+        f"data up to the last flush are in {out}; continue with --resume",
+    )
+    kept = len(read_run(out).data["reads"])
+    assert 0 < kept < 200
+    engine.array.read_current = read_current  # type: ignore[method-assign]
+    sim = PtySim(engine)  # the board is plugged in again
+    try:
+        r = rram(capsys, monkeypatch, *args, "--port", sim.path, "--resume")
+    finally:
+        sim.close()
+    assert r.code == 0, r.text
+    run = read_run(out)
+    assert run.complete and len(run.data["reads"]) == 200

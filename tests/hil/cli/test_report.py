@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from firmware_protocol.fileformat import json_text
 from hil.characterize import get_procedure
-from hil.cli.report import aligned, json_text, label, number, quantity, quantity_text, summary_lines
+from hil.cli.report import aligned, label, number, quantity, quantity_text, summary_lines
 from tests.helpers.boards import form_region, open_sim, run
 from tests.helpers.cli import rram
 
