@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+from cli_peak import run_rram  # benchmarks/ beside this script
 
 from calibration.profile import NoiseProfile, save_profile
 from hil.deploy.placement import build_plan
@@ -33,34 +30,15 @@ from models.config import TrainConfig
 BOARD = "sim://?seed=3&rows=8&cols=8"
 
 
-# The command runs under this wrapper, which records the process's own peak RSS (VmHWM of its memory map; the
-# rusage of a child started from this big process would count the parent's pages it held before exec).
-_WRAPPER = """
-import atexit, os, sys
-def _peak():
-    kib = [ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
-    open(os.environ["PEAK_RSS_OUT"], "w").write(kib)
-atexit.register(_peak)
-sys.argv = ["rram", *sys.argv[1:]]
-from hil.cli import main
-main()
-"""
-
-
 def _run(argv: list[str], peak_file: Path) -> dict[str, Any]:
     """Exit status, stderr lines, seconds and peak RSS (MiB) of `rram ARGV` in a fresh process."""
-    t0 = time.perf_counter()
-    env = {**os.environ, "PEAK_RSS_OUT": str(peak_file)}
-    r = subprocess.run(
-        [sys.executable, "-c", _WRAPPER, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    )
-    seconds = time.perf_counter() - t0
+    r = run_rram(argv, peak_file)
     err = r.stderr.strip()
     return {
-        "rc": r.returncode,
+        "rc": r.rc,
         "stderr_lines": len([ln for ln in err.splitlines() if ln.strip()]),
-        "seconds": seconds,
-        "peak_rss_mib": int(peak_file.read_text()) / 1024,
+        "seconds": r.seconds,
+        "peak_rss_mib": r.peak_rss_mib,
         "first_line": err.splitlines()[0][:150] if err else "",
     }
 

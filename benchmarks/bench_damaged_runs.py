@@ -17,43 +17,26 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the damage cases are the tests' own
+from cli_peak import run_rram  # benchmarks/ beside this script
+
 from tests.hil.characterize.test_runfile_damage import DAMAGE, _damage, _running_copy
 
 PORT = "sim://?seed=1&rows=16&cols=16"
 CELLS = "0:16,0:16"
-# The command runs under this wrapper, which records the process's own peak RSS (VmHWM).
-_WRAPPER = """
-import atexit, os, sys
-def _peak():
-    kib = [ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
-    open(os.environ["PEAK_RSS_OUT"], "w").write(kib)
-atexit.register(_peak)
-sys.argv = ["rram", *sys.argv[1:]]
-from hil.cli import main
-main()
-"""
 
 
 def _run(argv: list[str], peak_file: Path, env: dict[str, str]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    r = subprocess.run(
-        [sys.executable, "-c", _WRAPPER, *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**env, "PEAK_RSS_OUT": str(peak_file)},
-    )
+    r = run_rram(argv, peak_file, env)
     err = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("fitting ")]
     return {
-        "rc": r.returncode,
+        "rc": r.rc,
         "stderr_lines": len(err),
-        "seconds": round(time.perf_counter() - t0, 2),
-        "peak_rss_mib": round(int(peak_file.read_text()) / 1024, 1),
+        "seconds": round(r.seconds, 2),
+        "peak_rss_mib": round(r.peak_rss_mib, 1),
         "first_line": err[0][:160] if err else "",
     }
 

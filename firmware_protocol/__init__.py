@@ -2,8 +2,9 @@
 
 The written specification is PROTOCOL.md beside this file. Being the layer every other package may
 import, it also holds the few base helpers they share, imported by module path and not re-exported
-here: `registry` (named registries), `fileformat` (versioned files, atomic writes: the one module that
-touches the file system), `progress` (bars on a terminal, plain lines elsewhere) and `device_presets`.
+here: `registry` (named registries), `fileformat` (versioned files, atomic writes) and `pidlock` (pid lock
+files: the two modules that touch the file system), `progress` (bars on a terminal, plain lines elsewhere)
+and `device_presets`.
 """
 
 from firmware_protocol.constants import (

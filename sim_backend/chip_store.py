@@ -10,7 +10,6 @@ the chip's lock (an flock the OS drops when the process dies) keeps a second pro
 from __future__ import annotations
 
 import atexit
-import fcntl
 import hashlib
 import io
 import json
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from firmware_protocol.fileformat import FileFormat, atomic_write, software_version, utc_now
+from firmware_protocol.pidlock import LockHeldError, PidLock, holder_pid
 from sim_backend.board_config import BoardConfig
 from sim_backend.device_model import RRAMArray
 from sim_backend.device_params import DeviceParams
@@ -356,7 +356,7 @@ def _npy_bytes(value: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class ChipLock:
+class ChipLock(PidLock):
     """An exclusive flock on a chip's lock file while a process has the chip open (the OS drops it at process death).
 
     The holder writes its pid into the file, so a refused process can name it, and removes the file
@@ -364,35 +364,21 @@ class ChipLock:
     """
 
     def __init__(self, path: Path, name: str, throwaway_url: str) -> None:
-        self.path = path
+        super().__init__(path)
         self.name = name
         self.throwaway_url = throwaway_url
-        self._fd: int | None = None
 
     def acquire(self, wait_s: float = LOCK_WAIT_S, action: str = "open it") -> None:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise ChipStoreError(
-                    f"cannot open the lock file {self.path} ({exc.strerror or exc}): set {STATE_DIR_ENV} to a "
-                    f"writable folder, or use a throwaway chip ({self.throwaway_url or 'sim://?persist=0'})"
-                ) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                if time.monotonic() >= deadline:
-                    raise ChipBusyError(self._busy(_read_pid(self.path), action)) from None
-                time.sleep(0.01)
-                continue
-            if _same_file(fd, self.path):  # not unlinked by a `rram sim reset` between our open and flock
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self._fd = fd
-                return
-            os.close(fd)
+        """Take the lock; ChipBusyError (one line naming the holder's pid and `action`) if a live process holds it."""
+        try:
+            self.take(wait_s)
+        except LockHeldError as exc:
+            raise ChipBusyError(self._busy(exc.pid, action)) from None
+        except OSError as exc:
+            raise ChipStoreError(
+                f"cannot open the lock file {self.path} ({exc.strerror or exc}): set {STATE_DIR_ENV} to a "
+                f"writable folder, or use a throwaway chip ({self.throwaway_url or 'sim://?persist=0'})"
+            ) from None
 
     def _busy(self, pid: int, action: str) -> str:
         if pid == os.getpid():
@@ -403,52 +389,11 @@ class ChipLock:
         alternative = f", or use a throwaway chip ({self.throwaway_url})" if self.throwaway_url else ""
         return f"simulated chip {self.name} is {who}: {step} to {action}{alternative}"
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        """Remove the lock file and unlock (removed while still locked: a later opener makes a fresh file)."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
-def _read_pid(path: Path) -> int:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return 0
-    return int(text) if text.isdigit() else 0
-
 
 def probe_lock(path: Path) -> LockState:
     """Whether the lock at `path` is held right now (a shared try-lock, released at once)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return LockState(False)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return LockState(True, _read_pid(path))
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return LockState(False)
-    finally:
-        os.close(fd)
+    pid = holder_pid(path)
+    return LockState(False) if pid is None else LockState(True, pid)
 
 
 _OPEN_CHIPS: weakref.WeakSet[PersistentChip] = weakref.WeakSet()

@@ -218,8 +218,9 @@ def test_a_host_that_stops_talking_one_second_into_a_batch_stops_the_board_withi
         host.close()
         sim.close()
     # the keepalives kept it going (no answer before 1 s after the last one) and it stopped within one
-    # watchdog period of them plus a round and the pty's latency
-    assert 1.0 <= got - last <= 1.0 + 0.5, (got - start, last - start)
+    # watchdog period of them plus a round, the pty's latency and scheduling on a loaded 2-core CI machine
+    # (1.5 s of slack; undisturbed, the batch would run for minutes)
+    assert 1.0 <= got - last <= 1.0 + 1.5, (got - start, last - start)
     assert answer.status == Status.ABORTED
     res = m.WriteVerifyResult.decode(answer.payload)
     assert (res.results["status"] == CellResult.ABORTED).all()

@@ -10,12 +10,13 @@ import pytest
 
 from hil.characterize import get_procedure
 from hil.characterize.identity import RunIdentity, sim_chip
-from hil.characterize.procedure import params_dict, run_procedure
-from hil.characterize.runfile import RunFileError, create_run, read_run
+from hil.characterize.procedure import run_procedure
+from hil.characterize.runfile import RunFileError, read_run
 from hil.hardware.board import Board
 from sim_backend.chip_store import ChipId
 from sim_backend.sim_url import parse_sim_options
 from tests.helpers.cli import assert_one_line_error, rram
+from tests.helpers.runs import form_run_stopped_after
 
 START = "sim://?seed=0&rows=16&cols=16"
 CELLS = "0:1,0:4"
@@ -24,24 +25,8 @@ CELLS = "0:1,0:4"
 @pytest.fixture
 def interrupted(tmp_path: Path) -> Path:
     """A form run over 0:1,0:4 on chip seed 0 that stopped after two of its four cells."""
-    out = tmp_path / "run.h5"
     with Board.open(START) as board:
-        cls = get_procedure("form")
-        proc = cls(cls.Params(cells=CELLS), board)
-        with create_run(out, "form", params_dict(proc.p), board.describe(), proc.run_tables()) as w:
-            for c in range(2):
-                o = board.form(0, c)
-                w.append(
-                    "form",
-                    cell=[0, c],
-                    formed=o.formed,
-                    pulses=o.pulses,
-                    v_form=o.v_final,
-                    g_after=o.conductance_s,
-                    t=o.timestamp_s,
-                )
-    assert read_run(out).status == "running"
-    return out
+        return form_run_stopped_after(board, tmp_path / "run.h5", CELLS, 2)
 
 
 def _counters(board: Board) -> tuple[int, ...]:

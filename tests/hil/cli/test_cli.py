@@ -145,29 +145,11 @@ def test_existing_output_file_is_not_overwritten(capsys, monkeypatch, finished_r
 @pytest.fixture
 def interrupted_run(tmp_path: Path) -> Path:
     """A form run over 0:1,0:4 that stopped (process gone) after two of its four cells."""
-    from hil.characterize.procedure import params_dict
-    from hil.characterize.runfile import create_run
     from hil.hardware.board import Board
+    from tests.helpers.runs import form_run_stopped_after
 
-    out = tmp_path / "done.h5"
     with Board.open(SIM) as board:
-        cls = get_procedure("form")
-        proc = cls(cls.Params(cells="0:1,0:4"), board)
-        run = create_run(out, "form", params_dict(proc.p), board.describe(), proc.tables())
-        with run as w:
-            for c in range(2):
-                o = board.form(0, c)
-                w.append(
-                    "form",
-                    cell=[0, c],
-                    formed=o.formed,
-                    pulses=o.pulses,
-                    v_form=o.v_final,
-                    g_after=o.conductance_s,
-                    t=o.timestamp_s,
-                )
-    assert read_run(out).status == "running" and len(read_run(out).data["form"]) == 2
-    return out
+        return form_run_stopped_after(board, tmp_path / "done.h5", "0:1,0:4", 2)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "truncated-end", "garbage", "not-hdf5", "other-hdf5", "empty"])
