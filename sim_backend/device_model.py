@@ -352,7 +352,7 @@ class RRAMArray:
         on = self._relax_on[idx]
         if not on.any():
             return g0.copy()
-        L = p.relax_log_time(t - self._t_prog[idx])
+        L = p.relax_log_time(t - self._t_prog[idx], g0)  # each cell's clock runs with its own t0(g0)
         # B(L) = B(node_k) + z_k sqrt(L - node_k) in the segment k holding L; B at the nodes is the running
         # sum of z_j sqrt(width_j), accumulated per cell in node order (cumsum: sequential, so no result
         # depends on how many cells share the call, unlike a pairwise or BLAS reduction).

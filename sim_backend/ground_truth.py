@@ -44,9 +44,10 @@ LAWS: dict[str, str] = {
     "n counts full cycles (each pulse adds f / 2)",
     "endurance": "cycles_to_failure ~ weibull_scale * Weibull(weibull_shape); at failure the cell sticks at LRS "
     "with probability fail_lrs_frac, else at HRS",
-    "relaxation": "G(t) = g0 + mu(g0) * L + sigma_r(g0) * B(L), L = log10(1 + (t - t_prog) / relax_t0_s), B standard "
-    "Brownian motion; sigma_r = 1e-6 * poly(relax_sigma_coeffs_us, clip(g0/g_max, 0, 1)) * min(1, g0/g_min), "
-    "mu = 1e-6 * poly(relax_mu_coeffs_us, clip(g0/g_max, 0, 1)) * min(1, g0/g_min)",
+    "relaxation": "G(t) = g0 + mu(g0) * L + sigma_r(g0) * B(L), L = log10(1 + (t - t_prog) / t0(g0)), B standard "
+    "Brownian motion; t0 = exp(interp(ln g0_uS, ln relax_g_nodes_us, ln relax_t0_nodes_s)), sigma_r = 1e-6 * "
+    "interp(ln g0_uS, ln relax_g_nodes_us, relax_sigma_nodes_us) * min(1, g0/g_min) (interp clamps at the end "
+    "nodes), mu = 1e-6 * poly(relax_mu_coeffs_us, clip(g0/g_max, 0, 1)) * min(1, g0/g_min)",
     "read": "I = G_eff * V * S(V) / S(v_read_ref), S(V) = sinh(V/v_nl) / (V/v_nl), G_eff = G * (1 - rtn_amp[cell] * occupied), "
     "plus N(0, (read_noise_frac * g_max * |V|)**2)",
     "rtn": "two-state trap, mean dwell rtn_tau_empty[cell] (empty) and rtn_tau_full[cell] (occupied), exact Markov "
@@ -85,8 +86,8 @@ def derived_statistics(params: DeviceParams) -> dict[str, float]:
         "read_noise_sigma_s": p.read_noise_frac * p.g_max,
         "weibull_median_cycles": p.weibull_scale * np.log(2.0) ** (1.0 / p.weibull_shape),
         "stuck_start_frac": p.stuck_lrs_frac + p.stuck_hrs_frac,
-        "relax_sigma_mid_1s_s": float(p.relax_sigma(p.g_max / 2) * np.sqrt(p.relax_log_time(1.0))),
-        "relax_sigma_mid_1day_s": float(p.relax_sigma(p.g_max / 2) * np.sqrt(p.relax_log_time(86400.0))),
+        "relax_sigma_mid_1s_s": float(np.sqrt(p.relax_variance(p.g_max / 2, 1.0))),
+        "relax_sigma_mid_1day_s": float(np.sqrt(p.relax_variance(p.g_max / 2, 86400.0))),
     }
 
 

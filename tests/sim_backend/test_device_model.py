@@ -154,11 +154,11 @@ def test_retention_spread_grows_with_log_time_and_matches_ibm_fit():
     for t, sig, coeffs in ((1.0, sigmas[0], IBM_RERAM_SIGMA_1S_US), (86400.0, sigmas[-1], IBM_RERAM_SIGMA_1DAY_US)):
         ibm = ibm_reram_sigma(g_mid, coeffs)
         assert 0.5 * ibm < sig < 2.0 * ibm, (t, sig, ibm)
-    # documented law: variance = sigma_r(g0)^2 * L, mean = mu(g0) * L
-    L = P.relax_log_time(np.array(times))
-    expect_sd = np.sqrt(np.mean(P.relax_sigma(g0[ok]) ** 2) * L)
+    # documented law: variance = sigma_r(g0)^2 * L(t; t0(g0)), mean = mu(g0) * L (zero drift by default)
+    expect_sd = [np.sqrt(np.mean(P.relax_variance(g0[ok], t))) for t in times]
     np.testing.assert_allclose(sigmas, expect_sd, rtol=0.08)
-    np.testing.assert_allclose(means, np.mean(P.relax_mu(g0[ok])) * L, atol=0.15e-6)
+    expect_mean = [np.mean(P.relax_mu(g0[ok]) * P.relax_log_time(t, g0[ok])) for t in times]
+    np.testing.assert_allclose(means, expect_mean, atol=0.15e-6)
 
 
 def test_relaxation_path_does_not_depend_on_when_it_is_observed():
