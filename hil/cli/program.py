@@ -10,11 +10,13 @@ from hil.cli.characterize import execute, params_option
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
 from hil.cli.train import factory_option
+from hil.deploy.defects import DefectMapError
 from hil.deploy.plan import PlanError, load_plan
 from hil.deploy.procedure import DeployParams, DeployRun
 from hil.hardware.transport import DEFAULT_PORT
 
 expected_error(PlanError)
+expected_error(DefectMapError)
 
 
 @COMMANDS.register("program")
@@ -59,6 +61,21 @@ expected_error(PlanError)
     default=None,
     help="plan file [default: OUT with .plan.h5]",
 )
+@click.option(
+    "--defects",
+    "defect_runs",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="form run (rram characterize form) or earlier deployment of this chip: its defective cells get no pulses "
+    "and carry the least weight (repeatable; later runs add to earlier ones)",
+)
+@click.option(
+    "--placement",
+    type=click.Choice(["defect-aware", "naive"]),
+    default="defect-aware",
+    show_default=True,
+    help="with --defects: lay tiles out around the defects, or keep them at (0, 0) (for comparison)",
+)
 @params_option(DeployParams, "tol")
 @params_option(DeployParams, "max_pulses")
 @params_option(DeployParams, "read_delay")
@@ -76,6 +93,8 @@ def program(
     granularity: str,
     out: Path,
     plan_path: Path | None,
+    defect_runs: tuple[Path, ...],
+    placement: str,
     tol: float,
     max_pulses: int,
     read_delay: float,
@@ -89,13 +108,17 @@ def program(
 
     Each weight becomes one analog conductance pair, as the model file's mapping must say (`rram train
     --mapping analog`, the automatic choice for a measured profile); write-cycle counts need the profile's
-    pulses per write-verified device.
+    pulses per write-verified device. With --defects (the chip's form run, or an earlier deployment of
+    it) the plan holds the chip's defect map: its defective cells get no pulses, tiles are laid out so
+    they carry the least weight, stuck devices' partners cancel them, and the plan reports what it avoided.
     """
     from hil.deploy import DeploySettings, default_plan_path, plan_model, program_params
     from hil.hardware.board import Board
 
     plan_path = plan_path or default_plan_path(out)
-    settings = DeploySettings(fraction, method, granularity, tol, max_pulses, read_delay)
+    settings = DeploySettings(
+        fraction, method, granularity, tol, max_pulses, read_delay, defect_aware=placement == "defect-aware"
+    )
     if not resume:
         if profile_file is None:
             raise UserError("--profile is required to plan a deployment")
@@ -115,6 +138,7 @@ def program(
             force=force,
             quiet=quiet or as_json,
             factory=factory,
+            defect_runs=defect_runs,
         )
     load_plan(plan_path)  # a damaged plan is refused here, before the board is opened (validate_plan)
     execute(DeployRun, port, out, force, resume, as_json, quiet, None, program_params(plan_path, settings))

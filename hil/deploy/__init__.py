@@ -1,12 +1,14 @@
 """Deployment: a trained network planned onto cells, programmed with selective write-verify, read back, judged.
 
 `deploy_model` is the one entry point (used by `rram program` and `rram demo`); the rooms behind it are
-`plan` (the plan file, torch-free), `placement` (network -> device targets and tiles), `procedure`
-(the programming run on the board), `readback` (measured vs predicted accuracy) and `swim_report`.
+`plan` (the plan file, torch-free), `placement` (network -> device targets and tiles), `defects` (the
+chip's defect map from its form and deployment runs), `layout` (tiles placed around the defects),
+`procedure` (the programming run on the board), `readback` (measured vs predicted accuracy) and `swim_report`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ class DeploySettings:
     tol_s: float = 0.8e-6  # write-verify tolerance (S)
     max_pulses: int = 100
     read_delay_s: float = 1.0  # between programming a tile and reading it back
+    defect_aware: bool = True  # lay tiles out around the defect map's cells (when runs supply one)
 
 
 def default_plan_path(out: Path) -> Path:
@@ -39,10 +42,12 @@ def plan_model(
     force: bool = False,
     quiet: bool = False,
     factory: str | None = None,
+    defect_runs: Sequence[Path] = (),
 ) -> Path:
     """Plan MODEL_FILE for a rows x cols array with the chip's profile and write the plan file (stages unless quiet).
 
-    ``factory``: the model file's own "pkg.mod:factory" architecture, when it names one.
+    ``factory``: the model file's own "pkg.mod:factory" architecture, when it names one. ``defect_runs``:
+    form and deployment runs of this chip, whose defect map the plan holds and its layout avoids.
     """
     from hil.deploy.placement import plan_deployment
     from hil.deploy.plan import save_plan
@@ -58,6 +63,8 @@ def plan_model(
         settings.read_delay_s,
         quiet=quiet,
         factory=factory,
+        defect_runs=defect_runs,
+        defect_aware=settings.defect_aware,
     )
     return save_plan(plan, plan_path, force=force)
 
@@ -82,14 +89,28 @@ def deploy_model(
     plan_path: Path | None = None,
     force: bool = False,
     quiet: bool = False,
+    defect_runs: Sequence[Path] = (),
 ) -> dict:
-    """Plan, program and read back MODEL_FILE on the board at PORT; returns the programming run's summary."""
+    """Plan, program and read back MODEL_FILE on the board at PORT; returns the programming run's summary.
+
+    ``defect_runs``: form (and earlier deployment) runs of this chip; without any, tiles sit at (0, 0).
+    """
     from hil.characterize.procedure import run_procedure
     from hil.deploy.procedure import DeployRun
     from hil.hardware.board import Board
 
     plan_path = plan_path or default_plan_path(out)
     with Board.open(port) as board:
-        plan_model(model_file, profile_file, plan_path, board.rows, board.cols, settings, force=force, quiet=quiet)
+        plan_model(
+            model_file,
+            profile_file,
+            plan_path,
+            board.rows,
+            board.cols,
+            settings,
+            force=force,
+            quiet=quiet,
+            defect_runs=defect_runs,
+        )
         proc = DeployRun(DeployRun.Params(**program_params(plan_path, settings)), board)
         return run_procedure(proc, out, force=force, quiet=quiet).summary

@@ -4,19 +4,24 @@ Mapping (models.mapping.AnalogMapping, per-layer scale): weight W[o, i] -> a dev
 G+ = g_min + max(W, 0) / s * (g_max - g_min), G- likewise for -W. On the crossbar the inputs run
 along rows and the outputs along columns, so layer l becomes a device matrix D of shape
 (fan_in, 2 * out) with D[i, 2o] = G+[o, i] and D[i, 2o + 1] = G-[o, i]. D is cut into tiles of at most
-rows x cols devices; each tile is programmed onto the array at (0, 0), measured, and the next tile
-reprograms the same cells. Verification marks come from SWIM (or a baseline) at weight level and apply
-to both devices of a pair.
+rows x cols devices; each tile is programmed onto the array, measured, and the next tile reprograms the
+same cells. Without a defect map a tile sits at (0, 0); with one, `hil.deploy.layout.lay_out` chooses the
+rows and columns each tile uses so that defective cells carry the least weight, and retargets the partners
+of stuck devices to cancel them. Verification marks come from SWIM (or a baseline) at weight level and
+apply to both devices of a pair.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hil.deploy.defects import DefectMap
+from hil.deploy.layout import lay_out
 from hil.deploy.plan import TILE_DTYPE, LayerPlan, Plan, PlanError, file_sha256
 from models.mapping import AnalogMapping, AnalogState
 from models.noise.apply import clean_weights
@@ -46,8 +51,14 @@ def build_plan(
     rows: int,
     cols: int,
     meta: dict | None = None,
+    defects: DefectMap | None = None,
+    defect_aware: bool = True,
 ) -> Plan:
-    """Map every Conv/Linear weight to device targets, mark the verified pairs, cut into array tiles."""
+    """Map every Conv/Linear weight to device targets, mark the verified pairs, cut into array tiles.
+
+    With the chip's `defects` (rows x cols) the plan holds the map, and the tiles are laid out around the
+    defects unless `defect_aware` is False (then the map only feeds the report and the no-pulse list).
+    """
     mapping = AnalogMapping(g_min, g_max, "layer")
     layers, tiles = [], []
     for li, (name, w) in enumerate(clean_weights(model).items()):
@@ -59,7 +70,14 @@ def build_plan(
         for r0 in range(0, targets.shape[0], rows):
             for c0 in range(0, targets.shape[1], cols):
                 tiles.append((li, r0, c0, min(rows, targets.shape[0] - r0), min(cols, targets.shape[1] - c0)))
-    return Plan(layers, np.array(tiles, dtype=TILE_DTYPE), rows, cols, g_min, g_max, meta or {})
+    plan = Plan(layers, np.array(tiles, dtype=TILE_DTYPE), rows, cols, g_min, g_max, dict(meta or {}))
+    if defects is not None:
+        if defects.shape != (rows, cols):
+            raise PlanError(
+                f"the defect map is of a {defects.shape[0]}x{defects.shape[1]} chip, not this {rows}x{cols} one"
+            )
+        lay_out(plan, defects, defect_aware)
+    return plan
 
 
 def weights_from_conductances(plan: Plan, matrices: list[np.ndarray]) -> dict[str, Tensor]:
@@ -85,8 +103,13 @@ def plan_deployment(
     seed: int = 0,
     quiet: bool = False,
     factory: str | None = None,
+    defect_runs: Sequence[Path] = (),
+    defect_aware: bool = True,
 ) -> Plan:
     """SWIM (or baseline) verify marks for `fraction` of the weights, mapped and tiled for a rows x cols array.
+
+    ``defect_runs``: form and deployment runs of this chip; their defect map (`hil.deploy.defects`) goes
+    into the plan and, if ``defect_aware``, the layout avoids it.
 
     The array holds one analog conductance pair per weight, so a model trained bit-sliced is refused
     (PlanError naming the retraining); a model not trained on a profile is mapped as analog pairs.
@@ -130,4 +153,9 @@ def plan_deployment(
         "planned_cycles": cycles,
         "planned_cycles_norm": norm,
     }
-    return build_plan(model, float(profile.g_min), float(profile.g_max), mask, rows, cols, meta)
+    defects = None
+    if defect_runs:
+        from hil.deploy.defects import defect_map_from_runs
+
+        defects = defect_map_from_runs(defect_runs, rows, cols, float(profile.g_min), float(profile.g_max))
+    return build_plan(model, float(profile.g_min), float(profile.g_max), mask, rows, cols, meta, defects, defect_aware)

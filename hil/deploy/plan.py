@@ -3,14 +3,22 @@
 Torch-free, so the board-side programming run can read a plan without importing PyTorch; how a
 network becomes a plan is in `hil.deploy.placement`.
 
-Layout (format "rram-hil-plan" 1.0, HDF5, uncompressed): root attributes `rows`, `cols` (the array the
+Layout (format "rram-hil-plan" 1.1, HDF5, uncompressed): root attributes `rows`, `cols` (the array the
 tiles fit, 1..65535 each), `g_min` < `g_max` (S, finite), `meta_json` (a JSON object), `created_utc`;
 group `layers/NNN` per layer with attributes `name` (unique), `shape` (JSON list of the weight's sizes,
 (out, in, ...), each >= 1), `scale` (finite > 0) and datasets `targets` (float32, (fan_in, 2*out), S,
 finite, inside [g_min, g_max] up to float32 rounding) and `verify` (uint8 0/1, same shape); dataset
 `tiles` of (layer, r0, c0, nr, nc) int32 records, each inside the array and inside its layer, together
-covering every device of every layer exactly once. `load_plan` checks all of it (`validate_plan`)
-before returning, so a damaged plan is refused in one line before the board is touched.
+covering every device of every layer exactly once. Since 1.1 (1.0 plans load as below): datasets
+`tile_rows` and `tile_cols` (int32), the physical array row of each of a tile's nr rows and the physical
+column of each of its nc columns, tile after tile (sum of nr and of nc entries; distinct within a tile,
+inside the array); without them a tile sits at (0, 0) in order. Optional group `defects` (the chip's defect
+map, `hil.deploy.defects`): datasets `state` (uint8 rows x cols, 0 healthy, 1 unformable, 2 stuck-on,
+3 stuck-off) and `g` (float32, the latest read of each defective cell, S, NaN if none, never infinite), attribute
+`sources_json` (a JSON list of the runs it came from); the programming run gives its cells no pulses.
+`meta_json` key "placement" reports what the layout avoided (`hil.deploy.layout.lay_out`). `load_plan`
+checks all of it (`validate_plan`) before returning, so a damaged plan is refused in one line before the
+board is touched.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ import numpy as np
 
 from calibration.h5io import check_stored_sizes
 from firmware_protocol.fileformat import FileFormat, atomic_write, utc_now
+from hil.deploy.defects import STATE_NAMES, DefectMap
 
-PLAN_FILE = FileFormat("rram-hil-plan", "1.0", "an rram-hil programming plan")
+PLAN_FILE = FileFormat("rram-hil-plan", "1.1", "an rram-hil programming plan")
 FORMAT = PLAN_FILE.name
 VERSION = PLAN_FILE.version
 
@@ -57,6 +66,16 @@ class Plan:
     g_min: float
     g_max: float
     meta: dict = field(default_factory=dict)
+    tile_rows: list[np.ndarray] | None = None  # per tile: physical row of each of its rows (None: 0..nr-1)
+    tile_cols: list[np.ndarray] | None = None  # per tile: physical column of each of its columns
+    defects: DefectMap | None = None  # the chip's defect map the layout was made for
+
+    def tile_cells(self, ti: int) -> tuple[np.ndarray, np.ndarray]:
+        """Physical rows and columns of tile `ti` (its logical row i lies on array row rows[i], likewise columns)."""
+        t = self.tiles[ti]
+        if self.tile_rows is None or self.tile_cols is None:
+            return np.arange(int(t["nr"])), np.arange(int(t["nc"]))
+        return self.tile_rows[ti], self.tile_cols[ti]
 
     @property
     def n_devices(self) -> int:
@@ -100,6 +119,14 @@ def save_plan(plan: Plan, path: str | Path, force: bool = False) -> Path:
             d.create_dataset("targets", data=lp.targets.astype(np.float32))
             d.create_dataset("verify", data=lp.verify.astype(np.uint8))
         f.create_dataset("tiles", data=plan.tiles)
+        cells = [plan.tile_cells(i) for i in range(len(plan.tiles))]
+        f.create_dataset("tile_rows", data=np.concatenate([r for r, _ in cells]).astype(np.int32))
+        f.create_dataset("tile_cols", data=np.concatenate([c for _, c in cells]).astype(np.int32))
+        if plan.defects is not None:
+            dg = f.create_group("defects")
+            dg.attrs["sources_json"] = json.dumps(plan.defects.sources)
+            dg.create_dataset("state", data=plan.defects.state.astype(np.uint8))
+            dg.create_dataset("g", data=plan.defects.g.astype(np.float32))
     return p
 
 
@@ -159,15 +186,40 @@ def _read(f: h5py.File, p: Path) -> Plan:
     meta = json.loads(f.attrs.get("meta_json", "{}"))
     if not isinstance(meta, dict):
         raise PlanError(f"{p} is corrupt: its meta_json is not a JSON object")
-    return Plan(
+    tile_table = tiles[...].astype(TILE_DTYPE)
+    plan = Plan(
         layers,
-        tiles[...].astype(TILE_DTYPE),
+        tile_table,
         _whole(f.attrs["rows"], "rows", p),
         _whole(f.attrs["cols"], "cols", p),
         float(f.attrs["g_min"]),
         float(f.attrs["g_max"]),
         meta,
     )
+    if ("tile_rows" in f) != ("tile_cols" in f):
+        raise PlanError(f"{p} is corrupt: it has only one of tile_rows and tile_cols")
+    if "tile_rows" in f:
+        validate_plan(plan, str(p))  # the tiles themselves first: a map can only match tiles that are sound
+        plan.tile_rows = _split(f["tile_rows"], tile_table["nr"], "tile_rows", p)
+        plan.tile_cols = _split(f["tile_cols"], tile_table["nc"], "tile_cols", p)
+    if "defects" in f:
+        dg = f["defects"]
+        state, g = dg["state"], dg["g"]
+        if state.dtype.kind != "u" or g.dtype.kind != "f":
+            raise PlanError(f"{p} is corrupt: its defect map holds {state.dtype} states and {g.dtype} reads")
+        sources = json.loads(dg.attrs.get("sources_json", "[]"))
+        if not (isinstance(sources, list) and all(isinstance(x, str) for x in sources)):
+            raise PlanError(f"{p} is corrupt: its defect map's sources_json is not a list of paths")
+        plan.defects = DefectMap(state[...].astype(np.uint8), g[...].astype(np.float64), sources)
+    return plan
+
+
+def _split(ds: h5py.Dataset, sizes: np.ndarray, name: str, p: Path) -> list[np.ndarray]:
+    """A tile map dataset cut into one array per tile (sizes: the tiles' nr or nc)."""
+    if ds.ndim != 1 or ds.dtype.kind not in "iu" or ds.shape[0] != int(np.sum(sizes.astype(np.int64))):
+        raise PlanError(f"{p} is corrupt: {name} is not {int(np.sum(sizes))} whole numbers, one per tile row/column")
+    flat = ds[...].astype(np.int64)
+    return np.split(flat, np.cumsum(sizes.astype(np.int64))[:-1])
 
 
 def _whole(value: object, name: str, p: Path) -> int:
@@ -241,6 +293,24 @@ def _check_tiles(plan: Plan, bad: Callable[[str], PlanError]) -> None:
         if block.any():
             raise bad(f"{where} overlaps an earlier tile")
         block[...] = 1
+        rows, cols = plan.tile_cells(i)
+        for what, cells, n, side in (("rows", rows, nr, plan.rows), ("columns", cols, nc, plan.cols)):
+            if cells.shape != (n,) or np.unique(cells).size != n or cells.min() < 0 or cells.max() >= side:
+                raise bad(f"{where} is mapped onto {what} that are not {n} distinct array {what} in 0..{side - 1}")
     for lp, c in zip(plan.layers, cover):
         if not c.all():
             raise bad(f"{int(c.size - c.sum())} devices of layer {lp.name} are in no tile")
+    _check_defects(plan, bad)
+
+
+def _check_defects(plan: Plan, bad: Callable[[str], PlanError]) -> None:
+    """A defect map, when present, covers the plan's array with known states."""
+    d = plan.defects
+    if d is None:
+        return
+    if d.state.shape != (plan.rows, plan.cols) or d.g.shape != (plan.rows, plan.cols):
+        raise bad(f"its defect map is {d.state.shape}, not the {plan.rows}x{plan.cols} array")
+    if np.any(d.state > max(STATE_NAMES)):
+        raise bad(f"its defect map holds states other than {sorted(STATE_NAMES)}")
+    if np.any(np.isinf(d.g)):  # a read may be NaN (none) or slightly negative (read noise on an open cell)
+        raise bad("its defect map holds infinite conductances")

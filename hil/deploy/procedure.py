@@ -2,9 +2,12 @@
 
 Per tile: devices not marked for verification get one RESET and one SET at the gate voltage that the
 gate calibration maps to their target; marked devices get the board's WRITE_VERIFY; then, after the
-read delay (ADVANCE_CLOCK on a simulator), the tile is read back. Cells of the used area that are
-still pristine are formed first. Everything is recorded per tile, so an interrupted deployment resumes
-at the first tile not yet recorded (a partly programmed tile is programmed again).
+read delay (ADVANCE_CLOCK on a simulator), the tile is read back. Each tile lies on the array rows and
+columns the plan maps it to (`Plan.tile_cells`); records hold every cell at its place on the array. Cells
+of the used area that are still pristine are formed first. Cells the plan's defect map names defective
+(unformable, stuck-on, stuck-off) get no pulse at all: not formed, not calibrated on, not programmed, only
+read. Everything is recorded per tile, so an interrupted deployment resumes at the first tile not yet
+recorded (a partly programmed tile is programmed again).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from hil.characterize.multilevel import (
 )
 from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, param
 from hil.characterize.runfile import RunWriter, Table
+from hil.deploy.defects import from_tiles
 from hil.deploy.plan import Plan, load_plan
 from hil.hardware.board import PulseRamp
 
@@ -67,8 +71,14 @@ class DeployRun(Procedure[DeployParams]):
                 f"plan tiles are {self.plan.rows}x{self.plan.cols}, larger than the {self.board.rows}x{self.board.cols} array"
             )
         self.board.limits.check_width(SET_WIDTH_NS)  # the one-shot SET pulse
-        self.used_rows = int(self.plan.tiles["nr"].max())
-        self.used_cols = int(self.plan.tiles["nc"].max())
+        plan = self.plan
+        cells = [plan.tile_cells(i) for i in range(len(plan.tiles))]
+        rows = np.unique(np.concatenate([r for r, _ in cells]))
+        cols = np.unique(np.concatenate([c for _, c in cells]))
+        self.skip = plan.defects.defective if plan.defects is not None else np.zeros((plan.rows, plan.cols), bool)
+        rr, cc = np.meshgrid(rows, cols, indexing="ij")
+        keep = ~self.skip[rr, cc]
+        self.used = (rr[keep], cc[keep])  # cells of the used area that may be pulsed, row-major
 
     def tables(self) -> dict[str, Table]:
         n = self.plan.rows * self.plan.cols
@@ -77,7 +87,7 @@ class DeployRun(Procedure[DeployParams]):
                 {"cell": ("i4", (2,)), "formed": ("u1", ()), "g": ("f8", ()), "pulses": ("i4", ())},
                 "cells formed before programming (FORM ramp pulses each got)",
             ),
-            "gate_cal": gate_table(min(self.p.cal_cells, self.used_rows * self.used_cols)),
+            "gate_cal": gate_table(min(self.p.cal_cells, self.used[0].size)),
             "tiles": Table(
                 {
                     "tile": ("i4", ()),
@@ -101,10 +111,8 @@ class DeployRun(Procedure[DeployParams]):
         """FORM every cell of the used area (a formed cell answers at once; pristine ones get the ramp)."""
         if not self.p.form or w.count("tiles"):
             return
-        rows, cols = np.unravel_index(
-            np.arange(w.count("form"), self.used_rows * self.used_cols), (self.used_rows, self.used_cols)
-        )
-        for r, c in zip(rows, cols):
+        done = w.count("form")
+        for r, c in zip(self.used[0][done:], self.used[1][done:]):
             o = self.board.form(int(r), int(c), v_read=self.p.v_read)
             w.append("form", cell=[r, c], formed=o.formed, g=o.conductance_s, pulses=o.pulses)
 
@@ -112,8 +120,8 @@ class DeployRun(Procedure[DeployParams]):
         p, plan = self.p, self.plan
         bar.set(w.count("gate_cal") + w.count("tiles"))
         self._form(w)
-        k = min(p.cal_cells, self.used_rows * self.used_cols)
-        cal_r, cal_c = np.unravel_index(np.arange(k), (self.used_rows, self.used_cols))
+        k = min(p.cal_cells, self.used[0].size)
+        cal_r, cal_c = self.used[0][:k], self.used[1][:k]
         calibrate_gate(self.board, w, cal_r, cal_c, np.linspace(p.gate_lo, p.gate_hi, p.gate_points), p.v_read, bar)
         cal = w.read("gate_cal")
         for ti in range(w.count("tiles"), len(plan.tiles)):
@@ -127,36 +135,41 @@ class DeployRun(Procedure[DeployParams]):
         nr, nc = int(t["nr"]), int(t["nc"])
         tgt = lp.targets[t["r0"] : t["r0"] + nr, t["c0"] : t["c0"] + nc]
         ver = lp.verify[t["r0"] : t["r0"] + nr, t["c0"] : t["c0"] + nc]
-        shape = (plan.rows, plan.cols)
+        rows, cols = plan.tile_cells(ti)  # physical row / column of each of the tile's rows / columns
+        skip = self.skip[np.ix_(rows, cols)]
         rec = np.zeros(1, dtype=self.tables()["tiles"].dtype)[0]
         rec["tile"] = ti
-        for key in ("target", "g_prog", "g_read"):
-            rec[key] = np.nan
-        full = lambda a, fill: np.pad(
-            a.astype(float), ((0, shape[0] - nr), (0, shape[1] - nc)), constant_values=fill
-        ).ravel()
+
+        def full(a: np.ndarray, fill: float) -> np.ndarray:
+            """A tile-shaped array placed at its cells of the plan's rows x cols array, `fill` elsewhere."""
+            out = np.full((plan.rows, plan.cols), fill, dtype=float)
+            out[np.ix_(rows, cols)] = a
+            return out.ravel()
+
         rec["target"], rec["verify"] = full(tgt, np.nan), full(ver, 0)
         g_prog = np.full((nr, nc), np.nan)
         pulses = np.zeros((nr, nc), dtype=np.int64)
         status = np.zeros((nr, nc), dtype=np.uint8)
         gates = gate_for(tgt.ravel(), cal["gate"], cal["g"]).reshape(nr, nc)
-        for r, c in np.argwhere(~ver):
-            g_prog[r, c] = one_shot(self.board, int(r), int(c), float(gates[r, c]), p.v_read).conductance_s
+        for r, c in np.argwhere(~ver & ~skip):
+            g_prog[r, c] = one_shot(self.board, int(rows[r]), int(cols[c]), float(gates[r, c]), p.v_read).conductance_s
             pulses[r, c] = 2
-        vr, vc = np.nonzero(ver)
+        vr, vc = np.nonzero(ver & ~skip)
         t_prog = 0.0
         if vr.size:
-            o = self.board.write_verify(vr, vc, tgt[vr, vc], p.tol, p.max_pulses, PulseRamp(), p.v_read)
+            o = self.board.write_verify(rows[vr], cols[vc], tgt[vr, vc], p.tol, p.max_pulses, PulseRamp(), p.v_read)
             g_prog[vr, vc], pulses[vr, vc], status[vr, vc] = o.final_s, o.pulses, o.status
             t_prog = o.timestamp_s
         if p.read_delay > 0:
             self.board.wait(p.read_delay)
-        m = self.board.read_block(0, 0, nr, nc, p.v_read)
+        r0, c0 = int(rows.min()), int(cols.min())
+        block = self.board.read_block(r0, c0, int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1, p.v_read)
+        m_g = block.conductance_s[np.ix_(rows - r0, cols - c0)]
         rec["g_prog"], rec["pulses"], rec["status"] = full(g_prog, np.nan), full(pulses, 0), full(status, 0)
         rec["g_read"], rec["t_prog"], rec["t_read"] = (
-            full(m.conductance_s, np.nan),
-            t_prog or m.timestamp_s,
-            m.timestamp_s,
+            full(m_g, np.nan),
+            t_prog or block.timestamp_s,
+            block.timestamp_s,
         )
         return np.array([rec])
 
@@ -175,4 +188,14 @@ class DeployRun(Procedure[DeployParams]):
             "pulses_verified_mean": float(t["pulses"][ver].mean()) if ver.any() else 0.0,
             "readback_sigma_s": float(np.std(err)),
             "readback_sigma_verified_s": float(np.std((t["g_read"] - t["target"])[ver])) if ver.any() else None,
+            **self._defect_summary(data),
+        }
+
+    def _defect_summary(self, data: dict) -> dict:
+        """Defective cells of the plan's map the run left unpulsed, and defects this run saw that the map lacks."""
+        plan = self.plan
+        seen = from_tiles(data["tiles"], plan.rows, plan.cols, plan.g_min, plan.g_max).defective
+        return {
+            "defects_known": int(self.skip.sum()),
+            "defects_new": int(np.sum(seen & ~self.skip)),
         }

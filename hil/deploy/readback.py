@@ -37,15 +37,17 @@ class DeployedAccuracy:
 
 
 def measured_matrices(plan: Plan, run: RunData) -> list[np.ndarray]:
-    """Assemble each layer's device matrix from the read-back conductances of its tiles."""
+    """Assemble each layer's device matrix from the read-back conductances of its tiles (through their layout)."""
     tiles = run.data["tiles"]
     if len(tiles) < len(plan.tiles):
         raise RunFileError(f"{run.path} holds {len(tiles)} of {len(plan.tiles)} tiles: finish it with --resume first")
     mats = [np.full(lp.targets.shape, np.nan) for lp in plan.layers]
     for rec in tiles[: len(plan.tiles)]:
-        t = plan.tiles[int(rec["tile"])]
+        ti = int(rec["tile"])
+        t = plan.tiles[ti]
         nr, nc = int(t["nr"]), int(t["nc"])
-        g = rec["g_read"].reshape(plan.rows, plan.cols)[:nr, :nc]
+        rows, cols = plan.tile_cells(ti)  # the tile's layout on the array, undone here
+        g = rec["g_read"].reshape(plan.rows, plan.cols)[np.ix_(rows, cols)]
         mats[int(t["layer"])][t["r0"] : t["r0"] + nr, t["c0"] : t["c0"] + nc] = g
     for lp, m in zip(plan.layers, mats):
         if np.isnan(m).any():

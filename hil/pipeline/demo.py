@@ -117,7 +117,9 @@ def run_demo(
     report.add("train", time.perf_counter() - t0, train_summary)
     echo(f"  model      -> {model_path}  {_train_headline(train_summary, show)}")
     t0 = time.perf_counter()
-    deploy = deploy_stage(cfg, model_path, profile_path, cfg.out / "deploy.h5", quiet=not cfg.plots)
+    deploy = deploy_stage(
+        cfg, model_path, profile_path, cfg.out / "deploy.h5", quiet=not cfg.plots, defect_runs=[runs["form"]]
+    )
     report.add("deploy", time.perf_counter() - t0, deploy)
     echo(f"  deploy     -> {cfg.out / 'deploy.h5'}  {_deploy_headline(deploy, show)}")
     if cfg.plots:
@@ -185,16 +187,24 @@ def train_stage(cfg: DemoConfig, profile_path: Path, path: Path) -> tuple[Path, 
     return path, {"clean": mc.clean_accuracy, "noisy_mean": mc.mean, "kpp1": mc.kpp[1.0], "draws": mc.n_draws}
 
 
-def deploy_stage(cfg: DemoConfig, model_path: Path, profile_path: Path, out: Path, quiet: bool) -> dict:
-    """Program the model onto a fresh copy of the simulated chip with SWIM, read back, evaluate."""
-    from hil.deploy import DeploySettings, deploy_model
+def deploy_stage(
+    cfg: DemoConfig, model_path: Path, profile_path: Path, out: Path, quiet: bool, defect_runs: list[Path] | None = None
+) -> dict:
+    """Program the model onto a fresh copy of the simulated chip with SWIM, read back, evaluate.
+
+    ``defect_runs``: the chip's form run (whole chip), whose defect map the layout avoids."""
+    from hil.deploy import DeploySettings, default_plan_path, deploy_model
+    from hil.deploy.plan import load_plan
     from hil.deploy.readback import evaluate_deployed
 
     url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}&persist=0"
     settings = DeploySettings(fraction=cfg.swim, read_delay_s=cfg.read_delay)
-    summary = deploy_model(model_path, profile_path, url, out, settings, force=True, quiet=quiet)
+    summary = deploy_model(
+        model_path, profile_path, url, out, settings, force=True, quiet=quiet, defect_runs=defect_runs or ()
+    )
     acc = evaluate_deployed(out, mc=cfg.mc_draws, seed=cfg.seed)
-    return {**acc.to_dict(), "swim_fraction": cfg.swim, "program": summary}
+    placement = load_plan(default_plan_path(out)).meta.get("placement")
+    return {**acc.to_dict(), "swim_fraction": cfg.swim, "program": summary, "placement": placement}
 
 
 def _train_headline(s: dict, show: Show) -> str:
