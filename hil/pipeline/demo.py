@@ -215,12 +215,21 @@ def _train_headline(s: dict, show: Show) -> str:
 
 
 def _deploy_headline(d: dict, show: Show) -> str:
-    return (
-        f"SWIM {show(d['swim_fraction'], '%')}: measured {show(d['measured'], '%')} vs predicted "
-        f"{show(d['predicted_mean'], '%')} (1% KPP {show(d['predicted_kpp1'], '%')}), "
-        f"{'inside' if d['within_spread'] else 'OUTSIDE'} the predicted spread; write cycles {d['write_cycles']:.0f} = "
-        f"{d['write_cycles'] / d['write_cycles_full_wv']:.2f}x full write-verify"
+    text = (
+        f"SWIM {show(d['swim_fraction'], '%')}: measured {show(d['measured'], '%')} (noise-free "
+        f"{show(d['clean'], '%')}) vs predicted {show(d['predicted_mean'], '%')} (1% KPP "
+        f"{show(d['predicted_kpp1'], '%')}), {'inside' if d['within_spread'] else 'OUTSIDE'} the predicted spread; "
+        f"write cycles {d['write_cycles']:.0f} = {d['write_cycles'] / d['write_cycles_full_wv']:.2f}x full write-verify"
     )
+    p = d.get("placement") or {}
+    if p.get("defect_aware") and "naive" in p and "placed" in p:  # what defect-aware placement saved
+        n, a = p["naive"], p["placed"]
+        text += (
+            f"; defect-aware placement left a summed weight error of {a['residual_error']:.3g} max|W| on the "
+            f"{sum(p['defective_cells'].values()) - p['defective_cells']['healthy']} known defective cells "
+            f"(naive placement {n['residual_error']:.3g})"
+        )
+    return text
 
 
 def _plot(runs: dict[str, Path], folder: Path) -> list[Path]:
