@@ -46,6 +46,13 @@ class MCResult:
     ekl: float  # mean KL(onehot || softmax) over correct predictions, all draws
     clean_accuracy: float | None = None
 
+    def central_interval(self, level: float = 0.9) -> tuple[float, float]:
+        """The central ``level`` interval of the per-draw accuracies (e.g. 5th and 95th percentiles, interpolated)."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"the interval's level must lie strictly between 0 and 1, got {level}")
+        lo, hi = np.quantile(self.accuracies, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+        return float(lo), float(hi)
+
     def to_dict(self) -> dict:
         """JSON-able form (per-draw accuracies included as a list)."""
         d = asdict(self)
