@@ -59,6 +59,14 @@ class DefectMap:
         """Cells of each state, by name."""
         return {name: int(np.sum(self.state == code)) for code, name in STATE_NAMES.items()}
 
+    def unknown_stuck_fractions(self, expected: tuple[float, float]) -> tuple[float, float]:
+        """Stuck-on and stuck-off fractions left to chance once this map's defects are known: the `expected` ones
+        (a profile's, per device) less this map's share of shorts and of unformable or stuck-off cells, >= 0."""
+        n = max(1, self.state.size)
+        on = float(np.sum(self.state == STUCK_ON)) / n
+        off = float(np.sum((self.state == UNFORMABLE) | (self.state == STUCK_OFF))) / n
+        return max(0.0, float(expected[0]) - on), max(0.0, float(expected[1]) - off)
+
     def held(self, g_max: float) -> np.ndarray:
         """The conductance each cell is taken to keep: its latest read, else 0 S (off) or 1.5 x g_max (a short)."""
         unread = np.where(self.state == STUCK_ON, 1.5 * g_max, 0.0)

@@ -64,6 +64,16 @@ def verify_masks(plan: Plan) -> dict[str, torch.Tensor]:
     return out
 
 
+def predicted_stuck_fractions(plan: Plan, expected: tuple[float, float]) -> tuple[float, float]:
+    """The stuck fractions the prediction draws for this chip: a plan placed around the chip's defect map keeps
+    its known defects where they do no harm, so only what the map did not catch is left to chance (issue 16
+    item 4); a plan placed without one draws the profile's `expected` fractions."""
+    placement = plan.meta.get("placement") or {}
+    if plan.defects is None or not placement.get("defect_aware"):
+        return float(expected[0]), float(expected[1])
+    return plan.defects.unknown_stuck_fractions(expected)
+
+
 def _accuracy(model: torch.nn.Module, weights: dict, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         correct = 0
@@ -99,7 +109,11 @@ def evaluate_deployed(
     clean = _accuracy(model, {}, ds.x_test, ds.y_test)
     profile = load_profile(plan.meta["profile_file"])
     noise = ProfileNoise.from_profile(
-        profile, float(run.params["read_delay"]), mapping="analog", verified_mask=verify_masks(plan)
+        profile,
+        float(run.params["read_delay"]),
+        mapping="analog",
+        verified_mask=verify_masks(plan),
+        stuck_fractions=predicted_stuck_fractions(plan, profile.stuck_fractions),
     )
     pred = evaluate_mc(model, ds.x_test, ds.y_test, noise, mc, seed=seed, kpp=(1.0,), progress=progress)
     kpp1 = float(pred.kpp[1.0])

@@ -78,6 +78,9 @@ class ProfileNoise(WeightNoise):
     all_verified: bool = False
     factor: float = 1.0
     lognormal_exact: bool = True
+    # Fractions of stuck-on (LRS) and stuck-off (HRS) devices to draw; None: the profile's. A deployment whose
+    # placement knew the chip's defects draws only what its defect map did not catch (hil/deploy/readback.py).
+    stuck_fractions: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -159,7 +162,7 @@ class ProfileNoise(WeightNoise):
     def _stuck(self) -> tuple[float, float]:
         if not self.stuck:
             return 0.0, 0.0
-        lrs, hrs = self.profile.stuck_fractions
+        lrs, hrs = self.profile.stuck_fractions if self.stuck_fractions is None else self.stuck_fractions
         f = min(self.factor, 1.0)
         return float(lrs) * f, float(hrs) * f
 

@@ -21,6 +21,7 @@ from hil.characterize.read_noise import ReadNoise, ReadNoiseParams
 from hil.characterize.runfile import RunData, read_run
 from hil.deploy.defects import (
     HEALTHY,
+    STUCK_OFF,
     STUCK_ON,
     STUCK_ON_FACTOR,
     UNFORMABLE,
@@ -288,3 +289,18 @@ def test_rram_program_takes_the_defect_map_from_a_form_run(tmp_path, capsys, mon
     rep = plan.meta["placement"]
     assert rep["defect_aware"] and rep["placed"]["weight_on_defects"] < rep["naive"]["weight_on_defects"]
     assert read_run(out).summary["defects_known"] == int(plan.defects.defective.sum())
+
+
+def test_the_prediction_draws_only_the_stuck_devices_the_defect_map_did_not_catch() -> None:
+    """Issue 16 item 4: a plan placed around a defect map keeps its known defects harmless, so the Monte Carlo
+    prediction draws the profile's stuck fractions less the map's share; a naive plan draws the profile's."""
+    from hil.deploy.readback import predicted_stuck_fractions
+
+    # 100 cells: 1 short (1 %) and 2 unformable + 1 stuck-off (3 %) known
+    dmap = _planted(10, 10, [(0, 0, STUCK_ON, 60e-6), (1, 1, UNFORMABLE, 0.0), (2, 2, UNFORMABLE, 0.0)])
+    dmap.state[3, 3] = STUCK_OFF
+    assert dmap.unknown_stuck_fractions((0.015, 0.02)) == pytest.approx((0.005, 0.0))  # 0.02 - 0.03 clips at 0
+    placed = build_plan(_lin(4, 6), G_MIN, G_MAX, {}, 10, 10, defects=dmap)
+    assert predicted_stuck_fractions(placed, (0.015, 0.02)) == pytest.approx((0.005, 0.0))
+    naive = build_plan(_lin(4, 6), G_MIN, G_MAX, {}, 10, 10)
+    assert predicted_stuck_fractions(naive, (0.015, 0.02)) == (0.015, 0.02)

@@ -283,3 +283,16 @@ def test_magnitude_is_the_family_parameter():
         assert noise.magnitude == pytest.approx(expect)
         assert noise.scaled(2.0).magnitude == pytest.approx(2 * expect)
     assert noise_from_profile(NoiseProfile.from_paper("ibm_reram", time="1s")).magnitude is None
+
+
+def test_profile_noise_draws_the_stuck_fractions_it_is_given():
+    """`stuck_fractions` replaces the profile's (a deployment's prediction draws only the unknown defects)."""
+    from calibration.profile import NoiseProfile
+
+    prof = NoiseProfile.from_paper("gaussian", sigma=0.0, stuck_lrs=0.02, stuck_hrs=0.03)
+    w = {"w": torch.zeros(1000, dtype=torch.float64)}  # both devices at g_min: only an LRS-stuck device moves it
+    none = noise_from_profile(prof, mapping="analog", stuck_fractions=(0.0, 0.0)).sample_batch(w, N, gen(13))["w"]
+    assert (none.abs() > 1e-9).sum().item() == 0
+    more = noise_from_profile(prof, mapping="analog", stuck_fractions=(0.1, 0.0)).sample_batch(w, N, gen(13))["w"]
+    # G+ stuck, G- not: p = 0.09 over 10^6 samples, sd 2.9e-4, so 0.002 is 7 sd
+    assert (more > 0.5).double().mean().item() == pytest.approx(0.1 * 0.9, abs=0.002)
