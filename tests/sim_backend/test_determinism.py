@@ -144,7 +144,6 @@ def _rram(tmp_path: Path, *args: str) -> None:
 def test_two_cli_processes_on_a_persistent_chip_give_identical_records(
     reference: tuple[dict, dict], tmp_path: Path
 ) -> None:
-    pytest.importorskip("sim_backend.chip_store")
     port = make_sim_url(SEED, ROWS, COLS)  # persistent: the second process finds the formed chip
     _rram(tmp_path, "characterize", "form", "--port", port, "--cells", CELLS, "-o", "form.h5")
     levels_opts = ["--levels", "4", "--gate-points", "4", "--cal-cells", "4", "--read-times", "1,10"]
