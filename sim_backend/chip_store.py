@@ -2,9 +2,12 @@
 
 A simulated chip is named by its seed and size, ``seed0_64x64``, and is also keyed by its physics (a
 fingerprint of its DeviceParams and of the pristine state they give), so a changed physics never loads
-an old state. `PersistentChip` binds a FirmwareEngine to its stored chip while a link is open: the state
-is loaded at open, saved atomically at most every `SAVE_INTERVAL_S` while it changes and on close, and
-the chip's lock (an flock the OS drops when the process dies) keeps a second process off the chip.
+an old state. The optional spatial gain field is physics too: a chip with another field (or none) is
+another chip, as a chip of another size is; a chip without one keeps the fingerprint it had before
+the field existed. `PersistentChip` binds a FirmwareEngine to its stored chip while a link is open: the
+state is loaded at open, saved atomically at most every `SAVE_INTERVAL_S` while it changes and on
+close, and the chip's lock (an flock the OS drops when the process dies) keeps a second process off
+the chip.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 import time
 import weakref
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,13 +33,14 @@ import numpy as np
 from firmware_protocol.fileformat import FileFormat, atomic_write, software_version, utc_now
 from firmware_protocol.pidlock import LockHeldError, PidLock, holder_pid
 from sim_backend.board_config import BoardConfig
-from sim_backend.device_model import RRAMArray
+from sim_backend.device_model import RRAMArray, spatial_gain_field
 from sim_backend.device_params import DeviceParams
 from sim_backend.firmware import FirmwareEngine
 from sim_backend.sim_url import make_sim_url
 
 STATE_DIR_ENV = "RRAM_SIM_STATE_DIR"
-CHIP_FORMAT = FileFormat("rram-hil sim chip", "1.0", "an rram-hil simulated-chip state file")
+# 1.1: meta records the chip's spatial gain field ("spatial": [sigma, length in cells] or null); 1.0 files had none
+CHIP_FORMAT = FileFormat("rram-hil sim chip", "1.1", "an rram-hil simulated-chip state file")
 SAVE_INTERVAL_S = 0.25  # longest time a change waits for the disk (a SIGKILL loses at most this much history)
 SAVE_SHARE = 0.1  # big chips wait longer: saving takes at most this share of the time (64x64 saves in ~3 ms)
 LOCK_WAIT_S = 0.2  # an open retries this long, so a `rram sim status` probing the lock never makes it fail
@@ -62,34 +66,56 @@ def default_state_dir() -> Path:
     return Path(xdg).expanduser().absolute() / "rram-hil" / "sim"
 
 
+_SPATIAL_FIELDS = ("spatial_sigma", "spatial_length_cells")
+
+
 @lru_cache(maxsize=8)
 def physics_fingerprint(device: DeviceParams) -> str:
     """12 hex digits naming the chip's physics: its DeviceParams and the pristine state they give a probe array.
 
     The probe catches a changed simulator (new random streams, new state arrays) even when the
-    parameters stayed the same: a state saved by other physics is a different chip.
+    parameters stayed the same: a state saved by other physics is a different chip. Without a spatial
+    field the spatial parameters are left out (the fingerprint is the one of the software before them);
+    with one, the probe's field is hashed too (a changed field generator is other physics).
     """
-    h = hashlib.sha256(json.dumps(asdict(device), sort_keys=True, default=repr).encode())
+    params = asdict(device)
+    if device.spatial_sigma == 0.0:
+        for name in _SPATIAL_FIELDS:
+            params.pop(name)
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=repr).encode())
     probe = RRAMArray(4, 4, device, seed=0).export_state()
     for key in sorted(probe):
         value = np.ascontiguousarray(probe[key])
         h.update(f"{key}:{value.dtype.str}:{value.shape}".encode())
         h.update(value.tobytes())
+    if device.spatial_sigma != 0.0:
+        h.update(b"spatial_ln_gain:")
+        h.update(np.ascontiguousarray(spatial_gain_field(4, 4, device, seed=0)).tobytes())
     return h.hexdigest()[:12]
 
 
 @dataclass(frozen=True)
 class ChipId:
-    """Which simulated chip: seed, size and physics fingerprint."""
+    """Which simulated chip: seed, size, physics fingerprint, and its spatial gain field (sigma, length) if any."""
 
     seed: int
     rows: int
     cols: int
     physics: str
+    spatial: tuple[float, float] | None = None  # (spatial_sigma, spatial_length_cells) of DeviceParams; None: none
 
     @classmethod
     def of(cls, config: BoardConfig) -> ChipId:
-        return cls(config.seed, config.rows, config.cols, physics_fingerprint(config.device))
+        d = config.device
+        spatial = (d.spatial_sigma, d.spatial_length_cells) if d.spatial_sigma != 0.0 else None
+        return cls(config.seed, config.rows, config.cols, physics_fingerprint(d), spatial)
+
+    def default_physics(self) -> DeviceParams:
+        """This software's default DeviceParams with this chip's spatial field: what "current physics" means."""
+        if self.spatial is None:
+            return DeviceParams()
+        sigma, length = self.spatial
+        return replace(DeviceParams(), spatial_sigma=sigma, spatial_length_cells=length)
 
     @property
     def name(self) -> str:
@@ -102,8 +128,9 @@ class ChipId:
 
     @property
     def throwaway_url(self) -> str:
-        """The URL of a pristine, never-saved copy of this chip."""
-        return make_sim_url(self.seed, self.rows, self.cols, persist=0)
+        """The URL of a pristine, never-saved copy of this chip (its spatial field included)."""
+        field = {} if self.spatial is None else {"spatial": self.spatial[0], "spatial_len": self.spatial[1]}
+        return make_sim_url(self.seed, self.rows, self.cols, **field, persist=0)
 
 
 def chip_name(seed: int, rows: int, cols: int) -> str:
@@ -182,10 +209,17 @@ class ChipStore:
                 CHIP_FORMAT.check(meta, str(path), ChipStoreError)
                 n = len(_STATE_PREFIX)
                 state = {k[n:]: z[k] for k in z.files if k.startswith(_STATE_PREFIX)}
-            chip = ChipId(int(meta["seed"]), int(meta["rows"]), int(meta["cols"]), str(meta["physics"]))
+            spatial = meta.get("spatial")  # absent in format 1.0: no field
+            chip = ChipId(
+                int(meta["seed"]),
+                int(meta["rows"]),
+                int(meta["cols"]),
+                str(meta["physics"]),
+                None if spatial is None else (float(spatial[0]), float(spatial[1])),
+            )
         except ChipStoreError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile, EOFError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ChipStoreError(f"{path} is unreadable ({reason}): {reset}") from None
         if chip.stem != path.name[: -len(".npz")]:
@@ -220,6 +254,7 @@ class ChipStore:
             "rows": chip.rows,
             "cols": chip.cols,
             "physics": chip.physics,
+            "spatial": None if chip.spatial is None else list(chip.spatial),
             "generation": generation,
             "saved_at": utc_now(),
             "saved_unix": time.time(),
@@ -326,7 +361,7 @@ def report(store: ChipStore, chip: ChipId, stored: StoredChip | None = None) -> 
         chip=chip,
         path=store.path(chip),
         stored=stored is not None,
-        current_physics=chip.physics == physics_fingerprint(DeviceParams()),
+        current_physics=_is_current(chip),
         cells=chip.rows * chip.cols,
         formed=_count(state, "array/formed"),
         stuck_lrs=_count(state, "array/stuck_lrs"),
@@ -339,6 +374,14 @@ def report(store: ChipStore, chip: ChipId, stored: StoredChip | None = None) -> 
         saved_by_pid=meta.get("pid"),
         lock=store.lock_state(chip),
     )
+
+
+def _is_current(chip: ChipId) -> bool:
+    """True when this software's default physics, with the chip's spatial field, gives the chip's fingerprint."""
+    try:
+        return chip.physics == physics_fingerprint(chip.default_physics())
+    except ValueError:  # a spatial field no DeviceParams accepts: not this software's
+        return False
 
 
 def _count(state: dict[str, np.ndarray], key: str) -> int:

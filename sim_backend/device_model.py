@@ -4,7 +4,9 @@ Cells are addressed by integer index arrays (rows, cols) of equal length; every 
 all addressed cells at once with numpy.  The laws are listed in ``sim_backend.device_params``.
 
 Determinism.  The same seed and the same operations give bit-identical numbers however the cells
-are grouped into calls.  Device-to-device parameters are drawn once at construction from the seed.
+are grouped into calls.  Device-to-device parameters are drawn once at construction from the seed;
+the optional spatially correlated gain comes from its own per-site stream (`spatial_gain_field`), so
+it never shifts the other draws.
 Every later random number comes from ``sim_backend.random_streams``: a stateless hash of (seed,
 cell, the cell's event counter, purpose, draw index).  Each cell counts its own operations (a pulse,
 a read, an endurance call: one event each), so the noise a cell sees depends only on its own
@@ -26,12 +28,13 @@ years) is refused with a ValueError before anything changes, never wrapped.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from sim_backend.device_params import DeviceParams
-from sim_backend.random_streams import CellStreams, Tag
+from sim_backend.random_streams import CellStreams, Tag, site_normals
 
 # Node positions (in L = log10(1 + dt/t0)) of the piecewise Brownian relaxation path: each cell
 # stores one standard normal per segment, so the path is fixed at programming time and reading it
@@ -125,6 +128,33 @@ def _broadcast(name: str, value, n: int) -> np.ndarray:
         raise ValueError(f"{name} must be a scalar or have one value per cell ({n}), got shape {arr.shape}") from None
 
 
+def exponential_field(z: np.ndarray, length_cells: float) -> np.ndarray:
+    """Unit-variance field with Cov = exp(-(|dr| + |dc|) / length_cells) from white normals z (rows, cols).
+
+    Exact, not approximate: an AR(1) filter along each row, then along each column (rho = exp(-1/length),
+    innovation sd sqrt(1 - rho^2), started from the stationary law) turns iid N(0, 1) into the separable
+    exponential covariance K_rows (x) K_cols. Elementwise arithmetic in a fixed order: no FFT or LAPACK.
+    """
+    if not (math.isfinite(length_cells) and length_cells > 0):
+        raise ValueError(f"correlation length must be a positive number of cells, got {length_cells!r}")
+    rho = math.exp(-1.0 / length_cells)
+    innov = math.sqrt(-math.expm1(-2.0 / length_cells))  # sqrt(1 - rho^2) without cancellation at long lengths
+    f = np.array(z, dtype=np.float64, copy=True)
+    for j in range(1, f.shape[1]):
+        f[:, j] = rho * f[:, j - 1] + innov * f[:, j]
+    for i in range(1, f.shape[0]):
+        f[i, :] = rho * f[i - 1, :] + innov * f[i, :]
+    return f
+
+
+def spatial_gain_field(rows: int, cols: int, params: DeviceParams, seed: int) -> np.ndarray:
+    """The chip's spatially correlated ln gain s(r, c), (rows, cols); zeros when params.spatial_sigma is 0."""
+    if params.spatial_sigma == 0.0:
+        return np.zeros((rows, cols))
+    z = site_normals(seed, rows, cols, Tag.SPATIAL_FIELD)
+    return params.spatial_sigma * exponential_field(z, params.spatial_length_cells)
+
+
 DEFAULT_PARAMS = DeviceParams()  # the default argument of RRAMArray (frozen, so shared)
 
 
@@ -169,6 +199,8 @@ class RRAMArray:
         g_stuck = np.where(self.stuck_start_lrs, p.g_stuck_lrs_median, p.g_stuck_hrs_median) * np.exp(
             p.g_stuck_sigma * z_stuck
         )
+        # spatially correlated ln gain on every LRS/HRS target (own stream; zeros, a no-op, when off)
+        self.spatial_ln_gain = spatial_gain_field(self.rows, self.cols, p, self.seed).ravel()
 
         # --- dynamic state ---
         self.formed = np.zeros(n, dtype=bool)
@@ -427,11 +459,19 @@ class RRAMArray:
 
     def _ln_lrs_target(self, idx, v_gate, cycles) -> np.ndarray:
         """Median ln G of the LRS this cell would reach after a full SET (incl. d2d offset and wear)."""
-        return np.log(self.params.g_lrs(v_gate)) + self.lrs_d2d[idx] + self.params.wear_shift(cycles)[0]
+        return (
+            np.log(self.params.g_lrs(v_gate))
+            + (self.lrs_d2d[idx] + self.spatial_ln_gain[idx])
+            + self.params.wear_shift(cycles)[0]
+        )
 
     def _ln_hrs_target(self, idx, v_abs, cycles) -> np.ndarray:
         """Median ln G of the HRS this cell would reach after a full RESET (incl. d2d offset and wear)."""
-        return np.log(self.params.g_hrs(v_abs)) + self.hrs_d2d[idx] + self.params.wear_shift(cycles)[1]
+        return (
+            np.log(self.params.g_hrs(v_abs))
+            + (self.hrs_d2d[idx] + self.spatial_ln_gain[idx])
+            + self.params.wear_shift(cycles)[1]
+        )
 
     def _pulse(
         self,
@@ -705,13 +745,16 @@ class RRAMArray:
         rtn = self.rtn_present[idx]
         pi_full = self.rtn_tau_full[idx] / (self.rtn_tau_full[idx] + self.rtn_tau_empty[idx])
 
+        # Each cell's own ln offsets of the LRS and HRS targets: independent d2d plus the spatial gain.
+        lrs_d2d = self.lrs_d2d[idx] + self.spatial_ln_gain[idx]
+        hrs_d2d = self.hrs_d2d[idx] + self.spatial_ln_gain[idx]
         # Value a worn-out cell freezes at: its last LRS (stuck-LRS mode) or HRS at failure wear.
         z_f = self.streams.normal(keys, Tag.CYCLE_FAIL)
         wl_f, wh_f = p.wear_shift(n_fail)
         ln_fail = np.where(
             self.fail_mode_lrs[idx],
-            ln_g_lrs_gate + self.lrs_d2d[idx] + wl_f + p.lrs_sigma_c2c * z_f,
-            ln_g_hrs_v + self.hrs_d2d[idx] + wh_f + p.hrs_sigma_c2c * z_f,
+            ln_g_lrs_gate + lrs_d2d + wl_f + p.lrs_sigma_c2c * z_f,
+            ln_g_hrs_v + hrs_d2d + wh_f + p.hrs_sigma_c2c * z_f,
         )
         g_frozen = np.where(fails, np.exp(ln_fail), g_start)  # non-healthy cells keep their value
 
@@ -726,8 +769,8 @@ class RRAMArray:
             point_no = np.arange(start, start + q, dtype=np.uint64)[:, None]  # read point within this call
             wear = n0[None, :] + pc[:, None] * wear_per_cycle[None, :]
             wl, wh = p.wear_shift(wear)
-            a = ln_g_lrs_gate + self.lrs_d2d[idx][None, :] + wl
-            b = ln_g_hrs_v + self.hrs_d2d[idx][None, :] + wh
+            a = ln_g_lrs_gate + lrs_d2d[None, :] + wl
+            b = ln_g_hrs_v + hrs_d2d[None, :] + wh
             # Closed-form start: the noise-free fixed point of the alternating partial map (HRS side).
             denom = 1.0 - (1.0 - f_set) * (1.0 - f_rst)
             with np.errstate(divide="ignore", invalid="ignore"):

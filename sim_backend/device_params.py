@@ -23,6 +23,9 @@ The laws the simulator follows (and that a calibration step should recover) are:
   (`ibm_anchored_relaxation`); mu = 0 by default.
 * read: I = G * V * S(V)/S(v_read_ref) with S(V) = sinh(V/v_nl)/(V/v_nl), times (1 - a_rtn * s_rtn(t))
   for cells with a two-state telegraph trap, plus white noise N(0, (read_noise_frac * g_max * V)^2).
+* spatially correlated gain (optional, off by default): every LRS and HRS target above (forming's too)
+  gets ln G += s(r, c), s a stationary Gaussian field on the array with
+  Cov(s(r, c), s(r', c')) = spatial_sigma^2 * exp(-(|r - r'| + |c - c'|) / spatial_length_cells).
 """
 
 from __future__ import annotations
@@ -268,6 +271,22 @@ class DeviceParams:
     wear_a_hrs: float = 0.35
     wear_n0: float = 1e3
 
+    # --- spatially correlated device-to-device gain (optional) --------------------------------------
+    # Neighbouring cells share local process conditions (film thickness, vacancy density, access-line
+    # resistance), so their conductances are alike beyond the independent d2d spread: "neighboring ReRAM
+    # cells might show more similar noise characteristics due to shared local conditions and process-induced
+    # variations" (DAT, section I); spatial variations "may exhibit both localized and widespread
+    # correlations" (NEFT, section II.B). Read here as a multiplicative gain exp(s(r, c)) on the conductance a
+    # SET, a RESET or forming drives the cell toward (ln target += s, like lrs_d2d and hrs_d2d but shared
+    # with the neighbours): open-loop programming shows it in full, write-verify reads the cell and corrects
+    # it (at the cost of pulses). s is a stationary Gaussian field, covariance spatial_sigma^2 *
+    # exp(-(|dr| + |dc|) / spatial_length_cells) (separable exponential: lag-1 correlation along a row or a
+    # column exp(-1 / spatial_length_cells)), drawn from its own per-site stream, so the other draws of a
+    # seed do not change. Neither paper gives a size: off (0) by default, so every seed's chip is as it was;
+    # 0.05 (a 5 % gain sd, half the independent LRS d2d spread) is a mild field.
+    spatial_sigma: float = 0.0  # sd of ln gain (0.05 = 5 % of g)
+    spatial_length_cells: float = 8.0  # correlation length (cells) of the exponential covariance
+
     # --- virtual clock --------------------------------------------------------------------------
     # One cell at a time: each pulse costs its width plus 1 us of set-up, each read 10 us
     # (settling + ADC conversion).
@@ -279,7 +298,7 @@ class DeviceParams:
         positive = (
             "g_min g_max v_read_ref g_floor g_pristine_median v_form_mean v_form_width_ref_ns "
             "g_stuck_lrs_median g_stuck_hrs_median nmos_k i_cc_max lrs_v_c g_hrs_ref v_hrs_scale "
-            "tau0_ns v_kin v_nl rtn_tau_min_s rtn_tau_max_s weibull_shape weibull_scale wear_n0"
+            "tau0_ns v_kin v_nl rtn_tau_min_s rtn_tau_max_s weibull_shape weibull_scale wear_n0 spatial_length_cells"
         ).split()
         for name in positive:
             value = getattr(self, name)
@@ -288,7 +307,7 @@ class DeviceParams:
         non_negative = (
             "g_pristine_sigma v_form_sd v_form_per_decade g_stuck_sigma nmos_vth lrs_sigma_c2c lrs_sigma_d2d "
             "v_set_sd hrs_sigma_c2c hrs_sigma_d2d v_reset_sd step_sigma relax_restart_frac read_noise_frac "
-            "rtn_amp_median rtn_amp_sigma wear_a_lrs wear_a_hrs pulse_overhead_s read_overhead_s"
+            "rtn_amp_median rtn_amp_sigma wear_a_lrs wear_a_hrs pulse_overhead_s read_overhead_s spatial_sigma"
         ).split()
         for name in non_negative:
             value = getattr(self, name)

@@ -7,6 +7,12 @@ HDF5 layout (all per-cell datasets have shape (rows, cols)):
   /derived         attrs: closed-form statistics implied by the parameters (e.g. total ln-sigmas)
   /cells/<name>    datasets: device-to-device draws and current state flags
   /read_chain/<range>  attrs: true and nominal gain/offset of each ADC range (when a ReadChain is given)
+
+Versions (in the format name): 2 (issue 16) has the relaxation law as per-conductance tables
+(relax_g_nodes_us, relax_t0_nodes_s, relax_sigma_nodes_us instead of relax_t0_s, relax_sigma_coeffs_us),
+the spatial-gain parameters (spatial_sigma, spatial_length_cells), the "spatial" law and
+/cells/spatial_ln_gain. Version 1 files still load: their relaxation law as the same law sampled at
+the nodes (`DeviceParams.from_dict`), no spatial field (spatial_ln_gain all zeros, as their chips had).
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ if TYPE_CHECKING:
     from sim_backend.device_model import RRAMArray
     from sim_backend.read_chain import ReadChain
 
-GROUND_TRUTH_FILE = FileFormat("rram-hil-sim-ground-truth", "1", "a simulator ground-truth file", version_key=None)
-FORMAT = str(GROUND_TRUTH_FILE.stamp()["format"])  # "rram-hil-sim-ground-truth/1": the version is in the name
+GROUND_TRUTH_FILE = FileFormat("rram-hil-sim-ground-truth", "2", "a simulator ground-truth file", version_key=None)
+FORMAT = str(GROUND_TRUTH_FILE.stamp()["format"])  # "rram-hil-sim-ground-truth/2": the version is in the name
 
 
 class GroundTruthError(ValueError):
@@ -52,6 +58,9 @@ LAWS: dict[str, str] = {
     "plus N(0, (read_noise_frac * g_max * |V|)**2)",
     "rtn": "two-state trap, mean dwell rtn_tau_empty[cell] (empty) and rtn_tau_full[cell] (occupied), exact Markov "
     "transitions between reads",
+    "spatial": "ln target += spatial_ln_gain[cell] in lrs_full_set, hrs_full_reset and forming; spatial_ln_gain is a "
+    "stationary Gaussian field, Cov = spatial_sigma**2 * exp(-(|dr| + |dc|) / spatial_length_cells) (0 when "
+    "spatial_sigma = 0)",
 }
 
 _CELL_FIELDS = (
@@ -74,6 +83,7 @@ _CELL_FIELDS = (
     "stuck_lrs",
     "stuck_hrs",
     "cycles_used",
+    "spatial_ln_gain",
 )
 
 
@@ -141,11 +151,13 @@ def load_ground_truth(path: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"ground-truth file not found: {path}")
     with h5py.File(path, "r") as f:
-        GROUND_TRUTH_FILE.check(f.attrs, str(path), GroundTruthError)
+        version = GROUND_TRUTH_FILE.check(f.attrs, str(path), GroundTruthError)
         out: dict = {k: _plain(f.attrs[k]) for k in ("format", "rows", "cols", "seed", "time_s")}
         for group in ("params", "laws", "derived"):
             out[group] = {k: _plain(v) for k, v in f[group].attrs.items()}
         out["cells"] = {k: f["cells"][k][()] for k in f["cells"]}
+        if int(version) < 2:  # version 1 predates the spatial field: its chips had none
+            out["cells"].setdefault("spatial_ln_gain", np.zeros((int(out["rows"]), int(out["cols"]))))
         if "read_chain" in f:
             out["read_chain"] = {
                 name: {k: _plain(v) for k, v in grp.attrs.items()} for name, grp in f["read_chain"].items()

@@ -12,6 +12,9 @@ input word the way SplitMix64 takes its counter (``mix(key + (word + 1) * golden
 uint64 numpy arithmetic, which wraps modulo 2**64 identically on every machine; the normal comes
 from ``scipy.special.ndtri`` (scalar Cephes code, no CPU-dependent dispatch).  Uniforms carry 52
 random bits, ``(k + 0.5) / 2**52``, so they never reach 0 or 1 and normals are finite (|z| < 8.1).
+
+Draws made once per position of the chip rather than per operation (the spatial gain field) come from
+`site_normals`: the same hash keyed by (chip seed, purpose, row, column), in a domain of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S12 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(12)
 _DOMAIN = 0x5EED_CE11_0000_0001  # separates these streams from any other use of the chip seed
+_SITE_DOMAIN = 0x5EED_517E_0000_0002  # the per-site streams (`site_normals`): apart from the per-cell ones
 
 
 class Tag(IntEnum):
@@ -47,6 +51,7 @@ class Tag(IntEnum):
     CYCLE_RTN_HRS = 13
     CYCLE_NOISE_LRS = 14  # endurance read after SET: white noise (draw = read point)
     CYCLE_NOISE_HRS = 15
+    SPATIAL_FIELD = 16  # the white noise behind the spatially correlated gain field (one draw per site, `site_normals`)
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -117,3 +122,20 @@ class CellStreams:
     def normal(self, keys: np.ndarray, tag: int, draw: np.ndarray | int = 0) -> np.ndarray:
         """Standard normals, shape broadcast(keys, draw)."""
         return ndtri(self.uniform(keys, tag, draw))
+
+
+def site_normals(seed: int, rows: int, cols: int, tag: int) -> np.ndarray:
+    """(rows, cols) standard normals keyed by (chip seed, purpose, row, column): drawn before any event.
+
+    A site's draw depends on its (row, col) only, not on the array size, so the top-left block of a
+    bigger chip of the same seed sees the same draws; its own domain keeps it apart from `CellStreams`.
+    """
+    if int(rows) != rows or int(cols) != cols or rows < 1 or cols < 1:
+        raise ValueError(f"site_normals needs positive integer rows and cols, got {rows!r} and {cols!r}")
+    key = _absorb(_scalar_mix((int(seed) * _GAMMA + _SITE_DOMAIN) & _MASK), int(tag))
+    row_keys = _absorb(key, np.arange(int(rows), dtype=np.uint64))
+    bits = _absorb(row_keys[:, None], np.arange(int(cols), dtype=np.uint64)[None, :])
+    u = (bits >> _S12).astype(np.float64)
+    u += 0.5
+    u *= 2.0**-52
+    return ndtri(u)

@@ -4,11 +4,18 @@ Example: ``sim://?seed=1&rows=64&cols=64&flip=0.01&delay=0.2``; ``ref=0:63:50k,1
 precision resistors (calibration fixture) in place of cells. The chip persists between processes
 (sim_backend/SIM.md): ``persist=0`` gives a throwaway chip (pristine, never saved), ``state_dir=PATH``
 keeps it in another folder than the per-user default.
+
+``spatial=SIGMA`` gives the chip a spatially correlated device-to-device gain (off by default): the sd of
+the ln gain on the conductance SET, RESET and forming drive a cell toward (0.05 = 5 % of g), correlated
+between cells as exp(-(|dr| + |dc|) / L) with ``spatial_len=L`` cells (default 8). It is part of the
+chip: a chip with another field, or none, is another stored chip (DeviceParams.spatial_sigma and
+spatial_length_cells, sim_backend/device_params.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +35,7 @@ _FAULT_KEYS = {
 
 
 _STORE_KEYS = ("persist", "state_dir")
+_DEVICE_KEYS = {"spatial": "spatial_sigma", "spatial_len": "spatial_length_cells"}  # DeviceParams fields
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -55,6 +63,7 @@ def parse_sim_options(url: str, base: BoardConfig = DEFAULT_BOARD) -> SimOptions
     # keyword arguments whose value types follow the option tables above (one type per key)
     board: dict[str, Any] = {}
     faults: dict[str, Any] = {}
+    device: dict[str, float] = {}
     persist, state_dir = True, None
     for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
         value = values[-1]
@@ -69,18 +78,45 @@ def parse_sim_options(url: str, base: BoardConfig = DEFAULT_BOARD) -> SimOptions
         if key == "ref":
             board["reference_cells"] = parse_reference_cells(value)
             continue
+        if key in _DEVICE_KEYS:
+            device[_DEVICE_KEYS[key]] = _parse_spatial(key, value)
+            continue
         if key in _BOARD_KEYS:
             target, name, conv = board, key, _BOARD_KEYS[key]
         elif key in _FAULT_KEYS:
             target, (name, conv) = faults, _FAULT_KEYS[key]
         else:
-            known = ", ".join(sorted([*_BOARD_KEYS, *_FAULT_KEYS, *_STORE_KEYS, "ref"]))
+            known = ", ".join(sorted([*_BOARD_KEYS, *_FAULT_KEYS, *_STORE_KEYS, *_DEVICE_KEYS, "ref"]))
             raise ValueError(f"unknown sim:// option {key!r} (known: {known})")
         try:
             target[name] = conv(value)
         except ValueError:
             raise ValueError(f"sim:// option {key}={value!r} is not a valid {conv.__name__}") from None
+    if device:
+        d = base.device
+        board["device"] = dataclasses.replace(
+            d,
+            spatial_sigma=device.get("spatial_sigma", d.spatial_sigma),
+            spatial_length_cells=device.get("spatial_length_cells", d.spatial_length_cells),
+        )
     return SimOptions(dataclasses.replace(base, **board), LinkFaults(**faults), persist, state_dir)
+
+
+def _parse_spatial(key: str, value: str) -> float:
+    """spatial= (sd of the ln gain, >= 0) or spatial_len= (correlation length in cells, > 0); one-line errors."""
+    try:
+        x = float(value)
+    except ValueError:
+        x = math.nan
+    if key == "spatial" and not (math.isfinite(x) and x >= 0):
+        raise ValueError(
+            f"sim:// option spatial={value!r} must be a finite sd >= 0 of the ln gain (e.g. spatial=0.05 for 5 % of g; 0: none)"
+        )
+    if key == "spatial_len" and not (math.isfinite(x) and x > 0):
+        raise ValueError(
+            f"sim:// option spatial_len={value!r} must be a finite correlation length > 0 cells (e.g. spatial_len=8)"
+        )
+    return x
 
 
 def _parse_persist(value: str) -> bool:
