@@ -149,6 +149,31 @@ class NoiseProfile:
             return np.zeros_like(g), np.zeros_like(g)
         return self.relaxation_model.shift(g, t_s), self.relaxation_model.extra_sigma(g, t_s)
 
+    def device_error_moments(
+        self, g: np.ndarray, verified: bool = False, t_s: float = 0.0, read: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std (S) of read - target conductance for devices at target g read t_s after programming:
+        programming, relaxation up to t_s and, with ``read``, one read's noise, counted once (Gaussian laws)."""
+        g = np.asarray(g, dtype=np.float64)
+        read_var = self.read_sigma(g) ** 2
+        mean = np.asarray(self.programming_mean_error(g, verified=verified), dtype=np.float64)
+        var = np.asarray(self.programming_sigma(g, verified=verified), dtype=np.float64) ** 2
+        if self.programming_includes_read:  # the programming part alone
+            var = np.clip(var - read_var, 0.0, None)
+        if t_s > 0:
+            shift, extra = self.relaxation(g, t_s)
+            mean = mean + shift
+            var = var + np.asarray(extra) ** 2
+        if read:
+            var = var + read_var
+        return mean, np.sqrt(var)
+
+    @property
+    def programming_includes_read(self) -> bool:
+        """Whether the programming sigmas hold one read's noise: a measured profile's come from one read per
+        device (after t_read_s), a paper family's are the programming error alone (issue 16: count read noise once)."""
+        return self.family is None
+
     def read_sigma(self, g: np.ndarray) -> np.ndarray:
         """Read-to-read noise sigma at conductance g (S); zeros if the profile has no read-noise model."""
         g = np.asarray(g, dtype=np.float64)

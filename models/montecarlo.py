@@ -22,9 +22,11 @@ from models.noise.apply import clean_weights
 from models.noise.base import WeightNoise
 
 
-def draw_generator(seed: int, index: int, device: torch.device | str) -> torch.Generator:
-    """The generator of draw ``index`` (independent streams per draw via numpy's SeedSequence)."""
-    s = int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index)]).generate_state(1, dtype=np.uint64)[0])
+def draw_generator(seed: int, index: int, device: torch.device | str, *stream: int) -> torch.Generator:
+    """The generator of draw ``index`` (independent streams per draw via numpy's SeedSequence); ``stream``: a
+    sub-stream of the draw (e.g. its fresh read of input batch b), independent of the draw's own."""
+    key = [int(seed) & 0xFFFFFFFF, int(index), *(int(k) for k in stream)]
+    s = int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0])
     g = torch.Generator(device=torch.device(device))
     g.manual_seed(s & 0x7FFF_FFFF_FFFF_FFFF)
     return g
@@ -156,6 +158,7 @@ def evaluate_mc(
     clean: bool = True,
     progress: bool = False,
     engine: str = "auto",
+    read_noise: WeightNoise | None = None,
 ) -> MCResult:
     """Accuracy of ``model`` on (x, y) over ``n_draws`` draws of ``noise``, many draws per forward pass.
 
@@ -163,6 +166,11 @@ def evaluate_mc(
     (grouped convs, models.batched), "vmap" uses ``vmap(functional_call)`` (any model), "auto" uses
     fold when it reproduces vmap on the first batch. Under torch.distributed the draws are split
     round-robin over the processes and gathered (every process gets the result).
+
+    ``read_noise``: noise of one read of the programmed chip, redrawn for every batch of ``batch_size`` inputs
+    on top of the draw's chip (``noise``, then drawn without read noise): an array read per inference batch,
+    as a chip reads its devices at every inference, rather than one read frozen per chip. Batch b of draw i uses
+    the generator (seed, i, 1, b), so the results do not depend on the chunking either.
     """
     if engine not in ("auto", "fold", "vmap"):
         raise ValueError(f"engine must be 'auto', 'fold' or 'vmap', not {engine!r}")
@@ -186,6 +194,7 @@ def evaluate_mc(
         correct = torch.zeros(n_draws, dtype=torch.float64, device=device)
         kl_sum = torch.zeros(n_draws, dtype=torch.float64, device=device)
         sample_draws = noise.draw_sampler(weights)
+        sample_reads = read_noise.draw_sampler(weights) if read_noise is not None else None
 
         batched = None if engine == "auto" else (folded_forward if engine == "fold" else vmap_forward)
         # a bar with ETA on a terminal, one line when done elsewhere (draws of this process)
@@ -198,9 +207,12 @@ def evaluate_mc(
             for b in range(0, len(x), batch_size):
                 xb = x[b : b + batch_size].to(device, non_blocking=True)
                 yb = y[b : b + batch_size].to(device, non_blocking=True)
+                used = stacked
+                if sample_reads is not None:
+                    used = with_fresh_read(stacked, weights, sample_reads, seed, idx, b // batch_size, device)
                 if batched is None:
-                    batched = folded_forward if check_folded(model, stacked, xb[:8]) else vmap_forward
-                logits = batched(model, stacked, xb).float()  # (n_chunk, B, C)
+                    batched = folded_forward if check_folded(model, used, xb[:8]) else vmap_forward
+                logits = batched(model, used, xb).float()  # (n_chunk, B, C)
                 c, k = _correct_and_kl(logits, yb)
                 correct.index_add_(0, ids, c)
                 kl_sum.index_add_(0, ids, k)
@@ -213,6 +225,20 @@ def evaluate_mc(
         return summarize(accs, float(kl_sum.sum()), int(round(float(correct.sum()))), len(y), kpp, clean_acc)
     finally:
         model.train(was_training)
+
+
+def with_fresh_read(
+    stacked: dict[str, Tensor],
+    weights: dict[str, Tensor],
+    sample_reads,
+    seed: int,
+    draws: list[int],
+    batch: int,
+    device: torch.device | str,
+) -> dict[str, Tensor]:
+    """The draws' chip weights plus a fresh read's noise for input batch ``batch`` (generators (seed, i, 1, batch))."""
+    reads = sample_reads([draw_generator(seed, i, device, 1, batch) for i in draws])
+    return {k: (v + (reads[k] - weights[k])) if k in reads else v for k, v in stacked.items()}
 
 
 def _correct_and_kl(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,21 +275,31 @@ def evaluate_mc_reference(
     *,
     seed: int = 0,
     kpp: tuple[float, ...] = (1.0, 5.0),
+    read_noise: WeightNoise | None = None,
+    batch_size: int | None = None,
 ) -> MCResult:
-    """Plain one-draw-per-iteration Monte Carlo (slow; the check for ``evaluate_mc``)."""
+    """Plain one-draw-per-iteration Monte Carlo (slow; the check for ``evaluate_mc``, read noise per batch too)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         weights = {k: v.detach() for k, v in clean_weights(model).items()}
         accs, kl, nc = [], 0.0, 0
+        step = batch_size or len(x)
         for i in range(n_draws):
             noisy = noise.sample(weights, draw_generator(seed, i, device))
-            logits = functional_call(model, noisy, (x.to(device),)).float()
-            c, k = _correct_and_kl(logits[None], y.to(device))
-            accs.append(float(c[0]) / len(y))
-            kl += float(k[0])
-            nc += int(c[0])
+            correct = 0
+            for b in range(0, len(x), step):
+                used = noisy
+                if read_noise is not None:
+                    read = read_noise.sample(weights, draw_generator(seed, i, device, 1, b // step))
+                    used = {k: v + (read[k] - weights[k]) if k in read else v for k, v in noisy.items()}
+                logits = functional_call(model, used, (x[b : b + step].to(device),)).float()
+                c, k = _correct_and_kl(logits[None], y[b : b + step].to(device))
+                correct += int(c[0])
+                kl += float(k[0])
+            accs.append(correct / len(y))
+            nc += correct
         return summarize(np.array(accs), kl, nc, len(y), kpp, _clean_accuracy(model, x, y, len(x), device))
     finally:
         model.train(was_training)

@@ -77,8 +77,10 @@ def test_the_readme_walkthrough_takes_a_pristine_chip_to_a_deployed_network(tmp_
     clean, noisy = _percent(trained, "clean accuracy"), _percent(trained, "noisy accuracy")
     assert clean > 0.8 and 0.5 < noisy <= clean
     assert (tmp_path / "curve.png").stat().st_size > 0
-    deployed = out["rram evaluate --deployed deploy.h5"]
+    deployed = out["rram evaluate --deployed deploy.h5 --calibrate"]
     assert _percent(deployed, "measured accuracy") > 0.5  # ten classes: chance is 10 %
+    assert _percent(deployed, "after calibration") > 0.5
+    assert "predicted 5th percentile" in deployed and "per-device errors KS p" in deployed
     assert summary("deploy.h5")["tiles"] >= 1
 
 

@@ -30,6 +30,11 @@ from hil.cli.train import aligned, factory_option, noise_options, pct, spec_from
 @click.option("--batch-size", type=int, default=1000, show_default=True)
 @click.option("--chunk", "draws_per_chunk", type=int, help="Noise draws per batched forward (default: by memory).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Override the dataset folder stored in the model.")
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="With --deployed: also the accuracy after per-column gain/offset calibration on 128 training inputs.",
+)
 @click.option("--per-draw", is_flag=True, help="Include every draw's accuracy in the JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate(
@@ -44,6 +49,7 @@ def evaluate(
     draws_per_chunk: int | None,
     data_root: str | None,
     per_draw: bool,
+    calibrate: bool,
     as_json: bool,
     **noise_kw: Any,
 ) -> None:
@@ -55,8 +61,10 @@ def evaluate(
     if deployed is not None:
         if model_file is not None:
             raise UserError("give either MODEL_FILE or --deployed, not both")
-        _evaluate_deployed(deployed, 200 if n_draws == 1000 else n_draws, seed, as_json, factory)
+        _evaluate_deployed(deployed, 200 if n_draws == 1000 else n_draws, seed, as_json, factory, calibrate)
         return
+    if calibrate:
+        raise UserError("--calibrate goes with --deployed DEPLOY.h5 (it corrects a chip's read-back)")
     if model_file is None:
         raise UserError("give a MODEL_FILE to evaluate (or --deployed DEPLOY.h5)")
     from models.checkpoint import load_model, model_mapping
@@ -122,21 +130,42 @@ def evaluate(
     click.echo(aligned(rows))
 
 
-def _evaluate_deployed(path: str, n_draws: int, seed: int, as_json: bool, factory: str | None) -> None:
+def _evaluate_deployed(
+    path: str, n_draws: int, seed: int, as_json: bool, factory: str | None, calibrate: bool = False
+) -> None:
     from hil.deploy.readback import evaluate_deployed
 
-    res = evaluate_deployed(path, mc=n_draws, seed=seed, progress=not as_json, factory=factory)
+    res = evaluate_deployed(path, mc=n_draws, seed=seed, progress=not as_json, factory=factory, calibrate=calibrate)
     if as_json:
         click.echo(json_text({"deployed": path, **res.to_dict()}, indent=2))
         return
-    lo, hi = res.predicted_ci95
+    lo, hi = res.predicted_interval
     click.echo(f"{path}: network read back from the chip")
-    verdict = "inside" if res.within_spread else "OUTSIDE"
+    verdict = "inside" if res.inside_interval else "OUTSIDE"
+    e = res.errors
     rows: list[tuple[str, ...]] = [
-        ("measured accuracy", pct(res.measured), "%", f"{verdict} the predicted spread [1% KPP, mean + 3 std]"),
+        ("measured accuracy", pct(res.measured), "%", f"{verdict} the predicted central 90% interval"),
+        *(
+            [
+                (
+                    "after calibration",
+                    pct(res.measured_calibrated),
+                    "%",
+                    f"per-column gain and offset fitted on {res.calibration_inputs} training inputs",
+                )
+            ]
+            if res.measured_calibrated is not None
+            else []
+        ),
         ("floating point", pct(res.clean), "%", "the trained network"),
-        ("predicted mean", pct(res.predicted_mean), "%", f"95% CI [{pct(lo)}, {pct(hi)}] %, {res.mc_draws} draws"),
-        ("predicted std", pct(res.predicted_std), "%"),
+        (
+            "predicted mean",
+            pct(res.predicted_mean),
+            "%",
+            f"{res.mc_draws} draws, a fresh read per {res.read_batch} inputs",
+        ),
+        ("predicted 5th percentile", pct(lo), "%", "the central 90% interval of the draws ..."),
+        ("predicted 95th percentile", pct(hi), "%", "... up to here"),
         ("predicted KPP 1%", pct(res.predicted_kpp1), "%"),
         (
             "write cycles",
@@ -144,5 +173,31 @@ def _evaluate_deployed(path: str, n_draws: int, seed: int, as_json: bool, factor
             "cycles",
             f"{res.write_cycles / res.write_cycles_full_wv:.2f}x full write-verify",
         ),
+        (
+            "per-device errors KS p",
+            f"{e['ks_p']:.3g}",
+            "",
+            f"{e['devices']} healthy devices vs the profile: "
+            + ("consistent" if e["consistent"] else "NOT consistent")
+            + f" (A^2 {e['ad_statistic']:.2f})",
+        ),
     ]
+    for name, g in e["groups"].items():
+        rows.append(
+            (
+                f"  {name.replace('_', '-')} sigma",
+                f"{1e6 * g['sigma_measured']:.2f}",
+                "µS",
+                f"predicted {1e6 * g['sigma_predicted']:.2f} µS; mean error {1e6 * g['mean_measured']:+.2f} µS, "
+                f"predicted {1e6 * g['mean_predicted']:+.2f} µS ({g['devices']} devices)",
+            )
+        )
+    rows.append(
+        (
+            "defects not in the map",
+            str(e["defects_new"]),
+            "devices",
+            f"the prediction expected {e['defects_expected']:.1f}",
+        )
+    )
     click.echo(aligned(rows))

@@ -79,6 +79,8 @@ expected_error(DefectMapError)
 @params_option(DeployParams, "tol")
 @params_option(DeployParams, "max_pulses")
 @params_option(DeployParams, "read_delay")
+@params_option(DeployParams, "settle")
+@params_option(DeployParams, "reverify")
 @click.option("--force", is_flag=True, help="overwrite existing output and plan")
 @click.option("--resume", is_flag=True, help="continue an interrupted deployment (same plan)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
@@ -98,6 +100,8 @@ def program(
     tol: float,
     max_pulses: int,
     read_delay: float,
+    settle: float,
+    reverify: int,
     force: bool,
     resume: bool,
     as_json: bool,
@@ -111,13 +115,24 @@ def program(
     pulses per write-verified device. With --defects (the chip's form run, or an earlier deployment of
     it) the plan holds the chip's defect map: its defective cells get no pulses, tiles are laid out so
     they carry the least weight, stuck devices' partners cancel them, and the plan reports what it avoided.
+    With --reverify N (program-settle-verify) each tile waits --settle seconds after write-verify, is read,
+    and its verified devices that relaxed out of --tol are write-verified again, up to N rounds; their pulses
+    count in the write cycles and the plan's budget expects them.
     """
     from hil.deploy import DeploySettings, default_plan_path, plan_model, program_params
     from hil.hardware.board import Board
 
     plan_path = plan_path or default_plan_path(out)
     settings = DeploySettings(
-        fraction, method, granularity, tol, max_pulses, read_delay, defect_aware=placement == "defect-aware"
+        fraction,
+        method,
+        granularity,
+        tol,
+        max_pulses,
+        read_delay,
+        defect_aware=placement == "defect-aware",
+        settle_s=settle,
+        reverify=reverify,
     )
     if not resume:
         if profile_file is None:

@@ -11,6 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hil.deploy.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,11 @@ class DeploySettings:
     max_pulses: int = 100
     read_delay_s: float = 1.0  # between programming a tile and reading it back
     defect_aware: bool = True  # lay tiles out around the defect map's cells (when runs supply one)
+    # Program-settle-verify (hil.deploy.procedure): after write-verify, `reverify` rounds of waiting settle_s,
+    # re-reading and touching up verified devices out of tolerance; the plan's write-cycle budget counts them.
+    # The defaults are DeployParams' and models.swim.planning.Reverify's (tests/hil/deploy/test_reverify.py).
+    settle_s: float = 1.0
+    reverify: int = 2
 
 
 def default_plan_path(out: Path) -> Path:
@@ -66,7 +75,42 @@ def plan_model(
         defect_runs=defect_runs,
         defect_aware=settings.defect_aware,
     )
+    plan.meta.update(planned_cost(plan, profile_file, settings))
     return save_plan(plan, plan_path, force=force)
+
+
+def planned_cost(plan: Plan, profile_file: Path, settings: DeploySettings) -> dict:
+    """The plan's write-cycle budget for these settings: its devices' pulses, touch-ups and settle time included.
+
+    Devices on the defect map's cells get no pulses and are not counted. `planned_touchups` is what the
+    profile expects (models.swim.planning.touchups_per_device);
+    `planned_settle_s` is the most the re-verify rounds can add to the board's time (every tile, every round).
+    """
+    import numpy as np
+
+    from calibration.profile import load_profile
+    from models.swim.planning import Reverify, write_cycles
+
+    reverify = Reverify(settings.reverify, settings.settle_s, settings.tol_s)
+    targets, verify = [], []
+    for i, t in enumerate(plan.tiles):  # the devices that get pulses: those on the defect map's cells get none
+        lp = plan.layers[int(t["layer"])]
+        at = (slice(int(t["r0"]), int(t["r0"] + t["nr"])), slice(int(t["c0"]), int(t["c0"] + t["nc"])))
+        keep = (
+            np.ones(lp.targets[at].shape, bool)
+            if plan.defects is None
+            else ~plan.defects.defective[np.ix_(*plan.tile_cells(i))]
+        )
+        targets.append(lp.targets[at][keep])
+        verify.append(lp.verify[at][keep])
+    cost = write_cycles(load_profile(profile_file), np.concatenate(targets), np.concatenate(verify), reverify)
+    return {
+        "planned_cycles": cost.cycles,
+        "planned_cycles_norm": cost.cycles_norm,
+        "planned_touchups": cost.touchups,
+        "planned_settle_s": len(plan.tiles) * reverify.rounds * reverify.settle_s,
+        "reverify": {"rounds": reverify.rounds, "settle_s": reverify.settle_s, "tol_s": reverify.tol_s},
+    }
 
 
 def program_params(plan_path: Path, settings: DeploySettings = DeploySettings()) -> dict:
@@ -76,6 +120,8 @@ def program_params(plan_path: Path, settings: DeploySettings = DeploySettings())
         "tol": settings.tol_s,
         "max_pulses": settings.max_pulses,
         "read_delay": settings.read_delay_s,
+        "settle": settings.settle_s,
+        "reverify": settings.reverify,
     }
 
 

@@ -32,6 +32,10 @@ class DemoConfig:
     swim: float = 0.1  # fraction of weights write-verified
     read_delay: float = 1.0  # s between programming and read-back
     mc_draws: int = 200
+    # the deployment's three corrections, each switchable to measure its gain (benchmarks/deploy_seeds.py --ablate)
+    defect_aware: bool = True  # place the tiles around the form run's defect map
+    reverify: int = 2  # program-settle-verify rounds (0: write-verify once)
+    calibrate: bool = True  # per-column affine calibration after read-back (128 training inputs)
 
 
 @dataclass
@@ -198,11 +202,13 @@ def deploy_stage(
     from hil.deploy.readback import evaluate_deployed
 
     url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}&persist=0"
-    settings = DeploySettings(fraction=cfg.swim, read_delay_s=cfg.read_delay)
+    settings = DeploySettings(
+        fraction=cfg.swim, read_delay_s=cfg.read_delay, defect_aware=cfg.defect_aware, reverify=cfg.reverify
+    )
     summary = deploy_model(
         model_path, profile_path, url, out, settings, force=True, quiet=quiet, defect_runs=defect_runs or ()
     )
-    acc = evaluate_deployed(out, mc=cfg.mc_draws, seed=cfg.seed)
+    acc = evaluate_deployed(out, mc=cfg.mc_draws, seed=cfg.seed, calibrate=cfg.calibrate)
     placement = load_plan(default_plan_path(out)).meta.get("placement")
     return {**acc.to_dict(), "swim_fraction": cfg.swim, "program": summary, "placement": placement}
 
@@ -215,12 +221,19 @@ def _train_headline(s: dict, show: Show) -> str:
 
 
 def _deploy_headline(d: dict, show: Show) -> str:
+    lo, hi = d["predicted_interval"]
+    cal = d.get("measured_calibrated")
+    calibrated = "" if cal is None else f", {show(cal, '%')} after column calibration"
     text = (
-        f"SWIM {show(d['swim_fraction'], '%')}: measured {show(d['measured'], '%')} (noise-free "
-        f"{show(d['clean'], '%')}) vs predicted {show(d['predicted_mean'], '%')} (1% KPP "
-        f"{show(d['predicted_kpp1'], '%')}), {'inside' if d['within_spread'] else 'OUTSIDE'} the predicted spread; "
+        f"SWIM {show(d['swim_fraction'], '%')}: measured {show(d['measured'], '%')}{calibrated} (noise-free "
+        f"{show(d['clean'], '%')}) vs predicted {show(d['predicted_mean'], '%')} (90% interval "
+        f"{show(lo, '%')} to {show(hi, '%')}), {'inside' if d['inside_interval'] else 'OUTSIDE'} it; "
         f"write cycles {d['write_cycles']:.0f} = {d['write_cycles'] / d['write_cycles_full_wv']:.2f}x full write-verify"
     )
+    e = d.get("errors")
+    if e:
+        verdict = "consistent with" if e["consistent"] else "NOT consistent with"
+        text += f"; per-device errors {verdict} the profile (KS p {e['ks_p']:.2g}, {e['devices']} devices)"
     p = d.get("placement") or {}
     if p.get("defect_aware") and "naive" in p and "placed" in p:  # what defect-aware placement saved
         n, a = p["naive"], p["placed"]

@@ -81,6 +81,9 @@ class ProfileNoise(WeightNoise):
     # Fractions of stuck-on (LRS) and stuck-off (HRS) devices to draw; None: the profile's. A deployment whose
     # placement knew the chip's defects draws only what its defect map did not catch (hil/deploy/readback.py).
     stuck_fractions: tuple[float, float] | None = None
+    # False: only the read noise (a fresh read of a programmed chip: models.montecarlo redraws it per inference
+    # batch on top of a chip drawn with read=False). True: the chip's programming, relaxation, stuck and spatial terms.
+    programming: bool = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -113,7 +116,7 @@ class ProfileNoise(WeightNoise):
         self._tables = self._build_tables()
         self._spatial_A: np.ndarray | None = None
         sp = getattr(self.profile, "spatial", None)
-        if self.spatial and sp is not None:
+        if self.spatial and self.programming and sp is not None:
             self._spatial_A = np.asarray(sp.eigvecs) * np.sqrt(np.clip(np.asarray(sp.eigvals), 0, None))
 
     def _bitsliced(self) -> BitSlicedMapping:
@@ -133,16 +136,11 @@ class ProfileNoise(WeightNoise):
         return lv[np.round(np.linspace(0, lv.size - 1, n)).astype(int)]
 
     def _laws(self, g: np.ndarray, verified: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std (S) of each grid device's error: the profile's laws, read noise counted once."""
         p = self.profile
-        mean = np.asarray(p.programming_mean_error(g, verified=verified), dtype=np.float64)
-        var = np.asarray(p.programming_sigma(g, verified=verified), dtype=np.float64) ** 2
-        if self.t_s > 0:
-            shift, extra = p.relaxation(g, self.t_s)
-            mean = mean + shift
-            var = var + np.asarray(extra) ** 2
-        if self.read:
-            var = var + np.asarray(p.read_sigma(g)) ** 2
-        return mean, np.sqrt(var)
+        if not self.programming:  # a fresh read alone
+            return np.zeros_like(g), np.asarray(p.read_sigma(g), dtype=np.float64) if self.read else np.zeros_like(g)
+        return p.device_error_moments(g, verified=verified, t_s=self.t_s, read=self.read)
 
     def _build_tables(self) -> _Tables:
         if isinstance(self.mapping, BitSlicedMapping):
@@ -156,11 +154,11 @@ class ProfileNoise(WeightNoise):
 
     @property
     def _is_lognormal(self) -> bool:
-        return self.lognormal_exact and getattr(self.profile, "family", None) == "lognormal"
+        return self.lognormal_exact and self.programming and getattr(self.profile, "family", None) == "lognormal"
 
     @property
     def _stuck(self) -> tuple[float, float]:
-        if not self.stuck:
+        if not (self.stuck and self.programming):
             return 0.0, 0.0
         lrs, hrs = self.profile.stuck_fractions if self.stuck_fractions is None else self.stuck_fractions
         f = min(self.factor, 1.0)

@@ -241,3 +241,38 @@ def test_auto_chunk_counts_the_stacked_weights():
     assert _auto_chunk(model, x, 4, torch.device("cpu"), 20 << 20, weights) == (20 << 20) // per_draw == 2
     # a roomy budget: on CPU the chunk's weights are held near 32 MiB (4 draws here, one thread)
     assert _auto_chunk(model, x, 4, torch.device("cpu"), 1 << 30, weights) == 4
+
+
+def test_a_fresh_read_per_input_batch_matches_the_loop_and_ignores_the_chunking(setup):
+    """Read noise redrawn per batch of inputs (issue 16 item 4): batched == the one-draw loop, any chunking."""
+    model, x, y = setup
+    chip = noise_from_spec({"family": "gaussian", "sigma": 0.3})
+    read = noise_from_spec({"family": "gaussian", "sigma": 0.6})
+    ref = evaluate_mc_reference(model, x, y, chip, 12, seed=5, read_noise=read, batch_size=50)
+    a = evaluate_mc(model, x, y, chip, 12, seed=5, draws_per_chunk=5, batch_size=50, read_noise=read)
+    b = evaluate_mc(model, x, y, chip, 12, seed=5, draws_per_chunk=12, batch_size=50, read_noise=read)
+    assert np.array_equal(a.accuracies, ref.accuracies) and np.array_equal(a.accuracies, b.accuracies)
+    frozen = evaluate_mc(model, x, y, chip, 12, seed=5, batch_size=50)  # the same chips without the reads
+    assert not np.array_equal(a.accuracies, frozen.accuracies)
+
+
+def test_each_input_batch_gets_its_own_read_and_a_draw_keeps_its_chip(setup):
+    from models.montecarlo import with_fresh_read
+    from models.noise.apply import clean_weights
+
+    model, _, _ = setup
+    weights = {k: v.detach() for k, v in clean_weights(model).items()}
+    chip = noise_from_spec({"family": "gaussian", "sigma": 0.3}).draw_sampler(weights)
+    reads = noise_from_spec({"family": "gaussian", "sigma": 0.6}).draw_sampler(weights)
+    stacked = chip([torch.Generator().manual_seed(1)])
+    b0 = with_fresh_read(stacked, weights, reads, 0, [3], 0, "cpu")
+    b1 = with_fresh_read(stacked, weights, reads, 0, [3], 1, "cpu")
+    again = with_fresh_read(stacked, weights, reads, 0, [3], 0, "cpu")
+    name = next(iter(weights))
+    assert torch.equal(b0[name], again[name]) and not torch.equal(b0[name], b1[name])
+    # the read's noise sits on the chip's weights: b0 - chip is the read sampler's own draw for (seed, 3, 1, 0)
+    from models.montecarlo import draw_generator
+
+    own = reads([draw_generator(0, 3, "cpu", 1, 0)])
+    for k in weights:
+        torch.testing.assert_close(b0[k] - stacked[k], own[k] - weights[k], rtol=0, atol=1e-6)

@@ -296,3 +296,47 @@ def test_profile_noise_draws_the_stuck_fractions_it_is_given():
     more = noise_from_profile(prof, mapping="analog", stuck_fractions=(0.1, 0.0)).sample_batch(w, N, gen(13))["w"]
     # G+ stuck, G- not: p = 0.09 over 10^6 samples, sd 2.9e-4, so 0.002 is 7 sd
     assert (more > 0.5).double().mean().item() == pytest.approx(0.1 * 0.9, abs=0.002)
+
+
+def test_measured_profiles_count_read_noise_once():
+    """A measured profile's programming sigma came from one read per device: the prediction adds no second read
+    (issue 16 item 4); a paper family's sigma is programming alone and gets the read noise on top."""
+    import numpy as np
+
+    from calibration import synthetic as syn
+    from calibration.fit import fit_profile
+    from calibration.noise_terms import LevelTable, PolyFit, ReadNoiseModel
+    from calibration.profile import NoiseProfile
+    from models.noise.profile_noise import ProfileNoise
+
+    rng = np.random.default_rng(4)
+    levels = np.linspace(2e-6, 40e-6, 4)
+    measured = fit_profile(open_loop=syn.programming(rng, levels, 300))
+    read_s = 0.5e-6
+    measured.read_noise = ReadNoiseModel(LevelTable(), PolyFit.constant(read_s, measured.g_max))
+    assert measured.programming_includes_read
+    w = {"w": torch.linspace(-1, 1, 21, dtype=torch.float64)}
+    opts = dict(mapping="analog", stuck=False, spatial=False)
+    with_read = ProfileNoise.from_profile(measured, **opts)
+    g_t = with_read._layout("w", w["w"])[0]  # (2, 21, 1) targets of G+ and G-
+    prog = measured.programming_sigma(g_t.numpy())
+    k = (with_read.mapping.to_conductances(w["w"]).scale / (measured.g_max - measured.g_min)).numpy()
+    # one read: the weight's std is the decode of the measured (read-inclusive) device sigmas, no more
+    expect = k * np.sqrt((prog**2).sum(0)[..., 0])
+    np.testing.assert_allclose(with_read.noise_std(w)["w"].numpy(), expect, rtol=2e-3)  # 1025-point grid rounding
+    chip = ProfileNoise.from_profile(measured, read=False, **opts)  # programming alone: the read deconvolved
+    expect_chip = k * np.sqrt((np.clip(prog**2 - read_s**2, 0, None)).sum(0)[..., 0])
+    np.testing.assert_allclose(chip.noise_std(w)["w"].numpy(), expect_chip, rtol=2e-3)
+    fresh = ProfileNoise.from_profile(measured, programming=False, **opts)  # a fresh read of the chip alone
+    np.testing.assert_allclose(fresh.noise_std(w)["w"].numpy(), k * np.sqrt(2) * read_s, rtol=1e-9)
+    # chip + fresh read = the one-read total, in variance
+    np.testing.assert_allclose(
+        chip.noise_std(w)["w"] ** 2 + fresh.noise_std(w)["w"] ** 2, with_read.noise_std(w)["w"] ** 2, rtol=1e-9
+    )
+    paper = NoiseProfile.from_paper("gaussian", sigma=0.02, read_noise=0.01)
+    assert not paper.programming_includes_read
+    both = ProfileNoise.from_profile(paper, **opts).noise_std(w)["w"]
+    mp = ProfileNoise.from_profile(paper, **opts).mapping
+    kp = (mp.to_conductances(w["w"]).scale / (paper.g_max - paper.g_min)).numpy()
+    g_max = paper.g_max
+    np.testing.assert_allclose(both.numpy(), kp * np.sqrt(2 * ((0.02 * g_max) ** 2 + (0.01 * g_max) ** 2)))
