@@ -81,6 +81,9 @@ def test_the_readme_walkthrough_takes_a_pristine_chip_to_a_deployed_network(tmp_
     assert _percent(deployed, "measured accuracy") > 0.5  # ten classes: chance is 10 %
     assert _percent(deployed, "after calibration") > 0.5
     assert "predicted 5th percentile" in deployed and "per-device errors KS p" in deployed
+    day = out["rram evaluate --deployed deploy.h5 --age 1d --calibrate"]
+    assert "1 d after programming" in day and "a fresh read per 90 inputs" in day  # 4 reads of 360 test inputs
+    assert _percent(day, "measured accuracy") > 0.3 and _percent(day, "calibrated again") > 0.3
     assert summary("deploy.h5")["tiles"] >= 1
 
 

@@ -19,6 +19,7 @@ from hil.cli import (  # noqa: F401  (registration: importing a CLI module regis
     plot,
     profile,
     program,
+    reread,
     sim,
     swim,
     train,

@@ -31,6 +31,17 @@ from hil.cli.train import aligned, factory_option, noise_options, pct, spec_from
 @click.option("--chunk", "draws_per_chunk", type=int, help="Noise draws per batched forward (default: by memory).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Override the dataset folder stored in the model.")
 @click.option(
+    "--reread",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="With --deployed: judge the chip as this later reread (`rram reread`) saw it, at its age.",
+)
+@click.option(
+    "--age",
+    default=None,
+    help="With --deployed: judge the chip as the deployment's own reads at this age saw it (rram program --ages).",
+)
+@click.option(
     "--calibrate",
     is_flag=True,
     help="With --deployed: also the accuracy after per-column gain/offset calibration on 128 training inputs.",
@@ -49,6 +60,8 @@ def evaluate(
     draws_per_chunk: int | None,
     data_root: str | None,
     per_draw: bool,
+    reread: str | None,
+    age: str | None,
     calibrate: bool,
     as_json: bool,
     **noise_kw: Any,
@@ -61,10 +74,21 @@ def evaluate(
     if deployed is not None:
         if model_file is not None:
             raise UserError("give either MODEL_FILE or --deployed, not both")
-        _evaluate_deployed(deployed, 200 if n_draws == 1000 else n_draws, seed, as_json, factory, calibrate)
+        age_s = None
+        if age is not None:
+            from hil.deploy.reread import parse_age
+
+            try:
+                age_s = parse_age(age)
+            except ValueError as exc:
+                raise UserError(f"--age {exc}") from None
+        if age_s is not None and reread is not None:
+            raise UserError("give --age (the deployment's own reads) or --reread, not both")
+        n = 200 if n_draws == 1000 else n_draws
+        _evaluate_deployed(deployed, n, seed, as_json, factory, calibrate, reread, age_s)
         return
-    if calibrate:
-        raise UserError("--calibrate goes with --deployed DEPLOY.h5 (it corrects a chip's read-back)")
+    if calibrate or reread or age:
+        raise UserError("--calibrate, --age and --reread go with --deployed DEPLOY.h5 (they judge a chip's read-back)")
     if model_file is None:
         raise UserError("give a MODEL_FILE to evaluate (or --deployed DEPLOY.h5)")
     from models.checkpoint import load_model, model_mapping
@@ -131,16 +155,34 @@ def evaluate(
 
 
 def _evaluate_deployed(
-    path: str, n_draws: int, seed: int, as_json: bool, factory: str | None, calibrate: bool = False
+    path: str,
+    n_draws: int,
+    seed: int,
+    as_json: bool,
+    factory: str | None,
+    calibrate: bool = False,
+    reread: str | None = None,
+    age_s: float | None = None,
 ) -> None:
     from hil.deploy.readback import evaluate_deployed
+    from hil.deploy.reread import age_label
 
-    res = evaluate_deployed(path, mc=n_draws, seed=seed, progress=not as_json, factory=factory, calibrate=calibrate)
+    res = evaluate_deployed(
+        path,
+        mc=n_draws,
+        seed=seed,
+        progress=not as_json,
+        factory=factory,
+        calibrate=calibrate,
+        reread=reread,
+        age_s=age_s,
+    )
     if as_json:
         click.echo(json_text({"deployed": path, **res.to_dict()}, indent=2))
         return
     lo, hi = res.predicted_interval
-    click.echo(f"{path}: network read back from the chip")
+    seen = f"reread {reread}" if reread else "its read-back" if age_s is None else "its reads at that age"
+    click.echo(f"{path}: network as {seen} saw it, {age_label(res.age_s, ' ')} after programming")
     verdict = "inside" if res.inside_interval else "OUTSIDE"
     e = res.errors
     rows: list[tuple[str, ...]] = [
@@ -151,10 +193,23 @@ def _evaluate_deployed(
                     "after calibration",
                     pct(res.measured_calibrated),
                     "%",
-                    f"per-column gain and offset fitted on {res.calibration_inputs} training inputs",
+                    f"per-column gain and offset fitted on {res.calibration_inputs} training inputs"
+                    + (", after global drift compensation" if (reread or age_s is not None) else ""),
                 )
             ]
             if res.measured_calibrated is not None
+            else []
+        ),
+        *(
+            [
+                (
+                    "calibrated again",
+                    pct(res.measured_recalibrated),
+                    "%",
+                    "per-column gain and offset fitted anew on this age's first read",
+                )
+            ]
+            if res.measured_recalibrated is not None
             else []
         ),
         ("floating point", pct(res.clean), "%", "the trained network"),

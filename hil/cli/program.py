@@ -19,6 +19,16 @@ expected_error(PlanError)
 expected_error(DefectMapError)
 
 
+def _ages(text: str) -> tuple[float, ...]:
+    """--ages '1h,1d,1y' -> seconds, sorted; a bad age is one line naming it."""
+    from hil.deploy.reread import parse_age
+
+    try:
+        return tuple(sorted({parse_age(a) for a in text.split(",") if a.strip()}))
+    except ValueError as exc:
+        raise UserError(f"--ages: {exc}") from None
+
+
 @COMMANDS.register("program")
 @click.command()
 @click.argument("model_file", type=click.Path(path_type=Path, dir_okay=False))
@@ -81,6 +91,8 @@ expected_error(DefectMapError)
 @params_option(DeployParams, "read_delay")
 @params_option(DeployParams, "settle")
 @params_option(DeployParams, "reverify")
+@params_option(DeployParams, "ages")
+@params_option(DeployParams, "reads")
 @click.option("--force", is_flag=True, help="overwrite existing output and plan")
 @click.option("--resume", is_flag=True, help="continue an interrupted deployment (same plan)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
@@ -102,6 +114,8 @@ def program(
     read_delay: float,
     settle: float,
     reverify: int,
+    ages: str,
+    reads: int,
     force: bool,
     resume: bool,
     as_json: bool,
@@ -133,6 +147,8 @@ def program(
         defect_aware=placement == "defect-aware",
         settle_s=settle,
         reverify=reverify,
+        ages_s=_ages(ages),
+        reads=reads,
     )
     if not resume:
         if profile_file is None:

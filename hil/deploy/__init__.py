@@ -33,6 +33,8 @@ class DeploySettings:
     # The defaults are DeployParams' and models.swim.planning.Reverify's (tests/hil/deploy/test_reverify.py).
     settle_s: float = 1.0
     reverify: int = 2
+    ages_s: tuple[float, ...] = ()  # each tile read again at these ages after its programming (before the next)
+    reads: int = 1  # reads of a tile at each age
 
 
 def default_plan_path(out: Path) -> Path:
@@ -122,6 +124,8 @@ def program_params(plan_path: Path, settings: DeploySettings = DeploySettings())
         "read_delay": settings.read_delay_s,
         "settle": settings.settle_s,
         "reverify": settings.reverify,
+        "ages": ",".join(f"{a!r}" for a in settings.ages_s),
+        "reads": settings.reads,
     }
 
 
@@ -136,10 +140,14 @@ def deploy_model(
     force: bool = False,
     quiet: bool = False,
     defect_runs: Sequence[Path] = (),
+    rereads: Sequence[tuple[float, Path]] = (),
+    reread_reads: int = 1,
 ) -> dict:
     """Plan, program and read back MODEL_FILE on the board at PORT; returns the programming run's summary.
 
     ``defect_runs``: form (and earlier deployment) runs of this chip; without any, tiles sit at (0, 0).
+    ``rereads``: (age in s, run file) pairs, in increasing age: the chip read again at each age in the same
+    session (`hil.deploy.reread`, ``reread_reads`` reads each), so a throwaway simulated chip can be aged too.
     """
     from hil.characterize.procedure import run_procedure
     from hil.deploy.procedure import DeployRun
@@ -159,4 +167,10 @@ def deploy_model(
             defect_runs=defect_runs,
         )
         proc = DeployRun(DeployRun.Params(**program_params(plan_path, settings)), board)
-        return run_procedure(proc, out, force=force, quiet=quiet).summary
+        summary = run_procedure(proc, out, force=force, quiet=quiet).summary
+        for age, path in rereads:
+            from hil.deploy.reread import RereadRun
+
+            params = RereadRun.Params(deploy=str(Path(out).resolve()), at=float(age), reads=reread_reads)
+            run_procedure(RereadRun(params, board), path, force=force, quiet=quiet)
+        return summary

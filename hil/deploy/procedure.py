@@ -73,6 +73,12 @@ class DeployParams(ProcedureParams):
     gate_points: int = gate_points_param()
     cal_cells: int = param(8, help="cells of the used area the gate calibration is measured on", min=1)
     form: bool = param(True, help="form the still pristine cells of the used area first")
+    ages: str = param(
+        "",
+        help="read each tile again at these ages after its programming, before the next tile reuses the cells "
+        "(comma-separated, s or with a unit: 1h,1d,1y; a simulator's clock jumps, a real board waits)",
+    )
+    reads: int = param(1, help="reads of a tile at each age (one per batch of inferences)", min=1)
 
 
 @PROCEDURES.register("program")
@@ -98,6 +104,12 @@ class DeployRun(Procedure[DeployParams]):
             raise ValueError(
                 f"plan tiles are {self.plan.rows}x{self.plan.cols}, larger than the {self.board.rows}x{self.board.cols} array"
             )
+        from hil.deploy.reread import parse_age
+
+        try:
+            self.ages = sorted({parse_age(a) for a in p.ages.split(",") if a.strip()})
+        except ValueError as exc:
+            raise ValueError(f"program --ages: {exc}") from None
         if isinstance(p.reverify, bool) or int(p.reverify) != p.reverify:
             raise ValueError(f"program needs a whole number of re-verify rounds (--reverify), got {p.reverify!r}")
         self.board.limits.check_width(SET_WIDTH_NS)  # the one-shot SET pulse
@@ -135,6 +147,11 @@ class DeployRun(Procedure[DeployParams]):
                 },
                 "one record per tile, cells row-major over the plan's rows x cols (NaN where unused)",
             ),
+            "aged": Table(
+                {"tile": ("i4", ()), "age": ("f8", ()), "read": ("i4", ()), "t": ("f8", ()), "g": ("f4", (n,))},
+                "a tile read again `age` s after its programming (param ages), before the next tile; cells as in "
+                "`tiles` (NaN where the tile does not use a cell)",
+            ),
         }
 
     def total_units(self) -> int:
@@ -158,8 +175,32 @@ class DeployRun(Procedure[DeployParams]):
         calibrate_gate(self.board, w, cal_r, cal_c, np.linspace(p.gate_lo, p.gate_hi, p.gate_points), p.v_read, bar)
         cal = w.read("gate_cal")
         for ti in range(w.count("tiles"), len(plan.tiles)):
-            w.append("tiles", self._program_tile(ti, cal))
+            rec = self._program_tile(ti, cal)
+            for aged in self._aged_reads(ti, rec[0]):  # before the tile's record: a resume reprograms and rereads
+                w.append("aged", aged)
+            w.append("tiles", rec)
             bar.advance()
+
+    def _aged_reads(self, ti: int, rec: np.void) -> list[np.ndarray]:
+        """The tile read `reads` times at each of `ages` after its programming (the board's clock waits there)."""
+        plan, out = self.plan, []
+        rows, cols = plan.tile_cells(ti)
+        r0, c0 = int(rows.min()), int(cols.min())
+        used = ~np.isnan(rec["target"])
+        dtype = self.tables()["aged"].dtype
+        for age in self.ages:
+            now = self.board.heartbeat().timestamp_us / 1e6
+            if now < rec["t_prog"] + age:
+                self.board.wait(float(rec["t_prog"] + age - now))
+            for k in range(self.p.reads):
+                block = self.board.read_block(r0, c0, int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1, self.p.v_read)
+                g = np.full((plan.rows, plan.cols), np.nan)
+                g[np.ix_(rows, cols)] = block.conductance_s[np.ix_(rows - r0, cols - c0)]
+                a = np.zeros(1, dtype)
+                a["tile"], a["age"], a["read"], a["t"] = ti, age, k, block.timestamp_s
+                a["g"] = np.where(used, g.ravel(), np.nan)
+                out.append(a)
+        return out
 
     def _program_tile(self, ti: int, cal: np.ndarray) -> np.ndarray:
         p, plan = self.p, self.plan

@@ -36,6 +36,8 @@ class DemoConfig:
     defect_aware: bool = True  # place the tiles around the form run's defect map
     reverify: int = 2  # program-settle-verify rounds (0: write-verify once)
     calibrate: bool = True  # per-column affine calibration after read-back (128 training inputs)
+    ages: tuple[float, ...] = (3600.0, 86400.0, 365.25 * 86400.0)  # tiles read again at 1 h, 1 day, 1 year
+    reread_reads: int = 4  # reads of each tile at each age: each serves a quarter of the test inputs
 
 
 @dataclass
@@ -126,6 +128,8 @@ def run_demo(
     )
     report.add("deploy", time.perf_counter() - t0, deploy)
     echo(f"  deploy     -> {cfg.out / 'deploy.h5'}  {_deploy_headline(deploy, show)}")
+    if deploy["later"]:
+        echo(f"  aged       -> {cfg.out / 'deploy.h5'} (table aged)  {_aged_headline(deploy['later'], show)}")
     if cfg.plots:
         t0 = time.perf_counter()
         figures = _plot(runs, cfg.out / "figures")
@@ -203,14 +207,49 @@ def deploy_stage(
 
     url = f"sim://?seed={cfg.seed}&rows={cfg.rows}&cols={cfg.cols}&persist=0"
     settings = DeploySettings(
-        fraction=cfg.swim, read_delay_s=cfg.read_delay, defect_aware=cfg.defect_aware, reverify=cfg.reverify
+        fraction=cfg.swim,
+        read_delay_s=cfg.read_delay,
+        defect_aware=cfg.defect_aware,
+        reverify=cfg.reverify,
+        ages_s=cfg.ages,
+        reads=cfg.reread_reads,
     )
     summary = deploy_model(
-        model_path, profile_path, url, out, settings, force=True, quiet=quiet, defect_runs=defect_runs or ()
+        model_path,
+        profile_path,
+        url,
+        out,
+        settings,
+        force=True,
+        quiet=quiet,
+        defect_runs=defect_runs or (),
     )
     acc = evaluate_deployed(out, mc=cfg.mc_draws, seed=cfg.seed, calibrate=cfg.calibrate)
+    later = [
+        {
+            "reread_at_s": age,
+            **evaluate_deployed(out, mc=cfg.mc_draws, seed=cfg.seed, calibrate=cfg.calibrate, age_s=age).to_dict(),
+        }
+        for age in cfg.ages
+    ]
     placement = load_plan(default_plan_path(out)).meta.get("placement")
-    return {**acc.to_dict(), "swim_fraction": cfg.swim, "program": summary, "placement": placement}
+    return {**acc.to_dict(), "swim_fraction": cfg.swim, "program": summary, "placement": placement, "later": later}
+
+
+def _aged_headline(later: list[dict], show: Show) -> str:
+    """Measured (calibrated) against predicted at each later age of the deployed chip."""
+    from hil.deploy.reread import age_label
+
+    parts = []
+    for d in later:
+        lo, hi = d["predicted_interval"]
+        cal, again = d.get("measured_calibrated"), d.get("measured_recalibrated")
+        cal_text = "" if cal is None else f" (drift-compensated {show(cal, '%')}, recalibrated {show(again, '%')})"
+        parts.append(
+            f"{age_label(float(d['reread_at_s']), ' ')}: measured {show(d['measured'], '%')}{cal_text} vs predicted "
+            f"{show(d['predicted_mean'], '%')} ({show(lo, '%')} to {show(hi, '%')})"
+        )
+    return "; ".join(parts)
 
 
 def _train_headline(s: dict, show: Show) -> str:
