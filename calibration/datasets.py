@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import DTypeLike
 
+from calibration.noise_terms import GateMap
+
 
 def _as_1d(name: str, a: object, dtype: DTypeLike = np.float64) -> np.ndarray:
     """Return ``a`` as a 1-D array of ``dtype`` or raise a ValueError naming the field."""
@@ -52,6 +54,10 @@ class ProgrammingDataset:
     pulses   : (N,) int programming pulses the cell received (None when not recorded)
     verified : bool     True for write-verify (closed-loop) programming, False for open-loop
     t_read_s : float    seconds between the end of programming and the read (the t0 of relaxation)
+    written  : (N,) bool the rows the programming wrote (None: all). A cell write-verify found already in
+                        tolerance gets no pulse: it counts in the pulses per device, but its error is the older
+                        state it kept (with an older, slower relaxation clock), not the error write-verify leaves
+    gate_map : the gate calibration open-loop programming took its gates from (None: not recorded)
     """
 
     target_g: np.ndarray
@@ -59,6 +65,8 @@ class ProgrammingDataset:
     pulses: np.ndarray | None = None
     verified: bool = False
     t_read_s: float = 1.0
+    written: np.ndarray | None = None
+    gate_map: GateMap | None = None
 
     def __post_init__(self) -> None:
         self.target_g = _as_1d("target_g", self.target_g)
@@ -78,11 +86,26 @@ class ProgrammingDataset:
                 raise ValueError("pulses must be >= 0")
         if not self.t_read_s > 0:
             raise ValueError(f"t_read_s must be > 0 s, got {self.t_read_s}")
+        if self.written is not None:
+            self.written = _as_1d("written", self.written, dtype=bool)
+            _same_len(("target_g", "written"), (self.target_g, self.written))
+            if self.written.sum() < 2:
+                raise ValueError("a programming dataset needs at least 2 written rows (written marks fewer)")
 
     @property
     def error(self) -> np.ndarray:
         """Programming error g - target (S)."""
         return self.g - self.target_g
+
+    def law(self) -> ProgrammingDataset:
+        """The rows the error law comes from: the written ones (every row when `written` is None)."""
+        if self.written is None:
+            return self
+        w = self.written
+        pulses = None if self.pulses is None else self.pulses[w]
+        return ProgrammingDataset(
+            self.target_g[w], self.g[w], pulses, self.verified, self.t_read_s, None, self.gate_map
+        )
 
 
 @dataclass

@@ -100,9 +100,10 @@ def fit_state_dependent(ds: ProgrammingDataset, g_max: float) -> FamilyFit:
 
 
 def fit_families(ds: ProgrammingDataset, g_max: float) -> dict[str, FamilyFit]:
-    """Fit every paper family to the same programming errors."""
+    """Fit every paper family to the same programming errors (the rows the programming wrote: `ds.law()`)."""
     if not g_max > 0:
         raise ValueError(f"g_max must be > 0 S, got {g_max}")
+    ds = ds.law()
     return {
         "additive": fit_additive(ds, g_max),
         "lognormal": fit_lognormal(ds, g_max),

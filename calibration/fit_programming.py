@@ -12,11 +12,15 @@ from calibration.stats import fit_poly, group_levels, group_moments
 
 
 def fit_programming(ds: ProgrammingDataset, g_max: float, degree: int = 4) -> ProgrammingModel:
-    """Fit sigma(g) = sum c_i (g/g_max)^i (IBM B.2 form) and the mean error, weighted by per-level SEs."""
+    """Fit sigma(g) = sum c_i (g/g_max)^i (IBM B.2 form) and the mean error, weighted by per-level SEs.
+
+    The error law comes from the rows the programming wrote (`ds.law()`), the pulses per device from every row.
+    """
     if not g_max > 0:
         raise ValueError(f"g_max must be > 0 S, got {g_max}")
-    groups = group_levels(ds.target_g)
-    mom = group_moments(ds.error, groups)
+    law = ds.law()
+    groups = group_levels(law.target_g)
+    mom = group_moments(law.error, groups)
     table = LevelTable(groups.levels, mom.mean, mom.mean_se, np.nan_to_num(mom.sigma), mom.sigma_se, groups.count)
     mean_poly = fit_poly(groups.levels, mom.mean, mom.mean_se, g_max, degree)
     sigma_poly = fit_poly(groups.levels, mom.sigma, mom.sigma_se, g_max, degree)
@@ -32,4 +36,5 @@ def fit_programming(ds: ProgrammingDataset, g_max: float, degree: int = 4) -> Pr
         sigma_poly=sigma_poly,
         pulses_mean=pulses_mean,
         pulses_se=pulses_se,
+        gate_map=ds.gate_map,
     )

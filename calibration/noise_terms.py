@@ -87,8 +87,36 @@ class LevelTable:
 
 
 @dataclass
+class GateMap:
+    """The gate calibration an open-loop law was measured with: conductance (S) of a few cells after a full RESET
+    and one SET at each gate voltage (V), the table `hil.characterize.multilevel.calibrate_gate` records.
+
+    The open-loop mean error of a levels run is this map's own error (its median of a few cells, interpolated):
+    a deployment that takes its gates from the same map (`gate_for(targets, gate_v, g_s)`) programs as the law
+    was measured, one that calibrates anew adds its own calibration's error (issue 16).
+    """
+
+    gate_v: np.ndarray  # (gates,) increasing SET gate voltages, V
+    g_s: np.ndarray  # (gates, cells) conductance read right after each SET, S
+
+    def validate(self, where: str) -> None:
+        v, g = self.gate_v, self.g_s
+        if v.ndim != 1 or v.size < 2 or not np.all(np.isfinite(v)) or np.any(np.diff(v) <= 0):
+            raise ProfileError(f"{where}/gate_v must be >= 2 finite, increasing gate voltages (V)")
+        if g.ndim != 2 or g.shape[0] != v.size or g.shape[1] < 1:
+            raise ProfileError(f"{where}/g_s must be ({v.size}, cells) with >= 1 cell, got shape {g.shape}")
+        if not np.all(np.isfinite(g)):
+            raise ProfileError(f"{where}/g_s contains NaN or inf")
+
+
+@dataclass
 class ProgrammingModel:
-    """Programming error (g - target, S) versus target: per-level table and c0..c4-style polynomials in g/g_max."""
+    """Programming error (g - target, S) versus target: per-level table and c0..c4-style polynomials in g/g_max.
+
+    `pulses_mean` counts every device the programming was asked to program; the table and polynomials hold the
+    error of the devices it wrote (write-verify leaves a device already in tolerance alone: 0 pulses, an older
+    state). `gate_map`: the gate calibration an open-loop law was measured with (None: not recorded).
+    """
 
     verified: bool
     t_read_s: float
@@ -97,6 +125,7 @@ class ProgrammingModel:
     sigma_poly: PolyFit
     pulses_mean: float = float("nan")
     pulses_se: float = float("nan")
+    gate_map: GateMap | None = None
 
     def mean_error(self, g: np.ndarray) -> np.ndarray:
         """Mean programming error at target g (S)."""
@@ -116,6 +145,8 @@ class ProgrammingModel:
             v = getattr(self, k)
             if not (np.isnan(v) or (np.isfinite(v) and v >= 0)):
                 raise ProfileError(f"{where}: {k} must be NaN (not recorded) or a finite number >= 0, got {v}")
+        if self.gate_map is not None:
+            self.gate_map.validate(f"{where}/gate_map")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.noise_terms import as_plain
+from calibration.noise_terms import GateMap, as_plain
 from calibration.profile import NoiseProfile
 
 _US = 1e6
@@ -65,6 +65,9 @@ def _summary(p: NoiseProfile) -> dict[str, Any]:
                 "pulses_mean": m.pulses_mean,
                 "pulses_se": m.pulses_se,
                 "t_read_s": m.t_read_s,
+                "gate_map": None
+                if m.gate_map is None
+                else {"gate_v": as_plain(m.gate_map.gate_v), "g_s": as_plain(m.gate_map.g_s)},
             }
     if p.families:
         out["families"] = {
@@ -111,6 +114,15 @@ def _summary(p: NoiseProfile) -> dict[str, Any]:
             "has_full_cov": s.full_cov is not None,
         }
     return out
+
+
+def _gate_map_rows(m: GateMap | None) -> list[tuple[str, str, str]]:
+    """The gate calibration an open-loop law was measured with, in one line (none: not recorded)."""
+    if m is None:
+        return []
+    med = np.median(m.g_s, axis=1)
+    text = f"{m.gate_v.size} gates {_f(m.gate_v[0])}-{_f(m.gate_v[-1])} V on {m.g_s.shape[1]} cells"
+    return [("gate map", f"{text}, median {_f(med[0], _US)}-{_f(med[-1], _US)} µS", "")]
 
 
 def _rows(rows: list[tuple[str, str, str]], indent: int = 4) -> list[str]:
@@ -193,6 +205,7 @@ def format_summary(p: NoiseProfile) -> str:
                 ("read at", _f(m.t_read_s), "s"),
                 (f"sigma(gn) coeffs c0..c{m.sigma_poly.coeffs.size - 1}", coeffs, "µS"),
             ]
+            + _gate_map_rows(m.gate_map)
         )
         t = m.table
         if t.levels_g.size:

@@ -10,6 +10,13 @@ and SET, so their clock starts at the recorded time; write-verify leaves some ce
 within tolerance) or only nudged, and those keep relaxing on an older clock. Levels runs therefore
 give relaxation from their open-loop reads, and retention runs (write-verify only) from the cells
 that received pulses. Several runs of one kind are pooled where their shapes allow it.
+
+The same holds for the write-verify law of a levels run: its write-verify starts from the open-loop
+state of the same target, after its timed reads, so a sixth to a fifth of the cells are already in
+tolerance and get no pulse; at the first read after write-verify they show the open-loop error, relaxed
+on that older clock (0.9 uS sd against 1.9 uS for the cells it wrote, 998 cells, issue 16). They count
+in the pulses per device but not in the error law (`ProgrammingDataset.written`). The open-loop law
+keeps the gate calibration it was measured with (`GateMap`): its mean error is that calibration's error.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from calibration.datasets import (
     RelaxationDataset,
 )
 from calibration.fit import FitOptions, fit_profile
-from calibration.noise_terms import Provenance
+from calibration.noise_terms import GateMap, Provenance
 from calibration.profile import NoiseProfile
 from hil.characterize.runfile import RunData, read_run
 
@@ -67,6 +74,8 @@ class _Programming:
     g: np.ndarray
     pulses: np.ndarray
     t_read_s: float
+    written: np.ndarray  # rows the programming wrote (write-verify: the cells it pulsed)
+    gate_map: GateMap | None = None  # open loop: the gate calibration its gates came from
 
 
 def _relaxation_rows(prog: np.ndarray, reads: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -114,16 +123,43 @@ def _first_read(prog: np.ndarray, reads: np.ndarray) -> tuple[np.ndarray, float]
     return g, max(delay, _IMMEDIATE_READ_S)
 
 
-def _programming_part(prog: np.ndarray, reads: np.ndarray, healthy: np.ndarray) -> _Programming | None:
-    """Healthy cells' programming rows of one phase, read at the first timed read."""
+def _programming_part(
+    prog: np.ndarray, reads: np.ndarray, healthy: np.ndarray, gate_map: GateMap | None = None
+) -> _Programming | None:
+    """Healthy cells' programming rows of one phase, read at the first timed read.
+
+    A write-verify row the board never pulsed is not written (its error is the state it was left in);
+    open-loop rows are all written (a full RESET and a SET each)."""
     if healthy.sum() < 2:
         return None
     g, t_read = _first_read(prog, reads)
-    return _Programming(prog["target"][healthy], g[healthy], prog["pulses"][healthy].astype(float), t_read)
+    pulses = prog["pulses"][healthy].astype(float)
+    return _Programming(prog["target"][healthy], g[healthy], pulses, t_read, pulses > 0, gate_map)
+
+
+def _gate_map(cal: np.ndarray) -> GateMap | None:
+    """A levels run's gate calibration (gate_cal table) as the profile's GateMap; None if it has < 2 gates."""
+    if len(cal) < 2 or np.any(np.diff(cal["gate"]) <= 0):
+        return None
+    return GateMap(cal["gate"].astype(np.float64), cal["g"].astype(np.float64).reshape(len(cal), -1))
+
+
+def _pool_gate_map(parts: list[_Programming]) -> GateMap | None:
+    """The runs' common gate map; None if any run lacks one or two runs used different ones (no one law's map)."""
+    maps = [p.gate_map for p in parts]
+    first = maps[0]
+    if first is None or any(
+        m is None or not (np.array_equal(m.gate_v, first.gate_v) and np.array_equal(m.g_s, first.g_s)) for m in maps
+    ):
+        return None
+    return first
 
 
 def _pool_programming(parts: list[_Programming], verified: bool) -> ProgrammingDataset | None:
-    """One programming dataset from several runs' rows; refuses runs read at different delays."""
+    """One programming dataset from several runs' rows; refuses runs read at different delays.
+
+    Write-verify rows count in the error law only where the board pulsed them (`_programming_part`); when
+    fewer than 2 were pulsed, every row does (nothing else to fit)."""
     if not parts:
         return None
     delays = np.array([p.t_read_s for p in parts])
@@ -133,12 +169,15 @@ def _pool_programming(parts: list[_Programming], verified: bool) -> ProgrammingD
             f"{kind} programming was read at different delays in these runs "
             f"({', '.join(f'{d:g} s' for d in delays)}): fit them separately"
         )
+    written = np.concatenate([p.written for p in parts]) if verified else None
     return ProgrammingDataset(
         np.concatenate([p.target for p in parts]),
         np.concatenate([p.g for p in parts]),
         np.concatenate([p.pulses for p in parts]),
         verified=verified,
         t_read_s=float(np.median(delays)),
+        written=written if written is not None and written.sum() >= 2 else None,
+        gate_map=None if verified else _pool_gate_map(parts),
     )
 
 
@@ -238,7 +277,7 @@ def collect_datasets(runs: Sequence[RunData]) -> Datasets:
             level_defects.append(_levels_defects(d["verified"], d["verified_reads"]))
             n = min(len(d["open_loop"]), len(d["verified"]))
             ol, ok = d["open_loop"][:n], healthy[:n]
-            part = _programming_part(ol, d["open_loop_reads"], ok) if n else None
+            part = _programming_part(ol, d["open_loop_reads"], ok, _gate_map(d["gate_cal"])) if n else None
             if part is not None:
                 ol_parts.append(part)
                 ds.note("open_loop", run)

@@ -7,6 +7,7 @@ import pytest
 
 from calibration import synthetic as syn
 from calibration.datasets import ProgrammingDataset
+from calibration.families import fit_families
 from calibration.fit_programming import fit_programming
 
 G_MAX = 40e-6
@@ -81,8 +82,33 @@ def test_continuous_targets_are_binned() -> None:
         (dict(target_g=[-1.0, 2.0], g=[1.0, 2.0]), ">= 0"),
         (dict(target_g=[1.0, 2.0], g=[1.0, 2.0], pulses=[1, -1]), "pulses"),
         (dict(target_g=[1.0, 2.0], g=[1.0, 2.0], t_read_s=0), "t_read_s"),
+        (dict(target_g=[1.0, 2.0], g=[1.0, 2.0], written=[True]), "same length"),
+        (dict(target_g=[1.0, 2.0, 3.0], g=[1.0, 2.0, 3.0], written=[True, False, False]), "at least 2 written rows"),
     ],
 )
 def test_bad_dataset_refused_with_named_field(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ProgrammingDataset(**kwargs)
+
+
+def test_unwritten_rows_count_in_the_pulses_but_not_in_the_error_law() -> None:
+    """Write-verify leaves a cell already in tolerance alone (0 pulses): it costs its zero pulses, but its error is
+    the older state it kept, so the table, the polynomials and the families come from the written rows only."""
+    rng = np.random.default_rng(5)
+    levels = np.repeat([10e-6, 30e-6], 400)
+    written = rng.random(levels.size) < 0.8
+    err = np.where(written, 1.0e-6, 0.2e-6) * rng.standard_normal(levels.size)  # untouched cells: a smaller error
+    pulses = np.where(written, 1 + rng.poisson(8.0, levels.size), 0).astype(float)
+    ds = ProgrammingDataset(levels, levels + err, pulses, verified=True, written=written)
+    m = fit_programming(ds, G_MAX)
+    for i, lv in enumerate(m.table.levels_g):
+        sel = written & (levels == lv)
+        assert m.table.count[i] == sel.sum()
+        assert m.table.sigma[i] == pytest.approx(np.std(err[sel], ddof=1), rel=1e-12)
+        assert m.table.mean[i] == pytest.approx(np.mean(err[sel]), rel=1e-12)
+    assert m.pulses_mean == pytest.approx(pulses.mean(), rel=1e-12)  # every row, the untouched ones' 0 included
+    law = ds.law()
+    assert law.g.size == written.sum() and law.written is None
+    whole = ProgrammingDataset(levels[written], levels[written] + err[written], verified=True)
+    fam, ref = fit_families(ds, G_MAX), fit_families(whole, G_MAX)
+    assert {k: f.params for k, f in fam.items()} == {k: f.params for k, f in ref.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import h5py
@@ -11,7 +12,7 @@ import pytest
 
 from calibration import synthetic as syn
 from calibration.fit import fit_profile
-from calibration.noise_terms import Provenance
+from calibration.noise_terms import GateMap, ProgrammingModel, Provenance
 from calibration.profile import (
     FORMAT_VERSION,
     NoiseProfile,
@@ -76,6 +77,51 @@ def test_round_trip_measured(measured: NoiseProfile, tmp_path: Path) -> None:
     assert back.family is None and set(back.families) == {"additive", "lognormal", "state_dependent"}
     assert back.g_min == LEVELS[0] and back.g_max == LEVELS[-1] and back.n_levels == 8 and back.bits_per_device == 3
     np.testing.assert_allclose(back.levels_g, LEVELS)
+
+
+def _open_loop(p: NoiseProfile) -> ProgrammingModel:
+    assert p.open_loop is not None
+    return p.open_loop
+
+
+def test_gate_map_round_trip(measured: NoiseProfile, tmp_path: Path) -> None:
+    """The open-loop law's gate calibration (gates x cells) is stored and read back as written; absent is None."""
+    assert _open_loop(load_profile(save_profile(measured, tmp_path / "none.h5"))).gate_map is None
+    gates = np.linspace(0.7, 1.4, 15)
+    g = np.exp(np.linspace(np.log(2e-6), np.log(80e-6), 15))[:, None] * np.linspace(0.9, 1.1, 4)[None, :]
+    _open_loop(measured).gate_map = GateMap(gates, g)
+    try:
+        back = load_profile(save_profile(measured, tmp_path / "map.h5"))
+    finally:
+        _open_loop(measured).gate_map = None
+    m = _open_loop(back).gate_map
+    assert m is not None and np.array_equal(m.gate_v, gates) and np.array_equal(m.g_s, g)
+    assert back.verified is not None and back.verified.gate_map is None
+    from calibration.summary import format_summary, profile_summary
+
+    assert re.search(r"\n    gate map +15 gates 0.7-1.4 V on 4 cells, median 2-80 µS\n", format_summary(back))
+    js = profile_summary(back)
+    assert js["open_loop"]["gate_map"]["gate_v"] == gates.tolist() and js["verified"]["gate_map"] is None
+
+
+@pytest.mark.parametrize(
+    "gate_v, g_s, message",
+    [
+        ([0.7], [[1e-6]], "gate_v must be >= 2 finite, increasing gate voltages"),
+        ([0.8, 0.7], [[1e-6], [2e-6]], "gate_v must be >= 2 finite, increasing gate voltages"),
+        ([0.7, 0.8], [[1e-6], [2e-6], [3e-6]], r"g_s must be \(2, cells\) with >= 1 cell, got shape \(3, 1\)"),
+        ([0.7, 0.8], [1e-6, 2e-6], r"g_s must be \(2, cells\)"),
+        ([0.7, 0.8], [[1e-6], [np.nan]], "g_s contains NaN or inf"),
+    ],
+)
+def test_bad_gate_map_refused(measured: NoiseProfile, gate_v: list, g_s: list, message: str) -> None:
+    _open_loop(measured).gate_map = GateMap(np.array(gate_v, dtype=float), np.array(g_s, dtype=float))
+    try:
+        with pytest.raises(ProfileError, match=f"/open_loop/gate_map/.*{message}") as exc:
+            measured.validate()
+    finally:
+        _open_loop(measured).gate_map = None
+    _one_line(exc)
 
 
 def test_refuses_overwrite(measured: NoiseProfile, tmp_path: Path) -> None:

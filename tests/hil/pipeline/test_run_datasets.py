@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from scipy import stats
 
-from calibration.profile import load_profile
+from calibration.noise_terms import ProgrammingModel
+from calibration.profile import NoiseProfile, load_profile
 from hil.characterize import get_procedure
+from hil.characterize.multilevel import gate_for
 from hil.characterize.procedure import run_procedure
 from hil.characterize.runfile import RunData, read_run
 from hil.cli import cli, main
-from hil.hardware.board import Board
+from hil.hardware.board import Board, PulseMeasurement, WriteVerifyOutcome
 from hil.pipeline.run_datasets import collect_datasets, fit_runs
 
 SEED, ROWS, COLS = 5, 8, 8
@@ -74,6 +78,98 @@ def test_levels_relaxation_comes_from_open_loop_reads(runs: dict[str, Path]) -> 
     assert ds.open_loop.t_read_s == pytest.approx(delays[0], rel=0.01)
     assert np.array_equal(ds.verified.g, d["verified_reads"]["g"][0][ok])  # programming error at the first read
     assert ds.used["relaxation"] == [str(runs["levels"])]
+
+
+@dataclass
+class Recorded:
+    """A levels run on a fresh chip with what the host did and what the chip held (ground truth)."""
+
+    path: Path
+    set_gates: list[tuple[int, int, float]]  # every SET pulse the host sent: (row, col, gate V), in order
+    t_prog: np.ndarray  # each region cell's relaxation clock start (s) on the chip after the run, row-major
+    t_wv_start: float  # board time (s) the write-verify phase began
+
+
+def _models(prof: NoiseProfile) -> tuple[ProgrammingModel, ProgrammingModel]:
+    """The profile's open-loop and write-verify models (a levels run gives both)."""
+    assert prof.open_loop is not None and prof.verified is not None
+    return prof.open_loop, prof.verified
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """levels on 128 cells of a 16x16 chip (4 levels, 8-gate calibration on 8 cells), every SET gate recorded."""
+    path = tmp_path_factory.mktemp("recorded") / "levels.h5"
+    gates: list[tuple[int, int, float]] = []
+    with Board.open("sim://?seed=3&rows=16&cols=16&persist=0") as board:
+        a = board.link.engine.array  # type: ignore[attr-defined]
+        a.form(*a.all_cells(), 4.0, 1000, 1.0)  # set-up: formed directly, not under test
+        set_pulse, write_verify = board.set_pulse, board.write_verify
+        started: list[float] = []
+
+        def record_set(row: int, col: int, v: float, width_ns: int, v_gate: float) -> PulseMeasurement:
+            gates.append((row, col, v_gate))
+            return set_pulse(row, col, v, width_ns, v_gate)
+
+        def record_wv(*args: Any, **kwargs: Any) -> WriteVerifyOutcome:
+            started.append(a.time_s)
+            return write_verify(*args, **kwargs)
+
+        # the procedures call the board's methods: record on the way
+        board.set_pulse = record_set  # type: ignore[method-assign]
+        board.write_verify = record_wv  # type: ignore[method-assign]
+        params = dict(LEVELS, gate_points=8, cal_cells=8)
+        _run(board, "levels", path, cells="0:8,0:16", **params)
+        rr, cc = np.meshgrid(np.arange(8), np.arange(16), indexing="ij")
+        t_prog = a._t_prog[a._index(rr.ravel(), cc.ravel())].copy()
+    return Recorded(path, gates, t_prog, min(started))
+
+
+def test_open_loop_law_keeps_the_gate_map_it_was_measured_with(recorded: Recorded, runs: dict[str, Path]) -> None:
+    """The open-loop law's mean error is its own gate calibration's error, so the profile keeps that calibration:
+    gate_for on the stored map gives, to the last bit, the gate of every open-loop SET the levels run sent.
+    Runs pooled with different maps (other calibration cells) keep none: no single map made their law."""
+    ol_model, wv_model = _models(fit_runs([recorded.path])[0])
+    d = read_run(recorded.path).data
+    m = ol_model.gate_map
+    assert m is not None and wv_model.gate_map is None
+    assert np.array_equal(m.gate_v, d["gate_cal"]["gate"]) and np.array_equal(m.g_s, d["gate_cal"]["g"])
+    ol = d["open_loop"]
+    pulsed = ol["pulses"] > 0
+    sent = recorded.set_gates[-int(pulsed.sum()) :]  # the open-loop SETs come after the calibration's
+    assert [(r, c) for r, c, _ in sent] == [tuple(x) for x in ol["cell"][pulsed]]
+    expect = gate_for(ol["target"][pulsed], m.gate_v, m.g_s)
+    assert np.array_equal(np.array([g for _, _, g in sent]), expect)
+    both = _models(fit_runs([runs["levels"], runs["levels2"]])[0])[0]
+    one = _models(fit_runs([runs["levels"]])[0])[0]
+    assert both.gate_map is None and one.gate_map is not None
+
+
+def test_write_verify_law_leaves_out_the_cells_it_never_pulsed(recorded: Recorded) -> None:
+    """A levels run write-verifies cells just programmed open loop to the same target, so some start in tolerance
+    and get no pulse. The chip shows they were not written: their relaxation clock started before the
+    write-verify (ground truth). They count in the pulses per device (their 0 included) but not in the error law,
+    whose cells' spread at the first read is larger (their relaxation restarted): one-sided F-test, p < 0.01."""
+    run = read_run(recorded.path)
+    v = run.data["verified"]
+    ok = v["status"] == 0
+    idle = ok & (v["pulses"] == 0)
+    assert idle.sum() >= 10 and (ok & ~idle).sum() >= 50  # the scenario has both kinds, in numbers
+    assert np.all(recorded.t_prog[idle] < recorded.t_wv_start)
+    ds = collect_datasets([run]).verified
+    assert ds is not None and ds.written is not None
+    assert np.array_equal(ds.written, v["pulses"][ok] > 0) and ds.g.size == ok.sum()
+    law = _models(fit_runs([recorded.path])[0])[1]
+    assert law.table.count.sum() == (ok & ~idle).sum()
+    assert law.pulses_mean == pytest.approx(v["pulses"][ok].mean(), rel=1e-12)
+    err = ds.g - ds.target_g
+    z = np.zeros_like(err)  # each level's errors over that level's sd: idle cells sit more at some levels
+    for lv in np.unique(ds.target_g):
+        at = ds.target_g == lv
+        z[at] = (err[at] - err[at].mean()) / err[at].std(ddof=1)
+    z_w, z_i = z[ds.written], z[~ds.written]
+    f = np.var(z_w, ddof=1) / np.var(z_i, ddof=1)
+    assert stats.f.sf(f, z_w.size - 1, z_i.size - 1) < 0.01, f
 
 
 def test_retention_relaxation_skips_cells_write_verify_left_alone(runs: dict[str, Path]) -> None:
