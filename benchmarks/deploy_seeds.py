@@ -79,6 +79,8 @@ class SeedResult:
     measured_calibrated: float | None = None  # after per-column calibration (the demo's default)
     ablations: dict[str, float] = field(default_factory=dict)  # final accuracy with one correction switched off
     ks_p: float = math.nan  # KS p of the per-device read-back errors against the profile (readback_stats)
+    # the chip at later ages (the demo's `ages`): age, measured, predicted mean and 90 % interval, recalibrated
+    later: list[dict[str, float]] = field(default_factory=list)
     errors: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole comparison
 
     @property
@@ -292,8 +294,55 @@ def run_seed(
         measured_calibrated=deploy.get("measured_calibrated"),
         ablations=ablations,
         ks_p=float(deploy["errors"]["ks_p"]),
+        later=[aged_row(d) for d in deploy.get("later", [])],
         errors=deploy["errors"],
     )
+
+
+def aged_row(d: dict[str, Any]) -> dict[str, float]:
+    """One later age of a deployment (the demo's `later` entries): the numbers the aged table shows."""
+    lo, hi = d["predicted_interval"]
+    again = d.get("measured_recalibrated")
+    return {
+        "age_s": float(d["reread_at_s"]),
+        "measured": float(d["measured"]),
+        "predicted_mean": float(d["predicted_mean"]),
+        "predicted_lo": float(lo),
+        "predicted_hi": float(hi),
+        "recalibrated": math.nan if again is None else float(again),
+    }
+
+
+def aged_table(results: list[SeedResult]) -> list[str]:
+    """Markdown: per later age, each seed's measured accuracy against the prediction's interval (empty: none)."""
+    from hil.deploy.reread import age_label
+
+    ages = sorted({row["age_s"] for r in results for row in r.later})
+    if not ages:
+        return []
+    out = [
+        "",
+        "The chip at later ages (each tile read again before the next reused its cells): measured % "
+        "(recalibrated %) against the predicted 90 % interval.",
+        "",
+    ]
+    out.append("| age | " + " | ".join(f"seed {r.seed}" for r in results) + " | inside |")
+    out.append("|---|" + "---|" * (len(results) + 1))
+    for age in ages:
+        cells, inside = [], 0
+        for r in results:
+            row = next((x for x in r.later if x["age_s"] == age), None)
+            if row is None:
+                cells.append("-")
+                continue
+            ok = row["predicted_lo"] <= row["measured"] <= row["predicted_hi"]
+            inside += ok
+            cells.append(
+                f"{_pct(row['measured'])} ({_pct(row['recalibrated'])}) in {_pct(row['predicted_lo'])}-"
+                f"{_pct(row['predicted_hi'])}{'' if ok else ' OUT'}"
+            )
+        out.append(f"| {age_label(age, ' ')} | " + " | ".join(cells) + f" | {inside} of {len(results)} |")
+    return out
 
 
 def run_benchmark(
@@ -386,6 +435,7 @@ def format_table(results: list[SeedResult], summary: list[SummaryRow], cfg: Demo
     out.append(f"|{'-' * (sw + 2)}|{'-' * (vw + 2)}|{'-' * (tw + 2)}|--------|")
     for s in summary:
         out.append(f"| {s.name:<{sw}} | {s.text:>{vw}} | {s.target.text:<{tw}} | {'PASS' if s.passed else 'FAIL':<6} |")
+    out += aged_table(results)
     gains = gain_rows(results)
     if gains:
         out += [

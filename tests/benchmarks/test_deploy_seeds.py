@@ -135,6 +135,21 @@ def test_paired_gains_of_the_corrections_by_hand():
     assert b.gain_rows([_result()]) == []  # no ablation run: no gains
 
 
+def test_the_aged_table_counts_the_seeds_inside_per_age():
+    b = _bench()
+    row = {"age_s": 86400.0, "measured": 0.80, "predicted_lo": 0.78, "predicted_hi": 0.86, "predicted_mean": 0.82}
+    rs = [
+        _result(seed=1, later=[dict(row, recalibrated=0.83)]),
+        _result(seed=2, later=[dict(row, measured=0.70, recalibrated=0.84)]),
+    ]
+    lines = b.aged_table(rs)
+    day = next(line for line in lines if line.startswith("| 1 d |"))
+    assert "80.0 (83.0) in 78.0-86.0 |" in day and "70.0 (84.0) in 78.0-86.0 OUT" in day and day.endswith("| 1 of 2 |")
+    assert b.aged_table([_result()]) == []  # no later ages: no table
+    demo_entry = {"reread_at_s": 3600.0, "measured": 0.8, "predicted_mean": 0.82, "predicted_interval": [0.7, 0.9]}
+    assert b.aged_row(demo_entry)["recalibrated"] != b.aged_row(demo_entry)["recalibrated"]  # NaN: not calibrated
+
+
 def test_interval_count_scales_with_the_seeds():
     b = _bench()
     need = {n: next(t for t in b.targets(n) if t.name == "seeds inside the 90% interval").limit for n in (2, 5, 10)}
@@ -193,6 +208,8 @@ def test_each_seed_as_its_run_files_say(tiny):
         assert r.mc_draws == cfg.mc_draws and r.predicted_lo <= r.predicted_mean <= r.predicted_hi
         assert r.inside == (r.predicted_lo <= r.measured <= r.predicted_hi)
         assert 0.0 <= r.ks_p <= 1.0 and r.errors["devices"] > 0
+        assert [x["age_s"] for x in r.later] == list(cfg.ages)  # the chip at 1 h, 1 day, 1 year
+        assert all(0.0 <= x["measured"] <= 1.0 and x["predicted_lo"] <= x["predicted_hi"] for x in r.later)
         assert r.seconds >= sum(t for k, t in r.stage_seconds.items() if k.startswith("characterize"))
 
 
