@@ -152,7 +152,7 @@ def aged_reads(plan: Plan, run: RunData, age_s: float) -> ChipReads:
     if not any(np.isclose(a, age_s) for a in ages):
         have = ", ".join(f"{a:g}" for a in ages) or "none"
         raise RunFileError(
-            f"{run.path} has no reads at age {age_s:g} s (it has: {have}); deploy with --age to take them"
+            f"{run.path} has no reads at age {age_s:g} s (it has: {have}); deploy with --ages (e.g. --ages 1h,1d) to take them"
         )
     assert aged is not None
     n_reads = int(run.params.get("reads", 1))
