@@ -140,14 +140,10 @@ def deploy_model(
     force: bool = False,
     quiet: bool = False,
     defect_runs: Sequence[Path] = (),
-    rereads: Sequence[tuple[float, Path]] = (),
-    reread_reads: int = 1,
 ) -> dict:
     """Plan, program and read back MODEL_FILE on the board at PORT; returns the programming run's summary.
 
     ``defect_runs``: form (and earlier deployment) runs of this chip; without any, tiles sit at (0, 0).
-    ``rereads``: (age in s, run file) pairs, in increasing age: the chip read again at each age in the same
-    session (`hil.deploy.reread`, ``reread_reads`` reads each), so a throwaway simulated chip can be aged too.
     """
     from hil.characterize.procedure import run_procedure
     from hil.deploy.procedure import DeployRun
@@ -167,10 +163,4 @@ def deploy_model(
             defect_runs=defect_runs,
         )
         proc = DeployRun(DeployRun.Params(**program_params(plan_path, settings)), board)
-        summary = run_procedure(proc, out, force=force, quiet=quiet).summary
-        for age, path in rereads:
-            from hil.deploy.reread import RereadRun
-
-            params = RereadRun.Params(deploy=str(Path(out).resolve()), at=float(age), reads=reread_reads)
-            run_procedure(RereadRun(params, board), path, force=force, quiet=quiet)
-        return summary
+        return run_procedure(proc, out, force=force, quiet=quiet).summary
