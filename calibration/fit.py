@@ -21,7 +21,7 @@ from calibration.fit_programming import fit_programming
 from calibration.fit_read import fit_read_noise
 from calibration.fit_relaxation import fit_relaxation
 from calibration.fit_spatial import fit_spatial
-from calibration.fit_spatial_map import fit_spatial_map
+from calibration.fit_spatial_map import fit_spatial_map, spatial_p_value
 from calibration.noise_terms import Provenance
 from calibration.profile import NoiseProfile, software_version, utc_now
 from calibration.stats import group_levels
@@ -41,6 +41,9 @@ class FitOptions:
     spatial_k: int = 10
     spatial_max_lag: int = 3
     full_cov_max_cells: int = 1024
+    # A one-map spatial model is kept only when its map's errors depend on position at this level
+    # (calibration.fit_spatial_map.spatial_p_value, 99 shuffles: 0.01 is "above every shuffle"); 1: always kept.
+    spatial_alpha: float = 0.01
 
 
 def fit_profile(
@@ -122,6 +125,14 @@ def fit_profile(
     if spatial is not None:
         prof.spatial = fit_spatial(spatial, opt.spatial_k, opt.full_cov_max_cells)
     if error_map is not None:
-        prof.spatial = fit_spatial_map(error_map, opt.spatial_k, opt.spatial_max_lag, opt.full_cov_max_cells)
+        p = spatial_p_value(error_map.errors, opt.spatial_max_lag) if opt.spatial_alpha < 1 else 0.0
+        if p <= opt.spatial_alpha:
+            prof.spatial = fit_spatial_map(error_map, opt.spatial_k, opt.spatial_max_lag, opt.full_cov_max_cells)
+        else:  # white errors: a spatial model would add correlation the chip does not have
+            note = (
+                f"spatial: none (the error map's lag correlations are not significant: permutation p = {p:.2f} "
+                f"> {opt.spatial_alpha:g})"
+            )
+            prov.notes = f"{prov.notes}; {note}" if prov.notes else note
     prof.validate()
     return prof

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sim_backend.board_config import DEFAULT_BOARD, BoardConfig
+from sim_backend.device_params import DeviceParams
 from sim_backend.faults import LinkFaults
 
 _BOARD_KEYS = {"seed": int, "rows": int, "cols": int, "board_id": str, "watchdog_ms": int, "stream_window": int}
@@ -100,6 +101,19 @@ def parse_sim_options(url: str, base: BoardConfig = DEFAULT_BOARD) -> SimOptions
             spatial_length_cells=device.get("spatial_length_cells", d.spatial_length_cells),
         )
     return SimOptions(dataclasses.replace(base, **board), LinkFaults(**faults), persist, state_dir)
+
+
+def with_spatial(device: DeviceParams, sigma: float | None, length: float | None) -> DeviceParams:
+    """`device` with a spatial gain field of sd `sigma` and length `length` cells (None: keep); --spatial's checks."""
+    if sigma is not None:
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"--spatial {sigma!r} must be a finite sd >= 0 of the ln gain (e.g. 0.05 for 5 % of g)")
+        device = dataclasses.replace(device, spatial_sigma=float(sigma))
+    if length is not None:
+        if not (math.isfinite(length) and length > 0):
+            raise ValueError(f"--spatial-len {length!r} must be a finite correlation length > 0 cells (e.g. 8)")
+        device = dataclasses.replace(device, spatial_length_cells=float(length))
+    return device
 
 
 def _parse_spatial(key: str, value: str) -> float:

@@ -44,6 +44,23 @@ def _probability(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
     )
 
 
+def _spatial_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--spatial SIGMA / --spatial-len L: the chip's spatial gain field, as the sim:// URL's spatial= options."""
+    func = click.option(
+        "--spatial-len",
+        "spatial_len",
+        type=float,
+        default=None,
+        help="correlation length of the spatial gain field, in cells [8]",
+    )(func)
+    return click.option(
+        "--spatial",
+        type=float,
+        default=None,
+        help="sd of the ln gain of a spatially correlated device-to-device field (0.05: 5 %% of g) [0: none]",
+    )(func)
+
+
 @sim.command("serve")
 @click.option("--seed", type=int, default=0, show_default=True, help="chip and board seed (same seed, same chip)")
 @click.option("--rows", type=click.IntRange(1, 4096), default=64, show_default=True, help="array rows")
@@ -76,6 +93,7 @@ def _probability(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
 @click.option(
     "--state-dir", default=None, help="folder of the stored chips (default: $RRAM_SIM_STATE_DIR or ~/.local/state)"
 )
+@_spatial_options
 @click.option(
     "--ground-truth",
     type=click.Path(dir_okay=False, writable=True),
@@ -94,24 +112,29 @@ def serve(
     reset_after: int,
     persist: bool,
     state_dir: str | None,
+    spatial: float | None,
+    spatial_len: float | None,
     ground_truth: str | None,
 ) -> None:
     """Serve a simulated board on a pseudo-terminal until Ctrl-C or SIGTERM.
 
     The first line on stdout is "serving simulated board on /dev/pts/N"; open that path with any
     serial program (baud rate is ignored). The chip is the stored one (`rram sim status`), locked
-    while serving and saved as it changes and when the server stops.
+    while serving and saved as it changes and when the server stops. --spatial gives the chip a spatially
+    correlated device-to-device gain field (as sim://?spatial=); a chip with another field is another chip.
     """
     from sim_backend.board_config import BoardConfig
     from sim_backend.chip_store import ChipStore, ChipStoreError, PersistentChip
     from sim_backend.faults import LinkFaults
     from sim_backend.firmware import FirmwareEngine
     from sim_backend.pty_server import PtyBoard
+    from sim_backend.sim_url import with_spatial
 
     if board_id is None:
         board_id = f"SIM-S{seed}"[:16]  # the array size is compared on its own
     try:
-        config = BoardConfig(rows=rows, cols=cols, seed=seed, board_id=board_id)
+        device = with_spatial(BoardConfig().device, spatial, spatial_len)
+        config = BoardConfig(rows=rows, cols=cols, seed=seed, board_id=board_id, device=device)
         faults = LinkFaults(
             flip=flip, drop=drop, delay=delay, delay_max_s=delay_max, reset_after=reset_after, seed=seed
         )
@@ -169,14 +192,25 @@ def _chip_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _resolve(
-    chip: str | None, seed: int | None, rows: int | None, cols: int | None, state_dir: str | None
+    chip: str | None,
+    seed: int | None,
+    rows: int | None,
+    cols: int | None,
+    state_dir: str | None,
+    spatial: tuple[float | None, float | None] = (None, None),
 ) -> tuple[ChipId, ChipStore]:
-    """The chip named on the command line (default: the default port's chip) and its store."""
+    """The chip named on the command line (default: the default port's chip) and its store.
+
+    A sim:// URL brings its spatial field; ``spatial`` (--spatial, --spatial-len) gives one to a named chip.
+    """
     from sim_backend.board_config import BoardConfig
     from sim_backend.chip_store import ChipId, ChipStore, parse_chip_name
-    from sim_backend.sim_url import parse_sim_options
+    from sim_backend.sim_url import parse_sim_options, with_spatial
 
     url_dir: str | None = None
+    device = BoardConfig().device
+    if chip is not None and chip.startswith("sim://") and spatial != (None, None):
+        raise UserError("give the spatial field either in the sim:// URL or with --spatial/--spatial-len, not both")
     if chip is not None:
         if (seed, rows, cols) != (None, None, None):
             raise UserError("give the chip either as CHIP or with --seed/--rows/--cols, not both")
@@ -186,6 +220,7 @@ def _resolve(
             except ValueError as exc:
                 raise UserError(str(exc)) from None
             seed, rows, cols, url_dir = opts.config.seed, opts.config.rows, opts.config.cols, opts.state_dir
+            device = opts.config.device
         else:
             named = parse_chip_name(chip)
             if named is None:
@@ -198,6 +233,7 @@ def _resolve(
             rows=DEFAULT_ROWS if rows is None else rows,
             cols=DEFAULT_COLS if cols is None else cols,
             seed=DEFAULT_SEED if seed is None else seed,
+            device=with_spatial(device, *spatial),
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -216,6 +252,10 @@ def _lock_text(r: ChipReport) -> str:
     return f"held by process {r.lock.pid}" if r.lock.pid else "held by another process"
 
 
+def _spatial_text(sigma: float, length: float) -> str:
+    return f"sd {sigma:g} of ln g, correlation length {length:g} cells"
+
+
 def _cells(n: int) -> str:
     return f"{n} cell" if n == 1 else f"{n} cells"
 
@@ -226,8 +266,16 @@ def _percent(part: int, whole: int) -> str:
 
 @sim.command("status")
 @_chip_options
+@_spatial_options
 def status(
-    chip: str | None, seed: int | None, rows: int | None, cols: int | None, state_dir: str | None, as_json: bool
+    chip: str | None,
+    seed: int | None,
+    rows: int | None,
+    cols: int | None,
+    state_dir: str | None,
+    as_json: bool,
+    spatial: float | None,
+    spatial_len: float | None,
 ) -> None:
     """Show one stored simulated chip: formed and stuck cells, virtual clock, pulse counters, file, lock.
 
@@ -236,7 +284,7 @@ def status(
     """
     from sim_backend.chip_store import ChipStoreError, report
 
-    chip_id, store = _resolve(chip, seed, rows, cols, state_dir)
+    chip_id, store = _resolve(chip, seed, rows, cols, state_dir, (spatial, spatial_len))
     try:
         r = report(store, chip_id)
     except ChipStoreError as exc:
@@ -251,6 +299,7 @@ def status(
         ("state", "stored" if r.stored else "pristine (nothing stored yet)"),
         ("file", str(r.path)),
         ("last saved", saved),
+        ("spatial field", "none" if chip_id.spatial is None else _spatial_text(*chip_id.spatial)),
         ("formed", f"{r.formed} of {r.cells} cells ({_percent(r.formed, r.cells)})"),
         ("stuck", f"{_cells(r.stuck_lrs + r.stuck_hrs)} ({r.stuck_lrs} at LRS, {r.stuck_hrs} at HRS)"),
         ("virtual clock", f"{r.clock_s:.6f} s"),

@@ -46,6 +46,14 @@ def swim() -> None:
 @click.option("--t-s", "t_s", default=0.0, show_default=True, help="seconds after programming (relaxation)")
 @click.option("--noise-scale", default=1.0, show_default=True, help="scale the chip's errors (stress study)")
 @click.option("--sens-samples", default=2000, show_default=True, help="training samples for the sensitivity pass")
+@click.option(
+    "--reverify",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="re-verify rounds of the deployment (rram program --reverify), priced in the write cycles; 0: none",
+)
+@click.option("--settle", default=1.0, show_default=True, help="seconds between write-verify and each re-verify check")
 @click.option("--seed", default=0, show_default=True)
 @click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="PNG of the curve")
 @click.option("--json", "as_json", is_flag=True)
@@ -60,6 +68,8 @@ def curve(
     t_s: float,
     noise_scale: float,
     sens_samples: int,
+    reverify: int,
+    settle: float,
     seed: int,
     out: Path | None,
     as_json: bool,
@@ -68,6 +78,8 @@ def curve(
     """Accuracy (mean, 1% KPP) and write cycles versus fraction verified, for SWIM and baselines.
 
     The weights are mapped as the model file records (analog pairs, or bit-sliced on the profile's devices).
+    The write cycles count the touch-ups that `rram program --reverify N --settle S` is expected to give the
+    verified devices, as `rram program`'s plan does.
     """
     from calibration.profile import load_profile
     from firmware_protocol.progress import Progress
@@ -76,7 +88,7 @@ def curve(
     from models.checkpoint import load_model, model_mapping
     from models.data.datasets import load_dataset
     from models.noise.factory import MappingChoice, mapping_for_model
-    from models.swim.planning import METHODS, MissingPulses, SwimPlanner
+    from models.swim.planning import METHODS, MissingPulses, Reverify, SwimPlanner
 
     fr = _floats(fractions, "fractions")
     if any(not 0 <= f <= 1 for f in fr):
@@ -85,6 +97,10 @@ def curve(
     unknown = [m for m in meths if m not in METHODS]
     if unknown:
         raise UserError(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+    try:
+        touchup = Reverify(reverify, settle)
+    except ValueError as exc:
+        raise UserError(f"--reverify/--settle: {exc}") from None
     model, ckpt = load_model(model_file, factory=factory)
     profile = load_profile(profile_path)
     recorded = model_mapping(ckpt) or MappingChoice("analog")  # not trained on a profile: deployed as analog pairs
@@ -105,6 +121,7 @@ def curve(
                 mc_draws=mc,
                 seed=seed,
                 noise_scale=noise_scale,
+                reverify=touchup,
             )
         except MissingPulses as exc:
             raise UserError(f"{profile_path}: {exc}") from None

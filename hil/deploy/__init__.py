@@ -62,6 +62,7 @@ def plan_model(
     """
     from hil.deploy.placement import plan_deployment
     from hil.deploy.plan import save_plan
+    from models.swim.planning import Reverify
 
     plan = plan_deployment(
         model_file,
@@ -76,6 +77,7 @@ def plan_model(
         factory=factory,
         defect_runs=defect_runs,
         defect_aware=settings.defect_aware,
+        reverify=Reverify(settings.reverify, settings.settle_s, settings.tol_s),
     )
     plan.meta.update(planned_cost(plan, profile_file, settings))
     return save_plan(plan, plan_path, force=force)

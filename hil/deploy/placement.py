@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from hil.deploy.layout import lay_out
 from hil.deploy.plan import TILE_DTYPE, LayerPlan, Plan, PlanError, file_sha256
 from models.mapping import AnalogMapping, AnalogState
 from models.noise.apply import clean_weights
+
+if TYPE_CHECKING:
+    from models.swim.planning import Reverify
 
 
 def device_matrix(g: Tensor) -> np.ndarray:
@@ -53,6 +57,7 @@ def build_plan(
     meta: dict | None = None,
     defects: DefectMap | None = None,
     defect_aware: bool = True,
+    reverify: Reverify | None = None,
 ) -> Plan:
     """Map every Conv/Linear weight to device targets, mark the verified pairs, cut into array tiles.
 
@@ -105,11 +110,13 @@ def plan_deployment(
     factory: str | None = None,
     defect_runs: Sequence[Path] = (),
     defect_aware: bool = True,
+    reverify: Reverify | None = None,
 ) -> Plan:
     """SWIM (or baseline) verify marks for `fraction` of the weights, mapped and tiled for a rows x cols array.
 
     ``defect_runs``: form and deployment runs of this chip; their defect map (`hil.deploy.defects`) goes
-    into the plan and, if ``defect_aware``, the layout avoids it.
+    into the plan and, if ``defect_aware``, the layout avoids it. ``reverify``: the deployment's touch-up rounds
+    (default: models.swim.planning.Reverify's, which are `rram program`'s), priced in the planner's cycles.
 
     The array holds one analog conductance pair per weight, so a model trained bit-sliced is refused
     (PlanError naming the retraining); a model not trained on a profile is mapped as analog pairs.
@@ -119,7 +126,7 @@ def plan_deployment(
     from firmware_protocol.progress import Progress
     from models.checkpoint import load_model, model_mapping
     from models.data.datasets import load_dataset
-    from models.swim.planning import MissingPulses, SwimPlanner
+    from models.swim.planning import MissingPulses, Reverify, SwimPlanner
 
     model, ckpt = load_model(model_file, factory=factory)  # factory: the file's own pkg.mod:factory, if it names one
     recorded = model_mapping(ckpt)
@@ -133,7 +140,14 @@ def plan_deployment(
     with Progress(None, "planning", "stages", enabled=not quiet, final_line=False) as stages:
         try:
             planner = SwimPlanner(
-                model, profile, ds.x_test, ds.y_test, t_s=read_delay, granularity=granularity, seed=seed
+                model,
+                profile,
+                ds.x_test,
+                ds.y_test,
+                t_s=read_delay,
+                granularity=granularity,
+                seed=seed,
+                reverify=reverify if reverify is not None else Reverify(),
             )
         except MissingPulses as exc:
             raise PlanError(f"{profile_file}: {exc}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -37,10 +38,19 @@ def test_flag_mismatch_and_missing_mapping() -> None:
 
 
 def test_error_map_spatial_and_exclusive_sources() -> None:
+    """A white error map gives no spatial model (and says why); a correlated one, or spatial_alpha=1, gives one."""
     rng = np.random.default_rng(2)
     emap = ErrorMapDataset(rng.standard_normal((10, 10)) * 1e-6)
-    p = fit_profile(error_map=emap, g_min=1e-6, g_max=40e-6, options=FitOptions(spatial_k=3, spatial_max_lag=2))
-    assert p.spatial is not None and p.spatial.method == "stationary" and p.spatial.lag_cov.shape == (5, 5)
+    opts = FitOptions(spatial_k=3, spatial_max_lag=2)
+    p = fit_profile(error_map=emap, g_min=1e-6, g_max=40e-6, options=opts)
+    assert p.spatial is None and "spatial: none" in p.provenance.notes and "permutation p = " in p.provenance.notes
+    kept = fit_profile(error_map=emap, g_min=1e-6, g_max=40e-6, options=replace(opts, spatial_alpha=1.0))
+    assert kept.spatial is not None and kept.spatial.method == "stationary" and kept.spatial.lag_cov.shape == (5, 5)
+    # neighbours share half their error (a 2x2 moving sum): lag-1 correlation 0.5, found far above every shuffle
+    smooth = rng.standard_normal((11, 11))
+    corr = ErrorMapDataset((smooth[:-1, :-1] + smooth[1:, :-1] + smooth[:-1, 1:] + smooth[1:, 1:]) * 1e-6)
+    p = fit_profile(error_map=corr, g_min=1e-6, g_max=40e-6, options=opts)
+    assert p.spatial is not None and p.provenance.notes == ""
     with pytest.raises(ValueError, match="not both"):
         fit_profile(
             error_map=emap, spatial=syn.spatial(rng, (10, 10), 3, np.zeros((100, 1)), 1e-6), g_min=1e-6, g_max=40e-6

@@ -71,3 +71,23 @@ def test_bad_map() -> None:
         ErrorMapDataset(np.zeros((1, 5)))
     with pytest.raises(ValueError, match="max_lag"):
         fit_spatial_map(ErrorMapDataset(np.random.default_rng(0).standard_normal((3, 3))), max_lag=3)
+
+
+def test_spatial_p_value_is_uniform_on_white_maps_and_small_on_a_field() -> None:
+    """The permutation test errs at its level on white maps and finds a mild smooth field.
+
+    200 white 12x12 maps: p <= 0.01 has probability 0.01 each (exact for a permutation test, up to ties),
+    so the count is Binomial(200, 0.01): P(count >= 8) = 1.1e-4. A field with lag-1 correlation ~0.5 gives
+    Q far above any shuffle, so p is 0.01 (the smallest 99 shuffles can give) on every one of 10 maps.
+    """
+    from calibration.fit_spatial_map import spatial_p_value
+
+    alarms = sum(
+        spatial_p_value(np.random.default_rng(s).standard_normal((12, 12)), 2, seed=s) <= 0.01 for s in range(200)
+    )
+    assert alarms < 8
+    for s in range(10):
+        z = np.random.default_rng(500 + s).standard_normal((13, 13))
+        field = z[:-1, :-1] + z[1:, :-1] + z[:-1, 1:] + z[1:, 1:]
+        assert spatial_p_value(field, 2, seed=s) == 0.01
+    assert spatial_p_value(np.ones((6, 6)), 2) == 1.0  # no variation: nothing to find

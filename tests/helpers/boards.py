@@ -50,12 +50,14 @@ def open_sim(
             k: v
             for k, v in (
                 ("flip", faults.flip),
+                ("drop", faults.drop),
                 ("delay", faults.delay),
                 ("delay_max", faults.delay_max_s),
                 ("reset_after", faults.reset_after),
+                ("fault_seed", faults.seed),
             )
             if v
-        }
+        }  # every LinkFaults field: the in-process link gets the faults the pty link would
         with Board.open(make_sim_url(seed, rows, cols, **fault_opts)) as board:
             yield board, board.link.engine  # type: ignore[attr-defined]
         return

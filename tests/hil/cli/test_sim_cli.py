@@ -120,6 +120,21 @@ def test_bad_chip_arguments_are_one_line_errors(capsys, monkeypatch, args: list[
     assert_one_line_error(rram(capsys, monkeypatch, "sim", *args), message)
 
 
+def test_status_finds_a_chip_by_its_spatial_field(capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--spatial names the chip with that gain field, the one a sim:// URL with spatial= opened; without it, another."""
+    formed = form_cells(f"{URL}&spatial=0.05&spatial_len=4")
+    named = ["sim", "status", "--seed", "3", "--rows", "8", "--cols", "8"]
+    rows = table(rram(capsys, monkeypatch, *named, "--spatial", "0.05", "--spatial-len", "4").out)
+    assert rows["state"] == "stored" and rows["formed"].startswith(f"{formed} of 64 cells") and formed > 0
+    assert rows["spatial field"] == "sd 0.05 of ln g, correlation length 4 cells"
+    assert table(rram(capsys, monkeypatch, "sim", "status", f"{URL}&spatial=0.05&spatial_len=4").out) == rows
+    plain = table(rram(capsys, monkeypatch, *named).out)
+    assert plain["state"].startswith("pristine") and plain["spatial field"] == "none" and plain["file"] != rows["file"]
+    assert_one_line_error(rram(capsys, monkeypatch, *named, "--spatial", "-1"), "--spatial -1.0 must be a finite sd")
+    assert_one_line_error(rram(capsys, monkeypatch, "sim", "status", URL, "--spatial", "0.1"), "not both")
+    assert_one_line_error(rram(capsys, monkeypatch, "sim", "serve", "--spatial-len", "0"), "--spatial-len 0.0 must be")
+
+
 def test_state_dir_option(capsys, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     form_cells(f"{URL}&state_dir={tmp_path}")
     assert rram(capsys, monkeypatch, "sim", "list").out.startswith("no stored chips")

@@ -114,3 +114,21 @@ def test_swim_curve_cli(chip_profile, mlp, tmp_path) -> None:
     assert len(out["points"]) == 6 and png.stat().st_size > 10_000
     bad = CliRunner().invoke(cli, ["swim", "curve", str(mlp), "--profile", str(prof_path), "--fractions", "0,2"])
     assert bad.exit_code != 0 and "must lie in [0, 1]" in bad.output
+
+
+def test_swim_curve_prices_the_reverify_rounds_it_is_told(chip_profile, mlp) -> None:
+    """--reverify N adds the expected touch-ups to the verified devices' cycles; 0 verified devices cost none."""
+    from hil.cli import cli
+
+    _, prof_path = chip_profile
+    base = ["swim", "curve", str(mlp), "--profile", str(prof_path), "--fractions", "0,1", "--methods", "magnitude"]
+    runs = {}
+    for rounds in ("0", "2"):
+        r = CliRunner().invoke(cli, [*base, "--mc", "2", "--reverify", rounds, "--json"])
+        assert r.exit_code == 0, r.output
+        runs[rounds] = {p["fraction"]: p for p in json.loads(r.output.strip().splitlines()[-1])["points"]}
+    assert runs["0"][0.0]["cycles"] == runs["2"][0.0]["cycles"]  # nothing verified: no touch-ups to price
+    assert runs["0"][1.0]["touchups"] == 0.0 < runs["2"][1.0]["touchups"]
+    assert runs["2"][1.0]["cycles"] > runs["0"][1.0]["cycles"]
+    bad = CliRunner().invoke(cli, [*base, "--settle", "-1"])
+    assert bad.exit_code != 0 and "settle time" in bad.output and "Traceback" not in bad.output
