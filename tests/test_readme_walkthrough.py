@@ -85,6 +85,8 @@ def test_the_readme_walkthrough_takes_a_pristine_chip_to_a_deployed_network(tmp_
     assert "1 d after programming" in day and "a fresh read per 90 inputs" in day  # 4 reads of 360 test inputs
     assert _percent(day, "measured accuracy") > 0.3 and _percent(day, "calibrated again") > 0.3
     assert summary("deploy.h5")["tiles"] >= 1
+    # the deployment programmed its one-shot devices with the gate map the profile's open-loop law was measured with
+    assert profile.open_loop.gate_map is not None and summary("deploy.h5")["gate_source"] == "profile"
 
 
 @pytest.mark.parametrize("name", ["form", "iv", "endurance", "retention", "levels", "read-noise"])

@@ -93,6 +93,7 @@ def _ages(text: str) -> tuple[float, ...]:
 @params_option(DeployParams, "reverify")
 @params_option(DeployParams, "ages")
 @params_option(DeployParams, "reads")
+@params_option(DeployParams, "plan_gates")
 @click.option("--force", is_flag=True, help="overwrite existing output and plan")
 @click.option("--resume", is_flag=True, help="continue an interrupted deployment (same plan)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
@@ -116,6 +117,7 @@ def program(
     reverify: int,
     ages: str,
     reads: int,
+    plan_gates: bool,
     force: bool,
     resume: bool,
     as_json: bool,
@@ -149,6 +151,7 @@ def program(
         reverify=reverify,
         ages_s=_ages(ages),
         reads=reads,
+        plan_gates=plan_gates,
     )
     if not resume:
         if profile_file is None:

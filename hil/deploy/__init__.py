@@ -35,6 +35,7 @@ class DeploySettings:
     reverify: int = 2
     ages_s: tuple[float, ...] = ()  # each tile read again at these ages after its programming (before the next)
     reads: int = 1  # reads of a tile at each age
+    plan_gates: bool = True  # one-shot gates from the profile's gate map (carried in the plan), not calibrated anew
 
 
 def default_plan_path(out: Path) -> Path:
@@ -128,6 +129,7 @@ def program_params(plan_path: Path, settings: DeploySettings = DeploySettings())
         "reverify": settings.reverify,
         "ages": ",".join(f"{a!r}" for a in settings.ages_s),
         "reads": settings.reads,
+        "plan_gates": settings.plan_gates,
     }
 
 

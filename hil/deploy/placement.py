@@ -57,7 +57,6 @@ def build_plan(
     meta: dict | None = None,
     defects: DefectMap | None = None,
     defect_aware: bool = True,
-    reverify: Reverify | None = None,
 ) -> Plan:
     """Map every Conv/Linear weight to device targets, mark the verified pairs, cut into array tiles.
 
@@ -167,6 +166,9 @@ def plan_deployment(
         "planned_cycles": cycles,
         "planned_cycles_norm": norm,
     }
+    gate_map = profile.open_loop.gate_map if profile.open_loop is not None else None
+    if gate_map is not None:  # the programming run takes its one-shot gates from it (DeployParams.plan_gates)
+        meta["gate_map"] = {"gate_v": gate_map.gate_v.tolist(), "g_s": gate_map.g_s.tolist()}
     defects = None
     if defect_runs:
         from hil.deploy.defects import defect_map_from_runs

@@ -68,6 +68,12 @@ class DeployParams(ProcedureParams):
         min=0,
         max=255,
     )
+    plan_gates: bool = param(
+        True,
+        help="one-shot SET gates from the gate map the profile's open-loop law was measured with (the plan carries "
+        "it), so the devices are programmed as the law was measured; off, or a plan without one: calibrate anew on "
+        "cal_cells cells",
+    )
     gate_lo: float = gate_param(0.7, "lowest")
     gate_hi: float = gate_param(1.4, "highest")
     gate_points: int = gate_points_param()
@@ -121,6 +127,7 @@ class DeployRun(Procedure[DeployParams]):
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
         keep = ~self.skip[rr, cc]
         self.used = (rr[keep], cc[keep])  # cells of the used area that may be pulsed, row-major
+        self.gate_map = plan_gate_map(plan.meta, p.plan) if p.plan_gates else None
 
     def tables(self) -> dict[str, Table]:
         n = self.plan.rows * self.plan.cols
@@ -129,7 +136,9 @@ class DeployRun(Procedure[DeployParams]):
                 {"cell": ("i4", (2,)), "formed": ("u1", ()), "g": ("f8", ()), "pulses": ("i4", ())},
                 "cells formed before programming (FORM ramp pulses each got)",
             ),
-            "gate_cal": gate_table(min(self.p.cal_cells, self.used[0].size)),
+            "gate_cal": gate_table(
+                self.gate_map[1].shape[1] if self.gate_map is not None else min(self.p.cal_cells, self.used[0].size)
+            ),
             "tiles": Table(
                 {
                     "tile": ("i4", ()),
@@ -155,7 +164,7 @@ class DeployRun(Procedure[DeployParams]):
         }
 
     def total_units(self) -> int:
-        return len(self.plan.tiles) + self.p.gate_points
+        return len(self.plan.tiles) + (len(self.gate_map[0]) if self.gate_map is not None else self.p.gate_points)
 
     def _form(self, w: RunWriter) -> None:
         """FORM every cell of the used area (a formed cell answers at once; pristine ones get the ramp)."""
@@ -170,9 +179,16 @@ class DeployRun(Procedure[DeployParams]):
         p, plan = self.p, self.plan
         bar.set(w.count("gate_cal") + w.count("tiles"))
         self._form(w)
-        k = min(p.cal_cells, self.used[0].size)
-        cal_r, cal_c = self.used[0][:k], self.used[1][:k]
-        calibrate_gate(self.board, w, cal_r, cal_c, np.linspace(p.gate_lo, p.gate_hi, p.gate_points), p.v_read, bar)
+        if self.gate_map is not None:  # the profile's own calibration, recorded as this run's: no pulses
+            for gate, g in zip(*self.gate_map):
+                if w.count("gate_cal") < len(self.gate_map[0]):
+                    w.append("gate_cal", gate=gate, g=g)
+                    bar.advance()
+        else:
+            k = min(p.cal_cells, self.used[0].size)
+            cal_r, cal_c = self.used[0][:k], self.used[1][:k]
+            gates = np.linspace(p.gate_lo, p.gate_hi, p.gate_points)
+            calibrate_gate(self.board, w, cal_r, cal_c, gates, p.v_read, bar)
         cal = w.read("gate_cal")
         for ti in range(w.count("tiles"), len(plan.tiles)):
             rec = self._program_tile(ti, cal)
@@ -294,9 +310,13 @@ class DeployRun(Procedure[DeployParams]):
             "pulses_verified_mean": float(t["pulses"][ver].mean()) if ver.any() else 0.0,
             "readback_sigma_s": float(np.std(err)),
             "readback_sigma_verified_s": float(np.std((t["g_read"] - t["target"])[ver])) if ver.any() else None,
+            **self._gate_summary(),
             **self._touchup_summary(data),
             **self._defect_summary(data),
         }
+
+    def _gate_summary(self) -> dict:
+        return {"gate_source": "profile" if self.gate_map is not None else "measured"}
 
     def _touchup_summary(self, data: dict) -> dict:
         """The re-verify rounds' share: devices touched up, touch-ups, their pulses (in write_cycles too), settle time."""
@@ -320,3 +340,24 @@ class DeployRun(Procedure[DeployParams]):
             "defects_known": int(self.skip.sum()),
             "defects_new": int(np.sum(seen & ~self.skip)),
         }
+
+
+def plan_gate_map(meta: dict, where: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(gate_v, g_s) of the gate map a plan carries (None if it has none); ValueError naming a damaged one."""
+    entry = meta.get("gate_map")
+    if entry is None:
+        return None
+    try:
+        gate_v = np.asarray(entry["gate_v"], dtype=float)
+        g_s = np.asarray(entry["g_s"], dtype=float)
+        ok = gate_v.ndim == 1 and gate_v.size >= 2 and g_s.ndim == 2 and g_s.shape[0] == gate_v.size
+        ok = ok and g_s.shape[1] >= 1 and bool(np.all(np.isfinite(gate_v)) and np.all(np.diff(gate_v) > 0))
+        ok = ok and bool(np.all(np.isfinite(g_s)) and np.all(g_s >= 0))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{where}: the plan's gate map is damaged (needs >= 2 increasing gates and finite conductances): "
+            "plan again, or program with --no-plan-gates"
+        )
+    return gate_v, g_s
