@@ -65,6 +65,8 @@ def _torch_reason(exc: Exception) -> str:
 
 def model_record(cfg: TrainConfig, ds: Any, model: nn.Module) -> dict[str, Any]:
     """The evaluation-relevant part of a checkpoint (no optimizer state)."""
+    from models.noise.factory import pin_conventions
+
     return {
         **MODEL_FILE.stamp(),  # "format", "version"
         "arch": {
@@ -76,8 +78,8 @@ def model_record(cfg: TrainConfig, ds: Any, model: nn.Module) -> dict[str, Any]:
         },
         "data": {"name": cfg.data, "root": cfg.data_root, "num_classes": ds.num_classes},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": cfg.to_dict(),
-        "noise": cfg.noise,
+        "config": {**cfg.to_dict(), "noise": pin_conventions(cfg.noise)},
+        "noise": pin_conventions(cfg.noise),  # stored with its sigma_d convention, read the same way later
         "method": {"name": cfg.method, "options": dict(cfg.method_options)},
     }
 
@@ -122,6 +124,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     MODEL_FILE.check(ckpt if isinstance(ckpt, dict) else {}, str(path), ModelFileError)
     validate_checkpoint(ckpt, path)
+    from models.noise.factory import pin_conventions
+
+    # A spec without a sigma_d convention was stored before the full-range one: it meant level steps (eq. 15).
+    ckpt["noise"] = pin_conventions(ckpt["noise"], legacy=True)
+    if isinstance(ckpt["config"].get("noise"), dict):
+        ckpt["config"]["noise"] = pin_conventions(ckpt["config"]["noise"], legacy=True)
     return ckpt
 
 

@@ -198,6 +198,8 @@ def test_model_file_loads_and_a_new_one_has_its_keys(tmp_path: Path) -> None:
     }
     assert model(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
     assert TrainConfig.from_dict(ckpt["config"]).method == "noise"
+    # written when sigma_d meant level steps (NeFT eq. 15): read so, and re-saved so (the full-range default is 3x)
+    assert ckpt["noise"] == ckpt["config"]["noise"] == {"family": "gaussian", "sigma": 0.1, "convention": "level"}
 
     class Digits:
         in_channels, image_size, num_classes = 1, 4, 3
@@ -206,8 +208,11 @@ def test_model_file_loads_and_a_new_one_has_its_keys(tmp_path: Path) -> None:
     save_checkpoint(model_record(cfg, Digits(), model), tmp_path / "m.pt")
     new = load_checkpoint(tmp_path / "m.pt")
     assert list(new) == list(ckpt)  # same keys in the same order
-    for key in ("arch", "data", "method"):
+    for key in ("arch", "data", "method", "noise"):
         assert new[key] == ckpt[key]
+    fresh = TrainConfig.from_dict({**ckpt["config"], "noise": {"family": "gaussian", "sigma": 0.1}})
+    save_checkpoint(model_record(fresh, Digits(), model), tmp_path / "m.pt")
+    assert load_checkpoint(tmp_path / "m.pt")["noise"]["convention"] == "range"  # today's spec keeps today's meaning
     assert {k: (v.dtype, v.shape) for k, v in new["state_dict"].items()} == {
         k: (v.dtype, v.shape) for k, v in ckpt["state_dict"].items()
     }

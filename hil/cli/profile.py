@@ -62,7 +62,12 @@ def profile() -> None:
 )
 @click.option("--lognormal", type=float, metavar="S", help="log-normal W*exp(N(0,S^2)) (MTRD)")
 @click.option("--additive", type=float, metavar="ETA", help="additive N(0,(ETA*g_max)^2) (MTRD)")
-@click.option("--sigma", type=float, metavar="SIGMA", help="Gaussian per-device sigma_d as a fraction of g_max (NeFT)")
+@click.option(
+    "--sigma",
+    type=float,
+    metavar="SIGMA",
+    help="Gaussian per-device sigma_d as a fraction of g_max (NeFT; with --g-min 0 the same as rram train --sigma)",
+)
 @click.option(
     "--state-dependent",
     "state_dependent",

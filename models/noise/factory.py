@@ -10,6 +10,8 @@ from firmware_protocol.registry import Registry
 from models.mapping import AnalogMapping, BitSlicedMapping
 from models.noise.base import WeightNoise
 from models.noise.families import (
+    AUTHORS_MID_FRACTION,
+    STATE_MODES,
     AdditiveNoise,
     CensoredNoise,
     DeviceGaussianNoise,
@@ -17,6 +19,7 @@ from models.noise.families import (
     MomentNoise,
     WriteVerifyNoise,
     level_factors,
+    state_t,
 )
 
 NoiseBuilder = Callable[[dict[str, Any]], WeightNoise]
@@ -34,14 +37,63 @@ def _mapping(spec: dict[str, Any]) -> BitSlicedMapping:
     return BitSlicedMapping(**{k: spec[k] for k in _MAPPING_KEYS if k in spec})
 
 
+_DEVICE_KEYS = ("sigma", "convention", "quantize", *_MAPPING_KEYS)
+_STATE_KEYS = ("model", "state", "mid_fraction")
+
+
 def _device(spec: dict[str, Any], model: str | None) -> DeviceGaussianNoise:
     if "sigma" not in spec:
-        raise ValueError(f"noise family {spec['family']!r} needs 'sigma' (device sigma in level units)")
+        raise ValueError(
+            f"noise family {spec['family']!r} needs 'sigma' (device sigma_d as a fraction of its full range)"
+        )
     mp = _mapping(spec)
-    factors = level_factors(model, mp.n_levels) if model else None
+    opts: dict[str, Any] = {}
+    if model:
+        state = str(spec.get("state", "weight"))
+        if state not in STATE_MODES:
+            raise ValueError(
+                f"unknown state-dependent mode {state!r}: 'weight' (the NeFT authors' per-weight factor, "
+                "renormalised; the default) or 'level' (eq. 16 per device level)"
+            )
+        if state == "level":
+            opts["factors"] = level_factors(model, mp.n_levels)
+        else:
+            opts["mid_factor"] = state_t(model)
+            frac = spec.get("mid_fraction", AUTHORS_MID_FRACTION)
+            if frac is not None and not isinstance(frac, (int, float)):
+                raise ValueError(f"'mid_fraction' is a number in [0, 1] or null (measured per layer), got {frac!r}")
+            opts["mid_fraction"] = None if frac is None else float(frac)
+    elif "state" in spec or "mid_fraction" in spec:
+        raise ValueError("'state' and 'mid_fraction' belong to a state-dependent model: give 'model' too")
     return DeviceGaussianNoise(
-        sigma=float(spec["sigma"]), mapping=mp, factors=factors, quantize=bool(spec.get("quantize", False)), model=model
+        sigma=float(spec["sigma"]),
+        mapping=mp,
+        quantize=bool(spec.get("quantize", False)),
+        model=model,
+        convention=str(spec.get("convention", "range")),
+        **opts,
     )
+
+
+_SIGMA_FAMILIES = ("gaussian", "state_dependent", "censored", "write_verify")  # families with a device sigma_d
+
+
+def pin_conventions(spec: Any, legacy: bool = False) -> Any:
+    """`spec` with its sigma_d convention (and state-dependent mode) written out, so a stored spec keeps its meaning.
+
+    ``legacy``: for a spec stored before the full-range convention (a model file without the keys), which meant
+    level steps (eq. 15) and per-level state factors; otherwise this software's defaults ("range", "weight").
+    Keys already present are kept; a nested "base" spec is pinned instead of the wrapper.
+    """
+    if not isinstance(spec, dict) or spec.get("family") not in _SIGMA_FAMILIES:
+        return spec
+    if isinstance(spec.get("base"), dict):
+        return {**spec, "base": pin_conventions(spec["base"], legacy)}
+    out = dict(spec)
+    out.setdefault("convention", "level" if legacy else "range")
+    if "model" in out:
+        out.setdefault("state", "level" if legacy else "weight")
+    return out
 
 
 def _base(spec: dict[str, Any]) -> WeightNoise | None:
@@ -51,13 +103,13 @@ def _base(spec: dict[str, Any]) -> WeightNoise | None:
 
 @NOISE_FAMILIES.register("gaussian")
 def _gaussian(spec: dict[str, Any]) -> WeightNoise:
-    _take(spec, {"sigma", "quantize", *_MAPPING_KEYS})
+    _take(spec, set(_DEVICE_KEYS))
     return _device(spec, None)
 
 
 @NOISE_FAMILIES.register("state_dependent")
 def _state_dependent(spec: dict[str, Any]) -> WeightNoise:
-    _take(spec, {"sigma", "model", "quantize", *_MAPPING_KEYS})
+    _take(spec, {*_DEVICE_KEYS, *_STATE_KEYS})
     if "model" not in spec:
         raise ValueError("state_dependent noise needs 'model' (RRAM1, RRAM2, FeFET1 or FeFET2)")
     return _device(spec, str(spec["model"]))
@@ -77,7 +129,7 @@ def _additive(spec: dict[str, Any]) -> WeightNoise:
 
 @NOISE_FAMILIES.register("censored")
 def _censored(spec: dict[str, Any]) -> WeightNoise:
-    _take(spec, {"lam", "recentre", "sigma", "base", "model", "quantize", *_MAPPING_KEYS})
+    _take(spec, {"lam", "recentre", "base", *_DEVICE_KEYS, *_STATE_KEYS})
     base = _base(spec)
     if not isinstance(base, MomentNoise):
         raise ValueError("censored noise needs a Gaussian base family (gaussian, state_dependent, additive)")
@@ -86,12 +138,12 @@ def _censored(spec: dict[str, Any]) -> WeightNoise:
 
 @NOISE_FAMILIES.register("write_verify")
 def _write_verify(spec: dict[str, Any]) -> WeightNoise:
-    _take(spec, {"threshold", "sigma", "base", "model", "quantize", *_MAPPING_KEYS})
+    _take(spec, {"threshold", "base", *_DEVICE_KEYS, *_STATE_KEYS})
     base = _base(spec)
     if not isinstance(base, DeviceGaussianNoise):
         raise ValueError("write_verify noise needs a device base family (gaussian or state_dependent)")
     if "threshold" not in spec:
-        raise ValueError("write_verify noise needs 'threshold' (bound on |device error|, level units)")
+        raise ValueError("write_verify noise needs 'threshold' (bound on |device error|, in level steps)")
     return WriteVerifyNoise(base, float(spec["threshold"]))
 
 
@@ -108,11 +160,15 @@ FAMILIES = tuple(NOISE_FAMILIES.names())
 def noise_from_spec(spec: dict[str, Any] | None) -> WeightNoise | None:
     """Build the noise a spec describes; ``None`` (or family "none") means a clean model.
 
-    Specs: {"family": "gaussian", "sigma": 0.1[, "bits": 8, "bits_per_device": 2, "sign": "separate",
-    "scale": "layer", "quantize": false]}; {"family": "state_dependent", "model": "RRAM2", "sigma": 0.1, ...};
+    Specs: {"family": "gaussian", "sigma": 0.1[, "convention": "range", "bits": 8, "bits_per_device": 2,
+    "sign": "separate", "scale": "layer", "quantize": false]} (sigma_d a fraction of a device's full range of
+    2^K - 1 level steps; "convention": "level" reads it in level steps, NeFT eq. 15 literally);
+    {"family": "state_dependent", "model": "RRAM2", "sigma": 0.1[, "state": "weight", "mid_fraction": 0.4]}
+    ("weight": the NeFT authors' per-weight factor t on mid-magnitude weights, renormalised with the mid
+    fraction f, null = the layer's own; "level": t at every device's inner levels, not renormalised);
     {"family": "lognormal", "sigma": 0.3}; {"family": "additive", "eta": 0.05[, "per_channel": false]};
     {"family": "censored", "lam": 1.0, "recentre": false, "sigma": 0.1 | "base": {...}};
-    {"family": "write_verify", "threshold": 0.05, "sigma": 0.1 | "base": {...}};
+    {"family": "write_verify", "threshold": 0.05, "sigma": 0.1 | "base": {...}} (threshold in level steps);
     {"family": "profile", "path": "profile.h5", "t_s": 86400, ...}. Each family's builder is in `NOISE_FAMILIES`.
     """
     if spec is None:
@@ -295,7 +351,7 @@ def spec_from_options(
     if len(given) > 1:
         raise ValueError(f"give one noise source, not {' and '.join(given)}")
     if device_model is not None and sigma is None:
-        raise ValueError("--device-model needs --sigma (the device sigma_d in level units)")
+        raise ValueError("--device-model needs --sigma (the device sigma_d, a fraction of its full range)")
     asked = mapping not in (None, "auto") or bits is not None
     if profile is None and asked:
         if recorded is None:

@@ -13,18 +13,48 @@ from torch import Tensor
 from models.mapping import BitSlicedMapping
 from models.noise.base import AffineSampler, WeightNoise, per_device_mask, rand, randn, randn_draws
 
-# NeFT IV-F, eq. 16: relative sigma per device level (levels 0..3 of a 2-bit device); the end levels
-# keep sigma_d, the middle levels get t * sigma_d.
+# NeFT IV-F, eq. 16: the state-dependent device models, by their inner-state factor t (RRAM1 is uniform).
 STATE_DEPENDENT_T: dict[str, float] = {"RRAM1": 1.0, "RRAM2": 4.0, "FeFET1": 2.0, "FeFET2": 6.0}
+
+# How sigma_d is read. "range" (the default): a fraction of one device's full conductance range, i.e. of its
+# 2^K - 1 level steps, as in the NeFT authors' code (std 0.778 * sigma_d * max|W| for 8-bit weights on 2-bit
+# devices). "level": NeFT eq. 14-15 taken literally, sigma_d in units of one level step (1/3 of the above at K=2).
+SIGMA_CONVENTIONS = ("range", "level")
+
+# How a state-dependent model applies t. "weight" (the default, the authors' code): a weight whose |W|/max|W|
+# lies strictly inside MID_BAND gets t times the noise of the others, and sigma_d is divided by
+# sqrt(f t^2 + 1 - f) so that a layer with a fraction f of such weights keeps the uniform model's mean
+# noise power. "level": eq. 16 per device, t at the inner levels of every device, not renormalised.
+STATE_MODES = ("weight", "level")
+MID_BAND = (0.25, 0.75)  # ~ the most significant device at an inner level (1 or 2 of a 2-bit device)
+# The mid-band fraction f the authors' renormalisation assumes (a constant, not measured per layer).
+AUTHORS_MID_FRACTION = 0.4
+
+
+def state_t(model: str) -> float:
+    """The inner-state factor t of a NeFT device model (RRAM1 1, RRAM2 4, FeFET1 2, FeFET2 6), case-insensitive."""
+    key = {k.lower(): k for k in STATE_DEPENDENT_T}.get(model.lower())
+    if key is None:
+        raise ValueError(f"unknown state-dependent device model {model!r} (known: {', '.join(STATE_DEPENDENT_T)})")
+    return STATE_DEPENDENT_T[key]
 
 
 def level_factors(model: str, n_levels: int) -> tuple[float, ...]:
     """Per-level sigma multipliers of a NeFT device model (1 at the two end levels, t in between)."""
-    key = {k.lower(): k for k in STATE_DEPENDENT_T}.get(model.lower())
-    if key is None:
-        raise ValueError(f"unknown state-dependent device model {model!r} (known: {', '.join(STATE_DEPENDENT_T)})")
-    t = STATE_DEPENDENT_T[key]
+    t = state_t(model)
     return tuple(1.0 if lv in (0, n_levels - 1) else t for lv in range(n_levels))
+
+
+def renormalisation(t: float, mid_fraction: float) -> float:
+    """1 / sqrt(f t^2 + 1 - f): the sigma_d multiplier that keeps the mean noise power when a fraction f gets t."""
+    return 1.0 / math.sqrt(mid_fraction * t * t + 1.0 - mid_fraction)
+
+
+def _group_mean(x: Tensor, scale: str) -> Tensor:
+    """Mean over the layer (scalar) or over each output channel (dim 0, broadcastable), as the mapping scales."""
+    if scale == "layer" or x.dim() < 2:
+        return x.mean()
+    return x.reshape(x.shape[0], -1).mean(1).reshape((x.shape[0],) + (1,) * (x.dim() - 1))
 
 
 class MomentNoise(WeightNoise):
@@ -75,39 +105,92 @@ class MomentNoise(WeightNoise):
 
 @dataclass
 class DeviceGaussianNoise(MomentNoise):
-    """NeFT eq. 14-15: each device of the bit-sliced mapping gets N(0, (sigma_d * f[level])^2) level units.
+    """NeFT eq. 14-15: every device of the bit-sliced mapping gets N(0, s^2) level steps, s = sigma_d * u * f.
 
-    ``factors`` gives the state-dependent multiplier per device level (NeFT IV-F; all ones = uniform).
-    The sum over devices of independent Gaussians is Gaussian, so one draw per weight with
-    std = step * sqrt(sum_j (2^{jK} sigma_j)^2) is exact. With ``quantize`` the draw is centred on the
-    M-bit quantised weight (straight-through gradient), as deployed on the chip.
+    u is the number of level steps one sigma_d stands for: 2^K - 1 with ``convention="range"`` (sigma_d is a
+    fraction of a device's full conductance range, the NeFT authors' code and a profile's ``gaussian`` family
+    with g_min = 0), 1 with ``convention="level"`` (eq. 15 literally). f is the state-dependent factor
+    (NeFT IV-F): 1 without a model; with ``mid_factor`` = t the authors' per-weight factor (t on weights with
+    |W|/max|W| in MID_BAND, 1 elsewhere) renormalised by 1/sqrt(f t^2 + 1 - f), f = ``mid_fraction`` (0.4 as in
+    the authors' code; None: the layer's own fraction, so its mean noise power equals the uniform model's);
+    with ``factors`` a multiplier per device level (eq. 16 per device, not renormalised). The sum over devices
+    of independent Gaussians is Gaussian, so one draw per weight with std = step * sqrt(sum_j (2^{jK} s_j)^2)
+    is exact. With ``quantize`` the draw is centred on the M-bit quantised weight (straight-through gradient).
     """
 
     sigma: float
     mapping: BitSlicedMapping = field(default_factory=BitSlicedMapping)
-    factors: tuple[float, ...] | None = None
+    factors: tuple[float, ...] | None = None  # per-level multipliers (state "level")
     quantize: bool = False
     model: str | None = None  # name of the state-dependent model, for describe()
+    convention: str = "range"
+    mid_factor: float | None = None  # t of the per-weight state-dependent model (state "weight")
+    mid_fraction: float | None = AUTHORS_MID_FRACTION  # f of its renormalisation; None: measured per layer
 
     def __post_init__(self) -> None:
         if self.sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+        if self.convention not in SIGMA_CONVENTIONS:
+            raise ValueError(
+                f"unknown sigma convention {self.convention!r}: 'range' (sigma_d is a fraction of a device's full "
+                "range, the default) or 'level' (NeFT eq. 15, sigma_d in level steps)"
+            )
         if self.factors is not None and len(self.factors) != self.mapping.n_levels:
             raise ValueError(f"need {self.mapping.n_levels} level factors, got {len(self.factors)}")
+        if self.factors is not None and self.mid_factor is not None:
+            raise ValueError("give per-level factors or a per-weight mid_factor, not both")
+        if self.mid_factor is not None and self.mid_factor < 0:
+            raise ValueError(f"mid_factor (t) must be >= 0, got {self.mid_factor}")
+        if self.mid_fraction is not None and not 0.0 <= self.mid_fraction <= 1.0:
+            raise ValueError(f"mid_fraction must be in [0, 1] (or None: measured per layer), got {self.mid_fraction}")
 
-    def device_sigma(self, levels: Tensor) -> Tensor:
-        """Sigma (level units) of every device given its integer target level."""
-        if self.factors is None:
-            return torch.full_like(levels, self.sigma)
-        f = torch.tensor(self.factors, dtype=levels.dtype, device=levels.device)
-        return self.sigma * f[levels.long()]
+    @property
+    def level_steps(self) -> float:
+        """Level steps per unit of sigma_d: 2^K - 1 (full-range convention) or 1 (eq. 15 level convention)."""
+        return float(self.mapping.n_levels - 1) if self.convention == "range" else 1.0
+
+    @property
+    def state(self) -> str | None:
+        """How the state-dependent factor is applied: "weight", "level", or None for uniform noise."""
+        if self.mid_factor is not None:
+            return "weight"
+        return "level" if self.factors is not None else None
+
+    def weight_factor(self, w: Tensor) -> Tensor:
+        """The per-weight sigma multiplier of the authors' state-dependent model (1 without one), broadcastable."""
+        if self.mid_factor is None:
+            return torch.ones((), dtype=w.dtype, device=w.device)
+        t = self.mid_factor
+        step = self.mapping.step(w)
+        r = w.detach().abs() / (step * (2**self.mapping.bits - 1))
+        lo, hi = MID_BAND
+        mid = ((r > lo) & (r < hi)).to(w.dtype)
+        if self.mid_fraction is None:
+            f = _group_mean(mid, self.mapping.scale)
+            norm = torch.rsqrt(f * t * t + 1.0 - f)
+        else:
+            norm = torch.tensor(renormalisation(t, self.mid_fraction), dtype=w.dtype, device=w.device)
+        return (1.0 + (t - 1.0) * mid) * norm
+
+    def device_sigma(self, levels: Tensor, w: Tensor | None = None) -> Tensor:
+        """Sigma (level steps) of every device, (P, *weight_shape, D), given its target level and the weights."""
+        base = self.sigma * self.level_steps
+        if self.factors is not None:
+            f = torch.tensor(self.factors, dtype=levels.dtype, device=levels.device)
+            return base * f[levels.long()]
+        if self.mid_factor is not None:
+            if w is None:
+                raise ValueError("the per-weight state-dependent model needs the weights to give device sigmas")
+            return (base * self.weight_factor(w).unsqueeze(-1)).expand_as(levels)
+        return torch.full_like(levels, base)
 
     def moments(self, w):
         mean = (self.mapping.quantize(w) - w) if self.quantize else torch.zeros((), dtype=w.dtype, device=w.device)
         if self.factors is None:
-            # Uniform sigma: var = sigma^2 * P * sum_j 4^{jK}, the same for every weight (no level split needed).
+            # Same sigma on every device of a weight: var = s^2 * P * sum_j 4^{jK} (no level split needed).
             c2 = (self.mapping.device_weights(w) ** 2).sum() * self.mapping.arrays
-            return mean, (self.sigma * torch.sqrt(c2) * self.mapping.step(w)).expand_as(w)
+            s = self.sigma * self.level_steps * self.weight_factor(w)
+            return mean, (s * torch.sqrt(c2) * self.mapping.step(w)).expand_as(w)
         st = self.mapping.to_devices(w)
         c = self.mapping.device_weights(w)
         var = ((self.device_sigma(st.levels) * c) ** 2).sum(-1).sum(0)
@@ -122,8 +205,12 @@ class DeviceGaussianNoise(MomentNoise):
 
     def describe(self):
         d: dict[str, Any] = {"family": "state_dependent" if self.model else "gaussian", "sigma": self.sigma}
+        d["convention"] = self.convention
         if self.model:
             d["model"] = self.model
+            d["state"] = self.state or "weight"
+            if self.state == "weight":
+                d["mid_fraction"] = self.mid_fraction
         d.update(_mapping_spec(self.mapping))
         d["quantize"] = self.quantize
         return d
@@ -291,7 +378,7 @@ class WriteVerifyNoise(WeightNoise):
         for name, w in weights.items():
             wd = w.detach()
             st = mp.to_devices(wd)
-            sig = self.device.device_sigma(st.levels)  # (P, *shape, D)
+            sig = self.device.device_sigma(st.levels, wd)  # (P, *shape, D)
             vmask = self._device_mask(name, wd).unsqueeze(0)  # (1, *shape, D)
             shape = (n_draws, *st.levels.shape)
             g = randn(shape, wd, generator) * sig
@@ -314,7 +401,7 @@ class WriteVerifyNoise(WeightNoise):
         for name, w in weights.items():
             wd = w.detach()
             st = mp.to_devices(wd)
-            sig = self.device.device_sigma(st.levels)
+            sig = self.device.device_sigma(st.levels, wd)
             a = self.threshold / torch.clamp(sig, min=1e-30)
             phi = torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
             z = 2 * torch.special.ndtr(a) - 1

@@ -21,10 +21,13 @@ def test_every_family_is_registered_once_and_listed():
     [
         ({"family": "gaussian", "sigma": 0.1}, DeviceGaussianNoise),
         ({"family": "state_dependent", "model": "RRAM1", "sigma": 0.1}, DeviceGaussianNoise),
+        ({"family": "gaussian", "sigma": 0.1, "convention": "level"}, DeviceGaussianNoise),
+        ({"family": "state_dependent", "model": "RRAM2", "sigma": 0.1, "state": "level"}, DeviceGaussianNoise),
         ({"family": "lognormal", "sigma": 0.2}, LogNormalNoise),
         ({"family": "additive", "eta": 0.05}, AdditiveNoise),
         ({"family": "censored", "lam": 1.0, "base": {"family": "additive", "eta": 0.05}}, CensoredNoise),
         ({"family": "write_verify", "threshold": 0.1, "sigma": 0.1}, WriteVerifyNoise),
+        ({"family": "write_verify", "threshold": 0.1, "sigma": 0.1, "model": "FeFET2"}, WriteVerifyNoise),
     ],
 )
 def test_the_registered_builder_makes_the_family(spec, kind):

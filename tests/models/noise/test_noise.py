@@ -37,7 +37,9 @@ def test_neft_uniform_gaussian_weight_sigma():
     n = DeviceGaussianNoise(sigma=0.1)  # M=8, K=2: sqrt(1+16+256+4096) = 66.098...
     w = weights_with_max_one(0.3)
     d = (n.sample_batch(w, N, gen())["w"] - w["w"])[:, 1:]
-    expect = 0.1 * math.sqrt(1 + 16 + 256 + 4096) / 255
+    # full-range convention: each device's sigma is 0.1 of its 3 level steps; rel 0.005 is ~7 SE of a std
+    # estimated from 10^6 samples (SE 1/sqrt(2n) = 0.07 %)
+    expect = 0.1 * 3 * math.sqrt(1 + 16 + 256 + 4096) / 255
     assert d.std().item() == pytest.approx(expect, rel=0.005)
     assert abs(d.mean().item()) < 4 * expect / math.sqrt(d.numel())
     assert torch.allclose(n.noise_std(w)["w"], torch.full((1000,), expect, dtype=torch.float64))
@@ -46,17 +48,22 @@ def test_neft_uniform_gaussian_weight_sigma():
 def test_state_dependent_rram2_by_level():
     assert level_factors("RRAM2", 4) == (1.0, 4.0, 4.0, 1.0)
     assert level_factors("fefet2", 4) == (1.0, 6.0, 6.0, 1.0)
-    n = noise_from_spec({"family": "state_dependent", "model": "RRAM2", "sigma": 0.1})
+    # the per-level variant (eq. 16 per device, not renormalised), sigma_d in level steps (eq. 15 literally)
+    n = noise_from_spec(
+        {"family": "state_dependent", "model": "RRAM2", "sigma": 0.1, "state": "level", "convention": "level"}
+    )
     w = weights_with_max_one(27 / 255)  # devices (3, 2, 1, 0) -> factors (1, 4, 4, 1)
     d = (n.sample_batch(w, N, gen(1))["w"] - w["w"])[:, 1:]
     expect = 0.1 * math.sqrt(1 * 1 + 16 * 16 + 16 * 256 + 1 * 4096) / 255
-    assert d.std().item() == pytest.approx(expect, rel=0.005)
+    assert d.std().item() == pytest.approx(expect, rel=0.005)  # ~7 SE of a std from 10^6 samples
     # the all-3 weight (1.0) sees only end levels: same as uniform sigma
     assert n.noise_std(w)["w"][0].item() == pytest.approx(0.1 * math.sqrt(4369) / 255)
 
 
 def test_differential_pair_adds_the_idle_array():
-    n = DeviceGaussianNoise(0.1, BitSlicedMapping(sign="differential"), factors=level_factors("RRAM2", 4))
+    n = DeviceGaussianNoise(
+        0.1, BitSlicedMapping(sign="differential"), factors=level_factors("RRAM2", 4), convention="level"
+    )
     w = weights_with_max_one(-27 / 255)
     # negative array holds (3,2,1,0); the positive array is all level 0 (factor 1)
     expect = 0.1 * math.sqrt((1 + 256 + 16 * 256 + 4096) + (1 + 16 + 256 + 4096)) / 255
@@ -106,7 +113,8 @@ def test_censored_mean_closed_form():
 
 
 def test_write_verify_bounds_verified_devices_only():
-    dev = DeviceGaussianNoise(0.3, BitSlicedMapping(bits=2, bits_per_device=2))  # one device per weight
+    # one device per weight; sigma_d 0.1 of the full range of 3 level steps = 0.3 level steps
+    dev = DeviceGaussianNoise(0.1, BitSlicedMapping(bits=2, bits_per_device=2))
     w = weights_with_max_one(2 / 3)  # level 2; step = 1/3
     mask = torch.zeros(1000, dtype=torch.bool)
     mask[:500] = True
