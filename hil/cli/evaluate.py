@@ -1,4 +1,4 @@
-"""`rram evaluate`: Monte Carlo accuracy of a saved model under device noise (mean, CI, KPP, worst, EKL)."""
+"""`rram evaluate`: Monte Carlo accuracy of a saved model under device noise (mean, CI, KPP with its interval, EKL, ECE)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,14 @@ from hil.cli.train import aligned, factory_option, noise_options, pct, spec_from
 )
 @factory_option
 @noise_options
-@click.option("--mc", "n_draws", type=int, default=1000, show_default=True, help="Number of noise draws.")
+@click.option(
+    "--mc",
+    "n_draws",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Number of noise draws (a 95% interval of the 1% KPP needs >= 368; also with --deployed).",
+)
 @click.option("--kpp", type=float, multiple=True, help="k (percent) of the k-th percentile performance; repeatable.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -84,8 +91,9 @@ def evaluate(
                 raise UserError(f"--age {exc}") from None
         if age_s is not None and reread is not None:
             raise UserError("give --age (the deployment's own reads) or --reread, not both")
-        n = 200 if n_draws == 1000 else n_draws
-        _evaluate_deployed(deployed, n, seed, as_json, factory, calibrate, reread, age_s)
+        if n_draws < 1:
+            raise UserError("--mc must be >= 1")
+        _evaluate_deployed(deployed, n_draws, seed, as_json, factory, calibrate, reread, age_s)
         return
     if calibrate or reread or age:
         raise UserError("--calibrate, --age and --reread go with --deployed DEPLOY.h5 (they judge a chip's read-back)")
@@ -148,10 +156,35 @@ def evaluate(
     lo, hi = res.ci95
     rows.append(("noisy accuracy", pct(res.mean), "%", f"mean, 95% CI [{pct(lo)}, {pct(hi)}] %"))
     rows.append(("noisy std", pct(res.std), "%", "over the draws"))
-    rows += [(f"KPP {k:g}%", pct(v), "%", f"the draw at the {k:g} % percentile") for k, v in res.kpp.items()]
+    rows += [_kpp_row(res, k) for k in res.kpp]
     rows.append(("worst draw", pct(res.worst), "%"))
     rows.append(("EKL", f"{res.ekl:.4f}", "nat", "mean KL over correct predictions"))
+    rows.append(
+        (
+            "EKL matched",
+            f"{res.ekl_matched:.4f}",
+            "nat",
+            f"the same at the clean network's NLL-optimal temperature T = {res.temperature:.3g}",
+        )
+    )
+    rows.append(("ECE", pct(res.ece), "%", "expected calibration error, 15 bins of max probability, mean over draws"))
     click.echo(aligned(rows))
+
+
+def _kpp_row(res: Any, k: float) -> tuple[str, ...]:
+    """The k-th percentile draw with its order-statistic interval (and what it covers when the draws are too few)."""
+    from models.montecarlo import KPP_LEVEL, draws_for_interval
+
+    lo, hi = res.kpp_ci[k]
+    note = f"[{pct(lo)}, {pct(hi)}] %, 95% order-statistic interval of the {k:g} % percentile"
+    cover = res.kpp_ci_coverage[k]
+    if cover < KPP_LEVEL:
+        need = draws_for_interval(k / 100.0)
+        note = (
+            f"[{pct(lo)}, {pct(hi)}] %, covers only {100 * cover:.0f}% (an end is the extreme draw): "
+            f"a 95% interval needs --mc >= {need}"
+        )
+    return (f"KPP {k:g}%", pct(res.kpp[k]), "%", note)
 
 
 def _evaluate_deployed(

@@ -85,8 +85,10 @@ def pin_conventions(spec: Any, legacy: bool = False) -> Any:
     level steps (eq. 15) and per-level state factors; otherwise this software's defaults ("range", "weight").
     Keys already present are kept; a nested "base" spec is pinned instead of the wrapper.
     """
-    if not isinstance(spec, dict) or spec.get("family") not in _SIGMA_FAMILIES:
+    if not isinstance(spec, dict):
         return spec
+    if spec.get("family") not in _SIGMA_FAMILIES:
+        return dict(spec)  # a copy all the same: two entries of a model file never share one dict
     if isinstance(spec.get("base"), dict):
         return {**spec, "base": pin_conventions(spec["base"], legacy)}
     out = dict(spec)

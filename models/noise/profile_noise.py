@@ -5,7 +5,9 @@ A device with target conductance g is read as
 and with probabilities (p_lrs, p_hrs) it is stuck at the profile's stuck conductances (default: the
 top / bottom level) instead. The low-rank
 spatial covariance A A^T (A = V_k D_k^1/2, S^2) of the profile adds A z_k to the devices of each layer,
-tiled over the array cells in device order; the independent part keeps the per-device total variance
+tiled over the array cells in device order: every physical tile (each block of rows*cols devices, the last
+one partly filled) gets its own z_k, so devices of different tiles are independent and devices of one tile
+keep the profile's covariance; the independent part keeps the per-device total variance
 (s_prog^2 minus the spatial variance of the cell, floored at 0). Weight errors are the linear decode of
 the device errors, so without stuck faults or spatial terms one Gaussian per weight is exact.
 """
@@ -52,8 +54,10 @@ class DeviceErrors:
     """Conductance-error statistics of every device of one layer, each (P, *weight_shape, D).
 
     The weight error is sum over P and D of ``coef * dg``; dg has mean ``mean`` and independent std
-    ``sigma`` plus, with a spatial model, the correlated part ``spatial @ z_k`` (rows of A per device,
-    shape (P, *weight_shape, D, k)). Stuck-at faults are not included.
+    ``sigma`` plus, with a spatial model, the correlated part ``spatial @ z_k[tile]`` (rows of A per device,
+    shape (P, *weight_shape, D, k); ``tile`` the device's physical tile, (P, *weight_shape, D)): z_k is drawn
+    independently per tile, so two devices covary by their rows' dot product only when they share a tile.
+    Stuck-at faults are not included.
     """
 
     target: Tensor
@@ -61,6 +65,7 @@ class DeviceErrors:
     mean: Tensor
     sigma: Tensor
     spatial: Tensor | None
+    tile: Tensor | None = None
 
 
 @dataclass
@@ -311,12 +316,14 @@ class ProfileNoise(WeightNoise):
         spatial = None
         if self._spatial_A is not None:
             A = torch.as_tensor(self._spatial_A, dtype=w.dtype, device=w.device) * self.factor  # (cells, k)
-            n_dev = g_t.numel()
-            cell = torch.arange(n_dev, device=w.device) % A.shape[0]
+            n_dev, cells = g_t.numel(), A.shape[0]
+            cell = torch.arange(n_dev, device=w.device) % cells
             cell_var = (A**2).sum(1)[cell].view(g_t.shape)
             sig = torch.sqrt(torch.clamp(sig**2 - cell_var, min=0.0))
-            zk = self._randn((A.shape[1],), w, gens, n)  # (n, k)
-            spatial = (zk @ A.T)[:, cell].view(-1, *g_t.shape)
+            # one field per physical tile: device i lies in tile i // cells, so the (n, tiles, cells) fields
+            # flattened tile-major are the devices in order
+            zk = self._randn((-(-n_dev // cells), A.shape[1]), w, gens, n)  # (n, tiles, k)
+            spatial = (zk @ A.T).reshape(zk.shape[0], -1)[:, :n_dev].view(-1, *g_t.shape)
         z = self._randn(tuple(g_t.shape), w, gens, n)
         if self._is_lognormal:
             s = float(self.profile.family_params["s"]) * self.factor
@@ -348,13 +355,15 @@ class ProfileNoise(WeightNoise):
             s2 = (float(self.profile.family_params["s"]) * self.factor) ** 2
             mean = g_t * math.expm1(0.5 * s2)
             sig = g_t * math.exp(0.5 * s2) * math.sqrt(math.expm1(s2))
-        spatial = None
+        spatial, tile = None, None
         if self._spatial_A is not None:
             A = torch.as_tensor(self._spatial_A, dtype=w.dtype, device=w.device) * self.factor  # (cells, k)
-            cell = torch.arange(g_t.numel(), device=w.device) % A.shape[0]
+            i = torch.arange(g_t.numel(), device=w.device)
+            cell = i % A.shape[0]
             sig = torch.sqrt(torch.clamp(sig**2 - (A**2).sum(1)[cell].view(g_t.shape), min=0.0))
             spatial = A[cell].view(*g_t.shape, A.shape[1])
-        return DeviceErrors(g_t, coef, mean, sig, spatial)
+            tile = (i // A.shape[0]).view(g_t.shape)
+        return DeviceErrors(g_t, coef, mean, sig, spatial, tile)
 
     def noise_std(self, weights):
         out = {}
@@ -363,8 +372,8 @@ class ProfileNoise(WeightNoise):
             e = self.device_errors(name, wd)
             g_t, coef, mean, sig = e.target, e.coef, e.mean, e.sigma
             sp_var = torch.zeros((), dtype=wd.dtype, device=wd.device)
-            if e.spatial is not None:
-                sp_var = ((coef.unsqueeze(-1) * e.spatial).sum(-2).sum(0) ** 2).sum(-1)
+            if e.spatial is not None and e.tile is not None:
+                sp_var = _spatial_weight_variance(coef.unsqueeze(-1) * e.spatial, e.tile)
             lrs, hrs = self._stuck
             g_hi, g_lo = getattr(
                 self.profile, "stuck_conductances", (float(self._tables.g[-1]), float(self._tables.g[0]))
@@ -385,6 +394,20 @@ class ProfileNoise(WeightNoise):
 
     def describe(self):
         raise TypeError("profile noise is described by its spec ({'family': 'profile', 'path': ...})")
+
+
+def _spatial_weight_variance(contrib: Tensor, tile: Tensor) -> Tensor:
+    """Variance of each weight's spatial error: sum over tile pairs of its devices' rows, (P, *shape, D, k) in.
+
+    A weight's devices in one tile share that tile's z_k, devices in different tiles do not, so the
+    variance is sum_{a, b same tile} c_a . c_b over the P * D devices a, b of the weight.
+    """
+    p, d, k = contrib.shape[0], contrib.shape[-2], contrib.shape[-1]
+    shape = contrib.shape[1:-2]
+    c = contrib.reshape(p, -1, d, k).permute(1, 0, 2, 3).reshape(-1, p * d, k)  # (weights, P*D, k)
+    t = tile.reshape(p, -1, d).permute(1, 0, 2).reshape(-1, p * d)
+    same = (t.unsqueeze(-1) == t.unsqueeze(-2)).to(c.dtype)
+    return ((c @ c.transpose(-1, -2)) * same).sum((-1, -2)).reshape(shape)
 
 
 _PROFILE_KEYS = {

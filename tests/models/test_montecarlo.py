@@ -1,4 +1,4 @@
-"""Monte Carlo evaluator: batched draws == one-draw loop, invariance to chunking, KPP/CI/EKL by hand."""
+"""Monte Carlo evaluator: batched draws == one-draw loop, invariance to chunking, KPP/CI/EKL/ECE by hand."""
 
 import math
 
@@ -7,10 +7,26 @@ import pytest
 import torch
 
 from models.architectures import build_model
-from models.montecarlo import _correct_and_kl, evaluate_mc, evaluate_mc_reference, summarize
+from models.montecarlo import (
+    _correct_and_kl,
+    _draw_stats,
+    evaluate_mc,
+    evaluate_mc_reference,
+    expected_calibration_error,
+    fit_temperature,
+    summarize,
+)
+from models.noise.base import WeightNoise
 from models.noise.factory import noise_from_spec
 
 torch.set_num_threads(1)
+
+
+def _noise(spec: dict) -> WeightNoise:
+    """The noise of a spec (never None for the specs here)."""
+    noise = noise_from_spec(spec)
+    assert noise is not None
+    return noise
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +51,44 @@ def setup():
 )
 def test_batched_equals_loop_reference(setup, spec):
     model, x, y = setup
-    noise = noise_from_spec(spec)
+    noise = _noise(spec)
     ref = evaluate_mc_reference(model, x, y, noise, 24, seed=3)
     fast = evaluate_mc(model, x, y, noise, 24, seed=3, draws_per_chunk=7, batch_size=64)
     assert np.array_equal(fast.accuracies, ref.accuracies)
     assert fast.ekl == pytest.approx(ref.ekl, rel=1e-5)
     assert fast.clean_accuracy == 1.0 and 0 < fast.mean < 1.0
+    # the batched and the plain forward round their float32 logits differently (<= ~1e-5 here, as the engine
+    # tests allow): a max softmax probability moves by at most half that, and so does the ECE (no input sits
+    # within rounding of a bin edge for this seed); the temperature is fitted on the same clean logits
+    assert fast.temperature == pytest.approx(ref.temperature, rel=1e-5)
+    assert fast.ece == pytest.approx(ref.ece, abs=1e-5) and 0 < fast.ece < 1
+    assert fast.ekl_matched == pytest.approx(ref.ekl_matched, rel=1e-4)
 
 
 def test_chunking_does_not_change_draws(setup):
     model, x, y = setup
-    noise = noise_from_spec({"family": "additive", "eta": 0.3})
+    noise = _noise({"family": "additive", "eta": 0.3})
     a = evaluate_mc(model, x, y, noise, 30, seed=9, draws_per_chunk=30)
     b = evaluate_mc(model, x, y, noise, 30, seed=9, draws_per_chunk=4, batch_size=50)
     c = evaluate_mc(model, x, y, noise, 30, seed=10, draws_per_chunk=30)
     assert np.array_equal(a.accuracies, b.accuracies)
     assert not np.array_equal(a.accuracies, c.accuracies)
+    # the confidence sums are exact in float64 (see _draw_stats): any chunking gives the same bits
+    assert a.ece == b.ece and a.temperature == b.temperature
+    assert a.ekl_matched == pytest.approx(b.ekl_matched, rel=1e-6)  # float32 per-batch sums, as for EKL
+
+
+def test_confidence_metrics_do_not_depend_on_the_chunking(setup):
+    """ECE and matched-temperature EKL of the same draws with 3 or 16 draws per forward: identical."""
+    model, x, y = setup
+    y = y.clone()
+    y[::4] = (y[::4] + 1) % 10  # a quarter of the clean net's answers wrong: a finite temperature and a real ECE
+    noise = _noise({"family": "gaussian", "sigma": 0.5})
+    a = evaluate_mc(model, x, y, noise, 16, seed=1, draws_per_chunk=3, batch_size=64)
+    b = evaluate_mc(model, x, y, noise, 16, seed=1, draws_per_chunk=16, batch_size=64)
+    assert np.array_equal(a.accuracies, b.accuracies)
+    assert a.ece == b.ece and a.ekl_matched == b.ekl_matched and a.temperature == b.temperature
+    assert 0.01 < a.temperature < 100 and not math.isnan(a.ekl_matched)
 
 
 def test_summary_statistics_by_hand():
@@ -72,10 +110,50 @@ def test_ekl_only_over_correct_predictions():
     assert k.item() == pytest.approx(-math.log(0.7) - math.log(0.8))
 
 
+def test_ece_by_hand():
+    """Four inputs, two classes: max probabilities 0.9 (right), 0.9 (wrong), 0.62 (right), 0.55 (right)."""
+    p = torch.tensor([0.9, 0.9, 0.62, 0.55])
+    logits = torch.log(torch.stack([p, 1 - p], -1))[None]  # (1 draw, 4, 2)
+    y = torch.tensor([0, 1, 0, 0])
+    ok, _, kl_t, bins = _draw_stats(logits, y, 2.0)
+    assert ok.item() == 3
+    # bins m = ceil(15 p) - 1: 0.9 -> 13, 0.62 -> 9, 0.55 -> 8
+    assert bins[0, 0].tolist() == [0] * 8 + [1, 1, 0, 0, 0, 2, 0]
+    # |acc - conf| per bin: |1 - 1.8| + |1 - 0.62| + |1 - 0.55| over 4 inputs (float32 p: 1e-7 each)
+    assert expected_calibration_error(bins.numpy(), 4)[0] == pytest.approx((0.8 + 0.38 + 0.45) / 4, abs=1e-6)
+    # at T = 2 the correct inputs' -log p_y come from softmax(logits / 2)
+    want = sum(-float(torch.log_softmax(logits[0, i] / 2, -1)[0]) for i in (0, 2, 3))
+    assert kl_t.item() == pytest.approx(want, rel=1e-6)
+    r = summarize(np.array([0.75]), 1.0, 3, 4, ece_bins=bins.numpy(), kl_matched_sum=kl_t.item(), temperature=2.0)
+    assert r.ece == pytest.approx(0.4075, abs=1e-6) and r.ekl_matched == pytest.approx(want / 3, rel=1e-6)
+
+
+def test_fitted_temperature_recovers_a_known_scale():
+    """Labels drawn from softmax(z); the network reports 3 z: the NLL-optimal temperature is 3."""
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    z = torch.randn(n, 10, generator=g, dtype=torch.float64)
+    y = torch.multinomial(torch.softmax(z, -1), 1, generator=g).squeeze(1)
+    t = fit_temperature(3 * z, y)
+    # the MLE of beta = 1/T has standard error 1 / sqrt(n I), I = mean Var_p(3 z) at beta = 1/3 (the Fisher
+    # information of the exponential family in beta); T = 1/beta moves by T^2 times that: allow 4 of them
+    p = torch.softmax(z, -1)
+    info = float(((p * (3 * z) ** 2).sum(-1) - (p * 3 * z).sum(-1) ** 2).mean())
+    assert t == pytest.approx(3.0, abs=4 * 9 / math.sqrt(n * info))
+    # every input right by a wide margin: the NLL keeps falling as T -> 0, so the search's lower end
+    assert fit_temperature(torch.tensor([[10.0, 0.0], [0.0, 10.0]]), torch.tensor([0, 1])) == 0.01
+
+
 def test_clean_model_and_bad_draws(setup):
     model, x, y = setup
     r = evaluate_mc(model, x, y, None, 5)
     assert r.mean == 1.0 and r.std == 0.0 and r.worst == 1.0
+    # the clean net's own calibration: the same ECE for every draw, at T = 1
+    with torch.no_grad():
+        _, _, _, bins = _draw_stats(model(x)[None], y, 1.0)
+    assert r.ece == pytest.approx(float(expected_calibration_error(bins.numpy(), len(y))[0]), rel=1e-12)
+    with pytest.raises(ValueError, match="temperature"):
+        evaluate_mc(model, x, y, None, 5, temperature=0.0)
     with pytest.raises(ValueError, match="at least one"):
         evaluate_mc(model, x, y, None, 0)
 
@@ -99,12 +177,13 @@ def test_folded_engine_matches_vmap_and_falls_back():
     from models.noise.apply import clean_weights
 
     torch.manual_seed(1)
-    noise = noise_from_spec({"family": "additive", "eta": 0.1})
+    noise = _noise({"family": "additive", "eta": 0.1})
     x = torch.randn(6, 3, 16, 16)
     for name in ("resnet18", "vgg8"):
         model = build_model(name, in_channels=3, num_classes=10, image_size=16, width=8).eval()
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial running statistics
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.normal_()
                 m.running_var.uniform_(0.5, 2.0)
         stacked = noise.sample_batch({k: v.detach() for k, v in clean_weights(model).items()}, 3)
@@ -124,10 +203,11 @@ def test_folded_engine_matches_vmap_and_falls_back():
 
 def test_engines_agree(setup):
     model, x, y = setup
-    noise = noise_from_spec({"family": "gaussian", "sigma": 1.0})
+    noise = _noise({"family": "gaussian", "sigma": 1.0})
     a = evaluate_mc(model, x, y, noise, 12, seed=4, engine="fold")
     b = evaluate_mc(model, x, y, noise, 12, seed=4, engine="vmap")
     assert np.array_equal(a.accuracies, b.accuracies) and a.ekl == pytest.approx(b.ekl, rel=1e-5)
+    assert a.ece == pytest.approx(b.ece, abs=1e-5)  # float32 logits of two engines: see the loop reference test
     with pytest.raises(ValueError, match="engine"):
         evaluate_mc(model, x, y, noise, 2, engine="warp")
 
@@ -189,7 +269,7 @@ def test_folded_linear_chain_matches_vmap():
     from models.noise.apply import clean_weights
 
     torch.manual_seed(2)
-    noise = noise_from_spec({"family": "gaussian", "sigma": 0.5})
+    noise = _noise({"family": "gaussian", "sigma": 0.5})
     for model, x in (
         (build_model("mlp", in_channels=1, num_classes=10, image_size=8), torch.randn(7, 1, 8, 8)),
         (_SequenceMLP(), torch.randn(5, 3, 8)),
@@ -212,7 +292,7 @@ def test_affine_sampler_reuses_buffers_and_keeps_each_draw_exact():
     torch.manual_seed(3)
     model = build_model("mlp", in_channels=1, num_classes=10, image_size=8)
     weights = {k: v.detach() for k, v in clean_weights(model).items()}
-    noise = noise_from_spec({"family": "gaussian", "sigma": 0.4})
+    noise = _noise({"family": "gaussian", "sigma": 0.4})
     sampler = noise.draw_sampler(weights)
     assert isinstance(sampler, AffineSampler)
     old = torch.get_num_threads()
@@ -246,8 +326,8 @@ def test_auto_chunk_counts_the_stacked_weights():
 def test_a_fresh_read_per_input_batch_matches_the_loop_and_ignores_the_chunking(setup):
     """Read noise redrawn per batch of inputs (issue 16 item 4): batched == the one-draw loop, any chunking."""
     model, x, y = setup
-    chip = noise_from_spec({"family": "gaussian", "sigma": 0.3})
-    read = noise_from_spec({"family": "gaussian", "sigma": 0.6})
+    chip = _noise({"family": "gaussian", "sigma": 0.3})
+    read = _noise({"family": "gaussian", "sigma": 0.6})
     ref = evaluate_mc_reference(model, x, y, chip, 12, seed=5, read_noise=read, batch_size=50)
     a = evaluate_mc(model, x, y, chip, 12, seed=5, draws_per_chunk=5, batch_size=50, read_noise=read)
     b = evaluate_mc(model, x, y, chip, 12, seed=5, draws_per_chunk=12, batch_size=50, read_noise=read)
@@ -262,8 +342,8 @@ def test_each_input_batch_gets_its_own_read_and_a_draw_keeps_its_chip(setup):
 
     model, _, _ = setup
     weights = {k: v.detach() for k, v in clean_weights(model).items()}
-    chip = noise_from_spec({"family": "gaussian", "sigma": 0.3}).draw_sampler(weights)
-    reads = noise_from_spec({"family": "gaussian", "sigma": 0.6}).draw_sampler(weights)
+    chip = _noise({"family": "gaussian", "sigma": 0.3}).draw_sampler(weights)
+    reads = _noise({"family": "gaussian", "sigma": 0.6}).draw_sampler(weights)
     stacked = chip([torch.Generator().manual_seed(1)])
     b0 = with_fresh_read(stacked, weights, reads, 0, [3], 0, "cpu")
     b1 = with_fresh_read(stacked, weights, reads, 0, [3], 1, "cpu")
@@ -278,3 +358,49 @@ def test_each_input_batch_gets_its_own_read_and_a_draw_keeps_its_chip(setup):
         # float32: (chip + (read - w)) - chip against read - w differ by at most 3 roundings of values <= M
         m = float(max(b0[k].abs().max(), own[k].abs().max(), stacked[k].abs().max()))
         torch.testing.assert_close(b0[k] - stacked[k], own[k] - weights[k], rtol=0, atol=4 * m * 2**-24)
+
+
+def _mc_rank(rank: int, out: str, port: int) -> None:
+    """One of 2 gloo processes: the same net and noise as the single-process run, draws split round-robin."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        r = _mc_confidence()
+        if rank == 0:
+            torch.save({"ece": r.ece, "ekl_matched": r.ekl_matched, "t": r.temperature, "accs": r.accuracies}, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _mc_confidence():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = build_model("mlp", in_channels=1, num_classes=10, image_size=8)
+    x = torch.randn(120, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(120) % 10
+    with torch.no_grad():
+        y[::2] = model(x[::2]).argmax(-1)  # half the labels the clean net's own: a finite temperature
+    return evaluate_mc(model, x, y, _noise({"family": "gaussian", "sigma": 0.5}), 9, seed=2, draws_per_chunk=2)
+
+
+@pytest.mark.slow
+def test_confidence_metrics_are_gathered_over_processes(tmp_path):
+    """Under torch.distributed (2 gloo processes) the ECE bins and matched EKL sums are all-reduced like the KL."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    one = _mc_confidence()
+    out = str(tmp_path / "two.pt")
+    mp.start_processes(_mc_rank, args=(out, port), nprocs=2, join=True, start_method="fork")
+    two = torch.load(out, weights_only=False)
+    assert np.array_equal(one.accuracies, two["accs"]) and one.temperature == two["t"]
+    # each process stacks other draws into a chunk, so a float32 GEMM may round logits differently (~1e-7
+    # relative): a confidence moves by about that, the ECE (a mean of |acc - conf| sums) by no more
+    assert abs(one.ece - two["ece"]) < 1e-6 and one.ece > 0
+    assert abs(one.ekl_matched - two["ekl_matched"]) < 1e-6 * max(1.0, one.ekl_matched)

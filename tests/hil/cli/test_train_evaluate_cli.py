@@ -58,13 +58,19 @@ def test_train_then_evaluate_json(tmp_path):
     ev = r.invoke(cli, ["evaluate", str(out), "--mc", "40", "--kpp", "1", "--kpp", "10", "--json", "--per-draw"])
     assert ev.exit_code == 0, ev.output
     d = json.loads(ev.output)
-    assert d["n_draws"] == 40 and d["noise"] == {"family": "gaussian", "sigma": 1.0}
+    assert d["n_draws"] == 40 and d["noise"] == {"family": "gaussian", "sigma": 1.0, "convention": "range"}
     accs = d["accuracies"]
     # the mean of 40 accuracies in [0, 1], summed in another order: the two differ by at most ~40 ulps (1e-14)
     assert len(accs) == 40 and abs(sum(accs) / 40 - d["mean"]) < 1e-12
     assert d["kpp"]["1.0"] == min(accs) == d["worst"]
     assert d["kpp"]["10.0"] == sorted(accs)[3]
     assert d["ci95"][0] < d["mean"] < d["ci95"][1] and d["ekl"] > 0
+    # 40 draws, B ~ Binomial(40, 0.1): P(B < 1) = 0.015 <= 0.025 < P(B < 2), P(B >= 9) <= 0.025 < P(B >= 8), so
+    # the 10th percentile's 95% interval is the 1st to 9th draws; the 1st percentile has no lower rank
+    # (0.99^40 > 0.025): its interval starts at the worst draw and its coverage says so
+    assert d["kpp_ci"]["10.0"] == [sorted(accs)[0], sorted(accs)[8]] and d["kpp_ci_coverage"]["10.0"] >= 0.95
+    assert d["kpp_ci"]["1.0"][0] == min(accs) and d["kpp_ci_coverage"]["1.0"] < 0.95
+    assert 0 <= d["ece"] <= 1 and d["temperature"] > 0 and d["ekl_matched"] > 0
 
 
 def test_evaluate_with_a_profile_and_resume(tmp_path):
@@ -125,7 +131,10 @@ def test_evaluate_with_a_profile_and_resume(tmp_path):
     assert ev2.exit_code == 0 and "worst draw" in ev2.output
     rows = {ln.split("  ")[1]: ln for ln in ev2.output.splitlines() if ln.startswith("  ")}
     assert {"clean accuracy", "noisy accuracy", "noisy std", "KPP 1%", "worst draw", "EKL"} <= set(rows)
+    assert {"EKL matched", "ECE"} <= set(rows) and rows["ECE"].split()[2] == "%"
     assert "95% CI [" in rows["noisy accuracy"] and rows["noisy accuracy"].split()[3] == "%"
+    # 20 draws are too few for the 1 % KPP's lower rank: the line gives the interval, its coverage and the fix
+    assert "[" in rows["KPP 1%"] and "covers only" in rows["KPP 1%"] and "--mc >= 368" in rows["KPP 1%"]
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -394,7 +403,7 @@ def test_train_refuses_to_replace_a_model_file_without_force(tmp_path, capsys, m
     assert r.code == 0, r.text
     from models.checkpoint import load_checkpoint
 
-    assert load_checkpoint(out)["noise"] == {"family": "gaussian", "sigma": 0.1}
+    assert load_checkpoint(out)["noise"] == {"family": "gaussian", "sigma": 0.1, "convention": "range"}
 
 
 def test_train_summary_is_aligned_name_value_unit(tmp_path, capsys, monkeypatch):
