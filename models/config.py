@@ -6,6 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# Values of fields added after model files were first written, as those older runs used them: a config
+# without "val_fraction" trained on the whole training split and validated on the test split.
+LEGACY_DEFAULTS: dict[str, Any] = {"val_fraction": 0.0}
+
 
 @dataclass
 class TrainConfig:
@@ -13,8 +17,8 @@ class TrainConfig:
 
     model: str = "cnn"  # architecture name (models.arch registry) or "pkg.mod:factory"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    data: str = "digits"  # digits | mnist | fashion_mnist | cifar10 | cifar100
-    data_root: str | None = None  # folder holding the on-disk dataset (not needed for digits)
+    data: str = "digits"  # digits | mnist1d | mnist | fashion_mnist | cifar10 | cifar100
+    data_root: str | None = None  # folder of an on-disk dataset (digits needs none; mnist1d caches there if given)
     method: str = "vanilla"  # training method name (models.methods.METHODS)
     method_options: dict[str, Any] = field(default_factory=dict)  # raw, as given; the method's Options types them
     noise: dict[str, Any] | None = None  # noise spec (models.noise.factory.noise_from_spec); None = clean
@@ -31,7 +35,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA only (ignored on CPU)
-    val_noise_draws: int = 5  # noise draws for the per-epoch noisy validation accuracy
+    val_noise_draws: int = 5  # noise draws for the per-epoch noisy validation accuracy (and the final test one)
+    # share of the training split held out (class-stratified, seeded by `seed`) for the per-epoch validation
+    # that every model and hyper-parameter choice reads; the test split is evaluated once, after training.
+    # 0 = no validation (the whole training split trains; no per-epoch accuracy)
+    val_fraction: float = 0.1
     checkpoint: str | None = None  # path of the last-epoch checkpoint (written every epoch)
     progress: bool = True  # rank 0: bars with ETA on a terminal, else periodic plain lines (firmware_protocol.progress)
 
@@ -41,9 +49,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Rebuild from ``to_dict`` output; unknown keys are an error so typos do not pass silently."""
+        """Rebuild from ``to_dict`` output (older ones get `LEGACY_DEFAULTS`); unknown keys are an error so typos do not pass silently."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**{**LEGACY_DEFAULTS, **d})

@@ -1,5 +1,9 @@
 """The training loop: one loop for every method plugin, single process or data-parallel under torchrun.
 
+Honest evaluation: the per-epoch validation (history ``val_*``, ``ctx.val_loader``) reads a seeded,
+class-stratified validation split carved from the training split (``TrainConfig.val_fraction``); the
+test split is read once, after the last planned epoch, for ``TrainResult.test``.
+
 Data parallelism: the model is wrapped in DistributedDataParallel (which broadcasts rank 0's initial
 weights); forwards use the unwrapped module and the loop averages all gradients in one flat
 all-reduce before each optimizer step, so a method may run any number of forward/backward passes
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 from firmware_protocol.progress import Progress
 from models.architectures import build_model
 from models.checkpoint import check_state_dict, load_checkpoint, model_record, save_checkpoint
-from models.config import TrainConfig
+from models.config import LEGACY_DEFAULTS, TrainConfig
 from models.data import Dataset, load_dataset
 from models.methods.base import TrainContext, TrainingMethod
 from models.methods.registry import get_method
@@ -38,11 +42,17 @@ __all__ = ["TrainConfig", "TrainContext", "TrainResult", "train", "resolve_devic
 
 @dataclass
 class TrainResult:
-    """What a run produced: the exported model, the per-epoch history and the checkpoint dict."""
+    """What a run produced: the exported model, the per-epoch (validation) history, the checkpoint dict, the test result.
+
+    ``test`` holds ``test_acc`` (clean) and, with noise and ``val_noise_draws`` >= 1, ``test_noisy_acc``
+    and ``test_noisy_std`` over that many draws; None when the run stopped before its planned epochs or
+    was asked not to read the test split.
+    """
 
     model: nn.Module
     history: list[dict[str, Any]]
     checkpoint: dict[str, Any] = field(repr=False)
+    test: dict[str, float] | None = None
 
 
 def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
@@ -198,9 +208,13 @@ def train(
     resume: str | Path | None = None,
     log: Callable[[str], None] | None = None,
     stop_after: int | None = None,
+    evaluate_test: bool = True,
 ) -> TrainResult:
     """Train ``config.model`` on ``config.data`` with ``config.method``; checkpoint every epoch when asked.
 
+    The training split loses ``config.val_fraction`` of its samples to the validation split
+    (`Dataset.with_validation`, seeded by ``config.seed``); a ``dataset`` that already has one is used as
+    given. ``evaluate_test`` False leaves the test split unread (a caller that still has choices to make).
     ``resume`` continues from a checkpoint written by this function (its config must match in
     everything but ``epochs``; a longer run stretches the cosine schedule over the new total).
     ``stop_after`` ends this call after that many epochs (a time-boxed job that a later call resumes).
@@ -212,6 +226,9 @@ def train(
     seed_everything(config.seed)
 
     ds = dataset if dataset is not None else load_dataset(config.data, config.data_root)
+    if ds.x_val is None:
+        ds = ds.with_validation(config.val_fraction, config.seed)
+    _check_input_kind(config, ds)
     _check_model_size(config, ds, device)
     model = build_model(
         config.model,
@@ -254,7 +271,7 @@ def train(
         resuming=ckpt_in is not None,
     )
     ctx.train_loader = _Loader(ds.x_train, ds.y_train, config, ctx)
-    ctx.val_loader = [(ds.x_test, ds.y_test)]
+    ctx.val_loader = [(ds.x_val, ds.y_val)] if ds.x_val is not None and ds.y_val is not None else None
     method.prepare(ctx)
     steps_per_epoch = _n_batches(len(ds.x_train), config.batch_size, world)
     scheduler = _make_scheduler(config, optimizer, steps_per_epoch * config.epochs)
@@ -316,7 +333,21 @@ def train(
     if not ckpt:
         ckpt = _make_checkpoint(config, ds, model, method, optimizer, scheduler, scaler, ctx, history, start_epoch)
     exported = method.export_model(model)
-    return TrainResult(model=exported, history=history, checkpoint=ckpt)
+    finished = end_epoch >= config.epochs
+    test = _evaluate_test(exported, ds, noise, config, device) if finished and evaluate_test else None
+    return TrainResult(model=exported, history=history, checkpoint=ckpt, test=test)
+
+
+_IMAGE_MODELS = ("cnn", "vgg8", "resnet18")
+
+
+def _check_input_kind(config: TrainConfig, ds: Dataset) -> None:
+    """Refuse (one-line ValueError) a convolutional network on 1-D signals, naming the network that takes them."""
+    if config.model in _IMAGE_MODELS and ds.image_size == 1:
+        raise ValueError(
+            f"dataset {ds.name!r} holds 1-D signals of {ds.in_channels} values, not images, so the "
+            f"{config.model} cannot take it: train an mlp (--model mlp)"
+        )
 
 
 def _memory_bytes(device: torch.device) -> int:
@@ -385,15 +416,29 @@ class _Loader:
         return _n_batches(len(self.x), self.cfg.batch_size, self.ctx.world_size)
 
 
-def _validate(model: nn.Module, ds: Dataset, noise, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """Clean and noisy accuracy on the test split (noisy draws split over the ranks)."""
+def _accuracies(
+    model: nn.Module, x: Tensor, y: Tensor, noise, cfg: TrainConfig, device: torch.device, prefix: str, seed: int
+) -> dict[str, float]:
+    """``{prefix}_acc`` (clean) and, with noise, ``{prefix}_noisy_acc`` / ``_noisy_std`` (draws split over the ranks)."""
     if noise is None or cfg.val_noise_draws < 1:
-        r = evaluate_mc(model, ds.x_test, ds.y_test, None, 1, device=device, distributed=False)
+        r = evaluate_mc(model, x, y, None, 1, device=device, distributed=False)
         assert r.clean_accuracy is not None  # evaluate_mc measures it unless called with clean=False
-        return {"val_acc": r.clean_accuracy}
-    r = evaluate_mc(model, ds.x_test, ds.y_test, noise, cfg.val_noise_draws, seed=cfg.seed + 12345, device=device)
+        return {f"{prefix}_acc": r.clean_accuracy}
+    r = evaluate_mc(model, x, y, noise, cfg.val_noise_draws, seed=seed, device=device)
     assert r.clean_accuracy is not None
-    return {"val_acc": r.clean_accuracy, "val_noisy_acc": r.mean, "val_noisy_std": r.std}
+    return {f"{prefix}_acc": r.clean_accuracy, f"{prefix}_noisy_acc": r.mean, f"{prefix}_noisy_std": r.std}
+
+
+def _validate(model: nn.Module, ds: Dataset, noise, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Clean and noisy accuracy on the validation split; nothing when there is none (val_fraction 0)."""
+    if ds.x_val is None or ds.y_val is None:
+        return {}
+    return _accuracies(model, ds.x_val, ds.y_val, noise, cfg, device, "val", cfg.seed + 12345)
+
+
+def _evaluate_test(model: nn.Module, ds: Dataset, noise, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """The one evaluation of the test split, after training: clean and noisy accuracy (own noise seed)."""
+    return _accuracies(model, ds.x_test, ds.y_test, noise, cfg, device, "test", cfg.seed + 23456)
 
 
 def _format_entry(e: dict[str, Any], epochs: int) -> str:
@@ -432,7 +477,7 @@ _RESUME_FREE = {"epochs", "checkpoint", "progress", "device"}
 
 
 def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any]) -> None:
-    old = ckpt.get("config", {})
+    old = {**LEGACY_DEFAULTS, **ckpt.get("config", {})}
     diff = sorted(k for k, v in cfg.to_dict().items() if k not in _RESUME_FREE and old.get(k) != v)
     if diff:
         raise ValueError(f"cannot resume: the checkpoint was trained with different {', '.join(diff)}")

@@ -52,11 +52,18 @@ def noise_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Bit-sliced weight resolution, a multiple of the profile's bits per device "
             "[default: the smallest multiple >= 8].",
         ),
-        click.option("--sigma", type=float, help="NeFT device sigma_d (level units; 8-bit weights on 2-bit devices)."),
+        click.option(
+            "--sigma",
+            type=float,
+            help="NeFT device sigma_d as a fraction of a device's full range (2^K-1 levels; the authors' code): "
+            "weight std 0.778*sigma*max|W| for 8-bit weights on 2-bit devices. NeFT eq. 15 in level units: "
+            '--noise-json \'{"family": "gaussian", "sigma": S, "convention": "level"}\'.',
+        ),
         click.option(
             "--device-model",
             type=click.Choice(["RRAM1", "RRAM2", "FeFET1", "FeFET2"]),
-            help="State-dependent sigma per level (NeFT IV-F), with --sigma.",
+            help="State-dependent noise (NeFT IV-F, the authors' code), with --sigma: t times more on weights with "
+            "0.25 < |W|/max|W| < 0.75, sigma divided by sqrt(0.4t^2+0.6) (RRAM2 t=4, FeFET1 2, FeFET2 6).",
         ),
         click.option("--lognormal", type=float, help="Multiplicative W*exp(N(0,s^2)) noise with this s (MTRD)."),
         click.option("--additive", type=float, help="Additive N(0,(eta*max|W|)^2) noise with this eta (MTRD)."),
@@ -159,8 +166,12 @@ def _check_model(name: str, kwargs: dict[str, Any]) -> None:
     "--model", "model_name", default="cnn", show_default=True, help="cnn | mlp | vgg8 | resnet18 | pkg.mod:factory"
 )
 @click.option("--model-arg", multiple=True, metavar="KEY=VALUE", help="Keyword argument of the model (repeatable).")
-@click.option("--data", default="digits", show_default=True, help="digits | mnist | fashion_mnist | cifar10 | cifar100")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Folder of an on-disk dataset.")
+@click.option(
+    "--data", default="digits", show_default=True, help="digits | mnist1d | mnist | fashion_mnist | cifar10 | cifar100"
+)
+@click.option(
+    "--data-root", type=click.Path(file_okay=False), help="Folder of an on-disk dataset (mnist1d: where to cache it)."
+)
 @click.option("--method", default="vanilla", show_default=True, help="Training method (see --list-methods).")
 @click.option("--opt", "method_opt", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @noise_options
@@ -173,7 +184,21 @@ def _check_model(name: str, kwargs: dict[str, Any]) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
-@click.option("--val-draws", type=int, default=5, show_default=True, help="Noise draws for per-epoch noisy accuracy.")
+@click.option(
+    "--val-draws",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Noise draws for the noisy validation and test accuracy.",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Share of the training split held out (per class, seeded) for per-epoch validation; 0 = none. "
+    "The test split is evaluated once, after training.",
+)
 @click.option("--resume", type=click.Path(dir_okay=False, exists=True), help="Continue from this model file.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Model file to write (every epoch).")
 @click.option("--force", is_flag=True, help="Replace an existing model file.")
@@ -204,6 +229,7 @@ def train(
     device: str,
     amp: bool,
     val_draws: int,
+    val_fraction: float,
     resume: str | None,
     output: str | None,
     force: bool,
@@ -234,6 +260,8 @@ def train(
     noise_kw_profile = noise_kw.get("profile")
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction:g}: e.g. 0.1, or 0 for no validation")
     cfg = TrainConfig(
         model=model_name,
         model_kwargs=model_kwargs,
@@ -252,6 +280,7 @@ def train(
         device=device,
         amp=amp,
         val_noise_draws=val_draws,
+        val_fraction=val_fraction,
         checkpoint=output,
         progress=progress,
     )
@@ -267,10 +296,11 @@ def train(
         save_checkpoint(result.checkpoint, output)
         if as_json:
             mapping = choice.spec() if choice is not None else None
-            click.echo(json_text({"output": output, "mapping": mapping, "history": result.history}, indent=2))
+            payload = {"output": output, "mapping": mapping, "history": result.history, "test": result.test}
+            click.echo(json_text(payload, indent=2))
         else:
             click.echo(f"wrote {output}")
-            click.echo(aligned(train_rows(result.history)))
+            click.echo(aligned(train_rows(result.history, result.test, val_draws)))
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -322,16 +352,25 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def train_rows(history: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """The end-of-training summary of the last epoch: accuracies in %, time in s."""
+def train_rows(
+    history: list[dict[str, Any]], test: dict[str, float] | None = None, draws: int | None = None
+) -> list[tuple[str, ...]]:
+    """The end-of-training summary: accuracies in % on the test set (read once, after training), time in s.
+
+    Without a test result (a run stopped before its planned epochs) the last epoch's validation accuracies
+    are shown, labelled as such.
+    """
     if not history:
         return [("epochs", "0", "", "(nothing left to train)")]
     last = history[-1]
     rows: list[tuple[str, ...]] = [("epochs", str(last["epoch"]), "")]
-    if "val_acc" in last:
-        rows.append(("clean accuracy", pct(last["val_acc"]), "%", "test set"))
-    if "val_noisy_acc" in last:
-        std = last.get("val_noisy_std", float("nan"))
-        rows.append(("noisy accuracy", pct(last["val_noisy_acc"]), "%", f"std {pct(std)} % over the validation draws"))
+    key, where = ("test", "test set") if test is not None else ("val", "validation split, last epoch")
+    source = test if test is not None else last
+    over = f"{draws} draws" if draws is not None else "the draws"
+    if f"{key}_acc" in source:
+        rows.append(("clean accuracy", pct(source[f"{key}_acc"]), "%", where))
+    if f"{key}_noisy_acc" in source:
+        std = source.get(f"{key}_noisy_std", float("nan"))
+        rows.append(("noisy accuracy", pct(source[f"{key}_noisy_acc"]), "%", f"{where}, std {pct(std)} % over {over}"))
     rows.append(("training time", f"{sum(h.get('time_s', 0.0) for h in history):.1f}", "s"))
     return rows

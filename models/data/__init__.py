@@ -1,5 +1,5 @@
-"""Datasets: scikit-learn digits (embedded), MNIST / Fashion-MNIST / CIFAR-10/100 from local folders."""
+"""Datasets: digits (scikit-learn, embedded), MNIST-1D (generated offline), MNIST / Fashion-MNIST / CIFAR from local folders."""
 
-from models.data.datasets import DATASETS, Dataset, load_dataset
+from models.data.datasets import DATASETS, Dataset, load_dataset, mnist1d_arrays
 
-__all__ = ["DATASETS", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "load_dataset", "mnist1d_arrays"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,14 +13,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from firmware_protocol.fileformat import atomic_write
 from models.data.readers import read_cifar_pickle, read_idx
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+DATASETS = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100")
+
+# the stream of the validation split's generator, apart from every other use of the run's seed
+_VAL_STREAM = 0x76616C
 
 
 @dataclass
 class Dataset:
-    """Train and test splits as float tensors (N, C, H, W), normalised with the train mean/std."""
+    """Train, optional validation, and test splits as float tensors (N, C, H, W), normalised with the train mean/std.
+
+    1-D signals (MNIST-1D) are stored as (N, L, 1, 1): L features as the channels of a 1x1 image, which
+    the ``mlp`` (in_channels * image_size**2 inputs) takes as they are; the convolutional networks need images.
+    """
 
     name: str
     x_train: Tensor
@@ -24,6 +36,8 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     num_classes: int
+    x_val: Tensor | None = None  # held out of the training split for model and hyper-parameter choices
+    y_val: Tensor | None = None
 
     @property
     def in_channels(self) -> int:
@@ -32,6 +46,49 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return int(self.x_train.shape[-1])
+
+    def with_validation(self, fraction: float, seed: int) -> Dataset:
+        """A copy with a class-stratified ``fraction`` of the training split held out as validation (test untouched).
+
+        The same (data, fraction, seed) gives the same split on every machine (numpy's PCG64, seeded from
+        ``seed`` and a stream of its own). The validation size is round(fraction * N), at least 1 and at most
+        N - 1; it is shared over the classes in proportion to their training counts (largest remainders,
+        ties to the lower class), and each class's held-out samples are a seeded random subset. Both parts
+        keep the original sample order. Normalisation stays that of the full training split (its mean and
+        std include the held-out images, never the test images). ``fraction`` 0 returns the dataset as is.
+        """
+        if not (isinstance(fraction, (int, float)) and 0.0 <= fraction < 1.0):
+            raise ValueError(
+                f"val_fraction must be in [0, 1), got {fraction!r}: give e.g. 0.1 (or 0 for no validation)"
+            )
+        if self.x_val is not None:
+            raise ValueError(f"dataset {self.name!r} already has a validation split; split a dataset only once")
+        if fraction == 0:
+            return self
+        y = self.y_train.numpy()
+        n = len(y)
+        if n < 2:
+            raise ValueError(f"dataset {self.name!r} has {n} training sample(s): a validation split needs at least 2")
+        n_val = min(max(math.floor(fraction * n + 0.5), 1), n - 1)
+        classes, counts = np.unique(y, return_counts=True)
+        share = counts * (n_val / n)
+        quota = np.floor(share).astype(np.int64)
+        by_remainder = np.argsort(-(share - quota), kind="stable")
+        quota[by_remainder[: n_val - int(quota.sum())]] += 1
+        rng = np.random.default_rng(np.random.SeedSequence([seed % 2**63, _VAL_STREAM]))
+        held = np.zeros(n, dtype=bool)
+        for c, q in zip(classes, quota):
+            members = np.flatnonzero(y == c)
+            held[rng.permutation(members)[:q]] = True
+        val_idx = torch.from_numpy(np.flatnonzero(held))
+        train_idx = torch.from_numpy(np.flatnonzero(~held))
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train[train_idx],
+            y_train=self.y_train[train_idx],
+            x_val=self.x_train[val_idx],
+            y_val=self.y_train[val_idx],
+        )
 
 
 def _normalise(xtr: np.ndarray, xte: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -104,13 +161,115 @@ def _cifar100(root: Path):
     return xtr / 255.0, ytr, xte / 255.0, yte, 100
 
 
+# ------------------------------------------------------------------------------------------------ MNIST-1D
+
+MNIST1D_LENGTH = 40  # samples per signal (the package's final_seq_length)
+_MNIST1D_CACHE_REVISION = 1  # bump when the cached arrays' layout changes
+
+
+def _user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/rram-hil, else ~/.cache/rram-hil."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rram-hil"
+
+
+def _mnist1d_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mnist1d")
+    except PackageNotFoundError:
+        raise ValueError("dataset 'mnist1d' needs the mnist1d package: pip install mnist1d") from None
+
+
+def mnist1d_arrays(**overrides: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Generate MNIST-1D offline with the package's generator and default arguments (plus ``overrides``).
+
+    Returns float32 signals (N, 40) and int64 labels for the train and test splits (4000 / 1000 by
+    default, the package's seed 42). The generator seeds Python's and numpy's global generators; their
+    states are restored afterwards, so loading the data does not change a seeded run.
+    """
+    _mnist1d_version()
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    for k, v in overrides.items():
+        if not hasattr(args, k):
+            raise ValueError(f"mnist1d has no dataset argument {k!r}")
+        setattr(args, k, v)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return (
+        np.asarray(d["x"], dtype=np.float32),
+        np.asarray(d["y"], dtype=np.int64),
+        np.asarray(d["x_test"], dtype=np.float32),
+        np.asarray(d["y_test"], dtype=np.int64),
+    )
+
+
+_MNIST1D_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _read_mnist1d_cache(path: Path) -> tuple[np.ndarray, ...] | None:
+    """The cached arrays, or None when the file is missing or not a complete cache (it is then regenerated)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = tuple(np.asarray(z[k]) for k in _MNIST1D_KEYS)
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    xtr, ytr, xte, yte = arrays
+    ok = (
+        xtr.ndim == 2
+        and xte.ndim == 2
+        and xtr.shape[1] == xte.shape[1] == MNIST1D_LENGTH
+        and ytr.shape == (len(xtr),)
+        and yte.shape == (len(xte),)
+        and np.isfinite(xtr).all()
+        and np.isfinite(xte).all()
+    )
+    return arrays if ok else None
+
+
+def _mnist1d(root: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """MNIST-1D as (N, 40, 1, 1) signals, cached (generation takes seconds) under root/mnist1d or the user cache.
+
+    The cache file is named by the package version and a revision of this layout, so a new package
+    release regenerates; an unwritable cache folder only costs the regeneration.
+    """
+    folder = root / "mnist1d" if root is not None else _user_cache_dir()
+    path = folder / f"mnist1d-{_mnist1d_version()}-r{_MNIST1D_CACHE_REVISION}.npz"
+    arrays = _read_mnist1d_cache(path)
+    if arrays is None:
+        arrays = mnist1d_arrays()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, force=True) as tmp, open(tmp, "wb") as f:
+                np.savez(f, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3])
+        except OSError:
+            pass  # no cache: the next load generates again
+    xtr, ytr, xte, yte = arrays
+    return xtr[:, :, None, None], ytr, xte[:, :, None, None], yte, 10
+
+
 def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
-    """Load ``name`` (see DATASETS); on-disk datasets need ``root`` in torchvision's layout."""
+    """Load ``name`` (see DATASETS); on-disk datasets need ``root`` in torchvision's layout.
+
+    ``digits`` is embedded in scikit-learn; ``mnist1d`` is generated offline by the mnist1d package
+    and cached under ``root``/mnist1d when ``root`` is given, else under the user cache folder.
+    """
     key = name.lower().replace("-", "_")
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
     if key == "digits":
         xtr, ytr, xte, yte, k = _digits()
+    elif key == "mnist1d":
+        if root is not None and not Path(root).is_dir():
+            raise FileNotFoundError(f"dataset folder {root} does not exist (mnist1d caches its data there)")
+        xtr, ytr, xte, yte, k = _mnist1d(Path(root) if root is not None else None)
     else:
         if root is None:
             raise ValueError(f"dataset {name!r} is read from a local folder: pass its path (--data-root)")

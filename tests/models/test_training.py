@@ -1,13 +1,14 @@
 """Training loop: noise injection beats vanilla under noise, resume == uninterrupted, registry, checkpoints."""
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
 
 from models.checkpoint import load_checkpoint, load_model
 from models.config import TrainConfig
-from models.data import load_dataset
+from models.data import Dataset, load_dataset
 from models.methods.base import TrainContext, TrainingMethod
 from models.methods.options import MethodOptions, option
 from models.methods.registry import METHODS, available_methods, get_method
@@ -16,7 +17,7 @@ from models.noise.factory import noise_from_spec
 from models.training import train
 
 torch.set_num_threads(1)
-QUIET = dict(progress=False, val_noise_draws=0)
+QUIET: dict[str, Any] = dict(progress=False, val_noise_draws=0)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +26,9 @@ def digits():
 
 
 def test_noise_injection_beats_vanilla_under_noise(digits):
-    # NeFT Gaussian device noise sigma_d = 1.5 level units on 8-bit / 2-bit-device weights (std ~0.39 max|W|)
-    spec = {"family": "gaussian", "sigma": 1.5}
+    # NeFT Gaussian device noise sigma_d = 1.5 level steps on 8-bit / 2-bit-device weights (std ~0.39 max|W|);
+    # "level" keeps that reading under the full-range default convention (where it would be sigma_d = 0.5)
+    spec = {"family": "gaussian", "sigma": 1.5, "convention": "level"}
     noise = noise_from_spec(spec)
     res = {}
     for method in ("vanilla", "noise"):
@@ -34,14 +36,14 @@ def test_noise_injection_beats_vanilla_under_noise(digits):
         model = train(cfg, dataset=digits, log=lambda s: None).model
         res[method] = evaluate_mc(model, digits.x_test, digits.y_test, noise, 200, seed=1)
     van, inj = res["vanilla"], res["noise"]
-    assert van.clean_accuracy > 0.95
+    assert van.clean_accuracy is not None and van.clean_accuracy > 0.95
     assert van.clean_accuracy - van.mean >= 0.10  # vanilla loses >= 10 points under this noise
     assert inj.mean > van.mean + 0.03  # noise injection recovers part of it
     assert inj.ci95[0] > van.ci95[1]
 
 
 def test_deterministic_and_resume_equals_uninterrupted(digits, tmp_path):
-    base = dict(
+    base: dict[str, Any] = dict(
         model="cnn",
         method="noise",
         noise={"family": "additive", "eta": 0.1},
@@ -144,10 +146,107 @@ def test_registry_discovers_and_plugins_run_in_the_loop(digits):
         dataset=digits,
         log=lambda s: None,
     )
-    assert seen["groups"] == 2 and seen["steps"] == 6  # ceil(1437 / 256) = 6 steps
+    assert seen["groups"] == 2 and seen["steps"] == 6  # 1437 - 144 validation = 1293 samples: ceil(1293 / 256) = 6
     assert "aux" in res.history[0] and res.history[0]["val_acc"] > 0.3
 
 
 def test_noise_method_needs_noise(digits):
     with pytest.raises(ValueError, match="needs a noise model"):
         train(TrainConfig(model="mlp", method="noise", epochs=1, **QUIET), dataset=digits, log=lambda s: None)
+
+
+# ------------------------------------------------------------------------------- validation split, test once
+
+
+def test_training_validates_on_the_validation_split_and_never_reads_the_test_split(digits):
+    seen: dict[str, int] = {}
+
+    @METHODS.register("_test_sees_loaders")
+    class SeesLoaders(TrainingMethod[MethodOptions]):
+        """Test plugin: vanilla training that records the sizes of the loaders the loop hands it."""
+
+        name = "_test_sees_loaders"
+        Options = MethodOptions
+
+        def prepare(self, ctx: TrainContext) -> None:
+            assert ctx.train_loader is not None and ctx.val_loader is not None
+            seen["train"] = len(ctx.train_loader.x)  # type: ignore[attr-defined]
+            seen["val"] = sum(len(yv) for _, yv in ctx.val_loader)
+
+        def training_step(self, ctx, x, y):
+            loss = torch.nn.functional.cross_entropy(ctx.model(x), y)
+            ctx.backward(loss)
+            return {"loss": float(loss.detach())}
+
+    spec = {"family": "additive", "eta": 0.05}
+    cfg = TrainConfig(model="mlp", method="_test_sees_loaders", noise=spec, epochs=2, lr=3e-3, seed=1)
+    cfg = dataclasses.replace(cfg, progress=False, val_noise_draws=3)
+    res = train(cfg, dataset=digits, log=lambda s: None)
+    assert seen == {"train": 1293, "val": 144}  # round(0.1 * 1437) held out of the training split
+    # a dataset whose test split is garbage (NaN images, shifted labels) trains to the same weights and history
+    # (any read of it during training would turn an accuracy or a loss into NaN or another number); its test
+    # evaluation, the one read after training, is switched off here: NaN images have no accuracy to fit
+    junk = Dataset(
+        digits.name,
+        digits.x_train,
+        digits.y_train,
+        torch.full_like(digits.x_test, float("nan")),
+        (digits.y_test + 1) % 10,
+        digits.num_classes,
+    )
+    res_junk = train(cfg, dataset=junk, log=lambda s: None, evaluate_test=False)
+    drop_time = lambda h: [{k: v for k, v in e.items() if k != "time_s"} for e in h]
+    assert drop_time(res_junk.history) == drop_time(res.history)
+    for k, v in res.model.state_dict().items():
+        assert torch.equal(v, res_junk.model.state_dict()[k])
+    # the history's val_acc is the validation split's clean accuracy, recomputed here independently
+    split = digits.with_validation(0.1, seed=1)
+    assert split.x_val is not None and split.y_val is not None
+    with torch.no_grad():
+        pred = res.model.eval()(split.x_val).argmax(1)
+    assert res.history[-1]["val_acc"] == int((pred == split.y_val).sum()) / len(split.y_val)
+    # the test split is read once, after training: the clean test accuracy is the model's on x_test
+    assert res.test is not None and set(res.test) == {"test_acc", "test_noisy_acc", "test_noisy_std"}
+    with torch.no_grad():
+        test_pred = res.model(digits.x_test).argmax(1)
+    assert res.test["test_acc"] == int((test_pred == digits.y_test).sum()) / len(digits.y_test)
+    assert res_junk.test is None
+
+
+def test_val_fraction_zero_keeps_the_whole_training_split_and_test_is_skipped_when_asked(digits):
+    cfg = TrainConfig(model="mlp", epochs=1, val_fraction=0.0, **QUIET)
+    res = train(cfg, dataset=digits, log=lambda s: None)
+    assert "val_acc" not in res.history[0] and res.test is not None and res.test["test_acc"] > 0.3
+    assert train(cfg, dataset=digits, log=lambda s: None, evaluate_test=False).test is None
+    stopped = train(dataclasses.replace(cfg, epochs=2), dataset=digits, log=lambda s: None, stop_after=1)
+    assert stopped.test is None  # an unfinished run does not report a test accuracy
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        train(dataclasses.replace(cfg, val_fraction=1.0), dataset=digits, log=lambda s: None)
+
+
+def test_a_config_written_before_val_fraction_loads_and_resumes_as_it_was_trained(digits, tmp_path):
+    ck = tmp_path / "old.pt"
+    old = TrainConfig(
+        model="mlp", model_kwargs={"hidden": [16]}, epochs=2, val_fraction=0.0, checkpoint=str(ck), **QUIET
+    )
+    train(old, dataset=digits, log=lambda s: None, stop_after=1)
+    rec = load_checkpoint(ck)
+    del rec["config"]["val_fraction"]  # as a model file from before the field existed
+    torch.save(rec, ck)
+    back = TrainConfig.from_dict(load_checkpoint(ck)["config"])
+    assert back.val_fraction == 0.0 and dataclasses.replace(back, val_fraction=0.0) == back
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).val_fraction == 0.1  # a new config keeps its value
+    done = train(old, dataset=digits, resume=ck, log=lambda s: None)
+    assert [h["epoch"] for h in done.history] == [1, 2]
+    with pytest.raises(ValueError, match="different val_fraction"):
+        train(dataclasses.replace(old, val_fraction=0.1), dataset=digits, resume=ck, log=lambda s: None)
+
+
+def test_convolutional_networks_refuse_one_dimensional_signals():
+    x = torch.randn(20, 40, 1, 1)  # MNIST-1D's layout: 40 samples as channels of a 1x1 image
+    y = torch.arange(20) % 10
+    signals = Dataset("mnist1d", x, y, x[:4], y[:4], 10)
+    with pytest.raises(ValueError, match="1-D signals of 40 values.*train an mlp"):
+        train(TrainConfig(model="cnn", epochs=1, **QUIET), dataset=signals, log=lambda s: None)
+    res = train(TrainConfig(model="mlp", epochs=1, **QUIET), dataset=signals, log=lambda s: None)
+    assert res.model(x[:2]).shape == (2, 10)

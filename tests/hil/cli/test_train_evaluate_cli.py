@@ -416,8 +416,8 @@ def test_train_summary_is_aligned_name_value_unit(tmp_path, capsys, monkeypatch)
     ends = {len(ln.split(" %")[0]) for ln in rows if " %" in ln}
     assert len(ends) == 1  # the accuracies end in one column, each in %
     j = rram(capsys, monkeypatch, "train", *QUICK, "--sigma", "0.1", "-o", str(out), "--force", "--json")
-    hist = json.loads(j.out)["history"]
-    assert f"{100 * hist[-1]['val_acc']:.2f} %" in rows[1]  # the JSON keeps the full-precision fraction
+    test = json.loads(j.out)["test"]
+    assert f"{100 * test['test_acc']:.2f} %" in rows[1]  # the JSON keeps the full-precision fraction
 
 
 def _subprocess(*args, cwd):
