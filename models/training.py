@@ -477,8 +477,12 @@ _RESUME_FREE = {"epochs", "checkpoint", "progress", "device"}
 
 
 def _check_resume(cfg: TrainConfig, ckpt: dict[str, Any]) -> None:
+    from models.noise.factory import pin_conventions
+
     old = {**LEGACY_DEFAULTS, **ckpt.get("config", {})}
-    diff = sorted(k for k, v in cfg.to_dict().items() if k not in _RESUME_FREE and old.get(k) != v)
+    old["noise"] = pin_conventions(old.get("noise"), legacy=True)  # as load_checkpoint reads a stored spec
+    new = {**cfg.to_dict(), "noise": pin_conventions(cfg.noise)}  # the spec's defaults written out, as stored
+    diff = sorted(k for k, v in new.items() if k not in _RESUME_FREE and old.get(k) != v)
     if diff:
         raise ValueError(f"cannot resume: the checkpoint was trained with different {', '.join(diff)}")
     if "train_state" not in ckpt:

@@ -187,7 +187,7 @@ def _accuracy_per_read(
 
 def evaluate_deployed(
     deploy_path: str | Path,
-    mc: int = 200,
+    mc: int = 1000,
     seed: int = 0,
     progress: bool = False,
     factory: str | None = None,

@@ -3,6 +3,8 @@
 Built from the run's noise model: the profile's spatial model (cells of the array, tiled over the
 devices of a layer in device order, as ``ProfileNoise`` samples it) gives B; the independent
 per-device / per-level part gives d. Families without correlations have B = None (diagonal).
+When every physical tile of the layer draws its own spatial field (``DeviceErrors.tile``), B has k
+columns per tile and is stored sparse: a weight touches only the few tiles its devices sit in.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from models.noise.families import CensoredNoise, LogNormalNoise, MomentNoise, ce
 
 @dataclass
 class LayerCovariance:
-    """Mean mu (n,), optional low-rank factor B (n, r) and diagonal d (n,) of one layer's weight error."""
+    """Mean mu (n,), optional low-rank factor B (n, r; dense, or sparse COO when tiled) and diagonal d (n,)."""
 
     mu: Tensor
     B: Tensor | None
@@ -29,18 +31,41 @@ class LayerCovariance:
     def n(self) -> int:
         return int(self.d.numel())
 
+    def _b(self, u: Tensor) -> Tensor:
+        """B @ u for u of shape (r, m) (B dense or sparse)."""
+        assert self.B is not None
+        return torch.sparse.mm(self.B, u) if self.B.is_sparse else self.B @ u
+
+    def _bt(self, v: Tensor) -> Tensor:
+        """B^T @ v for v of shape (n, m) (B dense or sparse)."""
+        assert self.B is not None
+        return torch.sparse.mm(self.B.t(), v) if self.B.is_sparse else self.B.T @ v
+
+    def diag(self) -> Tensor:
+        """Per-weight variances: diag(Sigma) = d + the row sums of B^2."""
+        out = self.d.clamp(min=0)
+        if self.B is not None:
+            sq = torch.sparse.sum(self.B * self.B, 1).to_dense() if self.B.is_sparse else (self.B**2).sum(1)
+            out = out + sq
+        return out
+
+    def trace(self) -> Tensor:
+        """tr(Sigma): the expected squared norm of the zero-mean noise part."""
+        return self.diag().sum()
+
     def dense(self) -> Tensor:
         """The n x n covariance (tests and tiny layers only)."""
         cov = torch.diag(self.d)
         if self.B is not None:
-            cov = cov + self.B @ self.B.T
+            b = self.B.to_dense() if self.B.is_sparse else self.B
+            cov = cov + b @ b.T
         return cov
 
     def matvec(self, v: Tensor) -> Tensor:
         """Sigma @ v for v of shape (n, m) without forming Sigma."""
         out = self.d[:, None] * v
         if self.B is not None:
-            out = out + self.B @ (self.B.T @ v)
+            out = out + self._b(self._bt(v))
         return out
 
     def sample(self, generator: torch.Generator | None) -> Tensor:
@@ -49,7 +74,7 @@ class LayerCovariance:
         eta = self.mu + self.d.clamp(min=0).sqrt() * z
         if self.B is not None:
             zr = torch.randn(self.B.shape[1], generator=generator, device=self.d.device, dtype=self.d.dtype)
-            eta = eta + self.B @ zr
+            eta = eta + self._b(zr[:, None])[:, 0]
         return eta
 
     def top_eigen(
@@ -110,10 +135,28 @@ def _profile_layer(noise, name: str, w: Tensor) -> LayerCovariance:
     mu = (e.coef * e.mean).sum(-1).sum(0).reshape(-1) + noise.quantization_shift(w).expand_as(w).reshape(-1)
     B = None
     if e.spatial is not None:
-        # weight error = sum_{P,D} coef * (A z)[cell]  ->  B[w, :] = sum_{P,D} coef * A[cell, :]
-        B = (e.coef.unsqueeze(-1) * e.spatial).sum(-2).sum(0).reshape(w.numel(), e.spatial.shape[-1])
+        contrib = e.coef.unsqueeze(-1) * e.spatial  # (P, *shape, D, k): device a's row of A, times its coef
+        tile = getattr(e, "tile", None)
+        if tile is None or int(tile.max()) == 0:
+            # one field over the layer: weight error = sum_{P,D} coef * (A z)[cell] -> B[w] = sum coef * A[cell]
+            B = contrib.sum(-2).sum(0).reshape(w.numel(), e.spatial.shape[-1])
+        else:
+            B = _tiled_factor(contrib, tile, w.numel())
     d = ((e.coef**2) * e.sigma**2).sum(-1).sum(0).reshape(-1)
     return LayerCovariance(mu, B, d)
+
+
+def _tiled_factor(contrib: Tensor, tile: Tensor, n: int) -> Tensor:
+    """Sparse B (n, tiles * k) when every tile draws its own z_k: B[w, t*k + j] = sum of w's devices in t of c_j."""
+    k = contrib.shape[-1]
+    shape = contrib.shape[1:-2]
+    weight = torch.arange(n, device=contrib.device).view(1, *shape, 1).expand_as(tile)
+    j = torch.arange(k, device=contrib.device)
+    rows = weight.unsqueeze(-1).expand(*tile.shape, k).reshape(-1)
+    cols = (tile.unsqueeze(-1) * k + j).reshape(-1)
+    size = (n, (int(tile.max()) + 1) * k)
+    idx = torch.stack([rows, cols])
+    return torch.sparse_coo_tensor(idx, contrib.reshape(-1), size, check_invariants=True).coalesce()
 
 
 def layer_covariance(noise: WeightNoise, name: str, w: Tensor) -> LayerCovariance:

@@ -89,7 +89,8 @@ class MTRDOptions(MethodOptions):
     """Options of multi-teacher robust distillation."""
 
     teacher_levels: tuple[float, ...] = option(
-        (0.5, 1.0, 1.5), "noise levels of the trained teachers, as multiples of the run's noise"
+        (0.5, 1.0, 1.5),
+        "noise levels of the trained teachers, as multiples of the run's noise (this project's set, not the paper's)",
     )
     clean_teacher: bool | str = option(
         True,
@@ -118,7 +119,13 @@ class MTRD(TrainingMethod[MTRDOptions]):
 
     Teachers: one clean teacher plus one per noise level in ``teacher_levels`` (multipliers of the run's
     noise: beta_i = level * sigma), trained in prepare() with noise injection with the same
-    architecture (the paper's choice), or loaded from model files (``teachers``, ``clean_teacher``).
+    architecture (the topology the supplement recommends), or loaded from model files (``teachers``,
+    ``clean_teacher``). What the paper fixes: a clean teacher and teachers "each specialized for distinct
+    noise conditions beta (explained in the manuscript)". What it does not: the supplement defers the
+    teacher set to the main manuscript, which is not available here (only its abstract), so the number
+    of noisy teachers, their levels 0.5, 1 and 1.5 and their noise-injection training are this
+    project's choice. Name the set for a real comparison: teacher_levels, or teachers trained
+    elsewhere (``teachers``), with or without ``clean_teacher``.
     Paper notes: eq. 4 writes D_KL(beta*y_t, y_s) with beta the teacher's noise level; beta is read as
     "the teacher specialised for noise level beta", not as a factor on probabilities (which would not
     be a distribution). Eq. 2 writes the KL the other way round (student first); eq. 4's

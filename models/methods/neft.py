@@ -2,12 +2,31 @@
 
 Both build O_total = a_b * O_backbone - a_f * beta * sum_n gamma_n * Out_n (eq. 1-2) and train with
 cross-entropy on O_total (eq. 3); the feedback parts exist only during training.
+
+EKL caveat: a_b = a_f = 1/(N+1) (the paper's choice, kept) divides the logits the loss sees by N+1, so
+the exported backbone learns logits about N+1 times larger than plain training would. Its softmax at
+inference is sharper, and its lower EKL (the paper's Fig. 6 metric) comes from that temperature. On
+digits (sigma_d 0.3, 20 epochs, 2 seeds) noise injection had EKL 0.50-0.51, OVF 0.12-0.15 and IRS
+0.14-0.15 as exported, but 0.57-0.66 (OVF) and 0.50-0.53 (IRS) with their logits divided by N+1:
+at matched temperature NeFT is no more confident. Compare EKL across methods at matched temperature.
+
+beta is in the loss (the tests check eq. 2 by hand for several beta), yet beta = 0 and the paper's
+defaults train nearly alike: on digits (small CNN, sigma_d 0.3, 20 epochs, 3 seeds) the mean noisy
+accuracy was 0.518 (beta 0) vs 0.493 (0.1) for OVF, seed std 0.02-0.03, and 0.536 vs 0.537 (1e-3)
+for IRS. OVF's oriented outputs are close to the backbone's, so its feedback is mostly 0.07-0.10 x
+O_backbone (a logit rescale) plus a residual of 6-10 % of the backbone term; IRS's is 1e-3 x the
+snapshot logits (0.04 % of the backbone term at the start, 11 % after 20 epochs) and reaches the
+backbone's gradient only through the factor beta * a_f. The paper asks for a per-setting grid over
+beta in {1e-1, 1e-2, 1e-3, 1e-4}; ``search=true`` runs it on the validation split (``choose_beta``).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +37,7 @@ from models.methods._util import first_batch, norm_buffer_copies, require_noise
 from models.methods.base import TrainContext, TrainingMethod
 from models.methods.options import MethodOptions, option
 from models.methods.registry import METHODS
+from models.methods.selection import SearchResult, evaluate_on_validation, search_method, validation_data, variant
 from models.noise.apply import clean_weights, forward_with_weights
 from models.noise.base import WeightNoise
 
@@ -67,6 +87,42 @@ def oriented_factors(
 
 _A_B_HELP = "backbone output scale a_b (none = the paper's 1/(N+1))"
 _A_F_HELP = "feedback output scale a_f (none = the paper's 1/(N+1))"
+_SEARCH_HELP = "choose beta on the validation split by the mean noisy accuracy (replaces beta)"
+_GRID_HELP = "beta values the search tries (the paper's four-step grid)"
+_EPOCHS_HELP = "epochs of each trial run (none = the run's epochs)"
+_DRAWS_HELP = "noise draws of each trial's validation score"
+PAPER_BETA_GRID = (1e-1, 1e-2, 1e-3, 1e-4)
+
+
+def choose_beta(method: NeFTOVF | NeFTIRS, ctx: TrainContext) -> SearchResult[float]:
+    """NeFT IV-B: beta from the grid by the mean noisy accuracy of a trial run on the validation split.
+
+    Every beta trains a trial from the run's initial weights (same batches, same noise stream) for
+    search_epochs; its score is the mean accuracy over search_draws draws of the run's noise on
+    ``ctx.val_loader`` (the paper's metric is the average inference accuracy); ties go to the earlier beta.
+    """
+    o = method.options
+    noise = require_noise(ctx, method.name)
+    validation_data(ctx, method.name)  # refuse a missing split before any trial trains
+    epochs = ctx.config.epochs if o.search_epochs is None else o.search_epochs
+    seed = ctx.config.seed + 54_321  # the same noise draws score every candidate
+
+    def mean_accuracy(model: nn.Module) -> float:
+        return evaluate_on_validation(model, ctx, noise, o.search_draws, seed, method.name).mean
+
+    return search_method(ctx, o.beta_grid, lambda b: variant(method, beta=b, search=False), mean_accuracy, epochs)
+
+
+def _search_state(beta: float, result: SearchResult[float] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"beta": beta}
+    if result is not None:
+        out["search"] = result.to_dict()
+    return out
+
+
+def _loaded_search(state: dict[str, Any]) -> SearchResult[float] | None:
+    r = state.get("search")
+    return None if r is None else SearchResult(tuple(r["candidates"]), tuple(r["scores"]), int(r["best"]))
 
 
 @dataclass(frozen=True)
@@ -86,6 +142,10 @@ class NeFTOVFOptions(MethodOptions):
     sigma: float | None = option(None, "base sigma the factors are formed from (none = the noise's own magnitude)")
     a_b: float | None = option(None, _A_B_HELP)
     a_f: float | None = option(None, _A_F_HELP)
+    search: bool = option(False, _SEARCH_HELP)
+    beta_grid: tuple[float, ...] = option(PAPER_BETA_GRID, _GRID_HELP)
+    search_epochs: int | None = option(None, _EPOCHS_HELP, minimum=1)
+    search_draws: int = option(100, _DRAWS_HELP, minimum=1)
 
 
 @METHODS.register("neft_ovf")
@@ -109,6 +169,10 @@ class NeFTOVF(TrainingMethod[NeFTOVFOptions]):
         o = self.options
         self.n = o.n_feedback
         self.beta = o.beta
+        self.search_result: SearchResult[float] | None = None
+        if o.search and not ctx.resuming:  # on resume the choice comes back via load_state_dict
+            self.search_result = choose_beta(self, ctx)
+            self.beta = self.search_result.best
         self.factors = oriented_factors(noise, self.n, o.delta_sigma, o.relative_delta, o.sigma)
         if any(f <= 0 for f in self.factors):
             raise ValueError(f"method {self.name!r}: oriented noise scales must be > 0, got {self.factors}")
@@ -131,24 +195,70 @@ class NeFTOVF(TrainingMethod[NeFTOVFOptions]):
         ctx.backward(loss)
         with torch.no_grad():
             ce_b = F.cross_entropy(out_b.float(), y)
-        return {"loss": float(loss.detach()), "ce_backbone": float(ce_b)}
+        logs = {"loss": float(loss.detach()), "ce_backbone": float(ce_b)}
+        if self.options.search:
+            logs["beta"] = self.beta
+        return logs
+
+    def state_dict(self) -> dict[str, Any]:
+        return _search_state(self.beta, self.search_result)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.beta = float(state.get("beta", self.beta))
+        self.search_result = _loaded_search(state)
+
+
+def equal_pool_sizes(shapes: Sequence[Sequence[int]], target: int) -> list[tuple[int, ...]]:
+    """Per tap of per-sample shape (C, *spatial): the pooled spatial size with C * prod(size) nearest ``target``.
+
+    NeFT III-C: "all snapshot classifiers share nearly identical shapes". Sizes are nearly cubic (every
+    axis s or s + 1) and stay within the tap's own map (no upsampling: an axis shorter than s keeps its
+    length); ties go to the fewer cells. A tap without spatial axes (C,) keeps its C features.
+    """
+    if target < 1:
+        raise ValueError(f"the snapshot feature count must be >= 1, got {target}")
+    out: list[tuple[int, ...]] = []
+    for shape in shapes:
+        c, spatial = int(shape[0]), tuple(int(d) for d in shape[1:])
+        if not spatial:
+            out.append(())
+            continue
+        sizes = {
+            tuple(min(s + b, d) for b, d in zip(bits, spatial))
+            for s in range(1, max(spatial) + 1)
+            for bits in itertools.product((0, 1), repeat=len(spatial))
+        }
+        out.append(min(sizes, key=lambda size: (abs(c * math.prod(size) - target), math.prod(size), size)))
+    return out
 
 
 class SnapshotHeads(nn.Module):
-    """IRS snapshot classifiers: adaptive average pool -> linear(hidden) -> ReLU -> linear(classes) per tap."""
+    """IRS snapshot classifiers: adaptive average pool -> linear(hidden) -> ReLU -> linear(classes) per tap.
 
-    def __init__(self, channels: Sequence[int], spatial_dims: Sequence[int], num_classes: int, hidden: int) -> None:
+    ``shapes`` are the taps' per-sample shapes (C, *spatial) and ``pool_sizes`` the spatial size each is
+    pooled to (``equal_pool_sizes`` for equal-shape classifiers, all ones for global pooling).
+    """
+
+    def __init__(
+        self, shapes: Sequence[Sequence[int]], pool_sizes: Sequence[Sequence[int]], num_classes: int, hidden: int
+    ) -> None:
         super().__init__()
+        if len(shapes) != len(pool_sizes):
+            raise ValueError(f"{len(shapes)} snapshot taps but {len(pool_sizes)} pool sizes")
         heads = []
-        for c, sd in zip(channels, spatial_dims):
-            pool: nn.Module = {
-                0: nn.Identity(),
-                1: nn.AdaptiveAvgPool1d(1),
-                2: nn.AdaptiveAvgPool2d(1),
-                3: nn.AdaptiveAvgPool3d(1),
-            }[sd]
+        pools: dict[int, type[nn.Module]] = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
+        self.in_features: list[int] = []
+        for shape, size in zip(shapes, pool_sizes):
+            sd = len(shape) - 1
+            if len(size) != sd:
+                raise ValueError(f"pool size {tuple(size)} does not fit a tap of shape {tuple(shape)}")
+            if sd not in (0, 1, 2, 3):
+                raise ValueError(f"snapshot taps need 0 to 3 spatial axes, got shape {tuple(shape)}")
+            pool: nn.Module = nn.Identity() if sd == 0 else pools[sd](tuple(size))
+            n_in = int(shape[0]) * math.prod(size)
+            self.in_features.append(n_in)
             heads.append(
-                nn.Sequential(pool, nn.Flatten(), nn.Linear(c, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+                nn.Sequential(pool, nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
             )
         self.heads = nn.ModuleList(heads)
 
@@ -236,6 +346,19 @@ def find_snapshot_blocks(model: nn.Module, x: Tensor, names: list[str]) -> list[
     return found
 
 
+def tap_shapes(model: nn.Module, x: Tensor, names: Sequence[str]) -> list[tuple[int, ...]]:
+    """Per-sample output shapes (C, *spatial) of the named modules for input ``x`` (one eval-mode dry run)."""
+    mods = dict(model.named_modules())
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, outs = tap_outputs(model, [mods[n] for n in names], lambda: model(x[:2]))
+    finally:
+        model.train(was)
+    return [tuple(int(d) for d in o.shape[1:]) for o in outs]
+
+
 @dataclass(frozen=True)
 class NeFTIRSOptions(MethodOptions):
     """Options of NeFT-IRS (Algorithm 2)."""
@@ -248,6 +371,16 @@ class NeFTIRSOptions(MethodOptions):
     noisy_heads: bool = option(True, "noise on the snapshot weights too (Algorithm 2 line 4)")
     a_b: float | None = option(None, _A_B_HELP)
     a_f: float | None = option(None, _A_F_HELP)
+    search: bool = option(False, _SEARCH_HELP)
+    beta_grid: tuple[float, ...] = option(PAPER_BETA_GRID, _GRID_HELP)
+    search_epochs: int | None = option(None, _EPOCHS_HELP, minimum=1)
+    search_draws: int = option(100, _DRAWS_HELP, minimum=1)
+    pooling: Literal["equal", "global"] = option(
+        "equal", "equal: every snapshot pooled to about snapshot_features values (III-C); global: one value per channel"
+    )
+    snapshot_features: int = option(
+        2304, "features per snapshot classifier under equal pooling, capped by the smallest tap", minimum=1
+    )
 
 
 @METHODS.register("neft_irs")
@@ -258,6 +391,14 @@ class NeFTIRS(TrainingMethod[NeFTIRSOptions]):
     never modified); the heads live in this method, so ``export_model`` is exactly the backbone.
     gamma_n = 10^(1-n) with n = 1 the shallowest snapshot; N in a_b = a_f = 1/(N+1) is the number of
     snapshots, whose taps ``find_snapshot_blocks`` finds.
+
+    Snapshot shapes (III-C: "all snapshot classifiers share nearly identical shapes"). Reading taken:
+    a classifier's shape is its first linear layer's, so every tap is adaptively average-pooled to a
+    spatial size whose channels x cells is as close as possible to one common feature count, min(
+    snapshot_features, the smallest tap's size); the authors' public code pools ResNet-18/CIFAR taps to
+    2048-2304 features the same way. Channels are never mixed (pooling over channels would average
+    unrelated feature maps). ``pooling=global`` keeps the earlier one-value-per-channel heads, whose
+    widths differ by the taps' channel counts.
     """
 
     name = "neft_irs"
@@ -267,12 +408,21 @@ class NeFTIRS(TrainingMethod[NeFTIRSOptions]):
         require_noise(ctx, self.name)
         o = self.options
         self.beta = o.beta
+        self.search_result: SearchResult[float] | None = None
+        if o.search and not ctx.resuming:  # on resume the choice comes back via load_state_dict
+            self.search_result = choose_beta(self, ctx)
+            self.beta = self.search_result.best
         self.noisy_heads = o.noisy_heads
         model = ctx.raw_model
-        self.blocks = find_snapshot_blocks(model, first_batch(ctx), list(o.blocks))
-        self.heads = SnapshotHeads(
-            [c for _, c, _ in self.blocks], [s for _, _, s in self.blocks], ctx.num_classes, o.hidden
-        ).to(ctx.device)
+        x = first_batch(ctx)
+        self.blocks = find_snapshot_blocks(model, x, list(o.blocks))
+        shapes = tap_shapes(model, x, [n for n, _, _ in self.blocks])
+        if o.pooling == "equal":
+            target = min([o.snapshot_features] + [math.prod(s) for s in shapes])
+            self.pool_sizes = equal_pool_sizes(shapes, target)
+        else:
+            self.pool_sizes = [(1,) * (len(s) - 1) for s in shapes]
+        self.heads = SnapshotHeads(shapes, self.pool_sizes, ctx.num_classes, o.hidden).to(ctx.device)
         ctx.add_parameters(self.heads.parameters())
         self.gammas = irs_gammas(len(self.blocks))
         self.a_b, self.a_f = o.a_b, o.a_f
@@ -294,14 +444,27 @@ class NeFTIRS(TrainingMethod[NeFTIRSOptions]):
         )
         loss = F.cross_entropy(total, y)
         ctx.backward(loss)
-        return {"loss": float(loss.detach())}
+        logs = {"loss": float(loss.detach())}
+        if self.options.search:
+            logs["beta"] = self.beta
+        return logs
 
     def export_model(self, model: nn.Module) -> nn.Module:
         return model
 
-    def state_dict(self) -> dict:
-        return {"heads": {k: v.detach().cpu() for k, v in self.heads.state_dict().items()}}
+    def state_dict(self) -> dict[str, Any]:
+        heads = {k: v.detach().cpu() for k, v in self.heads.state_dict().items()}
+        return {"heads": heads, **_search_state(self.beta, self.search_result)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if "heads" in state:
+            mine = self.heads.state_dict()
+            wrong = [k for k, v in state["heads"].items() if k in mine and tuple(v.shape) != tuple(mine[k].shape)]
+            if wrong or set(state["heads"]) != set(mine):
+                raise ValueError(
+                    "method 'neft_irs': the checkpoint's snapshot heads have other shapes than this run's "
+                    "(written with other pooling, snapshot_features, hidden or blocks); resume with the same options"
+                )
             self.heads.load_state_dict(state["heads"])
+        self.beta = float(state.get("beta", self.beta))
+        self.search_result = _loaded_search(state)

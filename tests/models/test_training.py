@@ -250,3 +250,23 @@ def test_convolutional_networks_refuse_one_dimensional_signals():
         train(TrainConfig(model="cnn", epochs=1, **QUIET), dataset=signals, log=lambda s: None)
     res = train(TrainConfig(model="mlp", epochs=1, **QUIET), dataset=signals, log=lambda s: None)
     assert res.model(x[:2]).shape == (2, 10)
+
+
+def test_a_run_resumes_with_the_noise_spec_it_was_started_with(digits, tmp_path):
+    """The stored spec carries its sigma_d convention written out; the same spec given again still resumes."""
+    base: dict[str, Any] = dict(
+        model="mlp",
+        method="noise",
+        noise={"family": "gaussian", "sigma": 0.1},
+        seed=1,
+        progress=False,
+        val_noise_draws=0,
+    )
+    ck = tmp_path / "m.pt"
+    train(TrainConfig(epochs=2, checkpoint=str(ck), **base), dataset=digits, log=lambda s: None, stop_after=1)
+    assert load_checkpoint(ck)["config"]["noise"]["convention"] == "range"
+    resumed = train(TrainConfig(epochs=2, checkpoint=str(ck), **base), dataset=digits, resume=ck, log=lambda s: None)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    other = {**base, "noise": {"family": "gaussian", "sigma": 0.1, "convention": "level"}}
+    with pytest.raises(ValueError, match="different noise"):
+        train(TrainConfig(epochs=2, **other), dataset=digits, resume=ck, log=lambda s: None)

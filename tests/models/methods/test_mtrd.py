@@ -19,8 +19,9 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def small_digits() -> Dataset:
+    # 640 samples: the loop validates on a split carved from them (~64), and still trains on ~576
     d = load_dataset("digits")
-    return Dataset("digits", d.x_train[:320], d.y_train[:320], d.x_test[:120], d.y_test[:120], 10)
+    return Dataset("digits", d.x_train[:640], d.y_train[:640], d.x_test[:120], d.y_test[:120], 10)
 
 
 def test_alpha_matches_the_formula():
@@ -132,3 +133,33 @@ def test_bad_options_are_rejected(small_digits):
             dataset=small_digits,
             log=lambda _s: None,
         )
+
+
+def test_the_teacher_set_is_the_one_the_user_names():
+    """The paper's teacher set is in its main manuscript (not available): the options name it, nothing is added."""
+    from models.methods import TrainContext
+    from models.methods.mtrd import MTRD
+    from models.methods.options import describe_options
+    from models.noise.factory import noise_from_spec
+
+    help_of = {o.name: o.help for o in describe_options(MTRD.Options)}
+    assert "not the paper's" in help_of["teacher_levels"]
+    d = load_dataset("digits")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
+    assert noise is not None and noise.magnitude is not None
+    ctx = TrainContext(
+        model=model,
+        noise=noise,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        config=TrainConfig(epochs=1, lr=1e-2),
+        num_classes=10,
+        train_loader=[(d.x_train[:64], d.y_train[:64])],
+    )
+    m = MTRD(teacher_levels="2", clean_teacher=False, teacher_epochs=1)
+    m.prepare(ctx)
+    teacher_noise = m.teacher_noises[0]
+    assert len(m.teachers) == 1 and teacher_noise is not None
+    assert teacher_noise.magnitude == pytest.approx(2 * noise.magnitude)  # level 2 = twice the run's noise
