@@ -6,6 +6,8 @@ stacked weights, and eval-mode BatchNorm repeats its statistics n times. The fir
 shared input and runs as one wide conv / GEMM. Only the instances' ``forward`` attributes are swapped,
 inside a context manager; the model's class is untouched. Models with other channel-mixing operations
 are caught by ``check_folded`` (compared against torch.func.vmap) and then run with vmap instead.
+Under ``models.analog.analog_tiles`` both layouts run the analog tile forward of the Conv/Linear layers
+instead (the digital path is unchanged without it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+
+from models.analog.context import active_tiles
 
 ConvLayer = nn.Conv1d | nn.Conv2d | nn.Conv3d
 BatchNormLayer = nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
@@ -122,18 +126,23 @@ def _folded_layer(mod: nn.Module, stacked_weight: Tensor | None, n: int) -> Call
 def folded_forward(model: nn.Module, stacked: dict[str, Tensor], x: Tensor) -> Tensor:
     """Logits of every draw, (n, B, ...), for stacked Conv/Linear weights ``{name: (n, *shape)}``."""
     n = next(iter(stacked.values())).shape[0]
-    patched: list[nn.Module] = []
+    tiles = active_tiles(model)
+    analog = tiles.folded_forwards(stacked, n) if tiles is not None else {}
+    patched: list[tuple[nn.Module, Callable[[Tensor], Tensor] | None]] = []
     try:
         for name, mod in model.named_modules():
             key = f"{name}.weight" if name else "weight"
-            forward = _folded_layer(mod, stacked.get(key), n)
+            forward = analog.get(name) or _folded_layer(mod, stacked.get(key), n)
             if forward is not None:
+                patched.append((mod, vars(mod).get("forward")))
                 mod.forward = forward
-                patched.append(mod)
         out = model(x)
     finally:
-        for mod in patched:
-            del mod.forward
+        for mod, prev in reversed(patched):
+            if prev is None:
+                del mod.forward
+            else:
+                mod.forward = prev
     if not isinstance(out, Tensor) or out.dim() < 2 or out.shape[1] % n:
         raise Unsupported("model output is not a (B, n*K, ...) tensor")
     if n == 1:
@@ -143,12 +152,23 @@ def folded_forward(model: nn.Module, stacked: dict[str, Tensor], x: Tensor) -> T
 
 def vmap_forward(model: nn.Module, stacked: dict[str, Tensor], x: Tensor) -> Tensor:
     """Logits of every draw, (n, B, ...), with torch.func.vmap over functional_call (any model)."""
+    tiles = active_tiles(model)
+    if tiles is not None:
+        return tiles.vmap_forward(stacked, x)
     return vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, None))(stacked, x)
 
 
 @torch.no_grad()
 def check_folded(model: nn.Module, stacked: dict[str, Tensor], x: Tensor) -> bool:
-    """True when the folded layout reproduces vmap's logits on ``x`` for these draws (else use vmap)."""
+    """True when the folded layout reproduces vmap's logits on ``x`` for these draws (else use vmap).
+
+    Under analog tiles the check runs on the digital layers: folding is a property of the network's wiring,
+    and the tiles' noise and ADC rounding would make the two engines differ by an ADC step now and then.
+    """
+    tiles = active_tiles(model)
+    if tiles is not None:
+        with tiles.suspended():
+            return check_folded(model, stacked, x)
     try:
         a = folded_forward(model, stacked, x)
     except (Unsupported, RuntimeError, ValueError):

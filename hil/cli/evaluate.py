@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import click
@@ -53,6 +54,21 @@ from hil.cli.train import aligned, factory_option, noise_options, pct, spec_from
     is_flag=True,
     help="With --deployed: also the accuracy after per-column gain/offset calibration on 128 training inputs.",
 )
+@click.option(
+    "--analog",
+    default=None,
+    metavar="PRESET",
+    help="Run the Conv/Linear layers on analog crossbar tiles (models.analog): ibm_table1 (the IBM HWA "
+    "supplement's Table 1: DAC/ADC, output noise and bound, per-MVM weight noise, tiles, IR drop, drift "
+    "compensation) or ideal; input ranges from an ibm_hwa model file, else calibrated on 1000 training inputs.",
+)
+@click.option(
+    "--analog-opt",
+    "analog_opts",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change one field of the --analog preset (e.g. adc_bits=6, ir_drop=0); repeatable.",
+)
 @click.option("--per-draw", is_flag=True, help="Include every draw's accuracy in the JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate(
@@ -70,6 +86,8 @@ def evaluate(
     reread: str | None,
     age: str | None,
     calibrate: bool,
+    analog: str | None,
+    analog_opts: tuple[str, ...],
     as_json: bool,
     **noise_kw: Any,
 ) -> None:
@@ -78,6 +96,13 @@ def evaluate(
     With --deployed DEPLOY.h5 instead: the network as measured on the chip, next to the Monte Carlo
     prediction for the same deployment from the chip's noise profile.
     """
+    if deployed is not None and (analog or analog_opts):
+        raise UserError(
+            "--analog judges a model file on simulated tiles; a deployment (--deployed) was measured on a chip"
+        )
+    if analog_opts and not analog:
+        raise UserError("--analog-opt changes a preset: give --analog PRESET too")
+    tile = _analog_config(analog, analog_opts) if analog else None
     if deployed is not None:
         if model_file is not None:
             raise UserError("give either MODEL_FILE or --deployed, not both")
@@ -121,19 +146,22 @@ def evaluate(
         raise UserError(f"{model_file} was trained without noise: give a noise source (--profile, --sigma, ...)")
     noise = noise_from_spec(spec)
     ds = load_dataset(ckpt["data"]["name"], data_root or ckpt["data"]["root"])
-    res = evaluate_mc(
-        model,
-        ds.x_test,
-        ds.y_test,
-        noise,
-        n_draws,
-        seed=seed,
-        kpp=tuple(kpp),
-        batch_size=batch_size,
-        draws_per_chunk=draws_per_chunk,
-        device=dev,
-        progress=not as_json,
-    )
+    with contextlib.ExitStack() as stack:
+        if tile is not None:
+            noise = _open_tiles(stack, tile, model, ckpt, ds, seed, dev).draws(noise)
+        res = evaluate_mc(
+            model,
+            ds.x_test,
+            ds.y_test,
+            noise,
+            n_draws,
+            seed=seed,
+            kpp=tuple(kpp),
+            batch_size=batch_size,
+            draws_per_chunk=draws_per_chunk,
+            device=dev,
+            progress=not as_json,
+        )
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -144,11 +172,13 @@ def evaluate(
     if not per_draw:
         out.pop("accuracies")
     out.update({"model_file": model_file, "noise": spec, "data": ds.name, "seed": seed})
+    out["analog"] = tile.to_dict() if tile is not None else None
     if as_json:
         click.echo(json_text(out, indent=2))
         return
     choice = mapping_of_spec(spec)
     on = f", {choice.describe()}" if choice is not None else ""
+    on += f", on analog tiles ({analog})" if tile is not None else ""
     click.echo(f"{model_file}: {ds.name} test set ({res.n_samples} samples), {res.n_draws} noise draws{on}")
     rows: list[tuple[str, ...]] = []
     if res.clean_accuracy is not None:
@@ -169,6 +199,35 @@ def evaluate(
     )
     rows.append(("ECE", pct(res.ece), "%", "expected calibration error, 15 bins of max probability, mean over draws"))
     click.echo(aligned(rows))
+
+
+def _analog_config(preset: str, opts: tuple[str, ...]) -> Any:
+    """The --analog preset with the --analog-opt changes; one-line errors for an unknown preset, key or value."""
+    from models.analog import analog_config
+
+    changes: dict[str, str] = {}
+    for item in opts:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--analog-opt {item!r}: give KEY=VALUE (e.g. adc_bits=6)")
+        changes[key.strip()] = value.strip()
+    try:
+        return analog_config(preset, **changes)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"--analog: {exc}") from None
+
+
+def _open_tiles(stack: contextlib.ExitStack, tile: Any, model: Any, ckpt: dict, ds: Any, seed: int, dev: Any) -> Any:
+    """Analog tiles on the model's layers: a trained ibm_hwa model's input ranges, else calibrated on 1000 inputs."""
+    from models.analog import analog_tiles
+
+    ranges = ((ckpt.get("train_state") or {}).get("method") or {}).get("input_ranges")
+    try:
+        if ranges:
+            return stack.enter_context(analog_tiles(model, tile, input_ranges=ranges, seed=seed))
+        return stack.enter_context(analog_tiles(model, tile, calibration=ds.x_train[:1000].to(dev), seed=seed))
+    except ValueError as exc:
+        raise UserError(f"--analog: {exc}") from None
 
 
 def _kpp_row(res: Any, k: float) -> tuple[str, ...]:

@@ -16,6 +16,9 @@ from models.methods.options import describe_options, format_value, parse_options
 from models.noise.factory import noise_from_spec
 
 # The `defaults` dicts of every method before typed options (commit 0de4662), values as they were written there.
+# The selection options of the searches added in issue 17 (off by default: a run trains as before unless asked).
+SEARCH_BETA = {"search": False, "beta_grid": (0.1, 0.01, 0.001, 0.0001), "search_epochs": None, "search_draws": 100}
+# Every method's defaults, field by field. Additions are appended; a changed default carries its reason.
 OLD_DEFAULTS: dict[str, dict] = {
     "vanilla": {},
     "noise": {"scale": 1.0},
@@ -27,10 +30,40 @@ OLD_DEFAULTS: dict[str, dict] = {
         "sigma": None,
         "a_b": None,
         "a_f": None,
+        **SEARCH_BETA,
     },
-    "neft_irs": {"beta": 1e-3, "blocks": None, "hidden": 512, "noisy_heads": True, "a_b": None, "a_f": None},
-    "dat": {"rank": 10, "scope": "layer", "alpha": 10.0, "perturbations": 1, "refresh_every": 1, "step": "projection"},
-    "trice": {"lam": 1.0, "recentre": False, "scale": 1.0},
+    "neft_irs": {
+        "beta": 1e-3,
+        "blocks": None,
+        "hidden": 512,
+        "noisy_heads": True,
+        "a_b": None,
+        "a_f": None,
+        **SEARCH_BETA,
+        "pooling": "equal",  # issue 17: equal-shape snapshots (was global pooling, still "global")
+        "snapshot_features": 2304,
+    },
+    "dat": {
+        "rank": 10,
+        "scope": "layer",
+        "alpha": 10.0,
+        "perturbations": 1,
+        "refresh_every": 1,
+        "step": "projection",
+        "keep_variance": True,  # issue 17: DAT-Fast keeps the full variance (the paper's top-k kept k/n of it)
+        "radius": 1.0,
+    },
+    "trice": {
+        "lam": 1.0,
+        "recentre": False,
+        "scale": 1.0,
+        "search": False,
+        "lam_grid": (0.5, 1.0, 1.5, 3.0),
+        "scale_grid": (0.5, 1.0, 1.5, 2.0),
+        "search_epochs": None,
+        "search_draws": 200,
+        "kpp": 1.0,
+    },
     "mtrd": {
         "teacher_levels": "0.5,1.0,1.5",
         "clean_teacher": True,
@@ -44,7 +77,7 @@ OLD_DEFAULTS: dict[str, dict] = {
     },
     "correctnet": {"lam": 1e-4, "scale": 1.0},
     "ibm_hwa": {
-        "noise_scale": 3.0,
+        "noise_scale": 1.0,  # issue 17: relative to the deployment noise (was 3x, from scratch: it collapsed)
         "ramp_batches": None,
         "remap_every": None,
         "drop_connect": 0.001,
@@ -54,7 +87,13 @@ OLD_DEFAULTS: dict[str, dict] = {
         "distill_weight": 1.0,
         "temperature": 1.0,
         "teacher": None,
-        "pretrain_epochs": 0,
+        "pretrain_epochs": None,  # issue 17: FP pre-training first (half the run's epochs), as the supplement
+        "analog": "ibm_table1",
+        "weight_decay": 0.001,
+        "momentum": 0.9,
+        "lr_steps": (0.5,),
+        "lr_decay": 0.1,
+        "grad_clip": None,
     },
 }
 # The old defaults after the conversion each method applied to them in prepare() (comma lists -> tuples, None -> ()).
@@ -123,12 +162,12 @@ def test_special_converters() -> None:
             "dat",
             {"alpah": 1},
             r"method 'dat': unknown option\(s\) alpah \(known: rank, scope, alpha, perturbations, "
-            r"refresh_every, step\)",
+            r"refresh_every, step, keep_variance, radius\)",
         ),
         ("vanilla", {"scale": 2}, r"unknown option\(s\) scale \(known: none\)"),
         ("dat", {"alpha": "fast"}, "method 'dat': option alpha must be a number, got 'fast'"),
         ("dat", {"rank": "-2"}, "option rank must be >= 1, got -2"),
-        ("dat", {"step": "sideways"}, "option step must be 'projection' or 'noise', got 'sideways'"),
+        ("dat", {"step": "sideways"}, "option step must be 'projection' or 'noise' or 'magnitude', got 'sideways'"),
         ("neft_ovf", {"n_feedback": 1.5}, "option n_feedback must be an integer, got 1.5"),
         ("neft_irs", {"hidden": 0}, "option hidden must be >= 1, got 0"),
         ("trice", {"recentre": "perhaps"}, "option recentre must be true or false, got 'perhaps'"),
