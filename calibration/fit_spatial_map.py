@@ -4,19 +4,25 @@ Without repetitions the covariance of every pair cannot be estimated; assuming i
 (row, col) offset, the autocovariance C(dr, dc) is estimated from all cell pairs at that offset
 (mean removed, divided by the number of overlapping pairs) for |dr|, |dc| <= max_lag and taken as 0
 beyond. The implied n x n covariance Sigma_ij = C(r_i - r_j, c_i - c_j) acts on a map as a 2-D
-correlation with that kernel, so its top-k eigenpairs come from scipy's eigsh on a LinearOperator
-(any array size); the full matrix is built only for small arrays. The estimated kernel need not be
-positive semi-definite: only positive eigenvalues are kept.
+correlation with that kernel, so only its top-k eigenpairs are computed: by ARPACK's Lanczos (eigsh) on
+that operator, O(n) per product, or by LAPACK's eigh restricted to the k of them for arrays of at most
+DENSE_MAX_CELLS cells; never the full eigendecomposition, whose O(n^3) cost ruled the fit from 32x32 cells
+on. The full matrix is built only where the profile stores it (full_max_cells). The estimated kernel need
+not be positive semi-definite: only positive eigenvalues are kept.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 from scipy import ndimage
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from calibration.datasets import ErrorMapDataset
 from calibration.noise_terms import SpatialModel
+
+# Up to this many cells the dense solver for the k pairs (~10 ms at 256) beats building Lanczos' operator products.
+DENSE_MAX_CELLS = 256
 
 
 def lag_autocovariance(x: np.ndarray, max_lag: int) -> np.ndarray:
@@ -33,27 +39,53 @@ def lag_autocovariance(x: np.ndarray, max_lag: int) -> np.ndarray:
 
 
 def covariance_operator(kernel: np.ndarray, shape: tuple[int, int]) -> LinearOperator:
-    """Sigma @ v for the stationary covariance with this lag kernel (zero beyond the array edges)."""
+    """Sigma @ v for the stationary covariance with this lag kernel (zero beyond the array edges).
+
+    scipy.ndimage.correlate takes every weight of magnitude <= 2.2e-16 for zero, and the kernel of a map in
+    siemens (variances ~1e-13 S^2) has such lags: the kernel is correlated scaled to a largest entry of 1,
+    so only weights below round-off of the sum (2.2e-16 of the largest) can be dropped.
+    """
     n = shape[0] * shape[1]
+    scale = float(np.max(np.abs(kernel))) or 1.0
+    unit = np.asarray(kernel, dtype=np.float64) / scale
 
     def matvec(v: np.ndarray) -> np.ndarray:
-        return ndimage.correlate(
-            np.asarray(v, dtype=np.float64).reshape(shape), kernel, mode="constant", cval=0.0
-        ).ravel()
+        x = np.asarray(v, dtype=np.float64).reshape(shape)
+        return (ndimage.correlate(x, unit, mode="constant", cval=0.0) * scale).ravel()
 
     return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64)
 
 
 def full_covariance(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Build Sigma explicitly (n x n) from the lag kernel."""
+    """Build Sigma explicitly (n x n) from the lag kernel: block Toeplitz, one (cols x cols) block per row lag."""
+    rows, cols = shape
     m = kernel.shape[0] // 2
-    r, c = np.divmod(np.arange(shape[0] * shape[1]), shape[1])
-    dr = r[None, :] - r[:, None]
-    dc = c[None, :] - c[:, None]
-    inside = (np.abs(dr) <= m) & (np.abs(dc) <= m)
-    cov = np.zeros(dr.shape)
-    cov[inside] = kernel[m + dr[inside], m + dc[inside]]
-    return cov
+    c = np.arange(cols)
+    dc = c[None, :] - c[:, None]  # [c1, c2] = c2 - c1
+    inside = np.abs(dc) <= m
+    cov = np.zeros((rows, cols, rows, cols))
+    for dr in range(-min(m, rows - 1), min(m, rows - 1) + 1):
+        block = np.where(inside, kernel[m + dr, np.clip(m + dc, 0, 2 * m)], 0.0)  # Sigma[(r, c1), (r + dr, c2)]
+        r = np.arange(max(0, -dr), rows - max(0, dr))
+        cov[r, :, r + dr, :] = block
+    return cov.reshape(rows * cols, rows * cols)
+
+
+def top_eigenpairs(a: np.ndarray | LinearOperator, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest eigenpairs (largest first) of a symmetric n x n matrix or operator, and only those.
+
+    A dense matrix: LAPACK's eigh for the index range n-k..n-1 (only those eigenvectors). An operator:
+    ARPACK's eigsh (tol 0: to machine precision; needs k < n) from a start vector drawn with seed 0, so a
+    given input always gives the same pairs. The start vector is generic on purpose: a symmetric one (all
+    ones) is orthogonal to every odd mode of a stationary kernel, which Lanczos then finds only by round-off.
+    """
+    n = a.shape[0]
+    if isinstance(a, np.ndarray):
+        w, v = scipy.linalg.eigh(a, subset_by_index=[n - k, n - 1])
+    else:
+        w, v = eigsh(a, k=k, which="LA", v0=np.random.default_rng(0).standard_normal(n))
+    order = np.argsort(w)[::-1]
+    return w[order], v[:, order]
 
 
 def portmanteau(x: np.ndarray, max_lag: int) -> np.ndarray:
@@ -92,7 +124,10 @@ def spatial_p_value(errors: np.ndarray, max_lag: int, shuffles: int = 99, seed: 
 
 
 def fit_spatial_map(ds: ErrorMapDataset, k: int = 10, max_lag: int = 3, full_max_cells: int = 1024) -> SpatialModel:
-    """Stationary covariance model of one error map: lag kernel, top-k eigenpairs, full matrix if small."""
+    """Stationary covariance model of one error map: lag kernel, top-k eigenpairs, full matrix if small.
+
+    `full_max_cells` decides only whether the full matrix is stored, not how the eigenpairs are found.
+    """
     if k < 1 or max_lag < 0:
         raise ValueError(f"need k >= 1 and max_lag >= 0, got k={k}, max_lag={max_lag}")
     shape = ds.shape
@@ -103,13 +138,10 @@ def fit_spatial_map(ds: ErrorMapDataset, k: int = 10, max_lag: int = 3, full_max
     n = shape[0] * shape[1]
     full = full_covariance(kernel, shape) if n <= full_max_cells else None
     k_eff = min(k, n - 1)
-    if full is not None:
-        w, v = np.linalg.eigh(full)
-        w, v = w[::-1][:k_eff], v[:, ::-1][:, :k_eff]
+    if n <= DENSE_MAX_CELLS:
+        w, v = top_eigenpairs(full if full is not None else full_covariance(kernel, shape), k_eff)
     else:
-        w, v = eigsh(covariance_operator(kernel, shape), k=k_eff, which="LA", v0=np.ones(n))
-        order = np.argsort(w)[::-1]
-        w, v = w[order], v[:, order]
+        w, v = top_eigenpairs(covariance_operator(kernel, shape), k_eff)
     keep = w > 0
     if not np.any(keep):
         raise ValueError("the estimated spatial covariance has no positive eigenvalue")

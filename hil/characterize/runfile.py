@@ -3,7 +3,8 @@
 Every table a procedure writes is declared when the run is created; the file is then switched to
 HDF5 single-writer/multiple-reader (SWMR) mode, in which appended data reach the disk in an order
 that keeps the file readable if the process dies. A record counts once it is committed: every flush
-(at least every `flush_s` seconds) writes the records, then the committed counts with the resume state.
+(at least every `flush_s` seconds) writes the records appended since the last one (held in memory until
+then, one block per table), then the committed counts with the resume state.
 One process at a time writes a run file (`runlock`); every reader goes through the checks of `runcheck`.
 A run that was interrupted keeps status "running"; `resume_run` copies what was committed into a clean
 file and carries on appending, so the finished file has the same content as an uninterrupted run.
@@ -101,12 +102,21 @@ class RunData:
         return _identity(self.board, self.attrs.get("chip"))
 
 
+# Records a table may hold in memory before they are written to the file (not committed) even between commits.
+_MAX_BUFFERED_BYTES = 8 << 20
+
+
 class RunWriter:
     """Appends records to the declared tables of an open run; commits them, with the state, at each flush.
 
-    A record counts (in `count`, `read`, for readers and for a resume) once it is written whole. `flush`
-    writes the records, then the committed counts and the state in one chunk, and flushes again, so a
-    kill at any instant leaves on disk either the old counts or the new ones with every record they count.
+    Appended records wait in memory, one block per table, and reach the file at each flush: one resize and
+    one write per table per commit instead of per record (a table whose block passes _MAX_BUFFERED_BYTES is
+    written, not committed, before it grows further). What reaches the disk and when it counts is as when
+    every record was written at once, since only a commit makes a record count: a kill loses the records
+    appended since the last commit either way. `count`, `read` and `read_record` see every record appended,
+    buffered or written; `read_run` and a resume see the committed ones. `flush` writes the buffered records,
+    then the committed counts and the state in one chunk, and flushes again, so a kill at any instant leaves
+    on disk either the old counts or the new ones with every record they count.
     """
 
     def __init__(self, f: h5py.File, path: Path, flush_s: float, checked: CheckedRun):
@@ -115,56 +125,109 @@ class RunWriter:
         self.flush_s = flush_s
         self._last_flush = time.monotonic()
         self.on_append: Callable[[str], None] | None = None  # called with the table's name after each append
-        self._counts = dict(checked.counts)  # declaration order
+        group = f["data"]
+        self._ds: dict[str, h5py.Dataset] = {name: group[name] for name in checked.counts}  # declaration order
+        self._dtype = {name: ds.dtype for name, ds in self._ds.items()}
+        # Per table (records in the file, records buffered after them), replaced in one step so that an
+        # interrupt never leaves a record counted twice or a buffered one uncounted.
+        self._pos: dict[str, tuple[int, int]] = {name: (n, 0) for name, n in checked.counts.items()}
+        self._buf: dict[str, np.ndarray] = {name: np.zeros(0, dtype=dt) for name, dt in self._dtype.items()}
+        self._state_ds: h5py.Dataset = f["state"]
         self._keys = list(checked.state_keys)
         self._state = checked.state.copy()
 
     def tables(self) -> list[str]:
         """Names of the tables the run file declares."""
-        return list(self._counts)
+        return list(self._pos)
 
     def count(self, name: str) -> int:
-        """Records written so far to table `name`."""
-        return self._counts[name]
+        """Records appended so far to table `name` (committed, written or still buffered)."""
+        written, buffered = self._pos[name]
+        return written + buffered
 
     def append(self, name: str, records: np.ndarray | None = None, /, **values: object) -> None:
         """Append one record given as keyword fields (any names, `name` and `records` too), or a structured array.
 
         The `on_append` hook runs before a timed flush, so a record and the state the hook sets commit together.
         """
-        ds = self._f["data"][name]
+        dtype = self._table_dtype(name)
         if records is None:
-            missing = set(ds.dtype.names) - set(values)
-            extra = set(values) - set(ds.dtype.names)
+            names = dtype.names or ()
+            missing = set(names) - set(values)
+            extra = set(values) - set(names)
             if missing or extra:
                 raise ValueError(f"table {name!r}: missing fields {sorted(missing)}, unknown fields {sorted(extra)}")
-            rec = np.zeros(1, dtype=ds.dtype)
-            for k, v in values.items():
-                rec[k][0] = v
-            records = rec
-        records = np.asarray(records)
-        if records.dtype != ds.dtype:
-            raise ValueError(f"table {name!r} takes records of dtype {ds.dtype}, got {records.dtype}")
-        n, k = self._counts[name], records.shape[0]
-        if ds.shape[0] < n + k:  # larger already when an append was cut short: its rows are written over
-            ds.resize(n + k, axis=0)
-        ds[n : n + k] = records
-        self._counts[name] = n + k
+            buf, written, start = self._room(name, 1)
+            for k, v in values.items():  # the row is counted only once every field is in place
+                buf[k][start] = v
+            stop = start + 1
+        else:
+            records = np.asarray(records)
+            if records.dtype != dtype:
+                raise ValueError(f"table {name!r} takes records of dtype {dtype}, got {records.dtype}")
+            buf, written, start = self._room(name, records.shape[0])
+            stop = start + records.shape[0]
+            buf[start:stop] = records
+        self._pos[name] = (written, stop)
         if self.on_append is not None:
             self.on_append(name)
         if time.monotonic() - self._last_flush >= self.flush_s:
             self.flush()
 
+    def _table_dtype(self, name: str) -> np.dtype:
+        try:
+            return self._dtype[name]
+        except KeyError:
+            raise KeyError(f"table {name!r} was not declared (the run file has {', '.join(self._dtype)})") from None
+
+    def _room(self, name: str, k: int) -> tuple[np.ndarray, int, int]:
+        """The table's buffer with room for `k` more records, and its (written, buffered) counts after any write."""
+        buf = self._buf[name]
+        written, buffered = self._pos[name]
+        if buffered + k <= buf.shape[0]:
+            return buf, written, buffered
+        if buffered and (buffered + k) * buf.dtype.itemsize > _MAX_BUFFERED_BYTES:
+            self._write(name)
+            written, buffered = self._pos[name]
+            if k <= buf.shape[0]:
+                return buf, written, buffered
+        rows = max(k + buffered, 2 * buf.shape[0], _chunk_rows(buf.dtype))
+        rows = min(rows, max(k + buffered, _MAX_BUFFERED_BYTES // buf.dtype.itemsize))
+        grown = np.zeros(rows, dtype=buf.dtype)
+        grown[:buffered] = buf[:buffered]
+        self._buf[name] = grown
+        return grown, written, buffered
+
+    def _write(self, name: str) -> None:
+        """The table's buffered records into the file after its written ones (one resize, one write; not a commit).
+
+        A write cut short leaves the counts as they were: the next write writes the same records over it.
+        """
+        written, buffered = self._pos[name]
+        if not buffered:
+            return
+        ds, end = self._ds[name], written + buffered
+        if ds.shape[0] < end:  # larger already when a write was cut short: its rows are written over
+            ds.resize(end, axis=0)
+        ds[written:end] = self._buf[name][:buffered]
+        self._pos[name] = (end, 0)
+
     def read(self, name: str) -> np.ndarray:
-        return self._f["data"][name][: self._counts[name]]
+        """Every record of table `name` appended so far (`count` of them), written or buffered, as a new array."""
+        written, buffered = self._pos[name]
+        on_file = self._ds[name][:written]
+        return np.concatenate([on_file, self._buf[name][:buffered]]) if buffered else on_file
 
     def read_record(self, name: str, index: int) -> np.void:
         """One record of table `name` (negative `index` counts from the end), without reading the table."""
-        n = self._counts[name]
+        written, buffered = self._pos[name]
+        n = written + buffered
         i = index + n if index < 0 else index
         if not 0 <= i < n:
             raise IndexError(f"table {name!r} has {n} records, no record {index}")
-        return self._f["data"][name][i]
+        if i >= written:
+            return self._buf[name][i - written].copy()  # not a view of the buffer
+        return self._ds[name][i]
 
     def set_state(self, **values: float) -> None:
         """Small numeric resume state (e.g. the board time at which programming ended); committed at the next flush."""
@@ -177,10 +240,12 @@ class RunWriter:
         return float(self._state[self._keys.index(key)])
 
     def flush(self) -> None:
-        """Commit: the records reach the file, then the counts and state (one chunk), then the file again."""
+        """Commit: the buffered records reach the file, then the counts and state (one chunk), then the file again."""
+        for name in self._pos:
+            self._write(name)
         self._f.flush()
-        counts = np.array([float(n) for n in self._counts.values()])
-        self._f["state"][...] = np.concatenate([self._state, counts])
+        counts = np.array([float(w + b) for w, b in self._pos.values()])
+        self._state_ds[...] = np.concatenate([self._state, counts])
         self._f.flush()
         self._last_flush = time.monotonic()
 
@@ -203,7 +268,11 @@ class Run:
         return self.writer
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._close_file()
+        try:
+            self._close_file()
+        except BaseException:  # the last commit failed (the file keeps the one before): the lock goes too
+            self.close()
+            raise
         if exc_type is not None:
             self.close()
 
@@ -219,7 +288,8 @@ class Run:
         self._close_file()
         try:
             with h5py.File(self.path, "r+") as f:
-                for name, n in self.writer._counts.items():  # drop the rows of an append cut short
+                for name in self.writer.tables():  # drop the rows of a write cut short
+                    n = self.writer.count(name)
                     if f["data"][name].shape[0] != n:
                         f["data"][name].resize(n, axis=0)
                 f.attrs["status"] = "complete"

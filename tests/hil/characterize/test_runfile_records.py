@@ -1,9 +1,9 @@
 """Whole records only: a record counts once it is written whole, and the count commits with the resume state.
 
-An append cut short (Ctrl-C between growing the table and writing the row once left an all-zero record
+A write cut short (Ctrl-C between growing the table and writing its rows once left an all-zero record
 that `--resume` counted as done) leaves no record; a process killed at any step of appending and
 committing leaves on disk either the old count or the new one, each with exactly its records and the
-state that was set with them.
+state that was set with them. Appends are buffered: the rows reach the table as one block at each commit.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ def _record(i: int) -> np.ndarray:
 def test_an_append_cut_short_leaves_no_record_and_resume_carries_on_after_the_last_whole_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Appended records reach the table as one block at a commit: an interrupt there, and at the close that
+    follows (as a kill would), leaves the table grown but its new rows unwritten, and they are not counted."""
     out = tmp_path / "run.h5"
     real = h5py.Dataset.__setitem__
 
-    def ctrl_c_before_the_row_is_written(self: h5py.Dataset, key: object, value: object) -> None:
+    def ctrl_c_before_the_rows_are_written(self: h5py.Dataset, key: object, value: object) -> None:
         if self.name == "/data/x":
             raise KeyboardInterrupt
         real(self, key, value)
@@ -42,21 +44,27 @@ def test_an_append_cut_short_leaves_no_record_and_resume_carries_on_after_the_la
         with create_run(out, "probe", {}, {}, {"x": TABLE}) as w:
             for i in range(3):
                 w.append("x", _record(i))
-            monkeypatch.setattr(h5py.Dataset, "__setitem__", ctrl_c_before_the_row_is_written)
-            w.append("x", _record(3))  # the table has grown by one row when the interrupt comes
+            w.flush()  # committed: 3 records
+            monkeypatch.setattr(h5py.Dataset, "__setitem__", ctrl_c_before_the_rows_are_written)
+            w.append("x", _record(3))
+            assert w.count("x") == 4 and w.read_record("x", -1)["t"] == 4.0  # buffered, seen by the writer
+            w.flush()  # the table has grown by one row when the interrupt comes
     monkeypatch.undo()
+    with h5py.File(out, "r") as f:
+        assert f["data/x"].shape == (4,)  # grown: the case this test is about
     rd = read_run(out)
     assert rd.data["x"]["t"].tolist() == [1.0, 2.0, 3.0]  # not a fourth, all-zero record
-    with resume_run(out, "probe", {}) as w:
+    with resume_run(out, "probe", {}) as w:  # the failed close let go of the lock
         assert w.count("x") == 3 and w.read_record("x", -1)["t"] == 3.0
         w.append("x", _record(3))
     assert read_run(out).data["x"]["t"].tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
-def test_an_append_cut_short_inside_a_run_is_written_over_by_the_next(
+def test_a_write_cut_short_inside_a_run_is_written_over_by_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A step that failed mid-append (and is done again, as after a board reset) leaves no gap or stale row."""
+    """A commit whose block write failed once (a disk hiccup) keeps its records buffered: the next commit writes
+    them over the rows it left, with no gap or stale row, and the writer counts and reads them all along."""
     out = tmp_path / "run.h5"
     real = h5py.Dataset.__setitem__
     calls = {"n": 0}
@@ -70,11 +78,12 @@ def test_an_append_cut_short_inside_a_run_is_written_over_by_the_next(
     run = create_run(out, "probe", {}, {}, {"x": TABLE})
     with run as w:
         w.append("x", _record(0))
+        w.flush()
         monkeypatch.setattr(h5py.Dataset, "__setitem__", fails_once)
-        with pytest.raises(OSError):
-            w.append("x", _record(1))
-        assert w.count("x") == 1 and len(w.read("x")) == 1
         w.append("x", _record(1))
+        with pytest.raises(OSError):
+            w.flush()
+        assert w.count("x") == 2 and w.read("x")["t"].tolist() == [1.0, 2.0]
         w.append("x", _record(2))
     run.complete({})
     rd = read_run(out)
@@ -150,7 +159,7 @@ def test_a_kill_at_any_step_leaves_the_old_or_the_new_count_with_whole_records_a
     proc = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     steps = int(proc.stdout)  # steps before and after each h5py call of 3 appends and one commit
-    assert steps >= 2 * (3 * 2 + 3)  # per append: grow, write; the commit: flush, state write, flush
+    assert steps == 2 * 5  # appends only buffer; the commit: grow, block write, flush, state write, flush
     seen = set()
     for step in range(1, steps + 1):
         rd = read_run(tmp_path / f"{step}.h5")
