@@ -40,6 +40,9 @@ class TrainConfig:
     # that every model and hyper-parameter choice reads; the test split is evaluated once, after training.
     # 0 = no validation (the whole training split trains; no per-epoch accuracy)
     val_fraction: float = 0.1
+    # analog crossbar tile preset every method trains through (models.analog: "ibm_table1", "ideal"; IR drop and
+    # drift compensation off in training, as the IBM HWA supplement); None = digital forward
+    analog: str | None = None
     checkpoint: str | None = None  # path of the last-epoch checkpoint (written every epoch)
     progress: bool = True  # rank 0: bars with ETA on a terminal, else periodic plain lines (firmware_protocol.progress)
 

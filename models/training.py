@@ -273,6 +273,7 @@ def train(
     ctx.train_loader = _Loader(ds.x_train, ds.y_train, config, ctx)
     ctx.val_loader = [(ds.x_val, ds.y_val)] if ds.x_val is not None and ds.y_val is not None else None
     method.prepare(ctx)
+    tiles = _training_tiles(config, model, ctx)
     steps_per_epoch = _n_batches(len(ds.x_train), config.batch_size, world)
     scheduler = _make_scheduler(config, optimizer, steps_per_epoch * config.epochs)
     history: list[dict[str, Any]] = []
@@ -287,6 +288,8 @@ def train(
         if scaler is not None and st.get("scaler") is not None:
             scaler.load_state_dict(st["scaler"])
         method.load_state_dict(st.get("method", {}))
+        if tiles is not None:
+            tiles.load_input_ranges((st.get("analog") or {}).get("input_ranges") or {})
         start_epoch, ctx.step = int(st["epoch"]), int(st["step"])
         history = list(ckpt_in.get("history", []))
         torch.set_rng_state(st["rng"]["torch"])
@@ -308,7 +311,8 @@ def train(
         nb = 0
         for x, y in ctx.train_loader.epoch(epoch):
             optimizer.zero_grad(set_to_none=True)
-            logs = _accumulated_step(method, ctx, x, y, config.accumulate, sync_off, params)
+            with tiles if tiles is not None else contextlib.nullcontext():  # every method's forwards on the tiles
+                logs = _accumulated_step(method, ctx, x, y, config.accumulate, sync_off, params)
             _allreduce_grads(params, world)
             if scaler is not None:
                 scaler.step(optimizer)
@@ -317,6 +321,8 @@ def train(
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if tiles is not None:
+                tiles.clamp_ranges()
             ctx.step += 1
             nb += 1
             for k, v in logs.items():
@@ -328,6 +334,8 @@ def train(
         history.append(entry)
         say(_format_entry(entry, config.epochs))
         ckpt = _make_checkpoint(config, ds, model, method, optimizer, scheduler, scaler, ctx, history, epoch + 1)
+        if tiles is not None:  # the learned input ranges, which `rram evaluate --analog` and a resume take
+            ckpt["train_state"]["analog"] = {"preset": config.analog, "input_ranges": tiles.input_range_state()}
         if config.checkpoint and rank == 0:
             save_checkpoint(ckpt, config.checkpoint)
     if not ckpt:
@@ -454,6 +462,29 @@ def _format_entry(e: dict[str, Any], epochs: int) -> str:
         else:
             parts.append(f"{k} {v:.4f}")
     return "  ".join(parts)
+
+
+def _training_tiles(config: TrainConfig, model: nn.Module, ctx: TrainContext) -> Any:
+    """Analog tiles every method's forward runs through (``config.analog``), input ranges calibrated and trained.
+
+    The ranges start at the preset's multiple of each layer's input std over the first training batches (averaged
+    over the ranks) and join the optimizer without weight decay; validation and the final test stay digital, and
+    `rram evaluate --analog` judges the model on the full tile (IR drop, drift compensation) with these ranges.
+    """
+    if config.analog is None:
+        return None
+    from models.analog import AnalogTiles, analog_config
+    from models.methods._util import average_over_ranks, epoch_batches
+
+    if config.method == "ibm_hwa":
+        raise ValueError("ibm_hwa trains on its own analog tiles (its option analog=PRESET): leave --analog out")
+    tile = analog_config(config.analog).for_training()
+    batches = [x for _, (x, _y) in zip(range(10), epoch_batches(ctx.train_loader, 0))]
+    tiles = AnalogTiles(model, tile, calibration=batches if tile.input_range else None)
+    average_over_ranks(ctx, tiles.parameters())  # each rank calibrated on its own shard
+    ctx.add_parameters(tiles.parameters(), weight_decay=0.0)
+    tiles.generator = ctx.generator
+    return tiles
 
 
 def _make_checkpoint(cfg, ds, model, method, optimizer, scheduler, scaler, ctx, history, epochs_done) -> dict[str, Any]:

@@ -218,10 +218,12 @@ def _analog_config(preset: str, opts: tuple[str, ...]) -> Any:
 
 
 def _open_tiles(stack: contextlib.ExitStack, tile: Any, model: Any, ckpt: dict, ds: Any, seed: int, dev: Any) -> Any:
-    """Analog tiles on the model's layers: a trained ibm_hwa model's input ranges, else calibrated on 1000 inputs."""
+    """Analog tiles on the model's layers: the input ranges a model trained on tiles learned (--analog, ibm_hwa),
+    else calibrated on 1000 training inputs."""
     from models.analog import analog_tiles
 
-    ranges = ((ckpt.get("train_state") or {}).get("method") or {}).get("input_ranges")
+    state = ckpt.get("train_state") or {}
+    ranges = (state.get("analog") or {}).get("input_ranges") or (state.get("method") or {}).get("input_ranges")
     try:
         if ranges:
             return stack.enter_context(analog_tiles(model, tile, input_ranges=ranges, seed=seed))

@@ -199,6 +199,13 @@ def _check_model(name: str, kwargs: dict[str, Any]) -> None:
     help="Share of the training split held out (per class, seeded) for per-epoch validation; 0 = none. "
     "The test split is evaluated once, after training.",
 )
+@click.option(
+    "--analog",
+    default=None,
+    metavar="PRESET",
+    help="Train every method's forward through analog crossbar tiles (models.analog: ibm_table1, ideal), input "
+    "ranges learned; IR drop and drift compensation off in training. Judge the result with rram evaluate --analog.",
+)
 @click.option("--resume", type=click.Path(dir_okay=False, exists=True), help="Continue from this model file.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Model file to write (every epoch).")
 @click.option("--force", is_flag=True, help="Replace an existing model file.")
@@ -230,6 +237,7 @@ def train(
     amp: bool,
     val_draws: int,
     val_fraction: float,
+    analog: str | None,
     resume: str | None,
     output: str | None,
     force: bool,
@@ -262,6 +270,11 @@ def train(
         raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction:g}: e.g. 0.1, or 0 for no validation")
+    if analog is not None:
+        from models.analog import PRESETS
+
+        if analog not in PRESETS:
+            raise UserError(f"--analog: unknown analog tile preset {analog!r} (known: {', '.join(PRESETS)})")
     cfg = TrainConfig(
         model=model_name,
         model_kwargs=model_kwargs,
@@ -281,6 +294,7 @@ def train(
         amp=amp,
         val_noise_draws=val_draws,
         val_fraction=val_fraction,
+        analog=analog,
         checkpoint=output,
         progress=progress,
     )

@@ -61,3 +61,15 @@ def reinitialise(model: nn.Module, seed: int) -> nn.Module:
             if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
                 m.reset_parameters()
     return model
+
+
+def average_over_ranks(ctx: TrainContext, tensors: Iterable[Tensor]) -> None:
+    """Average tensors in place over the data-parallel ranks (nothing to do in one process)."""
+    if ctx.world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in tensors:
+            dist.all_reduce(t)
+            t /= ctx.world_size

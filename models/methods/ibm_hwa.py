@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from models.analog.context import AnalogTiles
 from models.analog.tile import PRESETS, analog_config
-from models.methods._util import epoch_batches, loader_length, require_noise
+from models.methods._util import average_over_ranks, epoch_batches, loader_length, require_noise
 from models.methods.base import TrainContext, TrainingMethod
 from models.methods.mtrd import kl_teacher_student
 from models.methods.options import MethodOptions, option, to_str
@@ -112,18 +112,6 @@ class IBMHWAOptions(MethodOptions):
     )
 
 
-def _average_over_ranks(ctx: TrainContext, tensors: list[Any]) -> None:
-    """Average tensors in place over the data-parallel ranks (nothing to do in one process)."""
-    if ctx.world_size <= 1:
-        return
-    import torch.distributed as dist
-
-    with torch.no_grad():
-        for t in tensors:
-            dist.all_reduce(t)
-            t /= ctx.world_size
-
-
 @METHODS.register("ibm_hwa")
 class IBMHWA(TrainingMethod[IBMHWAOptions]):
     """Hardware-aware training as in the IBM AIMC study: FP pre-training, then noisy training through the analog tile.
@@ -209,7 +197,7 @@ class IBMHWA(TrainingMethod[IBMHWAOptions]):
             cfg = analog_config(o.analog).for_training()
             batches = [x for _, (x, _y) in zip(range(_CALIBRATION_BATCHES), epoch_batches(ctx.train_loader, 0))]
             self.tiles = AnalogTiles(model, cfg, calibration=batches if cfg.input_range else None)
-            _average_over_ranks(ctx, self.tiles.parameters())  # each rank calibrated on its own shard
+            average_over_ranks(ctx, self.tiles.parameters())  # each rank calibrated on its own shard
             ctx.add_parameters(self.tiles.parameters(), weight_decay=0.0)
         self._lr_factor = 1.0
         self._clip_hook = None
@@ -259,9 +247,9 @@ class IBMHWA(TrainingMethod[IBMHWAOptions]):
                 with ctx.autocast():
                     loss = F.cross_entropy(model(x).float(), y)
                 loss.backward()
-                _average_over_ranks(ctx, [p.grad for p in params if p.grad is not None])
+                average_over_ranks(ctx, [p.grad for p in params if p.grad is not None])
                 opt.step()
-        _average_over_ranks(ctx, [b for b in model.buffers() if b.is_floating_point()])
+        average_over_ranks(ctx, [b for b in model.buffers() if b.is_floating_point()])
 
     def on_epoch_start(self, ctx: TrainContext) -> None:
         """The step schedule: the LR of every group moves to base x lr_decay^(steps passed)."""
