@@ -58,6 +58,11 @@ class ProgrammingDataset:
                         tolerance gets no pulse: it counts in the pulses per device, but its error is the older
                         state it kept (with an older, slower relaxation clock), not the error write-verify leaves
     gate_map : the gate calibration open-loop programming took its gates from (None: not recorded)
+    reverify_rounds : int  program-settle-verify rounds after each write-verify (0: write-verify once)
+    settle_s : float s     wait before each re-check
+    tol_s    : float S     the write-verify (and re-check) tolerance (None: not recorded; needed with rounds > 0)
+    touchups : (N,) int    touch-ups (re-verify write-verifies) each row got, 0 to reverify_rounds (None: none)
+    touchup_pulses : (N,) int  of `pulses`, those of the touch-ups (None: none)
     """
 
     target_g: np.ndarray
@@ -67,6 +72,11 @@ class ProgrammingDataset:
     t_read_s: float = 1.0
     written: np.ndarray | None = None
     gate_map: GateMap | None = None
+    reverify_rounds: int = 0
+    settle_s: float = 0.0
+    tol_s: float | None = None
+    touchups: np.ndarray | None = None
+    touchup_pulses: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.target_g = _as_1d("target_g", self.target_g)
@@ -91,6 +101,35 @@ class ProgrammingDataset:
             _same_len(("target_g", "written"), (self.target_g, self.written))
             if self.written.sum() < 2:
                 raise ValueError("a programming dataset needs at least 2 written rows (written marks fewer)")
+        self._check_reverify()
+
+    def _check_reverify(self) -> None:
+        """Re-verify settings and per-row touch-up counts: whole, in range, one per row, only for write-verify."""
+        rounds = self.reverify_rounds
+        if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 0:
+            raise ValueError(f"reverify_rounds must be a whole number >= 0, got {rounds!r}")
+        self.reverify_rounds = int(rounds)
+        if not (np.isfinite(self.settle_s) and self.settle_s >= 0):
+            raise ValueError(f"settle_s must be a finite time >= 0 s, got {self.settle_s}")
+        if self.tol_s is not None and not (np.isfinite(self.tol_s) and self.tol_s > 0):
+            raise ValueError(f"tol_s must be a finite conductance > 0 S, got {self.tol_s}")
+        if rounds == 0:
+            if self.touchups is not None and np.any(np.asarray(self.touchups) != 0):
+                raise ValueError("touchups are given but reverify_rounds is 0: give the rounds they were measured with")
+            return
+        if not self.verified:
+            raise ValueError("reverify_rounds > 0 needs a write-verify dataset (verified=True)")
+        if self.tol_s is None or self.touchups is None or self.touchup_pulses is None or self.pulses is None:
+            raise ValueError("reverify_rounds > 0 needs tol_s, pulses, touchups and touchup_pulses (one per row)")
+        self.touchups = _as_1d("touchups", self.touchups)
+        self.touchup_pulses = _as_1d("touchup_pulses", self.touchup_pulses)
+        for name in ("touchups", "touchup_pulses"):
+            _finite(name, getattr(self, name))
+        _same_len(("target_g", "touchups", "touchup_pulses"), (self.target_g, self.touchups, self.touchup_pulses))
+        if np.any(self.touchups < 0) or np.any(self.touchups > rounds):
+            raise ValueError(f"touchups must be from 0 to reverify_rounds ({rounds})")
+        if np.any(self.touchup_pulses < 0) or np.any(self.touchup_pulses > self.pulses):
+            raise ValueError("touchup_pulses must be from 0 to the row's pulses")
 
     @property
     def error(self) -> np.ndarray:
@@ -102,9 +141,20 @@ class ProgrammingDataset:
         if self.written is None:
             return self
         w = self.written
-        pulses = None if self.pulses is None else self.pulses[w]
+        pick = lambda a: None if a is None else a[w]
         return ProgrammingDataset(
-            self.target_g[w], self.g[w], pulses, self.verified, self.t_read_s, None, self.gate_map
+            self.target_g[w],
+            self.g[w],
+            pick(self.pulses),
+            self.verified,
+            self.t_read_s,
+            None,
+            self.gate_map,
+            self.reverify_rounds,
+            self.settle_s,
+            self.tol_s,
+            pick(self.touchups),
+            pick(self.touchup_pulses),
         )
 
 

@@ -110,12 +110,44 @@ class GateMap:
 
 
 @dataclass
+class ReverifyRecord:
+    """The program-settle-verify a verified law was measured with (`levels --reverify --settle --tol`) and what
+    its touch-ups cost per device; both counts are already in the law's `pulses_mean` and error."""
+
+    rounds: int  # settle-read-touch-up rounds after each write-verify (>= 1)
+    settle_s: float  # wait before each re-check, s
+    tol_s: float  # write-verify tolerance, the re-check's too, S
+    touchups_mean: float  # touch-ups (re-verify write-verifies) per device, 0 to rounds
+    touchup_pulses_mean: float  # of pulses_mean, the touch-ups' pulses per device
+
+    def validate(self, where: str, pulses_mean: float) -> None:
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ProfileError(f"{where}: rounds must be a whole number >= 1, got {self.rounds!r}")
+        if not (np.isfinite(self.settle_s) and self.settle_s >= 0):
+            raise ProfileError(f"{where}: settle_s must be a finite time >= 0 s, got {self.settle_s}")
+        if not (np.isfinite(self.tol_s) and self.tol_s > 0):
+            raise ProfileError(f"{where}: tol_s must be a finite conductance > 0 S, got {self.tol_s}")
+        if not (np.isfinite(self.touchups_mean) and 0 <= self.touchups_mean <= self.rounds):
+            raise ProfileError(
+                f"{where}: touchups_mean must be from 0 to rounds ({self.rounds}), got {self.touchups_mean}"
+            )
+        ok = np.isfinite(self.touchup_pulses_mean) and self.touchup_pulses_mean >= 0
+        if not ok or (np.isfinite(pulses_mean) and self.touchup_pulses_mean > pulses_mean):
+            raise ProfileError(
+                f"{where}: touchup_pulses_mean must be a finite number from 0 to pulses_mean ({pulses_mean}), "
+                f"got {self.touchup_pulses_mean}"
+            )
+
+
+@dataclass
 class ProgrammingModel:
     """Programming error (g - target, S) versus target: per-level table and c0..c4-style polynomials in g/g_max.
 
     `pulses_mean` counts every device the programming was asked to program; the table and polynomials hold the
     error of the devices it wrote (write-verify leaves a device already in tolerance alone: 0 pulses, an older
     state). `gate_map`: the gate calibration an open-loop law was measured with (None: not recorded).
+    `reverify`: the program-settle-verify a verified law was measured with (None: write-verify once, as every
+    profile before it); its touch-ups are in `pulses_mean` and in the error.
     """
 
     verified: bool
@@ -126,6 +158,27 @@ class ProgrammingModel:
     pulses_mean: float = float("nan")
     pulses_se: float = float("nan")
     gate_map: GateMap | None = None
+    reverify: ReverifyRecord | None = None
+
+    @property
+    def reverify_rounds(self) -> int:
+        """Re-verify rounds the law was measured with (0: write-verify once)."""
+        return 0 if self.reverify is None else self.reverify.rounds
+
+    @property
+    def settle_s(self) -> float:
+        """Settle (s) before each re-check the law was measured with (0.0 without re-verify)."""
+        return 0.0 if self.reverify is None else self.reverify.settle_s
+
+    @property
+    def touchups_mean(self) -> float:
+        """Measured touch-ups per device (0.0 without re-verify)."""
+        return 0.0 if self.reverify is None else self.reverify.touchups_mean
+
+    @property
+    def touchup_pulses_mean(self) -> float:
+        """Of `pulses_mean`, the touch-ups' pulses per device (0.0 without re-verify)."""
+        return 0.0 if self.reverify is None else self.reverify.touchup_pulses_mean
 
     def mean_error(self, g: np.ndarray) -> np.ndarray:
         """Mean programming error at target g (S)."""
@@ -147,6 +200,10 @@ class ProgrammingModel:
                 raise ProfileError(f"{where}: {k} must be NaN (not recorded) or a finite number >= 0, got {v}")
         if self.gate_map is not None:
             self.gate_map.validate(f"{where}/gate_map")
+        if self.reverify is not None:
+            if not self.verified:
+                raise ProfileError(f"{where}/reverify: only a write-verify (verified) law has re-verify rounds")
+            self.reverify.validate(f"{where}/reverify", self.pulses_mean)
 
 
 @dataclass

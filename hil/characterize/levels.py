@@ -5,6 +5,11 @@ that curve on a few cells (full RESET, then SET at each gate voltage), then prog
 one RESET and one SET at the interpolated gate. Both phases are read right after programming and at
 a few times after, so calibration can fit programming error, its spread, the pulses it cost, and
 relaxation.
+
+Write-verify is program-settle-verify, as `rram program` deploys (hil.deploy.procedure): after each batch's
+WRITE_VERIFY, up to `reverify` rounds of a `settle` wait, a read, and a touch-up of the converged cells that
+relaxed out of tolerance; so the profile's verified law is the one a deployment with the same settings meets,
+and its pulses per device hold the touch-ups. `reverify` 0 writes the same records as write-verify once.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from firmware_protocol.progress import Progress
 from hil.characterize.formed import FormedCellsParams, FormedCellsProcedure
 from hil.characterize.multilevel import (
     SET_WIDTH_NS,
+    SettleVerify,
     assign_levels,
     calibrate_gate,
+    check_rounds,
     gate_for,
     gate_param,
     gate_points_param,
@@ -30,12 +37,15 @@ from hil.characterize.multilevel import (
     program_table,
     program_verified,
     reads_table,
+    reverify_param,
+    reverify_table,
+    settle_param,
     timed_reads,
     tol_param,
 )
 from hil.characterize.procedure import PROCEDURES, param
 from hil.characterize.runfile import RunWriter, Table
-from hil.characterize.stats import phase_stats
+from hil.characterize.stats import mean, phase_stats
 
 
 @dataclass
@@ -45,6 +55,8 @@ class LevelsParams(FormedCellsParams):
     g_hi: float = param(36e-6, unit="S", help="highest target conductance", min=0, min_open=True)
     tol: float = tol_param("write-verify tolerance (2% of g_max)")
     max_pulses: int = max_pulses_param()
+    settle: float = settle_param()
+    reverify: int = reverify_param()
     read_times: str = param(
         "1,10,100,1000", unit="s", help="block reads after programming: comma-separated, increasing"
     )
@@ -67,11 +79,14 @@ class Levels(FormedCellsProcedure[LevelsParams]):
         "mean_error_s": "S",
         "pulses_mean": "pulses",
         "within_tol": "%",
+        "touchups_mean": "touch-ups",
+        "touchup_pulses_mean": "pulses",
     }
 
     def validate(self) -> None:
         p = self.p
         level_targets(p.levels, p.g_lo, p.g_hi)
+        check_rounds(self.name, p.reverify)
         self.times = self._times()
         self.board.limits.check_width(SET_WIDTH_NS)  # the one-shot SET pulse of the gate calibration
 
@@ -100,8 +115,10 @@ class Levels(FormedCellsProcedure[LevelsParams]):
             "gate_cal": gate_table(max(1, self._cal_cells()[0].size)),
             "open_loop": program_table("one RESET + one SET at the calibrated gate per cell (status 0; pulses 2)"),
             "open_loop_reads": reads_table(n, "block reads at read_times after open-loop programming"),
-            "verified": program_table("on-board write-verify to the same targets"),
-            "verified_reads": reads_table(n, "block reads at read_times after write-verify"),
+            "verified": reverify_table(
+                "on-board write-verify to the same targets, then up to `reverify` settle-read-touch-up rounds"
+            ),
+            "verified_reads": reads_table(n, "block reads at read_times after write-verify (its last touch-up)"),
         }
 
     def total_units(self) -> int:
@@ -167,6 +184,7 @@ class Levels(FormedCellsProcedure[LevelsParams]):
             p.v_read,
             bar,
             check=self.check,
+            settle_verify=SettleVerify(int(p.reverify), p.settle),
         )
         bar.stage("reads after write-verify")
         timed_reads(
@@ -193,4 +211,8 @@ class Levels(FormedCellsProcedure[LevelsParams]):
         for phase in ("open_loop", "verified"):
             d = data[phase]
             out[phase] = phase_stats(d[healthy[: len(d)]] if len(d) else d, self.p.tol)
+        if "touchups" in (verified.dtype.names or ()):  # a run file written before program-settle-verify lacks them
+            ok = verified[healthy]
+            out["verified"]["touchups_mean"] = mean(ok["touchups"])
+            out["verified"]["touchup_pulses_mean"] = mean(ok["pulses_touchup"])
         return out

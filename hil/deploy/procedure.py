@@ -31,6 +31,8 @@ from hil.characterize.multilevel import (
     gate_table,
     max_pulses_param,
     one_shot,
+    reverify_param,
+    settle_param,
     tol_param,
 )
 from hil.characterize.procedure import PROCEDURES, Procedure, ProcedureParams, param
@@ -39,12 +41,8 @@ from hil.deploy.defects import from_tiles
 from hil.deploy.plan import Plan, load_plan
 from hil.hardware.board import PulseRamp
 
-# Default settle before a re-check (s). The relaxation runs in log time, L = log10(1 + t / t0) with t0 from
-# ~1.5 ms (6 uS) to ~0.6 s (40 uS) (the simulator's IBM-anchored tables, sim_backend/device_params.py): by
-# 1 s every cell is past its fast start (t > t0), and each later second adds only log10(1 + 1 / t) decades.
-SETTLE_S = 1.0
-REVERIFY = 2  # default rounds: on the demo chain the second cut the verified read-back sigma by a tenth more
-# (1.46 -> 1.30 uS, seed 1) for 5-10 % more pulses, a third by less (issue 16, item 2)
+# The settle (s) and rounds of program-settle-verify (defaults SETTLE_S, REVERIFY) are declared once, in
+# hil.characterize.multilevel, for `levels` too: the profile's verified law is measured as the deployment writes.
 
 
 @dataclass
@@ -54,20 +52,8 @@ class DeployParams(ProcedureParams):
     tol: float = tol_param()
     max_pulses: int = max_pulses_param()
     read_delay: float = param(1.0, unit="s", help="wait between programming a tile and reading it back", min=0)
-    settle: float = param(
-        SETTLE_S,
-        unit="s",
-        help="wait after write-verify before each re-check (relaxation runs in log time and is past its fast "
-        "start, t > t0 <= 0.6 s, by 1 s)",
-        min=0,
-    )
-    reverify: int = param(
-        REVERIFY,
-        help="settle-and-re-check rounds after write-verify: verified devices that relaxed out of tolerance are "
-        "write-verified again (0: none)",
-        min=0,
-        max=255,
-    )
+    settle: float = settle_param()
+    reverify: int = reverify_param()
     plan_gates: bool = param(
         True,
         help="one-shot SET gates from the gate map the profile's open-loop law was measured with (the plan carries "

@@ -59,9 +59,14 @@ def prepare_folder(out: Path, force: bool) -> None:
 
 
 def _characterize_plan(cfg: DemoConfig) -> list[tuple[str, dict]]:
+    from hil.deploy import DeploySettings
+
     n = 8 if cfg.quick else 16
     region = f"0:{n},0:{n}"
     dead = dict(skip_unformed=True)  # after forming the whole chip, a cell still not formed is dead: left out
+    # the verified law measured with the deployment's own program-settle-verify (deploy_stage's settings)
+    deployed = DeploySettings(reverify=cfg.reverify)
+    verify = dict(tol=deployed.tol_s, max_pulses=deployed.max_pulses, settle=deployed.settle_s, reverify=cfg.reverify)
     return [
         ("form", dict(cells=f"0:{cfg.rows},0:{cfg.cols}")),  # the whole chip: its defect map matters for deployment
         (
@@ -74,7 +79,7 @@ def _characterize_plan(cfg: DemoConfig) -> list[tuple[str, dict]]:
             ),
         ),
         ("retention", dict(cells=region, t_last=1e4 if cfg.quick else 1e5, times=6 if cfg.quick else 11, **dead)),
-        ("levels", dict(cells=region, read_times="1,10,100" if cfg.quick else "1,10,100,1000,10000", **dead)),
+        ("levels", dict(cells=region, read_times="1,10,100" if cfg.quick else "1,10,100,1000,10000", **verify, **dead)),
         ("read-noise", dict(cells=f"0:{n // 2},0:{n}", reads=20 if cfg.quick else 100, **dead)),
     ]
 

@@ -17,6 +17,11 @@ tolerance and get no pulse; at the first read after write-verify they show the o
 on that older clock (0.9 uS sd against 1.9 uS for the cells it wrote, 998 cells, issue 16). They count
 in the pulses per device but not in the error law (`ProgrammingDataset.written`). The open-loop law
 keeps the gate calibration it was measured with (`GateMap`): its mean error is that calibration's error.
+
+A levels run's write-verify is program-settle-verify (params `reverify`, `settle`, `tol`, as `rram program`
+deploys): the verified dataset carries those settings and each cell's touch-ups, so the profile records
+how its verified law was measured and what the touch-ups cost. A run file from before then has neither:
+its law is that of write-verify once (0 rounds). Runs measured with different settings do not pool.
 """
 
 from __future__ import annotations
@@ -76,6 +81,36 @@ class _Programming:
     t_read_s: float
     written: np.ndarray  # rows the programming wrote (write-verify: the cells it pulsed)
     gate_map: GateMap | None = None  # open loop: the gate calibration its gates came from
+    reverify: _Reverify | None = None  # write-verify: the run's program-settle-verify (None: open loop)
+
+
+@dataclass(frozen=True)
+class _Reverify:
+    """A write-verify run's program-settle-verify settings and each healthy row's touch-ups and their pulses."""
+
+    rounds: int
+    settle_s: float
+    tol_s: float | None
+    touchups: np.ndarray
+    touchup_pulses: np.ndarray
+
+    def settings(self) -> tuple[int, float, float | None]:
+        """What must agree for runs to pool: rounds, and with rounds > 0 the settle and the tolerance."""
+        return (self.rounds, self.settle_s, self.tol_s) if self.rounds else (0, 0.0, None)
+
+    @staticmethod
+    def of(run: RunData, prog: np.ndarray, healthy: np.ndarray) -> _Reverify:
+        """From a levels run's params and verified table; a run file from before re-verify existed: 0 rounds."""
+        names = prog.dtype.names or ()
+        touched = "touchups" in names
+        tol = run.params.get("tol")
+        return _Reverify(
+            int(run.params.get("reverify", 0)) if touched else 0,
+            float(run.params.get("settle", 0.0)) if touched else 0.0,
+            float(tol) if tol is not None else None,
+            prog["touchups"][healthy].astype(float) if touched else np.zeros(int(healthy.sum())),
+            prog["pulses_touchup"][healthy].astype(float) if touched else np.zeros(int(healthy.sum())),
+        )
 
 
 def _relaxation_rows(prog: np.ndarray, reads: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -124,17 +159,23 @@ def _first_read(prog: np.ndarray, reads: np.ndarray) -> tuple[np.ndarray, float]
 
 
 def _programming_part(
-    prog: np.ndarray, reads: np.ndarray, healthy: np.ndarray, gate_map: GateMap | None = None
+    prog: np.ndarray,
+    reads: np.ndarray,
+    healthy: np.ndarray,
+    gate_map: GateMap | None = None,
+    run: RunData | None = None,
 ) -> _Programming | None:
     """Healthy cells' programming rows of one phase, read at the first timed read.
 
     A write-verify row the board never pulsed is not written (its error is the state it was left in);
-    open-loop rows are all written (a full RESET and a SET each)."""
+    open-loop rows are all written (a full RESET and a SET each). `run`: the levels run of a write-verify
+    phase, whose params say how it re-verified."""
     if healthy.sum() < 2:
         return None
     g, t_read = _first_read(prog, reads)
     pulses = prog["pulses"][healthy].astype(float)
-    return _Programming(prog["target"][healthy], g[healthy], pulses, t_read, pulses > 0, gate_map)
+    reverify = _Reverify.of(run, prog, healthy) if run is not None else None
+    return _Programming(prog["target"][healthy], g[healthy], pulses, t_read, pulses > 0, gate_map, reverify)
 
 
 def _gate_map(cal: np.ndarray) -> GateMap | None:
@@ -162,6 +203,17 @@ def _pool_programming(parts: list[_Programming], verified: bool) -> ProgrammingD
     fewer than 2 were pulsed, every row does (nothing else to fit)."""
     if not parts:
         return None
+    rv = [p.reverify for p in parts if p.reverify is not None]
+    settings = {r.settings() for r in rv}
+    if len(settings) > 1:
+        text = "; ".join(
+            f"{n} rounds, settle {s:g} s, tol {'?' if t is None else f'{t:g}'} S" if n else "0 rounds"
+            for n, s, t in sorted(settings, key=lambda x: x[0])
+        )
+        raise ValueError(
+            f"write-verify programming was measured with different re-verify settings in these runs ({text}): "
+            "fit them separately"
+        )
     delays = np.array([p.t_read_s for p in parts])
     if delays.max() > _MAX_DELAY_RATIO * delays.min():
         kind = "write-verify" if verified else "open-loop"
@@ -170,6 +222,7 @@ def _pool_programming(parts: list[_Programming], verified: bool) -> ProgrammingD
             f"({', '.join(f'{d:g} s' for d in delays)}): fit them separately"
         )
     written = np.concatenate([p.written for p in parts]) if verified else None
+    rounds, settle, tol = settings.pop() if settings else (0, 0.0, None)
     return ProgrammingDataset(
         np.concatenate([p.target for p in parts]),
         np.concatenate([p.g for p in parts]),
@@ -178,6 +231,11 @@ def _pool_programming(parts: list[_Programming], verified: bool) -> ProgrammingD
         t_read_s=float(np.median(delays)),
         written=written if written is not None and written.sum() >= 2 else None,
         gate_map=None if verified else _pool_gate_map(parts),
+        reverify_rounds=rounds,
+        settle_s=settle,
+        tol_s=tol,
+        touchups=np.concatenate([r.touchups for r in rv]) if rounds else None,
+        touchup_pulses=np.concatenate([r.touchup_pulses for r in rv]) if rounds else None,
     )
 
 
@@ -289,7 +347,7 @@ def collect_datasets(runs: Sequence[RunData]) -> Datasets:
                 if em is not None and ds.error_map is None:  # one map: maps of different runs do not pool
                     ds.error_map = ErrorMapDataset(em)
                     ds.note("error_map", run)
-            part = _programming_part(d["verified"], d["verified_reads"], healthy)
+            part = _programming_part(d["verified"], d["verified_reads"], healthy, run=run)
             if part is not None:
                 wv_parts.append(part)
                 ds.note("verified", run)

@@ -4,8 +4,11 @@ Verified devices take the profile's post-write-verify error, the others its open
 (models.noise.profile_noise.ProfileNoise with a verified mask). Cost is counted in write cycles
 (programming pulses), from the profile's measured pulses per device, and normalised to verifying
 every device. A verified device's cost includes the touch-ups that program-settle-verify (`Reverify`,
-`rram program --reverify`) is expected to give it: per round P(it reads out of tolerance after the settle
-time, from the profile) times the profile's pulses per write-verify (`touchups_per_device`).
+`rram program --reverify`) is expected to give it. When the profile's verified law was measured with the same
+program-settle-verify (`levels --reverify --settle --tol`, `ProgrammingModel.reverify`), its pulses per device
+already hold them and the measured touch-ups per device are the expectation; otherwise per round P(it reads out
+of tolerance after the settle time, from the profile) times the profile's pulses per write-verify
+(`touchups_per_device`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,36 @@ class Reverify:
 NO_REVERIFY = Reverify(rounds=0)
 
 
+def measured_touchups(profile: Any, reverify: Reverify) -> float | None:
+    """Touch-ups per device the profile measured with this very program-settle-verify, else None.
+
+    The same means: the profile's verified law was measured with `reverify.rounds` (>= 1) rounds, the same
+    settle and the same tolerance (to one part in 10^9: the numbers travel through run files and profiles as
+    float64). Then its `pulses_mean` already holds the touch-ups' pulses and its error the touch-ups' effect.
+    """
+    record = getattr(getattr(profile, "verified", None), "reverify", None)
+    if record is None or reverify.rounds == 0 or record.rounds != reverify.rounds:
+        return None
+    same = math.isclose(record.settle_s, reverify.settle_s, rel_tol=1e-9, abs_tol=1e-12)
+    same = same and math.isclose(record.tol_s, reverify.tol_s, rel_tol=1e-9, abs_tol=0.0)
+    return float(record.touchups_mean) if same else None
+
+
+def verified_pulses(profile: Any, reverify: Reverify) -> tuple[float, float]:
+    """(pulses per verified device, pulses per expected touch-up) under `reverify`, from the profile.
+
+    A law measured with the same program-settle-verify: its `pulses_mean`, touch-ups included, and 0 (already
+    counted). Otherwise one write-verify costs the law's pulses without its own measured touch-ups (all of
+    `pulses_mean` for a law written once, as every profile before re-verify), and so does each touch-up.
+    """
+    ppd = _finite_or(pulses_per_device(profile, True), 10.0)
+    if measured_touchups(profile, reverify) is not None:
+        return ppd, 0.0
+    own = float(getattr(getattr(profile, "verified", None), "touchup_pulses_mean", 0.0))
+    once = _finite_or(ppd - own, ppd) if own > 0 else ppd
+    return once, once
+
+
 def out_of_tolerance(profile: Any, g: np.ndarray, settle_s: float, tol_s: float, factor: float = 1.0) -> np.ndarray:
     """P(|g_read - target| > tol_s) for a device write-verified to target g and read once settle_s later.
 
@@ -80,16 +113,23 @@ def out_of_tolerance(profile: Any, g: np.ndarray, settle_s: float, tol_s: float,
 def touchups_per_device(profile: Any, g: np.ndarray, reverify: Reverify, factor: float = 1.0) -> np.ndarray:
     """Expected touch-ups of a device write-verified to target g over the re-verify rounds: rounds x P(out).
 
-    Each check is counted as a fresh draw of the error law `settle_s` after a write: right for the devices
-    touched up in the round before (a touch-up is a new write-verify, and the simulator restarts its
-    relaxation), an upper bound for those read in tolerance (they drift less in one more settle than a fresh
-    write did). Measured on the demo chain (quick, seed 1, 356 verified devices): 0.61, 1.14, 1.60 touch-ups
-    per device for 1, 2, 3 rounds against 0.53, 1.06, 1.59 from its profile (the profile's P is low there:
-    the deployment's verified devices read 1.74 uS off at 1 s, its law says about 1.25 uS); 2 rounds on seeds 1, 2:
-    406 and 400 touch-ups against 374 and 402 expected.
+    A profile whose verified law was measured with this same program-settle-verify gives its measured touch-ups
+    per device instead (`measured_touchups`, the same for every target and, being measured, not scaled by
+    `factor`): on the demo chain (seed 1, `levels --reverify 2`) 1.09 per levels cell against 1.12 per deployed
+    verified device, at 8.58 and 8.56 pulses a touch-up. Otherwise each check is counted as a fresh draw of the
+    error law `settle_s` after a write: right for the devices touched up in the round before (a touch-up is a new
+    write-verify, and the simulator restarts its relaxation), an upper bound for those read in tolerance (they
+    drift less in one more settle than a fresh write did). Measured on the demo chain with a law written once
+    (quick, seed 1, 356 verified devices): 0.61, 1.14, 1.60 touch-ups per device for 1, 2, 3 rounds against 0.53,
+    1.06, 1.59 from its profile (the profile's P is low there: the deployment's verified devices read 1.74 uS off
+    at 1 s, its law says about 1.25 uS); 2 rounds on seeds 1, 2: 406 and 400 touch-ups against 374 and 402
+    expected.
     """
     if reverify.rounds == 0:
         return np.zeros(np.shape(g))
+    measured = measured_touchups(profile, reverify)
+    if measured is not None:
+        return np.full(np.shape(g), measured)
     return reverify.rounds * out_of_tolerance(profile, g, reverify.settle_s, reverify.tol_s, factor)
 
 
@@ -100,16 +140,20 @@ def write_cycles(
 
     A touch-up costs the profile's mean write-verify pulses: it is one more WRITE_VERIFY, which starts near its
     target but with its ramps back at their first step (the demo chain's seeds 1 and 2 took 7.4 and 9.3 pulses
-    a touch-up against their profiles' 12.5 and 9.1).
+    a touch-up against their profiles' 12.5 and 9.1). When the profile measured this same program-settle-verify,
+    its pulses per device already hold the touch-ups, which are then counted but not priced again
+    (`verified_pulses`).
     """
     targets = np.asarray(targets_s, dtype=np.float64).ravel()
     ver = np.asarray(verified, dtype=bool).ravel()
     if targets.shape != ver.shape:
         raise ValueError(f"{targets.size} targets but {ver.size} verified flags: give one flag per device")
     ppd_o = _finite_or(pulses_per_device(profile, False), 2.0)
-    ppd_v = _finite_or(pulses_per_device(profile, True), 10.0)
+    ppd_v, ppd_t = verified_pulses(profile, reverify)
     touch = touchups_per_device(profile, targets, reverify)
-    return DeviceCycles.of(int(ver.sum()), int((~ver).sum()), float(touch[ver].sum()), float(touch.sum()), ppd_v, ppd_o)
+    return DeviceCycles.of(
+        int(ver.sum()), int((~ver).sum()), float(touch[ver].sum()), float(touch.sum()), ppd_v, ppd_o, ppd_t
+    )
 
 
 @dataclass(frozen=True)
@@ -123,11 +167,21 @@ class DeviceCycles:
 
     @classmethod
     def of(
-        cls, n_ver: int, n_open: int, touch_ver: float, touch_all: float, ppd_v: float, ppd_o: float
+        cls,
+        n_ver: int,
+        n_open: int,
+        touch_ver: float,
+        touch_all: float,
+        ppd_v: float,
+        ppd_o: float,
+        ppd_touchup: float | None = None,
     ) -> DeviceCycles:
-        """From device counts, expected touch-ups (of the verified devices, of all) and pulses per device."""
-        cycles = n_ver * ppd_v + n_open * ppd_o + touch_ver * ppd_v
-        full = (n_ver + n_open) * ppd_v + touch_all * ppd_v
+        """From device counts, expected touch-ups (of the verified devices, of all) and pulses per device.
+
+        `ppd_touchup`: pulses per touch-up (None: `ppd_v`; 0 when `ppd_v` already holds them, `verified_pulses`)."""
+        per_touch = ppd_v if ppd_touchup is None else ppd_touchup
+        cycles = n_ver * ppd_v + n_open * ppd_o + touch_ver * per_touch
+        full = (n_ver + n_open) * ppd_v + touch_all * per_touch
         return cls(cycles, cycles / full if full > 0 else 0.0, touch_ver, full)
 
 
@@ -181,7 +235,7 @@ class SwimPlanner:
         mp = self._open.mapping
         self.devices_per_weight = int(mp.devices_per_weight) * 2 if isinstance(mp, BitSlicedMapping) else 2
         self.ppd_open = _finite_or(pulses_per_device(self.profile, False), 2.0)
-        self.ppd_verified = _finite_or(pulses_per_device(self.profile, True), 10.0)
+        self.ppd_verified, self.ppd_touchup = verified_pulses(self.profile, self.reverify)
         self.touchups = self._touchups()
         self._rankings: dict[str, Ranking] = {}
 
@@ -225,7 +279,13 @@ class SwimPlanner:
         touch_ver = sum(float(t[mask[k].to(torch.bool).cpu()].sum()) for k, t in self.touchups.items() if k in mask)
         touch_all = sum(float(t.sum()) for t in self.touchups.values())
         return DeviceCycles.of(
-            dpw * n_ver, dpw * (self.n_weights - n_ver), touch_ver, touch_all, self.ppd_verified, self.ppd_open
+            dpw * n_ver,
+            dpw * (self.n_weights - n_ver),
+            touch_ver,
+            touch_all,
+            self.ppd_verified,
+            self.ppd_open,
+            self.ppd_touchup,
         )
 
     def cycles(self, mask: dict[str, Tensor]) -> tuple[float, float]:

@@ -118,7 +118,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
         # the procedures call the board's methods: record on the way
         board.set_pulse = record_set  # type: ignore[method-assign]
         board.write_verify = record_wv  # type: ignore[method-assign]
-        params = dict(LEVELS, gate_points=8, cal_cells=8)
+        params = dict(LEVELS, gate_points=8, cal_cells=8, reverify=0)  # write-verify once: the F-test's model
         _run(board, "levels", path, cells="0:8,0:16", **params)
         rr, cc = np.meshgrid(np.arange(8), np.arange(16), indexing="ij")
         t_prog = a._t_prog[a._index(rr.ravel(), cc.ravel())].copy()
