@@ -31,7 +31,7 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | sgd | adamw
     momentum: float = 0.9
     weight_decay: float = 0.0
-    scheduler: str = "cosine"  # cosine | none
+    scheduler: str = "cosine"  # cosine | none | step:EPOCHS:GAMMA (the LR times GAMMA every EPOCHS epochs)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA only (ignored on CPU)

@@ -120,12 +120,30 @@ def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
 
 
-def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int):
+def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int = 1):
+    """Per-step LR schedule: cosine over the run, none, or "step:E:G" (x G every E epochs, DAT's x0.8 per 10)."""
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
     if cfg.scheduler == "none":
         return None
-    raise ValueError(f"unknown scheduler {cfg.scheduler!r} (cosine, none)")
+    if cfg.scheduler.startswith("step:"):
+        every, gamma = parse_step_schedule(cfg.scheduler)
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, every * steps_per_epoch), gamma=gamma)
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r} (cosine, none, step:EPOCHS:GAMMA)")
+
+
+def parse_step_schedule(text: str) -> tuple[int, float]:
+    """(epochs, gamma) of "step:EPOCHS:GAMMA" (the LR times GAMMA every EPOCHS epochs); one-line ValueError."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 3 or parts[0] != "step":
+            raise ValueError
+        every, gamma = int(parts[1]), float(parts[2])
+    except ValueError:
+        raise ValueError(f"scheduler {text!r}: write step:EPOCHS:GAMMA, e.g. step:10:0.8") from None
+    if every < 1 or not 0 < gamma <= 1:
+        raise ValueError(f"scheduler {text!r}: EPOCHS must be >= 1 and GAMMA in (0, 1]")
+    return every, gamma
 
 
 def _amp(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, Any]:
@@ -275,7 +293,7 @@ def train(
     method.prepare(ctx)
     tiles = _training_tiles(config, model, ctx)
     steps_per_epoch = _n_batches(len(ds.x_train), config.batch_size, world)
-    scheduler = _make_scheduler(config, optimizer, steps_per_epoch * config.epochs)
+    scheduler = _make_scheduler(config, optimizer, steps_per_epoch * config.epochs, steps_per_epoch)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if ckpt_in is not None:

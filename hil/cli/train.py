@@ -180,7 +180,12 @@ def _check_model(name: str, kwargs: dict[str, Any]) -> None:
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--scheduler", type=click.Choice(["cosine", "none"]), default="cosine", show_default=True)
+@click.option(
+    "--scheduler",
+    default="cosine",
+    show_default=True,
+    help="LR schedule: cosine, none, or step:EPOCHS:GAMMA (the LR times GAMMA every EPOCHS epochs, e.g. step:10:0.8).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA.")
@@ -268,6 +273,13 @@ def train(
     noise_kw_profile = noise_kw.get("profile")
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    if scheduler not in ("cosine", "none"):
+        from models.training import parse_step_schedule
+
+        try:
+            parse_step_schedule(scheduler)
+        except ValueError as exc:
+            raise UserError(f"--{exc}") from None
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction:g}: e.g. 0.1, or 0 for no validation")
     if analog is not None:

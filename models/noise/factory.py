@@ -87,10 +87,10 @@ def pin_conventions(spec: Any, legacy: bool = False) -> Any:
     """
     if not isinstance(spec, dict):
         return spec
+    if isinstance(spec.get("base"), dict):  # a wrapping family (censored, write_verify, layers): pin its base
+        return {**spec, "base": pin_conventions(spec["base"], legacy)}
     if spec.get("family") not in _SIGMA_FAMILIES:
         return dict(spec)  # a copy all the same: two entries of a model file never share one dict
-    if isinstance(spec.get("base"), dict):
-        return {**spec, "base": pin_conventions(spec["base"], legacy)}
     out = dict(spec)
     out.setdefault("convention", "level" if legacy else "range")
     if "model" in out:
@@ -138,6 +138,24 @@ def _censored(spec: dict[str, Any]) -> WeightNoise:
     return CensoredNoise(base, float(spec.get("lam", 1.0)), bool(spec.get("recentre", False)))
 
 
+@NOISE_FAMILIES.register("layers")
+def _layers(spec: dict[str, Any]) -> WeightNoise:
+    from models.noise.subset import LayerSubsetNoise
+
+    _take(spec, {"layers", "base"})
+    if not isinstance(spec.get("base"), dict):
+        raise ValueError("noise family 'layers' needs 'base', the spec of the noise its layers get")
+    layers = spec.get("layers", ["last"])
+    if isinstance(layers, str):
+        layers = [part.strip() for part in layers.split(",") if part.strip()]
+    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+        raise ValueError(f"noise family 'layers': 'layers' is a list of weight names or 'last', got {layers!r}")
+    base = noise_from_spec(spec["base"])
+    if base is None:
+        raise ValueError("noise family 'layers': its base is clean (family 'none'): give a noise family")
+    return LayerSubsetNoise(base, tuple(layers))
+
+
 @NOISE_FAMILIES.register("write_verify")
 def _write_verify(spec: dict[str, Any]) -> WeightNoise:
     _take(spec, {"threshold", "base", *_DEVICE_KEYS, *_STATE_KEYS})
@@ -171,7 +189,9 @@ def noise_from_spec(spec: dict[str, Any] | None) -> WeightNoise | None:
     {"family": "lognormal", "sigma": 0.3}; {"family": "additive", "eta": 0.05[, "per_channel": false]};
     {"family": "censored", "lam": 1.0, "recentre": false, "sigma": 0.1 | "base": {...}};
     {"family": "write_verify", "threshold": 0.05, "sigma": 0.1 | "base": {...}} (threshold in level steps);
-    {"family": "profile", "path": "profile.h5", "t_s": 86400, ...}. Each family's builder is in `NOISE_FAMILIES`.
+    {"family": "profile", "path": "profile.h5", "t_s": 86400, ...};
+    {"family": "layers", "layers": ["last"] | ["net.3.weight", ...], "base": {...}} (the base noise on those
+    weights only, DAT's last-layer setting). Each family's builder is in `NOISE_FAMILIES`.
     """
     if spec is None:
         return None
