@@ -32,9 +32,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtri
 
 from sim_backend.device_params import DeviceParams
-from sim_backend.random_streams import CellStreams, Tag, site_normals
+from sim_backend.random_streams import CellStreams, Tag, site_normals, tag_offsets, uniforms_at
 
 # Node positions (in L = log10(1 + dt/t0)) of the piecewise Brownian relaxation path: each cell
 # stores one standard normal per segment, so the path is fixed at programming time and reading it
@@ -44,6 +45,13 @@ _RELAX_WIDTHS = np.append(np.diff(_RELAX_NODES), np.inf)
 _RELAX_SQRT_WIDTHS = np.sqrt(np.diff(_RELAX_NODES))  # of the full segments (the last one is open-ended)
 CLOCK_LIMIT_NS = 2**63 - 1  # the clock is a signed 64-bit count of nanoseconds: it is refused beyond, never wraps
 _RELAX_DRAWS = np.arange(_RELAX_NODES.size, dtype=np.uint64)[None, :]
+_READ_OFFSETS = tag_offsets(np.array([Tag.RTN, Tag.READ_NOISE]))  # the two draws of a read, hashed in one pass
+# The draws of one write-verify round (pulse key: kinetics, target, first node of a new relaxation path; read key:
+# read noise, trap), in the column order `VerifyBatch.pulse_and_read` uses; which key each column takes.
+_ROUND_OFFSETS = tag_offsets(np.array([Tag.KINETICS, Tag.TARGET_C2C, Tag.RELAX_PATH, Tag.READ_NOISE, Tag.RTN]))
+_ROUND_KEY_COLUMN = np.array([0, 0, 0, 1, 1])
+_EVENT_PAIR = np.array([0, 1], dtype=np.uint64)  # a round's pulse and verify read: two successive events
+_ROUNDS_PER_DRAW = 8  # write-verify rounds whose random numbers are hashed together (`VerifyBatch._refill`)
 _MAX_CHUNK_ELEMENTS = 1 << 19
 # Probabilists' Gauss-Hermite rule, 16 nodes, weights normalised to sum 1 (numpy hermegauss(16)),
 # written out so that no LAPACK call (whose last bits may vary with the machine) enters the physics.
@@ -216,6 +224,21 @@ class RRAMArray:
         self._rtn_state = self.rtn_present & (g.random(n) < pi_full)
         self._rtn_t = np.zeros(n)
         self._events = np.zeros(n, dtype=np.uint64)  # operations each cell has seen: keys its random draws
+        # The relaxation tables as `DeviceParams.relax_t0` / `relax_sigma` use them (same arrays, built once).
+        self._relax_ln_g = np.log(np.asarray(p.relax_g_nodes_us, dtype=float))
+        self._relax_ln_t0 = np.log(np.asarray(p.relax_t0_nodes_s, dtype=float))
+        self._relax_sig_us = np.asarray(p.relax_sigma_nodes_us, dtype=float)
+        self._relax_mu_zero = not any(p.relax_mu_coeffs_us)
+        # t0 and sigma_r of the last programmed value each cell was read at (they are functions of it alone:
+        # a cell whose value is the one stored reuses them; any other value is a miss). Not part of the state.
+        self._rp_g0 = np.full(n, np.nan)
+        self._rp_t0 = np.zeros(n)
+        self._rp_sig = np.zeros(n)
+        self._iv_at: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # I-V shape at a read voltage, and at v_read_ref
+        # B(node_k) of each cell's relaxation path at the segment k it was last read in (k = -1: none). Every
+        # writer of `_relax_z` calls `_paths_changed` for the cells it gives a new path. Not part of the state.
+        self._below_k = np.full(n, -1, dtype=np.int8)
+        self._below = np.zeros(n)
 
     # ------------------------------------------------------------------ persistent state
     # Everything that changes after construction; the device-to-device draws are rebuilt from the seed.
@@ -250,7 +273,8 @@ class RRAMArray:
             value = np.asarray(state[name])
             if value.shape != ours.shape:
                 raise ValueError(f"chip state {name} has shape {value.shape}, this chip needs {ours.shape}")
-            setattr(self, name, value.astype(ours.dtype, copy=True))
+            setattr(self, name, np.ascontiguousarray(value, dtype=ours.dtype).copy())
+        self._paths_changed(slice(None))
         clock = np.asarray(state["clock_ns"])
         if clock.shape != () or not np.issubdtype(clock.dtype, np.integer) or int(clock) < 0:
             raise ValueError(f"chip state clock_ns {clock!r} is not a valid clock reading")
@@ -342,6 +366,14 @@ class RRAMArray:
             self._clock_ns = int(t[-1])
         return t.astype(np.float64) * 1e-9
 
+    def _serial_times(self, n: int, each_ns: int) -> np.ndarray:
+        """`_op_times` of n operations of each_ns ns each (clock + k * each_ns, exactly its running sum)."""
+        if n and self._clock_ns + each_ns * n > CLOCK_LIMIT_NS:
+            self._check_clock(each_ns * n)
+        t = self._clock_ns + each_ns * np.arange(1, n + 1, dtype=np.int64)
+        self._clock_ns += each_ns * n
+        return t.astype(np.float64) * 1e-9
+
     def _explicit_times(self, at_ns, n: int, op: str) -> np.ndarray:
         """Validated explicit completion times (s) for n cells: integers (ns), one per cell, not in the past."""
         t = np.atleast_1d(np.asarray(at_ns))
@@ -357,7 +389,7 @@ class RRAMArray:
         unique: the caller already checked that no cell repeats (pulse ops), so the check is skipped.
         """
         ev = self._events[idx]
-        if idx.size > 1 and not unique:
+        if idx.size > 1 and not unique and np.count_nonzero(idx[1:] <= idx[:-1]):  # increasing: all distinct
             order = np.argsort(idx, kind="stable")
             s = idx[order]
             first = np.ones(idx.size, dtype=bool)
@@ -378,24 +410,116 @@ class RRAMArray:
 
     # ------------------------------------------------------------------ conductance
     def _g_at(self, idx: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Noiseless conductance of cells idx at times t (programmed value plus relaxation path)."""
-        p = self.params
+        """Noiseless conductance of cells idx at times t (programmed value plus relaxation path).
+
+        A call with no relaxing cell returns the programmed values as they are; otherwise every value is
+        floored at g_floor (as the first implementation did, `reference_ops.ReferenceArray._g_at`).
+        """
         g0 = self._g0[idx]
         on = self._relax_on[idx]
-        if not on.any():
-            return g0.copy()
-        L = p.relax_log_time(t - self._t_prog[idx], g0)  # each cell's clock runs with its own t0(g0)
-        # B(L) = B(node_k) + z_k sqrt(L - node_k) in the segment k holding L; B at the nodes is the running
-        # sum of z_j sqrt(width_j), accumulated per cell in node order (cumsum: sequential, so no result
-        # depends on how many cells share the call, unlike a pairwise or BLAS reduction).
-        z = self._relax_z[idx].astype(float)
-        k = np.searchsorted(_RELAX_NODES, L, side="right") - 1
-        b_nodes = np.cumsum(z[:, :-1] * _RELAX_SQRT_WIDTHS[None, :], axis=1)  # B(node_1), ..., B(node_last)
-        rows = np.arange(idx.size)
-        b_below = np.where(k > 0, b_nodes[rows, np.maximum(k - 1, 0)], 0.0)
-        brown = b_below + z[rows, k] * np.sqrt(L - _RELAX_NODES[k])
-        g = g0 + on * (p.relax_mu(g0) * L + p.relax_sigma(g0) * brown)
-        return np.maximum(g, p.g_floor)
+        n_on = np.count_nonzero(on)
+        if not n_on:
+            return g0
+        if n_on == on.size:
+            return self._relaxed(idx, t, g0, self._cached_relax_params(idx, g0))
+        g = np.maximum(g0, self.params.g_floor)
+        sel = on.nonzero()[0]
+        g[sel] = self._relaxed(idx[sel], t[sel], g0[sel], self._cached_relax_params(idx[sel], g0[sel]))
+        return g
+
+    def _cached_relax_params(self, idx: np.ndarray, g0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`_relax_params` of cells idx at their programmed values g0, from the cache where it holds g0."""
+        hit = self._rp_g0[idx] == g0
+        n_hit = np.count_nonzero(hit)
+        if n_hit == idx.size:
+            return self._rp_t0[idx], self._rp_sig[idx]
+        if n_hit:
+            t0, sig = self._rp_t0[idx], self._rp_sig[idx]
+            miss = (~hit).nonzero()[0]
+            t0[miss], sig[miss] = self._relax_params(g0[miss])
+        else:
+            t0, sig = self._relax_params(g0)
+        self._remember_relax_params(idx, g0, t0, sig)
+        return t0, sig
+
+    def _remember_relax_params(self, idx: np.ndarray, g0: np.ndarray, t0: np.ndarray, sig: np.ndarray) -> None:
+        self._rp_g0[idx] = g0
+        self._rp_t0[idx] = t0
+        self._rp_sig[idx] = sig
+
+    def _relax_params(self, g0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(t0, sigma_r) of cells programmed to g0: `DeviceParams.relax_t0` and `relax_sigma`, one log shared."""
+        p = self.params
+        x = np.log(np.maximum(g0, p.g_floor) * 1e6)
+        t0 = np.exp(np.interp(x, self._relax_ln_g, self._relax_ln_t0))
+        sig = np.maximum(1e-6 * np.interp(x, self._relax_ln_g, self._relax_sig_us), 0.0) * np.minimum(1.0, g0 / p.g_min)
+        return t0, sig
+
+    def _paths_changed(self, idx: np.ndarray | slice) -> None:
+        """Cells idx got new relaxation paths: forget what `_path_below` remembers of their old ones."""
+        self._below_k[idx] = -1
+
+    def _path_below(self, idx: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """B(node_k) of cells idx, k >= 1, remembered from the cell's last read in the same segment."""
+        hit = self._below_k[idx] == k
+        n_hit = np.count_nonzero(hit)
+        if n_hit == k.size:
+            return self._below[idx]
+        if n_hit:
+            below = self._below[idx]
+            miss = (~hit).nonzero()[0]
+            below[miss] = self._path_sums(idx[miss], k[miss])
+        else:
+            below = self._path_sums(idx, k)
+        self._below_k[idx] = k
+        self._below[idx] = below
+        return below
+
+    def _path_sums(self, idx: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """B(node_k) of cells idx, k >= 1: z_0 sqrt(w_0) + z_1 sqrt(w_1) + ... in node order, as a running sum."""
+        width = int(k.max())
+        if k.size * width < 2048:
+            z = self._relax_z[idx, :width].astype(np.float64)
+            return np.cumsum(z * _RELAX_SQRT_WIDTHS[:width], axis=1)[np.arange(k.size), k - 1]
+        part = self._relax_z[idx, :width].T.astype(np.float64)  # nodes by cells: each running-sum step is one add
+        part *= _RELAX_SQRT_WIDTHS[:width, None]
+        for j in range(1, width):
+            part[j] += part[j - 1]
+        return part.ravel()[(k - 1) * k.size + np.arange(k.size)]
+
+    def _relax_clock(self, idx: np.ndarray, t: np.ndarray, t0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(L, k) of relaxing cells at times t: L = log10(1 + dt / t0), k the path segment holding L."""
+        L = np.log10(1.0 + np.maximum(t - self._t_prog[idx], 0.0) / t0)
+        return L, _RELAX_NODES.searchsorted(L, side="right") - 1
+
+    def _relaxed(
+        self,
+        idx: np.ndarray,
+        t: np.ndarray,
+        g0: np.ndarray,
+        params: tuple[np.ndarray, np.ndarray] | None = None,
+        clock: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Conductance at times t of relaxing cells idx programmed to g0, floored (params, clock: precomputed).
+
+        G = g0 + mu(g0) L + sigma_r(g0) B(L) with B(L) = B(node_k) + z_k sqrt(L - node_k), the terms added in
+        that order; B at the nodes is the running sum of z_j sqrt(width_j) in node order (sequential, per cell).
+        """
+        t0, sig = self._relax_params(g0) if params is None else params
+        L, k = self._relax_clock(idx, t, t0) if clock is None else clock
+        step = self._relax_z.ravel()[idx * _RELAX_NODES.size + k].astype(np.float64) * np.sqrt(L - _RELAX_NODES[k])
+        deep = k.nonzero()[0]  # k >= 0: the cells past the first node
+        if deep.size == k.size:
+            brown = self._path_below(idx, k) + step
+        elif deep.size:
+            below = np.zeros(L.size)
+            below[deep] = self._path_below(idx[deep], k[deep])
+            brown = below + step
+        else:
+            brown = 0.0 + step  # B(node_0) = 0 added, as for the others
+        term = sig * brown
+        term = 0.0 + term if self._relax_mu_zero else self.params.relax_mu(g0) * L + term
+        return np.maximum(g0 + term, self.params.g_floor)
 
     def conductance(self, r, c, at_ns=None) -> np.ndarray:
         """Noiseless conductance (S) now (or at integer-ns times at_ns), including relaxation; for tests and
@@ -423,6 +547,7 @@ class RRAMArray:
         if ri.size:
             z = self.streams.normal(keys[restart][:, None], Tag.RELAX_PATH, _RELAX_DRAWS)
             self._relax_z[ri] = z.astype(np.float32)
+            self._paths_changed(ri)
         relaxing = self._relax_on[idx]
         shift = ~restart & relaxing
         self._g0[idx[shift]] += g_after[shift] - g_before[shift]
@@ -430,17 +555,15 @@ class RRAMArray:
         self._g0[idx[direct]] = g_after[direct]
 
     # ------------------------------------------------------------------ I-V
+    def _iv_shape(self, x: np.ndarray) -> np.ndarray:
+        """S(V) = sinh(V / v_nl) / (V / v_nl), 1 near 0: the I-V nonlinearity relative to a linear resistor."""
+        y = np.asarray(x, dtype=float) / self.params.v_nl
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(np.abs(y) < 1e-8, 1.0, np.sinh(y) / np.where(y == 0, 1.0, y))
+
     def _iv(self, g: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Cell current (A) at voltage v for conductance g defined at v_read_ref (sinh nonlinearity)."""
-        p = self.params
-
-        def shape(x: np.ndarray) -> np.ndarray:
-            y = np.asarray(x, dtype=float) / p.v_nl
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out = np.where(np.abs(y) < 1e-8, 1.0, np.sinh(y) / np.where(y == 0, 1.0, y))
-            return out
-
-        return g * v * shape(v) / shape(np.asarray(p.v_read_ref))
+        return g * v * self._iv_shape(v) / self._iv_shape(np.asarray(self.params.v_read_ref))
 
     # ------------------------------------------------------------------ switching core
     def _kinetics(self, v_abs, width_ns, v_th, keys: np.ndarray) -> np.ndarray:
@@ -617,8 +740,8 @@ class RRAMArray:
         return out
 
     # ------------------------------------------------------------------ read
-    def _rtn_update(self, idx: np.ndarray, t: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """Advance each cell's two-state trap to times t (exact Markov transition); returns occupancy."""
+    def _rtn_update(self, idx: np.ndarray, t: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Advance each cell's two-state trap to times t (exact Markov transition, uniforms u); returns occupancy."""
         state = np.zeros(idx.size, dtype=bool)
         pres = self.rtn_present[idx]
         if pres.any():
@@ -628,7 +751,7 @@ class RRAMArray:
             pi_full = rate_in / (rate_in + rate_out)
             decay = np.exp(-(rate_in + rate_out) * np.maximum(t[pres] - self._rtn_t[pi_], 0.0))
             p_full = pi_full + (self._rtn_state[pi_] - pi_full) * decay
-            state[pres] = self.streams.uniform(keys[pres], Tag.RTN) < p_full
+            state[pres] = u[pres] < p_full
         self._rtn_state[idx] = state
         self._rtn_t[idx] = t
         return state
@@ -636,17 +759,48 @@ class RRAMArray:
     def read_current(self, r, c, v_read: float | np.ndarray, at_ns=None) -> np.ndarray:
         """Read current (A) at v_read now: I(G) with RTN and white read noise (1% of g_max * v_read); at_ns as in `set_pulse`."""
         idx = self._index(r, c)
-        v = _broadcast("v_read", v_read, idx.size)
+        if np.ndim(v_read) == 0:  # one voltage for all: the I-V shape is evaluated once
+            v = np.array([float(v_read)])
+            if not math.isfinite(v[0]):
+                raise ValueError(f"v_read must be finite, got {v_read!r}")
+        else:
+            v = _broadcast("v_read", v_read, idx.size)
         if at_ns is None:
-            t = self._op_times(np.full(idx.size, self.read_ns, dtype=np.int64))
+            t = self._serial_times(idx.size, self.read_ns)
         else:
             t = self._explicit_times(at_ns, idx.size, "read_current")
-        keys = self._event_keys(idx)
+        u = uniforms_at(self._event_keys(idx)[:, None], _READ_OFFSETS)
         g = self._g_at(idx, t)
-        occupied = self._rtn_update(idx, t, keys)
+        return self._noisy_read(idx, t, g, v, u[:, 0], ndtri(u[:, 1]))
+
+    def _noisy_read(
+        self, idx: np.ndarray, t: np.ndarray, g: np.ndarray, v: np.ndarray, u_rtn: np.ndarray, z_noise: np.ndarray
+    ) -> np.ndarray:
+        """Read currents of cells idx of conductance g at times t: trap (uniforms u_rtn), I-V, white noise z_noise.
+
+        v: one voltage per cell, or one for all (shape (1,)).
+        """
+        occupied = self._rtn_update(idx, t, u_rtn)
         g_eff = g * (1.0 - self.rtn_amp[idx] * occupied)
-        noise = self.params.read_noise_frac * self.params.g_max * np.abs(v) * self.streams.normal(keys, Tag.READ_NOISE)
+        noise = self.params.read_noise_frac * self.params.g_max * np.abs(v) * z_noise
+        if v.size == 1:
+            s_v, s_ref = self._iv_shapes(float(v[0]))
+            return g_eff * v * s_v / s_ref + noise
         return self._iv(g_eff, v) + noise
+
+    def _iv_shapes(self, v: float) -> tuple[np.ndarray, np.ndarray]:
+        """(S(v), S(v_read_ref)) of `_iv` for one voltage, computed once per voltage."""
+        shapes = self._iv_at.get(v)
+        if shapes is None:
+            shapes = self._iv_at[v] = (
+                self._iv_shape(np.array([v])),
+                self._iv_shape(np.asarray(self.params.v_read_ref)),
+            )
+        return shapes
+
+    def verify_batch(self, r, c, first_read_ns: np.ndarray, ramps: VerifyRamps) -> VerifyBatch:
+        """The formed, distinct cells of one write-verify request, for its fused pulse + verify-read rounds."""
+        return VerifyBatch(self, self._unique_index(r, c, "verify_batch"), first_read_ns, ramps)
 
     # ------------------------------------------------------------------ endurance
     def cycle(
@@ -863,3 +1017,364 @@ class RRAMArray:
         from sim_backend.ground_truth import write_ground_truth
 
         write_ground_truth(path, self, read_chain=read_chain)
+
+
+@dataclass(frozen=True)
+class VerifyRamps:
+    """The pulses of one write-verify request, all `width_ns` wide: the k-th SET of a run of consecutive SETs at
+    set_v[k] (V) with gate set_gate[k] (V), the k-th RESET of a run at reset_v[k] (V, <= 0); k = 0 .. levels-1."""
+
+    width_ns: float
+    set_v: np.ndarray
+    set_gate: np.ndarray
+    reset_v: np.ndarray
+
+
+class VerifyBatch:
+    """The cells of one write-verify request, programmed in lockstep rounds of one pulse and one verify read each.
+
+    Gives the numbers of the separate calls it replaces, bit for bit: its first read is `read_current` of
+    every cell at `first_read_ns`; round j is `set_pulse` on the cells it moves up, `reset_pulse` on those it
+    moves down, each at first_read + j * (pulse + read) + pulse, then `read_current` of all of them one read
+    later (`reference_ops.write_verify_reference` makes exactly these calls). It is faster by doing less per
+    round: one pass over the cells instead of three; the state of the cells still being programmed kept in
+    arrays of their own, in order (cells that are done leave with `retire`, and their state goes back to the
+    array then, or at `close`); the random numbers, times and trap decays of eight rounds computed at once
+    (a cell's event counter moves by exactly two per round and its times are fixed, so they are known
+    ahead); per-cell constants and the ramps' voltage terms computed once; the relaxation t0 and sigma_r of
+    each cell kept from the read that computed them (they depend on the programmed value only); a new
+    relaxation path drawn lazily, its first node at once, the rest (from the same key, so the same path) when
+    a read reaches past that node or the cell leaves. Call `close` when done, also after an error. Every
+    cell is formed.
+    """
+
+    # Columns of a round's precomputed numbers (`_refill`): -xi * width of the kinetics, the target's normal,
+    # the new path's first node (as stored: in float32), the read noise's normal, the trap's uniform, pulse and
+    # read times (s), the trap's decay since the last read.
+    _A, _ZT, _Z0, _ZN, _UR, _TP, _TR, _DECAY = range(8)
+    # The per-cell arrays of the cells still being programmed, in their order (compressed together by `retire`).
+    _ACTIVE = (
+        "_slot _idx _vth_set _vth_reset _off_lrs _off_hrs _ctf _rtn_pres _rtn_pi _rtn_neg_rate _amp _first _ev_base "
+        "_g0 _on _cyc _rtn _stuck _t0 _sig _lazy _path_round _t_prog _z0"
+    ).split()
+
+    def __init__(self, array: RRAMArray, idx: np.ndarray, first_read_ns: np.ndarray, ramps: VerifyRamps) -> None:
+        a, p = array, array.params
+        self.array = a
+        n = idx.size
+        if not a.formed[idx].all():
+            raise ValueError("verify_batch: every cell of a write-verify batch must be formed")
+        first = np.asarray(first_read_ns)
+        if first.shape != (n,) or not np.issubdtype(first.dtype, np.integer) or (n and int(first.min()) < a.clock_ns):
+            raise ValueError(f"verify_batch: first_read_ns must be {n} integer times (ns), none before the clock")
+        self.rounds = np.zeros(n, dtype=np.int64)  # pulses each cell has had, by batch position (final at close)
+        self._slot = np.arange(n)  # batch position of each cell still being programmed
+        self._idx = idx.astype(np.int64)
+        self._first = first.astype(np.int64)
+        self._pulse_ns = int(a.pulse_ns(ramps.width_ns))
+        self._step_ns = self._pulse_ns + a.read_ns
+        self._width = float(ramps.width_ns)
+        self._vth_set, self._vth_reset = a.v_set_th[idx], a.v_reset_th[idx]
+        self._off_lrs = a.lrs_d2d[idx] + a.spatial_ln_gain[idx]  # `_ln_lrs_target`, `_ln_hrs_target`
+        self._off_hrs = a.hrs_d2d[idx] + a.spatial_ln_gain[idx]
+        set_v, reset_v = np.asarray(ramps.set_v, dtype=float), np.asarray(ramps.reset_v, dtype=float)
+        # By ramp step, flattened: index 2 k + 1 for the k-th SET of a run, 2 k for the k-th RESET.
+        vabs = np.stack([np.abs(reset_v), np.abs(set_v)], axis=1)
+        ln_base = np.stack(  # ln of the median target: `_ln_hrs_target`, `_ln_lrs_target`
+            [np.log(p.g_hrs(vabs[:, 0])), np.log(p.g_lrs(np.asarray(ramps.set_gate, dtype=float)))], axis=1
+        )
+        self._vabs, self._ln_base = vabs.ravel(), ln_base.ravel()
+        self._live = self._vabs != 0  # a 0 V step switches nothing
+        self._all_live = bool(self._live.all())
+        self._wear_coef = np.array([p.wear_a_hrs, -p.wear_a_lrs])  # `DeviceParams.wear_shift` (HRS, LRS)
+        self._c2c = np.array([p.hrs_sigma_c2c, p.lrs_sigma_c2c])
+        self._restart_dg = p.relax_restart_frac * p.g_max
+        self._ctf = a.cycles_to_failure[idx]
+        # A pulse adds at most half a cycle of wear: only cells this close to their end can wear out here.
+        self._any_may_die = bool((self._ctf <= a.cycles_used[idx] + 0.5 * len(set_v) + 1.0).any())
+        self._stuck = a.stuck_lrs[idx] | a.stuck_hrs[idx]  # changes here only when a cell wears out
+        self._any_stuck = bool(self._stuck.any())
+        rate_in, rate_out = 1.0 / a.rtn_tau_empty[idx], 1.0 / a.rtn_tau_full[idx]  # `_rtn_update`
+        self._rtn_pres = a.rtn_present[idx]
+        self._rtn_pi = rate_in / (rate_in + rate_out)
+        self._rtn_neg_rate = -(rate_in + rate_out)
+        self._amp = a.rtn_amp[idx]
+        # Mirrors of the array's state, written back when a cell leaves (t_prog and the path go to the array at once).
+        self._g0 = a._g0[idx]
+        self._on = a._relax_on[idx]
+        self._cyc = a.cycles_used[idx]
+        self._rtn = a._rtn_state[idx]
+        self._t0, self._sig = np.zeros(n), np.zeros(n)  # relaxation t0 and sigma_r of each cell's programmed value
+        self._lazy = np.zeros(n, dtype=bool)  # the cell's relaxation path has only its first node drawn
+        self._path_round = np.zeros(n, dtype=np.uint64)  # the round whose pulse key that path comes from
+        self._t_prog = a._t_prog[idx]  # (written to the array too whenever it changes)
+        self._z0 = a._relax_z[idx, 0].astype(np.float64)  # each path's first node, as stored
+        self._ev_base = a._events[idx]  # set by `begin`: round j's pulse takes event ev_base + 2j, its read + 1
+        self._buf = np.zeros((_ROUNDS_PER_DRAW, n, 8))
+        self._j = 0  # the next round
+        self._j0 = -_ROUNDS_PER_DRAW  # first round in `_buf`
+        self._brow: np.ndarray | None = None
+        self._began = self._closed = False
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (cells, events): lazy paths of cells that left
+
+    @property
+    def active(self) -> int:
+        """Cells still being programmed."""
+        return int(self._slot.size)
+
+    # --- reads ------------------------------------------------------------------------------------
+    def begin(self, v_read: float) -> np.ndarray:
+        """The first read of every cell, at its first_read_ns, at v_read (V): the currents (A), in batch order."""
+        if self._began:
+            raise ValueError("verify_batch: begin() is called once")
+        a = self.array
+        idx = self._idx
+        self._v1 = np.array([float(v_read)])
+        self._s_v, self._s_ref = a._iv_shapes(float(v_read))
+        self._noise = a.params.read_noise_frac * a.params.g_max * np.abs(self._v1)
+        t = self._first.astype(np.float64) * 1e-9
+        u = uniforms_at(a._event_keys(idx, unique=True)[:, None], _READ_OFFSETS)
+        self._ev_base = a._events[idx]
+        self._began = True
+        self._t0, self._sig = a._cached_relax_params(idx, self._g0)
+        g = self._relaxed_now(t, self._g0, self._on, None)
+        pres = self._rtn_pres
+        decay = np.exp(self._rtn_neg_rate[pres] * np.maximum(t[pres] - a._rtn_t[idx[pres]], 0.0))
+        pi_full = self._rtn_pi[pres]
+        occupied = np.zeros(idx.size, dtype=bool)
+        occupied[pres] = u[pres, 0] < pi_full + (self._rtn[pres] - pi_full) * decay
+        self._rtn = occupied
+        return self._current(g, occupied, ndtri(u[:, 1]))
+
+    def _current(self, g: np.ndarray, occupied: np.ndarray, z_noise: np.ndarray) -> np.ndarray:
+        """`RRAMArray._noisy_read` after the trap: its share off, the I-V at the read voltage, white noise."""
+        g_eff = g * (1.0 - self._amp * occupied)
+        return g_eff * self._v1 * self._s_v / self._s_ref + self._noise * z_noise
+
+    def _relaxed_now(self, t: np.ndarray, g0: np.ndarray, on: np.ndarray, up: np.ndarray | None) -> np.ndarray:
+        """`RRAMArray._g_at` of the active cells at times t as one call (up None), or as two (where `up`, and not).
+
+        When every cell relaxes and is still in the first segment of its path (k = 0: L below node_1), the
+        relaxation is computed from the batch's own copies of t_prog and of the path's first node: the same
+        terms in the same order, G = g0 + (mu L + sigma_r (0 + z_0 sqrt(L - 0))), floored; else `_conductance`.
+        """
+        if np.count_nonzero(on) == on.size:
+            L = np.log10(1.0 + np.maximum(t - self._t_prog, 0.0) / self._t0)
+            if not np.count_nonzero(L >= _RELAX_NODES[1]):
+                a = self.array
+                term = self._sig * (0.0 + self._z0 * np.sqrt(L))
+                term = 0.0 + term if a._relax_mu_zero else a.params.relax_mu(g0) * L + term
+                return np.maximum(g0 + term, a.params.g_floor)
+        return self._conductance(t, g0, on, up)
+
+    def _conductance(self, t: np.ndarray, g0: np.ndarray, on: np.ndarray, up: np.ndarray | None) -> np.ndarray:
+        """`RRAMArray._g_at` of the active cells at times t as one call (up None), or as two (where `up`, and not)."""
+        n_on = np.count_nonzero(on)
+        if not n_on:
+            return g0.copy()
+        if n_on == on.size:
+            return self._relax(None, t, g0, self._t0, self._sig)
+        sel = on.nonzero()[0]
+        g = g0.copy()
+        g[sel] = self._relax(sel, t[sel], g0[sel], self._t0[sel], self._sig[sel])
+        off = ~on
+        floor = self.array.params.g_floor
+        for grp in (off,) if up is None else (up, ~up):  # a call with a relaxing cell floors its others
+            fix = grp & off
+            if np.count_nonzero(fix) and (up is None or np.count_nonzero(grp & on)):
+                g[fix] = np.maximum(g0[fix], floor)
+        return g
+
+    def _relax(
+        self, sel: np.ndarray | None, t: np.ndarray, g0: np.ndarray, t0: np.ndarray, sig: np.ndarray
+    ) -> np.ndarray:
+        """`RRAMArray._relaxed` of active cells sel (None: all), first drawing the rest of a lazy path a read reaches."""
+        a = self.array
+        idx = self._idx if sel is None else self._idx[sel]
+        L, k = a._relax_clock(idx, t, t0)
+        if np.count_nonzero(k):
+            late = (self._lazy if sel is None else self._lazy[sel]) & (k > 0)
+            if np.count_nonzero(late):
+                self._draw_paths(late.nonzero()[0] if sel is None else sel[late])
+        return a._relaxed(idx, t, g0, (t0, sig), (L, k))
+
+    def _draw_paths(self, ci: np.ndarray) -> None:
+        """Draw the whole relaxation path of active cells ci drawn lazily (their first node is already stored)."""
+        a = self.array
+        idx = self._idx[ci]
+        keys = a.streams.event_keys(idx, self._ev_base[ci] + np.uint64(2) * self._path_round[ci])
+        a._relax_z[idx] = a.streams.normal(keys[:, None], Tag.RELAX_PATH, _RELAX_DRAWS).astype(np.float32)
+        a._paths_changed(idx)
+        self._lazy[ci] = False
+
+    def _refill(self) -> None:
+        """Rounds j .. j+7 of the active cells ahead: their random numbers (as `_event_keys` and the draws give
+        them), the pulse and read times (as `_explicit_times` makes them) and the trap decays between reads."""
+        a, p, R, j = self.array, self.array.params, _ROUNDS_PER_DRAW, self._j
+        rounds = np.arange(j, j + R, dtype=np.uint64)
+        ev = self._ev_base[:, None] + np.uint64(2) * rounds[None, :]  # (cells, rounds): each pulse's event
+        keys = a.streams.event_keys(self._idx[:, None, None], ev[:, :, None] + _EVENT_PAIR)
+        u = uniforms_at(keys[:, :, _ROUND_KEY_COLUMN], _ROUND_OFFSETS)
+        z = ndtri(u[:, :, :4])  # normals: kinetics, target, first path node, read noise
+        out = np.empty((R, self._idx.size, 8))  # a new buffer: views of the last one stay valid
+        out[:, :, self._A] = (-np.exp(p.step_sigma * z[:, :, 0]) * self._width).T
+        out[:, :, self._ZT] = z[:, :, 1].T
+        out[:, :, self._Z0] = z[:, :, 2].T.astype(np.float32)
+        out[:, :, self._ZN] = z[:, :, 3].T
+        out[:, :, self._UR] = u[:, :, 4].T
+        start_ns = self._first[None, :] + (np.arange(j, j + R, dtype=np.int64) * self._step_ns)[:, None]
+        tp_ns = start_ns + self._pulse_ns
+        tp = tp_ns.astype(np.float64) * 1e-9
+        tr = (tp_ns + a.read_ns).astype(np.float64) * 1e-9
+        out[:, :, self._TP], out[:, :, self._TR] = tp, tr
+        before = start_ns.astype(np.float64) * 1e-9  # the previous read: round j-1's, or the first
+        out[:, :, self._DECAY] = np.exp(self._rtn_neg_rate[None, :] * np.maximum(tr - before, 0.0))
+        self._buf, self._j0 = out, j
+        self._brow = None  # every row in use, in order
+
+    # --- one round --------------------------------------------------------------------------------
+    def pulse_and_read(self, up: np.ndarray, level: np.ndarray) -> np.ndarray:
+        """The next round of the active cells: a SET where `up`, else a RESET, at ramp step `level`; then the
+        verify read. Returns the read currents (A), in the active cells' order."""
+        a, p = self.array, self.array.params
+        if not self._began or self._closed:
+            raise ValueError("verify_batch: begin() first, and no rounds after close()")
+        j = self._j
+        if j >= self._j0 + _ROUNDS_PER_DRAW:
+            self._refill()
+        d = self._buf[j - self._j0] if self._brow is None else self._buf[j - self._j0][self._brow]
+        g0 = self._g0
+
+        # --- the pulse: `RRAMArray._pulse` of formed cells ---
+        tp = d[:, self._TP]
+        g_before = self._relaxed_now(tp, g0, self._on, up)
+        lng = np.log(np.maximum(g_before, p.g_floor))
+        ui = up.astype(np.intp)
+        li = 2 * level + ui
+        vth = np.where(up, self._vth_set, self._vth_reset)
+        f = -np.expm1(d[:, self._A] / (p.tau0_ns * np.exp(-(self._vabs[li] - vth) / p.v_kin)))  # `tau_ns`
+        cyc = self._cyc
+        wear = np.log10(1.0 + np.maximum(cyc, 0.0) / p.wear_n0)
+        off = np.where(up, self._off_lrs, self._off_hrs)
+        ln_t = (self._ln_base[li] + off + self._wear_coef[ui] * wear) + self._c2c[ui] * d[:, self._ZT]
+        gap = ln_t - lng
+        delta = np.where(up, np.maximum(gap, 0.0), np.minimum(gap, 0.0))
+        new = lng + f * delta
+        f = f * (delta != 0.0)  # f >= 0: exactly `where(delta != 0, f, 0)`
+        stuck = self._stuck if self._any_stuck else None
+        sw = None  # None: every cell switches
+        if stuck is not None or not self._all_live:
+            sw = ~stuck if stuck is not None else np.ones(up.size, dtype=bool)
+            if not self._all_live:
+                sw &= self._live[li]
+            rest = (~sw).nonzero()[0]
+            new[rest] = lng[rest]
+            f[rest] = 0.0
+        g_after = np.exp(new)
+        if stuck is not None:
+            g_after[stuck] = g_before[stuck]
+        after = cyc + 0.5 * f
+        self._cyc = after
+        if self._any_may_die:
+            dying = (cyc < self._ctf) & (after >= self._ctf)
+            if sw is not None:
+                dying &= sw
+            if np.count_nonzero(dying):
+                di = self._idx[dying]
+                mode_lrs = a.fail_mode_lrs[di]
+                g_after[dying] = np.where(
+                    mode_lrs, np.maximum(g_before[dying], g_after[dying]), np.minimum(g_before[dying], g_after[dying])
+                )
+                a.stuck_lrs[di] = mode_lrs
+                a.stuck_hrs[di] = ~mode_lrs
+                a._relax_on[di] = False
+                self._on = self._on.copy()
+                self._on[dying] = False
+                self._stuck = self._stuck | dying
+                self._any_stuck = True
+                stuck = self._stuck
+
+        # --- `RRAMArray._reprogram`, the new path drawn lazily ---
+        restart = np.abs(g_after - g_before) > self._restart_dg
+        if stuck is not None:
+            restart &= ~stuck
+        z0 = d[:, self._Z0]
+        if np.count_nonzero(restart) == up.size:
+            a._t_prog[self._idx] = self._t_prog = tp
+            a._relax_z[:, 0][self._idx] = self._z0 = z0
+            a._paths_changed(self._idx)
+            self._lazy[:] = True
+            self._path_round[:] = j
+            g0 = self._g0 = g_after
+            on = self._on = restart
+        else:
+            rs = restart.nonzero()[0]
+            ri = self._idx[rs]
+            g0 = self._g0 = g0.copy()
+            g0[rs] = g_after[rs]
+            self._t_prog = self._t_prog.copy()
+            a._t_prog[ri] = self._t_prog[rs] = tp[rs]
+            on = self._on = self._on.copy()
+            on[rs] = True
+            self._z0 = self._z0.copy()
+            a._relax_z[:, 0][ri] = self._z0[rs] = z0[rs]
+            a._paths_changed(ri)
+            self._lazy[rs] = True
+            self._path_round[rs] = j
+            keep = (~restart).nonzero()[0]
+            on_k = on[keep]
+            sh = keep[on_k]
+            g0[sh] += g_after[sh] - g_before[sh]
+            dr = keep[~on_k]
+            g0[dr] = g_after[dr]
+
+        # --- the verify read: `read_current` ---
+        self._t0, self._sig = a._relax_params(g0)
+        g = self._relaxed_now(d[:, self._TR], g0, on, None)
+        pi_full = self._rtn_pi
+        occupied = (d[:, self._UR] < pi_full + (self._rtn - pi_full) * d[:, self._DECAY]) & self._rtn_pres
+        self._rtn = occupied
+        self._j = j + 1
+        return self._current(g, occupied, d[:, self._ZN])
+
+    # --- cells leaving ----------------------------------------------------------------------------
+    def retire(self, keep: np.ndarray) -> None:
+        """The active cells where `keep` is False are done: their state goes back to the array."""
+        self._write_back((~keep).nonzero()[0])
+        for name in self._ACTIVE:
+            setattr(self, name, getattr(self, name)[keep])
+        rows = np.arange(keep.size) if self._brow is None else self._brow
+        self._brow = rows[keep]  # the rows of `_buf` (filled for the cells active then) still in use, in order
+
+    def _write_back(self, ci: np.ndarray) -> None:
+        """Active cells ci to the array: programmed value, relaxation flag, wear, trap, event counter, last read
+        time; and the t0, sigma_r of their values to `_cached_relax_params`. The rest of a lazily drawn path is
+        drawn at `close` (nothing reads it before)."""
+        if not ci.size:
+            return
+        a = self.array
+        lazy = ci[self._lazy[ci]]
+        if lazy.size:
+            self._pending.append((self._idx[lazy], self._ev_base[lazy] + np.uint64(2) * self._path_round[lazy]))
+        idx, n_rounds = self._idx[ci], self._j
+        a._g0[idx] = self._g0[ci]
+        a._relax_on[idx] = self._on[ci]
+        a.cycles_used[idx] = self._cyc[ci]
+        a._rtn_state[idx] = self._rtn[ci]
+        a._events[idx] = self._ev_base[ci] + np.uint64(2 * n_rounds)
+        a._rtn_t[idx] = (self._first[ci] + n_rounds * self._step_ns).astype(np.float64) * 1e-9  # the last read
+        a._remember_relax_params(idx, self._g0[ci], self._t0[ci], self._sig[ci])
+        self.rounds[self._slot[ci]] = n_rounds
+
+    def close(self) -> None:
+        """Every cell still active leaves: the chip is then as the separate calls leave it."""
+        if self._began and not self._closed:
+            self._write_back(np.arange(self._slot.size))
+            if self._pending:
+                a = self.array
+                idx = np.concatenate([i for i, _ in self._pending])
+                keys = a.streams.event_keys(idx, np.concatenate([e for _, e in self._pending]))
+                a._relax_z[idx] = a.streams.normal(keys[:, None], Tag.RELAX_PATH, _RELAX_DRAWS).astype(np.float32)
+                a._paths_changed(idx)
+                self._pending = []
+        self._closed = True

@@ -60,8 +60,8 @@ from firmware_protocol.errors import (
 from firmware_protocol.frame import VERSION_BYTE
 from firmware_protocol.limits import SemanticLimitError
 from sim_backend.board_config import DEFAULT_BOARD, FIRMWARE_VERSION, BoardConfig
-from sim_backend.device_model import RRAMArray
-from sim_backend.read_chain import ReadChain
+from sim_backend.device_model import RRAMArray, VerifyRamps
+from sim_backend.read_chain import Conversion, ReadChain
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ _ALLOWED_WHILE_STREAMING = {
 # WRITE_VERIFY looks for a queued ABORT after every this many pulses per cell (an MCU polls its UART).
 _WV_ABORT_POLL = 1
 _STUCK_MIN_PULSES = 4
+_CONVERGED, _MAX_PULSES, _ABORTED = int(CellResult.CONVERGED), int(CellResult.MAX_PULSES), int(CellResult.ABORTED)
 _U64_MAX = 2**64 - 1
 _I64_MAX = 2**63 - 1
 
@@ -123,8 +124,39 @@ class _HeardEarly:
     frame: Frame
 
 
+class _ReadAdc:
+    """The read chain of `FirmwareEngine._read_g` for the verify reads of one write-verify batch, its constants
+    taken once: reference resistors in place of their cells, the read range's ADC, the nominal conductance."""
+
+    def __init__(self, engine: FirmwareEngine, rows: np.ndarray, cols: np.ndarray, v_read: float) -> None:
+        self.engine = engine
+        self.v_read = v_read
+        rd = engine.chain.read
+        self._range = rd
+        self._true_offset, self._true_apc = rd.true_offset_code, rd.true_amps_per_code
+        self._offset, self._apc, self._max = rd.offset_code, rd.amps_per_code, rd.max_code
+        wired = engine._reference_override(rows, cols, v_read, np.full(rows.size, np.nan))  # NaN: not a reference
+        self._ref = ~np.isnan(wired)
+        self._ref_current = wired  # V/R where a reference resistor is wired
+
+    def __call__(self, pos: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, conductance) of batch positions pos read as `current` (A); counts the reads."""
+        ref = self._ref[pos]
+        if np.count_nonzero(ref):
+            current = current.copy()
+            current[ref] = self._ref_current[pos[ref]]
+        self.engine.counters.reads += pos.size
+        if np.count_nonzero(np.isfinite(current)) != current.size:
+            raise ValueError(f"{self._range.config.name} range: currents must be finite")
+        raw = np.rint(self._true_offset + current / self._true_apc)
+        codes = np.minimum(np.maximum(raw, 0), self._max).astype(np.uint16)  # `clip`, for finite raw
+        return codes, (codes.astype(float) - self._offset) * self._apc / self.v_read
+
+
 class FirmwareEngine:
     """The board's firmware: decodes frames, enforces limits, drives the array, answers."""
+
+    _array_class: type[RRAMArray] = RRAMArray  # the physics (`reference_ops.ReferenceEngine` swaps in its own)
 
     def __init__(
         self,
@@ -133,11 +165,13 @@ class FirmwareEngine:
         poll_input: Callable[[], bytes] | None = None,
     ):
         self.config = config
+        self._limits_cache: tuple[BoardConfig, BoardLimits] | None = None
+        self._handler_cache: tuple[BoardConfig, dict[int, Callable]] | None = None
         # Bytes the host sent while a long request runs (PROTOCOL.md 3.7): the MCU polls its UART between pulses.
         # Without it the engine cannot hear keepalives mid-request, so it never stops one for silence.
         self.poll_input = poll_input
         self._op_expired = False  # the watchdog expired during the request being executed
-        self.array = RRAMArray(config.rows, config.cols, config.device, seed=config.seed)
+        self.array = self._array_class(config.rows, config.cols, config.device, seed=config.seed)
         self.chain = ReadChain(config.read_chain, seed=config.seed)
         self.counters = PulseCounters()
         self._clock = wall_clock
@@ -226,7 +260,11 @@ class FirmwareEngine:
 
     @property
     def limits(self) -> BoardLimits:
-        return BoardLimits.from_hello(self.hello_info)
+        """The envelope HELLO declares; built once per configuration (it holds none of HELLO's session fields)."""
+        cached = self._limits_cache
+        if cached is None or cached[0] is not self.config:
+            cached = self._limits_cache = (self.config, BoardLimits.from_hello(self.hello_info))
+        return cached[1]
 
     # ------------------------------------------------------------------------- byte interface
     def feed(self, data: bytes) -> bytes:
@@ -396,6 +434,13 @@ class FirmwareEngine:
             )
 
     def _handlers(self) -> dict[int, Callable]:
+        """Handler of each opcode the board's capabilities offer (built once per configuration)."""
+        cached = self._handler_cache
+        if cached is None or cached[0] is not self.config:
+            cached = self._handler_cache = (self.config, self._build_handlers())
+        return cached[1]
+
+    def _build_handlers(self) -> dict[int, Callable]:
         h: dict[int, Callable] = {
             Opcode.HELLO: self._hello,
             Opcode.HEARTBEAT: self._heartbeat,
@@ -427,11 +472,21 @@ class FirmwareEngine:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read cells (at explicit times at_ns, or one after the other now); return (codes, saturated mask,
         conductance from the board's nominal calibration)."""
-        current = self._reference_override(rows, cols, v_read, self.array.read_current(rows, cols, v_read, at_ns))
-        self.counters.reads += rows.size
-        conv = self.chain.read.convert(current)
+        return self._digitize(rows, cols, v_read, self.array.read_current(rows, cols, v_read, at_ns))
+
+    def _digitize(
+        self, rows: np.ndarray, cols: np.ndarray, v_read: float, current: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The read chain on cell currents read at v_read: (codes, saturated mask, nominal conductance); counts the reads."""
+        conv = self._convert_reads(rows, cols, v_read, current)
         g = self.chain.read.to_current(conv.codes) / v_read
         return conv.codes, conv.saturated, g
+
+    def _convert_reads(self, rows: np.ndarray, cols: np.ndarray, v_read: float, current: np.ndarray) -> Conversion:
+        """Reference resistors in place of their cells, then the read range's ADC; counts the reads."""
+        current = self._reference_override(rows, cols, v_read, current)
+        self.counters.reads += rows.size
+        return self.chain.read.convert(current)
 
     def _reference_override(self, rows: np.ndarray, cols: np.ndarray, v_read: float, current: np.ndarray) -> np.ndarray:
         """Calibration fixture: cells wired to a precision resistor conduct exactly V/R (no RRAM physics)."""
@@ -560,10 +615,9 @@ class FirmwareEngine:
 
     def _read_block(self, req: m.ReadBlockRequest) -> m.ReadBlockResult:
         v = self._check_read_v(req.v_read_mv)
-        rr, cc = np.meshgrid(
-            np.arange(req.row0, req.row0 + req.nrows), np.arange(req.col0, req.col0 + req.ncols), indexing="ij"
-        )
-        codes, _, _ = self._read_g(rr.ravel(), cc.ravel(), v)
+        rr = np.repeat(np.arange(req.row0, req.row0 + req.nrows), req.ncols)  # row-major, as the payload
+        cc = np.tile(np.arange(req.col0, req.col0 + req.ncols), req.nrows)
+        codes = self._convert_reads(rr, cc, v, self.array.read_current(rr, cc, v)).codes
         rd = self.chain.read
         return m.ReadBlockResult(
             self._now_us(),
@@ -624,6 +678,10 @@ class FirmwareEngine:
         k x step + pulse and the verify read after it at start + read + (k + 1) x step, with step =
         pulse + read, however many cells are still converging. The clock then moves to the end of the
         last slot (also after an ABORT), so a batch costs its full pulse budget on the clock.
+
+        The physics runs in `RRAMArray.verify_batch` rounds (one pass per round over every cell still
+        converging); `reference_ops.write_verify_reference` is the same loop on the separate SET, RESET and
+        read calls, and gives the same records bit for bit (tests/sim_backend/test_batch_speed_equivalence.py).
         """
         e = req.entries
         v_read = self._check_read_v(req.v_read_mv)
@@ -631,17 +689,15 @@ class FirmwareEngine:
         if np.unique(rows * self.config.cols + cols).size != rows.size:
             raise BadArgumentError("write-verify batch lists a cell more than once")
         n = rows.size
-        target, tol = e["target_s"].astype(float), e["tol_s"].astype(float)
+        tol = e["tol_s"].astype(float)
         max_p = e["max_pulses"].astype(np.int64)
         status = np.full(n, CellResult.MAX_PULSES, dtype=np.uint8)
         pulses = np.zeros(n, dtype=np.int64)
-        s_idx = np.zeros(n, dtype=np.int64)
-        r_idx = np.zeros(n, dtype=np.int64)
         formed = self.array.formed[rows * self.config.cols + cols]
         status[~formed] = CellResult.NOT_FORMED
         codes = np.zeros(n, dtype=np.uint16)
         g = np.zeros(n)
-        act = np.flatnonzero(formed)
+        moved = np.zeros(n)
         read_ns = self.array.read_ns
         pulse_ns = int(self.array.pulse_ns(req.width_ns))
         step_ns = pulse_ns + read_ns
@@ -649,42 +705,11 @@ class FirmwareEngine:
         t0 = self.array.clock_ns
         slot_end = t0 + np.cumsum(slot_ns)
         first_read = slot_end - slot_ns + read_ns  # completion of each cell's first read
-        if act.size:
-            codes[act], _, g[act] = self._read_g(rows[act], cols[act], v_read, first_read[act])
-        g_start = g.copy()
-        moved = np.zeros(n)
+        ent = formed.nonzero()[0]  # the entries programmed: batch position -> entry
         aborted = False
-        while act.size:
-            done = np.abs(g[act] - target[act]) <= tol[act]
-            status[act[done]] = CellResult.CONVERGED
-            act = act[~done]
-            act = act[pulses[act] < max_p[act]]
-            if not act.size:
-                break
-            if not self._keep_going() or self._abort_queued():  # the host fell silent, or sent ABORT
-                status[act] = CellResult.ABORTED
-                aborted = True
-                break
-            up = act[g[act] < target[act]]
-            down = act[g[act] >= target[act]]
-            if up.size:
-                v = np.minimum(req.set_v_start_mv + s_idx[up] * req.set_v_step_mv, req.set_v_stop_mv) / 1000
-                gate = np.minimum(req.set_gate_start_mv + s_idx[up] * req.set_gate_step_mv, req.set_gate_stop_mv) / 1000
-                at = first_read[up] + pulses[up] * step_ns + pulse_ns
-                self.array.set_pulse(rows[up], cols[up], v, req.width_ns, gate, at_ns=at)
-                self.counters.set += up.size
-                s_idx[up] += 1
-                r_idx[up] = 0
-            if down.size:
-                v = np.maximum(req.reset_v_start_mv + r_idx[down] * req.reset_v_step_mv, req.reset_v_stop_mv) / 1000
-                at = first_read[down] + pulses[down] * step_ns + pulse_ns
-                self.array.reset_pulse(rows[down], cols[down], v, req.width_ns, req.reset_gate_mv / 1000, at_ns=at)
-                self.counters.reset += down.size
-                r_idx[down] += 1
-                s_idx[down] = 0
-            pulses[act] += 1
-            codes[act], _, g[act] = self._read_g(rows[act], cols[act], v_read, first_read[act] + pulses[act] * step_ns)
-            moved[act] = np.maximum(moved[act], np.abs(g[act] - g_start[act]))
+        if ent.size:
+            out = self._write_verify_batch(req, v_read, rows[ent], cols[ent], first_read[ent], e[ent])
+            aborted, (status[ent], codes[ent], g[ent], pulses[ent], moved[ent]) = out[0], out[1:]
         if n:
             self.array.advance_to_ns(int(slot_end[-1]))
         stuck = (status == CellResult.MAX_PULSES) & (pulses >= _STUCK_MIN_PULSES) & (moved <= tol)
@@ -695,6 +720,80 @@ class FirmwareEngine:
         if aborted:
             raise AbortedError(result=res)
         return res
+
+    def _write_verify_batch(
+        self,
+        req: m.WriteVerifyRequest,
+        v_read: float,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        first_read: np.ndarray,
+        entries: np.ndarray,
+    ) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The rounds of section 10 for the formed cells of a batch: (aborted, then per cell status, final code,
+        final conductance, pulses, largest move from the first read).
+
+        Every cell still converging gets one pulse per round, so in round j every active cell has had j pulses.
+        """
+        n = rows.size
+        target, tol = entries["target_s"].astype(float), entries["tol_s"].astype(float)
+        max_p = entries["max_pulses"].astype(np.int64)
+        k = np.arange(int(max_p.max()))  # the ramp steps a cell can reach: s, r < pulses < max_pulses
+        ramps = VerifyRamps(
+            width_ns=float(req.width_ns),
+            set_v=np.minimum(req.set_v_start_mv + k * req.set_v_step_mv, req.set_v_stop_mv) / 1000,
+            set_gate=np.minimum(req.set_gate_start_mv + k * req.set_gate_step_mv, req.set_gate_stop_mv) / 1000,
+            reset_v=np.maximum(req.reset_v_start_mv + k * req.reset_v_step_mv, req.reset_v_stop_mv) / 1000,
+        )
+        status = np.full(n, CellResult.MAX_PULSES, dtype=np.uint8)
+        codes_out = np.zeros(n, dtype=np.uint16)
+        g_out = np.zeros(n)
+        moved_out = np.zeros(n)
+        adc = _ReadAdc(self, rows, cols, v_read)
+        batch = self.array.verify_batch(rows, cols, first_read, ramps)
+        aborted = False
+        try:
+            slot = np.arange(n)  # batch position of each cell still converging; the arrays below follow it
+            codes, g = adc(slot, batch.begin(v_read))
+            g_start, moved = g.copy(), np.zeros(n)
+            run = np.zeros(n, dtype=np.int64)  # pulses in the current run of SETs or RESETs: the next one's ramp step
+            last_up = np.zeros(n, dtype=bool)  # the direction of that run
+            fewest = int(max_p.min())
+            j = 0  # the round: every cell still converging has had j pulses
+            while slot.size:
+                done = np.abs(g - target) <= tol
+                leave = done | (max_p <= j) if j >= fewest else done
+                if np.count_nonzero(leave):
+                    gone = leave.nonzero()[0]
+                    out = slot[gone]
+                    status[out] = np.where(done[gone], _CONVERGED, _MAX_PULSES)
+                    codes_out[out], g_out[out], moved_out[out] = codes[gone], g[gone], moved[gone]
+                    keep = ~leave
+                    batch.retire(keep)
+                    slot, codes, g, g_start, moved, run, last_up = (
+                        x[keep] for x in (slot, codes, g, g_start, moved, run, last_up)
+                    )
+                    target, tol, max_p = target[keep], tol[keep], max_p[keep]
+                    if not slot.size:
+                        break
+                if not self._keep_going() or self._abort_queued():  # the host fell silent, or sent ABORT
+                    status[slot] = _ABORTED
+                    aborted = True
+                    break
+                up = g < target
+                level = run * (up == last_up)  # a turn starts the other ramp again (s = 0 or r = 0)
+                run, last_up = level + 1, up
+                current = batch.pulse_and_read(up, level)
+                n_up = int(np.count_nonzero(up))
+                self.counters.set += n_up
+                self.counters.reset += up.size - n_up
+                j += 1
+                codes, g = adc(slot, current)
+                moved = np.maximum(moved, np.abs(g - g_start))
+            codes_out[slot], g_out[slot], moved_out[slot] = codes, g, moved  # the cells an ABORT stopped
+        finally:
+            batch.close()
+        return aborted, status, codes_out, g_out, batch.rounds, moved_out
 
     # ------------------------------------------------------------------------- endurance stream
     def _endurance(self, req: m.EnduranceRequest) -> m.EnduranceStarted:

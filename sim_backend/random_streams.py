@@ -123,6 +123,28 @@ class CellStreams:
         """Standard normals, shape broadcast(keys, draw)."""
         return ndtri(self.uniform(keys, tag, draw))
 
+    def uniforms(self, keys: np.ndarray, tags: np.ndarray) -> np.ndarray:
+        """Uniforms of several purposes at draw 0 in one hash pass: column j is `uniform(keys[..., j], tags[j])`.
+
+        keys (..., 1) or (..., len(tags)) broadcasts against the tags; the numbers are those of `uniform`,
+        bit for bit (the same modular arithmetic, only done for all purposes at once).
+        """
+        return uniforms_at(keys, tag_offsets(tags))
+
+
+def tag_offsets(tags: np.ndarray) -> np.ndarray:
+    """What each purpose (at draw 0) adds to an event key before mixing: (word + 1) * gamma mod 2**64."""
+    return np.array([((((int(t) << 48) + 1) * _GAMMA) & _MASK) for t in np.ravel(tags)], dtype=np.uint64)
+
+
+def uniforms_at(keys: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """`CellStreams.uniforms` with the purposes' `tag_offsets` computed beforehand (the same numbers)."""
+    z = np.add(keys, offsets, dtype=np.uint64)
+    u = (_mix(z) >> _S12).astype(np.float64)
+    u += 0.5
+    u *= 2.0**-52
+    return u
+
 
 def site_normals(seed: int, rows: int, cols: int, tag: int) -> np.ndarray:
     """(rows, cols) standard normals keyed by (chip seed, purpose, row, column): drawn before any event.
