@@ -22,22 +22,8 @@ from sim_backend.device_model import RRAMArray, VerifyBatch
 from sim_backend.device_params import DeviceParams
 from sim_backend.firmware import FirmwareEngine
 from sim_backend.reference_ops import ReferenceArray, ReferenceEngine
+from tests.sim_backend.test_firmware import WV_KW  # the write-verify ramps of the firmware tests
 
-# SET at 1.2 V, gate ramped 0.70 -> 1.30 V; RESET ramped -0.70 -> -1.50 V (tests/sim_backend/test_firmware.py).
-WV_KW = dict(
-    v_read_mv=100,
-    width_ns=100,
-    set_v_start_mv=1200,
-    set_v_stop_mv=1200,
-    set_v_step_mv=0,
-    set_gate_start_mv=700,
-    set_gate_stop_mv=1300,
-    set_gate_step_mv=10,
-    reset_v_start_mv=-700,
-    reset_v_stop_mv=-1500,
-    reset_v_step_mv=-10,
-    reset_gate_mv=3300,
-)
 # Relaxation clocks of a microsecond: verify reads fall past the first node of a new relaxation path.
 FAST_RELAXATION = DeviceParams(relax_t0_nodes_s=tuple(1e-6 for _ in DeviceParams().relax_g_nodes_us))
 
