@@ -10,7 +10,7 @@ from models.noise.families import AdditiveNoise, CensoredNoise, DeviceGaussianNo
 
 def test_every_family_is_registered_once_and_listed():
     assert NOISE_FAMILIES.names() == sorted(
-        ["gaussian", "state_dependent", "lognormal", "additive", "censored", "write_verify", "profile"]
+        ["gaussian", "state_dependent", "lognormal", "additive", "censored", "write_verify", "profile", "layers"]
     )
     assert FAMILIES == tuple(NOISE_FAMILIES.names())
     assert NOISE_FAMILIES.kind == "noise family"
