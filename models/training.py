@@ -247,6 +247,8 @@ def train(
     if ds.x_val is None:
         ds = ds.with_validation(config.val_fraction, config.seed)
     _check_input_kind(config, ds)
+    if config.analog is not None and config.method == "ibm_hwa":  # refused before any training (its pre-training)
+        raise ValueError("ibm_hwa trains on its own analog tiles (its option analog=PRESET): leave --analog out")
     _check_model_size(config, ds, device)
     model = build_model(
         config.model,
@@ -494,8 +496,6 @@ def _training_tiles(config: TrainConfig, model: nn.Module, ctx: TrainContext) ->
     from models.analog import AnalogTiles, analog_config
     from models.methods._util import average_over_ranks, epoch_batches
 
-    if config.method == "ibm_hwa":
-        raise ValueError("ibm_hwa trains on its own analog tiles (its option analog=PRESET): leave --analog out")
     tile = analog_config(config.analog).for_training()
     batches = [x for _, (x, _y) in zip(range(10), epoch_batches(ctx.train_loader, 0))]
     tiles = AnalogTiles(model, tile, calibration=batches if tile.input_range else None)
