@@ -36,6 +36,7 @@ from models.methods.base import TrainContext, TrainingMethod
 from models.methods.registry import get_method
 from models.montecarlo import evaluate_mc
 from models.noise.factory import noise_from_spec
+from models.optim import average_gradients, make_optimizer
 
 __all__ = ["TrainConfig", "TrainContext", "TrainResult", "train", "resolve_device", "init_distributed"]
 
@@ -109,17 +110,6 @@ def _n_batches(n: int, batch_size: int, world: int) -> int:
     return full + (1 if rest >= world else 0)
 
 
-def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    name = cfg.optimizer.lower()
-    if name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
-
-
 def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int = 1):
     """Per-step LR schedule: cosine over the run, none, or "step:E:G" (x G every E epochs, DAT's x0.8 per 10)."""
     if cfg.scheduler == "cosine":
@@ -155,21 +145,6 @@ def _amp(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, An
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def _allreduce_grads(params: list[nn.Parameter], world: int) -> None:
-    """Average gradients over the ranks in one flat all-reduce (missing grads count as zero)."""
-    if world <= 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    off = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[off : off + n].view_as(p).clone()
-        off += n
-
-
 def _accumulated_step(
     method: TrainingMethod[Any],
     ctx: TrainContext,
@@ -181,7 +156,7 @@ def _accumulated_step(
 ) -> dict[str, float]:
     """One optimizer step's gradients from `parts` equal contiguous sub-batches, summed then averaged.
 
-    The sum-then-divide order is the one `_allreduce_grads` uses across processes, so one process with
+    The sum-then-divide order is the one `models.optim.average_gradients` uses across processes, so one process with
     accumulate=k and k processes with accumulate=1 compute bit-identical gradients.
     """
     if parts <= 1:
@@ -270,7 +245,7 @@ def train(
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    optimizer = _make_optimizer(config, model.parameters())
+    optimizer = make_optimizer(config, model.parameters())
     amp_dtype, scaler = _amp(config, device)
     gen = torch.Generator(device=device)
     gen.manual_seed(config.seed * 7919 + 104_729 * rank + 1)
@@ -318,7 +293,7 @@ def train(
         say(f"resumed from {resume} at epoch {start_epoch}")
 
     params = [p for grp in optimizer.param_groups for p in grp["params"]]
-    # gradients are averaged by _allreduce_grads; DDP's own hooks stay off even if a method calls ctx.model
+    # gradients are averaged by models.optim.average_gradients; DDP's own hooks stay off even if a method calls ctx.model
     sync_off = wrapped.no_sync if isinstance(wrapped, nn.parallel.DistributedDataParallel) else contextlib.nullcontext
     ckpt: dict[str, Any] = {}
     end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + max(0, stop_after))
@@ -333,7 +308,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             with tiles if tiles is not None else contextlib.nullcontext():  # every method's forwards on the tiles
                 logs = _accumulated_step(method, ctx, x, y, config.accumulate, sync_off, params)
-            _allreduce_grads(params, world)
+            average_gradients(params, world)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

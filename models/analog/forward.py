@@ -38,6 +38,7 @@ every output, so the gain is a projection instead, which noise does not bias and
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -208,25 +209,27 @@ def tile_scales(plan: LayerPlan, clean: Tensor, config: AnalogTileConfig) -> lis
     return out
 
 
-class Layout:
+class Layout(abc.ABC):
     """Where the draws live in the tensors of one layer call: slicing, the linear map, per-column views, noise."""
 
+    @abc.abstractmethod
     def x_tile(self, xq: Tensor, tile: TileSlice) -> Tensor:
-        raise NotImplementedError
+        """The tile's rows of the quantised input."""
 
     def w_tile(self, w_hat: Tensor) -> Tensor:
         return w_hat
 
+    @abc.abstractmethod
     def op(self, x: Tensor, w: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The linear map of one tile (matmul or conv) in this layout."""
 
+    @abc.abstractmethod
     def out_col(self, v: Tensor) -> Tensor:
         """A per-column vector, (N,) shared or (n, N) per draw, shaped to broadcast against the op's output."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def noise(self, z: Tensor) -> Tensor:
         """Standard normals shaped like ``z``, each draw's from its own stream in its own output order."""
-        raise NotImplementedError
 
 
 class SingleLayout(Layout):

@@ -20,11 +20,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from models.config import TrainConfig
 from models.methods._util import epoch_batches, loader_length
 from models.methods.base import TrainContext, TrainingMethod
 from models.montecarlo import MCResult, evaluate_mc
 from models.noise.base import WeightNoise
+from models.optim import average_gradients, make_optimizer
 
 T = TypeVar("T")
 MethodT = TypeVar("MethodT", bound=TrainingMethod[Any])
@@ -83,29 +83,6 @@ def validation_data(ctx: TrainContext, method: str) -> tuple[Tensor, Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer the run's config names (adam, adamw, sgd), for a trial's copy of the network."""
-    name = cfg.optimizer.lower()
-    if name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
-
-
-def _average_gradients(params: list[nn.Parameter], world: int) -> None:
-    """Average gradients over the ranks (as the loop does), so every rank trains the same trial network."""
-    if world <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad /= world
-
-
 def _rng_devices(device: torch.device) -> list[int]:
     if device.type != "cuda":
         return []
@@ -151,7 +128,7 @@ def train_trial(ctx: TrainContext, method: TrainingMethod[Any], epochs: int, see
                 opt.zero_grad(set_to_none=True)
                 with child.autocast():
                     method.training_step(child, x, y)
-                _average_gradients(params, ctx.world_size)
+                average_gradients(params, ctx.world_size)
                 if scaler is not None:
                     scaler.step(opt)
                     scaler.update()

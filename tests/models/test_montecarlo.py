@@ -369,7 +369,8 @@ def _mc_rank(rank: int, out: str, port: int) -> None:
     try:
         r = _mc_confidence()
         if rank == 0:
-            torch.save({"ece": r.ece, "ekl_matched": r.ekl_matched, "t": r.temperature, "accs": r.accuracies}, out)
+            accs = torch.from_numpy(r.accuracies)  # a tensor, so the file loads with weights_only=True
+            torch.save({"ece": r.ece, "ekl_matched": r.ekl_matched, "t": r.temperature, "accs": accs}, out)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -398,8 +399,8 @@ def test_confidence_metrics_are_gathered_over_processes(tmp_path):
     one = _mc_confidence()
     out = str(tmp_path / "two.pt")
     mp.start_processes(_mc_rank, args=(out, port), nprocs=2, join=True, start_method="fork")
-    two = torch.load(out, weights_only=False)
-    assert np.array_equal(one.accuracies, two["accs"]) and one.temperature == two["t"]
+    two = torch.load(out, weights_only=True)
+    assert np.array_equal(one.accuracies, two["accs"].numpy()) and one.temperature == two["t"]
     # each process stacks other draws into a chunk, so a float32 GEMM may round logits differently (~1e-7
     # relative): a confidence moves by about that, the ECE (a mean of |acc - conf| sums) by no more
     assert abs(one.ece - two["ece"]) < 1e-6 and one.ece > 0

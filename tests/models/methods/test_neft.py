@@ -29,6 +29,7 @@ from models.noise.apply import clean_weights
 from models.noise.base import WeightNoise
 from models.noise.factory import noise_from_spec
 from models.training import train
+from tests.helpers.contexts import digits_context
 
 torch.set_num_threads(1)
 
@@ -224,25 +225,6 @@ def test_ovf_needs_noise():
         m.prepare(_ctx(nn.Linear(2, 2), None))
 
 
-def _digits_ctx(n_train: int = 480) -> TrainContext:
-    """A run's context on digits (batches of 32) with a 200-sample validation split, before any training."""
-    d = load_dataset("digits")
-    torch.manual_seed(0)
-    model = build_model("cnn", in_channels=1, num_classes=10, image_size=8, channels=(4, 8), hidden=32)
-    xt, yt = d.x_train[:n_train], d.y_train[:n_train]
-    return TrainContext(
-        model=model,
-        noise=noise_from_spec({"family": "gaussian", "sigma": 0.2}),
-        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
-        config=TrainConfig(epochs=3, lr=1e-2),
-        num_classes=10,
-        train_loader=[(xt[i : i + 32], yt[i : i + 32]) for i in range(0, n_train, 32)],
-        val_loader=[(d.x_train[1000:1200], d.y_train[1000:1200])],
-    )
-
-
 @pytest.mark.parametrize("method", ["neft_ovf", "neft_irs"])
 def test_beta_changes_the_loss_and_the_gradient_as_eq_2_says(method):
     """beta is in the loss path: with fixed 'noise' the loss for each beta is eq. 2-3 by hand, grads differ."""
@@ -340,7 +322,7 @@ def test_irs_beta_search_finds_the_planted_optimum():
     Measured: mean noisy accuracy 0.345 for 0.01 against 0.164 for 30 over 20 validation draws of 200
     samples; a 0.1 margin is over three binomial standard errors (0.03) of one draw's accuracy.
     """
-    ctx = _digits_ctx()
+    ctx = digits_context()
     m = NeFTIRS(search=True, beta_grid="30,0.01", search_epochs=3, search_draws=20, hidden=32)
     m.prepare(ctx)
     r = m.search_result
@@ -356,7 +338,7 @@ def test_ovf_beta_search_finds_the_planted_optimum():
 
     Measured: mean noisy accuracy 0.27 for 0.01 against 0.02 for 30 (chance 0.1) over 20 draws; margin as above.
     """
-    ctx = _digits_ctx()
+    ctx = digits_context()
     m = NeFTOVF(search=True, beta_grid="30,0.01", search_epochs=3, search_draws=20)
     m.prepare(ctx)
     r = m.search_result

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.architectures import build_model
 from models.config import TrainConfig
 from models.data import Dataset, load_dataset
 from models.methods import TrainContext, get_method
@@ -13,6 +12,7 @@ from models.methods.trice import TRICE, CensoredDeviation, censored
 from models.noise.factory import noise_from_spec
 from models.noise.families import CensoredNoise, censored_mean
 from models.training import train
+from tests.helpers.contexts import digits_context
 
 torch.set_num_threads(1)
 
@@ -91,25 +91,6 @@ def test_trains_on_digits():
     assert h[-1]["loss"] < h[0]["loss"] and h[-1]["val_acc"] > 0.5
 
 
-def _digits_ctx(val: bool = True) -> TrainContext:
-    """A run's context on 480 digits (15 batches) with a 200-sample validation split, before any training."""
-    d = load_dataset("digits")
-    torch.manual_seed(0)
-    model = build_model("cnn", in_channels=1, num_classes=10, image_size=8, channels=(4, 8), hidden=32)
-    xt, yt = d.x_train[:480], d.y_train[:480]
-    return TrainContext(
-        model=model,
-        noise=noise_from_spec({"family": "gaussian", "sigma": 0.2}),
-        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
-        config=TrainConfig(epochs=3, lr=1e-2),
-        num_classes=10,
-        train_loader=[(xt[i : i + 32], yt[i : i + 32]) for i in range(0, 480, 32)],
-        val_loader=[(d.x_train[1000:1200], d.y_train[1000:1200])] if val else None,
-    )
-
-
 def _batch(ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
     assert isinstance(ctx.train_loader, list)
     return ctx.train_loader[0]
@@ -122,7 +103,7 @@ def test_search_finds_the_planted_optimum_end_to_end():
     a 0.1 margin is over three binomial standard errors of a 200-sample accuracy (sqrt(.25*.75/200) = 0.03).
     The best sits in the middle of the grid, so the tie rule (earlier wins) cannot pick it by accident.
     """
-    ctx = _digits_ctx()
+    ctx = digits_context()
     before = {k: v.clone() for k, v in ctx.raw_model.state_dict().items()}
     m = TRICE(search=True, lam_grid="1.5", scale_grid="60,1,80", search_epochs=3, search_draws=50)
     m.prepare(ctx)
@@ -138,7 +119,7 @@ def test_search_finds_the_planted_optimum_end_to_end():
     # the choice is saved with the run and comes back on resume, without a second search
     state = m.state_dict()
     again = TRICE(search=True, lam_grid="1.5", scale_grid="60,1,80", search_epochs=3)
-    resumed = _digits_ctx()
+    resumed = digits_context()
     resumed.resuming = True
     again.prepare(resumed)
     assert again.search_result is None and (again.lam, again.scale) == (1.0, 1.0)
@@ -158,5 +139,5 @@ def test_search_finds_the_planted_optimum_end_to_end():
 def test_search_refuses_bad_input_in_one_line(opts, val, message):
     m = TRICE(search=True, search_epochs=1, search_draws=2, **opts)
     with pytest.raises(ValueError, match=message) as info:
-        m.prepare(_digits_ctx(val))
+        m.prepare(digits_context(val=val))
     assert "\n" not in str(info.value)
