@@ -503,3 +503,18 @@ def test_a_model_from_a_run_stopped_early_warns_in_one_line(tmp_path, capsys, mo
         f"warning: {ck} was trained for 1 of its 4 planned epochs (the run stopped early); "
         f"finish it with `rram train --resume {ck} -o {ck}` and the same options"
     ]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--scheduler", "step:0:0.8"], "--scheduler 'step:0:0.8': EPOCHS must be >= 1"),
+        (["--scheduler", "linear"], "--scheduler 'linear': write step:EPOCHS:GAMMA"),
+        (["--analog", "nope"], "--analog: unknown analog tile preset 'nope' (known: ibm_table1, ideal)"),
+        (["--method", "ibm_hwa", "--sigma", "0.1", "--analog", "ibm_table1"], "ibm_hwa trains on its own analog tiles"),
+    ],
+)
+def test_train_refuses_bad_schedules_and_tiles_in_one_line(tmp_path, capsys, monkeypatch, args, fragment):
+    out = tmp_path / "m.pt"
+    assert_one_line_error(rram(capsys, monkeypatch, "train", *QUICK, *args, "-o", str(out)), fragment)
+    assert not out.exists()  # refused before any training wrote a model file
