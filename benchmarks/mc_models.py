@@ -1,10 +1,25 @@
-"""Benchmark: Monte Carlo time per noise draw vs one plain digital forward of the same batch.
+"""Benchmark: Monte Carlo time per noise draw vs one plain digital forward of the same batch, on every noise path.
 
-Models: the small CNN (3->16->32 convs, 2048->128->10) and the MLP 3072-256-128-10; 1,000 random
-3x32x32 images; noise from a profile (IBM B.2 ReRAM sigma(g), 1 day relaxation, bit-sliced mapping)
-or NeFT Gaussian device noise; 100 draws. Target: batched MC time per draw <= 1.3x a digital forward.
+Models: the small CNN (3->16->32 convs, 2048->128->10, 268k weights) and the MLP 3072-256-128-10 (821k);
+1,000 random 3x32x32 images. Noise paths:
 
-Run: python benchmarks/mc_models.py [--draws 100] [--images 1000] [--device auto] [--loop] [--models cnn,mlp]
+- ``gaussian``: NeFT device Gaussian sigma_d 0.3 (one normal per weight: the fast path);
+- ``lognormal``: MTRD's W * exp(N(0, sigma^2)), sigma 0.2 (one normal per weight);
+- ``profile``: the IBM B.2 ReRAM profile 1 day after programming, bit-sliced (the profile's fast path);
+- ``fitted``: a profile shaped like one fitted from the simulated chip: the IBM law plus stuck-at faults
+  (0.5 % on, 0.5 % off) and a rank-10 spatial covariance over 32x32-cell tiles (the per-device path); or the
+  profile file given with ``--profile`` (e.g. one ``rram demo`` fitted);
+- ``lognormal-profile``: a per-device log-normal profile (s 0.1) with the same faults and field.
+
+Timing is paired and interleaved: each round runs one Monte Carlo evaluation and then, right after, as many
+plain forwards as it had draws, and the ratio is taken within the round (both halves see the same load on a
+shared machine); the table gives the median and the minimum of the rounds' ratios. ``--reference`` adds, in the
+same rounds, the per-device reference sampler (`ProfileNoise._delta`, what Monte Carlo used before the
+prebuilt per-device sampler) on the per-device paths, with the new/old speed-up per round. On a GPU the same
+runs on cuda (``--device auto`` picks it).
+
+Run: python benchmarks/mc_models.py [--draws 100] [--images 1000] [--rounds 5] [--threads N] [--reference]
+     [--models cnn,mlp] [--noises gaussian,lognormal,profile,fitted,lognormal-profile] [--profile p.h5]
 """
 
 from __future__ import annotations
@@ -12,17 +27,101 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 
 from models.architectures import MLP, SmallCNN
-from models.montecarlo import evaluate_mc, evaluate_mc_reference
+from models.montecarlo import evaluate_mc
+from models.noise.base import WeightNoise
 from models.noise.factory import noise_from_profile, noise_from_spec
+from models.noise.profile_noise import ProfileNoise
+
+TILE = 32  # cells per side of the synthetic fitted profile's spatial tile
+RANK = 10  # kept eigenpairs of its spatial covariance
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class ReferenceSampling(WeightNoise):
+    """A profile noise whose Monte Carlo draws come from the reference per-device code (`ProfileNoise._delta`)."""
+
+    def __init__(self, noise: ProfileNoise) -> None:
+        self.noise = noise
+
+    def sample_batch(self, weights, n_draws, generator=None):
+        return self.noise.sample_batch(weights, n_draws, generator)
+
+    def noise_std(self, weights):
+        return self.noise.noise_std(weights)
+
+    def scaled(self, factor):
+        return ReferenceSampling(self.noise.scaled(factor))
+
+    def draw_sampler(self, weights):
+        nz = self.noise
+
+        def draws(generators):
+            return {n: nz._delta(n, w, generators, None).add_(w + nz.quantization_shift(w)) for n, w in weights.items()}
+
+        return draws
+
+
+def spatial_model(g_max: float, share: float = 0.3):
+    """Rank-10 exponential-kernel covariance over a 32x32 tile, holding ``share`` of a 2 %-of-g_max variance."""
+    from calibration.noise_terms import SpatialModel
+
+    rr, cc = np.meshgrid(np.arange(TILE), np.arange(TILE), indexing="ij")
+    xy = np.stack([rr.ravel(), cc.ravel()], 1).astype(float)
+    dist = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
+    s2 = (0.02 * g_max) ** 2 * share
+    vals, vecs = np.linalg.eigh(s2 * np.exp(-dist / 6.0))
+    keep = np.argsort(vals)[::-1][:RANK]
+    return SpatialModel(
+        shape=(TILE, TILE),
+        eigvals=vals[keep],
+        eigvecs=vecs[:, keep],
+        n_repeats=1,
+        total_variance=float(vals[keep].sum()),
+    )
+
+
+def build_noises(names: list[str], profile_path: str | None) -> dict[str, WeightNoise]:
+    """The benchmark's noise objects by path name."""
+    from calibration.profile import NoiseProfile
+
+    def spec(family: str, sigma: float) -> WeightNoise:
+        noise = noise_from_spec({"family": family, "sigma": sigma})
+        assert noise is not None
+        return noise
+
+    out: dict[str, WeightNoise] = {}
+    for name in names:
+        if name == "gaussian":
+            out[name] = spec("gaussian", 0.3)
+        elif name == "lognormal":
+            out[name] = spec("lognormal", 0.2)
+        elif name == "profile":
+            out[name] = noise_from_profile(NoiseProfile.from_paper("ibm_reram", time="1s"), t_s=86400.0)
+        elif name == "fitted":
+            if profile_path:
+                out[name] = noise_from_profile(profile_path)
+            else:
+                prof = NoiseProfile.from_paper("ibm_reram", time="1s", stuck_lrs=0.005, stuck_hrs=0.005)
+                prof.spatial = spatial_model(prof.g_max)
+                out[name] = noise_from_profile(prof, t_s=86400.0)
+        elif name == "lognormal-profile":
+            prof = NoiseProfile.from_paper("lognormal", s=0.1, stuck_lrs=0.005, stuck_hrs=0.005)
+            prof.spatial = spatial_model(prof.g_max)
+            out[name] = noise_from_profile(prof)
+        else:
+            raise SystemExit(f"unknown noise path {name!r}")
+    return out
 
 
 def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
@@ -45,23 +144,39 @@ def time_mc(model, x, y, noise, draws: int, device, chunk: int | None) -> float:
     return (time.perf_counter() - t) / draws
 
 
-def compare(model, x, y, noise, draws: int, device, repeats: int, chunk: int | None) -> tuple[float, float, float]:
-    """Median forward, MC per draw and ratio over ``repeats`` rounds of (MC run, block of forwards).
-
-    Each round times as many forwards as it has draws, so the two blocks last about as long and see the
-    same load on a shared machine; the ratio is taken within each round.
-    """
+def paired_rounds(
+    model, x, y, noise, ref: WeightNoise | None, draws: int, device, rounds: int, chunk: int | None
+) -> dict[str, Any]:
+    """Per round: MC (new), plain forwards, and optionally MC with the reference sampler; ratios within rounds."""
     with torch.no_grad():
         model(x)
-    evaluate_mc(model, x, y, noise, min(draws, 8), device=device, clean=False, batch_size=len(x), draws_per_chunk=chunk)
-    fwd, per, ratio = [], [], []
-    for _ in range(repeats):
+    warm: list[WeightNoise] = [noise] if ref is None else [noise, ref]
+    for nz in warm:  # warm-up: first-call costs (allocator, thread pool, fold check) kept out of the rounds
+        evaluate_mc(
+            model, x, y, nz, min(draws, 8), device=device, clean=False, batch_size=len(x), draws_per_chunk=chunk
+        )
+    fwd, mc, ratio, old, speedup = [], [], [], [], []
+    for _ in range(rounds):
         m = time_mc(model, x, y, noise, draws, device, chunk)
         f = time_forward(model, x, draws)
         fwd.append(f)
-        per.append(m)
+        mc.append(m)
         ratio.append(m / f)
-    return statistics.median(fwd), statistics.median(per), statistics.median(ratio)
+        if ref is not None:
+            o = time_mc(model, x, y, ref, draws, device, chunk)
+            old.append(o)
+            speedup.append(o / m)
+    res = {
+        "forward_ms": statistics.median(fwd) * 1e3,
+        "mc_ms": statistics.median(mc) * 1e3,
+        "ratio_median": statistics.median(ratio),
+        "ratio_min": min(ratio),
+    }
+    if ref is not None:
+        res["ref_ms"] = statistics.median(old) * 1e3
+        res["speedup_median"] = statistics.median(speedup)
+        res["speedup_min"] = min(speedup)
+    return res
 
 
 def main() -> None:
@@ -69,11 +184,13 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=100)
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=None, help="draws per batched forward (default: by memory)")
-    ap.add_argument("--loop", action="store_true", help="also time the one-draw-per-loop reference")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--models", default="cnn,mlp", help="comma-separated subset of cnn,mlp")
+    ap.add_argument("--noises", default="gaussian,lognormal,profile,fitted,lognormal-profile")
+    ap.add_argument("--profile", default=None, help="a fitted noise-profile .h5 for the 'fitted' path")
+    ap.add_argument("--reference", action="store_true", help="also time the reference per-device sampler, paired")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,35 +202,35 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.images, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.images,), device=device)
-    from calibration.profile import NoiseProfile
-
-    noises = {
-        "profile(ibm_reram,1d)": noise_from_profile(NoiseProfile.from_paper("ibm_reram", time="1s"), t_s=86400.0),
-        "gaussian(sigma_d=0.3)": noise_from_spec({"family": "gaussian", "sigma": 0.3}),
+    noises = build_noises(args.noises.split(","), args.profile)
+    builders: dict[str, Callable[[], torch.nn.Module]] = {
+        "cnn": lambda: SmallCNN(3, 10, 32),
+        "mlp": lambda: MLP(3072, 10, (256, 128)),
     }
-    builders = {"cnn": lambda: SmallCNN(3, 10, 32), "mlp": lambda: MLP(3072, 10, (256, 128))}
-    models = {m: builders[m]() for m in args.models.split(",")}
     print(
         f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
-        f"threads={torch.get_num_threads()}), images={args.images}, draws={args.draws}, torch {torch.__version__}"
+        f"threads={torch.get_num_threads()}), images={args.images}, draws={args.draws}, rounds={args.rounds}, "
+        f"torch {torch.__version__}"
     )
-    head = f"{'model':5} {'noise':24} {'forward ms':>11} {'MC ms/draw':>11} {'ratio':>6}"
-    if args.loop:
-        head += f" {'loop ms/draw':>13} {'speed-up':>9}"
+    head = f"{'model':5} {'noise':18} {'forward ms':>10} {'MC ms/draw':>10} {'ratio med':>9} {'ratio min':>9}"
+    if args.reference:
+        head += f" {'old ms/draw':>11} {'speed-up med':>12} {'min':>5}"
     print(head)
-    for mname, model in models.items():
-        model = model.to(device).eval()
+    for mname in args.models.split(","):
+        model = builders[mname]().to(device).eval()
         for nname, noise in noises.items():
-            fwd, per, ratio = compare(model, x, y, noise, args.draws, device, args.repeats, args.chunk)
-            line = f"{mname:5} {nname:24} {fwd * 1e3:11.3f} {per * 1e3:11.3f} {ratio:6.2f}"
-            if args.loop:
-                n = min(args.draws, 20)
-                _sync(device)
-                t = time.perf_counter()
-                evaluate_mc_reference(model, x, y, noise, n)
-                _sync(device)
-                loop = (time.perf_counter() - t) / n
-                line += f" {loop * 1e3:13.3f} {loop / per:9.2f}"
+            ref = (
+                ReferenceSampling(noise)
+                if args.reference and isinstance(noise, ProfileNoise) and not noise._fast()
+                else None
+            )
+            r = paired_rounds(model, x, y, noise, ref, args.draws, device, args.rounds, args.chunk)
+            line = (
+                f"{mname:5} {nname:18} {r['forward_ms']:10.3f} {r['mc_ms']:10.3f} "
+                f"{r['ratio_median']:9.2f} {r['ratio_min']:9.2f}"
+            )
+            if ref is not None:
+                line += f" {r['ref_ms']:11.3f} {r['speedup_median']:12.2f} {r['speedup_min']:5.2f}"
             print(line, flush=True)
 
 

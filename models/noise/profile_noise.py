@@ -237,19 +237,22 @@ class ProfileNoise(WeightNoise):
             out[name] = self._delta(name, wd, [generator], n_draws).add_(w + self.quantization_shift(wd))
         return out
 
+    def sample(self, weights, generator=None):
+        """One draw; on the per-device path the Monte Carlo sampler's, so draw i of Monte Carlo is
+        ``sample(weights, draw_generator(seed, i))``."""
+        grad = torch.is_grad_enabled() and any(w.requires_grad for w in weights.values())
+        if self._fast() or generator is None or grad:
+            return super().sample(weights, generator)
+        return {k: v[0].clone() for k, v in self.draw_sampler(weights)([generator]).items()}
+
     def sample_draws(self, weights, generators):
         return self.draw_sampler(weights)(generators)
 
     def draw_sampler(self, weights):
-        if not self._fast():
+        if not self._fast():  # stuck faults, spatial field or log-normal devices: the per-device sampler
+            from models.noise.device_sampler import device_draw_sampler
 
-            def draws(generators):
-                return {
-                    name: self._delta(name, w.detach(), generators, None).add_(w + self.quantization_shift(w.detach()))
-                    for name, w in weights.items()
-                }
-
-            return draws
+            return device_draw_sampler(self, weights)
         shifts, stds = {}, {}
         for name, w in weights.items():
             wm, ws = self._weight_moments(name, w.detach())
