@@ -198,15 +198,34 @@ def weight_slice(plan: LayerPlan, w: Tensor, tile: TileSlice) -> Tensor:
 
 
 def tile_scales(plan: LayerPlan, clean: Tensor, config: AnalogTileConfig) -> list[Tensor]:
-    """gamma_t per tile, (N,): max |W| of each column of the tile (or of the whole tile), from the clean weights."""
+    """gamma_t per tile, (N,): max |W| of each column of the tile (or of the whole tile), from the clean weights.
+
+    With ``out_scale_levels`` N the column scales are stored as integers times one scale per tile (Suppl. B.3.1,
+    eq. 1): q_i = a_N ceil(gamma_i / a_N), a_N = max_k gamma_k / N, so at most N values 1..N times a_N; q_i >=
+    gamma_i, and the conductances W / q_i stay within g_max (the weight is held as diag(q) (diag(gamma / q) W_hat)).
+    """
     out = []
     with torch.no_grad():
         for tile in plan.tiles:
             m = weight_slice(plan, clean.detach(), tile).abs().flatten(1).amax(1)
             if config.out_scale == "tile":
                 m = m.amax().expand_as(m)
-            out.append(m.clamp(min=_TINY))
+            m = m.clamp(min=_TINY)
+            if config.out_scale_levels is not None:
+                m = integer_scales(m, config.out_scale_levels)
+            out.append(m)
     return out
+
+
+def integer_scales(gamma: Tensor, levels: int) -> Tensor:
+    """Suppl. B.3.1 eq. 1: a_N ceil(gamma / a_N) with a_N = max gamma / N, the integer in 1..N.
+
+    A ratio within 4 ulps above an integer is that integer (gamma = k a_N computed in floating point often
+    divides to k (1 + eps)); q may then fall short of gamma by those 4 ulps, a conductance 4 ulps above g_max.
+    """
+    a_n = gamma.max() / levels
+    ratio = gamma / a_n
+    return a_n * torch.ceil(ratio * (1 - 4 * torch.finfo(gamma.dtype).eps)).clamp(1, levels)
 
 
 class Layout(abc.ABC):

@@ -48,6 +48,9 @@ class AnalogTileConfig:
         "global", "-", "output scale from a reference read: one per tile (global), one per column, or none"
     )
     out_scale: OutScale = _f("column", "-", "digital output scale gamma = max |W| per tile column, or per whole tile")
+    out_scale_levels: int | None = _f(
+        None, "levels", "column scales stored as N integers times one scale per tile (Suppl. B.3.1; none = FP)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("dac_bits", "adc_bits"):
@@ -66,7 +69,7 @@ class AnalogTileConfig:
             raise ValueError(f"analog tile: out_bound must be a finite number > 0 (or none), got {self.out_bound!r}")
         if self.adc_bits is not None and self.out_bound is None:
             raise ValueError("analog tile: an ADC (adc_bits) needs an out_bound: its range is +-out_bound")
-        for name in ("tile_rows", "tile_cols"):
+        for name in ("tile_rows", "tile_cols", "out_scale_levels"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"analog tile: {name} must be a whole number >= 1 (or none), got {v!r}")

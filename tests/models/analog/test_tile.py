@@ -53,3 +53,39 @@ def test_unknown_preset_and_field_docs():
     fields = describe_fields()
     assert [f[0] for f in fields][:3] == ["dac_bits", "adc_bits", "out_noise"]
     assert all(unit and len(help) > 10 for _, _, unit, help in fields)
+
+
+def test_integer_output_scales_follow_eq1_of_b31():
+    import torch
+
+    from models.analog.forward import integer_scales
+
+    gamma = torch.tensor([0.10, 0.25, 0.26, 0.4, 1.0], dtype=torch.float64)
+    # N = 4: a_N = 0.25, ceil(gamma / 0.25) = 1, 1, 2, 2, 4 (0.25 / 0.25 is exactly 1 in binary)
+    q = integer_scales(gamma, 4)
+    assert q.tolist() == [0.25, 0.25, 0.5, 0.5, 1.0]
+    assert torch.all(q >= gamma)  # conductances W / q never exceed g_max
+    assert integer_scales(gamma, 1).tolist() == [1.0] * 5  # N = 1: one scale per tile
+    for n in (2, 3, 16):  # at most N distinct values, every one an integer multiple of max / N
+        qn = integer_scales(gamma, n)
+        assert torch.unique(qn).numel() <= n and torch.all(qn >= gamma * (1 - 4 * torch.finfo(gamma.dtype).eps))
+        k = qn / (gamma.max() / n)
+        assert torch.allclose(k, torch.round(k), atol=1e-12)  # float64 division of exact multiples
+
+
+def test_integer_output_scales_reach_the_tile_forward():
+    import torch
+    from torch import nn
+
+    from models.analog.forward import plan_layer, tile_scales
+    from models.analog.tile import analog_config
+
+    lin = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.1, 0, 0, 0], [0, 0.3, 0, 0], [0, 0, 0.9, 0]]))
+    cfg = analog_config("ideal", out_scale_levels=3)
+    (g,) = tile_scales(plan_layer(lin, cfg), lin.weight, cfg)
+    # a_3 = 0.9 / 3: ceil(0.1 / a) = 1, ceil(0.3 / a) = 1 (float32 gives 1 + 1 ulp: taken as 1), ceil(0.9 / a) = 3
+    assert torch.allclose(g, torch.tensor([0.3, 0.3, 0.9]), rtol=1e-6)  # float32 products
+    with pytest.raises(ValueError, match="out_scale_levels"):
+        analog_config("ideal", out_scale_levels=0)
