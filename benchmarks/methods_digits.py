@@ -14,7 +14,12 @@ split out of every choice:
   evaluation with --draws noise draws at every sigma_d in --sigmas and under log-normal noise.
 
 Reported: clean accuracy, mean noisy accuracy with its 95 % CI, 1 % KPP and EKL (NeFT's expected KL over
-correct predictions), training time and peak memory relative to vanilla. With several seeds the CI is the
+correct predictions), epoch time and peak memory relative to vanilla. Both are taken after a warm-up
+(`_warm_up_torch`: torch imports its compiler on the first optimizer step, about 1.2 s of CPU and 100 MB that
+every method pays once and that used to fill these columns): the epoch time is the median over the epochs
+after the first, the memory the peak resident-set increase of the run's own fresh process over its
+warmed-up start. They are unpaired (runs of --jobs > 1 share the cores); benchmarks/train_overhead.py gives
+the paired, interleaved per-epoch ratios with the allocator's peak memory. With several seeds the CI is the
 t-interval (scipy.stats.t) over the per-seed means (it includes training variability), and each method
 is paired by seed with vanilla and with noise injection (same initialisation, batch order, validation
 split and Monte Carlo draws): the mean per-seed difference with its t-based 95 % CI over seeds. With one
@@ -79,6 +84,7 @@ class RunResult:
     peak_mem_bytes: int
     clean: float
     evals: dict[str, dict[str, float]] = field(default_factory=dict)
+    epoch_s: float = float("nan")  # median epoch time after the first epoch
 
 
 def _rss_bytes() -> int:
@@ -110,6 +116,27 @@ class _PeakRSS:
     @property
     def increase(self) -> int:
         return max(self.peak - self.start, 0)
+
+
+def _warm_up_torch() -> None:
+    """One Adam step and one conv forward/backward on scratch tensors: torch's lazy imports (its compiler, on the
+    first optimizer step) happen here, before the timer and the memory baseline, as they would in any longer run."""
+    import torch
+
+    w = torch.zeros(1, 1, 3, 3, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=1e-3)
+    torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), w).sum().backward()
+    opt.step()
+
+
+def epoch_seconds(history: list[dict[str, Any]]) -> float:
+    """Median epoch time after the first epoch (the first pays one-off costs); the only epoch's time for one."""
+    times = [float(h["time_s"]) for h in history if "time_s" in h]
+    if not times:
+        return float("nan")
+    rest = sorted(times[1:] or times)
+    mid = len(rest) // 2
+    return rest[mid] if len(rest) % 2 else 0.5 * (rest[mid - 1] + rest[mid])
 
 
 def eval_specs(sigmas: list[float], lognormal: float) -> dict[str, dict[str, Any]]:
@@ -161,6 +188,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     ds = load_dataset(job["data"], job["data_dir"]).with_validation(cfg.val_fraction, cfg.seed)
     assert ds.x_val is not None and ds.y_val is not None  # val_fraction > 0 is checked by main
     cuda = torch.cuda.is_available() and job["device"] != "cpu"
+    _warm_up_torch()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -179,6 +207,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "seed": job["seed"],
         "options": job["options"],
         "train_s": train_s,
+        "epoch_s": epoch_seconds(res.history),
         "peak_mem_bytes": int(peak),
         "val_clean": float(r.clean_accuracy) if r.clean_accuracy is not None else float("nan"),
         "val_noisy": r.mean,
@@ -212,6 +241,7 @@ def _evaluate_runs(job: dict[str, Any]) -> list[dict[str, Any]]:
     for run in job["runs"]:
         model, _ = load_model(run["model_path"], device)
         res = RunResult(run["label"], run["seed"], run["train_s"], run["peak_mem_bytes"], 0.0)
+        res.epoch_s = float(run.get("epoch_s", float("nan")))
         for name, spec in job["evals"].items():
             r = evaluate_mc(
                 model,
@@ -299,6 +329,7 @@ def aggregate(results: list[dict[str, Any]], labels: list[str], conds: list[str]
             "options": rs[0].get("options", {}),
             "clean": sum(r["clean"] for r in rs) / len(rs),
             "train_s": sum(r["train_s"] for r in rs) / len(rs),
+            "epoch_s": sum(float(r.get("epoch_s", float("nan"))) for r in rs) / len(rs),
             "mem": sum(r["peak_mem_bytes"] for r in rs) / len(rs),
             "cond": {},
         }
@@ -364,9 +395,12 @@ def markdown(agg: dict[str, dict[str, Any]], conds: list[str], header: str) -> s
     base = agg.get("vanilla")
 
     def rel(a: dict[str, Any], key: str) -> str:
-        return f"{a[key] / base[key]:.2f}" if base and base[key] > 0 else "n/a"
+        if base is None or not base.get(key, 0) > 0 or not math.isfinite(a.get(key, float("nan"))):
+            return "n/a"
+        return f"{a[key] / base[key]:.2f}"
 
-    cols = ["method", "options", "clean %"] + [f"{c} mean % [95% CI]" for c in conds] + ["train time x", "peak mem x"]
+    cols = ["method", "options", "clean %"] + [f"{c} mean % [95% CI]" for c in conds]
+    cols += ["epoch time x", "peak RSS x"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
     for lab, a in agg.items():
         opts = ", ".join(f"{k}={v}" for k, v in a["options"].items()) or "-"
@@ -375,7 +409,7 @@ def markdown(agg: dict[str, dict[str, Any]], conds: list[str], header: str) -> s
             f"{100 * a['cond'][c]['mean']:.1f} [{100 * a['cond'][c]['lo']:.1f}, {100 * a['cond'][c]['hi']:.1f}]"
             for c in conds
         ]
-        row += [rel(a, "train_s"), rel(a, "mem")]
+        row += [rel(a, "epoch_s"), rel(a, "mem")]
         lines.append("| " + " | ".join(row) + " |")
     lines += _paired_table(agg, conds, "vanilla")
     lines += _paired_table(agg, conds, "noise")
@@ -574,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.train_sigma:g} on {100 * (1 - args.val_fraction):g} % of the training split; options chosen on the "
         f"other {100 * args.val_fraction:g} % (validation, {args.val_draws} draws at the training sigma_d)"
         f"{': ' + tuned if tuned else ''}; the test split read once, {args.draws} Monte Carlo draws per condition; "
-        f"total {time.perf_counter() - t_all:.0f} s."
+        f"total {time.perf_counter() - t_all:.0f} s. Epoch time: median after the first epoch; peak RSS: over the "
+        f"run's warmed-up start (unpaired; benchmarks/train_overhead.py pairs them)."
     )
     table = markdown(agg, list(evals), header)
     print(table)

@@ -134,6 +134,12 @@ def program(
     With --reverify N (program-settle-verify) each tile waits --settle seconds after write-verify, is read,
     and its verified devices that relaxed out of --tol are write-verified again, up to N rounds; their pulses
     count in the write cycles and the plan's budget expects them.
+
+    Time budget: `--swim 0.1` with the other defaults deploys the demo model (`rram demo`'s MLP, 1776 weights,
+    2 tiles) on a simulated 64x64 chip within 90 s on 2 CPU cores (planning, forming every used cell, one-shot
+    and write-verify programming, re-verify, read-back); a real board adds its own pulse and link times.
+    Progress: a bar with ETA on a terminal, otherwise one line per stage on stderr (planning, forming, gate
+    calibration, each tile), none with --quiet or --json.
     """
     from hil.deploy import DeploySettings, default_plan_path, plan_model, program_params
     from hil.hardware.board import Board

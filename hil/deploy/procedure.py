@@ -161,9 +161,19 @@ class DeployRun(Procedure[DeployParams]):
             o = self.board.form(int(r), int(c), v_read=self.p.v_read)
             w.append("form", cell=[r, c], formed=o.formed, g=o.conductance_s, pulses=o.pulses)
 
+    def _tile_devices(self, ti: int) -> tuple[int, int]:
+        """(open-loop, write-verified) devices of tile `ti` that get pulses (its defective cells get none)."""
+        t = self.plan.tiles[ti]
+        lp = self.plan.layers[int(t["layer"])]
+        ver = lp.verify[t["r0"] : t["r0"] + int(t["nr"]), t["c0"] : t["c0"] + int(t["nc"])].astype(bool)
+        skip = self.skip[np.ix_(*self.plan.tile_cells(ti))]
+        return int((~ver & ~skip).sum()), int((ver & ~skip).sum())
+
     def run(self, w: RunWriter, bar: Progress) -> None:
         p, plan = self.p, self.plan
         bar.set(w.count("gate_cal") + w.count("tiles"))
+        if p.form and not w.count("tiles") and w.count("form") < self.used[0].size:  # one line per stage
+            bar.stage(f"forming {self.used[0].size - w.count('form')} cells of the used area")
         self._form(w)
         if self.gate_map is not None:  # the profile's own calibration, recorded as this run's: no pulses
             for gate, g in zip(*self.gate_map):
@@ -174,9 +184,14 @@ class DeployRun(Procedure[DeployParams]):
             k = min(p.cal_cells, self.used[0].size)
             cal_r, cal_c = self.used[0][:k], self.used[1][:k]
             gates = np.linspace(p.gate_lo, p.gate_hi, p.gate_points)
+            if w.count("gate_cal") < len(gates):
+                bar.stage(f"gate calibration: {len(gates)} gate voltages on {k} cells")
             calibrate_gate(self.board, w, cal_r, cal_c, gates, p.v_read, bar)
         cal = w.read("gate_cal")
         for ti in range(w.count("tiles"), len(plan.tiles)):
+            n_open, n_ver = self._tile_devices(ti)
+            touch = f", up to {p.reverify} re-verify round(s) {p.settle:g} s apart" if p.reverify and n_ver else ""
+            bar.stage(f"tile {ti + 1}/{len(plan.tiles)}: {n_open} one-shot and {n_ver} write-verified devices{touch}")
             rec = self._program_tile(ti, cal)
             for aged in self._aged_reads(ti, rec[0]):  # before the tile's record: a resume reprograms and rereads
                 w.append("aged", aged)

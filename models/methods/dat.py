@@ -48,6 +48,14 @@ class NoiseDirections:
         self.slots: dict[str, Tensor] = {}
         self.resid: dict[str, Tensor] = {}  # std of the independent remainder per weight (keep_variance)
         self.k = 0
+        # sample(reuse=True): output buffers (flat and weight-shaped views), z, and per-layer constants
+        self._buffers: dict[str, Tensor] = {}
+        self._views: dict[str, Tensor] = {}
+        self._sd: dict[str, Tensor] = {}
+        self._zr: dict[str, Tensor] = {}
+        self._noise: dict[str, Tensor] = {}
+        self._contiguous: dict[str, bool] = {}
+        self._z = torch.empty(0)
         if rank is None:
             return
         lowrank = {n: c for n, c in covs.items() if not (keep_variance and c.B is None)}
@@ -74,19 +82,64 @@ class NoiseDirections:
                 kept = (self.factors[name] ** 2).sum(1) if name in self.factors else torch.zeros_like(c.d)
                 self.resid[name] = (c.diag() - kept).clamp(min=0).sqrt()
 
-    def sample(self, generator: torch.Generator | None) -> dict[str, Tensor]:
-        """One eta per layer, shaped like the weights."""
+    def sample(self, generator: torch.Generator | None, *, reuse: bool = False) -> dict[str, Tensor]:
+        """One eta per layer, shaped like the weights.
+
+        ``reuse`` writes into buffers kept between calls (no allocation per step; DAT's loop): the tensors
+        returned are then overwritten by the next call. The random numbers are drawn in the same order and
+        combined in the same floating-point operations either way, so both give the same values bit for bit.
+        """
+        if not reuse:
+            return {n: e.clone() for n, e in self.sample(generator, reuse=True).items()}
+        if not self._buffers:
+            self._allocate()
         if self.rank is None:
-            return {n: c.sample(generator).view(self.shapes[n]) for n, c in self.covs.items()}
-        first = next(iter(self.covs.values())).d
-        z = torch.randn(self.k, generator=generator, device=first.device, dtype=first.dtype)
-        out = {}
+            for n, c in self.covs.items():
+                buf = self._buffers[n].normal_(generator=generator).mul_(self._sd[n]).add_(c.mu)
+                if c.B is not None:  # as LayerCovariance.sample: the independent part, then B z_r
+                    zr = self._zr[n].normal_(generator=generator)
+                    buf.add_(c._b(zr[:, None])[:, 0])
+            return self._views
+        if self.k:
+            self._z.normal_(generator=generator)
         for n, c in self.covs.items():
-            eta = c.mu + self.factors[n] @ z[self.slots[n]] if n in self.factors else c.mu.clone()
-            if n in self.resid:
-                eta = eta + self.resid[n] * torch.randn(c.n, generator=generator, device=c.d.device, dtype=c.d.dtype)
-            out[n] = eta.view(self.shapes[n])
-        return out
+            buf = self._buffers[n]
+            if n in self.factors:
+                torch.mv(self.factors[n], self._z_of(n), out=buf)
+                buf.add_(c.mu)
+                if n in self.resid:
+                    buf.add_(self._noise[n].normal_(generator=generator).mul_(self.resid[n]))
+            elif n in self.resid:
+                buf.normal_(generator=generator).mul_(self.resid[n]).add_(c.mu)
+            else:
+                buf.copy_(c.mu)
+        return self._views
+
+    def _allocate(self) -> None:
+        """The buffers `sample(reuse=True)` writes into, and the per-layer constants it reuses."""
+        first = next(iter(self.covs.values())).d
+        for n, c in self.covs.items():
+            self._buffers[n] = torch.empty_like(c.d)
+            self._views[n] = self._buffers[n].view(self.shapes[n])
+            if self.rank is None:
+                self._sd[n] = c.d.clamp(min=0).sqrt()
+                if c.B is not None:
+                    self._zr[n] = torch.empty(c.B.shape[1], device=c.d.device, dtype=c.d.dtype)
+            elif n in self.factors and n in self.resid:
+                self._noise[n] = torch.empty_like(c.d)
+        self._z = torch.empty(self.k, device=first.device, dtype=first.dtype)
+
+    def _z_of(self, name: str) -> Tensor:
+        """This layer's entries of z: a view when its slots are contiguous (scope "layer"), else a gather."""
+        slots = self.slots[name]
+        if name not in self._contiguous:
+            n = len(slots)
+            self._contiguous[name] = n > 0 and bool(
+                torch.equal(slots, torch.arange(int(slots[0]), int(slots[0]) + n, device=slots.device))
+            )
+        if self._contiguous[name]:
+            return self._z.narrow(0, int(slots[0]), len(slots))
+        return self._z[slots]
 
     def covariance(self, name: str) -> Tensor:
         """The dense covariance the sampler draws for layer ``name`` (tests and tiny layers only)."""
@@ -156,6 +209,25 @@ def parse_rank(value: Any) -> int | None:
     return None if str(value).lower() in ("full", "none", "0") else to_int(value, minimum=1)
 
 
+def parse_refresh(value: Any) -> int | str:
+    """DAT's refresh_every option: "epoch" (at the first step of every epoch) or a number of steps N >= 1."""
+    if str(value).strip().lower() == "epoch":
+        return "epoch"
+    try:
+        return to_int(value, minimum=1)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or 'epoch')") from None
+
+
+def refresh_due(schedule: int | str, step: int, epoch: int, built_step: int | None, built_epoch: int | None) -> bool:
+    """Whether DAT rebuilds its covariance and basis at this step: never built yet, a new epoch, or N steps on."""
+    if built_step is None or built_epoch is None:
+        return True
+    if schedule == "epoch":
+        return epoch != built_epoch
+    return step - built_step >= int(schedule)
+
+
 @dataclass(frozen=True)
 class DATOptions(MethodOptions):
     """Options of device-aware training (Algorithm 1)."""
@@ -171,8 +243,12 @@ class DATOptions(MethodOptions):
     )
     alpha: float = option(10.0, "step along eps (the paper gives none; 10 picked on digits from 1, 10, 30, 100)")
     perturbations: int = option(1, "perturbations p per step (as in the paper's runs)", minimum=1)
-    refresh_every: int = option(
-        1, "steps between covariance/eigen updates (the covariance depends on the weights)", minimum=1
+    refresh_every: int | str = option(
+        "epoch",
+        "when the covariance and its top-k basis are rebuilt from the current weights: epoch (first step of each "
+        "epoch; Algorithm 1 builds them once) or every N steps (1: every step)",
+        parse=parse_refresh,
+        kind="int|epoch",
     )
     step: Literal["projection", "noise", "magnitude"] = option(
         "projection",
@@ -193,7 +269,14 @@ class DAT(TrainingMethod[DATOptions]):
     eta_j, gradient at w + alpha*eps_j; the optimizer steps with the average (Algorithm 1). The
     covariance is that of the run's weight noise: profile spatial model (correlated cells) plus the
     independent per-level part, or diagonal for the paper families (``_covariance``). The paper
-    computes the covariance and its eigenpairs once; here they depend on the weights (refresh_every).
+    computes the covariance and its eigenpairs once, before the loop (Algorithm 1 lines 2-3), for a
+    profile given in weight units. Here the noise follows the weights (a device's error in weight units
+    scales with the layer's max|W|, its mean with its level), so the reading taken is "once per
+    epoch" (``refresh_every``, default epoch): at the first step of every epoch mu, Sigma, the top-k
+    basis and A_k are rebuilt from the weights of that step and reused, with the sampling buffers, by
+    every step of the epoch. Within an epoch the stalest part is the mean (a bit-sliced profile's
+    quantisation shift, at most half a level step, against a device error of several level steps);
+    refresh_every=1 rebuilds at every step (what this method did before, the same numbers).
     Paper vs common sense: |eps| = |g.eta|/||eta|| shrinks with the gradient, so the ascent vanishes near
     convergence unless alpha is large (100 diverges on digits), and it does not grow with the noise:
     eps is the same for eta and c*eta, so the device noise sets only its direction. ``step=magnitude``
@@ -227,29 +310,41 @@ class DAT(TrainingMethod[DATOptions]):
         self.rank = o.rank
         self.alpha = o.alpha
         self.p = o.perturbations
-        self.refresh = o.refresh_every
+        self.refresh: int | str = o.refresh_every
         self.scope: str = o.scope
         self.mode: str = o.step
         self.keep_variance = o.keep_variance
         self.radius = o.radius
         self.directions: NoiseDirections | None = None
-        self._built_at = -1
+        self._built_step: int | None = None
+        self._built_epoch: int | None = None
+        self.rebuilds = 0  # covariance/basis builds so far (the schedule's count, for tests and benchmarks)
+        self._weights: dict[str, Tensor] | None = None
+        self._norm_buffers: bool | None = None
 
     def _directions(self, ctx: TrainContext, w: dict[str, Tensor]) -> NoiseDirections:
-        if self.directions is None or ctx.step - self._built_at >= self.refresh:
+        if self.directions is None or refresh_due(
+            self.refresh, ctx.step, ctx.epoch, self._built_step, self._built_epoch
+        ):
             noise = require_noise(ctx, self.name)
             covs = {n: layer_covariance(noise, n, t) for n, t in w.items()}
             self.directions = NoiseDirections(
                 covs, {n: t.shape for n, t in w.items()}, self.rank, ctx.generator, self.scope, self.keep_variance
             )
-            self._built_at = ctx.step
+            self._built_step, self._built_epoch = ctx.step, ctx.epoch
+            self.rebuilds += 1
         return self.directions
 
     def training_step(self, ctx: TrainContext, x: Tensor, y: Tensor) -> dict[str, float]:
         model = ctx.raw_model
-        w = clean_weights(model)
+        if self._weights is None:  # the Conv/Linear parameters stay the same tensors for the whole run
+            self._weights = clean_weights(model)
+            self._norm_buffers = bool(norm_buffer_copies(model))
+        w = self._weights
         names = list(w)
-        loss0 = F.cross_entropy(forward_with_weights(model, x, norm_buffer_copies(model)).float(), y)
+        # the clean forward must leave BatchNorm statistics alone (the perturbed one moves them once)
+        out0 = forward_with_weights(model, x, norm_buffer_copies(model)) if self._norm_buffers else model(x)
+        loss0 = F.cross_entropy(out0.float(), y)
         g = dict(zip(names, torch.autograd.grad(loss0, [w[n] for n in names])))
         dirs = self._directions(ctx, w)
         total = 0.0
@@ -258,7 +353,7 @@ class DAT(TrainingMethod[DATOptions]):
             if self.mode == "magnitude":
                 step = magnitude_step(g, dirs, self.radius)
             else:
-                eps = dat_perturbation(g, dirs.sample(ctx.generator), self.mode)
+                eps = dat_perturbation(g, dirs.sample(ctx.generator, reuse=True), self.mode)
                 scale = self.alpha if self.mode == "projection" else self.radius
                 step = {n: scale * e for n, e in eps.items()}
             wp = {n: w[n] + step[n].to(w[n].dtype).detach() for n in names}

@@ -200,6 +200,11 @@ class PlanPoint:
     cycles: float  # write cycles (pulses) to program the network, expected touch-ups included
     cycles_norm: float  # relative to write-verifying every device (with the same re-verify rounds)
     touchups: float = 0.0  # expected touch-up write-verifies of the verified devices (Reverify)
+    # the 1 % KPP's order-statistic interval (models.montecarlo.kpp_ci) and the coverage it really has: >= 0.95
+    # from 368 draws on, less below (an end is then the extreme draw)
+    kpp1_ci: tuple[float, float] = (float("nan"), float("nan"))
+    kpp1_ci_coverage: float = float("nan")
+    draws: int = 0  # Monte Carlo draws behind the point
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -238,6 +243,8 @@ class SwimPlanner:
         self.ppd_verified, self.ppd_touchup = verified_pulses(self.profile, self.reverify)
         self.touchups = self._touchups()
         self._rankings: dict[str, Ranking] = {}
+        self._results: dict[tuple[bytes, int], MCResult] = {}  # per (mask, draws): see `evaluate`
+        self.evaluations = 0  # Monte Carlo runs done (the rest of the points reused one)
 
     def _touchups(self) -> dict[str, Tensor]:
         """Expected touch-ups of each weight's devices were it verified (`touchups_per_device` at their targets)."""
@@ -294,15 +301,26 @@ class SwimPlanner:
         return c.cycles, c.cycles_norm
 
     def evaluate(self, mask: dict[str, Tensor] | None, draws: int | None = None) -> MCResult:
-        return evaluate_mc(
-            self.model, self.x_val, self.y_val, self.noise(mask), draws or self.mc_draws, seed=self.seed, kpp=(1.0,)
-        )
+        """Monte Carlo accuracy with this verify mask, run once per distinct mask.
+
+        Every point draws with the planner's seed, so two points with the same mask (every method at
+        fraction 0 and 1, and methods that pick the same weights) would repeat the very same draws: the
+        result of the first is returned for the others, the numbers a second run would give.
+        """
+        n = draws or self.mc_draws
+        key = (_mask_key(mask, list(self.weights)), n)
+        if key not in self._results:
+            noise = self.noise(mask)
+            self._results[key] = evaluate_mc(self.model, self.x_val, self.y_val, noise, n, seed=self.seed, kpp=(1.0,))
+            self.evaluations += 1
+        return self._results[key]
 
     def point(self, method: str, fraction: float) -> PlanPoint:
         mask = self.mask(method, fraction)
         res = self.evaluate(mask)
         cost = self.device_cycles(mask)
         lo, hi = res.ci95
+        ci = res.kpp_ci.get(1.0, (float("nan"), float("nan")))
         return PlanPoint(
             method,
             fraction,
@@ -315,6 +333,9 @@ class SwimPlanner:
             cost.cycles,
             cost.cycles_norm,
             cost.touchups,
+            (float(ci[0]), float(ci[1])),
+            float(res.kpp_ci_coverage.get(1.0, float("nan"))),
+            int(res.n_draws),
         )
 
     def curve(self, fractions: list[float], methods: Sequence[str] = METHODS, progress: Any = None) -> list[PlanPoint]:
@@ -373,6 +394,17 @@ def pulses_per_device(profile: Any, verified: bool) -> float:
             f"the profile has no mean pulse count for {kind} devices, which write-cycle counts need: "
             f"{PULSES_HINT[verified]}"
         ) from None
+
+
+def _mask_key(mask: dict[str, Tensor] | None, names: list[str]) -> bytes:
+    """The verify mask's bits in layer order (None: nothing verified, the same as an all-False mask)."""
+    if mask is None:
+        return b"none"
+    parts = []
+    for n in names:
+        m = mask.get(n)
+        parts.append(b"-" if m is None else np.packbits(m.detach().to(torch.bool).cpu().numpy().ravel()).tobytes())
+    return b"|".join(parts)
 
 
 def _kpp(res: MCResult, k: float) -> float:

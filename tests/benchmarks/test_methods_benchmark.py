@@ -165,3 +165,64 @@ def test_main_tunes_on_validation_and_reads_the_test_split_only_for_the_choice(t
         b.main([*args, "--tune", "dat:alpha=1,10"])  # dat is not among --methods
     with pytest.raises(SystemExit):
         b.main([*args, "--val-fraction", "0"])  # the choices need a validation split
+
+
+# ------------------------------------------------------------------- epoch times and the paired overhead benchmark
+
+
+def _overhead():
+    _bench()  # puts benchmarks/ on sys.path
+    return importlib.import_module("train_overhead")
+
+
+def test_epoch_time_is_the_median_after_the_first_epoch():
+    b = _bench()
+    hist = [{"time_s": 9.0}, {"time_s": 1.0}, {"time_s": 3.0}, {"time_s": 2.0}]
+    assert b.epoch_seconds(hist) == 2.0  # the first epoch's one-off 9 s is left out
+    assert b.epoch_seconds(hist[:3]) == 2.0 and b.epoch_seconds(hist[:1]) == 9.0
+    assert math.isnan(b.epoch_seconds([]))
+
+
+def test_overhead_device_choice_rounds_and_ratios():
+    t = _overhead()
+    assert str(t.pick_device("auto", cuda_available=False)) == "cpu"
+    assert str(t.pick_device("auto", cuda_available=True)) == "cuda"  # the GPU variant when one is lent
+    assert str(t.pick_device("cuda:1", cuda_available=True)) == "cuda:1"
+    with pytest.raises(ValueError, match="no CUDA GPU is visible here; use --device cpu"):
+        t.pick_device("cuda", cuda_available=False)
+    with pytest.raises(ValueError, match="give auto, cpu or cuda"):
+        t.pick_device("gpu0", cuda_available=False)
+    for bad in (["--device", "gpu0"], ["--rounds", "0"], ["--methods", "dat,sideways"]):
+        with pytest.raises(SystemExit):  # argparse's one-line error, before any training
+            t.main(bad)
+    # vanilla first, then last: a drift in the machine's speed lands on both sides of each ratio in turn
+    assert t.round_orders(["vanilla", "a", "b"], 3) == [["vanilla", "a", "b"], ["b", "a", "vanilla"]] + [
+        ["vanilla", "a", "b"]
+    ]
+    r = t.ratios({"vanilla": [1.0, 2.0], "a": [2.0, 3.0]})
+    assert r == {"vanilla": [1.0, 1.0], "a": [2.0, 1.5]}  # per round, not a ratio of sums
+    f = t.MethodFigures(
+        "a", wall_s=[2.0, 3.0, 9.0], cpu_s=[1.0, 1.0, 1.0], wall_ratio=[2.0, 1.5, 4.0], cpu_ratio=[1.0] * 3
+    )
+    s = f.summary()
+    assert (s["wall_ratio_min"], s["wall_ratio_median"], s["wall_s_median"]) == (1.5, 2.0, 3.0)
+
+
+def test_cpu_peak_memory_is_the_allocators_peak_above_the_start():
+    import torch
+
+    t = _overhead()
+    keep = torch.ones(1000)  # allocated before: not counted, whatever happens to it
+
+    def work() -> None:
+        a = torch.empty(250_000)  # 1 MB
+        b = torch.empty(500_000)  # 2 MB, both alive: the peak, 3 MB
+        del a, b
+        c = torch.empty(100_000)  # 0.4 MB after the peak
+        del c
+
+    peak = t.peak_bytes(work, torch.device("cpu"))
+    # exactly the two live blocks (the allocator reports requested bytes); small temporaries of the profiler's own
+    # bookkeeping, if any, stay far below the 0.4 MB of c
+    assert 3_000_000 <= peak < 3_400_000
+    assert keep.sum() == 1000

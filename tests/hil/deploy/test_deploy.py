@@ -223,6 +223,16 @@ def test_program_names_what_supplies_the_missing_pulse_count(tmp_path, capsys, m
     assert stages[0].startswith(f"planning: sensitivity of {N_WEIGHTS} weights") and "swim: marking 10.0%" in stages[1]
     assert "\r" not in r.text
     assert read_run(out).complete and load_plan(tmp_path / "d.plan.h5").n_verified == 2 * round(0.1 * N_WEIGHTS)
+    # not on a terminal: one line per stage of the programming run too (forming, each tile), on stderr only
+    plan = load_plan(tmp_path / "d.plan.h5")
+    prog = [ln.split(": ", 1)[1] for ln in r.err.splitlines() if ln.startswith("program: ")]
+    assert (
+        prog[0].startswith("start, ") and prog[1].startswith("forming ") and prog[1].endswith(" cells of the used area")
+    )
+    tiles = [ln for ln in prog if ln.startswith("tile ")]
+    assert [t.split(":")[0] for t in tiles] == [f"tile {i + 1}/{len(plan.tiles)}" for i in range(len(plan.tiles))]
+    staged = ("planning: ", "program: start", "program: forming", "program: tile ")
+    assert not [ln for ln in r.out.splitlines() if ln.startswith(staged)]  # stdout keeps the summary alone
 
 
 def test_program_refuses_a_bit_sliced_model(tmp_path, capsys, monkeypatch) -> None:

@@ -339,3 +339,117 @@ def test_noise_sized_steps_use_radius_and_the_gradient_at_the_perturbed_weights(
         total += float(loss.detach())
     assert model.weight.grad is not None
     assert torch.allclose(model.weight.grad, ref, atol=1e-6) and logs["loss"] == pytest.approx(total, rel=1e-6)
+
+
+# ------------------------------------------------------------------ the refresh schedule and the reused buffers
+
+
+def _dat_ctx(model: nn.Module, noise, seed: int = 3) -> TrainContext:
+    return TrainContext(
+        model=model,
+        noise=noise,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed),
+        config=TrainConfig(),
+        num_classes=3,
+    )
+
+
+@pytest.mark.parametrize("opts", [{"keep_variance": False}, {"keep_variance": False, "scope": "global"}, {}])
+def test_every_step_schedule_replays_the_per_step_rebuild_bit_for_bit(opts):
+    """refresh_every=1 is the former DAT: a fresh covariance and random top-k basis at every step, same numbers."""
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3, bias=False)
+    noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
+    ctx = _dat_ctx(model, noise)
+    m = DAT(rank=2, refresh_every=1, **opts)
+    m.prepare(ctx)
+    w = model.weight.detach().clone()
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(5, 6, generator=torch.Generator().manual_seed(10 + i)) for i in range(4)]
+    y = torch.tensor([0, 1, 2, 1, 0])
+    for step, x in enumerate(xs):
+        ctx.optimizer.zero_grad(set_to_none=True)
+        m.training_step(ctx, x, y)
+        ctx.optimizer.step()
+        ctx.step += 1
+        # replay of the per-step algorithm: rebuild, sample afresh (no buffers), project, gradient at w + alpha eps
+        wr = w.clone().requires_grad_(True)
+        g = torch.autograd.grad(F.cross_entropy(F.linear(x, wr), y), wr)[0]
+        cov = layer_covariance(noise, "weight", wr)
+        dirs = NoiseDirections(
+            {"weight": cov}, {"weight": w.shape}, 2, gen, opts.get("scope", "layer"), opts.get("keep_variance", True)
+        )
+        eta = dirs.sample(gen)
+        wp = (wr + 10.0 * dat_perturbation({"weight": g}, eta)["weight"]).detach().requires_grad_(True)
+        ref = torch.autograd.grad(F.cross_entropy(F.linear(x, wp), y), wp)[0]
+        w = w.add(ref, alpha=-0.1)  # what SGD does (a fused multiply-add: w - 0.1 * ref can round differently)
+        assert torch.equal(model.weight.detach(), w), f"step {step}"
+    assert m.rebuilds == len(xs)
+
+
+def test_reused_buffers_draw_the_same_numbers_as_fresh_tensors():
+    """sample(reuse=True) consumes the generator as sample() does and combines the same operations: equal bits."""
+    torch.manual_seed(0)
+    noise = noise_from_profile(_spatial_profile(), read=False, stuck=False)
+    w = {"a.weight": torch.randn(4, 5) * 0.5, "b.weight": torch.randn(3, 4) * 0.5}
+    covs = {k: layer_covariance(noise, k, v) for k, v in w.items()}
+    diag = {k: LayerCovariance(c.mu, None, c.diag()) for k, c in covs.items()}
+    shapes = {k: v.shape for k, v in w.items()}
+    configs = [
+        (covs, None, "layer", False),  # DAT-Full, correlated (sparse tiled B)
+        (covs, 3, "layer", True),  # top-k plus the remaining variance
+        (covs, 3, "global", False),
+        (diag, 3, "layer", False),  # random basis of tied variances
+        (diag, 3, "layer", True),  # exact independent draws, k = 0
+    ]
+    for cv, rank, scope, keep in configs:
+        dirs = NoiseDirections(cv, shapes, rank, torch.Generator().manual_seed(1), scope, keep)
+        g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        for _ in range(3):
+            fresh, reused = dirs.sample(g1), dirs.sample(g2, reuse=True)
+            assert all(torch.equal(fresh[k], reused[k]) for k in w), (rank, scope, keep)
+        assert torch.equal(g1.get_state(), g2.get_state())
+    # reused buffers are overwritten by the next call; fresh tensors are not
+    dirs = NoiseDirections(covs, shapes, None)
+    first = dirs.sample(torch.Generator().manual_seed(0), reuse=True)["a.weight"]
+    kept = first.clone()
+    dirs.sample(torch.Generator().manual_seed(1), reuse=True)
+    assert not torch.equal(first, kept)
+
+
+def test_refresh_schedule_rebuilds_once_per_epoch_or_every_n_steps():
+    from models.methods.dat import parse_refresh, refresh_due
+
+    assert refresh_due("epoch", 0, 0, None, None)  # never built
+    assert not refresh_due("epoch", 25, 0, 0, 0) and refresh_due("epoch", 26, 1, 0, 0)
+    assert not refresh_due(4, 3, 0, 0, 0) and refresh_due(4, 4, 0, 0, 0) and not refresh_due(4, 6, 1, 4, 0)
+    assert parse_refresh("Epoch") == "epoch" and parse_refresh("3") == 3
+    with pytest.raises(ValueError, match=r"must be >= 1, got 0 \(or 'epoch'\)"):
+        parse_refresh(0)
+    with pytest.raises(ValueError, match="option refresh_every must be an integer, got 'weekly'"):
+        get_method("dat", refresh_every="weekly")
+    assert DAT().options.refresh_every == "epoch"  # the default: Algorithm 1's one build, once per epoch
+
+    torch.manual_seed(0)
+    noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 1])
+    for schedule, epochs, steps, builds in (("epoch", 3, 4, 3), (3, 2, 4, 3), (1, 1, 5, 5)):
+        model = nn.Linear(6, 3, bias=False)
+        ctx = _dat_ctx(model, noise)
+        m = DAT(rank=2, keep_variance=False, refresh_every=schedule)
+        m.prepare(ctx)
+        seen = []
+        for epoch in range(epochs):
+            ctx.epoch = epoch
+            for _ in range(steps):
+                ctx.optimizer.zero_grad(set_to_none=True)
+                m.training_step(ctx, x, y)
+                ctx.optimizer.step()
+                ctx.step += 1
+                seen.append(m.directions)
+        assert m.rebuilds == builds, schedule
+        assert len({id(d) for d in seen}) == builds
+        if schedule == "epoch":  # one basis per epoch, built at its first step
+            assert all(seen[e * steps] is seen[e * steps + s] for e in range(epochs) for s in range(steps))

@@ -48,7 +48,7 @@ OLD_DEFAULTS: dict[str, dict] = {
         "scope": "layer",
         "alpha": 10.0,
         "perturbations": 1,
-        "refresh_every": 1,
+        "refresh_every": "epoch",  # issue 18: the basis is rebuilt once per epoch (was every step, 1)
         "step": "projection",
         "keep_variance": True,  # issue 17: DAT-Fast keeps the full variance (the paper's top-k kept k/n of it)
         "radius": 1.0,

@@ -132,3 +132,28 @@ def test_swim_curve_prices_the_reverify_rounds_it_is_told(chip_profile, mlp) -> 
     assert runs["2"][1.0]["cycles"] > runs["0"][1.0]["cycles"]
     bad = CliRunner().invoke(cli, [*base, "--settle", "-1"])
     assert bad.exit_code != 0 and "settle time" in bad.output and "Traceback" not in bad.output
+
+
+def test_curve_reuses_a_monte_carlo_run_per_distinct_mask_with_the_same_numbers(chip_profile, mlp) -> None:
+    """Points with the same verify mask share one run; every point equals a fresh evaluate_mc of its own mask."""
+    from models.montecarlo import evaluate_mc
+
+    prof, _ = chip_profile
+    model, _ = load_model(mlp)
+    ds = load_dataset("digits")
+    x, y = ds.x_test[:120], ds.y_test[:120]
+    planner = SwimPlanner(model, prof, x, y, mc_draws=400, seed=3, noise_scale=2.0, reverify=NO_REVERIFY)
+    fr, methods = [0.0, 0.1, 1.0], ["magnitude", "random"]
+    pts = planner.curve(fr, methods)
+    assert planner.evaluations == 4  # fraction 0 and 1 are the same mask for both methods: 6 points, 4 runs
+    for p in pts:
+        if p.method == "random" and p.fraction in (0.0, 1.0):
+            continue  # the magnitude point of the same mask, checked below to be this one
+        ref = evaluate_mc(model, x, y, planner.noise(planner.mask(p.method, p.fraction)), 400, seed=3, kpp=(1.0,))
+        assert (p.mean, p.std, p.kpp1, p.worst) == (ref.mean, ref.std, ref.kpp[1.0], ref.worst)
+        assert p.kpp1_ci == ref.kpp_ci[1.0] and p.draws == 400
+        # 400 draws: the 1 % KPP's order-statistic interval is two-sided with >= 95 % coverage (>= 368 draws)
+        assert p.kpp1_ci[0] <= p.kpp1 <= p.kpp1_ci[1] and p.kpp1_ci_coverage >= 0.95
+    by = {(p.method, p.fraction): p for p in pts}
+    assert by[("magnitude", 0.0)].to_dict() | {"method": "random"} == by[("random", 0.0)].to_dict()
+    assert planner.evaluate(None, draws=2).n_draws == 2 and planner.evaluations == 5  # draws are part of the key
