@@ -48,7 +48,8 @@ class _Layer:
     std_w: Tensor | None  # (W,)
     # per-device terms, flat in (P, W, D) order
     coef: Tensor  # (n_dev,)
-    dev_pack: Tensor | None  # (n_dev, 4): coef * mean, (coef * sigma)^2, stuck-on, stuck-off errors; with faults
+    # with faults: ((n_dev, 2) coef * mean and (coef * sigma)^2, (2 n_dev,) stuck-on and stuck-off errors interleaved)
+    dev_pack: tuple[Tensor, Tensor] | None
     weight_pack: Tensor | None  # (W, 2): mean_w, std_w^2; with faults
     stuck_hi: Tensor | None  # coef * (g_hi - g_t) (n_dev,)
     stuck_lo: Tensor | None  # coef * (g_lo - g_t) (n_dev,)
@@ -58,7 +59,7 @@ class _Layer:
     # spatial: A (cells, k) and the number of tiles
     spatial_A: Tensor | None
     tiles: int
-    # per sign array p: (first tile, weight offset in it, B (k, tiles_p, weights per tile)) with
+    # per sign array p: (first tile, weight offset in it, B (tiles_p, k, weights per tile)) with
     # B[w] = sum_d c_d A[cell_d], when a weight's devices never straddle two tiles (cells % D == 0)
     tile_blocks: list[tuple[int, int, Tensor]] | None = None
 
@@ -150,26 +151,74 @@ class DeviceSampler:
             layer.std_w = torch.sqrt(((coef * sig) ** 2).sum(-1).sum(0)).reshape(-1).contiguous()
             if stuck_hi is not None and stuck_lo is not None:  # rows gathered together at the stuck devices
                 dm, dv = (coef * mean).reshape(-1), ((coef * sig) ** 2).reshape(-1)
-                layer.dev_pack = torch.stack([dm, dv, stuck_hi, stuck_lo], 1).contiguous()
+                layer.dev_pack = (
+                    torch.stack([dm, dv], 1).contiguous(),
+                    torch.stack([stuck_hi, stuck_lo], 1).reshape(-1).contiguous(),  # 2 pos: on, 2 pos + 1: off
+                )
                 layer.weight_pack = torch.stack([layer.mean_w, layer.std_w**2], 1).contiguous()
         return layer
 
     # ------------------------------------------------------------------ drawing
     def __call__(self, generators: list[torch.Generator]) -> dict[str, Tensor]:
-        """One draw per generator, ``{name: (len(generators), *shape)}``, in buffers the next call overwrites."""
+        """One draw per generator, ``{name: (len(generators), *shape)}``, in buffers the next call overwrites.
+
+        Each draw takes its random numbers from its own generator (in worker threads on CPU); the arithmetic
+        then runs once for the whole chunk (Gaussian path), so its cost per draw does not carry Python's.
+        """
         n = len(generators)
         out = {name: self._buffer(name, n) for name in self.layers}
+        taken: dict[str, list] = {name: [None] * n for name in self.layers}  # per draw: stuck hits
+        fields = {
+            name: torch.empty((n, lay.tiles, lay.spatial_A.shape[1]), dtype=lay.base.dtype, device=lay.base.device)
+            for name, lay in self.layers.items()
+            if lay.spatial_A is not None and not self.lognormal
+        }
 
         def fill(i: int) -> None:
+            gen = generators[i]
             for name, layer in self.layers.items():
-                self._draw(layer, out[name][i].view(-1), generators[i])
+                row = out[name][i]
+                if self.lognormal:
+                    self._draw_lognormal(layer, row, gen)
+                    continue
+                row.normal_(generator=gen)  # z of every weight, then the stuck devices, then the tile normals
+                taken[name][i] = self._stuck(layer, gen)
+                if name in fields:
+                    fields[name][i].normal_(generator=gen)
 
         if all(lay.base.device.type == "cpu" for lay in self.layers.values()):
             _map_draws(fill, n, sum(lay.n_weights for lay in self.layers.values()))
         else:
             for i in range(n):
                 fill(i)
+        if not self.lognormal:
+            for name, layer in self.layers.items():
+                self._finish(layer, out[name], taken[name], fields.get(name))
         return {name: o.view(n, *self.layers[name].shape) for name, o in out.items()}
+
+    def _finish(self, lay: _Layer, z: Tensor, hits: list, zk: Tensor | None) -> None:
+        """Turn the chunk's normals z (n, W) into weights: Gaussian part, stuck devices, spatial field, base."""
+        assert lay.mean_w is not None and lay.std_w is not None
+        n = z.shape[0]
+        pos = on = draw = None
+        if hits and hits[0] is not None:
+            sizes = [h[0].numel() for h in hits]
+            if sum(sizes):
+                pos = torch.cat([h[0] for h in hits])
+                on = torch.cat([h[1] for h in hits])
+                draw = torch.repeat_interleave(torch.arange(n, device=z.device), torch.tensor(sizes, device=z.device))
+        fixed = self._stuck_weights(lay, z, pos, on, draw) if pos is not None else None
+        torch.addcmul(lay.mean_w, z, lay.std_w, out=z)  # the independent part of each weight
+        flat = z.view(-1)
+        if fixed is not None:
+            flat.index_copy_(0, fixed[0], fixed[1])
+        if zk is not None:
+            z += self._spatial_per_weight(lay, zk)
+            if pos is not None and draw is not None:  # a stuck device holds its stuck value, not its field share
+                w_flat = draw * lay.n_weights + (pos // lay.per_weight) % lay.n_weights
+                field = self._field_at(lay, zk.view(-1, zk.shape[-1]), pos, draw * lay.tiles)
+                flat.index_add_(0, w_flat, -torch.index_select(lay.coef, 0, pos) * field)
+        z += lay.base
 
     def _buffer(self, name: str, n: int) -> Tensor:
         lay = self.layers[name]
@@ -186,27 +235,6 @@ class DeviceSampler:
         zk = torch.empty((lay.tiles, A.shape[1]), dtype=A.dtype, device=A.device).normal_(generator=gen)
         return (zk @ A.T).reshape(-1)[: lay.coef.numel()]
 
-    def _draw(self, lay: _Layer, row: Tensor, gen: torch.Generator) -> None:
-        """Write one draw of the layer's weights into ``row`` (W,), from ``gen`` alone."""
-        if self.lognormal:
-            self._draw_lognormal(lay, row, gen)
-            return
-        assert lay.mean_w is not None and lay.std_w is not None
-        row.normal_(generator=gen)
-        hit = self._stuck(lay, gen)
-        fixed = self._stuck_weights(lay, row, hit) if hit is not None and hit[0].numel() else None
-        torch.addcmul(lay.mean_w, row, lay.std_w, out=row)  # the independent part of each weight
-        if fixed is not None:
-            row.index_copy_(0, fixed[0], fixed[1])
-        if lay.spatial_A is not None:
-            zk = torch.empty((lay.tiles, lay.spatial_A.shape[1]), dtype=row.dtype, device=row.device)
-            zk.normal_(generator=gen)
-            row += self._spatial_per_weight(lay, zk)
-            if hit is not None and hit[0].numel():  # a stuck device holds its stuck value, not its share of the field
-                pos, w_of = hit[0], (hit[0] // lay.per_weight) % lay.n_weights
-                row.index_add_(0, w_of, -torch.index_select(lay.coef, 0, pos) * self._field_at(lay, zk, pos))
-        row += lay.base
-
     def _stuck(self, lay: _Layer, gen: torch.Generator) -> tuple[Tensor, Tensor] | None:
         """(device positions, stuck-on mask) of this draw's stuck devices, or None without stuck faults."""
         p = self.p_lrs + self.p_hrs
@@ -216,49 +244,52 @@ class DeviceSampler:
         on = torch.rand(pos.numel(), generator=gen, dtype=torch.float64, device=pos.device) < self.p_lrs / p
         return pos, on
 
-    def _stuck_weights(self, lay: _Layer, z: Tensor, hit: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """(weights with a stuck device, their independent part): stuck values plus the Gaussian of the rest.
+    def _stuck_weights(self, lay: _Layer, z: Tensor, pos: Tensor, on: Tensor, draw: Tensor) -> tuple[Tensor, Tensor]:
+        """(flat (draw, weight) index of weights with a stuck device, their independent part): the stuck values
+        plus the Gaussian of the other devices.
 
         Given which devices are stuck, the other devices of a weight still sum to one Gaussian, with the stuck
-        devices' means and variances taken out; ``z`` (the weight's standard normal) drives it.
+        devices' means and variances taken out; ``z`` (n, W), the weight's standard normal, drives it.
         """
         assert lay.dev_pack is not None and lay.weight_pack is not None
-        pos, on = hit
         w_of = (pos // lay.per_weight) % lay.n_weights
-        if lay.sign_arrays == 1:  # positions ascend, so their weights do too
-            uw, inv = torch.unique_consecutive(w_of, return_inverse=True)
+        key = draw * lay.n_weights + w_of
+        if lay.sign_arrays == 1:  # positions ascend within a draw and draws ascend, so the keys do too
+            uw, inv = torch.unique_consecutive(key, return_inverse=True)
         else:
-            uw, inv = torch.unique(w_of, sorted=True, return_inverse=True)
-        dev = F.embedding(pos, lay.dev_pack)  # (K, 4) rows: mean, variance, stuck-on and stuck-off errors
-        value = torch.where(on, dev[:, 2], dev[:, 3]).to(z.dtype)
+            uw, inv = torch.unique(key, sorted=True, return_inverse=True)
+        mean_var, stuck_values = lay.dev_pack
+        dev = F.embedding(pos, mean_var)  # (K, 2) rows: the device's mean and variance
+        value = torch.index_select(stuck_values, 0, 2 * pos + (~on).long()).to(z.dtype)  # stuck-on, stuck-off
         sums = torch.zeros((uw.numel(), 3), dtype=z.dtype, device=z.device)
         sums.index_add_(0, inv, torch.stack([value, dev[:, 0], dev[:, 1]], 1))
-        wts = F.embedding(uw, lay.weight_pack)  # (k, 2): the weight's mean and variance
+        wts = F.embedding(uw % lay.n_weights, lay.weight_pack)  # (k, 2): the weight's mean and variance
         var = torch.clamp(wts[:, 1] - sums[:, 2], min=0.0)
-        return uw, torch.addcmul(wts[:, 0] - sums[:, 1] + sums[:, 0], torch.sqrt(var), torch.index_select(z, 0, uw))
+        zu = torch.index_select(z.reshape(-1), 0, uw)
+        return uw, torch.addcmul(wts[:, 0] - sums[:, 1] + sums[:, 0], torch.sqrt(var), zu)
 
     def _spatial_per_weight(self, lay: _Layer, zk: Tensor) -> Tensor:
-        """The spatial error of every weight (W,): sum over its devices of c_d A[cell_d] . z[tile_d]."""
+        """The spatial error of every weight, (n, W) for tile normals zk (n, tiles, k): sum_d c_d A[cell_d] . z."""
+        n = zk.shape[0]
         if lay.tile_blocks is None:  # devices of one weight may straddle tiles: through the per-device field
-            field = (zk @ lay.spatial_A.T).reshape(-1)[: lay.coef.numel()]  # type: ignore[union-attr]
-            return (field * lay.coef).view(-1, lay.n_weights, lay.per_weight).sum(-1).sum(0)
+            assert lay.spatial_A is not None
+            field = (zk @ lay.spatial_A.T).reshape(n, -1)[:, : lay.coef.numel()]
+            return (field * lay.coef).view(n, -1, lay.n_weights, lay.per_weight).sum(-1).sum(1)
         out = None
-        for t0, offset, B in lay.tile_blocks:  # one block per sign array: (k, tiles, weights per tile)
-            z = zk[t0 : t0 + B.shape[1]]
-            part = B[0] * z[:, 0:1]
-            for j in range(1, B.shape[0]):  # k passes of multiply-add over the weights (faster than bmm here)
-                part.addcmul_(B[j], z[:, j : j + 1])
-            part = part.view(-1)[offset : offset + lay.n_weights]
+        for t0, offset, B in lay.tile_blocks:  # one block per sign array: (tiles, k, weights per tile)
+            z = zk[:, t0 : t0 + B.shape[0]].transpose(0, 1)  # (tiles, n, k)
+            part = torch.bmm(z, B).transpose(0, 1).reshape(n, -1)[:, offset : offset + lay.n_weights]  # one GEMM
             out = part if out is None else out + part
         assert out is not None
         return out
 
-    def _field_at(self, lay: _Layer, zk: Tensor, pos: Tensor) -> Tensor:
-        """The spatial field at device positions ``pos`` only."""
+    def _field_at(self, lay: _Layer, zk_rows: Tensor, pos: Tensor, row0: Tensor | int = 0) -> Tensor:
+        """The spatial field at device positions ``pos`` only; zk_rows holds one tile's normals per row, the
+        tiles of a position's draw starting at row0."""
         A = lay.spatial_A
         assert A is not None
         cells = A.shape[0]
-        return (F.embedding(pos % cells, A) * F.embedding(pos // cells, zk)).sum(1)  # row gathers
+        return (F.embedding(pos % cells, A) * F.embedding(row0 + pos // cells, zk_rows)).sum(1)  # row gathers
 
     def _draw_lognormal(self, lay: _Layer, row: Tensor, gen: torch.Generator) -> None:
         """Log-normal devices: g_t * expm1(s z) (+ read noise, spatial field), stuck values put in sparsely."""
@@ -302,7 +333,7 @@ def _tile_blocks(coef: Tensor, A: Tensor) -> list[tuple[int, int, Tensor]] | Non
         n_tiles = -(-(offset + n_w) // per_tile)
         B = torch.zeros((n_tiles * per_tile, k), dtype=A.dtype, device=A.device)
         B[offset : offset + n_w] = rows
-        blocks.append((t0, offset, B.view(n_tiles, per_tile, k).permute(2, 0, 1).contiguous()))
+        blocks.append((t0, offset, B.view(n_tiles, per_tile, k).transpose(1, 2).contiguous()))
     return blocks
 
 
