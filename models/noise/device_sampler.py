@@ -207,7 +207,9 @@ class DeviceSampler:
                 pos = torch.cat([h[0] for h in hits])
                 on = torch.cat([h[1] for h in hits])
                 draw = torch.repeat_interleave(torch.arange(n, device=z.device), torch.tensor(sizes, device=z.device))
-        fixed = self._stuck_weights(lay, z, pos, on, draw) if pos is not None else None
+        fixed = None
+        if pos is not None and on is not None and draw is not None:
+            fixed = self._stuck_weights(lay, z, pos, on, draw)
         torch.addcmul(lay.mean_w, z, lay.std_w, out=z)  # the independent part of each weight
         flat = z.view(-1)
         if fixed is not None:
