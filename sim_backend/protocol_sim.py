@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
+from sim_backend.c_firmware import make_engine
 from sim_backend.chip_store import ChipStore, ChipStoreError, PersistentChip
 from sim_backend.firmware import FirmwareEngine
 from sim_backend.link import SimLink
@@ -17,6 +18,7 @@ class Serial(SerialBase):
     """A pyserial port whose other end is the simulated board's firmware.
 
     Opening loads the chip's stored state and locks it (unless the URL says persist=0); closing saves it.
+    ``firmware=c`` in the URL runs the C board firmware (sim_backend/c_firmware.py) instead of the Python one.
     """
 
     is_open: bool  # set by SerialBase.__init__ (pyserial is untyped here)
@@ -38,7 +40,7 @@ class Serial(SerialBase):
             raise SerialException("Port must be configured before it can be used.")
         try:
             opts = parse_sim_options(self._port)
-            engine = FirmwareEngine(opts.config)
+            engine = make_engine(opts.firmware, opts.config)
             chip = PersistentChip.open(engine, ChipStore(opts.state_dir)) if opts.persist else None
         except (ValueError, ChipStoreError) as exc:
             raise SerialException(str(exc)) from None

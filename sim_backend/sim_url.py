@@ -3,7 +3,9 @@
 Example: ``sim://?seed=1&rows=64&cols=64&flip=0.01&delay=0.2``; ``ref=0:63:50k,1:63:1M`` wires
 precision resistors (calibration fixture) in place of cells. The chip persists between processes
 (sim_backend/SIM.md): ``persist=0`` gives a throwaway chip (pristine, never saved), ``state_dir=PATH``
-keeps it in another folder than the per-user default.
+keeps it in another folder than the per-user default. ``firmware=c`` puts the C board firmware
+(firmware_protocol/c/, sim_backend/c_firmware.py) behind the link instead of the Python one (``firmware=python``,
+the default): the same protocol, the same chip, the same bytes.
 
 ``spatial=SIGMA`` gives the chip a spatially correlated device-to-device gain (off by default): the sd of
 the ln gain on the conductance SET, RESET and forming drive a cell toward (0.05 = 5 % of g), correlated
@@ -36,6 +38,7 @@ _FAULT_KEYS = {
 
 
 _STORE_KEYS = ("persist", "state_dir")
+FIRMWARES = ("python", "c")
 _DEVICE_KEYS = {"spatial": "spatial_sigma", "spatial_len": "spatial_length_cells"}  # DeviceParams fields
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -48,6 +51,7 @@ class SimOptions:
     faults: LinkFaults
     persist: bool = True
     state_dir: str | None = None  # None: $RRAM_SIM_STATE_DIR or the per-user default
+    firmware: str = "python"  # the board firmware: "python" (FirmwareEngine) or "c" (CFirmwareEngine)
 
 
 def parse_sim_url(url: str, base: BoardConfig = DEFAULT_BOARD) -> tuple[BoardConfig, LinkFaults]:
@@ -65,7 +69,7 @@ def parse_sim_options(url: str, base: BoardConfig = DEFAULT_BOARD) -> SimOptions
     board: dict[str, Any] = {}
     faults: dict[str, Any] = {}
     device: dict[str, float] = {}
-    persist, state_dir = True, None
+    persist, state_dir, firmware = True, None, "python"
     for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
         value = values[-1]
         if key == "persist":
@@ -75,6 +79,13 @@ def parse_sim_options(url: str, base: BoardConfig = DEFAULT_BOARD) -> SimOptions
             if not value.strip():
                 raise ValueError("sim:// option state_dir is empty (give a folder, e.g. state_dir=/tmp/chips)")
             state_dir = value
+            continue
+        if key == "firmware":
+            if value not in FIRMWARES:
+                raise ValueError(
+                    f"sim:// option firmware={value!r} is not one of {', '.join(FIRMWARES)} (e.g. firmware=c)"
+                )
+            firmware = value
             continue
         if key == "ref":
             board["reference_cells"] = parse_reference_cells(value)
@@ -87,7 +98,7 @@ def parse_sim_options(url: str, base: BoardConfig = DEFAULT_BOARD) -> SimOptions
         elif key in _FAULT_KEYS:
             target, (name, conv) = faults, _FAULT_KEYS[key]
         else:
-            known = ", ".join(sorted([*_BOARD_KEYS, *_FAULT_KEYS, *_STORE_KEYS, *_DEVICE_KEYS, "ref"]))
+            known = ", ".join(sorted([*_BOARD_KEYS, *_FAULT_KEYS, *_STORE_KEYS, *_DEVICE_KEYS, "ref", "firmware"]))
             raise ValueError(f"unknown sim:// option {key!r} (known: {known})")
         try:
             target[name] = conv(value)
@@ -100,7 +111,7 @@ def parse_sim_options(url: str, base: BoardConfig = DEFAULT_BOARD) -> SimOptions
             spatial_sigma=device.get("spatial_sigma", d.spatial_sigma),
             spatial_length_cells=device.get("spatial_length_cells", d.spatial_length_cells),
         )
-    return SimOptions(dataclasses.replace(base, **board), LinkFaults(**faults), persist, state_dir)
+    return SimOptions(dataclasses.replace(base, **board), LinkFaults(**faults), persist, state_dir, firmware)
 
 
 def with_spatial(device: DeviceParams, sigma: float | None, length: float | None) -> DeviceParams:

@@ -41,6 +41,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+FIRMWARES = ("python", "c")  # the board firmwares a conformance test runs against (sim_backend/c_firmware.py)
+
+
+@pytest.fixture(scope="module", params=["python"])
+def firmware(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The simulated board's firmware: "python" unless a test parametrizes it with FIRMWARES (indirect=True).
+
+    "c" is skipped with the reason when the C firmware cannot be built here (no compiler). While the fixture
+    is active, `tests.helpers.boards.new_engine` makes engines of this firmware.
+    """
+    from tests.helpers import boards
+
+    name = str(request.param)
+    if name == "c":
+        from sim_backend.c_firmware import c_firmware_available
+
+        why = c_firmware_available()
+        if why is not None:
+            pytest.skip(f"C firmware: {why}")
+    previous = boards.set_firmware(name)
+    yield name
+    boards.set_firmware(previous)
+
+
 @pytest.fixture(scope="session")
 def board_port(request: pytest.FixtureRequest) -> str:
     """URL of the board under test: a real board's serial port with --board-port, else the simulator."""

@@ -95,6 +95,13 @@ def _spatial_options(func: Callable[..., Any]) -> Callable[..., Any]:
 )
 @_spatial_options
 @click.option(
+    "--firmware",
+    type=click.Choice(["python", "c"]),
+    default="python",
+    show_default=True,
+    help="the board firmware behind the pty: the Python one, or the C core of firmware_protocol/c/ (built with cc)",
+)
+@click.option(
     "--ground-truth",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
@@ -114,6 +121,7 @@ def serve(
     state_dir: str | None,
     spatial: float | None,
     spatial_len: float | None,
+    firmware: str,
     ground_truth: str | None,
 ) -> None:
     """Serve a simulated board on a pseudo-terminal until Ctrl-C or SIGTERM.
@@ -122,11 +130,12 @@ def serve(
     serial program (baud rate is ignored). The chip is the stored one (`rram sim status`), locked
     while serving and saved as it changes and when the server stops. --spatial gives the chip a spatially
     correlated device-to-device gain field (as sim://?spatial=); a chip with another field is another chip.
+    --firmware c serves the C firmware core (firmware_protocol/c/) on the same chip: same protocol, same bytes.
     """
     from sim_backend.board_config import BoardConfig
+    from sim_backend.c_firmware import make_engine
     from sim_backend.chip_store import ChipStore, ChipStoreError, PersistentChip
     from sim_backend.faults import LinkFaults
-    from sim_backend.firmware import FirmwareEngine
     from sim_backend.pty_server import PtyBoard
     from sim_backend.sim_url import with_spatial
 
@@ -142,7 +151,10 @@ def serve(
         raise UserError(str(exc)) from None
     if not board_id.isascii():
         raise UserError(f"board id {board_id!r} must be ASCII")
-    engine = FirmwareEngine(config)
+    try:
+        engine = make_engine(firmware, config)
+    except ValueError as exc:  # no C compiler, or a board the C buffers cannot hold
+        raise UserError(str(exc)) from None
     try:
         chip = PersistentChip.open(engine, ChipStore(state_dir)) if persist else None
     except ChipStoreError as exc:

@@ -1,4 +1,8 @@
-"""Simulated boards for tests: in process (sim://) or on a pty served from a thread, and chip set-up shortcuts."""
+"""Simulated boards for tests: in process (sim://) or on a pty served from a thread, and chip set-up shortcuts.
+
+`new_engine` makes an engine of the firmware the running test is parametrized with (the `firmware` fixture of
+tests/conftest.py: "python" unless a test asks for FIRMWARES), so one conformance test covers both boards.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,31 @@ import numpy as np
 from hil.characterize import get_procedure
 from hil.characterize.procedure import RunOutcome, run_procedure
 from hil.hardware.board import Board
-from sim_backend.board_config import BoardConfig
+from sim_backend.board_config import DEFAULT_BOARD, BoardConfig
 from sim_backend.faults import LinkFaults
 from sim_backend.firmware import FirmwareEngine
 from sim_backend.pty_server import PtyBoard
+
+_FIRMWARE = ["python"]  # the firmware of the running test (set by the `firmware` fixture)
+
+
+def set_firmware(name: str) -> str:
+    """Make `new_engine` build `name` ("python" or "c") engines; returns the previous name."""
+    previous, _FIRMWARE[0] = _FIRMWARE[0], name
+    return previous
+
+
+def current_firmware() -> str:
+    return _FIRMWARE[0]
+
+
+def new_engine(config: BoardConfig = DEFAULT_BOARD, **kw: Any) -> FirmwareEngine:
+    """A firmware engine of the running test's firmware (FirmwareEngine or CFirmwareEngine), same arguments."""
+    if _FIRMWARE[0] == "c":
+        from sim_backend.c_firmware import CFirmwareEngine
+
+        return CFirmwareEngine(config, **kw)
+    return FirmwareEngine(config, **kw)
 
 
 class PtySim:
@@ -41,8 +66,9 @@ class PtySim:
 def open_sim(
     transport: str, seed: int, rows: int = 16, cols: int = 16, faults: LinkFaults | None = None
 ) -> Iterator[tuple[Board, FirmwareEngine]]:
-    """A Board on a simulated board, in process (sim:// URL) or through a pty served from a thread."""
+    """A Board on a simulated board (of the running test's firmware), in process (sim:// URL) or on a pty."""
     faults = LinkFaults() if faults is None else faults
+    firmware = {"firmware": "c"} if _FIRMWARE[0] == "c" else {}
     if transport == "inproc":
         from sim_backend.sim_url import make_sim_url
 
@@ -58,10 +84,10 @@ def open_sim(
             )
             if v
         }  # every LinkFaults field: the in-process link gets the faults the pty link would
-        with Board.open(make_sim_url(seed, rows, cols, **fault_opts)) as board:
+        with Board.open(make_sim_url(seed, rows, cols, **fault_opts, **firmware)) as board:
             yield board, board.link.engine  # type: ignore[attr-defined]
         return
-    engine = FirmwareEngine(BoardConfig(rows=rows, cols=cols, seed=seed))
+    engine = new_engine(BoardConfig(rows=rows, cols=cols, seed=seed))
     server = PtyBoard(engine, faults)
     thread = threading.Thread(target=server.serve, kwargs={"poll_s": 0.002}, daemon=True)
     thread.start()

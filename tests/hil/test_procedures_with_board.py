@@ -16,9 +16,11 @@ import pytest
 from firmware_protocol import PROTOCOL_MAJOR, CellResult
 from hil.characterize.runfile import read_run
 from hil.hardware.board import Board
+from tests.conftest import FIRMWARES
 from tests.helpers.boards import run
 
-pytestmark = pytest.mark.board
+# On the simulated board every procedure runs against both firmwares (Python, and the C core); a real board once.
+pytestmark = [pytest.mark.board, pytest.mark.parametrize("firmware", FIRMWARES, indirect=True, scope="module")]
 
 ROWS, COLS = (0, 4), (0, 4)
 REGION = f"{ROWS[0]}:{ROWS[1]},{COLS[0]}:{COLS[1]}"
@@ -28,14 +30,17 @@ MOST = 0.8  # share of the formed cells a procedure must get right (a real chip 
 
 
 @pytest.fixture(scope="module")
-def board(board_port: str) -> Iterator[Board]:
-    with Board.open(board_port) as b:
+def board(board_port: str, real_board: bool, firmware: str) -> Iterator[Board]:
+    if real_board and firmware != "python":
+        pytest.skip("a real board has its own firmware: run once")
+    port = f"{board_port}&firmware=c" if firmware == "c" else board_port
+    with Board.open(port) as b:
         yield b
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("board-runs")
+def runs(tmp_path_factory: pytest.TempPathFactory, firmware: str) -> Path:
+    return tmp_path_factory.mktemp(f"board-runs-{firmware}")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from sim_backend.device_model import RRAMArray
 from sim_backend.firmware import FirmwareEngine
 from sim_backend.link import SimLink
 from sim_backend.sim_url import make_sim_url
-from tests.helpers.boards import open_sim, run
+from tests.conftest import FIRMWARES
+from tests.helpers.boards import current_firmware, new_engine, open_sim, run
 
 REPO = Path(__file__).resolve().parents[2]
 SEED, ROWS, COLS = 21, 8, 8
@@ -63,7 +64,9 @@ def _small_chunks(board: Board) -> None:
 
 
 def _url(**faults: float) -> str:
-    return make_sim_url(SEED, ROWS, COLS, persist=0, **faults)
+    """The test chip's URL, on the running test's firmware (the reference always runs the Python one)."""
+    firmware = {"firmware": "c"} if current_firmware() == "c" else {}
+    return make_sim_url(SEED, ROWS, COLS, persist=0, **faults, **firmware)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,11 @@ def test_reference_run_did_real_work(reference: tuple[dict, dict]) -> None:
     assert tables["endurance"]["endurance"].size == 30
 
 
-def test_small_client_chunks_give_identical_records(reference: tuple[dict, dict], tmp_path: Path) -> None:
+@pytest.mark.parametrize("firmware", FIRMWARES, indirect=True)
+def test_small_client_chunks_give_identical_records(
+    reference: tuple[dict, dict], tmp_path: Path, firmware: str
+) -> None:
+    """Also the C firmware: its records are the Python firmware's, record for record (the reference is Python's)."""
     with Board.open(_url()) as board:
         _small_chunks(board)
         tables = _run_all(board, tmp_path)
@@ -117,13 +124,16 @@ def test_board_served_from_another_thread_gives_identical_records(reference: tup
     _assert_identical(chip, reference[1])
 
 
-def test_export_import_between_procedures_gives_identical_records(reference: tuple[dict, dict], tmp_path: Path) -> None:
-    """What the chip store does between two processes: export_state, a new engine, import_state."""
+@pytest.mark.parametrize("firmware", FIRMWARES, indirect=True)
+def test_export_import_between_procedures_gives_identical_records(
+    reference: tuple[dict, dict], tmp_path: Path, firmware: str
+) -> None:
+    """What the chip store does between two processes: export_state, a new engine, import_state (either firmware)."""
     config = BoardConfig(rows=ROWS, cols=COLS, seed=SEED)
-    first = FirmwareEngine(config)
+    first = new_engine(config)
     with Board(SimLink(first)) as board:
         tables = _run_all(board, tmp_path, ("form",))
-    second = FirmwareEngine(config)
+    second = new_engine(config)
     second.import_state(first.export_state())
     assert second.session_id != first.session_id  # it booted as a new power-up
     with Board(SimLink(second)) as board:

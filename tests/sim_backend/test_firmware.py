@@ -1,4 +1,7 @@
-"""Protocol conformance of the simulated board's firmware, driven with raw frames through FirmwareEngine."""
+"""Protocol conformance of the simulated board's firmware, driven with raw frames through FirmwareEngine.
+
+Every test runs against both firmwares: the Python one and the C core (sim_backend/c_firmware.py).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +31,17 @@ from firmware_protocol.constants import HelloFlag, SessionEnd
 from firmware_protocol.frame import VERSION_BYTE
 from sim_backend.board_config import BoardConfig
 from sim_backend.firmware import FirmwareEngine
+from tests.conftest import FIRMWARES
+from tests.helpers.boards import new_engine
+
+pytestmark = pytest.mark.parametrize("firmware", FIRMWARES, indirect=True, scope="module")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _each_firmware(firmware: str) -> str:
+    """Every test of the module runs once per firmware (new_engine builds the one in use)."""
+    return firmware
+
 
 ROWS = COLS = 8
 ALL_ROWS, ALL_COLS = np.divmod(np.arange(ROWS * COLS), COLS)
@@ -122,7 +136,7 @@ class Host:
 
 def make_engine(seed: int = 3, clock: Callable[[], float] | None = None, **config: object) -> FirmwareEngine:
     cfg = BoardConfig(rows=ROWS, cols=COLS, seed=seed, **config)  # type: ignore[arg-type]
-    return FirmwareEngine(cfg) if clock is None else FirmwareEngine(cfg, wall_clock=clock)
+    return new_engine(cfg) if clock is None else new_engine(cfg, wall_clock=clock)
 
 
 @pytest.fixture
@@ -134,7 +148,7 @@ def host() -> Host:
 
 
 @pytest.fixture(scope="module")
-def formed_state() -> FirmwareEngine:
+def formed_state(firmware: str) -> FirmwareEngine:
     """An engine whose whole 8x8 array was formed through the protocol (copied per test)."""
     h = Host(make_engine())
     h.poll()
@@ -190,7 +204,7 @@ GOLDEN_HELLO_RSP_HEX = (
 
 
 def test_hello_exchange_is_golden() -> None:
-    engine = FirmwareEngine(BoardConfig(rows=8, cols=8, seed=1))
+    engine = new_engine(BoardConfig(rows=8, cols=8, seed=1))
     boot = engine.poll()
     request = m.HelloRequest(1, 0).to_frame(1).encode()
     response = engine.feed(request)
@@ -212,7 +226,7 @@ GOLDEN_REFUSAL_HEX = (
 
 
 def test_nak_and_refusal_are_the_documented_bytes() -> None:
-    engine = FirmwareEngine(BoardConfig(rows=8, cols=8, seed=1))
+    engine = new_engine(BoardConfig(rows=8, cols=8, seed=1))
     engine.poll()
     hello = bytearray(m.HelloRequest(1, 0).to_frame(1).encode())
     hello[-2] ^= 0x10  # corrupt the CRC (no zero byte created)
@@ -392,7 +406,7 @@ def test_out_of_range_request_is_refused_and_applies_nothing(
 
 
 def test_read_block_larger_than_one_response_is_refused() -> None:
-    h = Host(FirmwareEngine(BoardConfig(rows=64, cols=64, seed=2)))
+    h = Host(new_engine(BoardConfig(rows=64, cols=64, seed=2)))
     h.poll()
     h.hello()
     limit = m.max_block_cells(h.engine.config.max_payload)

@@ -21,9 +21,18 @@ from firmware_protocol import BoardState, CellResult, Frame, FrameDecoder, Frame
 from firmware_protocol import messages as m
 from hil.hardware.board import Board
 from sim_backend.board_config import BoardConfig
-from sim_backend.firmware import FirmwareEngine
-from tests.helpers.boards import PtySim
+from tests.conftest import FIRMWARES
+from tests.helpers.boards import PtySim, new_engine
 from tests.sim_backend.test_firmware import ALL_COLS, ALL_ROWS, COLS, ROWS, FakeClock, Host, wv_request
+
+pytestmark = pytest.mark.parametrize("firmware", FIRMWARES, indirect=True, scope="module")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _each_firmware(firmware: str) -> str:
+    """Every test of the module runs once per firmware (new_engine builds the one in use)."""
+    return firmware
+
 
 STEP_S = 0.25  # fake wall time per poll of the input (a binary fraction: the expiry falls on an exact poll)
 WATCHDOG_S = 2.0  # the simulated board's default watchdog
@@ -48,7 +57,7 @@ class Line:
 def make_host(sends: Callable[[int], bytes] | None = None, poll: bool = True, form: bool = True) -> Host:
     """An 8x8 board (all cells formed directly, set-up) after HELLO, whose input is `Line(sends)` (or none)."""
     clock = FakeClock()
-    engine = FirmwareEngine(BoardConfig(rows=ROWS, cols=COLS, seed=3), wall_clock=clock)
+    engine = new_engine(BoardConfig(rows=ROWS, cols=COLS, seed=3), wall_clock=clock)
     if poll:
         engine.poll_input = Line(clock, sends)
     if form:
@@ -186,7 +195,7 @@ class RawHost:
 
 
 def test_a_host_that_stops_talking_one_second_into_a_batch_stops_the_board_within_the_watchdog() -> None:
-    engine = FirmwareEngine(BoardConfig(rows=16, cols=16, seed=1))
+    engine = new_engine(BoardConfig(rows=16, cols=16, seed=1))
     rows, cols = np.divmod(np.arange(8), 16)
     engine.array.form(rows, cols, 4.0, 1000, 1.0)
     sim = PtySim(engine)
@@ -235,8 +244,8 @@ def test_a_host_that_stops_talking_one_second_into_a_batch_stops_the_board_withi
 
 
 def test_the_host_keeps_the_watchdog_fed_through_a_batch_longer_than_it_on_a_pty() -> None:
-    engine = FirmwareEngine(BoardConfig(rows=16, cols=16, seed=2))
-    twin = FirmwareEngine(BoardConfig(rows=16, cols=16, seed=2))
+    engine = new_engine(BoardConfig(rows=16, cols=16, seed=2))
+    twin = new_engine(BoardConfig(rows=16, cols=16, seed=2))
     for board_engine in (engine, twin):
         board_engine.array.form(np.array([0]), np.array([0]), 4.0, 1000, 1.0)
     sim = PtySim(engine)

@@ -12,6 +12,8 @@ from firmware_protocol.limits import CLOCK_MAX_NS, CLOCK_MAX_US, MAX_STREAM_EVEN
 from sim_backend.board_config import BoardConfig
 from sim_backend.device_model import CLOCK_LIMIT_NS, RRAMArray
 from sim_backend.firmware import FirmwareEngine
+from tests.conftest import FIRMWARES
+from tests.helpers.boards import new_engine
 from tests.sim_backend.test_firmware import (
     ALL_COLS,
     ALL_ROWS,
@@ -24,12 +26,21 @@ from tests.sim_backend.test_firmware import (
     wv_request,
 )
 
+pytestmark = pytest.mark.parametrize("firmware", FIRMWARES, indirect=True, scope="module")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _each_firmware(firmware: str) -> str:
+    """Every test of the module runs once per firmware (new_engine builds the one in use)."""
+    return firmware
+
+
 LIM = FirmwareEngine(BoardConfig(rows=16, cols=16)).limits
 
 
 def make_host(clock: FakeClock | None = None, **config: object) -> Host:
     cfg = BoardConfig(**{"rows": ROWS, "cols": COLS, "seed": 3, **config})  # type: ignore[arg-type]
-    engine = FirmwareEngine(cfg) if clock is None else FirmwareEngine(cfg, wall_clock=clock)
+    engine = new_engine(cfg) if clock is None else new_engine(cfg, wall_clock=clock)
     engine.array.form(ALL_ROWS, ALL_COLS, 4.0, 1000, 1.0)
     h = Host(engine)
     h.poll()
@@ -255,7 +266,7 @@ def test_a_served_board_refuses_an_endurance_past_the_clock_and_keeps_serving() 
     from hil.hardware.board import Board
     from tests.helpers.boards import PtySim
 
-    engine = FirmwareEngine(BoardConfig(rows=8, cols=8, seed=4))
+    engine = new_engine(BoardConfig(rows=8, cols=8, seed=4))
     engine.array.form(ALL_ROWS, ALL_COLS, 4.0, 1000, 1.0)
     sim = PtySim(engine)
     try:

@@ -10,6 +10,7 @@ import pytest
 
 from hil.characterize.runfile import read_run
 from sim_backend.faults import LinkFaults
+from tests.conftest import FIRMWARES
 from tests.helpers.boards import form_region, open_sim, pulses, run
 
 # 0.5 % of bytes flipped: a 32-cell write-verify request (490 bytes) is damaged with p = 1 - 0.995^490 = 91 %, a
@@ -26,8 +27,12 @@ def board_counters(board: object) -> np.ndarray:
     return np.array([c.form_pulses, c.set_pulses, c.reset_pulses])
 
 
-@pytest.mark.parametrize("transport", ["inproc", "pty"])
-def test_endurance_over_a_noisy_link_applies_every_cycle_exactly_once(transport: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "transport, firmware", [("inproc", "python"), ("pty", "python"), ("inproc", "c")], indirect=["firmware"]
+)
+def test_endurance_over_a_noisy_link_applies_every_cycle_exactly_once(
+    transport: str, firmware: str, tmp_path: Path
+) -> None:
     with open_sim(transport, seed=11, faults=NOISY) as (board, eng):
         _, _, _, ok = form_region(eng, "0:2,0:4")
         before = board_counters(board)
@@ -98,7 +103,10 @@ def test_levels_over_a_noisy_link_records_every_pulse_it_spends(transport: str, 
         ("form", dict(cells="4:5,0:16", v_start=2.4), 300),
     ],
 )
-def test_procedure_survives_a_board_reset_mid_run(name: str, params: dict, reset_after: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("firmware", FIRMWARES, indirect=True)
+def test_procedure_survives_a_board_reset_mid_run(
+    name: str, params: dict, reset_after: int, firmware: str, tmp_path: Path
+) -> None:
     with open_sim("inproc", seed=13, faults=LinkFaults(reset_after=reset_after)) as (board, eng):
         form_region(eng, "0:4,0:16")
         session = board.session_id
