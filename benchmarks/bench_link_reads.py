@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from hil.hardware.board import Board
 from hil.hardware.transport import DEFAULT_BAUD
 from sim_backend.board_config import BoardConfig
-from sim_backend.firmware import FirmwareEngine
+from sim_backend.c_firmware import make_engine
 from sim_backend.pty_server import PtyBoard
 from sim_backend.sim_url import make_sim_url
 
@@ -197,16 +197,26 @@ def _measure(link: CountingLink, transport: str, baud: int, pattern: str, fn, ce
     return Rate(transport, line, pattern, cells, dt, rate, (link.tx + link.rx) / cells, limit, rate / limit)
 
 
-def bench(transport: str, baud: int, n_reads: int, n_blocks: int, n_points: int, rows: int, cols: int) -> list[Rate]:
-    """Every pattern over one transport, through the emulated line (baud > 0) or straight (baud 0)."""
+def bench(
+    transport: str,
+    baud: int,
+    n_reads: int,
+    n_blocks: int,
+    n_points: int,
+    rows: int,
+    cols: int,
+    firmware: str = "python",
+) -> list[Rate]:
+    """Every pattern over one transport, through the emulated line (baud > 0) or straight (baud 0), on the
+    Python or the C board firmware."""
     server = thread = None
     if transport == "pty":
-        server = PtyBoard(FirmwareEngine(BoardConfig(rows=rows, cols=cols, seed=0)))
+        server = PtyBoard(make_engine(firmware, BoardConfig(rows=rows, cols=cols, seed=0)))
         thread = threading.Thread(target=server.serve, kwargs={"poll_s": 0.002}, daemon=True)
         thread.start()
         url = server.path
     else:
-        url = make_sim_url(0, rows, cols, persist=0)
+        url = make_sim_url(0, rows, cols, persist=0, firmware=firmware)
     try:
         with Board.open(url) as board:
             inner = PacedLink(board.link, baud) if baud else board.link
@@ -250,12 +260,15 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=40, help="block reads per block size")
     ap.add_argument("--points", type=int, default=60, help="read points of the endurance stream (100 cycles apart)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--firmware", choices=("python", "c"), default="python", help="the board firmware behind the link")
     args = ap.parse_args()
     for name in ("baud", "reads", "blocks", "points"):
         if getattr(args, name) < (0 if name == "baud" else 1):
             ap.error(f"--{name} must be {'>= 0' if name == 'baud' else '>= 1'}, got {getattr(args, name)}")
     transports = ("pty", "inproc") if args.transport == "both" else (args.transport,)
-    rates = [r for t in transports for r in bench(t, args.baud, args.reads, args.blocks, args.points, 64, 64)]
+    rates = [
+        r for t in transports for r in bench(t, args.baud, args.reads, args.blocks, args.points, 64, 64, args.firmware)
+    ]
     if args.json:
         print(json.dumps([asdict(r) for r in rates], indent=1))
         return
