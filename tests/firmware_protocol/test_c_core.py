@@ -66,3 +66,12 @@ def test_the_m4_size_report_builds_or_says_why_not() -> None:
         assert "skipped: arm-none-eabi-gcc is not installed" in done.stdout
     else:
         assert done.stdout.count("rram_fw_") == 2 and "text" in done.stdout
+        sizes = {}  # elf name -> (flash = text + data, static RAM = data + bss), from arm-none-eabi-size's table
+        for line in done.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 6 and parts[5].endswith(".elf") and parts[0].isdigit():
+                text, data, bss = (int(x) for x in parts[:3])
+                sizes[Path(parts[5]).stem] = (text + data, data + bss)
+        assert set(sizes) == {"rram_fw_default", "rram_fw_small"}
+        assert all(flash <= 32 * 1024 for flash, _ in sizes.values())  # the flash budget, both builds
+        assert sizes["rram_fw_small"][1] <= 8 * 1024  # a small board's limits fit 8 KiB of static RAM
