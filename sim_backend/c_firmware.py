@@ -384,22 +384,6 @@ class CFirmwareEngine(FirmwareEngine):
         self._lib.rram_fw_poll(self._mem)
         return self._take()
 
-    def export_state(self) -> dict[str, np.ndarray]:
-        """The chip (array state, clock) and the board's lifetime pulse counters and boot count, to persist."""
-        state = {f"array/{k}": v for k, v in self.array.export_state().items()}
-        c = self.counters
-        state["counters"] = np.array([min(x, _I64_MAX) for x in (c.form, c.set, c.reset, c.reads)], dtype=np.int64)
-        state["boots"] = np.array(self._boots, dtype=np.int64)
-        return state
-
-    def import_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore a persisted chip, then boot as a board that was powered off in between (new session id)."""
-        self.array.import_state({k[len("array/") :]: v for k, v in state.items() if k.startswith("array/")})
-        form, set_, reset, reads = (int(x) for x in np.asarray(state["counters"]).ravel()[:4])
-        self.counters.form, self.counters.set, self.counters.reset, self.counters.reads = form, set_, reset, reads
-        self._boots = int(np.asarray(state["boots"]))
-        self.boot()
-
     @property
     def hello_info(self) -> m.HelloInfo:
         buf = ctypes.create_string_buffer(93)
