@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from models.mapping import BitSlicedMapping
-from models.noise.base import AffineSampler, WeightNoise, per_device_mask, rand, randn, randn_draws
+from models.noise.base import AffineSampler, WeightNoise, _map_draws, per_device_mask, rand, randn, randn_draws
 
 # NeFT IV-F, eq. 16: the state-dependent device models, by their inner-state factor t (RRAM1 is uniform).
 STATE_DEPENDENT_T: dict[str, float] = {"RRAM1": 1.0, "RRAM2": 4.0, "FeFET1": 2.0, "FeFET2": 6.0}
@@ -229,6 +229,13 @@ class LogNormalNoise(WeightNoise):
     def sample_batch(self, weights, n_draws, generator=None):
         return {n: w * torch.exp(self.sigma * randn((n_draws, *w.shape), w, generator)) for n, w in weights.items()}
 
+    def draw_sampler(self, weights):
+        """Monte Carlo draws filled in place per draw (worker threads on CPU) into reused buffers: the numbers of
+        ``sample`` with each draw's generator (w * exp(sigma z), z from that generator), without its copies."""
+        if torch.is_grad_enabled() and any(w.requires_grad for w in weights.values()):
+            return super().draw_sampler(weights)
+        return _LogNormalSampler(self.sigma, {n: w.detach() for n, w in weights.items()})
+
     def noise_std(self, weights):
         s2 = self.sigma**2
         k = math.sqrt((math.exp(s2) - 1.0) * math.exp(s2))
@@ -425,3 +432,33 @@ class WriteVerifyNoise(WeightNoise):
 
 def _mapping_spec(m: BitSlicedMapping) -> dict[str, Any]:
     return {"bits": m.bits, "bits_per_device": m.bits_per_device, "sign": m.sign, "scale": m.scale}
+
+
+class _LogNormalSampler:
+    """Draws of `LogNormalNoise` for fixed weights: each draw's row is z, then exp(sigma z), then times w, in place."""
+
+    def __init__(self, sigma: float, weights: dict[str, Tensor]) -> None:
+        self.sigma = sigma
+        self.weights = weights
+        self._buffers: dict[str, Tensor] = {}
+
+    def __call__(self, generators: list[torch.Generator]) -> dict[str, Tensor]:
+        n = len(generators)
+        out = {}
+        for name, w in self.weights.items():
+            buf = self._buffers.get(name)
+            if buf is None or buf.shape[0] < n:
+                buf = self._buffers[name] = torch.empty((n, *w.shape), device=w.device, dtype=w.dtype)
+            out[name] = buf[:n]
+
+        def fill(i: int) -> None:
+            for name, w in self.weights.items():
+                row = out[name][i]
+                row.normal_(generator=generators[i]).mul_(self.sigma).exp_().mul_(w)
+
+        if all(w.device.type == "cpu" for w in self.weights.values()):
+            _map_draws(fill, n, sum(w.numel() for w in self.weights.values()))
+        else:
+            for i in range(n):
+                fill(i)
+        return out

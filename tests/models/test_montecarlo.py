@@ -310,6 +310,30 @@ def test_affine_sampler_reuses_buffers_and_keeps_each_draw_exact():
             assert torch.allclose(second[k][j], ref[k], rtol=0, atol=1e-6)
 
 
+def test_lognormal_sampler_gives_each_draw_of_sample_bit_for_bit():
+    """MTRD's log-normal draws in place (z, exp(sigma z), times w) equal noise.sample with each draw's generator."""
+    from models.montecarlo import draw_generator
+    from models.noise.apply import clean_weights
+
+    torch.manual_seed(4)
+    model = build_model("mlp", in_channels=1, num_classes=10, image_size=8)
+    weights = {k: v.detach() for k, v in clean_weights(model).items()}
+    noise = _noise({"family": "lognormal", "sigma": 0.3})
+    sampler = noise.draw_sampler(weights)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)  # the parallel per-draw fill
+    try:
+        first = {k: v.clone() for k, v in sampler([draw_generator(6, i, "cpu") for i in range(3)]).items()}
+        ptr = {k: v.data_ptr() for k, v in sampler([draw_generator(6, i, "cpu") for i in range(2)]).items()}
+    finally:
+        torch.set_num_threads(old)
+    assert ptr == {k: v.data_ptr() for k, v in sampler([draw_generator(6, 0, "cpu")]).items()}  # reused buffers
+    for i in range(3):
+        ref = noise.sample(weights, draw_generator(6, i, "cpu"))
+        for k in weights:  # the same float operations on the same normals: equal, not close
+            assert torch.equal(first[k][i], ref[k])
+
+
 def test_auto_chunk_counts_the_stacked_weights():
     """Big weights with tiny activations: a chunk's stacked weights stay within the memory budget."""
     from models.montecarlo import _auto_chunk
