@@ -259,6 +259,11 @@ class DATOptions(MethodOptions):
         True, "DAT-Fast keeps every weight's full variance (false: the paper's top-k only, k/n of a diagonal one)"
     )
     radius: float = option(1.0, "noise step: multiple of the draw; magnitude step: Mahalanobis distance in noise stds")
+    ascent: Literal["clean", "previous"] = option(
+        "clean",
+        "gradient the ascent is built from: clean = this step's clean loss (Algorithm 1, two forward/backward "
+        "passes per step); previous = the gradient the last step descended with (one pass per step)",
+    )
 
 
 @METHODS.register("dat")
@@ -299,6 +304,11 @@ class DAT(TrainingMethod[DATOptions]):
     every layer noisy, a global top-k spends all k directions on the layer with the largest per-weight
     variance (uniform device noise: the layer with the largest max|W|) and leaves the others
     unperturbed, so DAT-Fast did no better than vanilla on digits; the default keeps k per layer.
+    Cost: Algorithm 1 takes the clean gradient (line 6) and then the perturbed one (line 11), two forward and
+    backward passes per step, so on a compute-bound CPU a step costs about twice plain training, whatever k;
+    the paper's Table I times DAT-Fast at about SGD's. ``ascent=previous`` (a deviation, for cost) builds the
+    ascent from the gradient the previous step descended with, as look-ahead SAM variants reuse a recent
+    gradient: one pass per step after the first.
     """
 
     name = "dat"
@@ -321,6 +331,8 @@ class DAT(TrainingMethod[DATOptions]):
         self.rebuilds = 0  # covariance/basis builds so far (the schedule's count, for tests and benchmarks)
         self._weights: dict[str, Tensor] | None = None
         self._norm_buffers: bool | None = None
+        self.ascent: str = o.ascent
+        self._g_prev: dict[str, Tensor] | None = None  # ascent="previous": the last step's descent gradient
 
     def _directions(self, ctx: TrainContext, w: dict[str, Tensor]) -> NoiseDirections:
         if self.directions is None or refresh_due(
@@ -342,10 +354,14 @@ class DAT(TrainingMethod[DATOptions]):
             self._norm_buffers = bool(norm_buffer_copies(model))
         w = self._weights
         names = list(w)
-        # the clean forward must leave BatchNorm statistics alone (the perturbed one moves them once)
-        out0 = forward_with_weights(model, x, norm_buffer_copies(model)) if self._norm_buffers else model(x)
-        loss0 = F.cross_entropy(out0.float(), y)
-        g = dict(zip(names, torch.autograd.grad(loss0, [w[n] for n in names])))
+        loss0: Tensor | None = None
+        if self.ascent == "previous" and self._g_prev is not None:
+            g = self._g_prev  # one pass per step: the ascent from the gradient the last step descended with
+        else:
+            # the clean forward must leave BatchNorm statistics alone (the perturbed one moves them once)
+            out0 = forward_with_weights(model, x, norm_buffer_copies(model)) if self._norm_buffers else model(x)
+            loss0 = F.cross_entropy(out0.float(), y)
+            g = dict(zip(names, torch.autograd.grad(loss0, [w[n] for n in names])))
         dirs = self._directions(ctx, w)
         total = 0.0
         p = 1 if self.mode == "magnitude" else self.p  # the magnitude step is deterministic
@@ -360,4 +376,12 @@ class DAT(TrainingMethod[DATOptions]):
             loss = F.cross_entropy(forward_with_weights(model, x, wp).float(), y) / p
             ctx.backward(loss)
             total += float(loss.detach())
-        return {"loss": total, "loss_clean": float(loss0.detach())}
+        if self.ascent == "previous":  # what the optimizer is about to step with (unscaled under fp16 AMP)
+            scale = float(ctx.scaler.get_scale()) if ctx.scaler is not None else 1.0
+            self._g_prev = {
+                n: (w[n].grad.detach() / scale if w[n].grad is not None else torch.zeros_like(w[n])) for n in names
+            }
+        out = {"loss": total}
+        if loss0 is not None:
+            out["loss_clean"] = float(loss0.detach())
+        return out
