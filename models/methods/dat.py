@@ -378,9 +378,11 @@ class DAT(TrainingMethod[DATOptions]):
             total += float(loss.detach())
         if self.ascent == "previous":  # what the optimizer is about to step with (unscaled under fp16 AMP)
             scale = float(ctx.scaler.get_scale()) if ctx.scaler is not None else 1.0
-            self._g_prev = {
-                n: (w[n].grad.detach() / scale if w[n].grad is not None else torch.zeros_like(w[n])) for n in names
-            }
+            prev = {}
+            for n in names:
+                grad = w[n].grad
+                prev[n] = grad.detach() / scale if grad is not None else torch.zeros_like(w[n])
+            self._g_prev = prev
         out = {"loss": total}
         if loss0 is not None:
             out["loss_clean"] = float(loss0.detach())
