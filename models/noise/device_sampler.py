@@ -59,7 +59,7 @@ class _Layer:
     # spatial: A (cells, k) and the number of tiles
     spatial_A: Tensor | None
     tiles: int
-    # per sign array p: (first tile, weight offset in it, B (tiles_p, k, weights per tile)) with
+    # per sign array p: (first tile, weight offset in it, B (k, tiles_p, weights per tile)) with
     # B[w] = sum_d c_d A[cell_d], when a weight's devices never straddle two tiles (cells % D == 0)
     tile_blocks: list[tuple[int, int, Tensor]] | None = None
 
@@ -235,7 +235,7 @@ class DeviceSampler:
             return None
         A = lay.spatial_A
         zk = torch.empty((lay.tiles, A.shape[1]), dtype=A.dtype, device=A.device).normal_(generator=gen)
-        return (zk @ A.T).reshape(-1)[: lay.coef.numel()]
+        return tile_fields(zk, A).reshape(-1)[: lay.coef.numel()]
 
     def _stuck(self, lay: _Layer, gen: torch.Generator) -> tuple[Tensor, Tensor] | None:
         """(device positions, stuck-on mask) of this draw's stuck devices, or None without stuck faults."""
@@ -275,12 +275,15 @@ class DeviceSampler:
         n = zk.shape[0]
         if lay.tile_blocks is None:  # devices of one weight may straddle tiles: through the per-device field
             assert lay.spatial_A is not None
-            field = (zk @ lay.spatial_A.T).reshape(n, -1)[:, : lay.coef.numel()]
-            return (field * lay.coef).view(n, -1, lay.n_weights, lay.per_weight).sum(-1).sum(1)
+            field = tile_fields(zk, lay.spatial_A).reshape(n, -1)[:, : lay.coef.numel()]
+            return sum_devices((field * lay.coef).view(n, -1, lay.n_weights, lay.per_weight))
         out = None
-        for t0, offset, B in lay.tile_blocks:  # one block per sign array: (tiles, k, weights per tile)
-            z = zk[:, t0 : t0 + B.shape[0]].transpose(0, 1)  # (tiles, n, k)
-            part = torch.bmm(z, B).transpose(0, 1).reshape(n, -1)[:, offset : offset + lay.n_weights]  # one GEMM
+        for t0, offset, B in lay.tile_blocks:  # one block per sign array: (k, tiles, weights per tile)
+            z = zk[:, t0 : t0 + B.shape[1]]
+            part = B[0] * z[:, :, 0:1]
+            for j in range(1, B.shape[0]):  # k multiply-adds, in order: the same sums whatever the chunk
+                part.addcmul_(B[j], z[:, :, j : j + 1])
+            part = part.view(n, -1)[:, offset : offset + lay.n_weights]
             out = part if out is None else out + part
         assert out is not None
         return out
@@ -291,7 +294,11 @@ class DeviceSampler:
         A = lay.spatial_A
         assert A is not None
         cells = A.shape[0]
-        return (F.embedding(pos % cells, A) * F.embedding(row0 + pos // cells, zk_rows)).sum(1)  # row gathers
+        prod = F.embedding(pos % cells, A) * F.embedding(row0 + pos // cells, zk_rows)  # row gathers, (K, k)
+        out = prod[:, 0].clone()
+        for j in range(1, prod.shape[1]):  # summed term by term, in order
+            out += prod[:, j]
+        return out
 
     def _draw_lognormal(self, lay: _Layer, row: Tensor, gen: torch.Generator) -> None:
         """Log-normal devices: g_t * expm1(s z) (+ read noise, spatial field), stuck values put in sparsely."""
@@ -311,11 +318,30 @@ class DeviceSampler:
             pos, on = hit
             value = torch.where(on, torch.index_select(lay.stuck_hi, 0, pos), torch.index_select(lay.stuck_lo, 0, pos))
             dg.index_copy_(0, pos, value.to(dg.dtype))
-        torch.add(lay.base, dg.view(-1, lay.n_weights, lay.per_weight).sum(-1).sum(0), out=row)
+        torch.add(lay.base, sum_devices(dg.view(1, -1, lay.n_weights, lay.per_weight))[0], out=row)
+
+
+def tile_fields(zk: Tensor, A: Tensor) -> Tensor:
+    """The spatial field (..., tiles, cells) = zk @ A^T for tile normals zk (..., tiles, k), as k multiply-adds
+    in order: every element is the same sum whatever the batch, chunk or thread count (a GEMM's blocking is not)."""
+    out = zk[..., 0:1] * A[:, 0]
+    for j in range(1, A.shape[1]):
+        out.addcmul_(zk[..., j : j + 1], A[:, j])
+    return out
+
+
+def sum_devices(v: Tensor) -> Tensor:
+    """Per-weight sums (n, W) of device terms (n, P, W, D), added device by device in a fixed order."""
+    out = v[:, 0, :, 0].clone()
+    for p in range(v.shape[1]):
+        for d in range(v.shape[3]):
+            if p or d:
+                out += v[:, p, :, d]
+    return out
 
 
 def _tile_blocks(coef: Tensor, A: Tensor) -> list[tuple[int, int, Tensor]] | None:
-    """Per sign array, each weight's spatial row sum_d c_d A[cell_d], laid out tile by tile for one bmm per draw.
+    """Per sign array, each weight's spatial row sum_d c_d A[cell_d], laid out tile by tile (k, tiles, weights per tile) for k multiply-adds per chunk.
 
     Devices are numbered (P, W, D) and tiled every ``cells`` devices; with cells % D == 0 a weight's D devices
     share one tile, so its spatial error is z[tile] . B[w]. None when they may straddle.
@@ -335,7 +361,7 @@ def _tile_blocks(coef: Tensor, A: Tensor) -> list[tuple[int, int, Tensor]] | Non
         n_tiles = -(-(offset + n_w) // per_tile)
         B = torch.zeros((n_tiles * per_tile, k), dtype=A.dtype, device=A.device)
         B[offset : offset + n_w] = rows
-        blocks.append((t0, offset, B.view(n_tiles, per_tile, k).transpose(1, 2).contiguous()))
+        blocks.append((t0, offset, B.view(n_tiles, per_tile, k).permute(2, 0, 1).contiguous()))
     return blocks
 
 

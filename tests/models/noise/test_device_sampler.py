@@ -98,18 +98,27 @@ def test_read_noise_and_the_analog_mapping_match_the_reference():
             assert stats.ks_2samp(ref[:, j], new[:, j]).pvalue > KS_P_MIN, j
 
 
-def test_draws_do_not_depend_on_chunking():
-    noise = noise_from_profile(_profile("gaussian", 4), mapping="bitsliced", bits=4, read=False)
-    sampler = noise.draw_sampler(W)
+@pytest.mark.parametrize("family", ["gaussian", "lognormal"])
+def test_draws_do_not_depend_on_chunking_or_threads(family):
+    noise = noise_from_profile(_profile(family, 4), mapping="bitsliced", bits=4, read=False)
 
     def gens(r):
         return [draw_generator(5, i, "cpu") for i in r]
 
-    whole = sampler(gens(range(12)))["w"].clone()
-    parts = torch.cat([sampler(gens(range(0, 5)))["w"].clone(), sampler(gens(range(5, 12)))["w"].clone()])
-    assert torch.equal(whole, parts)
-    again = noise.draw_sampler(W)(gens(range(12)))["w"]
-    assert torch.equal(whole, again)
+    # 40,000 weights: above the size where draws are filled by worker threads (models.noise.base)
+    big = {"w": torch.linspace(-1.0, 1.0, 40000, dtype=torch.float64)}
+    old = torch.get_num_threads()
+    try:
+        for w in (W, big):
+            torch.set_num_threads(1)
+            sampler = noise.draw_sampler(w)
+            whole = sampler(gens(range(6)))["w"].clone()
+            parts = torch.cat([sampler(gens(range(0, 2)))["w"].clone(), sampler(gens(range(2, 6)))["w"].clone()])
+            torch.set_num_threads(2)  # worker threads fill the draws; the chunk's arithmetic runs multi-threaded
+            again = noise.draw_sampler(w)(gens(range(6)))["w"].clone()
+            assert torch.equal(whole, parts) and torch.equal(whole, again)
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_stuck_positions_are_a_bernoulli_process():
