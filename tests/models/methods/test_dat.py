@@ -34,6 +34,19 @@ def _spatial_profile() -> NoiseProfile:
     return prof
 
 
+def _linear_ctx(model: nn.Module, noise, num_classes: int) -> TrainContext:
+    """A CPU training context of SGD (lr 0.1) with generator seed 3, for one-layer step replays."""
+    return TrainContext(
+        model=model,
+        noise=noise,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(3),
+        config=TrainConfig(),
+        num_classes=num_classes,
+    )
+
+
 def _implied_cov(dirs: NoiseDirections, name: str) -> torch.Tensor:
     f = dirs.factors[name]
     return f @ f.T
@@ -126,15 +139,7 @@ def test_step_uses_the_gradient_at_the_perturbed_weights():
     torch.manual_seed(0)
     model = nn.Linear(3, 2, bias=False)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
-    ctx = TrainContext(
-        model=model,
-        noise=noise,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(3),
-        config=TrainConfig(),
-        num_classes=2,
-    )
+    ctx = _linear_ctx(model, noise, num_classes=2)
     m = get_method("dat", rank="full", alpha=5.0)
     m.prepare(ctx)
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
@@ -169,7 +174,12 @@ def test_trains_on_digits(rank):
 
 
 @pytest.mark.parametrize(
-    "opts, message", [({"step": "sideways"}, "step must be"), ({"scope": "lobal"}, "scope must be")]
+    "opts, message",
+    [
+        ({"step": "sideways"}, "step must be"),
+        ({"scope": "lobal"}, "scope must be"),
+        ({"ascent": "later"}, "ascent must be"),
+    ],
 )
 def test_bad_step_and_scope_options(opts, message):
     # the method's Options refuse the value when the method is built, before any data is touched
@@ -243,15 +253,7 @@ def test_dat_default_samples_independent_noise_exactly():
     model = nn.Linear(6, 3, bias=False)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
     assert noise is not None
-    ctx = TrainContext(
-        model=model,
-        noise=noise,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(3),
-        config=TrainConfig(),
-        num_classes=3,
-    )
+    ctx = _linear_ctx(model, noise, num_classes=3)
     m = DAT()
     m.prepare(ctx)
     w = {"weight": model.weight.detach()}
@@ -307,15 +309,7 @@ def test_noise_sized_steps_use_radius_and_the_gradient_at_the_perturbed_weights(
     model = nn.Linear(3, 2, bias=False)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
     assert noise is not None
-    ctx = TrainContext(
-        model=model,
-        noise=noise,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(3),
-        config=TrainConfig(),
-        num_classes=2,
-    )
+    ctx = _linear_ctx(model, noise, num_classes=2)
     m = DAT(rank="full", alpha=5.0, radius=0.5, step=step, perturbations=2)
     m.prepare(ctx)
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
@@ -461,15 +455,7 @@ def test_previous_ascent_reuses_the_last_descent_gradient_with_one_pass_per_step
     torch.manual_seed(0)
     model = nn.Linear(3, 2, bias=False)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
-    ctx = TrainContext(
-        model=model,
-        noise=noise,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(3),
-        config=TrainConfig(),
-        num_classes=2,
-    )
+    ctx = _linear_ctx(model, noise, num_classes=2)
     m = get_method("dat", rank="full", alpha=5.0, ascent="previous", refresh_every=1)  # rebuilt from each step's w
     m.prepare(ctx)
     calls = []
