@@ -315,3 +315,14 @@ def test_a_missing_compiler_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("CC", "no-such-cc-xyz")
     with pytest.raises(CFirmwareUnavailable, match="no C compiler .*no-such-cc-xyz.*firmware=python"):
         cf.library_path()
+
+
+def test_a_sim_url_names_its_firmware_or_is_refused_in_one_line() -> None:
+    from sim_backend.sim_url import parse_sim_options
+
+    assert parse_sim_options("sim://?seed=1&firmware=c").firmware == "c"
+    assert parse_sim_options("sim://?seed=1").firmware == "python"
+    with pytest.raises(
+        ValueError, match=r"^sim:// option firmware='rust' is not one of python, c \(e\.g\. firmware=c\)$"
+    ):
+        parse_sim_options("sim://?seed=1&firmware=rust")
