@@ -127,6 +127,21 @@ def _fill_pool(workers: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rram-randn")
 
 
+class DrawBuffers:
+    """Output buffers (n, *shape) per tensor name, kept between a sampler's calls (fresh large allocations cost
+    page faults as slow as the normals themselves) and grown when a call has more draws."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, like: Tensor, n: int) -> Tensor:
+        """The first n rows of the buffer for ``name``, each shaped, typed and placed like ``like``."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < n:
+            buf = self._buffers[name] = torch.empty((n, *like.shape), device=like.device, dtype=like.dtype)
+        return buf[:n]
+
+
 class AffineSampler:
     """Draws ``shift + std * Z`` per tensor for fixed (shift, std): the Gaussian fast path of Monte Carlo.
 
@@ -139,14 +154,14 @@ class AffineSampler:
     def __init__(self, shifts: dict[str, Tensor], stds: dict[str, Tensor]) -> None:
         self.shifts = shifts
         self.stds = stds
-        self._buffers: dict[str, Tensor] = {}
+        self._buffers = DrawBuffers()
 
     def __call__(self, generators: list[torch.Generator]) -> dict[str, Tensor]:
         """One draw per generator, ``{name: (len(generators), *shape)}``, in buffers the next call overwrites."""
         if torch.is_grad_enabled() and any(t.requires_grad for t in (*self.shifts.values(), *self.stds.values())):
             return {n: randn_draws(tuple(s.shape), s, generators) * self.stds[n] + s for n, s in self.shifts.items()}
         n = len(generators)
-        out = {name: self._buffer(name, n) for name in self.shifts}
+        out = {name: self._buffers.get(name, shift, n) for name, shift in self.shifts.items()}
         cpu = all(s.device.type == "cpu" for s in self.shifts.values())
         if not cpu:
             for name, o in out.items():
@@ -164,10 +179,3 @@ class AffineSampler:
         per_draw = sum(s.numel() for s in self.shifts.values())
         _map_draws(fill, n, per_draw)
         return out
-
-    def _buffer(self, name: str, n: int) -> Tensor:
-        shift = self.shifts[name]
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape[0] < n:
-            buf = self._buffers[name] = torch.empty((n, *shift.shape), device=shift.device, dtype=shift.dtype)
-        return buf[:n]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.noise.base import _map_draws
+from models.noise.base import DrawBuffers, _map_draws
 
 if TYPE_CHECKING:
     from models.noise.profile_noise import ProfileNoise
@@ -99,7 +99,7 @@ class DeviceSampler:
         self.lognormal = noise._is_lognormal
         self.p_lrs, self.p_hrs = noise._stuck
         self.layers = {name: self._build(name, w.detach()) for name, w in weights.items()}
-        self._buffers: dict[str, Tensor] = {}
+        self._buffers = DrawBuffers()
 
     def _build(self, name: str, w: Tensor) -> _Layer:
         nz = self.noise
@@ -166,7 +166,7 @@ class DeviceSampler:
         then runs once for the whole chunk (Gaussian path), so its cost per draw does not carry Python's.
         """
         n = len(generators)
-        out = {name: self._buffer(name, n) for name in self.layers}
+        out = {name: self._buffers.get(name, lay.base, n) for name, lay in self.layers.items()}
         taken: dict[str, list] = {name: [None] * n for name in self.layers}  # per draw: stuck hits
         fields = {
             name: torch.empty((n, lay.tiles, lay.spatial_A.shape[1]), dtype=lay.base.dtype, device=lay.base.device)
@@ -221,13 +221,6 @@ class DeviceSampler:
                 field = self._field_at(lay, zk.view(-1, zk.shape[-1]), pos, draw * lay.tiles)
                 flat.index_add_(0, w_flat, -torch.index_select(lay.coef, 0, pos) * field)
         z += lay.base
-
-    def _buffer(self, name: str, n: int) -> Tensor:
-        lay = self.layers[name]
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape[0] < n:
-            buf = self._buffers[name] = torch.empty((n, lay.n_weights), device=lay.base.device, dtype=lay.base.dtype)
-        return buf[:n]
 
     def _field(self, lay: _Layer, gen: torch.Generator) -> Tensor | None:
         """The spatial error of every device (n_dev,), one N(0, I_k) per physical tile, or None."""

@@ -11,7 +11,16 @@ import torch
 from torch import Tensor
 
 from models.mapping import BitSlicedMapping
-from models.noise.base import AffineSampler, WeightNoise, _map_draws, per_device_mask, rand, randn, randn_draws
+from models.noise.base import (
+    AffineSampler,
+    DrawBuffers,
+    WeightNoise,
+    _map_draws,
+    per_device_mask,
+    rand,
+    randn,
+    randn_draws,
+)
 
 # NeFT IV-F, eq. 16: the state-dependent device models, by their inner-state factor t (RRAM1 is uniform).
 STATE_DEPENDENT_T: dict[str, float] = {"RRAM1": 1.0, "RRAM2": 4.0, "FeFET1": 2.0, "FeFET2": 6.0}
@@ -440,16 +449,11 @@ class _LogNormalSampler:
     def __init__(self, sigma: float, weights: dict[str, Tensor]) -> None:
         self.sigma = sigma
         self.weights = weights
-        self._buffers: dict[str, Tensor] = {}
+        self._buffers = DrawBuffers()
 
     def __call__(self, generators: list[torch.Generator]) -> dict[str, Tensor]:
         n = len(generators)
-        out = {}
-        for name, w in self.weights.items():
-            buf = self._buffers.get(name)
-            if buf is None or buf.shape[0] < n:
-                buf = self._buffers[name] = torch.empty((n, *w.shape), device=w.device, dtype=w.dtype)
-            out[name] = buf[:n]
+        out = {name: self._buffers.get(name, w, n) for name, w in self.weights.items()}
 
         def fill(i: int) -> None:
             for name, w in self.weights.items():
