@@ -51,7 +51,10 @@ _READ_OFFSETS = tag_offsets(np.array([Tag.RTN, Tag.READ_NOISE]))  # the two draw
 _ROUND_OFFSETS = tag_offsets(np.array([Tag.KINETICS, Tag.TARGET_C2C, Tag.RELAX_PATH, Tag.READ_NOISE, Tag.RTN]))
 _ROUND_KEY_COLUMN = np.array([0, 0, 0, 1, 1])
 _EVENT_PAIR = np.array([0, 1], dtype=np.uint64)  # a round's pulse and verify read: two successive events
-_ROUNDS_PER_DRAW = 8  # write-verify rounds whose random numbers are hashed together (`VerifyBatch._refill`)
+_ROUNDS_PER_DRAW = 8  # fewest write-verify rounds whose random numbers are hashed together (`VerifyBatch._refill`)
+# A refill hashes about this many (cell, round) pairs: few cells left, more rounds ahead, so the last rounds of a
+# batch (a handful of cells that do not converge) cost one refill instead of one per eight rounds.
+_REFILL_PAIRS = 4096
 _MAX_CHUNK_ELEMENTS = 1 << 19
 # Probabilists' Gauss-Hermite rule, 16 nodes, weights normalised to sum 1 (numpy hermegauss(16)),
 # written out so that no LAPACK call (whose last bits may vary with the machine) enters the physics.
@@ -1110,9 +1113,10 @@ class VerifyBatch:
         self._t_prog = a._t_prog[idx]  # (written to the array too whenever it changes)
         self._z0 = a._relax_z[idx, 0].astype(np.float64)  # each path's first node, as stored
         self._ev_base = a._events[idx]  # set by `begin`: round j's pulse takes event ev_base + 2j, its read + 1
-        self._buf = np.zeros((_ROUNDS_PER_DRAW, n, 8))
+        self._buf = np.zeros((0, n, 8))
+        self._levels = len(set_v)  # the rounds a caller running every cell to its pulse budget makes at most
         self._j = 0  # the next round
-        self._j0 = -_ROUNDS_PER_DRAW  # first round in `_buf`
+        self._j0 = 0  # first round in `_buf`
         self._brow: np.ndarray | None = None
         self._began = self._closed = False
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (cells, events): lazy paths of cells that left
@@ -1208,9 +1212,14 @@ class VerifyBatch:
         self._lazy[ci] = False
 
     def _refill(self) -> None:
-        """Rounds j .. j+7 of the active cells ahead: their random numbers (as `_event_keys` and the draws give
-        them), the pulse and read times (as `_explicit_times` makes them) and the trap decays between reads."""
-        a, p, R, j = self.array, self.array.params, _ROUNDS_PER_DRAW, self._j
+        """Rounds j .. j+R-1 of the active cells ahead: their random numbers (as `_event_keys` and the draws give
+        them), the pulse and read times (as `_explicit_times` makes them) and the trap decays between reads.
+
+        Every number is a function of its cell and round alone, so R (at least eight rounds, about
+        `_REFILL_PAIRS` cell-rounds, no further than the ramps' length when that is further than eight) changes
+        the cost, never the numbers; rounds computed and not run are dropped."""
+        a, p, j = self.array, self.array.params, self._j
+        R = max(_ROUNDS_PER_DRAW, min(_REFILL_PAIRS // max(self._idx.size, 1), self._levels - j))
         rounds = np.arange(j, j + R, dtype=np.uint64)
         ev = self._ev_base[:, None] + np.uint64(2) * rounds[None, :]  # (cells, rounds): each pulse's event
         keys = a.streams.event_keys(self._idx[:, None, None], ev[:, :, None] + _EVENT_PAIR)
@@ -1240,7 +1249,7 @@ class VerifyBatch:
         if not self._began or self._closed:
             raise ValueError("verify_batch: begin() first, and no rounds after close()")
         j = self._j
-        if j >= self._j0 + _ROUNDS_PER_DRAW:
+        if j >= self._j0 + self._buf.shape[0]:
             self._refill()
         d = self._buf[j - self._j0] if self._brow is None else self._buf[j - self._j0][self._brow]
         g0 = self._g0

@@ -18,7 +18,15 @@ from firmware_protocol import (
     FrameType,
     Status,
 )
-from firmware_protocol.cobs import CobsError, cobs_decode, cobs_encode
+from firmware_protocol.cobs import (
+    CobsError,
+    _decode_array,
+    _decode_loop,
+    _encode_array,
+    _encode_loop,
+    cobs_decode,
+    cobs_encode,
+)
 from firmware_protocol.constants import MAX_ENCODED_SIZE, MAX_FRAME_SIZE, MIN_FRAME_SIZE
 from firmware_protocol.crc import crc32_ieee
 from firmware_protocol.frame import HEADER
@@ -67,6 +75,51 @@ def test_cobs_round_trip_and_no_zero(data: bytes) -> None:
 def test_cobs_rejects_malformed(bad: bytes) -> None:
     with pytest.raises(CobsError):
         cobs_decode(bad)
+
+
+# Data built from runs of non-zero bytes around the 254-byte block limit, with single or repeated zeros between.
+_runs = st.lists(st.sampled_from([0, 1, 2, 253, 254, 255, 507, 508, 509]) | st.integers(0, 600), max_size=12)
+
+
+def _from_runs(runs: list[int], zeros: list[int], fill: int) -> bytes:
+    return b"".join(bytes([fill]) * r + b"\x00" * z for r, z in zip(runs, zeros, strict=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_runs, st.lists(st.integers(0, 3), min_size=12, max_size=12), st.integers(1, 255))
+def test_cobs_array_paths_give_the_loops_bytes(runs: list[int], zeros: list[int], fill: int) -> None:
+    data = _from_runs(runs, zeros, fill)
+    enc = _encode_loop(data)
+    assert _encode_array(data) == enc
+    assert _decode_array(enc) == _decode_loop(enc) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(min_size=1, max_size=1500) | st.lists(st.integers(0, 2), min_size=300, max_size=1500).map(bytes),
+    st.integers(0, 1499),
+    st.integers(0, 255),
+)
+def test_cobs_array_decoder_refuses_as_the_loop_does(data: bytes, at: int, byte: int) -> None:
+    """Corrupt one byte of a valid encoding (or take the raw bytes): both decoders give the same bytes or the same
+    error message. Dense zeros (a third of the bytes) put hundreds of blocks in a frame: the array pass."""
+    enc = bytearray(_encode_loop(data))
+    enc[at % len(enc)] = byte
+    for candidate in (bytes(enc), data, b""):
+        outcomes = []
+        for decode in (_decode_loop, _decode_array):
+            try:
+                outcomes.append(decode(candidate))
+            except CobsError as err:
+                outcomes.append(str(err))
+        assert outcomes[0] == outcomes[1]
+
+
+def test_cobs_long_numeric_frame_round_trips() -> None:
+    """A frame of 8,000 bytes with zeros every few bytes (a numeric payload): the loop's bytes, and back."""
+    data = np.arange(4000, dtype=np.uint16).tobytes()
+    assert data.count(0) >= 128 and cobs_encode(data) == _encode_loop(data)
+    assert cobs_decode(cobs_encode(data)) == data
 
 
 frames = st.builds(

@@ -17,6 +17,7 @@ import pytest
 
 from firmware_protocol import Frame, FrameDecoder, FrameType, Status
 from firmware_protocol import messages as m
+from sim_backend import device_model
 from sim_backend.board_config import BoardConfig
 from sim_backend.device_model import RRAMArray, VerifyBatch
 from sim_backend.device_params import DeviceParams
@@ -142,6 +143,22 @@ def test_write_verify_equals_the_reference(params: DeviceParams, seed: int) -> N
     t.request(m.ReadBlockRequest(0, 0, 8, 8, 100))
     t.request(m.AdvanceClockRequest(5_000_000))
     t.request(_wv(rows[order[:20]], cols[order[:20]], target[::-1][:20], 0.5e-6, 25))
+    t.request(m.ReadBlockRequest(0, 0, 8, 8, 100))
+    t.assert_same_chip()
+
+
+@pytest.mark.parametrize("pairs", [0, 512, 1 << 20], ids=["eight-rounds", "mixed", "whole-budget"])
+def test_write_verify_equals_the_reference_however_many_rounds_a_refill_draws(
+    pairs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refill draws eight rounds (the fewest), a number that changes as cells leave, or the whole remaining
+    pulse budget at once: the records are the same bytes."""
+    monkeypatch.setattr(device_model, "_REFILL_PAIRS", pairs)
+    t = Twins(BoardConfig(rows=8, cols=8, seed=17))
+    rows, cols = _cells(8, 8, 8, 8)
+    t.form(rows, cols)
+    target = np.random.default_rng(17).uniform(3e-6, 38e-6, 64)
+    t.request(_wv(rows, cols, target, 0.5e-6, np.random.default_rng(18).choice([5, 30, 60], size=64)))
     t.request(m.ReadBlockRequest(0, 0, 8, 8, 100))
     t.assert_same_chip()
 
