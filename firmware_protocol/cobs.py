@@ -2,9 +2,9 @@
 
 A numeric payload (float32 values, small counts) can hold a zero every few bytes, so a frame of a few kilobytes
 may be thousands of COBS blocks, and a loop over them costs milliseconds. Data with many zeros is therefore
-encoded with whole-array numpy operations, and decoding walks the block codes alone before building the output
-in one array pass; data with few zeros (ADC codes) keeps the byte loops, which are cheaper there. Every path
-gives the same bytes and the same errors (tests/firmware_protocol/test_framing.py checks them against the loops).
+encoded with whole-array numpy operations (data with few zeros, like ADC codes, keeps the block loop, cheaper
+there); decoding walks the block codes alone, then builds the output block by block or, for many blocks, in one
+array pass. tests/firmware_protocol/test_framing.py checks every path against byte-at-a-time reference code.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 _MAX_RUN = 254  # data bytes in a full block (code 0xFF: no zero follows)
-_ARRAY_BLOCKS = 128  # from this many blocks (zeros, when encoding) on, the array paths are the faster ones
+_ARRAY_BLOCKS = 128  # from this many blocks (zeros, when encoding) on, the array passes are the faster ones
 
 
 class CobsError(ValueError):
@@ -26,7 +26,8 @@ def cobs_encode(data: bytes) -> bytes:
 
 def cobs_decode(data: bytes) -> bytes:
     """Decode one COBS block sequence (without its delimiter); raise CobsError if malformed."""
-    return _decode_array(data)
+    starts = _block_starts(data)
+    return _array_blocks(data, starts) if len(starts) >= _ARRAY_BLOCKS else _join_blocks(data, starts)
 
 
 def _encode_loop(data: bytes) -> bytes:
@@ -72,38 +73,14 @@ def _encode_array(data: bytes) -> bytes:
     return out.tobytes()
 
 
-def _decode_loop(data: bytes) -> bytes:
-    """The decoder one block at a time."""
-    out = bytearray()
-    i = 0
-    n = len(data)
-    if n == 0:
-        raise CobsError("empty COBS frame")
-    while i < n:
-        code = data[i]
-        if code == 0:
-            raise CobsError(f"zero byte inside COBS frame at offset {i}")
-        end = i + code
-        if end > n:
-            raise CobsError(f"COBS block at offset {i} runs past the end of the frame")
-        block = data[i + 1 : end]
-        if b"\x00" in block:
-            raise CobsError("zero byte inside COBS frame")
-        out += block
-        i = end
-        if code != 0xFF and i < n:
-            out.append(0)
-    return bytes(out)
-
-
-def _decode_array(data: bytes) -> bytes:
-    """The decoder as a walk over the block codes only (the errors of `_decode_loop`, in its order), then the
-    output: each code byte after a block shorter than 254 becomes the zero it stands for, the others go."""
+def _block_starts(data: bytes) -> list[int]:
+    """Where each block's code byte is, walking the codes alone; a malformed frame raises CobsError, the first
+    fault met in frame order: a zero code, a block past the end, a zero inside a block."""
     n = len(data)
     if n == 0:
         raise CobsError("empty COBS frame")
     first_zero = data.find(b"\x00")
-    codes: list[int] = []
+    starts: list[int] = []
     i = 0
     while i < n:
         code = data[i]
@@ -114,14 +91,25 @@ def _decode_array(data: bytes) -> bytes:
             raise CobsError(f"COBS block at offset {i} runs past the end of the frame")
         if i < first_zero < end:
             raise CobsError("zero byte inside COBS frame")
-        codes.append(i)
+        starts.append(i)
         i = end
-    if len(codes) < _ARRAY_BLOCKS:
-        ends = codes[1:] + [n]
-        return b"".join(
-            data[i + 1 : e] + (b"" if data[i] == 0xFF or e == n else b"\x00") for i, e in zip(codes, ends, strict=True)
-        )
-    at = np.asarray(codes, dtype=np.int64)
+    return starts
+
+
+def _join_blocks(data: bytes, starts: list[int]) -> bytes:
+    """The decoded bytes, block by block: each block's data, then the zero its code stands for (none after a
+    full block, none after the last)."""
+    n = len(data)
+    ends = starts[1:] + [n]
+    return b"".join(
+        data[i + 1 : e] + (b"" if data[i] == 0xFF or e == n else b"\x00") for i, e in zip(starts, ends, strict=True)
+    )
+
+
+def _array_blocks(data: bytes, starts: list[int]) -> bytes:
+    """The decoded bytes in one array pass: a code byte after a block shorter than 254 becomes the zero it stands
+    for, the other code bytes go."""
+    at = np.asarray(starts, dtype=np.int64)
     out = np.frombuffer(data, dtype=np.uint8).copy()
     later = at[1:]
     after_full = out[at[:-1]] == 0xFF  # the block before each later code was full: no zero between them
