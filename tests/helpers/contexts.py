@@ -1,4 +1,4 @@
-"""A training run's context on digits, before any training: what a method's search or prepare() sees."""
+"""Training contexts for method tests: a run on digits before any training, and a bare SGD step context."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from models.architectures import build_model
 from models.config import TrainConfig
 from models.data import load_dataset
 from models.methods.base import TrainContext
+from models.noise.base import WeightNoise
 from models.noise.factory import noise_from_spec
 
 
@@ -27,4 +28,17 @@ def digits_context(n_train: int = 480, val: bool = True) -> TrainContext:
         num_classes=10,
         train_loader=[(xt[i : i + 32], yt[i : i + 32]) for i in range(0, n_train, 32)],
         val_loader=[(d.x_train[1000:1200], d.y_train[1000:1200])] if val else None,
+    )
+
+
+def sgd_context(model: torch.nn.Module, noise: WeightNoise | None, num_classes: int, seed: int = 0) -> TrainContext:
+    """CPU, SGD at lr 0.1, default TrainConfig, the noise generator seeded `seed`: for replaying single steps."""
+    return TrainContext(
+        model=model,
+        noise=noise,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed),
+        config=TrainConfig(),
+        num_classes=num_classes,
     )

@@ -9,10 +9,11 @@ from torch import nn
 
 from models.config import TrainConfig
 from models.data import Dataset, load_dataset
-from models.methods import TrainContext, get_method
+from models.methods import get_method
 from models.methods.correctnet import lipschitz_regulariser, orthogonality_penalty
 from models.noise.factory import noise_from_spec
 from models.training import train
+from tests.helpers.contexts import sgd_context
 
 torch.set_num_threads(1)
 
@@ -50,15 +51,7 @@ def test_loss_is_ce_plus_lambda_times_regulariser():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.0})  # zero noise: deterministic forward
-    ctx = TrainContext(
-        model=model,
-        noise=noise,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
-        config=TrainConfig(),
-        num_classes=3,
-    )
+    ctx = sgd_context(model, noise, num_classes=3)
     m = get_method("correctnet", lam=0.01)
     m.prepare(ctx)
     x, y = torch.randn(7, 4), torch.randint(0, 3, (7,))

@@ -11,12 +11,13 @@ from torch import nn
 from calibration.profile import NoiseProfile, SpatialModel
 from models.config import TrainConfig
 from models.data import Dataset, load_dataset
-from models.methods import TrainContext, get_method
+from models.methods import get_method
 from models.methods._covariance import LayerCovariance, layer_covariance
 from models.methods.dat import DAT, NoiseDirections, dat_perturbation, magnitude_step
 from models.noise.factory import noise_from_profile, noise_from_spec
 from models.noise.profile_noise import ProfileNoise
 from models.training import train
+from tests.helpers.contexts import sgd_context
 
 torch.set_num_threads(1)
 
@@ -32,19 +33,6 @@ def _spatial_profile() -> NoiseProfile:
         shape=(2, 2), eigvals=vals[order], eigvecs=vecs[:, order], n_repeats=1, total_variance=float(np.trace(cov))
     )
     return prof
-
-
-def _linear_ctx(model: nn.Module, noise, num_classes: int) -> TrainContext:
-    """A CPU training context of SGD (lr 0.1) with generator seed 3, for one-layer step replays."""
-    return TrainContext(
-        model=model,
-        noise=noise,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(3),
-        config=TrainConfig(),
-        num_classes=num_classes,
-    )
 
 
 def _implied_cov(dirs: NoiseDirections, name: str) -> torch.Tensor:
@@ -139,7 +127,7 @@ def test_step_uses_the_gradient_at_the_perturbed_weights():
     torch.manual_seed(0)
     model = nn.Linear(3, 2, bias=False)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
-    ctx = _linear_ctx(model, noise, num_classes=2)
+    ctx = sgd_context(model, noise, num_classes=2, seed=3)
     m = get_method("dat", rank="full", alpha=5.0)
     m.prepare(ctx)
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
@@ -253,7 +241,7 @@ def test_dat_default_samples_independent_noise_exactly():
     model = nn.Linear(6, 3, bias=False)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
     assert noise is not None
-    ctx = _linear_ctx(model, noise, num_classes=3)
+    ctx = sgd_context(model, noise, num_classes=3, seed=3)
     m = DAT()
     m.prepare(ctx)
     w = {"weight": model.weight.detach()}
@@ -309,7 +297,7 @@ def test_noise_sized_steps_use_radius_and_the_gradient_at_the_perturbed_weights(
     model = nn.Linear(3, 2, bias=False)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
     assert noise is not None
-    ctx = _linear_ctx(model, noise, num_classes=2)
+    ctx = sgd_context(model, noise, num_classes=2, seed=3)
     m = DAT(rank="full", alpha=5.0, radius=0.5, step=step, perturbations=2)
     m.prepare(ctx)
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
@@ -338,25 +326,13 @@ def test_noise_sized_steps_use_radius_and_the_gradient_at_the_perturbed_weights(
 # ------------------------------------------------------------------ the refresh schedule and the reused buffers
 
 
-def _dat_ctx(model: nn.Module, noise, seed: int = 3) -> TrainContext:
-    return TrainContext(
-        model=model,
-        noise=noise,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(seed),
-        config=TrainConfig(),
-        num_classes=3,
-    )
-
-
 @pytest.mark.parametrize("opts", [{"keep_variance": False}, {"keep_variance": False, "scope": "global"}, {}])
 def test_every_step_schedule_replays_the_per_step_rebuild_bit_for_bit(opts):
     """refresh_every=1 is the former DAT: a fresh covariance and random top-k basis at every step, same numbers."""
     torch.manual_seed(0)
     model = nn.Linear(6, 3, bias=False)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
-    ctx = _dat_ctx(model, noise)
+    ctx = sgd_context(model, noise, num_classes=3, seed=3)
     m = DAT(rank=2, refresh_every=1, **opts)
     m.prepare(ctx)
     w = model.weight.detach().clone()
@@ -431,7 +407,7 @@ def test_refresh_schedule_rebuilds_once_per_epoch_or_every_n_steps():
     x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 1])
     for schedule, epochs, steps, builds in (("epoch", 3, 4, 3), (3, 2, 4, 3), (1, 1, 5, 5)):
         model = nn.Linear(6, 3, bias=False)
-        ctx = _dat_ctx(model, noise)
+        ctx = sgd_context(model, noise, num_classes=3, seed=3)
         m = DAT(rank=2, keep_variance=False, refresh_every=schedule)
         m.prepare(ctx)
         seen = []
@@ -455,7 +431,7 @@ def test_previous_ascent_reuses_the_last_descent_gradient_with_one_pass_per_step
     torch.manual_seed(0)
     model = nn.Linear(3, 2, bias=False)
     noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
-    ctx = _linear_ctx(model, noise, num_classes=2)
+    ctx = sgd_context(model, noise, num_classes=2, seed=3)
     m = get_method("dat", rank="full", alpha=5.0, ascent="previous", refresh_every=1)  # rebuilt from each step's w
     m.prepare(ctx)
     calls = []

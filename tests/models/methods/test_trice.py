@@ -12,7 +12,7 @@ from models.methods.trice import TRICE, CensoredDeviation, censored
 from models.noise.factory import noise_from_spec
 from models.noise.families import CensoredNoise, censored_mean
 from models.training import train
-from tests.helpers.contexts import digits_context
+from tests.helpers.contexts import digits_context, sgd_context
 
 torch.set_num_threads(1)
 
@@ -64,15 +64,7 @@ def test_non_gaussian_base_is_censored_too():
 
 def test_training_noise_of_the_method_is_censored_and_gradients_reach_the_weights():
     model = torch.nn.Linear(8, 3)
-    ctx = TrainContext(
-        model=model,
-        noise=noise_from_spec({"family": "gaussian", "sigma": 0.3}),
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
-        config=TrainConfig(),
-        num_classes=3,
-    )
+    ctx = sgd_context(model, noise_from_spec({"family": "gaussian", "sigma": 0.3}), num_classes=3)
     m = get_method("trice", lam=1.5, recentre=True)
     m.prepare(ctx)
     assert isinstance(m.noise, CensoredNoise) and m.noise.lam == 1.5 and m.noise.recentre
