@@ -18,6 +18,7 @@ from models.montecarlo import (
 )
 from models.noise.base import WeightNoise
 from models.noise.factory import noise_from_spec
+from tests.helpers.threads import torch_threads
 
 torch.set_num_threads(1)
 
@@ -295,14 +296,10 @@ def test_affine_sampler_reuses_buffers_and_keeps_each_draw_exact():
     noise = _noise({"family": "gaussian", "sigma": 0.4})
     sampler = noise.draw_sampler(weights)
     assert isinstance(sampler, AffineSampler)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)  # the parallel per-draw fill
-    try:
+    with torch_threads(2):  # the parallel per-draw fill
         first = sampler([draw_generator(5, i, "cpu") for i in range(4)])
         ptr = {k: v.data_ptr() for k, v in first.items()}
         second = sampler([draw_generator(5, i, "cpu") for i in range(4, 7)])
-    finally:
-        torch.set_num_threads(old)
     assert {k: v.data_ptr() for k, v in second.items()} == ptr  # same buffers, no fresh allocation
     for j, i in enumerate(range(4, 7)):
         ref = noise.sample(weights, draw_generator(5, i, "cpu"))
@@ -320,13 +317,9 @@ def test_lognormal_sampler_gives_each_draw_of_sample_bit_for_bit():
     weights = {k: v.detach() for k, v in clean_weights(model).items()}
     noise = _noise({"family": "lognormal", "sigma": 0.3})
     sampler = noise.draw_sampler(weights)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)  # the parallel per-draw fill
-    try:
+    with torch_threads(2):  # the parallel per-draw fill
         first = {k: v.clone() for k, v in sampler([draw_generator(6, i, "cpu") for i in range(3)]).items()}
         ptr = {k: v.data_ptr() for k, v in sampler([draw_generator(6, i, "cpu") for i in range(2)]).items()}
-    finally:
-        torch.set_num_threads(old)
     assert ptr == {k: v.data_ptr() for k, v in sampler([draw_generator(6, 0, "cpu")]).items()}  # reused buffers
     for i in range(3):
         ref = noise.sample(weights, draw_generator(6, i, "cpu"))

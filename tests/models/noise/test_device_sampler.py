@@ -18,6 +18,7 @@ from calibration.profile import NoiseProfile
 from models.montecarlo import draw_generator
 from models.noise.device_sampler import DeviceSampler, stuck_positions
 from models.noise.factory import noise_from_profile
+from tests.helpers.threads import torch_threads
 
 torch.set_num_threads(1)
 
@@ -107,18 +108,14 @@ def test_draws_do_not_depend_on_chunking_or_threads(family):
 
     # 40,000 weights: above the size where draws are filled by worker threads (models.noise.base)
     big = {"w": torch.linspace(-1.0, 1.0, 40000, dtype=torch.float64)}
-    old = torch.get_num_threads()
-    try:
-        for w in (W, big):
-            torch.set_num_threads(1)
+    for w in (W, big):
+        with torch_threads(1):
             sampler = noise.draw_sampler(w)
             whole = sampler(gens(range(6)))["w"].clone()
             parts = torch.cat([sampler(gens(range(0, 2)))["w"].clone(), sampler(gens(range(2, 6)))["w"].clone()])
-            torch.set_num_threads(2)  # worker threads fill the draws; the chunk's arithmetic runs multi-threaded
+        with torch_threads(2):  # worker threads fill the draws; the chunk's arithmetic runs multi-threaded
             again = noise.draw_sampler(w)(gens(range(6)))["w"].clone()
-            assert torch.equal(whole, parts) and torch.equal(whole, again)
-    finally:
-        torch.set_num_threads(old)
+        assert torch.equal(whole, parts) and torch.equal(whole, again)
 
 
 def test_stuck_positions_are_a_bernoulli_process():
