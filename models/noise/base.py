@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -97,21 +97,20 @@ def randn_draws(shape: tuple[int, ...], like: Tensor, generators: list[torch.Gen
     def fill(i: int) -> None:
         out[i].normal_(generator=generators[i])
 
-    if like.device.type == "cpu":
-        _map_draws(fill, len(generators), out[0].numel())
-    else:
-        for i in range(len(generators)):
-            fill(i)
+    map_draws(fill, len(generators), out[0].numel(), [like])
     return out
 
 
-def _map_draws(fill: Callable[[int], None], n: int, numel_per_draw: int) -> None:
-    """Run ``fill(i)`` for every draw, in parallel CPU threads when each draw is large enough.
+def map_draws(fill: Callable[[int], None], n: int, numel_per_draw: int, tensors: Iterable[Tensor]) -> None:
+    """Run ``fill(i)`` for every draw, in parallel CPU threads when every one of ``tensors`` (what the draws are
+    made for) is on the CPU and each draw is large enough; in order otherwise.
 
-    CPU normal_ runs on one core per generator, so independent generators fill their draws in parallel.
+    CPU normal_ runs on one core per generator, so independent generators fill their draws in parallel; a GPU
+    queues its kernels in order, so threads would gain nothing there.
     """
     workers = min(torch.get_num_threads(), n)
-    if workers > 1 and numel_per_draw >= _PARALLEL_FILL_MIN:
+    cpu = all(t.device.type == "cpu" for t in tensors)
+    if cpu and workers > 1 and numel_per_draw >= _PARALLEL_FILL_MIN:
         list(_fill_pool(workers, os.getpid()).map(fill, range(n)))
     else:
         for i in range(n):
@@ -176,6 +175,5 @@ class AffineSampler:
                 row.normal_(generator=generators[i])
                 torch.addcmul(self.shifts[name], row, self.stds[name], out=row)
 
-        per_draw = sum(s.numel() for s in self.shifts.values())
-        _map_draws(fill, n, per_draw)
+        map_draws(fill, n, sum(s.numel() for s in self.shifts.values()), self.shifts.values())
         return out

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.noise.base import DrawBuffers, _map_draws
+from models.noise.base import DrawBuffers, map_draws
 
 if TYPE_CHECKING:
     from models.noise.profile_noise import ProfileNoise
@@ -186,11 +186,9 @@ class DeviceSampler:
                 if name in fields:
                     fields[name][i].normal_(generator=gen)
 
-        if all(lay.base.device.type == "cpu" for lay in self.layers.values()):
-            _map_draws(fill, n, sum(lay.n_weights for lay in self.layers.values()))
-        else:
-            for i in range(n):
-                fill(i)
+        map_draws(
+            fill, n, sum(lay.n_weights for lay in self.layers.values()), (lay.base for lay in self.layers.values())
+        )
         if not self.lognormal:
             for name, layer in self.layers.items():
                 self._finish(layer, out[name], taken[name], fields.get(name))

@@ -15,7 +15,7 @@ from models.noise.base import (
     AffineSampler,
     DrawBuffers,
     WeightNoise,
-    _map_draws,
+    map_draws,
     per_device_mask,
     rand,
     randn,
@@ -460,9 +460,5 @@ class _LogNormalSampler:
                 row = out[name][i]
                 row.normal_(generator=generators[i]).mul_(self.sigma).exp_().mul_(w)
 
-        if all(w.device.type == "cpu" for w in self.weights.values()):
-            _map_draws(fill, n, sum(w.numel() for w in self.weights.values()))
-        else:
-            for i in range(n):
-                fill(i)
+        map_draws(fill, n, sum(w.numel() for w in self.weights.values()), self.weights.values())
         return out
