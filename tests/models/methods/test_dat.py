@@ -462,5 +462,5 @@ def test_previous_ascent_reuses_the_last_descent_gradient_with_one_pass_per_step
     # A wrong gradient, draw or step moves entries by ~1e-2, hundreds of times more.
     eps = torch.finfo(torch.float32).eps
     x_max, w_max = float(x.abs().max()), float(wp.detach().abs().max())
-    tol = 16 * eps * (1 + float(z.abs().max()) + 3 * x_max * w_max) * x_max
+    tol = 16 * eps * (1 + float(z.detach().abs().max()) + 3 * x_max * w_max) * x_max
     assert torch.allclose(model.weight.grad, ref, rtol=0, atol=tol)
