@@ -133,11 +133,13 @@ class DrawBuffers:
     def __init__(self) -> None:
         self._buffers: dict[str, Tensor] = {}
 
-    def get(self, name: str, like: Tensor, n: int) -> Tensor:
-        """The first n rows of the buffer for ``name``, each shaped, typed and placed like ``like``."""
+    def get(self, name: str, like: Tensor, n: int, shape: tuple[int, ...] | None = None) -> Tensor:
+        """The first n rows of the buffer for ``name``, each typed and placed like ``like`` and shaped like it
+        (or ``shape``)."""
+        row = tuple(like.shape) if shape is None else shape
         buf = self._buffers.get(name)
-        if buf is None or buf.shape[0] < n:
-            buf = self._buffers[name] = torch.empty((n, *like.shape), device=like.device, dtype=like.dtype)
+        if buf is None or buf.shape[0] < n or tuple(buf.shape[1:]) != row:
+            buf = self._buffers[name] = torch.empty((n, *row), device=like.device, dtype=like.dtype)
         return buf[:n]
 
 

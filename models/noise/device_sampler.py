@@ -5,16 +5,19 @@ uniform per *device* for every chunk of draws. This sampler builds the layout on
 
 - the independent Gaussian part of a weight's devices as ONE normal per weight: a weight's error
   sum_d c_d (mu_d + s_d z_d) is exactly N(sum c_d mu_d, sum c_d^2 s_d^2);
-- the spatial part as a low-rank matmul per physical tile (z_k @ A^T), contracted with the coefficients;
+- the spatial part from one N(0, I_k) per physical tile: when a weight's device coefficients are a * s_d
+  (bit-sliced and analog mappings), its field is a * z[tile] . R[slot] with R (cells / D, k) built once, so a
+  draw costs k multiply-adds per weight, not per device, and no table k times the layer's size is kept;
 - stuck-at faults sparsely: the positions of stuck devices come from geometric gaps of a Bernoulli(p)
-  process (about p * n_devices numbers, not n_devices uniforms), and a stuck device's share of its weight's
-  Gaussian is removed by drawing it conditionally on the weight's total (X_d | T ~ N(m_d + s_d^2/S^2 (T - M),
-  s_d^2 (1 - s_d^2/S^2)); several stuck devices of one weight are taken one after the other on what is left),
-  so the joint law is the reference's exactly;
-- log-normal devices (no closed form for a weight's sum) keep one normal per device, on the prebuilt layout.
+  process (about p * n_devices numbers, not n_devices uniforms); given which devices are stuck, the other
+  devices of a weight still sum to one Gaussian (the stuck ones' means and variances taken out) that the
+  weight's normal drives, and a stuck device's field share is taken back, so the joint law is the reference's;
+- log-normal devices (no closed form for a weight's sum) keep one normal per device, on the prebuilt layout;
+  their Gaussian read noise is again one normal per weight.
 
-Each draw takes its numbers from its own generator only (layer after layer: weight normals, tile normals,
-stuck gaps, stuck kinds, conditional normals), so results do not depend on how draws are chunked.
+Each draw takes its numbers from its own generator only, layer after layer (Gaussian: weight normals, stuck
+gaps, stuck kinds, tile normals; log-normal: device normals, read normals per weight, tile normals, stuck gaps,
+stuck kinds), so results do not depend on how draws are chunked or on the thread count.
 """
 
 from __future__ import annotations
@@ -55,13 +58,17 @@ class _Layer:
     stuck_lo: Tensor | None  # coef * (g_lo - g_t) (n_dev,)
     # log-normal path
     g_t: Tensor | None  # (n_dev,)
-    read_sigma: Tensor | None  # (n_dev,) or None
-    # spatial: A (cells, k) and the number of tiles
+    # read noise of a log-normal layer, summed per weight (W,), and each device's share of its variance (n_dev,)
+    read_std_w: Tensor | None
+    read_var: Tensor | None
+    # spatial: A (cells, k), its transpose (k, cells) and the number of tiles
     spatial_A: Tensor | None
+    spatial_At: Tensor | None
     tiles: int
-    # per sign array p: (first tile, weight offset in it, B (k, tiles_p, weights per tile)) with
-    # B[w] = sum_d c_d A[cell_d], when a weight's devices never straddle two tiles (cells % D == 0)
-    tile_blocks: list[tuple[int, int, Tensor]] | None = None
+    # when coef = a (per slot p * W + w) x s (per device of a weight) and cells % D == 0: a, and the slot rows
+    # R^T (k, cells / D) with R[j] = sum_d s_d A[j D + d], so a weight's spatial error is a * z[tile] . R[slot]
+    slot_coef: Tensor | None = None
+    slot_rows: Tensor | None = None
 
 
 def stuck_positions(n_dev: int, p: float, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -92,7 +99,10 @@ def stuck_positions(n_dev: int, p: float, generator: torch.Generator, device: to
 
 
 class DeviceSampler:
-    """Draws of `ProfileNoise` on its per-device path (stuck faults, spatial field, log-normal devices)."""
+    """Draws of `ProfileNoise` on its per-device path (stuck faults, spatial field, log-normal devices).
+
+    The spatial field is built in blocks of tiles (a bounded scratch, not an (n, W) temporary per chunk).
+    """
 
     def __init__(self, noise: ProfileNoise, weights: dict[str, Tensor]) -> None:
         self.noise = noise
@@ -135,17 +145,23 @@ class DeviceSampler:
             stuck_hi=stuck_hi,
             stuck_lo=stuck_lo,
             g_t=None,
-            read_sigma=None,
+            read_std_w=None,
+            read_var=None,
             spatial_A=A,
+            spatial_At=None if A is None else A.T.contiguous(),
             tiles=tiles,
         )
-        if A is not None and not self.lognormal:
-            layer.tile_blocks = _tile_blocks(coef.expand(g_t.shape), A)
+        if A is not None:
+            factored = _slot_rows(coef.expand(g_t.shape), A)
+            if factored is not None:
+                layer.slot_coef, layer.slot_rows = factored
         if self.lognormal:
             layer.g_t = g_t.reshape(-1).contiguous()
             if nz.read:
                 rs = torch.as_tensor(nz.profile.read_sigma(nz._tables.g), dtype=w.dtype, device=w.device)
-                layer.read_sigma = (rs[idx] * nz.factor).expand(g_t.shape).reshape(-1).contiguous()
+                var = (coef * rs[idx] * nz.factor) ** 2
+                layer.read_std_w = torch.sqrt(var.sum(-1).sum(0)).reshape(-1).contiguous()
+                layer.read_var = var.expand(g_t.shape).reshape(-1).contiguous()
         else:
             layer.mean_w = (coef * mean).sum(-1).sum(0).reshape(-1).contiguous()
             layer.std_w = torch.sqrt(((coef * sig) ** 2).sum(-1).sum(0)).reshape(-1).contiguous()
@@ -162,39 +178,53 @@ class DeviceSampler:
     def __call__(self, generators: list[torch.Generator]) -> dict[str, Tensor]:
         """One draw per generator, ``{name: (len(generators), *shape)}``, in buffers the next call overwrites.
 
-        Each draw takes its random numbers from its own generator (in worker threads on CPU); the arithmetic
-        then runs once for the whole chunk (Gaussian path), so its cost per draw does not carry Python's.
+        Draw i takes its random numbers from generator i only, in the order the module's docstring lists (in
+        worker threads on CPU). A log-normal draw is finished in its thread; the Gaussian path's arithmetic
+        runs once for the whole chunk, so its cost per draw does not carry Python's.
         """
         n = len(generators)
         out = {name: self._buffers.get(name, lay.base, n) for name, lay in self.layers.items()}
-        taken: dict[str, list] = {name: [None] * n for name in self.layers}  # per draw: stuck hits
-        fields = {
-            name: torch.empty((n, lay.tiles, lay.spatial_A.shape[1]), dtype=lay.base.dtype, device=lay.base.device)
+        reads = {
+            name: self._buffers.get(f"{name}/read", lay.base, n)
             for name, lay in self.layers.items()
-            if lay.spatial_A is not None and not self.lognormal
+            if lay.read_std_w is not None
         }
+        zks = {
+            name: self._buffers.get(f"{name}/zk", lay.base, n, (lay.tiles, lay.spatial_A.shape[1]))
+            for name, lay in self.layers.items()
+            if lay.spatial_A is not None
+        }
+        rows = 1 if self.lognormal else n  # draws whose slot field is built together
+        scratch = {
+            name: self._buffers.get(f"{name}/field", lay.base, n, (_field_rows(lay, rows), lay.slot_rows.shape[1]))
+            for name, lay in self.layers.items()
+            if lay.slot_rows is not None
+        }
+        taken: dict[str, list] = {name: [None] * n for name in self.layers}  # Gaussian path, per draw: stuck hits
 
         def fill(i: int) -> None:
             gen = generators[i]
             for name, layer in self.layers.items():
-                row = out[name][i]
+                zk = zks[name][i] if name in zks else None
                 if self.lognormal:
-                    self._draw_lognormal(layer, row, gen)
+                    read = reads[name][i] if name in reads else None
+                    field = scratch[name][i : i + 1] if name in scratch else None
+                    self._draw_lognormal(layer, out[name][i], gen, read, zk, field)
                     continue
-                row.normal_(generator=gen)  # z of every weight, then the stuck devices, then the tile normals
+                out[name][i].normal_(generator=gen)  # z of every weight, then the stuck devices, then the tiles
                 taken[name][i] = self._stuck(layer, gen)
-                if name in fields:
-                    fields[name][i].normal_(generator=gen)
+                if zk is not None:
+                    zk.normal_(generator=gen)
 
         map_draws(
             fill, n, sum(lay.n_weights for lay in self.layers.values()), (lay.base for lay in self.layers.values())
         )
         if not self.lognormal:
             for name, layer in self.layers.items():
-                self._finish(layer, out[name], taken[name], fields.get(name))
+                self._finish(layer, out[name], taken[name], zks[name] if name in zks else None, scratch.get(name))
         return {name: o.view(n, *self.layers[name].shape) for name, o in out.items()}
 
-    def _finish(self, lay: _Layer, z: Tensor, hits: list, zk: Tensor | None) -> None:
+    def _finish(self, lay: _Layer, z: Tensor, hits: list, zk: Tensor | None, scratch: Tensor | None) -> None:
         """Turn the chunk's normals z (n, W) into weights: Gaussian part, stuck devices, spatial field, base."""
         assert lay.mean_w is not None and lay.std_w is not None
         n = z.shape[0]
@@ -209,24 +239,11 @@ class DeviceSampler:
         if pos is not None and on is not None and draw is not None:
             fixed = self._stuck_weights(lay, z, pos, on, draw)
         torch.addcmul(lay.mean_w, z, lay.std_w, out=z)  # the independent part of each weight
-        flat = z.view(-1)
         if fixed is not None:
-            flat.index_copy_(0, fixed[0], fixed[1])
+            z.view(-1).index_copy_(0, fixed[0], fixed[1])
         if zk is not None:
-            z += self._spatial_per_weight(lay, zk)
-            if pos is not None and draw is not None:  # a stuck device holds its stuck value, not its field share
-                w_flat = draw * lay.n_weights + (pos // lay.per_weight) % lay.n_weights
-                field = self._field_at(lay, zk.view(-1, zk.shape[-1]), pos, draw * lay.tiles)
-                flat.index_add_(0, w_flat, -torch.index_select(lay.coef, 0, pos) * field)
+            self._add_spatial(lay, z, zk, scratch, None if pos is None or draw is None else (pos, draw))
         z += lay.base
-
-    def _field(self, lay: _Layer, gen: torch.Generator) -> Tensor | None:
-        """The spatial error of every device (n_dev,), one N(0, I_k) per physical tile, or None."""
-        if lay.spatial_A is None:
-            return None
-        A = lay.spatial_A
-        zk = torch.empty((lay.tiles, A.shape[1]), dtype=A.dtype, device=A.device).normal_(generator=gen)
-        return tile_fields(zk, A).reshape(-1)[: lay.coef.numel()]
 
     def _stuck(self, lay: _Layer, gen: torch.Generator) -> tuple[Tensor, Tensor] | None:
         """(device positions, stuck-on mask) of this draw's stuck devices, or None without stuck faults."""
@@ -261,23 +278,31 @@ class DeviceSampler:
         zu = torch.index_select(z.reshape(-1), 0, uw)
         return uw, torch.addcmul(wts[:, 0] - sums[:, 1] + sums[:, 0], torch.sqrt(var), zu)
 
-    def _spatial_per_weight(self, lay: _Layer, zk: Tensor) -> Tensor:
-        """The spatial error of every weight, (n, W) for tile normals zk (n, tiles, k): sum_d c_d A[cell_d] . z."""
-        n = zk.shape[0]
-        if lay.tile_blocks is None:  # devices of one weight may straddle tiles: through the per-device field
-            assert lay.spatial_A is not None
-            field = tile_fields(zk, lay.spatial_A).reshape(n, -1)[:, : lay.coef.numel()]
-            return sum_devices((field * lay.coef).view(n, -1, lay.n_weights, lay.per_weight))
-        out = None
-        for t0, offset, B in lay.tile_blocks:  # one block per sign array: (k, tiles, weights per tile)
-            z = zk[:, t0 : t0 + B.shape[1]]
-            part = B[0] * z[:, :, 0:1]
-            for j in range(1, B.shape[0]):  # k multiply-adds, in order: the same sums whatever the chunk
-                part.addcmul_(B[j], z[:, :, j : j + 1])
-            part = part.view(n, -1)[:, offset : offset + lay.n_weights]
-            out = part if out is None else out + part
-        assert out is not None
-        return out
+    def _add_spatial(
+        self, lay: _Layer, rows: Tensor, zk: Tensor, scratch: Tensor | None, stuck: tuple[Tensor, Tensor] | None
+    ) -> None:
+        """Add the spatial error of every weight of draws ``rows`` (n, W), tile normals zk (n, tiles, k), less
+        the share of their stuck devices (``stuck``: device positions and their draws; a stuck device holds its
+        stuck value, not its field share)."""
+        n, w_n, d_n = rows.shape[0], lay.n_weights, lay.per_weight
+        if lay.slot_rows is None or lay.slot_coef is None or scratch is None:  # through the per-device field
+            assert lay.spatial_At is not None
+            field = tile_fields(zk, lay.spatial_At).reshape(n, -1)[:, : lay.coef.numel()]
+            rows += sum_devices((field * lay.coef).view(n, -1, w_n, d_n))
+        else:
+            per_tile, step = lay.slot_rows.shape[1], scratch.shape[1]
+            for t0 in range(0, lay.tiles, step):  # the slots t0 * per_tile ... of this block of tiles
+                block = tile_fields(zk[:, t0 : t0 + step], lay.slot_rows, scratch).view(n, -1)
+                s0, s1 = t0 * per_tile, t0 * per_tile + block.shape[1]
+                for p in range(lay.sign_arrays):  # the block's slots of sign array p: weights lo - p W ... hi - p W
+                    lo, hi = max(s0, p * w_n), min(s1, (p + 1) * w_n)
+                    if lo < hi:
+                        rows[:, lo - p * w_n : hi - p * w_n].addcmul_(block[:, lo - s0 : hi - s0], lay.slot_coef[lo:hi])
+        if stuck is not None:
+            pos, draw = stuck
+            field = self._field_at(lay, zk.view(-1, zk.shape[-1]), pos, draw * lay.tiles)
+            w_flat = draw * w_n + (pos // d_n) % w_n
+            rows.view(-1).index_add_(0, w_flat, -torch.index_select(lay.coef, 0, pos) * field)
 
     def _field_at(self, lay: _Layer, zk_rows: Tensor, pos: Tensor, row0: Tensor | int = 0) -> Tensor:
         """The spatial field at device positions ``pos`` only; zk_rows holds one tile's normals per row, the
@@ -291,34 +316,65 @@ class DeviceSampler:
             out += prod[:, j]
         return out
 
-    def _draw_lognormal(self, lay: _Layer, row: Tensor, gen: torch.Generator) -> None:
-        """Log-normal devices: g_t * expm1(s z) (+ read noise, spatial field), stuck values put in sparsely."""
+    def _draw_lognormal(
+        self, lay: _Layer, row: Tensor, gen: torch.Generator, read: Tensor | None, zk: Tensor | None, scratch
+    ) -> None:
+        """Log-normal devices: g_t * expm1(s z), stuck values put in sparsely, then the read noise (one normal per
+        weight: a sum of independent Gaussians, less the stuck devices' share) and the spatial field."""
         assert lay.g_t is not None
         s = float(self.noise.profile.family_params["s"]) * self.noise.factor
         dg = torch.empty_like(lay.g_t).normal_(generator=gen)
         dg.mul_(s).expm1_().mul_(lay.g_t)
-        if lay.read_sigma is not None:
-            dg.addcmul_(torch.empty_like(dg).normal_(generator=gen), lay.read_sigma)
-        field = self._field(lay, gen)
-        if field is not None:
-            dg += field
+        if read is not None:
+            read.normal_(generator=gen)
+        if zk is not None:
+            zk.normal_(generator=gen)
         dg.mul_(lay.coef)
         hit = self._stuck(lay, gen)
-        if hit is not None and hit[0].numel():
+        stuck = hit is not None and hit[0].numel() > 0
+        if hit is not None and stuck:
             assert lay.stuck_hi is not None and lay.stuck_lo is not None
             pos, on = hit
             value = torch.where(on, torch.index_select(lay.stuck_hi, 0, pos), torch.index_select(lay.stuck_lo, 0, pos))
             dg.index_copy_(0, pos, value.to(dg.dtype))
         torch.add(lay.base, sum_devices(dg.view(1, -1, lay.n_weights, lay.per_weight))[0], out=row)
+        if read is not None:
+            assert lay.read_std_w is not None and lay.read_var is not None
+            row.addcmul_(read, lay.read_std_w)
+            if hit is not None and stuck:  # a stuck device reads its stuck value: its read variance goes
+                uw, inv = torch.unique((hit[0] // lay.per_weight) % lay.n_weights, sorted=True, return_inverse=True)
+                gone = torch.zeros(uw.numel(), dtype=row.dtype, device=row.device)
+                gone.index_add_(0, inv, torch.index_select(lay.read_var, 0, hit[0]))
+                std = torch.index_select(lay.read_std_w, 0, uw)
+                left = torch.sqrt(torch.clamp(std * std - gone, min=0.0))
+                row.index_add_(0, uw, (left - std) * torch.index_select(read, 0, uw))
+        if zk is not None:
+            at = None if hit is None or not stuck else (hit[0], torch.zeros_like(hit[0]))
+            self._add_spatial(lay, row.view(1, -1), zk.unsqueeze(0), scratch, at)
 
 
-def tile_fields(zk: Tensor, A: Tensor) -> Tensor:
-    """The spatial field (..., tiles, cells) = zk @ A^T for tile normals zk (..., tiles, k), as k multiply-adds
-    in order: every element is the same sum whatever the batch, chunk or thread count (a GEMM's blocking is not)."""
-    out = zk[..., 0:1] * A[:, 0]
-    for j in range(1, A.shape[1]):
-        out.addcmul_(zk[..., j : j + 1], A[:, j])
-    return out
+_FIELD_BLOCK = 1 << 20  # numbers in one block of the slot field (4 MiB of float32): a bounded scratch in the L3 cache
+
+
+def _field_rows(lay: _Layer, draws: int) -> int:
+    """Tiles per block of a layer's slot field built for ``draws`` draws together: bounded on CPU; a GPU takes
+    the whole field at once (its kernels are launched one by one, so blocks would only add launches)."""
+    assert lay.slot_rows is not None
+    if lay.base.device.type != "cpu":
+        return lay.tiles
+    return max(1, min(lay.tiles, _FIELD_BLOCK // (lay.slot_rows.shape[1] * draws)))
+
+
+def tile_fields(zk: Tensor, At: Tensor, out: Tensor | None = None) -> Tensor:
+    """The field (..., tiles, cells) = zk @ At for tile normals zk (..., tiles, k) and At (k, cells), as k
+    multiply-adds in order: every element is the same sum whatever the batch, chunk or thread count (a GEMM's
+    blocking is not). ``out``: where to write it (its leading rows are used when it has more)."""
+    o = torch.empty((*zk.shape[:-1], At.shape[1]), dtype=At.dtype, device=At.device) if out is None else out
+    o = o[..., : zk.shape[-2], :]
+    torch.mul(zk[..., 0:1], At[0], out=o)
+    for j in range(1, At.shape[0]):
+        o.addcmul_(zk[..., j : j + 1], At[j])
+    return o
 
 
 def sum_devices(v: Tensor) -> Tensor:
@@ -331,29 +387,30 @@ def sum_devices(v: Tensor) -> Tensor:
     return out
 
 
-def _tile_blocks(coef: Tensor, A: Tensor) -> list[tuple[int, int, Tensor]] | None:
-    """Per sign array, each weight's spatial row sum_d c_d A[cell_d], laid out tile by tile (k, tiles, weights per tile) for k multiply-adds per chunk.
+def _slot_rows(coef: Tensor, A: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(a (P W,), R^T (k, cells / D)) when every weight's device coefficients are a * s for one s (D,) and a
+    weight's D devices share a tile (cells % D == 0); None otherwise.
 
-    Devices are numbered (P, W, D) and tiled every ``cells`` devices; with cells % D == 0 a weight's D devices
-    share one tile, so its spatial error is z[tile] . B[w]. None when they may straddle.
+    Devices are numbered (P, W, D) and tiled every ``cells``, so slot g = p W + w lies in tile g // (cells / D)
+    at position g % (cells / D), and its devices' field sum_d a s_d A[cell_d] . z is a R[position] . z[tile].
+    A bit-sliced weight's coefficients are sign * step / dg * 2^(jK): powers of two apart, so the test is exact.
     """
-    p_arrays, d = coef.shape[0], coef.shape[-1]
+    d = coef.shape[-1]
     cells, k = A.shape
     if cells % d:
         return None
-    n_w = coef[0].numel() // d
-    per_tile = cells // d
-    blocks = []
-    for p in range(p_arrays):
-        start = p * n_w * d  # first device of array p
-        t0, offset = start // cells, (start % cells) // d
-        cell = (start + torch.arange(n_w * d, device=A.device)) % cells
-        rows = (coef[p].reshape(n_w, d, 1) * A[cell].view(n_w, d, k)).sum(1)  # (W, k)
-        n_tiles = -(-(offset + n_w) // per_tile)
-        B = torch.zeros((n_tiles * per_tile, k), dtype=A.dtype, device=A.device)
-        B[offset : offset + n_w] = rows
-        blocks.append((t0, offset, B.view(n_tiles, per_tile, k).permute(2, 0, 1).contiguous()))
-    return blocks
+    c = coef.reshape(-1, d)
+    a = c[:, 0].contiguous()
+    if not bool(torch.all(a != 0)):
+        return None
+    s = c[0] / a[0]
+    if not torch.equal(c, a.unsqueeze(1) * s):
+        return None
+    per_dev = A.view(cells // d, d, k)
+    rows = per_dev[:, 0] * s[0]
+    for j in range(1, d):  # in order, once per evaluation
+        rows = rows + per_dev[:, j] * s[j]
+    return a, rows.T.contiguous()
 
 
 def device_draw_sampler(noise: ProfileNoise, weights: dict[str, Tensor]) -> Callable[[list[torch.Generator]], dict]:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
+import models.noise.device_sampler as device_sampler
 from calibration.noise_terms import SpatialModel
 from calibration.profile import NoiseProfile
 from models.montecarlo import draw_generator
@@ -116,6 +117,48 @@ def test_draws_do_not_depend_on_chunking_or_threads(family):
         with torch_threads(2):  # worker threads fill the draws; the chunk's arithmetic runs multi-threaded
             again = noise.draw_sampler(w)(gens(range(6)))["w"].clone()
         assert torch.equal(whole, parts) and torch.equal(whole, again)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "lognormal"])
+def test_weights_whose_devices_are_all_stuck_hold_their_stuck_values(family):
+    """At stuck rates 0.45 + 0.45 a weight's D = 2 devices are all stuck in 0.81 of the draws: the reference puts
+    it exactly on one of its stuck sums, and the sampler must too (no Gaussian, read noise or field share left).
+
+    The sampler reaches a stuck sum through sums and a square root of a difference of variances, so it lands
+    within a few sqrt(eps) of the weight's scale of it (float64: ~1e-8), while the smallest noise term left
+    behind by a mistake (read noise 0.01 g_max) would be ~1e-2 of the scale.
+    """
+    extra = {"read_noise": 0.01} if family == "lognormal" else {}
+    prof = _profile(family, 4, stuck=(0.45, 0.45), **extra)
+    noise = noise_from_profile(prof, mapping="bitsliced", bits=4, read=family == "lognormal")
+    ref, new = _samples(noise)
+    p_all = 0.9**2
+    z = stats.norm.isf(KS_P_MIN / 2)  # the file's per-comparison false-alarm rate, two-sided
+    bound = z * math.sqrt(p_all * (1 - p_all) / N)
+    for j in range(ref.shape[1]):
+        values, counts = np.unique(ref[:, j], return_counts=True)
+        atoms = values[counts > 1]  # a continuous part never repeats: repeated values are stuck sums
+        scale = float(np.abs(ref[:, j]).max())
+        near = np.abs(new[:, j, None] - atoms[None, :]).min(1) <= 8 * math.sqrt(np.finfo(np.float64).eps) * scale
+        assert abs(counts[counts > 1].sum() / N - p_all) <= bound, j  # the reference, as a check of the test
+        assert abs(near.mean() - p_all) <= bound, (j, near.mean())
+
+
+@pytest.mark.parametrize(
+    "family,sign", [("gaussian", "separate"), ("gaussian", "differential"), ("lognormal", "differential")]
+)
+def test_the_spatial_field_does_not_depend_on_its_block_size(family, sign, monkeypatch):
+    """The slot field is built in blocks of tiles; blocks of one tile (Gaussian: 5 draws together) or three
+    (log-normal, draw by draw: they straddle the boundary between the two sign arrays of a differential pair)
+    give the same draws, bit for bit, as one block."""
+    noise = noise_from_profile(_profile(family, 4), mapping="bitsliced", bits=4, sign=sign, read=False)
+    gens = [draw_generator(7, i, "cpu") for i in range(5)]
+    sampler = noise.draw_sampler(W)
+    assert isinstance(sampler, DeviceSampler) and sampler.layers["w"].slot_rows is not None
+    whole = sampler(gens)["w"].clone()
+    monkeypatch.setattr(device_sampler, "_FIELD_BLOCK", 6)  # 6 numbers: 3 tiles of 2 slots per draw
+    blocks = noise.draw_sampler(W)([draw_generator(7, i, "cpu") for i in range(5)])["w"]
+    assert torch.equal(whole, blocks)
 
 
 def test_stuck_positions_are_a_bernoulli_process():
