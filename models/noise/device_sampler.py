@@ -12,8 +12,9 @@ uniform per *device* for every chunk of draws. This sampler builds the layout on
   process (about p * n_devices numbers, not n_devices uniforms); given which devices are stuck, the other
   devices of a weight still sum to one Gaussian (the stuck ones' means and variances taken out) that the
   weight's normal drives, and a stuck device's field share is taken back, so the joint law is the reference's;
-- log-normal devices (no closed form for a weight's sum) keep one normal per device, on the prebuilt layout;
-  their Gaussian read noise is again one normal per weight.
+- log-normal devices (no closed form for a weight's sum) keep one normal per device, on the prebuilt layout
+  stored device-major (a weight's sum adds D contiguous rows); their Gaussian read noise is again one normal
+  per weight.
 
 Each draw takes its numbers from its own generator only, layer after layer (Gaussian: weight normals, stuck
 gaps, stuck kinds, tile normals; log-normal: device normals, read normals per weight, tile normals, stuck gaps,
@@ -57,7 +58,9 @@ class _Layer:
     stuck_hi: Tensor | None  # coef * (g_hi - g_t) (n_dev,)
     stuck_lo: Tensor | None  # coef * (g_lo - g_t) (n_dev,)
     # log-normal path
+    # device-major copies (P, D, W) flat, so a weight's sum over its devices adds D contiguous rows
     g_t: Tensor | None  # (n_dev,)
+    coef_dw: Tensor | None  # (n_dev,)
     # read noise of a log-normal layer, summed per weight (W,), and each device's share of its variance (n_dev,)
     read_std_w: Tensor | None
     read_var: Tensor | None
@@ -145,6 +148,7 @@ class DeviceSampler:
             stuck_hi=stuck_hi,
             stuck_lo=stuck_lo,
             g_t=None,
+            coef_dw=None,
             read_std_w=None,
             read_var=None,
             spatial_A=A,
@@ -156,7 +160,8 @@ class DeviceSampler:
             if factored is not None:
                 layer.slot_coef, layer.slot_rows = factored
         if self.lognormal:
-            layer.g_t = g_t.reshape(-1).contiguous()
+            layer.g_t = _device_major(g_t)
+            layer.coef_dw = _device_major(coef.expand(g_t.shape))
             if nz.read:
                 rs = torch.as_tensor(nz.profile.read_sigma(nz._tables.g), dtype=w.dtype, device=w.device)
                 var = (coef * rs[idx] * nz.factor) ** 2
@@ -321,23 +326,32 @@ class DeviceSampler:
     ) -> None:
         """Log-normal devices: g_t * expm1(s z), stuck values put in sparsely, then the read noise (one normal per
         weight: a sum of independent Gaussians, less the stuck devices' share) and the spatial field."""
-        assert lay.g_t is not None
+        assert lay.g_t is not None and lay.coef_dw is not None
         s = float(self.noise.profile.family_params["s"]) * self.noise.factor
-        dg = torch.empty_like(lay.g_t).normal_(generator=gen)
+        dg = torch.empty_like(lay.g_t).normal_(generator=gen)  # device-major: (P, D, W)
         dg.mul_(s).expm1_().mul_(lay.g_t)
         if read is not None:
             read.normal_(generator=gen)
         if zk is not None:
             zk.normal_(generator=gen)
-        dg.mul_(lay.coef)
+        dg.mul_(lay.coef_dw)
         hit = self._stuck(lay, gen)
         stuck = hit is not None and hit[0].numel() > 0
         if hit is not None and stuck:
             assert lay.stuck_hi is not None and lay.stuck_lo is not None
             pos, on = hit
             value = torch.where(on, torch.index_select(lay.stuck_hi, 0, pos), torch.index_select(lay.stuck_lo, 0, pos))
-            dg.index_copy_(0, pos, value.to(dg.dtype))
-        torch.add(lay.base, sum_devices(dg.view(1, -1, lay.n_weights, lay.per_weight))[0], out=row)
+            w_n, d_n = lay.n_weights, lay.per_weight
+            major = (
+                (pos // (w_n * d_n)) * (w_n * d_n) + (pos % d_n) * w_n + (pos // d_n) % w_n
+            )  # (p, w, d) -> (p, d, w)
+            dg.index_copy_(0, major, value.to(dg.dtype))
+        per_device = dg.view(lay.sign_arrays, lay.per_weight, lay.n_weights)
+        torch.add(lay.base, per_device[0, 0], out=row)
+        for p in range(lay.sign_arrays):  # device by device, in a fixed order
+            for d in range(lay.per_weight):
+                if p or d:
+                    row += per_device[p, d]
         if read is not None:
             assert lay.read_std_w is not None and lay.read_var is not None
             row.addcmul_(read, lay.read_std_w)
@@ -385,6 +399,11 @@ def sum_devices(v: Tensor) -> Tensor:
             if p or d:
                 out += v[:, p, :, d]
     return out
+
+
+def _device_major(t: Tensor) -> Tensor:
+    """A per-device tensor (P, *shape, D) flattened device-major, (P, D, W): device d of every weight in a row."""
+    return t.reshape(t.shape[0], -1, t.shape[-1]).transpose(1, 2).contiguous().reshape(-1)
 
 
 def _slot_rows(coef: Tensor, A: Tensor) -> tuple[Tensor, Tensor] | None:
