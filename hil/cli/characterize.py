@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +18,7 @@ from hil.characterize.runfile import RunFileError
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError, expected_error
 from hil.cli.report import summary_lines
+from hil.cli.stopping import STOP, stop_on_signals
 from hil.hardware.board import Board, BoardResetError, BoardTimeoutError
 from hil.hardware.transport import DEFAULT_PORT, BoardConnectionError
 
@@ -104,26 +103,6 @@ def params_option(params: type[ProcedureParams], field_name: str) -> Callable[[F
     return click.option(*decls, **settings)
 
 
-_STOP = threading.Event()  # Ctrl-C or SIGTERM arrived: the run stops at its next record at the latest
-
-
-def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM stop a run cleanly: flushed and closed (SIGKILL cannot be caught; SWMR covers it).
-
-    The handler raises KeyboardInterrupt at once, and also sets `_STOP`, which `run_procedure` checks after
-    every record: an interrupt raised while Python runs a garbage-collection callback is lost ("Exception
-    ignored"), and the flag stops the run at its next record all the same.
-    """
-
-    def stop(*_: object) -> None:
-        _STOP.set()
-        raise KeyboardInterrupt
-
-    _STOP.clear()
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
 def execute(
     proc_cls: type[Procedure[Any]],
     port: str,
@@ -158,7 +137,7 @@ def execute(
                 quiet=quiet,
                 flush_s=flush_s,
                 calibration=cal.to_dict() if cal else None,
-                stop=_STOP.is_set,
+                stop=STOP.is_set,
             )
         except KeyboardInterrupt:
             raise UserError(f"interrupted: data up to the last flush are in {out}; continue with --resume") from None
@@ -186,7 +165,7 @@ def _make_command(name: str, proc_cls: type[Procedure[Any]]) -> click.Command:
         flush_s: float,
         **params: object,
     ) -> None:
-        _stop_on_signals()
+        stop_on_signals()
         execute(proc_cls, port, out, force, resume, as_json, quiet, calibration, params, flush_s)
 
     doc = (sys.modules[proc_cls.__module__].__doc__ or name).strip().splitlines()[0]

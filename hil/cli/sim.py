@@ -6,7 +6,6 @@ and `reset` manage the stored chips. Every import of sim_backend happens inside 
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ import click
 from firmware_protocol.fileformat import json_text
 from hil.cli.commands import COMMANDS
 from hil.cli.errors import UserError
+from hil.cli.stopping import STOP, restore_signals, stop_on_signals
 
 if TYPE_CHECKING:
     from sim_backend.chip_store import ChipId, ChipReport, ChipStore
@@ -170,22 +170,18 @@ def serve(
         if chip is not None:
             chip.close()
         raise
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C: the chip is saved
+    previous = stop_on_signals()  # SIGTERM stops like Ctrl-C: the chip is saved
     click.echo(f"serving simulated board on {board.path}")
     sys.stdout.flush()  # the path line must reach a pipe before serving blocks
     try:
-        board.serve()
+        board.serve(stop=STOP.is_set)
     except KeyboardInterrupt:
         pass
     finally:
         board.close()  # saves and releases the chip
-        signal.signal(signal.SIGTERM, previous)
+        restore_signals(previous)
     saved = f" (chip {chip.chip.name} saved in {chip.path})" if chip is not None and chip.path.exists() else ""
     click.echo(f"stopped{saved}", err=True)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 # ------------------------------------------------------------------------------------------ stored chips
