@@ -312,13 +312,16 @@ class DeviceSampler:
     def _field_at(self, lay: _Layer, zk_rows: Tensor, pos: Tensor, row0: Tensor | int = 0) -> Tensor:
         """The spatial field at device positions ``pos`` only; zk_rows holds one tile's normals per row, the
         tiles of a position's draw starting at row0."""
-        A = lay.spatial_A
-        assert A is not None
-        cells = A.shape[0]
-        prod = F.embedding(pos % cells, A) * F.embedding(row0 + pos // cells, zk_rows)  # row gathers, (K, k)
-        out = prod[:, 0].clone()
-        for j in range(1, prod.shape[1]):  # summed term by term, in order
-            out += prod[:, j]
+        At = lay.spatial_At
+        assert At is not None
+        cells = At.shape[1]
+        # gathered as (k, K) columns, so the k terms add as contiguous rows
+        prod = torch.index_select(At, 1, pos % cells) * torch.index_select(
+            zk_rows.T.contiguous(), 1, row0 + pos // cells
+        )
+        out = prod[0].clone()
+        for j in range(1, prod.shape[0]):  # summed term by term, in order
+            out += prod[j]
         return out
 
     def _draw_lognormal(
