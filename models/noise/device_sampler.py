@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from models.noise.base import DrawBuffers, map_draws
@@ -52,9 +51,10 @@ class _Layer:
     std_w: Tensor | None  # (W,)
     # per-device terms, flat in (P, W, D) order
     coef: Tensor  # (n_dev,)
-    # with faults: ((n_dev, 2) coef * mean and (coef * sigma)^2, (2 n_dev,) stuck-on and stuck-off errors interleaved)
-    dev_pack: tuple[Tensor, Tensor] | None
-    weight_pack: Tensor | None  # (W, 2): mean_w, std_w^2; with faults
+    # with faults: (coef * mean, (coef * sigma)^2, both (n_dev,), and (2 n_dev,) stuck-on and stuck-off errors
+    # interleaved), each gathered as 1-D (a row gather of (K, 2) costs several times two 1-D gathers on CPU)
+    dev_pack: tuple[Tensor, Tensor, Tensor] | None
+    weight_var: Tensor | None  # (W,): std_w^2; with faults
     stuck_hi: Tensor | None  # coef * (g_hi - g_t) (n_dev,)
     stuck_lo: Tensor | None  # coef * (g_lo - g_t) (n_dev,)
     # log-normal path
@@ -144,7 +144,7 @@ class DeviceSampler:
             std_w=None,
             coef=coef_f,
             dev_pack=None,
-            weight_pack=None,
+            weight_var=None,
             stuck_hi=stuck_hi,
             stuck_lo=stuck_lo,
             g_t=None,
@@ -170,13 +170,13 @@ class DeviceSampler:
         else:
             layer.mean_w = (coef * mean).sum(-1).sum(0).reshape(-1).contiguous()
             layer.std_w = torch.sqrt(((coef * sig) ** 2).sum(-1).sum(0)).reshape(-1).contiguous()
-            if stuck_hi is not None and stuck_lo is not None:  # rows gathered together at the stuck devices
-                dm, dv = (coef * mean).reshape(-1), ((coef * sig) ** 2).reshape(-1)
+            if stuck_hi is not None and stuck_lo is not None:  # gathered at the stuck devices
                 layer.dev_pack = (
-                    torch.stack([dm, dv], 1).contiguous(),
+                    (coef * mean).expand(g_t.shape).reshape(-1).contiguous(),
+                    ((coef * sig) ** 2).expand(g_t.shape).reshape(-1).contiguous(),
                     torch.stack([stuck_hi, stuck_lo], 1).reshape(-1).contiguous(),  # 2 pos: on, 2 pos + 1: off
                 )
-                layer.weight_pack = torch.stack([layer.mean_w, layer.std_w**2], 1).contiguous()
+                layer.weight_var = (layer.std_w**2).contiguous()
         return layer
 
     # ------------------------------------------------------------------ drawing
@@ -266,22 +266,22 @@ class DeviceSampler:
         Given which devices are stuck, the other devices of a weight still sum to one Gaussian, with the stuck
         devices' means and variances taken out; ``z`` (n, W), the weight's standard normal, drives it.
         """
-        assert lay.dev_pack is not None and lay.weight_pack is not None
+        assert lay.dev_pack is not None and lay.weight_var is not None and lay.mean_w is not None
         w_of = (pos // lay.per_weight) % lay.n_weights
         key = draw * lay.n_weights + w_of
         if lay.sign_arrays == 1:  # positions ascend within a draw and draws ascend, so the keys do too
             uw, inv = torch.unique_consecutive(key, return_inverse=True)
         else:
             uw, inv = torch.unique(key, sorted=True, return_inverse=True)
-        mean_var, stuck_values = lay.dev_pack
-        dev = F.embedding(pos, mean_var)  # (K, 2) rows: the device's mean and variance
+        dev_mean, dev_var, stuck_values = lay.dev_pack
         value = torch.index_select(stuck_values, 0, 2 * pos + (~on).long()).to(z.dtype)  # stuck-on, stuck-off
+        dev = (value, torch.index_select(dev_mean, 0, pos), torch.index_select(dev_var, 0, pos))
         sums = torch.zeros((uw.numel(), 3), dtype=z.dtype, device=z.device)
-        sums.index_add_(0, inv, torch.stack([value, dev[:, 0], dev[:, 1]], 1))
-        wts = F.embedding(uw % lay.n_weights, lay.weight_pack)  # (k, 2): the weight's mean and variance
-        var = torch.clamp(wts[:, 1] - sums[:, 2], min=0.0)
-        zu = torch.index_select(z.reshape(-1), 0, uw)
-        return uw, torch.addcmul(wts[:, 0] - sums[:, 1] + sums[:, 0], torch.sqrt(var), zu)
+        sums.index_add_(0, inv, torch.stack(dev, 1))
+        weight = uw % lay.n_weights
+        var = torch.clamp(torch.index_select(lay.weight_var, 0, weight) - sums[:, 2], min=0.0)
+        mean = torch.index_select(lay.mean_w, 0, weight) - sums[:, 1] + sums[:, 0]
+        return uw, torch.addcmul(mean, torch.sqrt(var), torch.index_select(z.reshape(-1), 0, uw))
 
     def _add_spatial(
         self, lay: _Layer, rows: Tensor, zk: Tensor, scratch: Tensor | None, stuck: tuple[Tensor, Tensor] | None
