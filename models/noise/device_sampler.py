@@ -11,7 +11,8 @@ uniform per *device* for every chunk of draws. This sampler builds the layout on
 - stuck-at faults sparsely: the positions of stuck devices come from geometric gaps of a Bernoulli(p)
   process (about p * n_devices numbers, not n_devices uniforms); given which devices are stuck, the other
   devices of a weight still sum to one Gaussian (the stuck ones' means and variances taken out) that the
-  weight's normal drives, and a stuck device's field share is taken back, so the joint law is the reference's;
+  weight's normal drives, and a stuck device's field share is taken back, so the joint law is the reference's
+  (up to rounding: a weight whose devices are all stuck lands within a few sqrt(eps) of its stuck sum);
 - log-normal devices (no closed form for a weight's sum) keep one normal per device, on the prebuilt layout
   stored device-major (a weight's sum adds D contiguous rows); their Gaussian read noise is again one normal
   per weight.
