@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 STOP = threading.Event()  # Ctrl-C or SIGTERM arrived: long work stops at its next step at the latest
@@ -40,5 +39,4 @@ def _quiet_lost_interrupts(unraisable: Any) -> None:
     """Drop an interrupt that Python could not raise (inside a callback) once `STOP` carries it; report the rest."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt) and STOP.is_set():
         return
-    report: Callable[[Any], None] = sys.__unraisablehook__
-    report(unraisable)
+    sys.__unraisablehook__(unraisable)

@@ -350,12 +350,8 @@ class DeviceSampler:
                 (pos // (w_n * d_n)) * (w_n * d_n) + (pos % d_n) * w_n + (pos // d_n) % w_n
             )  # (p, w, d) -> (p, d, w)
             dg.index_copy_(0, major, value.to(dg.dtype))
-        per_device = dg.view(lay.sign_arrays, lay.per_weight, lay.n_weights)
-        torch.add(lay.base, per_device[0, 0], out=row)
-        for p in range(lay.sign_arrays):  # device by device, in a fixed order
-            for d in range(lay.per_weight):
-                if p or d:
-                    row += per_device[p, d]
+        per_device = dg.view(1, lay.sign_arrays, lay.per_weight, lay.n_weights).transpose(2, 3)  # (1, P, W, D)
+        sum_devices(per_device, lay.base, row.view(1, -1))
         if read is not None:
             assert lay.read_std_w is not None and lay.read_var is not None
             row.addcmul_(read, lay.read_std_w)
@@ -395,9 +391,14 @@ def tile_fields(zk: Tensor, At: Tensor, out: Tensor | None = None) -> Tensor:
     return o
 
 
-def sum_devices(v: Tensor) -> Tensor:
-    """Per-weight sums (n, W) of device terms (n, P, W, D), added device by device in a fixed order."""
-    out = v[:, 0, :, 0].clone()
+def sum_devices(v: Tensor, base: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    """Per-weight sums (n, W) of device terms (n, P, W, D), plus ``base`` if given, added device by device in a
+    fixed order (into ``out`` if given)."""
+    first = v[:, 0, :, 0]
+    if base is not None:
+        out = torch.add(base, first, out=out)
+    else:
+        out = first.clone() if out is None else out.copy_(first)
     for p in range(v.shape[1]):
         for d in range(v.shape[3]):
             if p or d:
