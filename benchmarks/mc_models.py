@@ -13,7 +13,10 @@ Models: the small CNN (3->16->32 convs, 2048->128->10, 268k weights) and the MLP
 
 Timing is paired and interleaved: each round runs one Monte Carlo evaluation and then, right after, as many
 plain forwards as it had draws, and the ratio is taken within the round (both halves see the same load on a
-shared machine); the table gives the median and the minimum of the rounds' ratios. ``--reference`` adds, in the
+shared machine); the table gives the median and the minimum of the rounds' ratios. On CPU, Monte Carlo runs
+each batch in cache-sized passes (`models.montecarlo.forward_part`), which alone makes a convolutional forward
+faster, so a second ratio is taken against plain forwards in the passes Monte Carlo gives a clean forward
+(``parts`` inputs each; the same figure as the first when that is the whole batch). ``--reference`` adds, in the
 same rounds, the per-device reference sampler (`ProfileNoise._delta`, what Monte Carlo used before the
 prebuilt per-device sampler) on the per-device paths, with the new/old speed-up per round. On a GPU the same
 runs on cuda (``--device auto`` picks it).
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 
 from models.architectures import MLP, SmallCNN
-from models.montecarlo import evaluate_mc
+from models.montecarlo import activation_numel, evaluate_mc, forward_part
 from models.noise.base import WeightNoise
 from models.noise.factory import noise_from_profile, noise_from_spec
 from models.noise.profile_noise import ProfileNoise
@@ -124,15 +127,25 @@ def build_noises(names: list[str], profile_path: str | None) -> dict[str, Weight
     return out
 
 
-def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Mean seconds of one no-grad forward of the whole batch, over ``repeats`` back-to-back forwards."""
+def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int, part: int | None = None) -> float:
+    """Mean seconds of one no-grad forward of the whole batch (in passes of ``part`` inputs if given), over
+    ``repeats`` back-to-back forwards."""
+    step = part or len(x)
     with torch.no_grad():
         _sync(x.device)
         t = time.perf_counter()
         for _ in range(repeats):
-            model(x)
+            for b in range(0, len(x), step):
+                model(x[b : b + step])
         _sync(x.device)
     return (time.perf_counter() - t) / repeats
+
+
+def clean_part(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """The inputs per pass Monte Carlo gives a plain forward of this model (`forward_part` of one draw)."""
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    sample = activation_numel(model, x[:1]) * weights[0].element_size()
+    return forward_part(sample, sum(w.numel() * w.element_size() for w in weights), 1, len(x), x.device)
 
 
 def time_mc(model, x, y, noise, draws: int, device, chunk: int | None) -> float:
@@ -155,22 +168,30 @@ def paired_rounds(
         evaluate_mc(
             model, x, y, nz, min(draws, 8), device=device, clean=False, batch_size=len(x), draws_per_chunk=chunk
         )
-    fwd, mc, ratio, old, speedup = [], [], [], [], []
+    part = clean_part(model, x)
+    fwd, fwd_parts, mc, ratio, ratio_parts, old, speedup = [], [], [], [], [], [], []
     for _ in range(rounds):
         m = time_mc(model, x, y, noise, draws, device, chunk)
         f = time_forward(model, x, draws)
+        fp = time_forward(model, x, draws, part) if part < len(x) else f
         fwd.append(f)
+        fwd_parts.append(fp)
         mc.append(m)
         ratio.append(m / f)
+        ratio_parts.append(m / fp)
         if ref is not None:
             o = time_mc(model, x, y, ref, draws, device, chunk)
             old.append(o)
             speedup.append(o / m)
     res = {
         "forward_ms": statistics.median(fwd) * 1e3,
+        "forward_parts_ms": statistics.median(fwd_parts) * 1e3,
+        "part": part,
         "mc_ms": statistics.median(mc) * 1e3,
         "ratio_median": statistics.median(ratio),
         "ratio_min": min(ratio),
+        "ratio_parts_median": statistics.median(ratio_parts),
+        "ratio_parts_min": min(ratio_parts),
     }
     if ref is not None:
         res["ref_ms"] = statistics.median(old) * 1e3
@@ -212,7 +233,10 @@ def main() -> None:
         f"threads={torch.get_num_threads()}), images={args.images}, draws={args.draws}, rounds={args.rounds}, "
         f"torch {torch.__version__}"
     )
-    head = f"{'model':5} {'noise':18} {'forward ms':>10} {'MC ms/draw':>10} {'ratio med':>9} {'ratio min':>9}"
+    head = (
+        f"{'model':5} {'noise':18} {'forward ms':>10} {'MC ms/draw':>10} {'ratio med':>9} {'ratio min':>9}"
+        f" {'parts':>5} {'fwd parts ms':>12} {'ratio med':>9} {'ratio min':>9}"
+    )
     if args.reference:
         head += f" {'old ms/draw':>11} {'speed-up med':>12} {'min':>5}"
     print(head)
@@ -227,7 +251,8 @@ def main() -> None:
             r = paired_rounds(model, x, y, noise, ref, args.draws, device, args.rounds, args.chunk)
             line = (
                 f"{mname:5} {nname:18} {r['forward_ms']:10.3f} {r['mc_ms']:10.3f} "
-                f"{r['ratio_median']:9.2f} {r['ratio_min']:9.2f}"
+                f"{r['ratio_median']:9.2f} {r['ratio_min']:9.2f} {r['part']:5d} {r['forward_parts_ms']:12.3f} "
+                f"{r['ratio_parts_median']:9.2f} {r['ratio_parts_min']:9.2f}"
             )
             if ref is not None:
                 line += f" {r['ref_ms']:11.3f} {r['speedup_median']:12.2f} {r['speedup_min']:5.2f}"

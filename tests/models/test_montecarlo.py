@@ -340,6 +340,86 @@ def test_auto_chunk_counts_the_stacked_weights():
     assert _auto_chunk(model, x, 4, torch.device("cpu"), 1 << 30, weights) == 4
 
 
+def test_activations_count_new_tensors_only():
+    """A view of a layer's input (Flatten, an in-place ReLU) holds no memory: only the Linear's 5 outputs count."""
+    from models.architectures import SmallCNN
+    from models.montecarlo import activation_numel
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5), torch.nn.ReLU(inplace=True))
+    assert activation_numel(model, torch.randn(1, 3, 4)) == 5
+    # the small CNN on 32x32: conv, ReLU (32x32x16 each), pool, conv, ReLU (16x16x32 each), pool, then
+    # the two Linear layers (128, 10) and their ReLU; its Flatten is a view
+    expected = 2 * 16 * 32 * 32 + 16 * 16 * 16 + 2 * 32 * 16 * 16 + 32 * 8 * 8 + 2 * 128 + 10
+    assert activation_numel(SmallCNN(3, 10, 32), torch.randn(1, 3, 32, 32)) == expected == 55_562
+
+
+def test_forward_parts_keep_a_cpu_pass_in_the_cache_and_a_weight_heavy_one_whole():
+    """Inputs per pass: the cache over the pass's activations, no fewer than the weights over a sample's."""
+    from models.montecarlo import _CPU_CACHE_BYTES, forward_part
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    cnn_sample, cnn_weights = 55_562 * 4, 268_464 * 4  # the small CNN on 32x32 images
+    assert forward_part(cnn_sample, cnn_weights, 2, 1000, cpu) == _CPU_CACHE_BYTES // (2 * cnn_sample) == 75
+    assert forward_part(cnn_sample, cnn_weights, 1, 1000, cpu) == 150
+    # weights of 50 MB: a part re-reads them, so it holds at least as many bytes of activations
+    assert forward_part(cnn_sample, 50_000_000, 8, 1000, cpu) == -(-50_000_000 // cnn_sample) == 225
+    # the MLP 3072-256-128-10: 778 activations a sample against 820k weights: one pass
+    assert forward_part(778 * 4, 820_480 * 4, 10, 1000, cpu) == 1000
+    assert forward_part(cnn_sample, cnn_weights, 2, 1000, gpu) == 1000  # a GPU takes the whole batch
+    assert forward_part(cnn_sample, cnn_weights, 2, 40, cpu) == 40  # never more than the batch
+
+
+def _count_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The input counts of the batched forward passes Monte Carlo makes from now on."""
+    from models import montecarlo
+
+    sizes: list[int] = []
+    folded = montecarlo.folded_forward
+
+    def counted(model, stacked, x):
+        sizes.append(len(x))
+        return folded(model, stacked, x)
+
+    monkeypatch.setattr(montecarlo, "folded_forward", counted)
+    return sizes
+
+
+def test_forward_parts_do_not_change_the_draws(setup, monkeypatch):
+    """Batches of 64 run in passes of 16 inputs (a cache figure of 16 samples x 4 draws), the last chunk's 2
+    draws too (parts follow the nominal chunk): the same accuracies, and confidence sums that differ only by
+    the float rounding of the logits (as batched vs plain above)."""
+    from models import montecarlo
+
+    model, x, y = setup
+    noise = _noise({"family": "gaussian", "sigma": 0.5})
+    whole = evaluate_mc(model, x, y, noise, 10, seed=4, draws_per_chunk=4, batch_size=64, engine="fold")
+    sample_bytes = montecarlo.activation_numel(model, x[:1]) * 4
+    monkeypatch.setattr(montecarlo, "_CPU_CACHE_BYTES", 4 * 16 * sample_bytes)
+    sizes = _count_passes(monkeypatch)
+    parts = evaluate_mc(model, x, y, noise, 10, seed=4, draws_per_chunk=4, batch_size=64, engine="fold")
+    assert sizes == 3 * ([16] * 4 + [16] * 4 + [16] * 4 + [8])  # 3 chunks of batches 64, 64, 64, 8
+    assert np.array_equal(parts.accuracies, whole.accuracies)
+    assert parts.ekl == pytest.approx(whole.ekl, rel=1e-5)
+    assert parts.clean_accuracy == whole.clean_accuracy and parts.temperature == pytest.approx(whole.temperature)
+    assert parts.ece == pytest.approx(whole.ece, abs=1e-5)
+
+
+def test_analog_tiles_keep_whole_batches(setup, monkeypatch):
+    """Analog tiles draw their noise per pass, so splitting would change the draws: their batches stay whole."""
+    from models import montecarlo
+    from models.analog import analog_tiles
+
+    model, x, y = setup
+    monkeypatch.setattr(montecarlo, "_CPU_CACHE_BYTES", 1)
+    sizes = _count_passes(monkeypatch)
+    noise = _noise({"family": "gaussian", "sigma": 0.5})
+    with analog_tiles(model, "ideal") as tiles:
+        evaluate_mc(model, x, y, tiles.draws(noise), 4, seed=1, draws_per_chunk=4, batch_size=64, engine="fold")
+    assert sizes == [64, 64, 64, 8]
+    evaluate_mc(model, x, y, noise, 4, seed=1, draws_per_chunk=4, batch_size=64, engine="fold")
+    assert max(sizes[4:]) < 64  # the same call without tiles is split
+
+
 def test_a_fresh_read_per_input_batch_matches_the_loop_and_ignores_the_chunking(setup):
     """Read noise redrawn per batch of inputs (issue 16 item 4): batched == the one-draw loop, any chunking."""
     model, x, y = setup
