@@ -175,6 +175,61 @@ def test_two_cli_processes_on_a_persistent_chip_give_identical_records(
     _assert_identical(tables, {k: reference[0][k] for k in ("form", "levels")})
 
 
+_RECORDS_SCRIPT = """
+import hashlib, json, sys
+from pathlib import Path
+import numpy as np
+from numpy._core import _multiarray_umath as umath
+from hil.hardware.board import Board
+from tests.sim_backend.test_determinism import _chip, _run_all, _url
+
+digests = {}
+with Board.open(_url()) as board:
+    for procedure in ("form", "levels", "endurance"):  # the chip after each (endurance rewrites its values)
+        _run_all(board, Path(sys.argv[1]), (procedure,))
+        state = _chip(board.link.engine)
+        digest = hashlib.sha256()
+        for key in sorted(state):
+            digest.update(key.encode() + np.ascontiguousarray(state[key]).tobytes())
+        digests[procedure] = digest.hexdigest()
+active = [t for t in umath.__cpu_dispatch__ if umath.__cpu_features__.get(t)]
+print(json.dumps({"states": digests, "vector_kernels": active}))
+"""
+
+
+def _records_in_a_process(out: Path, disable_vector_kernels: bool) -> tuple[dict, dict]:
+    """form, levels and endurance on a fresh chip in a new process, with numpy's vector kernels (the CPU
+    features it dispatches to at run time beyond its baseline) on or off: (run tables, the process's report)."""
+    import json
+
+    from numpy._core import _multiarray_umath as umath
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("NPY_DISABLE_CPU_FEATURES", None)
+    if disable_vector_kernels:
+        env["NPY_DISABLE_CPU_FEATURES"] = " ".join(umath.__cpu_dispatch__)
+    out.mkdir()
+    cmd = [sys.executable, "-c", _RECORDS_SCRIPT, str(out)]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tables = {name: read_run(out / f"{name}.h5").data for name in ("form", "levels", "endurance")}
+    return tables, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_numpys_vector_kernels_do_not_change_the_records(tmp_path: Path) -> None:
+    """numpy picks vector kernels for exp, log, sinh ... by the CPU it runs on (AVX2, AVX-512, ...), and a
+    kernel may round differently from the scalar code: the same seed must still give the same records, and the
+    same chip after every procedure, on every machine. Checked here between this CPU's kernels and numpy's
+    baseline code (all dispatch off)."""
+    fast, fast_report = _records_in_a_process(tmp_path / "vector", disable_vector_kernels=False)
+    if not fast_report["vector_kernels"]:
+        pytest.skip("numpy uses no vector kernels beyond its baseline on this CPU: nothing to compare")
+    base, base_report = _records_in_a_process(tmp_path / "baseline", disable_vector_kernels=True)
+    assert base_report["vector_kernels"] == []  # the switch took effect
+    _assert_identical(fast, base)
+    assert fast_report["states"] == base_report["states"]
+
+
 # ------------------------------------------------------------------------------------- array level
 def _formed(seed: int = 3) -> RRAMArray:
     a = RRAMArray(8, 8, seed=seed)
