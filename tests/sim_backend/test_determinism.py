@@ -179,7 +179,10 @@ _RECORDS_SCRIPT = """
 import hashlib, json, sys
 from pathlib import Path
 import numpy as np
-from numpy._core import _multiarray_umath as umath
+try:
+    from numpy._core import _multiarray_umath as umath
+except ImportError:  # numpy 1.x
+    from numpy.core import _multiarray_umath as umath
 from hil.hardware.board import Board
 from tests.sim_backend.test_determinism import _chip, _run_all, _url
 
@@ -202,7 +205,10 @@ def _records_in_a_process(out: Path, disable_vector_kernels: bool) -> tuple[dict
     features it dispatches to at run time beyond its baseline) on or off: (run tables, the process's report)."""
     import json
 
-    from numpy._core import _multiarray_umath as umath
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # numpy 1.x
+        from numpy.core import _multiarray_umath as umath
 
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     env.pop("NPY_DISABLE_CPU_FEATURES", None)
