@@ -56,6 +56,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "dat": ("dat", {}),  # DAT-Fast, k = 10 per layer
     "dat_global": ("dat", {"scope": "global"}),  # DAT-Fast, k = 10 over the whole network
     "dat_full": ("dat", {"rank": "full"}),  # DAT-Full
+    "dat_last": ("dat", {"layers": "last"}),  # DAT-Fast in the paper's setting: the ascent on the last layer only
     "trice": ("trice", {}),
     "trice_recentred": ("trice", {"recentre": True}),
     "mtrd": ("mtrd", {}),

@@ -13,7 +13,9 @@ from models.config import TrainConfig
 from models.data import Dataset, load_dataset
 from models.methods import get_method
 from models.methods._covariance import LayerCovariance, layer_covariance
+from models.methods._util import norm_buffer_copies
 from models.methods.dat import DAT, NoiseDirections, dat_perturbation, magnitude_step
+from models.noise.apply import clean_weights
 from models.noise.factory import noise_from_profile, noise_from_spec
 from models.noise.profile_noise import ProfileNoise
 from models.training import train
@@ -143,14 +145,14 @@ def test_step_uses_the_gradient_at_the_perturbed_weights():
     assert torch.allclose(model.weight.grad, ref, atol=1e-6)
 
 
-@pytest.mark.parametrize("rank", [10, "full"])
-def test_trains_on_digits(rank):
+@pytest.mark.parametrize("options", [{"rank": 10}, {"rank": "full"}, {"layers": "last"}])
+def test_trains_on_digits(options):
     # 768 samples: the loop validates on a split carved from them (~77), and still trains on ~690
     d = load_dataset("digits")
     ds = Dataset("digits", d.x_train[:768], d.y_train[:768], d.x_test[:120], d.y_test[:120], 10)
     cfg = TrainConfig(
         method="dat",
-        method_options={"rank": rank},
+        method_options=options,
         noise={"family": "gaussian", "sigma": 0.3},
         epochs=3,
         lr=1e-2,
@@ -167,6 +169,7 @@ def test_trains_on_digits(rank):
         ({"step": "sideways"}, "step must be"),
         ({"scope": "lobal"}, "scope must be"),
         ({"ascent": "later"}, "ascent must be"),
+        ({"layers": "first"}, "layers must be"),
     ],
 )
 def test_bad_step_and_scope_options(opts, message):
@@ -464,3 +467,92 @@ def test_previous_ascent_reuses_the_last_descent_gradient_with_one_pass_per_step
     x_max, w_max = float(x.abs().max()), float(wp.detach().abs().max())
     tol = 16 * eps * (1 + float(z.detach().abs().max()) + 3 * x_max * w_max) * x_max
     assert torch.allclose(model.weight.grad, ref, rtol=0, atol=tol)
+
+
+def _head_net(tail: nn.Module | None = None, batchnorm: bool = False) -> nn.Module:
+    """Float64 5 -> 8 -> 3 MLP, its Linear head last (or followed by ``tail``), a BatchNorm before its ReLU."""
+    torch.manual_seed(1)
+    layers: list[nn.Module] = [nn.Linear(5, 8), *([nn.BatchNorm1d(8)] if batchnorm else []), nn.ReLU(), nn.Linear(8, 3)]
+    return nn.Sequential(*layers, *([tail] if tail is not None else [])).double()
+
+
+def _one_step(model: nn.Module, shared: bool, **opts) -> tuple[DAT, dict[str, torch.Tensor], int, nn.Module]:
+    """One DAT step with layers=last on a copy of ``model`` (the shared pass, or forced onto two passes): the
+    method, every parameter's gradient, the forward passes it ran (counted at the first layer), the copy."""
+    import copy
+
+    model = copy.deepcopy(model)
+    noise = noise_from_spec({"family": "gaussian", "sigma": 0.3})
+    ctx = sgd_context(model, noise, num_classes=3, seed=5)
+    m = get_method("dat", rank="full", alpha=5.0, layers="last", **opts)
+    assert isinstance(m, DAT)
+    m.prepare(ctx)
+    if not shared:  # what the first step sets up for layers=last, less the head: Algorithm 1's two passes
+        head = list(clean_weights(model))[-1]
+        m._weights, m._head = {head: dict(model.named_parameters())[head]}, None
+        m._norm_buffers = bool(norm_buffer_copies(model))
+    passes = []
+    model[0].register_forward_hook(lambda *_: passes.append(1))
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 5, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    m.training_step(ctx, x, y)
+    return m, {n: p.grad.detach().clone() for n, p in model.named_parameters()}, len(passes), model
+
+
+@pytest.mark.parametrize("perturbations", [1, 3])
+def test_last_layer_ascent_on_one_forward_equals_the_two_pass_algorithm(perturbations):
+    """layers=last with a Linear head: one forward and one backward per step, and the gradients of Algorithm 1's
+    two passes (clean gradient of the head, then every layer's gradient at the perturbed head).
+
+    Float64, the same draws: the shared pass forms the perturbed logits as h W^T + b + h Delta^T, the two-pass
+    code as h (W + Delta)^T + b, so a logit differs by at most L = (n + 2) eps max_b sum_i |h_bi| (|W| + |Delta|)max
+    (n = 8 inputs of the head; |Delta| <= alpha ||g||, g the clean head gradient, as a projection on eta is no
+    longer than g). A softmax output then moves by <= 2 L; the head's gradient (batch means of s h) by
+    <= 2 L |h|max, the hidden layer's (through 3 logits and (W + Delta), then times x) by <= 2 L 3 (|W| + |Delta|)
+    max(1, |x|max): 2 L G with G the larger factor; each side's own sums (<= n + 6 terms) round by <= 2 (n + 6)
+    eps G more. Leaving Delta out (the clean gradient) moves the head's entries by ~1e-2."""
+    model = _head_net()
+    m_one, one, passes_one, _ = _one_step(model, shared=True, perturbations=perturbations)
+    m_two, two, passes_two, _ = _one_step(model, shared=False, perturbations=perturbations)
+    assert (passes_one, passes_two) == (1, 1 + perturbations)  # the two-pass code: a clean pass, one per draw
+    assert (m_one.shared_passes, m_two.shared_passes) == (1, 0)
+    assert set(m_one.directions.covs) == {"2.weight"}  # only the head is perturbed
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    g_clean = model[2].weight.grad.detach()
+    with torch.no_grad():
+        h = torch.relu(model[0](x))
+    eps, n = torch.finfo(torch.float64).eps, 8
+    w_delta = float(model[2].weight.detach().abs().max()) + 5.0 * float(g_clean.norm())  # |W| + |Delta|, alpha 5
+    logit = (n + 2) * eps * float(h.abs().sum(1).max()) * w_delta
+    g_bound = max(float(h.abs().max()), 3 * w_delta * max(1.0, float(x.abs().max())))
+    tol = (2 * logit + 2 * (n + 6) * eps) * g_bound
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=0, atol=tol), name
+    assert tol < 1e-9 and float((g_clean - one["2.weight"]).abs().max()) > 1e-3
+
+
+def test_last_layer_ascent_falls_back_to_two_passes_when_the_head_is_not_the_output():
+    """A head followed by another operation: the model's output is not the head's, so two passes (and only the
+    head perturbed)."""
+    m, grads, passes, _ = _one_step(_head_net(tail=nn.Tanh()), shared=True)
+    assert passes == 2 and m.shared_passes == 0 and set(m.directions.covs) == {"2.weight"} and m._head is None
+    assert all(torch.isfinite(g).all() and g.abs().max() > 0 for g in grads.values())
+
+
+def test_last_layer_ascent_on_one_forward_moves_batchnorm_statistics_once():
+    """With a BatchNorm the clean forward runs on clones of its statistics; the shared pass hands the moved
+    clones to the model: the same statistics as Algorithm 1's two passes (moved once, by the perturbed forward)."""
+    import copy
+
+    model = _head_net(batchnorm=True)
+    before = copy.deepcopy(model[1].running_mean)
+    m_one, _, _, one = _one_step(model, shared=True)
+    m_two, _, _, two = _one_step(model, shared=False)
+    assert m_one.shared_passes == 1 and m_two.shared_passes == 0
+    stats = [dict(net.named_buffers()) for net in (one, two)]
+    for key in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(stats[0][key], stats[1][key]), key
+    assert not torch.equal(stats[0]["1.running_mean"], before)  # they did move

@@ -53,6 +53,7 @@ OLD_DEFAULTS: dict[str, dict] = {
         "keep_variance": True,  # issue 17: DAT-Fast keeps the full variance (the paper's top-k kept k/n of it)
         "radius": 1.0,
         "ascent": "clean",  # Algorithm 1's clean gradient (issue 18: "previous" reuses the last step's, one pass)
+        "layers": "all",  # every layer perturbed (issue 18: "last" is the paper's one-layer setting, one forward)
     },
     "trice": {
         "lam": 1.0,
@@ -163,7 +164,7 @@ def test_special_converters() -> None:
             "dat",
             {"alpah": 1},
             r"method 'dat': unknown option\(s\) alpah \(known: rank, scope, alpha, perturbations, "
-            r"refresh_every, step, keep_variance, radius, ascent\)",
+            r"refresh_every, step, keep_variance, radius, ascent, layers\)",
         ),
         ("vanilla", {"scale": 2}, r"unknown option\(s\) scale \(known: none\)"),
         ("dat", {"alpha": "fast"}, "method 'dat': option alpha must be a number, got 'fast'"),
