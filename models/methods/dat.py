@@ -377,15 +377,16 @@ class DAT(TrainingMethod[DATOptions]):
             # the clean forward must leave BatchNorm statistics alone (the perturbed one moves them once)
             stats = norm_buffer_copies(model) if self._norm_buffers else {}
             seen: dict[str, Tensor] = {}
+            shared_head = self._head if self.ascent == "clean" else None  # "previous" keeps its one-pass scheme
             hook = None
-            if self._head is not None:
-                hook = self._head.register_forward_hook(lambda _m, i, o: seen.update(h=i[0], z=o))
+            if shared_head is not None:
+                hook = shared_head.register_forward_hook(lambda _m, i, o: seen.update(h=i[0], z=o))
             try:
                 out0 = forward_with_weights(model, x, stats) if stats else model(x)
             finally:
                 if hook is not None:
                     hook.remove()
-            if self._head is not None:
+            if shared_head is not None:
                 if out0 is seen.get("z") and isinstance(out0, Tensor):
                     return self._shared_pass_step(ctx, y, seen["h"], out0, stats)
                 self._head = None  # the model's output is not its head's: Algorithm 1's two passes from now on

@@ -556,3 +556,24 @@ def test_last_layer_ascent_on_one_forward_moves_batchnorm_statistics_once():
     for key in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
         assert torch.equal(stats[0][key], stats[1][key]), key
     assert not torch.equal(stats[0]["1.running_mean"], before)  # they did move
+
+
+def test_last_layer_ascent_with_previous_gradients_keeps_the_one_pass_scheme():
+    """ascent=previous with layers=last: its own scheme (two passes on the first step, then one pass from the
+    last descent gradient), with only the head perturbed; no shared pass."""
+    import copy
+
+    model = copy.deepcopy(_head_net())
+    ctx = sgd_context(model, noise_from_spec({"family": "gaussian", "sigma": 0.3}), num_classes=3, seed=5)
+    m = get_method("dat", rank="full", alpha=5.0, layers="last", ascent="previous")
+    assert isinstance(m, DAT)
+    m.prepare(ctx)
+    passes: list[int] = []
+    model[0].register_forward_hook(lambda *_: passes.append(1))
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    for _ in range(2):
+        m.training_step(ctx, x, y)
+        ctx.optimizer.step()
+        ctx.optimizer.zero_grad()
+    assert len(passes) == 3 and m.shared_passes == 0 and set(m.directions.covs) == {"2.weight"}
+    assert m._g_prev is not None and set(m._g_prev) == {"2.weight"}
