@@ -38,6 +38,7 @@ import torch
 
 from models.architectures import MLP, SmallCNN
 from models.montecarlo import activation_numel, evaluate_mc, forward_part
+from models.noise.apply import clean_weights
 from models.noise.base import WeightNoise
 from models.noise.factory import noise_from_profile, noise_from_spec
 from models.noise.profile_noise import ProfileNoise
@@ -143,7 +144,7 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int, part: in
 
 def clean_part(model: torch.nn.Module, x: torch.Tensor) -> int:
     """The inputs per pass Monte Carlo gives a plain forward of this model (`forward_part` of one draw)."""
-    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    weights = list(clean_weights(model).values())  # the Conv/Linear weights, as evaluate_mc counts them
     sample = activation_numel(model, x[:1]) * weights[0].element_size()
     return forward_part(sample, sum(w.numel() * w.element_size() for w in weights), 1, len(x), x.device)
 
