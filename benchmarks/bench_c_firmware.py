@@ -11,10 +11,15 @@ HAL callbacks) dominates both; the C core's own time per request is `make -C fir
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks import bench_sim_ops as b
+if str(Path(__file__).resolve().parent) not in sys.path:  # run as `python benchmarks/bench_c_firmware.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_sim_ops as b
+
 from sim_backend.c_firmware import CFirmwareEngine
 
 _FIGURES = (
