@@ -55,6 +55,7 @@ _ROUNDS_PER_DRAW = 8  # fewest write-verify rounds whose random numbers are hash
 # A refill hashes about this many (cell, round) pairs: few cells left, more rounds ahead, so the last rounds of a
 # batch (a handful of cells that do not converge) cost one refill instead of one per eight rounds.
 _REFILL_PAIRS = 4096
+_IV_CACHE_MAX = 1024  # voltages whose I-V shapes `RRAMArray._iv_shapes` keeps
 _MAX_CHUNK_ELEMENTS = 1 << 19
 # Probabilists' Gauss-Hermite rule, 16 nodes, weights normalised to sum 1 (numpy hermegauss(16)),
 # written out so that no LAPACK call (whose last bits may vary with the machine) enters the physics.
@@ -115,11 +116,18 @@ class CycleResult:
 
 def _as_index(name: str, value, size: int) -> np.ndarray:
     """Validate a row/column index array against the array dimension."""
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.size == 1 and value.dtype.kind in "iu":
+        # one cell, as the firmware addresses it: the checks below without their per-call numpy overhead
+        arr = value.astype(np.int64, copy=False)
+        v = int(arr[0])
+        if v < 0 or v >= size:
+            raise ValueError(f"{name} index out of range [0, {size}): min {v}, max {v}")
+        return arr
     arr = np.atleast_1d(np.asarray(value))
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D integer index array, got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
+        if not np.equal(np.mod(arr, 1), 0).all():
             raise ValueError(f"{name} must contain integers")
         arr = arr.astype(np.int64)
     arr = arr.astype(np.int64, copy=False)
@@ -130,8 +138,13 @@ def _as_index(name: str, value, size: int) -> np.ndarray:
 
 def _broadcast(name: str, value, n: int) -> np.ndarray:
     """Broadcast a scalar or per-cell operand to n cells, rejecting NaN/inf."""
+    if isinstance(value, float | int):  # a Python (or numpy float64) scalar: the same numbers as below, faster
+        x = float(value)
+        if not math.isfinite(x):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        return np.full(n, x)
     arr = np.asarray(value, dtype=float)
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite, got {value!r}")
     try:
         return np.broadcast_to(arr, (n,)).astype(float)
@@ -303,7 +316,7 @@ class RRAMArray:
     def _unique_index(self, r, c, op: str) -> np.ndarray:
         """Flat indices for a state-changing op; a cell may appear only once per call."""
         idx = self._index(r, c)
-        if np.unique(idx).size != idx.size:
+        if idx.size > 1 and np.unique(idx).size != idx.size:
             raise ValueError(f"{op}: each cell may be addressed only once per call (duplicate (row, col) given)")
         return idx
 
@@ -566,6 +579,9 @@ class RRAMArray:
 
     def _iv(self, g: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Cell current (A) at voltage v for conductance g defined at v_read_ref (sinh nonlinearity)."""
+        if v.size == 1:  # one voltage (a single cell's pulse): its two shapes from `_iv_shapes`, the same numbers
+            s_v, s_ref = self._iv_shapes(float(v.flat[0]))
+            return g * v * s_v / s_ref
         return g * v * self._iv_shape(v) / self._iv_shape(np.asarray(self.params.v_read_ref))
 
     # ------------------------------------------------------------------ switching core
@@ -681,11 +697,11 @@ class RRAMArray:
         v = _broadcast(f"{op} voltage", v, n)
         width = _broadcast(f"{op} width_ns", width_ns, n)
         gate = _broadcast(f"{op} v_gate", v_gate, n)
-        if np.any(width <= 0):
+        if (width <= 0).any():
             raise ValueError(f"{op}: width_ns must be positive, got {width_ns!r}")
-        if op == "reset_pulse" and np.any(v > 0):
+        if op == "reset_pulse" and (v > 0).any():
             raise ValueError(f"reset_pulse: RESET is bipolar, give a negative voltage (got {np.max(v)} V)")
-        if op != "reset_pulse" and np.any(v < 0):
+        if op != "reset_pulse" and (v < 0).any():
             raise ValueError(f"{op}: voltage must be >= 0 (use reset_pulse for negative pulses), got {np.min(v)} V")
         t = self._op_times(self.pulse_ns(width)) if at_ns is None else self._explicit_times(at_ns, n, op)
         g_before, g_after = self._pulse(idx, v, width, gate, t, self._event_keys(idx, unique=True))
@@ -726,11 +742,11 @@ class RRAMArray:
         """Staircase sweep: each step is a pulse (SET/FORM for V>0, RESET for V<0); returns (n_steps, n_cells) currents (A)."""
         idx = self._unique_index(r, c, "iv_sweep")
         volts = np.atleast_1d(np.asarray(voltages, dtype=float))
-        if volts.ndim != 1 or volts.size == 0 or not np.all(np.isfinite(volts)):
+        if volts.ndim != 1 or volts.size == 0 or not np.isfinite(volts).all():
             raise ValueError("iv_sweep: voltages must be a non-empty 1-D array of finite values")
         n = idx.size
         width = _broadcast("iv_sweep width_ns", width_ns, n)
-        if np.any(width <= 0):
+        if (width <= 0).any():
             raise ValueError(f"iv_sweep: width_ns must be positive, got {width_ns!r}")
         gate = _broadcast("iv_sweep v_gate", v_gate, n)
         out = np.empty((volts.size, n))
@@ -795,10 +811,9 @@ class RRAMArray:
         """(S(v), S(v_read_ref)) of `_iv` for one voltage, computed once per voltage."""
         shapes = self._iv_at.get(v)
         if shapes is None:
-            shapes = self._iv_at[v] = (
-                self._iv_shape(np.array([v])),
-                self._iv_shape(np.asarray(self.params.v_read_ref)),
-            )
+            shapes = (self._iv_shape(np.array([v])), self._iv_shape(np.asarray(self.params.v_read_ref)))
+            if len(self._iv_at) < _IV_CACHE_MAX:  # pulse voltages can be many: the cache stays small
+                self._iv_at[v] = shapes
         return shapes
 
     def verify_batch(self, r, c, first_read_ns: np.ndarray, ramps: VerifyRamps) -> VerifyBatch:

@@ -505,7 +505,7 @@ class FirmwareEngine:
         return out
 
     def _pulse_codes(self, current: np.ndarray, what: str) -> np.ndarray:
-        if np.any(np.abs(current) > self.config.max_compliance_na * 1e-9):
+        if (np.abs(current) > self.config.max_compliance_na * 1e-9).any():
             raise ComplianceHitError(f"{what} current {np.max(np.abs(current)) * 1e6:.1f} uA hit the board's limit")
         return self.chain.pulse.codes(current)
 

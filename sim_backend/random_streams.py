@@ -56,12 +56,21 @@ class Tag(IntEnum):
 
 def _mix(z: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser, in place on a uint64 array this module owns."""
+    # a single cell's few words: Python ints give the same bits without numpy's cost per call
+    if z.size <= _SCALAR_MIX_MAX and z.flags.c_contiguous:
+        flat = z.reshape(-1)
+        for i in range(flat.size):
+            flat[i] = _scalar_mix(int(flat[i]))
+        return z
     z ^= z >> _S30
     z *= _M1
     z ^= z >> _S27
     z *= _M2
     z ^= z >> _S31
     return z
+
+
+_SCALAR_MIX_MAX = 8  # up to this many words, the Python loop of `_mix` is faster than its five array passes
 
 
 def _absorb(key: np.ndarray | int, word: np.ndarray | int) -> np.ndarray:

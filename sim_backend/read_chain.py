@@ -100,7 +100,7 @@ class CurrentRange:
     def convert(self, current) -> Conversion:
         """Quantize currents (A) to codes with rail saturation."""
         i = np.asarray(current, dtype=float)
-        if not np.all(np.isfinite(i)):
+        if not np.isfinite(i).all():
             raise ValueError(f"{self.config.name} range: currents must be finite")
         raw = np.rint(self.true_offset_code + i / self.true_amps_per_code)
         saturated = (raw < 0) | (raw > self.max_code)

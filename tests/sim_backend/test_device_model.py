@@ -385,6 +385,12 @@ def test_ground_truth_roundtrip(tmp_path):
         (lambda a: a.advance(-1.0), "non-negative"),
         (lambda a: a.cycle([0], [0], 0, 1, 1.5, 100, 1.2, -1.5, 100, 3.0, 0.1), "n_cycles"),
         (lambda a: a.read_current([0], [0], float("nan")), "finite"),
+        # the single-cell fast paths (one-element int arrays, Python scalars) refuse what the general ones do
+        (lambda a: a.read_current(np.array([4]), np.array([0]), 0.1), "rows index out of range"),
+        (lambda a: a.read_current(np.array([0]), np.array([-1]), 0.1), "cols index out of range"),
+        (lambda a: a.set_pulse(np.array([0]), np.array([0]), float("inf"), 100.0, 1.0), "voltage must be finite"),
+        (lambda a: a.set_pulse(np.array([0]), np.array([0]), 1.0, 100, float("nan")), "v_gate must be finite"),
+        (lambda a: a.form(np.array([0], dtype=np.uint8), np.array([9]), 3.0, 1000, 1.0), "cols index out of range"),
     ],
 )
 def test_bad_input_gives_clear_errors(call, message):
@@ -400,3 +406,55 @@ def test_params_validation():
         DeviceParams(form_fail_frac=1.5)
     with pytest.raises(ValueError, match="unknown DeviceParams"):
         DeviceParams.from_dict({"bogus": 1})
+
+
+def test_single_cell_fast_paths_give_the_general_paths_numbers(monkeypatch):
+    """Indices, scalar operands and I-V shapes of one cell take shortcuts (no numpy per-call overhead, cached
+    shapes): the same states and currents, bit for bit, as the general paths on the same calls."""
+    import sim_backend.device_model as dm
+
+    def run() -> tuple[np.ndarray, ...]:
+        a = RRAMArray(4, 4, seed=3)
+        out = []
+        for k in range(12):  # a forming ramp on one cell, reads between, then SET/RESET at varied voltages
+            r, c = np.array([1]), np.array([2])
+            out.append(a.form(r, c, 2.0 + 0.1 * k, 1000, 1.0))
+            out.append(a.read_current(r, c, 0.1))
+        for v in (1.1, -1.2, 1.3, -1.6):
+            pulse = a.set_pulse if v > 0 else a.reset_pulse
+            out.append(pulse(np.array([1]), np.array([2]), v, 200.0, 1.2))
+            out.append(a.read_current(np.array([1]), np.array([2]), 0.2))
+        return (*out, a.conductance([1], [2]), a.cycles_used.copy(), np.array([a.clock_ns]))
+
+    fast = run()
+    general_as_index = dm._as_index
+
+    def general_index(name, value, size):  # a list takes the general path
+        return general_as_index(name, list(np.atleast_1d(value)), size)
+
+    def general_broadcast(name, value, n, _orig=dm._broadcast):
+        return _orig(name, np.asarray(value, dtype=float), n)  # an array operand takes the general path
+
+    def general_iv(self, g, v):
+        return g * v * self._iv_shape(v) / self._iv_shape(np.asarray(self.params.v_read_ref))
+
+    monkeypatch.setattr(dm, "_as_index", general_index)
+    monkeypatch.setattr(dm, "_broadcast", general_broadcast)
+    monkeypatch.setattr(dm.RRAMArray, "_iv", general_iv)
+    general = run()
+    assert len(fast) == len(general)
+    for x, y in zip(fast, general, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_the_iv_shape_cache_stays_bounded(monkeypatch):
+    import sim_backend.device_model as dm
+
+    monkeypatch.setattr(dm, "_IV_CACHE_MAX", 3)
+    a = RRAMArray(2, 2, seed=0)
+    currents = [a._iv(np.array([10e-6]), np.array([v])) for v in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    assert len(a._iv_at) == 3  # the first three voltages kept, the others computed each time
+    for v, i in zip((0.1, 0.2, 0.3, 0.4, 0.5), currents, strict=True):
+        np.testing.assert_array_equal(
+            i, 10e-6 * v * a._iv_shape(np.array([v])) / a._iv_shape(np.asarray(a.params.v_read_ref))
+        )

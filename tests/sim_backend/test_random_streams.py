@@ -78,3 +78,30 @@ def test_streams_are_independent(streams: CellStreams, what: str) -> None:
     # and no linear correlation: |r| < z_(1 - alpha/2) / sqrt(n) under independence
     r = np.corrcoef(x, y)[0, 1]
     assert abs(r) < stats.norm.isf(ALPHA / 2) / np.sqrt(x.size)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 8, 9, 64])
+def test_the_few_word_mix_gives_the_array_mix_bits(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_mix` on a handful of words runs on Python ints: the same SplitMix64 bits as the array passes, in place,
+    for edge words (0, all ones, high bit) and random ones; a strided view takes the array passes."""
+    import sim_backend.random_streams as rs
+
+    rng = np.random.default_rng(size)
+    words = rng.integers(0, 2**64, size, dtype=np.uint64, endpoint=False)
+    words[: min(size, 3)] = np.array([0, 2**64 - 1, 2**63], dtype=np.uint64)[: min(size, 3)]
+    fast = words.copy()
+    out = rs._mix(fast)
+    monkeypatch.setattr(rs, "_SCALAR_MIX_MAX", 0)  # the array passes only
+    slow = rs._mix(words.copy())
+    assert out is fast and np.array_equal(fast, slow)
+    monkeypatch.undo()
+    strided = np.zeros(2 * size, dtype=np.uint64)
+    strided[::2] = words
+    view = strided[::2]
+    rs._mix(view)  # not contiguous: mixed in place all the same
+    assert np.array_equal(strided[::2], slow) and not strided[1::2].any()
+    keys = CellStreams(seed=7, n_cells=16).event_keys(np.array([3]), np.array([5], dtype=np.uint64))
+    monkeypatch.setattr(rs, "_SCALAR_MIX_MAX", 0)
+    assert np.array_equal(
+        keys, CellStreams(seed=7, n_cells=16).event_keys(np.array([3]), np.array([5], dtype=np.uint64))
+    )
