@@ -2,8 +2,9 @@
 
 Times what a host pays per operation on the simulator, protocol included (framing, CRC, COBS,
 limit checks, physics): 1,000 single READs, READ_BLOCKs of 1, 8x8, 32x32 and 64x32 cells,
-WRITE_VERIFY batches of 64, 256 and 512 cells, and an ENDURANCE stream of 1e6 cycles on 32x32
-cells read every 1e4 cycles, consumed with acks.
+WRITE_VERIFY batches of 64, 256 and 512 cells, an ENDURANCE stream of 1e6 cycles on 32x32
+cells read every 1e4 cycles, consumed with acks, and FORM ramps (2.0 -> 4.5 V by 0.1 V, a read after
+each pulse) on the 1,024 pristine cells of a fresh 32x32 board, as `rram characterize form` sends them.
 
 Cell-ops are what the board's own counters count (GET_COUNTERS): a READ_BLOCK of k cells is k
 reads; a WRITE_VERIFY batch is its SET and RESET pulses plus its reads (one first read per cell,
@@ -77,6 +78,8 @@ class BenchResult:
     endurance_events: int
     endurance_bytes: int
     endurance_median_window: float
+    form_ramp_ms: float = 0.0  # mean per FORM request (one cell's ramp)
+    form_pulses_mean: float = 0.0  # forming pulses per ramp
     payload_digest: int = 0  # hash of every response payload: equal for engines that give the same records
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -217,6 +220,15 @@ def run(seed: int = 0, engine_name: str = "fast") -> BenchResult:
         raise RuntimeError("endurance stream incomplete")
     last = data[-1]
     window = np.median((last.lrs_codes - last.offset_code) / np.maximum(last.hrs_codes - last.offset_code, 1.0))
+
+    fresh = ENGINES[engine_name](BoardConfig(rows=32, cols=32, seed=seed))  # pristine cells, formed by ramps
+    fresh.poll()
+    former = _Host(fresh)
+    former.request(m.HelloRequest(1, 0))
+    t0 = time.perf_counter()
+    for k in range(32 * 32):
+        former.request(m.FormRequest(k // 32, k % 32, 2000, 4500, 100, 1000, 1000, 100, 5000))
+    form_s = (time.perf_counter() - t0) / (32 * 32)
     return BenchResult(
         engine=engine_name,
         reads_1000_s=reads_s,
@@ -236,7 +248,9 @@ def run(seed: int = 0, engine_name: str = "fast") -> BenchResult:
         endurance_events=len(events),
         endurance_bytes=host.bytes_in - bytes0,
         endurance_median_window=float(window),
-        payload_digest=host.digest,
+        form_ramp_ms=form_s * 1e3,
+        form_pulses_mean=fresh.counters.form / (32 * 32),
+        payload_digest=hash((host.digest, former.digest)),
         extra=extra,
     )
 
@@ -266,6 +280,10 @@ def _print_one(r: BenchResult) -> None:
         f"ENDURANCE 1e6 cycles x 1,024 cells:    {r.endurance_1e6x1024_s:8.3f} s  "
         f"({r.endurance_events} events, {r.endurance_bytes / 1e6:.2f} MB, final median LRS/HRS {r.endurance_median_window:.1f}x)"
     )
+    print(
+        f"FORM ramps, 1,024 pristine cells:      {r.form_ramp_ms:8.3f} ms each ({r.form_pulses_mean:.1f} pulses and"
+        f" {r.form_pulses_mean + 1:.1f} reads per ramp)"
+    )
 
 
 # (label, figure, larger is better): what `--compare` tabulates
@@ -279,6 +297,7 @@ _COMPARED = (
     ("WRITE_VERIFY fw us/cell-op", lambda r: r.wv_fw_us_per_cell_op, False),
     ("1,000 READs s", lambda r: r.reads_1000_s, False),
     ("ENDURANCE s", lambda r: r.endurance_1e6x1024_s, False),
+    ("FORM ramp ms", lambda r: r.form_ramp_ms, False),
 )
 
 

@@ -643,7 +643,7 @@ class RRAMArray:
 
         # FORM: pristine cells whose forming threshold (shifted by pulse width) is reached.
         if allow_form:
-            v_form_eff = self.v_form[idx] - p.v_form_per_decade * np.log10(width_ns / p.v_form_width_ref_ns)
+            v_form_eff = self._v_form_eff(idx, width_ns)
             forming = pos & ~formed & ~stuck & self.can_form[idx] & (v >= v_form_eff)
             if forming.any():
                 fi = idx[forming]
@@ -688,6 +688,11 @@ class RRAMArray:
         self._reprogram(idx, g_before, g_after, t, keys)
         return g_before, g_after
 
+    def _v_form_eff(self, idx: np.ndarray, width_ns: np.ndarray) -> np.ndarray:
+        """Forming voltage of cells idx for pulses of these widths (shifted by the width's decades)."""
+        p = self.params
+        return self.v_form[idx] - p.v_form_per_decade * np.log10(width_ns / p.v_form_width_ref_ns)
+
     def _pulse_op(
         self, r, c, v, width_ns, v_gate, op: str, at_ns=None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -719,6 +724,67 @@ class RRAMArray:
         """FORM pulse: forms pristine cells whose forming voltage is reached; returns peak current (A)."""
         _, v, gate, _, g_after = self._pulse_op(r, c, v_form, width_ns, v_gate, "form")
         return self._pulse_current(g_after, v, gate)
+
+    def pristine_steps(
+        self, r: int, c: int, volts: np.ndarray, width_ns: float, v_gate: float, v_read: float
+    ) -> PristineSteps | None:
+        """The leading FORM pulses of a ramp (volts, V) that leave cell (r, c) pristine, each followed by a read at
+        v_read, computed at once and not yet applied (`apply_pristine_steps`); None when the cell is formed or
+        relaxing, or the steps would run past the clock's range.
+
+        Below its forming voltage a FORM pulse changes nothing on a pristine cell but the clock and the cell's
+        event counter, and its read moves only the trap: so pulse k and its read take the events, times, random
+        numbers and trap state the separate `form` and `read_current` calls give them, and the same currents.
+        """
+        idx = self._index(np.array([r]), np.array([c]))
+        i = int(idx[0])
+        if self.formed[i] or self._relax_on[i]:
+            return None
+        v = np.asarray(volts, dtype=float)
+        width = np.full(1, float(width_ns))
+        can_form = self.can_form[i] and not (self.stuck_lrs[i] or self.stuck_hrs[i])
+        forms = (v > 0) & (v >= self._v_form_eff(idx, width)) if can_form else np.zeros(v.size, dtype=bool)
+        stop = (forms | (v < 0)).nonzero()[0]  # a forming pulse (or a refused voltage) ends the shortcut
+        k = int(stop[0]) if stop.size else v.size
+        pulse_ns = int(self.pulse_ns(width)[0])
+        step_ns = pulse_ns + self.read_ns
+        if k == 0 or self._clock_ns + k * step_ns > CLOCK_LIMIT_NS:
+            return None
+        v = v[:k]
+        start = self._clock_ns + step_ns * np.arange(k, dtype=np.int64)  # each pulse's start (`_op_times`)
+        t_read = (start + step_ns).astype(np.float64) * 1e-9  # `_serial_times` of each read
+        events = self._events[i] + np.uint64(2) * np.arange(k, dtype=np.uint64)  # pulse k's; its read takes +1
+        u = uniforms_at(self.streams.event_keys(np.full(k, i), events + np.uint64(1))[:, None], _READ_OFFSETS)
+        g0 = self._g0[idx]  # `_g_at` of a cell that does not relax
+        occupied = np.zeros(k, dtype=bool)
+        if self.rtn_present[i]:  # `_rtn_update`, read after read
+            rate_in, rate_out = 1.0 / self.rtn_tau_empty[idx], 1.0 / self.rtn_tau_full[idx]
+            pi_full = rate_in / (rate_in + rate_out)
+            before = np.concatenate([self._rtn_t[idx], t_read[:-1]])
+            decay = np.exp(-(rate_in + rate_out) * np.maximum(t_read - before, 0.0))
+            state, pi = bool(self._rtn_state[i]), float(pi_full[0])
+            for j in range(k):
+                state = bool(u[j, 0] < pi + (float(state) - pi) * float(decay[j]))
+                occupied[j] = state
+        vr = np.array([float(v_read)])
+        g_eff = g0 * (1.0 - self.rtn_amp[idx] * occupied)
+        noise = self.params.read_noise_frac * self.params.g_max * np.abs(vr) * ndtri(u[:, 1])
+        s_v, s_ref = self._iv_shapes(float(vr[0]))
+        read = g_eff * vr * s_v / s_ref + noise
+        pulse = self._pulse_current(np.full(k, g0[0]), v, np.full(k, float(v_gate)))
+        return PristineSteps(i, pulse, read, occupied, t_read, step_ns)
+
+    def apply_pristine_steps(self, steps: PristineSteps, n: int) -> None:
+        """Apply the first n of `pristine_steps`: the clock, the cell's event counter and its trap move as the n
+        separate pulses and reads move them."""
+        if not 0 <= n <= steps.read_current.size:
+            raise ValueError(f"apply_pristine_steps: 0 to {steps.read_current.size} steps, not {n}")
+        if n:
+            i = steps.cell
+            self._clock_ns = self._check_clock(n * steps.step_ns)
+            self._events[i] += np.uint64(2 * n)
+            self._rtn_state[i] = steps.occupied[n - 1]
+            self._rtn_t[i] = steps.t_read[n - 1]
 
     def set_pulse(
         self, r, c, v: float | np.ndarray, width_ns: float | np.ndarray, v_gate: float | np.ndarray, at_ns=None
@@ -1035,6 +1101,18 @@ class RRAMArray:
         from sim_backend.ground_truth import write_ground_truth
 
         write_ground_truth(path, self, read_chain=read_chain)
+
+
+@dataclass(frozen=True)
+class PristineSteps:
+    """Pulses of a forming ramp that leave a cell pristine, each with its read (`RRAMArray.pristine_steps`)."""
+
+    cell: int  # flat index
+    pulse_current: np.ndarray  # (k,) peak current of each pulse (A)
+    read_current: np.ndarray  # (k,) the read after it (A)
+    occupied: np.ndarray  # (k,) the trap's state after that read
+    t_read: np.ndarray  # (k,) when that read completes (s)
+    step_ns: int  # one pulse and one read on the clock
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,11 @@ class _ReadAdc:
         return codes, (codes.astype(float) - self._offset) * self._apc / self.v_read
 
 
+def no_pristine_steps() -> tuple[int, bool, tuple[np.ndarray, np.ndarray]]:
+    """What `FirmwareEngine._pristine_form_steps` gives when it takes no step (the FORM loop makes them all)."""
+    return 0, False, (np.zeros(1, dtype=np.uint16), np.zeros(1))
+
+
 class FirmwareEngine:
     """The board's firmware: decodes frames, enforces limits, drives the array, answers."""
 
@@ -563,7 +568,13 @@ class FirmwareEngine:
         codes, _, g = self._read_g(r, c, v_read)
         pulses, v_mv, v_last = 0, req.v_start_mv, 0
         stopped = False
-        while g[0] < threshold and v_mv <= req.v_stop_mv:
+        if g[0] < threshold:  # the pulses below the cell's forming voltage at once, then the loop from there on
+            pulses, stopped, read = self._pristine_form_steps(req, v_read, threshold)
+            if pulses:
+                codes, g = read
+                v_last = req.v_start_mv + (pulses - 1) * req.v_step_mv
+                v_mv = v_last + req.v_step_mv
+        while not stopped and g[0] < threshold and v_mv <= req.v_stop_mv:
             if not self._keep_going():
                 stopped = True
                 break
@@ -581,6 +592,39 @@ class FirmwareEngine:
             self._now_us(), formed, pulses, v_last, int(codes[0]), req.v_read_mv, rd.amps_per_code, rd.offset_code
         )
         return (res, Status.ABORTED) if stopped else res
+
+    def _pristine_form_steps(
+        self, req: m.FormRequest, v_read: float, threshold: float
+    ) -> tuple[int, bool, tuple[np.ndarray, np.ndarray]]:
+        """The loop of `_form` over the leading pulses that leave a pristine cell pristine, in one pass
+        (`RRAMArray.pristine_steps`): (pulses done, stopped by the host's silence, (codes, conductance) of the
+        last read). The host is heard before every pulse, as in the loop; a pulse over the compliance limit, or
+        a read at the threshold, ends the pass there, and the loop goes on as if it had made every step itself."""
+        none = no_pristine_steps()
+        refs = {(row, col) for row, col, _ in self.config.reference_cells}
+        if req.v_step_mv <= 0 or (req.row, req.col) in refs:  # a fixture resistor is no RRAM cell
+            return none
+        volts = [mv / 1000 for mv in range(req.v_start_mv, req.v_stop_mv + 1, req.v_step_mv)]
+        steps = self.array.pristine_steps(req.row, req.col, np.array(volts), req.width_ns, req.gate_mv / 1000, v_read)
+        if steps is None:
+            return none
+        conv = self.chain.read.convert(steps.read_current)
+        g = self.chain.read.to_current(conv.codes) / v_read
+        over = np.abs(steps.pulse_current) > self.config.max_compliance_na * 1e-9
+        n, stopped = 0, False
+        for k in range(steps.read_current.size):
+            if over[k]:  # the loop hears the host, then gives this pulse and its error
+                break
+            if not self._keep_going():
+                stopped = True
+                break
+            n = k + 1
+            if g[k] >= threshold:
+                break
+        self.array.apply_pristine_steps(steps, n)
+        self.counters.form += n
+        self.counters.reads += n
+        return (n, stopped, (conv.codes[n - 1 : n], g[n - 1 : n])) if n else (0, stopped, none[2])
 
     def _pulse(self, req: m.PulseRequest, reset: bool) -> m.PulseResult:
         r, c = np.array([req.row]), np.array([req.col])

@@ -17,7 +17,7 @@ from firmware_protocol import BoardLimits, CellResult, Status
 from firmware_protocol import messages as m
 from firmware_protocol.errors import AbortedError, BadArgumentError
 from sim_backend.device_model import _RELAX_NODES, _RELAX_SQRT_WIDTHS, RRAMArray, _broadcast
-from sim_backend.firmware import _STUCK_MIN_PULSES, FirmwareEngine
+from sim_backend.firmware import _STUCK_MIN_PULSES, FirmwareEngine, no_pristine_steps
 from sim_backend.random_streams import Tag
 
 
@@ -190,6 +190,10 @@ class ReferenceEngine(FirmwareEngine):
             elif handler == self._read_block:
                 h[opcode] = self._read_block_reference
         return h
+
+    def _pristine_form_steps(self, req, v_read: float, threshold: float):
+        """FORM as first written: every pulse of the ramp in the loop, none taken at once."""
+        return no_pristine_steps()
 
     def _read_g(
         self, rows: np.ndarray, cols: np.ndarray, v_read: float, at_ns: np.ndarray | None = None
