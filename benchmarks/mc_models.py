@@ -95,6 +95,19 @@ def spatial_model(g_max: float, share: float = 0.3):
     )
 
 
+# The benchmark's models by name: the small CNN (268k weights) and the MLP 3072-256-128-10 (821k).
+MODELS: dict[str, Callable[[], torch.nn.Module]] = {
+    "cnn": lambda: SmallCNN(3, 10, 32),
+    "mlp": lambda: MLP(3072, 10, (256, 128)),
+}
+
+
+def bench_inputs(images: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed random batch both Monte Carlo benchmarks time: 3x32x32 images and labels (seed 0)."""
+    torch.manual_seed(0)
+    return torch.randn(images, 3, 32, 32, device=device), torch.randint(0, 10, (images,), device=device)
+
+
 def build_noises(names: list[str], profile_path: str | None) -> dict[str, WeightNoise]:
     """The benchmark's noise objects by path name."""
     from calibration.profile import NoiseProfile
@@ -221,14 +234,8 @@ def main() -> None:
         if args.device == "auto" and torch.cuda.is_available()
         else ("cpu" if args.device == "auto" else args.device)
     )
-    torch.manual_seed(0)
-    x = torch.randn(args.images, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.images,), device=device)
+    x, y = bench_inputs(args.images, device)
     noises = build_noises(args.noises.split(","), args.profile)
-    builders: dict[str, Callable[[], torch.nn.Module]] = {
-        "cnn": lambda: SmallCNN(3, 10, 32),
-        "mlp": lambda: MLP(3072, 10, (256, 128)),
-    }
     print(
         f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
         f"threads={torch.get_num_threads()}), images={args.images}, draws={args.draws}, rounds={args.rounds}, "
@@ -242,7 +249,7 @@ def main() -> None:
         head += f" {'old ms/draw':>11} {'speed-up med':>12} {'min':>5}"
     print(head)
     for mname in args.models.split(","):
-        model = builders[mname]().to(device).eval()
+        model = MODELS[mname]().to(device).eval()
         for nname, noise in noises.items():
             ref = (
                 ReferenceSampling(noise)

@@ -16,7 +16,10 @@ global compensation adds a read-out forward per drift; ours compensates nothing 
   per-device path); aihwkit the same export, which cannot carry those terms (its "dropped" list): aihwkit does
   less per draw there.
 
-Timing is paired and interleaved: each round times both sides on the same number of draws, the order
+Our side's time includes its per-evaluation set-up (the fitted path builds its device layout once per
+`evaluate_mc`, about 0.13 s for the MLP here), spread over ``--draws``: with a handful of draws that set-up
+dominates (2 draws: the MLP's fitted path is slower than aihwkit's), from about 20 on it is a few percent, and
+`rram evaluate` takes 1,000. Timing is paired and interleaved: each round times both sides on the same number of draws, the order
 alternating, and the speed-up (aihwkit time / ours) is taken within the round; the table gives its median and
 minimum. aihwkit is optional and not a dependency of rram-hil: install it into the same environment (a source
 build, `pip install aihwkit`; this machine's wheel-less Python builds it in about 6 minutes) to run this. On a GPU
@@ -43,12 +46,11 @@ import torch
 
 from calibration.aihwkit_export import export_aihwkit
 from calibration.profile import NoiseProfile
-from models.architectures import MLP, SmallCNN
 from models.montecarlo import evaluate_mc
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # run as `python benchmarks/vs_aihwkit.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mc_models import build_noises  # the same noise objects as the Monte Carlo benchmark
+from mc_models import MODELS, bench_inputs, build_noises  # the same models, inputs and noises as mc_models
 
 T_DAY_S = 86400.0
 GAUSSIAN_SIGMA = 0.3  # mc_models' Gaussian path: sigma_d as a fraction of a device's range
@@ -167,15 +169,9 @@ def main() -> None:
 
         if not torch.cuda.is_available() or not cuda.is_compiled():
             raise SystemExit("--device cuda needs a GPU and an aihwkit built with CUDA")
-    torch.manual_seed(0)
-    x = torch.randn(args.images, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.images,), device=device)
+    x, y = bench_inputs(args.images, device)
     names = args.noises.split(",")
     ours_noise = build_noises(names, None)
-    builders: dict[str, Callable[[], torch.nn.Module]] = {
-        "cnn": lambda: SmallCNN(3, 10, 32),
-        "mlp": lambda: MLP(3072, 10, (256, 128)),
-    }
     print(
         f"device={device}, threads={torch.get_num_threads()}, images={args.images}, draws={args.draws}, "
         f"rounds={args.rounds}, torch {torch.__version__}, aihwkit {aihwkit.__version__}"
@@ -186,7 +182,7 @@ def main() -> None:
     )
     notes: dict[str, list[str]] = {}
     for mname in args.models.split(","):
-        model = builders[mname]().to(device).eval()
+        model = MODELS[mname]().to(device).eval()
         for nname in names:
             setup = aihwkit_setup(nname)
             notes[nname] = setup.dropped
