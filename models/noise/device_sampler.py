@@ -125,9 +125,9 @@ class DeviceSampler:
         if nz._spatial_A is not None:
             A = torch.as_tensor(nz._spatial_A, dtype=w.dtype, device=w.device) * nz.factor  # (cells, k)
             cells = A.shape[0]
-            cell = torch.arange(n_dev, device=w.device) % cells
-            sig = torch.sqrt(torch.clamp(sig**2 - (A**2).sum(1)[cell].view(g_t.shape), min=0.0))
             tiles = -(-n_dev // cells)
+            field_var = (A**2).sum(1).repeat(tiles)[:n_dev]  # device j sits on cell j % cells of its tile
+            sig = torch.sqrt(torch.clamp(sig**2 - field_var.view(g_t.shape), min=0.0))
         coef_f = coef.expand(g_t.shape).reshape(-1).contiguous()
         stuck_hi = stuck_lo = None
         if self.p_lrs > 0 or self.p_hrs > 0:
