@@ -766,11 +766,7 @@ class RRAMArray:
             for j in range(k):
                 state = bool(u[j, 0] < pi + (float(state) - pi) * float(decay[j]))
                 occupied[j] = state
-        vr = np.array([float(v_read)])
-        g_eff = g0 * (1.0 - self.rtn_amp[idx] * occupied)
-        noise = self.params.read_noise_frac * self.params.g_max * np.abs(vr) * ndtri(u[:, 1])
-        s_v, s_ref = self._iv_shapes(float(vr[0]))
-        read = g_eff * vr * s_v / s_ref + noise
+        read = self._trap_read(idx, g0, occupied, np.array([float(v_read)]), ndtri(u[:, 1]))
         pulse = self._pulse_current(np.full(k, g0[0]), v, np.full(k, float(v_gate)))
         return PristineSteps(i, pulse, read, occupied, t_read, step_ns)
 
@@ -865,12 +861,15 @@ class RRAMArray:
 
         v: one voltage per cell, or one for all (shape (1,)).
         """
-        occupied = self._rtn_update(idx, t, u_rtn)
+        return self._trap_read(idx, g, self._rtn_update(idx, t, u_rtn), v, z_noise)
+
+    def _trap_read(
+        self, idx: np.ndarray, g: np.ndarray, occupied: np.ndarray, v: np.ndarray, z_noise: np.ndarray
+    ) -> np.ndarray:
+        """Read currents of cells idx of conductance g, their traps `occupied`: the trap's share off, the I-V at v
+        (one voltage per cell, or one for all), white noise z_noise."""
         g_eff = g * (1.0 - self.rtn_amp[idx] * occupied)
         noise = self.params.read_noise_frac * self.params.g_max * np.abs(v) * z_noise
-        if v.size == 1:
-            s_v, s_ref = self._iv_shapes(float(v[0]))
-            return g_eff * v * s_v / s_ref + noise
         return self._iv(g_eff, v) + noise
 
     def _iv_shapes(self, v: float) -> tuple[np.ndarray, np.ndarray]:
@@ -1244,7 +1243,7 @@ class VerifyBatch:
         return self._current(g, occupied, ndtri(u[:, 1]))
 
     def _current(self, g: np.ndarray, occupied: np.ndarray, z_noise: np.ndarray) -> np.ndarray:
-        """`RRAMArray._noisy_read` after the trap: its share off, the I-V at the read voltage, white noise."""
+        """`RRAMArray._trap_read` of the active cells: the trap's share off, the I-V at the read voltage, white noise."""
         g_eff = g * (1.0 - self._amp * occupied)
         return g_eff * self._v1 * self._s_v / self._s_ref + self._noise * z_noise
 
