@@ -43,6 +43,7 @@ from sim_backend.random_streams import CellStreams, Tag, site_normals, tag_offse
 _RELAX_NODES = np.array([0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
 _RELAX_WIDTHS = np.append(np.diff(_RELAX_NODES), np.inf)
 _RELAX_SQRT_WIDTHS = np.sqrt(np.diff(_RELAX_NODES))  # of the full segments (the last one is open-ended)
+_RELAX_UPPER = np.append(_RELAX_NODES[1:], np.inf)  # where each segment ends
 CLOCK_LIMIT_NS = 2**63 - 1  # the clock is a signed 64-bit count of nanoseconds: it is refused beyond, never wraps
 _RELAX_DRAWS = np.arange(_RELAX_NODES.size, dtype=np.uint64)[None, :]
 _READ_OFFSETS = tag_offsets(np.array([Tag.RTN, Tag.READ_NOISE]))  # the two draws of a read, hashed in one pass
@@ -1150,7 +1151,7 @@ class VerifyBatch:
     # The per-cell arrays of the cells still being programmed, in their order (compressed together by `retire`).
     _ACTIVE = (
         "_slot _idx _vth_set _vth_reset _off_lrs _off_hrs _ctf _rtn_pres _rtn_pi _rtn_neg_rate _amp _first _ev_base "
-        "_g0 _on _cyc _rtn _stuck _t0 _sig _lazy _path_round _t_prog _z0"
+        "_g0 _on _cyc _rtn _stuck _t0 _sig _lazy _path_round _t_prog _lo _hi _zk _bsum"
     ).split()
 
     def __init__(self, array: RRAMArray, idx: np.ndarray, first_read_ns: np.ndarray, ramps: VerifyRamps) -> None:
@@ -1203,7 +1204,11 @@ class VerifyBatch:
         self._lazy = np.zeros(n, dtype=bool)  # the cell's relaxation path has only its first node drawn
         self._path_round = np.zeros(n, dtype=np.uint64)  # the round whose pulse key that path comes from
         self._t_prog = a._t_prog[idx]  # (written to the array too whenever it changes)
-        self._z0 = a._relax_z[idx, 0].astype(np.float64)  # each path's first node, as stored
+        # The path segment each cell's last relaxed read fell in, [lo, hi) in L, with its node z_k (as stored) and
+        # B(node_k): segment 0 to begin with, where z_0 is the first node and B(node_0) = 0.
+        self._lo, self._hi = np.zeros(n), np.full(n, _RELAX_NODES[1])
+        self._zk = a._relax_z[idx, 0].astype(np.float64)
+        self._bsum = np.zeros(n)
         self._ev_base = a._events[idx]  # set by `begin`: round j's pulse takes event ev_base + 2j, its read + 1
         self._buf = np.zeros((0, n, 8))
         self._levels = len(set_v)  # the rounds a caller running every cell to its pulse budget makes at most
@@ -1250,18 +1255,38 @@ class VerifyBatch:
     def _relaxed_now(self, t: np.ndarray, g0: np.ndarray, on: np.ndarray, up: np.ndarray | None) -> np.ndarray:
         """`RRAMArray._g_at` of the active cells at times t as one call (up None), or as two (where `up`, and not).
 
-        When every cell relaxes and is still in the first segment of its path (k = 0: L below node_1), the
-        relaxation is computed from the batch's own copies of t_prog and of the path's first node: the same
-        terms in the same order, G = g0 + (mu L + sigma_r (0 + z_0 sqrt(L - 0))), floored; else `_conductance`.
+        When every cell relaxes, the relaxation is computed from the batch's own copies of t_prog and of the
+        path segment each cell is in (`_segments`): the same terms in the same order as `RRAMArray._relaxed`,
+        G = g0 + (mu L + sigma_r (B(node_k) + z_k sqrt(L - node_k))), floored; else `_conductance`.
         """
         if np.count_nonzero(on) == on.size:
             L = np.log10(1.0 + np.maximum(t - self._t_prog, 0.0) / self._t0)
-            if not np.count_nonzero(L >= _RELAX_NODES[1]):
-                a = self.array
-                term = self._sig * (0.0 + self._z0 * np.sqrt(L))
-                term = 0.0 + term if a._relax_mu_zero else a.params.relax_mu(g0) * L + term
-                return np.maximum(g0 + term, a.params.g_floor)
+            self._segments(L)
+            a = self.array
+            term = self._sig * (self._bsum + self._zk * np.sqrt(L - self._lo))
+            term = 0.0 + term if a._relax_mu_zero else a.params.relax_mu(g0) * L + term
+            return np.maximum(g0 + term, a.params.g_floor)
         return self._conductance(t, g0, on, up)
+
+    def _segments(self, L: np.ndarray) -> None:
+        """Bring each active cell's path segment (lo, hi, z_k, B(node_k)) to the one holding L, the rest of a lazy
+        path drawn first where L is past its first node; B from `RRAMArray._path_below`, as `_relaxed` takes it."""
+        moved = (L < self._lo) | (L >= self._hi)
+        if not np.count_nonzero(moved):
+            return
+        ci = moved.nonzero()[0]
+        k = _RELAX_NODES.searchsorted(L[ci], side="right") - 1
+        late = self._lazy[ci] & (k > 0)
+        if np.count_nonzero(late):
+            self._draw_paths(ci[late])
+        a, idx = self.array, self._idx[ci]
+        self._lo[ci], self._hi[ci] = _RELAX_NODES[k], _RELAX_UPPER[k]
+        self._zk[ci] = a._relax_z.ravel()[idx * _RELAX_NODES.size + k]
+        deep = k > 0
+        bsum = np.zeros(ci.size)
+        if np.count_nonzero(deep):
+            bsum[deep] = a._path_below(idx[deep], k[deep])
+        self._bsum[ci] = bsum
 
     def _conductance(self, t: np.ndarray, g0: np.ndarray, on: np.ndarray, up: np.ndarray | None) -> np.ndarray:
         """`RRAMArray._g_at` of the active cells at times t as one call (up None), or as two (where `up`, and not)."""
@@ -1402,7 +1427,9 @@ class VerifyBatch:
         z0 = d[:, self._Z0]
         if np.count_nonzero(restart) == up.size:
             a._t_prog[self._idx] = self._t_prog = tp
-            a._relax_z[:, 0][self._idx] = self._z0 = z0
+            a._relax_z[:, 0][self._idx] = z0
+            self._zk = z0.copy()  # written in place by `_segments`: not a view of the round's numbers
+            self._lo, self._hi, self._bsum = np.zeros(up.size), np.full(up.size, _RELAX_NODES[1]), np.zeros(up.size)
             a._paths_changed(self._idx)
             self._lazy[:] = True
             self._path_round[:] = j
@@ -1417,8 +1444,8 @@ class VerifyBatch:
             a._t_prog[ri] = self._t_prog[rs] = tp[rs]
             on = self._on = self._on.copy()
             on[rs] = True
-            self._z0 = self._z0.copy()
-            a._relax_z[:, 0][ri] = self._z0[rs] = z0[rs]
+            a._relax_z[:, 0][ri] = self._zk[rs] = z0[rs]
+            self._lo[rs], self._hi[rs], self._bsum[rs] = 0.0, _RELAX_NODES[1], 0.0
             a._paths_changed(ri)
             self._lazy[rs] = True
             self._path_round[rs] = j
@@ -1442,10 +1469,10 @@ class VerifyBatch:
     def retire(self, keep: np.ndarray) -> None:
         """The active cells where `keep` is False are done: their state goes back to the array."""
         self._write_back((~keep).nonzero()[0])
+        stay = keep.nonzero()[0]  # positions, not the mask: taking by index is the faster gather
         for name in self._ACTIVE:
-            setattr(self, name, getattr(self, name)[keep])
-        rows = np.arange(keep.size) if self._brow is None else self._brow
-        self._brow = rows[keep]  # the rows of `_buf` (filled for the cells active then) still in use, in order
+            setattr(self, name, getattr(self, name)[stay])
+        self._brow = stay if self._brow is None else self._brow[stay]  # the rows of `_buf` still in use, in order
 
     def _write_back(self, ci: np.ndarray) -> None:
         """Active cells ci to the array: programmed value, relaxation flag, wear, trap, event counter, last read

@@ -137,14 +137,16 @@ class _ReadAdc:
         self._offset, self._apc, self._max = rd.offset_code, rd.amps_per_code, rd.max_code
         wired = engine._reference_override(rows, cols, v_read, np.full(rows.size, np.nan))  # NaN: not a reference
         self._ref = ~np.isnan(wired)
+        self._any_ref = bool(self._ref.any())
         self._ref_current = wired  # V/R where a reference resistor is wired
 
     def __call__(self, pos: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(codes, conductance) of batch positions pos read as `current` (A); counts the reads."""
-        ref = self._ref[pos]
-        if np.count_nonzero(ref):
-            current = current.copy()
-            current[ref] = self._ref_current[pos[ref]]
+        if self._any_ref:
+            ref = self._ref[pos]
+            if np.count_nonzero(ref):
+                current = current.copy()
+                current[ref] = self._ref_current[pos[ref]]
         self.engine.counters.reads += pos.size
         if np.count_nonzero(np.isfinite(current)) != current.size:
             raise ValueError(f"{self._range.config.name} range: currents must be finite")
@@ -814,10 +816,11 @@ class FirmwareEngine:
                     codes_out[out], g_out[out], moved_out[out] = codes[gone], g[gone], moved[gone]
                     keep = ~leave
                     batch.retire(keep)
+                    stay = keep.nonzero()[0]  # positions, not the mask: taking by index is the faster gather
                     slot, codes, g, g_start, moved, run, last_up = (
-                        x[keep] for x in (slot, codes, g, g_start, moved, run, last_up)
+                        x[stay] for x in (slot, codes, g, g_start, moved, run, last_up)
                     )
-                    target, tol, max_p = target[keep], tol[keep], max_p[keep]
+                    target, tol, max_p = target[stay], tol[stay], max_p[stay]
                     if not slot.size:
                         break
                 if not self._keep_going() or self._abort_queued():  # the host fell silent, or sent ABORT

@@ -186,7 +186,8 @@ def _moving_batch(rows: np.ndarray, cols: np.ndarray) -> m.WriteVerifyRequest:
 @pytest.mark.parametrize("params", [DeviceParams(), FAST_RELAXATION], ids=["default", "fast-relaxation"])
 def test_write_verify_whose_every_cell_moves_every_round_equals_the_reference(params: DeviceParams) -> None:
     """The common case the fast path is for: every pulse moves its cell, every cell gets a new relaxation path
-    (with t0 of microseconds the reads fall past the path's first node: the fast path must step aside)."""
+    (with t0 of microseconds the reads fall past the path's first node: the batch follows its cells into the
+    path's later segments)."""
     t = Twins(BoardConfig(rows=8, cols=8, seed=51, device=params))
     rows, cols = _cells(8, 8, 8, 8)
     t.form(rows, cols)
@@ -194,6 +195,32 @@ def test_write_verify_whose_every_cell_moves_every_round_equals_the_reference(pa
     t.request(m.ReadBlockRequest(0, 0, 8, 8, 100))
     t.request(_moving_batch(rows[::-1], cols[::-1]))
     t.assert_same_chip()
+
+
+def test_batch_relaxation_follows_its_cells_down_and_up_the_path_segments() -> None:
+    """The batch's relaxed conductance equals `RRAMArray._g_at` at any time, also when a cell's L moves back to
+    an earlier segment of its path (t0 grows with a small shift of g0, so L can fall); checked here at times
+    that go out to the path's last segment and back to its first, the segment the batch keeps moving both ways."""
+    from sim_backend.device_model import VerifyRamps
+
+    a = RRAMArray(4, 4, DeviceParams(), seed=7)
+    rows, cols = a.all_cells()
+    a.form(rows, cols, 4.0, 1000.0, 1.0)
+    ramps = VerifyRamps(100.0, np.full(4, 1.0), np.full(4, 1.2), np.full(4, -1.2))
+    batch = a.verify_batch(rows, cols, np.full(rows.size, a.clock_ns + 1000, dtype=np.int64), ramps)
+    batch.begin(0.1)
+    assert batch._on.all()  # the batch's own path, not `_conductance`
+    t_prog = a._t_prog[batch._idx]
+    segments = []
+    for dt in (1e-9, 1e-3, 10.0, 1e4, 1e9, 1e12, 3.0, 1e-6, 1e3, 1e-9):
+        t = t_prog + dt * np.linspace(0.5, 2.0, rows.size)
+        got = batch._relaxed_now(t, batch._g0, batch._on, None)
+        assert got.tobytes() == a._g_at(batch._idx, t).tobytes(), dt
+        segments.append(batch._lo.copy())
+    batch.close()
+    deepest = np.max(segments, axis=0)
+    assert deepest.min() >= 5.0 and (segments[-1] == 0.0).all()  # out to late segments, and back to the first
+    assert any((later < earlier).any() for earlier, later in zip(segments, segments[1:]))
 
 
 def test_aborted_and_expired_write_verify_equal_the_reference() -> None:
