@@ -127,13 +127,18 @@ class DeviceSampler:
             cells = A.shape[0]
             tiles = -(-n_dev // cells)
             field_var = (A**2).sum(1).repeat(tiles)[:n_dev]  # device j sits on cell j % cells of its tile
-            sig = torch.sqrt(torch.clamp(sig**2 - field_var.view(g_t.shape), min=0.0))
+            sig = sig.pow_(2).sub_(field_var.view(g_t.shape)).clamp_(min=0.0).sqrt_()  # sig is this call's own
         coef_f = coef.expand(g_t.shape).reshape(-1).contiguous()
-        stuck_hi = stuck_lo = None
+        stuck_hi = stuck_lo = stuck_pack = None
         if self.p_lrs > 0 or self.p_hrs > 0:
             g_hi, g_lo = getattr(nz.profile, "stuck_conductances", (float(nz._tables.g[-1]), float(nz._tables.g[0])))
             gt_f = g_t.reshape(-1)
-            stuck_hi, stuck_lo = coef_f * (g_hi - gt_f), coef_f * (g_lo - gt_f)
+            if self.lognormal:
+                stuck_hi, stuck_lo = coef_f * (g_hi - gt_f), coef_f * (g_lo - gt_f)
+            else:  # written interleaved at once: 2 pos the value stuck on, 2 pos + 1 stuck off
+                stuck_pack = torch.empty((n_dev, 2), dtype=w.dtype, device=w.device)
+                torch.mul(coef_f, g_hi - gt_f, out=stuck_pack[:, 0])
+                torch.mul(coef_f, g_lo - gt_f, out=stuck_pack[:, 1])
         base = (w + nz.quantization_shift(w)).reshape(-1).contiguous()
         layer = _Layer(
             shape=tuple(w.shape),
@@ -169,13 +174,14 @@ class DeviceSampler:
                 layer.read_std_w = torch.sqrt(var.sum(-1).sum(0)).reshape(-1).contiguous()
                 layer.read_var = var.expand(g_t.shape).reshape(-1).contiguous()
         else:
-            layer.mean_w = (coef * mean).sum(-1).sum(0).reshape(-1).contiguous()
-            layer.std_w = torch.sqrt(((coef * sig) ** 2).sum(-1).sum(0)).reshape(-1).contiguous()
-            if stuck_hi is not None and stuck_lo is not None:  # gathered at the stuck devices
+            dev_mean, dev_var = coef * mean, (coef * sig) ** 2  # each device's share of its weight's mean, variance
+            layer.mean_w = dev_mean.sum(-1).sum(0).reshape(-1).contiguous()
+            layer.std_w = torch.sqrt(dev_var.sum(-1).sum(0)).reshape(-1).contiguous()
+            if stuck_pack is not None:  # gathered at the stuck devices
                 layer.dev_pack = (
-                    (coef * mean).expand(g_t.shape).reshape(-1).contiguous(),
-                    ((coef * sig) ** 2).expand(g_t.shape).reshape(-1).contiguous(),
-                    torch.stack([stuck_hi, stuck_lo], 1).reshape(-1).contiguous(),  # 2 pos: on, 2 pos + 1: off
+                    dev_mean.expand(g_t.shape).reshape(-1).contiguous(),
+                    dev_var.expand(g_t.shape).reshape(-1).contiguous(),
+                    stuck_pack.reshape(-1),
                 )
                 layer.weight_var = (layer.std_w**2).contiguous()
         return layer

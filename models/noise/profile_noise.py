@@ -216,6 +216,8 @@ class ProfileNoise(WeightNoise):
         if t.mean_v is not None:
             mean = torch.where(vmask, torch.as_tensor(t.mean_v, dtype=like.dtype, device=like.device)[idx], mean)
             sig = torch.where(vmask, torch.as_tensor(t.sigma_v, dtype=like.dtype, device=like.device)[idx], sig)
+        if self.factor == 1.0:  # x * 1.0 is x: the gathers are already this call's own tensors
+            return mean, sig
         return mean * self.factor, sig * self.factor
 
     def quantization_shift(self, w: Tensor) -> Tensor:
