@@ -17,7 +17,7 @@ global compensation adds a read-out forward per drift; ours compensates nothing 
   less per draw there.
 
 Our side's time includes its per-evaluation set-up (the fitted path builds its device layout once per
-`evaluate_mc`, about 0.13 s for the MLP here), spread over ``--draws``: with a handful of draws that set-up
+`evaluate_mc`, about 0.15 s of CPU for the MLP here), spread over ``--draws``: with a handful of draws that set-up
 dominates (2 draws: the MLP's fitted path is slower than aihwkit's), from about 20 on it is a few percent, and
 `rram evaluate` takes 1,000. Timing is paired and interleaved: each round times both sides on the same number of draws, the order
 alternating, and the speed-up (aihwkit time / ours) is taken within the round; the table gives its median and
