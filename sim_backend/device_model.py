@@ -1140,9 +1140,9 @@ class VerifyBatch:
     ahead); per-cell constants and the ramps' voltage terms computed once; the relaxation t0 and sigma_r of
     each cell kept from the read that computed them (they depend on the programmed value only); the path
     segment each cell's relaxation is in kept with its node's normal and B(node_k), recomputed only when a read
-    falls in another segment; a new relaxation path drawn lazily, its first node at once, the rest (from the same key, so the same path) when
-    a read reaches past that node or the cell leaves. Call `close` when done, also after an error. Every
-    cell is formed.
+    falls in another segment; a new relaxation path drawn lazily, its first node at once, the rest (from the
+    same key, so the same path) when a read reaches past that node or the cell leaves. Call `close` when done,
+    also after an error. Every cell is formed.
     """
 
     # Columns of a round's precomputed numbers (`_refill`): -xi * width of the kinetics, the target's normal,
