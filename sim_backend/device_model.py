@@ -1126,6 +1126,11 @@ class VerifyRamps:
     reset_v: np.ndarray
 
 
+def _first_segments(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, B(node_0)) of n cells in segment 0 of their relaxation paths: L in [0, node_1), B = 0."""
+    return np.zeros(n), np.full(n, _RELAX_NODES[1]), np.zeros(n)
+
+
 class VerifyBatch:
     """The cells of one write-verify request, programmed in lockstep rounds of one pulse and one verify read each.
 
@@ -1207,9 +1212,8 @@ class VerifyBatch:
         self._t_prog = a._t_prog[idx]  # (written to the array too whenever it changes)
         # The path segment each cell's last relaxed read fell in, [lo, hi) in L, with its node z_k (as stored) and
         # B(node_k): segment 0 to begin with, where z_0 is the first node and B(node_0) = 0.
-        self._lo, self._hi = np.zeros(n), np.full(n, _RELAX_NODES[1])
+        self._lo, self._hi, self._bsum = _first_segments(n)
         self._zk = a._relax_z[idx, 0].astype(np.float64)
-        self._bsum = np.zeros(n)
         self._ev_base = a._events[idx]  # set by `begin`: round j's pulse takes event ev_base + 2j, its read + 1
         self._buf = np.zeros((0, n, 8))
         self._levels = len(set_v)  # the rounds a caller running every cell to its pulse budget makes at most
@@ -1430,7 +1434,7 @@ class VerifyBatch:
             a._t_prog[self._idx] = self._t_prog = tp
             a._relax_z[:, 0][self._idx] = z0
             self._zk = z0.copy()  # written in place by `_segments`: not a view of the round's numbers
-            self._lo, self._hi, self._bsum = np.zeros(up.size), np.full(up.size, _RELAX_NODES[1]), np.zeros(up.size)
+            self._lo, self._hi, self._bsum = _first_segments(up.size)
             a._paths_changed(self._idx)
             self._lazy[:] = True
             self._path_round[:] = j
