@@ -11,8 +11,9 @@ uniform per *device* for every chunk of draws. This sampler builds the layout on
 - stuck-at faults sparsely: the positions of stuck devices come from geometric gaps of a Bernoulli(p)
   process (about p * n_devices numbers, not n_devices uniforms); given which devices are stuck, the other
   devices of a weight still sum to one Gaussian (the stuck ones' means and variances taken out) that the
-  weight's normal drives, and a stuck device's field share is taken back, so the joint law is the reference's
-  (up to rounding: a weight whose devices are all stuck lands within a few sqrt(eps) of its stuck sum);
+  weight's normal drives, and a stuck device's field share is taken back in the same sums, so the joint law is
+  the reference's (up to rounding: a weight whose devices are all stuck lands within a few sqrt(eps) of its
+  stuck sum); a stuck device's error coef * (g_stuck - g_t) is made at the stuck devices only;
 - log-normal devices (no closed form for a weight's sum) keep one normal per device, on the prebuilt layout
   stored device-major (a weight's sum adds D contiguous rows); their Gaussian read noise is again one normal
   per weight.
@@ -52,12 +53,10 @@ class _Layer:
     std_w: Tensor | None  # (W,)
     # per-device terms, flat in (P, W, D) order
     coef: Tensor  # (n_dev,)
-    # with faults: (coef * mean, (coef * sigma)^2, both (n_dev,), and (2 n_dev,) stuck-on and stuck-off errors
-    # interleaved), each gathered as 1-D (a row gather of (K, 2) costs several times two 1-D gathers on CPU)
+    # with faults: coef * mean, (coef * sigma)^2 and the target g_t, all (n_dev,), gathered at the stuck devices
     dev_pack: tuple[Tensor, Tensor, Tensor] | None
     weight_var: Tensor | None  # (W,): std_w^2; with faults
-    stuck_hi: Tensor | None  # coef * (g_hi - g_t) (n_dev,)
-    stuck_lo: Tensor | None  # coef * (g_lo - g_t) (n_dev,)
+    stuck_g: tuple[float, float]  # what a device stuck on and one stuck off reads (g_hi, g_lo)
     # log-normal path
     # device-major copies (P, D, W) flat, so a weight's sum over its devices adds D contiguous rows
     g_t: Tensor | None  # (n_dev,)
@@ -102,6 +101,9 @@ def stuck_positions(n_dev: int, p: float, generator: torch.Generator, device: to
     return torch.cat(parts).long()
 
 
+_PER_DRAW_STUCK = 1 << 14  # expected stuck devices per draw from which a layer's workers make its stuck weights
+
+
 class DeviceSampler:
     """Draws of `ProfileNoise` on its per-device path (stuck faults, spatial field, log-normal devices).
 
@@ -129,16 +131,8 @@ class DeviceSampler:
             field_var = (A**2).sum(1).repeat(tiles)[:n_dev]  # device j sits on cell j % cells of its tile
             sig = sig.pow_(2).sub_(field_var.view(g_t.shape)).clamp_(min=0.0).sqrt_()  # sig is this call's own
         coef_f = coef.expand(g_t.shape).reshape(-1).contiguous()
-        stuck_hi = stuck_lo = stuck_pack = None
-        if self.p_lrs > 0 or self.p_hrs > 0:
-            g_hi, g_lo = getattr(nz.profile, "stuck_conductances", (float(nz._tables.g[-1]), float(nz._tables.g[0])))
-            gt_f = g_t.reshape(-1)
-            if self.lognormal:
-                stuck_hi, stuck_lo = coef_f * (g_hi - gt_f), coef_f * (g_lo - gt_f)
-            else:  # written interleaved at once: 2 pos the value stuck on, 2 pos + 1 stuck off
-                stuck_pack = torch.empty((n_dev, 2), dtype=w.dtype, device=w.device)
-                torch.mul(coef_f, g_hi - gt_f, out=stuck_pack[:, 0])
-                torch.mul(coef_f, g_lo - gt_f, out=stuck_pack[:, 1])
+        faults = self.p_lrs > 0 or self.p_hrs > 0
+        g_hi, g_lo = getattr(nz.profile, "stuck_conductances", (float(nz._tables.g[-1]), float(nz._tables.g[0])))
         base = (w + nz.quantization_shift(w)).reshape(-1).contiguous()
         layer = _Layer(
             shape=tuple(w.shape),
@@ -151,8 +145,7 @@ class DeviceSampler:
             coef=coef_f,
             dev_pack=None,
             weight_var=None,
-            stuck_hi=stuck_hi,
-            stuck_lo=stuck_lo,
+            stuck_g=(float(g_hi), float(g_lo)),
             g_t=None,
             coef_dw=None,
             read_std_w=None,
@@ -177,11 +170,11 @@ class DeviceSampler:
             dev_mean, dev_var = coef * mean, (coef * sig) ** 2  # each device's share of its weight's mean, variance
             layer.mean_w = dev_mean.sum(-1).sum(0).reshape(-1).contiguous()
             layer.std_w = torch.sqrt(dev_var.sum(-1).sum(0)).reshape(-1).contiguous()
-            if stuck_pack is not None:  # gathered at the stuck devices
+            if faults:  # gathered at the stuck devices
                 layer.dev_pack = (
                     dev_mean.expand(g_t.shape).reshape(-1).contiguous(),
                     dev_var.expand(g_t.shape).reshape(-1).contiguous(),
-                    stuck_pack.reshape(-1),
+                    g_t.reshape(-1),
                 )
                 layer.weight_var = (layer.std_w**2).contiguous()
         return layer
@@ -191,8 +184,10 @@ class DeviceSampler:
         """One draw per generator, ``{name: (len(generators), *shape)}``, in buffers the next call overwrites.
 
         Draw i takes its random numbers from generator i only, in the order the module's docstring lists (in
-        worker threads on CPU). A log-normal draw is finished in its thread; the Gaussian path's arithmetic
-        runs once for the whole chunk, so its cost per draw does not carry Python's.
+        worker threads on CPU). A log-normal draw is finished in its thread; on the Gaussian path a layer with
+        many stuck devices has each draw's thread make its stuck weights too (while the draw's normals are in
+        cache), and the rest of the arithmetic runs once for the whole chunk, so its cost per draw does not
+        carry Python's.
         """
         n = len(generators)
         out = {name: self._buffers.get(name, lay.base, n) for name, lay in self.layers.items()}
@@ -212,7 +207,7 @@ class DeviceSampler:
             for name, lay in self.layers.items()
             if lay.slot_rows is not None
         }
-        taken: dict[str, list] = {name: [None] * n for name in self.layers}  # Gaussian path, per draw: stuck hits
+        taken: dict[str, list] = {name: [None] * n for name in self.layers}  # Gaussian path: see _finish
 
         def fill(i: int) -> None:
             gen = generators[i]
@@ -223,10 +218,15 @@ class DeviceSampler:
                     field = scratch[name][i : i + 1] if name in scratch else None
                     self._draw_lognormal(layer, out[name][i], gen, read, zk, field)
                     continue
-                out[name][i].normal_(generator=gen)  # z of every weight, then the stuck devices, then the tiles
-                taken[name][i] = self._stuck(layer, gen)
+                z = out[name][i]
+                z.normal_(generator=gen)  # z of every weight, then the stuck devices, then the tiles
+                hit = self._stuck(layer, gen)
                 if zk is not None:
                     zk.normal_(generator=gen)
+                if hit is not None and self._stuck_per_draw(layer):  # while this draw's z is in cache
+                    taken[name][i] = self._stuck_weights(layer, z, hit[0], hit[1], zk)
+                else:
+                    taken[name][i] = hit
 
         map_draws(
             fill, n, sum(lay.n_weights for lay in self.layers.values()), (lay.base for lay in self.layers.values())
@@ -236,26 +236,34 @@ class DeviceSampler:
                 self._finish(layer, out[name], taken[name], zks[name] if name in zks else None, scratch.get(name))
         return {name: o.view(n, *self.layers[name].shape) for name, o in out.items()}
 
-    def _finish(self, lay: _Layer, z: Tensor, hits: list, zk: Tensor | None, scratch: Tensor | None) -> None:
-        """Turn the chunk's normals z (n, W) into weights: Gaussian part, stuck devices, spatial field, base."""
+    def _finish(self, lay: _Layer, z: Tensor, taken: list, zk: Tensor | None, scratch: Tensor | None) -> None:
+        """Turn the chunk's normals z (n, W) into weights: the independent part, the weights with stuck devices,
+        the spatial field, the base. ``taken``, per draw (None without faults): its stuck weights (indices,
+        values), made by its worker when `_stuck_per_draw`, else its stuck devices (positions, stuck-on), whose
+        weights are made here for every draw at once."""
         assert lay.mean_w is not None and lay.std_w is not None
-        n = z.shape[0]
-        pos = on = draw = None
-        if hits and hits[0] is not None:
-            sizes = [h[0].numel() for h in hits]
-            if sum(sizes):
-                pos = torch.cat([h[0] for h in hits])
-                on = torch.cat([h[1] for h in hits])
-                draw = torch.repeat_interleave(torch.arange(n, device=z.device), torch.tensor(sizes, device=z.device))
-        fixed = None
-        if pos is not None and on is not None and draw is not None:
-            fixed = self._stuck_weights(lay, z, pos, on, draw)
+        fixed: list[tuple[Tensor, tuple[Tensor, Tensor]]] = []
+        if self._stuck_per_draw(lay):
+            fixed = [(z[i], t) for i, t in enumerate(taken) if t is not None]
+        elif any(t is not None and t[0].numel() for t in taken):
+            hits = [(i, t) for i, t in enumerate(taken) if t is not None]
+            draw = torch.repeat_interleave(
+                torch.tensor([i for i, _ in hits], device=z.device),
+                torch.tensor([t[0].numel() for _, t in hits], device=z.device),
+            )
+            pos, on = torch.cat([t[0] for _, t in hits]), torch.cat([t[1] for _, t in hits])
+            fixed = [(z.view(-1), self._stuck_weights(lay, z.view(-1), pos, on, zk, draw))]
         torch.addcmul(lay.mean_w, z, lay.std_w, out=z)  # the independent part of each weight
-        if fixed is not None:
-            z.view(-1).index_copy_(0, fixed[0], fixed[1])
+        for target, (index, values) in fixed:
+            target.index_copy_(0, index, values)
         if zk is not None:
-            self._add_spatial(lay, z, zk, scratch, None if pos is None or draw is None else (pos, draw))
+            self._add_spatial(lay, z, zk, scratch, None)
         z += lay.base
+
+    def _stuck_per_draw(self, lay: _Layer) -> bool:
+        """Whether a draw's worker makes its stuck weights (while its normals are in cache): for layers with many
+        stuck devices per draw; a small layer's would cost more in per-operation overhead than the cache saves."""
+        return (self.p_lrs + self.p_hrs) * lay.coef.numel() >= _PER_DRAW_STUCK
 
     def _stuck(self, lay: _Layer, gen: torch.Generator) -> tuple[Tensor, Tensor] | None:
         """(device positions, stuck-on mask) of this draw's stuck devices, or None without stuck faults."""
@@ -266,29 +274,40 @@ class DeviceSampler:
         on = torch.rand(pos.numel(), generator=gen, dtype=torch.float64, device=pos.device) < self.p_lrs / p
         return pos, on
 
-    def _stuck_weights(self, lay: _Layer, z: Tensor, pos: Tensor, on: Tensor, draw: Tensor) -> tuple[Tensor, Tensor]:
-        """(flat (draw, weight) index of weights with a stuck device, their independent part): the stuck values
-        plus the Gaussian of the other devices.
+    def _stuck_weights(
+        self, lay: _Layer, z: Tensor, pos: Tensor, on: Tensor, zk: Tensor | None, draw: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(flat indices into ``z`` of the weights with a stuck device, their value less the spatial field the
+        whole weight gets later): the stuck values plus the Gaussian of the other devices, less the stuck
+        devices' field share (a stuck device holds its stuck value, not its field).
 
         Given which devices are stuck, the other devices of a weight still sum to one Gaussian, with the stuck
-        devices' means and variances taken out; ``z`` (n, W), the weight's standard normal, drives it.
+        devices' means and variances taken out; ``z``, the weights' standard normals, drives it: one draw's (W,)
+        (its tile normals ``zk`` (tiles, k)), or, with ``draw`` (each position's draw), the chunk's flat (n W,)
+        (``zk`` (n, tiles, k)). Every weight's terms are added in the same order either way.
         """
         assert lay.dev_pack is not None and lay.weight_var is not None and lay.mean_w is not None
-        w_of = (pos // lay.per_weight) % lay.n_weights
-        key = draw * lay.n_weights + w_of
+        w_n = lay.n_weights
+        key = (pos // lay.per_weight) % w_n
+        if draw is not None:
+            key += draw * w_n
         if lay.sign_arrays == 1:  # positions ascend within a draw and draws ascend, so the keys do too
             uw, inv = torch.unique_consecutive(key, return_inverse=True)
         else:
             uw, inv = torch.unique(key, sorted=True, return_inverse=True)
-        dev_mean, dev_var, stuck_values = lay.dev_pack
-        value = torch.index_select(stuck_values, 0, 2 * pos + (~on).long()).to(z.dtype)  # stuck-on, stuck-off
+        dev_mean, dev_var, g_t = lay.dev_pack
+        coef = torch.index_select(lay.coef, 0, pos)
+        value = stuck_errors(lay.stuck_g, on, torch.index_select(g_t, 0, pos), coef)
+        if zk is not None:
+            rows = zk.reshape(-1, zk.shape[-1])
+            value -= coef * self._field_at(lay, rows, pos, 0 if draw is None else draw * lay.tiles)
         dev = (value, torch.index_select(dev_mean, 0, pos), torch.index_select(dev_var, 0, pos))
         sums = torch.zeros((uw.numel(), 3), dtype=z.dtype, device=z.device)
         sums.index_add_(0, inv, torch.stack(dev, 1))
-        weight = uw % lay.n_weights
+        weight = uw if draw is None else uw % w_n
         var = torch.clamp(torch.index_select(lay.weight_var, 0, weight) - sums[:, 2], min=0.0)
         mean = torch.index_select(lay.mean_w, 0, weight) - sums[:, 1] + sums[:, 0]
-        return uw, torch.addcmul(mean, torch.sqrt(var), torch.index_select(z.reshape(-1), 0, uw))
+        return uw, torch.addcmul(mean, torch.sqrt(var), torch.index_select(z, 0, uw))
 
     def _add_spatial(
         self, lay: _Layer, rows: Tensor, zk: Tensor, scratch: Tensor | None, stuck: tuple[Tensor, Tensor] | None
@@ -348,14 +367,13 @@ class DeviceSampler:
         hit = self._stuck(lay, gen)
         stuck = hit is not None and hit[0].numel() > 0
         if hit is not None and stuck:
-            assert lay.stuck_hi is not None and lay.stuck_lo is not None
             pos, on = hit
-            value = torch.where(on, torch.index_select(lay.stuck_hi, 0, pos), torch.index_select(lay.stuck_lo, 0, pos))
             w_n, d_n = lay.n_weights, lay.per_weight
             major = (
                 (pos // (w_n * d_n)) * (w_n * d_n) + (pos % d_n) * w_n + (pos // d_n) % w_n
             )  # (p, w, d) -> (p, d, w)
-            dg.index_copy_(0, major, value.to(dg.dtype))
+            g_at = torch.index_select(lay.g_t, 0, major)
+            dg.index_copy_(0, major, stuck_errors(lay.stuck_g, on, g_at, torch.index_select(lay.coef_dw, 0, major)))
         per_device = dg.view(1, lay.sign_arrays, lay.per_weight, lay.n_weights).transpose(2, 3)  # (1, P, W, D)
         sum_devices(per_device, lay.base, row.view(1, -1))
         if read is not None:
@@ -383,6 +401,12 @@ def _field_rows(lay: _Layer, draws: int) -> int:
     if lay.base.device.type != "cpu":
         return lay.tiles
     return max(1, min(lay.tiles, _FIELD_BLOCK // (lay.slot_rows.shape[1] * draws)))
+
+
+def stuck_errors(stuck_g: tuple[float, float], on: Tensor, g_t: Tensor, coef: Tensor) -> Tensor:
+    """The weight errors coef * (g_stuck - g_t) of stuck devices: g_stuck is ``stuck_g[0]`` where ``on`` (stuck
+    on, in the LRS), ``stuck_g[1]`` elsewhere; g_t and coef are the devices' targets and coefficients."""
+    return torch.full_like(g_t, stuck_g[1]).masked_fill_(on, stuck_g[0]).sub_(g_t).mul_(coef)
 
 
 def tile_fields(zk: Tensor, At: Tensor, out: Tensor | None = None) -> Tensor:

@@ -119,6 +119,28 @@ def test_draws_do_not_depend_on_chunking_or_threads(family):
         assert torch.equal(whole, parts) and torch.equal(whole, again)
 
 
+@pytest.mark.parametrize("cells,sign", [(4, "separate"), (3, "separate"), (4, "differential")])
+def test_stuck_weights_made_by_each_draws_worker_or_for_the_chunk_are_the_same(cells, sign, monkeypatch):
+    """A layer with many stuck devices per draw has each draw's worker make its stuck weights; a small one has
+    them made for the whole chunk at once. Both add every weight's terms in the same order: the same bits, with
+    the slot field (4 cells) and the per-device field (3 cells), one sign array or two, one thread or two."""
+    noise = noise_from_profile(_profile("gaussian", cells), mapping="bitsliced", bits=4, sign=sign, read=False)
+    big = {"w": torch.linspace(-1.0, 1.0, 40000, dtype=torch.float64)}  # filled by worker threads
+    for w in (W, big):
+        draws = {}
+        for per_draw in (False, True):
+            monkeypatch.setattr(device_sampler, "_PER_DRAW_STUCK", 0 if per_draw else 1 << 62)
+            for threads in (1, 2):
+                with torch_threads(threads):
+                    sampler = noise.draw_sampler(w)
+                    assert (
+                        isinstance(sampler, DeviceSampler) and sampler._stuck_per_draw(sampler.layers["w"]) is per_draw
+                    )
+                    draws[per_draw, threads] = sampler([draw_generator(9, i, "cpu") for i in range(5)])["w"].clone()
+        first = draws[False, 1]
+        assert all(torch.equal(first, d) for d in draws.values())
+
+
 @pytest.mark.parametrize("family", ["gaussian", "lognormal"])
 def test_weights_whose_devices_are_all_stuck_hold_their_stuck_values(family):
     """At stuck rates 0.45 + 0.45 a weight's D = 2 devices are all stuck in 0.81 of the draws: the reference puts
